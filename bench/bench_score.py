@@ -1,0 +1,116 @@
+"""Scoring benchmark: the batched scorer vs a plain one-example-at-a-time HF loop.
+
+Prints tokens/s, effective GFLOP/s (2 x parameters x tokens / s), that as a share of this
+machine's own fp32 matmul rate measured in the same run, the speed-up over the plain loop, the
+largest loss difference between the two, and the peak RSS of each (each runs in its own process).
+
+    python bench/bench_score.py [--rows 100] [--batch-tokens 4096] [--max-length 2048]
+
+Uses ../shared/data (GSM8K test + Alpaca-GPT4 demo), --rows rows of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """Best-of-``reps`` fp32 matmul rate on this machine, in GFLOP/s."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def phase(name: str, rows: int, batch_tokens: int, max_length: int) -> dict:
+    """Run one scorer over the rows in this process; return timings, losses and peak RSS."""
+    import numpy as np
+
+    from curation.load import SourceSpec, load_sources
+    from curation.models import load_model
+    from curation.scorer import reference_loss, score_examples
+    from curation.templates import encode_many, resolve_template
+
+    lm = load_model("default", device="cpu", dtype="float32")
+    data = load_sources([SourceSpec(str(DATA / "gsm8k/test.jsonl"), "math"),
+                         SourceSpec(str(DATA / "alpaca_gpt4_demo/alpaca_en_demo.json"), "chat")], limit=rows)
+    enc = encode_many(lm.tokenizer, resolve_template(lm.tokenizer), [e.messages for e in data.examples], max_length)
+    tokens = sum(len(e.input_ids) for e in enc)
+    score_examples(lm.model, enc[:4], batch_tokens=batch_tokens)  # warm-up (kernels, allocator)
+    t = time.perf_counter()
+    if name == "batched":
+        losses = [r.loss for r in score_examples(lm.model, enc, batch_tokens=batch_tokens)]
+    else:
+        losses = [reference_loss(lm.model, e) for e in enc]
+    seconds = time.perf_counter() - t
+    return {
+        "phase": name, "examples": len(enc), "tokens": tokens, "seconds": seconds,
+        "n_parameters": lm.n_parameters, "losses": [float(x) if x is not None else None for x in losses],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "response_tokens": int(sum(e.n_response_tokens for e in enc)),
+        "mean_loss": float(np.nanmean([x for x in losses if x is not None])),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100, help="rows of each source")
+    ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--max-length", type=int, default=2048)
+    ap.add_argument("--phase", choices=["batched", "plain"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        print(json.dumps(phase(args.phase, args.rows, args.batch_tokens, args.max_length)))
+        return
+
+    import torch
+
+    peak = matmul_gflops()
+    res = {}
+    for name in ("batched", "plain"):
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        out = subprocess.run([sys.executable, __file__, "--phase", name, "--rows", str(args.rows),
+                              "--batch-tokens", str(args.batch_tokens), "--max-length", str(args.max_length)],
+                             capture_output=True, text=True, check=True)
+        res[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    diff = max(abs(a - b) for a, b in zip(res["batched"]["losses"], res["plain"]["losses"]) if a is not None)
+    print(f"\nmachine: {torch.get_num_threads()} threads, fp32 matmul {peak:.1f} GFLOP/s (2048^3, best of 5)")
+    print(f"data: {res['batched']['examples']} examples, {res['batched']['tokens']} tokens "
+          f"({res['batched']['response_tokens']} assistant), batch budget {args.batch_tokens} tokens\n")
+    print(f"{'scorer':<10}{'seconds':>9}{'tokens/s':>10}{'GFLOP/s':>9}{'% matmul':>10}{'peak RSS MB':>13}")
+    for name, r in res.items():
+        tps = r["tokens"] / r["seconds"]
+        gf = 2 * r["n_parameters"] * tps / 1e9
+        r.update(tokens_per_s=tps, gflops=gf, pct_matmul=100 * gf / peak)
+        print(f"{name:<10}{r['seconds']:>9.1f}{tps:>10.1f}{gf:>9.1f}{r['pct_matmul']:>9.0f}%{r['peak_rss_mb']:>13.0f}")
+    speedup = res["batched"]["tokens_per_s"] / res["plain"]["tokens_per_s"]
+    print(f"\nspeed-up over the plain loop: {speedup:.2f}x; max |loss difference|: {diff:.2e}")
+    print(f"targets: >= 1.2x plain ({'ok' if speedup >= 1.2 else 'MISSED'}), "
+          f">= 80% of matmul ({'ok' if res['batched']['pct_matmul'] >= 80 else 'MISSED'}), "
+          f"peak RSS < 2500 MB ({'ok' if res['batched']['peak_rss_mb'] < 2500 else 'MISSED'})")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    for r in res.values():
+        r.pop("losses")
+    (out / "bench_score.json").write_text(json.dumps(
+        {"matmul_gflops": peak, "speedup": speedup, "max_loss_diff": diff, "args": vars(args), **res}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

