@@ -64,16 +64,20 @@ def score_examples(
     batch_tokens: int = 8192,
     ce_chunk: int = 1024,
     on_batch: Callable[[int, int], None] | None = None,
+    compile: bool = False,
 ) -> list[ExampleLoss]:
     """Score tokenised examples with ``model``; results are in the order of ``encoded``.
 
     ``on_batch(n_examples, n_tokens)`` is called after each batch (for progress bars).
+    ``compile`` runs the decoder through ``torch.compile`` (fuses the element-wise work around the
+    matmuls: about 1.3x faster on CPU, after a one-off compilation of a minute or two), worth it
+    for long runs only.
     """
     import torch
 
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
-    body = model.get_decoder()
+    body = compiled_decoder(model) if compile else model.get_decoder()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     results: list[ExampleLoss | None] = [None] * len(encoded)
     lengths = [len(e.input_ids) for e in encoded]
@@ -116,6 +120,18 @@ def score_examples(
             if on_batch is not None:
                 on_batch(B, sum(lengths[i] for i in batch))
     return results  # type: ignore[return-value]
+
+
+def compiled_decoder(model):
+    """The model's decoder wrapped by ``torch.compile`` (dynamic shapes), built once per model."""
+    import torch
+
+    body = getattr(model, "_curation_compiled_decoder", None)
+    if body is None:
+        body = torch.compile(model.get_decoder(), dynamic=True)
+        # Not a plain attribute: nn.Module would register it and change the state dict.
+        object.__setattr__(model, "_curation_compiled_decoder", body)
+    return body
 
 
 def reference_loss(model, enc: Encoded) -> float | None:

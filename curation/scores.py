@@ -54,6 +54,7 @@ class ScoreConfig:
     columns: dict[str, str] = field(default_factory=dict)  # canonical field -> column name
     format: str | None = None  # force a record shape (see curation.load.FORMATS)
     chunk_examples: int = 256  # examples per committed chunk (the most a kill can lose)
+    compile: bool = False  # torch.compile the model: ~1.3x faster on CPU after a 1-2 min compile
 
     def __post_init__(self):
         if not self.sources:
@@ -70,7 +71,7 @@ class ScoreConfig:
     def result_key(self) -> dict:
         """The settings that change results (not batch size, chunking or output place)."""
         d = asdict(self)
-        for k in ("out", "batch_tokens", "chunk_examples"):
+        for k in ("out", "batch_tokens", "chunk_examples", "compile"):
             d.pop(k)
         return d
 
@@ -167,7 +168,8 @@ def _reporter(progress: Progress | None):
 def _run_key(run: dict) -> str:
     """Hash of everything that determines the results: settings, model weights, template, data."""
     ident = {
-        "config": {k: v for k, v in run["config"].items() if k not in ("out", "batch_tokens", "chunk_examples")},
+        "config": {k: v for k, v in run["config"].items()
+                   if k not in ("out", "batch_tokens", "chunk_examples", "compile")},
         "chunk_examples": run["config"]["chunk_examples"],  # chunk boundaries must match to reuse parts
         "model": run["model"]["fingerprint"], "dtype": run["model"]["dtype"],
         "template": run["template"]["fingerprint"],
@@ -212,7 +214,8 @@ def _score_chunk(lm, template, cfg: ScoreConfig, examples, parts: Path, k: int, 
         tps = stats["tokens"] / elapsed
         report(done=done0 + done[0], tokens=stats["tokens"], tokens_per_s=tps, chunk=k)
 
-    losses = score_examples(lm.model, [encoded[i] for i in ok], cfg.batch_tokens, on_batch=on_batch)
+    losses = score_examples(lm.model, [encoded[i] for i in ok], cfg.batch_tokens, on_batch=on_batch,
+                            compile=cfg.compile)
     rows = []
     tok_rows = {"example_id": [], "positions": [], "token_ids": [], "token_losses": []}
     for i, res in zip(ok, losses):

@@ -73,3 +73,14 @@ def test_plan_batches_covers_each_example_once_within_budget(lengths, budget):
 
 def test_head_path_check_passes_for_llama(tiny_lm):
     check_head_path(tiny_lm.model)
+
+
+def test_compiled_decoder_gives_the_same_losses(tiny_lm, encoded):
+    eager = score_examples(tiny_lm.model, encoded[:6], batch_tokens=1000)
+    fingerprint = tiny_lm.fingerprint
+    compiled = score_examples(tiny_lm.model, encoded[:6], batch_tokens=1000, compile=True)
+    for a, b in zip(eager, compiled):
+        assert abs(a.loss - b.loss) < 1e-5
+    from curation.models import weights_fingerprint
+
+    assert weights_fingerprint(tiny_lm.model) == fingerprint  # the compiled handle is not a submodule
