@@ -569,3 +569,30 @@ def _check_turns(turns: list[tuple[str, str]]) -> None:
             raise RecordError(f"empty {role} turn at position {k + len(turns) - len(body)}")
     if not any(role == "assistant" for role, _ in body):
         raise RecordError("no assistant turn")
+
+
+def read_records(spec: SourceSpec, indices) -> dict[int, dict]:
+    """Return ``{source_index: original record}`` for ``indices``, reading the source once.
+
+    Stops as soon as the last wanted record is read.  Raises :class:`SourceError` naming the
+    first index the source does not have, and :class:`RecordError` for a wanted record that no
+    longer parses.
+    """
+    wanted = set(int(i) for i in indices)
+    found: dict[int, dict] = {}
+    if not wanted:
+        return found
+    last = max(wanted)
+    for index, line, record in iter_records(spec):
+        if index in wanted:
+            if isinstance(record, RecordError):
+                raise RecordError(f"{spec.path}: record #{index}" + (f" (line {line})" if line else "")
+                                  + f" cannot be read: {record}")
+            found[index] = record
+        if index >= last:
+            break
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise SourceError(f"{spec.path}: has no record #{missing[0]}" +
+                          (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return found

@@ -1,0 +1,368 @@
+"""Supervised fine-tuning of the reference (S2L: proxy) model on the pool.
+
+Standard causal-LM SFT on assistant tokens only, with exactly the scoring core's masking
+(:func:`curation.templates.encode_many`, ``Encoded.target``): a step's loss is the mean NLL over
+all target tokens of the step, so splitting a step into micro-batches (gradient accumulation)
+changes nothing but memory.
+
+* Micro-batches are filled up to a padded-token budget after sorting by length (the scorer's
+  :func:`~curation.scorer.plan_batches`); their order is shuffled each epoch with the seed; an
+  optimizer step accumulates ``grad_accum`` micro-batches.
+* AdamW, linear warmup then cosine decay to 0, gradient clipping.
+* Full fine-tuning or LoRA (peft, all linear layers).  fp32 weights; bf16 autocast on CUDA.
+* Deterministic for a seed.  The resume state (weights, optimizer, scheduler, RNG, step, loss
+  curve) is saved atomically at every trajectory checkpoint and every ``save_every_s`` seconds, so
+  a killed run continues exactly where it stopped.
+
+Output folder::
+
+    ckpt-1 ... ckpt-K   trajectory checkpoints: HF model folders (full) or LoRA adapters
+    state.pt            latest resume state
+    train.json          loss curve, steps, timings (written when training finishes)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from curation.atomic import atomic_path, write_json
+from curation.templates import Encoded
+
+DEFAULT_LR_FULL = 5e-5
+DEFAULT_LR_LORA = 3e-4
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a reference training run (built by LearnConfig, the CLI and the tests)."""
+
+    epochs: int = 1  # passes over the pool
+    lr: float | None = None  # peak learning rate; None: 5e-5 (full) or 3e-4 (LoRA)
+    warmup_ratio: float = 0.1  # fraction of steps with linear warmup, then cosine decay to 0
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    batch_tokens: int = 2048  # padded tokens per micro-batch (rows x longest)
+    grad_accum: int = 2  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    lora: bool = False  # LoRA adapters on all linear layers instead of full fine-tuning
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float = 0.05  # dropout on the LoRA input
+    seed: int = 0  # data order, LoRA init, dropout
+    save_every_s: float = 300.0  # also save the resume state this often (seconds)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_tokens", "grad_accum", "lora_r", "lora_alpha"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("weight_decay and max_grad_norm must be >= 0")
+
+    @property
+    def peak_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return DEFAULT_LR_LORA if self.lora else DEFAULT_LR_FULL
+
+    def result_key(self) -> dict:
+        """Settings that change the trained weights (not how often the state is saved)."""
+        d = asdict(self)
+        d.pop("save_every_s")
+        d["lr"] = self.peak_lr
+        if not self.lora:
+            for k in ("lora_r", "lora_alpha", "lora_dropout"):
+                d.pop(k)
+        return d
+
+
+@dataclass
+class TrainResult:
+    """Where the trajectory checkpoints are and how training went."""
+
+    checkpoints: list[Path]  # ckpt-1 .. ckpt-K (step 0 is the base model)
+    checkpoint_steps: list[int]  # optimizer step of each point, 0 .. total
+    total_steps: int
+    loss_curve: list[dict]  # {step, loss, lr, tokens}
+    tokens_trained: int  # real (unpadded) tokens seen over all epochs
+    seconds: float  # training time summed over sessions
+    lora: bool
+
+
+Progress = Callable[[dict], None]
+
+
+def plan_steps(lengths: Sequence[int], cfg: TrainConfig, epoch: int) -> list[list[list[int]]]:
+    """The optimizer steps of one epoch: each a list of micro-batches of example indices.
+
+    Batches are cut by length (little padding) and shuffled with ``(seed, epoch)``, so the plan is
+    a pure function of the data lengths and the config.
+    """
+    from curation.scorer import plan_batches
+
+    batches = plan_batches(lengths, cfg.batch_tokens)
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(batches))
+    batches = [batches[i] for i in order]
+    return [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+
+
+def checkpoint_steps(total_steps: int, n_checkpoints: int) -> list[int]:
+    """K+1 evenly spaced optimizer steps ``0 .. total_steps`` (rounded)."""
+    if n_checkpoints < 1:
+        raise ValueError(f"checkpoints must be >= 1, got {n_checkpoints}")
+    return [round(k * total_steps / n_checkpoints) for k in range(n_checkpoints + 1)]
+
+
+def sft_loss_sum(model, encoded: Sequence[Encoded], batch: Sequence[int]):
+    """Summed NLL over the target tokens of ``batch`` (a differentiable scalar) and their count.
+
+    Same computation as the scorer (right padding, causal attention, head only at positions whose
+    next token is a target), with autograd on.
+    """
+    import torch
+
+    base = _base_model(model)
+    device = next(model.parameters()).device
+    lengths = [len(encoded[i].input_ids) for i in batch]
+    B, T = len(batch), max(lengths)
+    ids = torch.zeros((B, T), dtype=torch.long)
+    rows, cols = [], []
+    for row, i in enumerate(batch):
+        ids[row, : lengths[row]] = torch.from_numpy(encoded[i].input_ids.astype(np.int64))
+        pos = np.flatnonzero(encoded[i].target)
+        rows.append(np.full(len(pos), row))
+        cols.append(pos)
+    rows_t = torch.from_numpy(np.concatenate(rows)).to(device)
+    cols_t = torch.from_numpy(np.concatenate(cols)).to(device)
+    ids = ids.to(device)
+    if len(rows_t) == 0:
+        return torch.zeros((), device=device, requires_grad=False), 0
+    hidden = base.get_decoder()(input_ids=ids).last_hidden_state  # (B, T, H)
+    h = hidden[rows_t, cols_t - 1]  # (N, H): position t-1 predicts token t
+    logits = base.get_output_embeddings()(h).float()  # (N, V)
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    loss = torch.nn.functional.cross_entropy(logits, ids[rows_t, cols_t], reduction="sum")
+    return loss, len(rows_t)
+
+
+def train(model_path: str, tokenizer, encoded: Sequence[Encoded], cfg: TrainConfig, out_dir: str | Path,
+          n_checkpoints: int, device: str = "cpu", progress: Progress | None = None,
+          phase: str = "training") -> TrainResult:
+    """Fine-tune the model at ``model_path`` on ``encoded`` and save K trajectory checkpoints.
+
+    Re-running with the same arguments resumes from ``out_dir/state.pt`` (or returns at once if
+    training finished).  ``progress`` gets ``phase, done, total`` (optimizer steps), ``tokens,
+    tokens_per_s, eta_s, train_loss, lr``.
+    """
+    import torch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lengths = [len(e.input_ids) for e in encoded]
+    usable = [i for i, e in enumerate(encoded) if e.target.any()]
+    if not usable:
+        raise ValueError("nothing to train on: no example has an assistant token")
+    sub = [encoded[i] for i in usable]
+    sub_lengths = [lengths[i] for i in usable]
+    plans = [plan_steps(sub_lengths, cfg, e) for e in range(cfg.epochs)]
+    total = sum(len(p) for p in plans)
+    ckpt_steps = checkpoint_steps(total, n_checkpoints)
+    ckpt_dirs = [out / f"ckpt-{k}" for k in range(1, n_checkpoints + 1)]
+    finished = out / "train.json"
+    if finished.is_file() and all((d / "DONE").is_file() for d in ckpt_dirs):
+        info = json.loads(finished.read_text())
+        return TrainResult(ckpt_dirs, ckpt_steps, total, info["loss_curve"], info["tokens_trained"],
+                           info["seconds"], cfg.lora)
+
+    model = _load_trainable(model_path, cfg, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
+    sched = _cosine_with_warmup(opt, round(cfg.warmup_ratio * total), total)
+    state = {"step": 0, "loss_curve": [], "tokens_trained": 0, "seconds": 0.0}
+    state_path = out / "state.pt"
+    if state_path.is_file():
+        saved = torch.load(state_path, map_location=device, weights_only=False)
+        if saved["total_steps"] != total or saved["config"] != cfg.result_key():
+            raise ValueError(f"{state_path} belongs to another training run (other data or settings); "
+                             "delete the folder or use another --out")
+        model.load_state_dict(saved["model"], strict=not cfg.lora)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        state = {k: saved[k] for k in ("step", "loss_curve", "tokens_trained", "seconds")}
+    model.train()
+
+    def save_state():
+        trainable = {k: v for k, v in model.state_dict().items()} if not cfg.lora else \
+            {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        blob = {
+            **state, "total_steps": total, "config": cfg.result_key(), "model": trainable,
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        with atomic_path(state_path) as tmp:
+            torch.save(blob, tmp)
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else _null()
+    t_session, t_mark, last_save = time.time(), time.time(), time.time()
+    tok_session, steps_session = 0, 0
+    step = state["step"]
+    for epoch, plan in enumerate(plans):
+        first = sum(len(p) for p in plans[:epoch])
+        for j, micro in enumerate(plan):
+            s = first + j
+            if s < step:
+                continue  # done in an earlier session
+            n_step = sum(int(sub[i].target.sum()) for mb in micro for i in mb)
+            loss_total = 0.0
+            for mb in micro:
+                with autocast:
+                    loss_sum, _ = sft_loss_sum(model, sub, mb)
+                # Dividing by the step's target count makes the step loss a token mean over the
+                # whole step, however it is split into micro-batches.
+                (loss_sum / n_step).backward()
+                loss_total += float(loss_sum.detach())
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = sched.get_last_lr()[0]
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step = s + 1
+            step_tokens = sum(sub_lengths[i] for mb in micro for i in mb)
+            tok_session += step_tokens
+            steps_session += 1
+            state["step"] = step
+            state["tokens_trained"] += step_tokens
+            state["loss_curve"].append({"step": step, "loss": loss_total / n_step, "lr": lr,
+                                        "tokens": state["tokens_trained"]})
+            elapsed = max(time.time() - t_session, 1e-9)
+            if progress is not None:
+                progress({"phase": phase, "done": step, "total": total, "tokens": state["tokens_trained"],
+                          "tokens_per_s": tok_session / elapsed,
+                          "eta_s": (total - step) * elapsed / steps_session,
+                          "train_loss": loss_total / n_step, "lr": lr, "epoch": epoch})
+            hits = [k for k, cs in enumerate(ckpt_steps[1:]) if cs == step]
+            for k in hits:
+                _save_checkpoint(model, tokenizer, cfg, ckpt_dirs[k], step)
+            if hits or time.time() - last_save > cfg.save_every_s or step == total:
+                now = time.time()
+                state["seconds"] += now - t_mark
+                t_mark = now
+                save_state()
+                last_save = time.time()
+    # Checkpoints at step 0 (a pool so small that total < K) are the base model itself.
+    for k, cs in enumerate(ckpt_steps[1:]):
+        if cs == 0 and not (ckpt_dirs[k] / "DONE").is_file():
+            _save_checkpoint(model, tokenizer, cfg, ckpt_dirs[k], 0)
+    write_json(finished, {"total_steps": total, "checkpoint_steps": ckpt_steps,
+                          "loss_curve": state["loss_curve"], "tokens_trained": state["tokens_trained"],
+                          "seconds": round(state["seconds"], 2), "config": cfg.result_key()})
+    del model, opt
+    return TrainResult(ckpt_dirs, ckpt_steps, total, state["loss_curve"], state["tokens_trained"],
+                       round(state["seconds"], 2), cfg.lora)
+
+
+def load_checkpoint(base_path: str, ckpt_dir: str | Path, device: str = "cpu", dtype: str = "float32"):
+    """Load a trajectory checkpoint as an ordinary (merged) causal LM in eval mode.
+
+    Full checkpoints are HF model folders; LoRA checkpoints are adapters merged into the base.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ckpt = Path(ckpt_dir)
+    if (ckpt / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, ckpt).merge_and_unload()
+        model = model.to(getattr(torch, dtype))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype))
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _base_model(model):
+    """The transformers model under a peft wrapper (LoRA layers are injected in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _load_trainable(model_path: str, cfg: TrainConfig, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(cfg.seed)  # LoRA init and dropout depend on it
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if cfg.lora:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:  # pragma: no cover
+            raise ValueError("--lora needs peft: pip install peft") from None
+        lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lcfg)
+    return model.to(device)
+
+
+def _cosine_with_warmup(opt, warmup: int, total: int):
+    """Linear warmup to the peak, then cosine decay to 0 at ``total`` (a LambdaLR, so its state
+    saves and restores with the optimizer)."""
+    import torch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _save_checkpoint(model, tokenizer, cfg: TrainConfig, target: Path, step: int) -> None:
+    """Write a trajectory checkpoint atomically (a temp folder renamed into place)."""
+    if (target / "DONE").is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)  # peft: the adapter only; full: an HF model folder
+        if tokenizer is not None and not cfg.lora:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "DONE").write_text(json.dumps({"step": step}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
