@@ -1,0 +1,830 @@
+"""Turn a score table into a curated selection: a recipe, pure seeded functions, a summary.
+
+``select(table, recipe)`` is a pure function of the table's *contents* and the recipe: the same
+rows (in any order) and the same recipe give the same ids.  The steps, in order:
+
+1. **pool**: every row of the run's score table.  ``P%`` budgets and the ``natural`` mix refer to it.
+2. **eligible**: scored rows whose score is known and that pass every ``min``/``max`` threshold
+   (thresholds filter *before* ranking, so ``--max ifd=1`` never costs budget).
+3. **allocation**: the budget (N examples, P% of the pool, or N tokens of prompt + response) is
+   split over domains by the mix with the largest-remainder method, so the parts are exact and
+   sum to the budget.  A domain with fewer eligible examples than its part gets them all and the
+   summary says so; only with ``fill`` is the rest spread over the other domains (by their shares).
+4. **picking**, per domain: top-k / bottom-k by the score (ties broken by example id), a seeded
+   random sample (``random``), or S2L's balanced sampling over loss-trajectory clusters (``s2l``).
+   Token budgets take the longest prefix of the domain's ranking that fits, so the top-k law holds
+   for them too: every selected example scores at least as well as every eligible one left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+METHODS = ("davir", "rho", "ifd", "ppl", "loss", "s2l", "random", "davir_heldout", "rho_heldout")
+ORDERS = ("high", "low")
+LEARN_RUN = "a learnability run (`python -m curation learn ...`)"
+ANY_RUN = "any score run (`python -m curation score ...` or `learn`)"
+
+
+class SelectionError(ValueError):
+    """A recipe cannot be applied to a run (the message says what to change)."""
+
+
+@dataclass(frozen=True)
+class ScoreInfo:
+    """What a score means, where it lives in the score table, and which way is better."""
+
+    name: str
+    column: str | None  # column of a learnability run's scores.parquet
+    fallback: str | None  # derived from this core column when ``column`` is absent (score runs)
+    default_order: str | None  # "high" | "low"; None: the method does not rank
+    produced_by: str  # which run kind writes the column
+    explanation: str  # one line for the dashboard, including known biases
+
+
+SCORES: dict[str, ScoreInfo] = {
+    "davir": ScoreInfo(
+        "davir", "davir", None, "high", LEARN_RUN,
+        "(L_base - L_ref) / L_base: the share of the base model's loss that training on the pool "
+        "removes (LoBaSS/DavIR); higher = more learnable. Relative, so less tied to answer length "
+        "than rho, but noisy when L_base is near 0.",
+    ),
+    "rho": ScoreInfo(
+        "rho", "rho", None, "high", LEARN_RUN,
+        "L_base - L_ref: the absolute loss drop (RHO-LOSS-like baseline); higher = more learnable. "
+        "Known bias: tracks answer length (reported to favour long answers; a 200-row SmolLM2 "
+        "GSM8K+Alpaca run showed the reverse) and high base loss: check it against length.",
+    ),
+    "ifd": ScoreInfo(
+        "ifd", "ifd", None, "high", LEARN_RUN,
+        "Cherry LLM's Instruction-Following Difficulty: loss of the answer given the prompt / loss "
+        "of the answer alone, under the base model; higher = the prompt helps less (Cherry keeps "
+        "the highest). ifd > 1 means the prompt does not help at all, often a mismatched pair: "
+        "filter with --max ifd=1. Known bias: rises with answer length, strongly on chat data.",
+    ),
+    "ppl": ScoreInfo(
+        "ppl", "ppl_base", "loss", "low", ANY_RUN,
+        "exp(L_base): perplexity of the answers under the base model; low = what the model already "
+        "predicts well (perplexity filtering). Known bias: mean per-token loss usually falls as "
+        "answers get longer and more formulaic, so low ppl leans to long, templated answers.",
+    ),
+    "loss": ScoreInfo(
+        "loss", "loss_base", "loss", "high", ANY_RUN,
+        "L_base: mean loss per assistant token under the base model (the score run's model); high "
+        "= hardest for the model (the 'high loss' baseline: the same ranking as ppl, reversed). "
+        "Known biases: mean per-token loss falls as answers get longer, so high loss leans to short "
+        "answers; it also picks noisy or unlearnable examples.",
+    ),
+    "s2l": ScoreInfo(
+        "s2l", "s2l_cluster", None, None, LEARN_RUN,
+        "SmallToLarge: K-means clusters of loss trajectories over training checkpoints; balanced "
+        "sampling across clusters, smallest first, so rare learning patterns are kept.",
+    ),
+    "davir_heldout": ScoreInfo(
+        "davir_heldout", "davir_heldout", None, "high", "a learnability run with --heldout-folds N",
+        "davir with L_ref from a model that never trained on the example (k-fold): memorisation "
+        "cannot inflate it; higher = more learnable (generalisable).",
+    ),
+    "rho_heldout": ScoreInfo(
+        "rho_heldout", "rho_heldout", None, "high", "a learnability run with --heldout-folds N",
+        "rho with a held-out L_ref (k-fold). Known bias: like rho, favours long answers.",
+    ),
+    "random": ScoreInfo(
+        "random", None, None, None, ANY_RUN,
+        "Seeded uniform sample at the same budget and mix: the baseline every method must beat.",
+    ),
+}
+
+
+def available_methods(columns) -> dict[str, str | None]:
+    """For each method: None if a score table with ``columns`` supports it, else the reason (for
+    the dashboard to grey it out with an explanation)."""
+    cols = set(columns)
+    out = {}
+    for name, info in SCORES.items():
+        needed = [c for c in (info.column, info.fallback) if c]
+        if not needed or any(c in cols for c in needed):
+            out[name] = None
+        else:
+            out[name] = f"needs the column {info.column!r}, written by {info.produced_by}"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Recipe
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much to select: ``kind`` count (N examples), percent (P% of the pool) or tokens."""
+
+    kind: str  # "count" | "percent" | "tokens"
+    value: Fraction  # N, P or tokens (whole numbers except percentages)
+
+    @classmethod
+    def parse(cls, text: str | int) -> "Budget":
+        """Parse ``200``, ``10%``, ``2.5%`` or ``25000tok``."""
+        s = str(text).strip().lower().replace("_", "")
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(%|tok|tokens)?", s)
+        if not m:
+            raise SelectionError(
+                f"budget {text!r}: expected N (examples), P% (of the pool) or Ntok (prompt + "
+                "response tokens), e.g. 200, 10% or 25000tok"
+            )
+        value, unit = Fraction(m.group(1)), m.group(2)
+        kind = {"%": "percent", "tok": "tokens", "tokens": "tokens", None: "count"}[unit]
+        if kind != "percent" and value.denominator != 1:
+            raise SelectionError(f"budget {text!r}: a number of {'tokens' if kind == 'tokens' else 'examples'} must be whole")
+        if value <= 0 or (kind == "percent" and value > 100):
+            raise SelectionError(f"budget {text!r}: must be positive{' and at most 100%' if kind == 'percent' else ''}")
+        return cls(kind, value)
+
+    def __str__(self) -> str:
+        v = self.value
+        num = str(v.numerator) if v.denominator == 1 else str(float(v))
+        return num + {"count": "", "percent": "%", "tokens": "tok"}[self.kind]
+
+    def units(self, n_pool: int) -> int:
+        """The budget in examples (count, percent: rounded half up) or tokens."""
+        if self.kind == "percent":
+            return math.floor(self.value * n_pool / 100 + Fraction(1, 2))
+        return int(self.value)
+
+
+@dataclass
+class Recipe:
+    """A complete, re-appliable selection recipe (the CLI, the dashboard and YAML files build this)."""
+
+    method: str  # davir | rho | ifd | ppl | loss | s2l | random (see SCORES)
+    budget: str = "10%"  # N examples | P% of the pool | Ntok (prompt + response tokens)
+    order: str | None = None  # high | low; None: the method's default (SCORES[method].default_order)
+    mix: dict[str, float] | str = "natural"  # {domain: share} summing to 1, or "natural" (pool proportions)
+    min: dict[str, float] = field(default_factory=dict)  # score or column -> lowest kept value
+    max: dict[str, float] = field(default_factory=dict)  # score or column -> highest kept value
+    fill: bool = False  # spread a domain's shortfall over the other domains of the mix
+    seed: int = 0  # random, s2l sampling and s2l re-clustering
+    s2l_clusters: int | None = None  # s2l: None = the run's s2l_cluster column; N = re-cluster each domain's trajectories into N
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise SelectionError(f"unknown method/score {self.method!r}; expected one of {', '.join(METHODS)}")
+        self.budget = str(Budget.parse(self.budget))
+        info = SCORES[self.method]
+        if info.default_order is None:
+            if self.order is not None:
+                raise SelectionError(f"--order does not apply to {self.method} (it samples, it does not rank)")
+        else:
+            self.order = self.order or info.default_order
+            if self.order not in ORDERS:
+                raise SelectionError(f"order {self.order!r}: expected high or low")
+        self.mix = _parse_mix(self.mix)
+        self.min = _parse_thresholds(self.min, "min")
+        self.max = _parse_thresholds(self.max, "max")
+        for k in set(self.min) & set(self.max):
+            if self.min[k] > self.max[k]:
+                raise SelectionError(f"thresholds on {k}: min {self.min[k]} is above max {self.max[k]}, nothing can pass")
+        if not isinstance(self.fill, bool):
+            raise SelectionError(f"fill must be true or false, got {self.fill!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise SelectionError(f"seed must be a non-negative whole number, got {self.seed!r}")
+        if self.s2l_clusters is not None:
+            if self.method != "s2l":
+                raise SelectionError("s2l_clusters applies to --method s2l only")
+            if isinstance(self.s2l_clusters, bool) or not isinstance(self.s2l_clusters, int) or self.s2l_clusters < 1:
+                raise SelectionError(f"s2l_clusters must be a positive whole number, got {self.s2l_clusters!r}")
+        if self.method == "s2l" and Budget.parse(self.budget).kind == "tokens":
+            raise SelectionError("s2l balances example counts across clusters; give a budget in examples (N or P%), not tokens")
+
+    @property
+    def budget_spec(self) -> Budget:
+        return Budget.parse(self.budget)
+
+    def to_dict(self) -> dict:
+        """The normalised recipe as plain data (what recipe.yaml holds)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        """Build a recipe from plain data (a parsed recipe.yaml), naming unknown keys."""
+        if not isinstance(d, dict):
+            raise SelectionError(f"a recipe must be a mapping of fields, got {type(d).__name__}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SelectionError(f"unknown recipe field(s) {unknown}; known fields: {sorted(known)}")
+        if "method" not in d:
+            raise SelectionError("a recipe needs a method")
+        return cls(**d)
+
+
+def _parse_mix(mix) -> dict[str, float] | str:
+    if mix is None or (isinstance(mix, str) and mix.strip() == "natural"):
+        return "natural"
+    if isinstance(mix, str):
+        out = {}
+        for pair in filter(None, (p.strip() for p in mix.split(","))):
+            if "=" not in pair:
+                raise SelectionError(f"mix {mix!r}: expected DOMAIN=SHARE pairs (e.g. chat=0.5,math=0.5) or natural")
+            k, v = pair.split("=", 1)
+            out[k.strip()] = v.strip()
+        mix = out
+    if not isinstance(mix, dict) or not mix:
+        raise SelectionError(f"mix {mix!r}: expected DOMAIN=SHARE pairs (e.g. chat=0.5,math=0.5) or natural")
+    shares = {}
+    for k, v in mix.items():
+        try:
+            shares[str(k)] = float(v)
+        except (TypeError, ValueError):
+            raise SelectionError(f"impossible mix: share of {k!r} is {v!r}, not a number") from None
+        if not math.isfinite(shares[k]) or shares[k] < 0:
+            raise SelectionError(f"impossible mix: share of {k!r} is {v!r}; shares must be between 0 and 1")
+    total = sum(shares.values())
+    if abs(total - 1) > 1e-6:
+        raise SelectionError(f"impossible mix: shares sum to {total:g}; they must sum to 1 (e.g. chat=0.5,math=0.5)")
+    return dict(sorted(shares.items()))
+
+
+def _parse_thresholds(d, which: str) -> dict[str, float]:
+    if d is None:
+        return {}
+    if isinstance(d, (list, tuple)):  # ["ifd=1", ...] as given on the command line
+        pairs = {}
+        for item in d:
+            if "=" not in str(item):
+                raise SelectionError(f"--{which} {item!r}: expected SCORE=VALUE, e.g. ifd=1")
+            k, v = str(item).split("=", 1)
+            pairs[k.strip()] = v.strip()
+        d = pairs
+    if not isinstance(d, dict):
+        raise SelectionError(f"{which}: expected SCORE=VALUE thresholds, got {d!r}")
+    out = {}
+    for k, v in d.items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            raise SelectionError(f"--{which} {k}={v!r}: the value is not a number") from None
+        if math.isnan(out[str(k)]):
+            raise SelectionError(f"--{which} {k}: NaN is not a threshold")
+    return dict(sorted(out.items()))
+
+
+def read_recipe(path: str | Path) -> Recipe:
+    """Read a recipe YAML file (as written to ``SEL_DIR/recipe.yaml``)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SelectionError(f"{p}: no such recipe file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SelectionError(f"{p}: not valid YAML ({e})") from None
+    try:
+        return Recipe.from_dict(data)
+    except SelectionError as e:
+        raise SelectionError(f"{p}: {e}") from None
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    """The recipe as YAML text (re-readable with :func:`read_recipe`)."""
+    import yaml
+
+    head = "# selection recipe: python -m curation select RUN_DIR --recipe recipe.yaml --out SEL_DIR\n"
+    return head + yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Allocation
+
+
+def largest_remainder(total: int, shares: dict[str, Fraction]) -> dict[str, int]:
+    """Split ``total`` units in proportion to ``shares`` so that the parts sum to ``total`` exactly.
+
+    Hamilton's method: each part is the floor or the ceiling of its exact quota; the units left
+    after flooring go to the largest fractional remainders (ties: larger share, then name).
+    Shares are normalised by their sum; all-zero shares get nothing.
+    """
+    s = sum(shares.values(), Fraction(0))
+    if s == 0 or total <= 0:
+        return {d: 0 for d in shares}
+    quotas = {d: Fraction(total) * Fraction(v) / s for d, v in shares.items()}
+    parts = {d: math.floor(q) for d, q in quotas.items()}
+    left = total - sum(parts.values())
+    for d in sorted(shares, key=lambda d: (-(quotas[d] - parts[d]), -Fraction(shares[d]), d))[:left]:
+        parts[d] += 1
+    return parts
+
+
+def allocate(total: int, shares: dict[str, Fraction], capacity: dict[str, int], fill: bool):
+    """Allocate ``total`` units over domains by share, capped by each domain's capacity.
+
+    Returns ``(allocation, shortfall, unfilled)``: ``shortfall[d]`` is how much of its share domain
+    ``d`` could not take; with ``fill`` that amount is spread over the domains with room left (by
+    their shares, repeatedly, largest remainder) and ``unfilled`` is what nobody could take.
+    """
+    alloc = largest_remainder(total, shares)
+    shortfall = {d: max(0, alloc[d] - capacity[d]) for d in shares}
+    alloc = {d: min(alloc[d], capacity[d]) for d in shares}
+    left = sum(shortfall.values())
+    while fill and left > 0:
+        room = {d: shares[d] for d in shares if shares[d] > 0 and alloc[d] < capacity[d]}
+        if not room:
+            break
+        extra = largest_remainder(left, room)
+        for d, add in extra.items():
+            add = min(add, capacity[d] - alloc[d])
+            alloc[d] += add
+            left -= add
+    return alloc, shortfall, left
+
+
+# ----------------------------------------------------------------------------------------------
+# Picking inside one domain (all return positions into the domain's rows, best/first first)
+
+
+def rank_order(scores: np.ndarray, ids: np.ndarray, order: str) -> np.ndarray:
+    """Positions sorted best first (``high``: largest score first), ties by example id."""
+    key = -scores if order == "high" else scores
+    return np.lexsort((ids, key))
+
+
+def s2l_sample(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """S2L balanced sampling of ``k`` positions from cluster ``labels``, as the official code does.
+
+    Clusters with more than 2 members are visited from the smallest to the largest; each gets
+    (budget left) // (clusters left), the whole cluster when it is not larger than that, else a
+    seeded random sample.  Clusters of at most 2 members sit out this pass and only fill what
+    budget remains, at random.  Returns positions in the order they were taken.
+    """
+    labels = np.asarray(labels)
+    k = min(int(k), len(labels))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    clusters, counts = np.unique(labels, return_counts=True)
+    by_size = np.lexsort((clusters, counts))  # smallest first, ties by cluster label
+    big = by_size[counts[by_size] > 2]
+    picked: list[np.ndarray] = []
+    n = k
+    for i, c in enumerate(big):
+        per_cluster = n // (len(big) - i)
+        members = np.flatnonzero(labels == clusters[c])
+        if len(members) > per_cluster:
+            picked.append(rng.choice(members, per_cluster, replace=False))
+            n -= per_cluster
+        else:
+            picked.append(members)
+            n -= len(members)
+    if n > 0:
+        small = np.flatnonzero(np.isin(labels, clusters[counts <= 2]))
+        take = min(n, len(small))
+        picked.append(rng.choice(small, take, replace=False))
+        n -= take
+    # Water-filling over ascending sizes places the whole budget whenever k <= len(labels)
+    # (the property tests check it), so nothing is left here.
+    assert n == 0, "s2l_sample: budget left after every cluster was visited"
+    return np.concatenate(picked).astype(np.int64)
+
+
+def cluster_trajectories(traj: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """K-means labels of loss trajectories (rows), as S2L clusters them (NaN -> 0, as the official
+    code does).  The number of clusters is capped at n/10 (as the learn run caps it) so clusters
+    stay meaningful on small pools."""
+    from sklearn.cluster import KMeans
+
+    x = np.nan_to_num(np.asarray(traj, dtype=np.float64), nan=0.0)
+    k = max(1, min(n_clusters, len(x) // 10))
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if k == 1:
+        return np.zeros(len(x), dtype=np.int64)
+    return KMeans(n_clusters=k, random_state=seed, n_init=3).fit_predict(x).astype(np.int64)
+
+
+def _domain_rng(seed: int, domain: str) -> np.random.Generator:
+    # One stream per domain: adding a domain to the mix does not change another domain's sample.
+    key = int.from_bytes(hashlib.sha256(domain.encode()).digest()[:8], "little")
+    return np.random.default_rng(np.random.SeedSequence([seed, key]))
+
+
+# ----------------------------------------------------------------------------------------------
+# select
+
+
+@dataclass
+class DomainPlan:
+    """How one domain fared: its share, pool, eligible rows, allocation and result."""
+
+    share: float
+    pool: int
+    eligible: int
+    quota: int  # units (examples or tokens) the share alone gives
+    allocated: int  # after capping at what is eligible (and fill)
+    shortfall: int  # quota - what the domain could take
+    selected: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class Selection:
+    """The result of applying a recipe: selected rows plus how the budget was spent."""
+
+    rows: "object"  # pandas DataFrame: example_id, source, source_index, domain, rank, n_tokens, <score>
+    recipe: Recipe
+    score_column: str | None  # column of rows holding the score used (None for random)
+    unit: str  # "examples" | "tokens"
+    budget_units: int  # the budget in ``unit``
+    domains: dict[str, DomainPlan]
+    unfilled: int  # budget no domain could take
+    warnings: list[str]
+    eligible_mask: "object"  # numpy bool array over the input table
+
+
+ID_COLUMNS = ["example_id", "source", "source_index", "domain"]
+TOKEN_COLUMNS = ["n_prompt_tokens", "n_response_tokens"]
+
+
+def select(table, recipe: Recipe):
+    """The selected rows of ``table`` (a score table) under ``recipe``, with their ``rank``: the
+    1-based position within the row's domain, best first (for random and s2l: the sampling order).
+
+    Pure and seeded: the same rows and recipe give the same ids.  See :func:`apply_recipe` for
+    the budget accounting.
+    """
+    return apply_recipe(table, recipe).rows
+
+
+def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selection:
+    """Apply ``recipe`` to a score table; raise :class:`SelectionError` when it cannot be applied.
+
+    ``run_kind`` (from run.json) only improves the message for a missing column.
+    """
+    _require(table, ID_COLUMNS + TOKEN_COLUMNS, "selection", run_kind)
+    df = table.reset_index(drop=True)
+    # Name the run kind in messages about missing columns (a table alone: learn runs have trajectories).
+    run_kind = run_kind or ("learn" if trajectory_columns(df.columns) else "score")
+    n_pool = len(df)
+    if n_pool == 0:
+        raise SelectionError("empty selection: the run's score table has no rows")
+    domain = df["domain"].astype(str).to_numpy()
+    ids = df["example_id"].astype(str).to_numpy()
+    tokens = (df["n_prompt_tokens"].fillna(0).astype(np.int64) + df["n_response_tokens"].fillna(0).astype(np.int64)).to_numpy()
+    budget = recipe.budget_spec
+    unit = "tokens" if budget.kind == "tokens" else "examples"
+    pool_domains = sorted(set(domain))
+
+    # Shares (exact fractions).
+    if recipe.mix == "natural":
+        weight = tokens if unit == "tokens" else np.ones(n_pool, dtype=np.int64)
+        shares = {d: Fraction(int(weight[domain == d].sum()), max(int(weight.sum()), 1)) for d in pool_domains}
+    else:
+        missing = [d for d in recipe.mix if d not in pool_domains]
+        if missing:
+            raise SelectionError(
+                f"impossible mix: domain(s) {missing} have no examples in this run; its domains are "
+                f"{pool_domains}"
+            )
+        # Shares are decimal fractions as written (12 significant digits drop float noise such
+        # as 1 - 0.7 = 0.30000000000000004), then normalised to sum to exactly 1.
+        raw = {d: Fraction(f"{v:.12g}") for d, v in recipe.mix.items()}
+        total = sum(raw.values())
+        shares = {d: v / total for d, v in raw.items()}
+
+    # Eligibility: scored, score known, thresholds passed.
+    score_col, score = _score_values(df, recipe.method, run_kind)
+    eligible = np.ones(n_pool, dtype=bool)
+    if "scored" in df.columns:
+        eligible &= df["scored"].fillna(False).astype(bool).to_numpy()
+    if score is not None:
+        eligible &= ~np.isnan(score)
+    for which, bounds in (("min", recipe.min), ("max", recipe.max)):
+        for name, bound in bounds.items():
+            _, values = _threshold_values(df, name, which, run_kind)
+            with np.errstate(invalid="ignore"):
+                ok = values >= bound if which == "min" else values <= bound
+            eligible &= ok & ~np.isnan(values)
+    if recipe.method == "s2l":
+        labels = _s2l_labels(df, recipe, eligible, domain, run_kind)
+        eligible &= labels >= 0  # rows without a cluster cannot be sampled
+        score = labels.astype(np.float64)
+
+    # Allocation.
+    budget_units = budget.units(n_pool)
+    if budget_units < 1:
+        raise SelectionError(f"empty selection: a budget of {recipe.budget} of {n_pool} examples rounds to 0")
+    capacity = {d: int(tokens[eligible & (domain == d)].sum()) if unit == "tokens"
+                else int((eligible & (domain == d)).sum()) for d in shares}
+    quota = largest_remainder(budget_units, shares)
+    alloc, shortfall, unfilled = allocate(budget_units, shares, capacity, recipe.fill)
+
+    # Picking.
+    picked_rows: list[np.ndarray] = []
+    ranks: list[np.ndarray] = []
+    for d in shares:
+        rows_d = np.flatnonzero(eligible & (domain == d))
+        # Canonical order (by id) so the result does not depend on the table's row order.
+        rows_d = rows_d[np.argsort(ids[rows_d], kind="stable")]
+        if alloc[d] == 0 or len(rows_d) == 0:
+            continue
+        rng = _domain_rng(recipe.seed, d)
+        if recipe.method == "s2l":
+            order = s2l_sample(score[rows_d].astype(np.int64), alloc[d], rng)
+        elif recipe.method == "random":
+            order = rng.permutation(len(rows_d))
+        else:
+            order = rank_order(score[rows_d], ids[rows_d], recipe.order)
+        if unit == "tokens":
+            # Longest prefix of the ranking that fits: keeps the top-k law, never exceeds the budget.
+            cum = np.cumsum(tokens[rows_d][order])
+            order = order[: int(np.searchsorted(cum, alloc[d], side="right"))]
+        else:
+            order = order[: alloc[d]]
+        picked_rows.append(rows_d[order])
+        ranks.append(np.arange(1, len(order) + 1))
+    picked = np.concatenate(picked_rows) if picked_rows else np.zeros(0, dtype=np.int64)
+    rank = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+
+    out = df.loc[picked, ID_COLUMNS].reset_index(drop=True)
+    out["source_index"] = out["source_index"].astype(np.int64)
+    out["rank"] = rank.astype(np.int64)
+    out["n_tokens"] = tokens[picked].astype(np.int64)
+    if score_col is not None:
+        out[score_col] = score[picked] if recipe.method != "s2l" else score[picked].astype(np.int64)
+
+    plans: dict[str, DomainPlan] = {}
+    warnings: list[str] = []
+    for d in shares:
+        sel = out["domain"] == d
+        plans[d] = DomainPlan(
+            share=float(shares[d]), pool=int((domain == d).sum()), eligible=int((eligible & (domain == d)).sum()),
+            quota=int(quota[d]), allocated=int(alloc[d]), shortfall=int(shortfall[d]),
+            selected=int(sel.sum()), tokens=int(out.loc[sel, "n_tokens"].sum()),
+        )
+        if shortfall[d] > 0:
+            warnings.append(
+                f"domain {d}: {plans[d].eligible} eligible example(s) ({capacity[d]} {unit}) for a share "
+                f"of {quota[d]} {unit}; {shortfall[d]} {unit} short"
+                + ("" if recipe.fill else "; use --fill to spread them over the other domains")
+            )
+    if recipe.fill and unfilled > 0:
+        warnings.append(f"--fill: no domain had room for the last {unfilled} {unit} of the budget")
+    if len(out) == 0:
+        n_eligible = int(eligible.sum())
+        why = (f"no example is eligible ({n_eligible} of {n_pool} pass 'scored', the score and the "
+               f"thresholds {_fmt_thresholds(recipe)})" if n_eligible == 0 else
+               f"{n_eligible} example(s) are eligible but none fits the budget of {recipe.budget} per the mix "
+               f"{recipe.mix}")
+        raise SelectionError(f"empty selection: {why}")
+    return Selection(
+        rows=out, recipe=recipe, score_column=score_col, unit=unit, budget_units=budget_units,
+        domains=plans, unfilled=int(unfilled), warnings=warnings, eligible_mask=eligible,
+    )
+
+
+def _fmt_thresholds(recipe: Recipe) -> str:
+    parts = [f"{k}>={v:g}" for k, v in recipe.min.items()] + [f"{k}<={v:g}" for k, v in recipe.max.items()]
+    return ", ".join(parts) if parts else "(none)"
+
+
+def _require(df, columns: list[str], what: str, run_kind: str | None) -> None:
+    for c in columns:
+        if c not in df.columns:
+            raise SelectionError(f"the run's scores.parquet has no column {c!r}, which {what} needs; "
+                                 f"it is written by {ANY_RUN}")
+
+
+def _missing(column: str, what: str, produced_by: str, run_kind: str | None) -> SelectionError:
+    return SelectionError(
+        f"{what} needs the column {column!r}, which this {run_kind + ' ' if run_kind else ''}run's "
+        f"scores.parquet does not have; {column!r} is written by {produced_by}"
+    )
+
+
+def _score_values(df, method: str, run_kind: str | None):
+    """``(column name, float array)`` of the score a method ranks by; ``(None, None)`` for random."""
+    info = SCORES[method]
+    if info.column is None:
+        return None, None
+    if method == "s2l":
+        return info.column, None  # labels are resolved by _s2l_labels
+    if info.column in df.columns:
+        return info.column, df[info.column].astype("float64").to_numpy()
+    if info.fallback is not None and info.fallback in df.columns:
+        values = df[info.fallback].astype("float64").to_numpy()
+        if method == "ppl":
+            with np.errstate(over="ignore"):
+                return "ppl", np.exp(values)
+        return info.fallback, values
+    raise _missing(info.column, f"--method {method}", info.produced_by, run_kind)
+
+
+def _threshold_values(df, name: str, which: str, run_kind: str | None):
+    """Values a ``--min``/``--max`` threshold compares: a score name or any numeric column."""
+    if name in SCORES and SCORES[name].column is not None and name != "s2l":
+        col, values = _score_values(df, name, run_kind)
+        return col, values
+    if name in df.columns:
+        try:
+            return name, df[name].astype("float64").to_numpy()
+        except (TypeError, ValueError):
+            raise SelectionError(f"--{which} {name}: column {name!r} is not numeric") from None
+    numeric = [c for c in df.columns if c not in ID_COLUMNS and _is_numeric(df[c])]
+    raise SelectionError(
+        f"--{which} {name}: unknown score or column {name!r}; scores: "
+        f"{', '.join(n for n in SCORES if SCORES[n].default_order)}; numeric columns of this run: {', '.join(numeric)}"
+    )
+
+
+def _is_numeric(s) -> bool:
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
+
+
+def trajectory_columns(columns) -> list[str]:
+    """``loss_ckpt_0 .. loss_ckpt_K`` in checkpoint order."""
+    found = [(int(m.group(1)), c) for c in columns if (m := re.fullmatch(r"loss_ckpt_(\d+)", str(c)))]
+    return [c for _, c in sorted(found)]
+
+
+def _s2l_labels(df, recipe: Recipe, eligible: np.ndarray, domain: np.ndarray, run_kind) -> np.ndarray:
+    """Cluster label per row (-1: none): the run's ``s2l_cluster`` or, with ``s2l_clusters``,
+    K-means over each domain's eligible trajectories."""
+    if recipe.s2l_clusters is None:
+        if "s2l_cluster" not in df.columns:
+            raise _missing("s2l_cluster", "--method s2l", LEARN_RUN, run_kind)
+        labels = df["s2l_cluster"].astype("float64").to_numpy()
+        return np.where(np.isnan(labels) | (labels < 0), -1, np.nan_to_num(labels)).astype(np.int64)
+    traj_cols = trajectory_columns(df.columns)
+    if len(traj_cols) < 2:
+        raise _missing("loss_ckpt_0..loss_ckpt_K", "--method s2l with s2l_clusters", LEARN_RUN, run_kind)
+    traj = df[traj_cols].astype("float64").to_numpy()
+    labels = np.full(len(df), -1, dtype=np.int64)
+    ids = df["example_id"].astype(str).to_numpy()
+    for d in sorted(set(domain)):
+        rows = np.flatnonzero(eligible & (domain == d))
+        rows = rows[np.argsort(ids[rows], kind="stable")]  # canonical order: independent of row order
+        if len(rows):
+            labels[rows] = cluster_trajectories(traj[rows], recipe.s2l_clusters, recipe.seed)
+    return labels
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary
+
+
+STAT_COLUMNS = ["davir", "rho", "ifd", "ppl_base", "loss_base", "loss", "n_response_tokens", "n_prompt_tokens"]
+
+
+def describe(values) -> dict:
+    """count, mean, std, min, quartiles and max of the finite values (None when there are none)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return {"count": 0}
+    q = np.quantile(v, [0.25, 0.5, 0.75])
+    return {"count": int(len(v)), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+            "p25": float(q[0]), "median": float(q[1]), "p75": float(q[2]), "max": float(v.max())}
+
+
+def summarize(table, selection: Selection, baseline: Selection | None = None) -> dict:
+    """Per-domain counts and tokens, and score statistics of the pool, the eligible rows, the
+    selection and (if given) the random baseline at the same budget and mix."""
+    df = table.reset_index(drop=True)
+    cols = []
+    if selection.score_column and selection.score_column != "s2l_cluster":
+        cols.append(selection.score_column)
+    cols += [c for c in STAT_COLUMNS if c in df.columns and c not in cols]
+    if selection.score_column == "ppl" and "ppl" not in df.columns:
+        df = df.assign(ppl=np.exp(df["loss"].astype("float64")))
+    by_id = df.set_index("example_id")
+
+    def stats(sub) -> dict:
+        out = {}
+        for c in cols:
+            entry = {"all": describe(sub[c])}
+            entry["by_domain"] = {str(d): describe(g[c]) for d, g in sub.groupby("domain", sort=True)}
+            out[c] = entry
+        return out
+
+    def counts(sel: Selection) -> dict:
+        return {d: {"examples": p.selected, "tokens": p.tokens} for d, p in sel.domains.items()}
+
+    summary = {
+        "recipe": selection.recipe.to_dict(),
+        "score": _score_meta(selection),
+        "budget": {"spec": selection.recipe.budget, "unit": selection.unit, "units": selection.budget_units,
+                   "pool_examples": len(df)},
+        "domains": {d: asdict(p) for d, p in selection.domains.items()},
+        "totals": {"examples": int(len(selection.rows)), "tokens": int(selection.rows["n_tokens"].sum()),
+                   "eligible": int(selection.eligible_mask.sum()), "unfilled": selection.unfilled},
+        "warnings": selection.warnings,
+        "stats": {
+            "pool": stats(df),
+            "eligible": stats(df[selection.eligible_mask]),
+            "selection": stats(by_id.loc[selection.rows["example_id"]].reset_index()),
+        },
+    }
+    if baseline is not None:
+        summary["random_baseline"] = {
+            "seed": baseline.recipe.seed, "counts": counts(baseline),
+            "totals": {"examples": int(len(baseline.rows)), "tokens": int(baseline.rows["n_tokens"].sum())},
+        }
+        summary["stats"]["random"] = stats(by_id.loc[baseline.rows["example_id"]].reset_index())
+    return summary
+
+
+def _score_meta(selection: Selection) -> dict:
+    info = SCORES[selection.recipe.method]
+    return {"method": info.name, "column": selection.score_column, "order": selection.recipe.order,
+            "explanation": info.explanation}
+
+
+def random_baseline(table, recipe: Recipe, run_kind: str | None = None) -> Selection:
+    """The seeded random selection at the same budget, mix, thresholds and fill as ``recipe``."""
+    d = recipe.to_dict()
+    d.update(method="random", order=None, s2l_clusters=None)
+    return apply_recipe(table, Recipe.from_dict(d), run_kind)
+
+
+# ----------------------------------------------------------------------------------------------
+# The select command: run folder in, selection folder out
+
+
+def select_run(run_dir: str | Path, recipe: Recipe, out: str | Path,
+               progress: Callable[[dict], None] | None = None) -> Path:
+    """Apply ``recipe`` to a run folder and write ``out/`` atomically:
+    ``recipe.yaml``, ``selected.parquet`` and ``summary.json`` (which also records the run's
+    provenance so an export needs only the selection folder and the source files)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curation import __version__
+    from curation.export import atomic_dir
+
+    run_dir = Path(run_dir)
+    report = progress or (lambda p: None)
+    report({"phase": "reading run", "done": 0, "total": 3})
+    table, run = read_run_folder(run_dir)
+    kind = run.get("kind")
+    report({"phase": "selecting", "done": 1, "total": 3})
+    sel = apply_recipe(table, recipe, kind)
+    base = sel if recipe.method == "random" else random_baseline(table, recipe, kind)
+    summary = summarize(table, sel, base)
+    summary["run"] = run_provenance(run_dir, run)
+    summary["code_version"] = __version__
+    report({"phase": "writing", "done": 2, "total": 3})
+    # The folder is renamed into place as a whole, so plain writes inside it are atomic enough.
+    with atomic_dir(out, marker="recipe.yaml", what="selection") as tmp:
+        (tmp / "recipe.yaml").write_text(recipe_yaml(recipe))
+        pq.write_table(pa.Table.from_pandas(sel.rows, preserve_index=False), tmp / "selected.parquet")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    report({"phase": "done", "done": 3, "total": 3})
+    return Path(out)
+
+
+def read_run_folder(run_dir: Path):
+    """``(scores DataFrame, run.json dict)`` of a score or learnability run folder."""
+    import pandas as pd
+
+    scores, meta = run_dir / "scores.parquet", run_dir / "run.json"
+    if not run_dir.is_dir():
+        raise SelectionError(f"{run_dir}: no such run folder")
+    for p in (scores, meta):
+        if not p.is_file():
+            raise SelectionError(f"{run_dir} is not a finished run folder: {p.name} is missing "
+                                 f"(a score or learn run writes it when it finishes)")
+    try:
+        run = json.loads(meta.read_text())
+    except json.JSONDecodeError as e:
+        raise SelectionError(f"{meta}: not valid JSON ({e})") from None
+    if run.get("finished") is False:
+        raise SelectionError(f"{run_dir}: the run has not finished; finish it (re-run the same command) first")
+    return pd.read_parquet(scores), run
+
+
+def run_provenance(run_dir: Path, run: dict) -> dict:
+    """What an export must know about the run: sources (with absolute paths), models, template."""
+    sources = []
+    for s in run.get("sources", []):
+        s = dict(s)
+        p = Path(s.get("path", ""))
+        s["abs_path"] = str(p.resolve()) if p.exists() else None
+        sources.append(s)
+    keep = ("kind", "run_key", "code_version", "model", "reference", "training", "checkpoint_fingerprints",
+            "template", "max_length", "checkpoints", "seed", "n_clusters", "heldout_folds")
+    prov = {k: run[k] for k in keep if k in run}
+    cfg = run.get("config", {})
+    prov["config"] = {k: cfg.get(k) for k in ("sources", "columns", "format", "limit", "model", "template",
+                                              "max_length", "checkpoints", "seed", "lora", "epochs") if k in cfg}
+    prov["dir"] = str(run_dir.resolve())
+    prov["sources"] = sources
+    return prov

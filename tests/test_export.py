@@ -1,0 +1,181 @@
+"""Export: reload equality for every input format x style x output format, manifest, atomicity."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pandas as pd
+import pytest
+
+from curation.export import ExportConfig, ExportError, export_selection, load_export
+from curation.load import example_id
+from curation.selection import Recipe, select_run
+from tests.conftest import write_jsonl
+from tests.test_selection import make_run
+
+
+@pytest.fixture(scope="module")
+def four_sources(tmp_path_factory):
+    """One source per input file type, each with its own record shape."""
+    d = tmp_path_factory.mktemp("sources")
+    gsm = write_jsonl(d / "gsm.jsonl", [
+        {"question": f"What is {k} + {k}?", "answer": f"{k} + {k} = {2 * k}\n#### {2 * k}"} for k in range(20)])
+    alpaca = d / "alpaca.json"
+    alpaca.write_text(json.dumps([
+        {"instruction": f"Describe colour number {k}.", "input": "" if k % 2 else f"in {k} words",
+         "output": f"Colour {k} is a \"warm\" shade,\nlike ünïcödé 🦊 sunsets."} for k in range(20)],
+        ensure_ascii=False))
+    conv = d / "conv.parquet"
+    pd.DataFrame({"messages": [[{"role": "user", "content": f"Hi {k}"}, {"role": "assistant", "content": f"Hello {k}!"},
+                                {"role": "user", "content": "More?"}, {"role": "assistant", "content": "Sure, " * k + "done."}]
+                               for k in range(20)]}).to_parquet(conv, index=False)
+    tips = d / "tips.csv"
+    with tips.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["prompt", "response"])
+        w.writeheader()
+        for k in range(20):
+            w.writerow({"prompt": f"Tip {k}, please", "response": f"Tip {k}: drink water, \"often\", k={k}."})
+    return {"math": gsm, "chat": alpaca, "conv": conv, "tips": tips}
+
+
+@pytest.fixture(scope="module")
+def selection(four_sources, tmp_path_factory):
+    d = tmp_path_factory.mktemp("sel")
+    run = make_run(d / "run", [f"{k}={v}" for k, v in four_sources.items()], seed=4)
+    return select_run(run, Recipe("davir", budget="40%", mix="natural"), d / "sel")
+
+
+def original_records(four_sources) -> dict[tuple[str, int], dict]:
+    out = {}
+    for k, p in four_sources.items():
+        if p.suffix == ".jsonl":
+            recs = [json.loads(line) for line in p.read_text().splitlines()]
+        elif p.suffix == ".json":
+            recs = json.loads(p.read_text())
+        elif p.suffix == ".parquet":
+            recs = pd.read_parquet(p).to_dict("records")
+            recs = [{"messages": [dict(m) for m in r["messages"]]} for r in recs]
+        else:
+            recs = list(csv.DictReader(p.open(newline="")))
+        for i, r in enumerate(recs):
+            out[(p.name, i)] = r
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "hf"])
+@pytest.mark.parametrize("style", ["original", "messages"])
+def test_export_reloads_exactly_the_selected_rows(selection, four_sources, tmp_path, fmt, style):
+    out = export_selection(ExportConfig(str(selection), str(tmp_path / "exp"), fmt, style))
+    selected = pd.read_parquet(selection / "selected.parquet")
+    assert set(selected["domain"]) == {"math", "chat", "conv", "tips"}
+    ds = load_export(out)
+    assert len(ds) == len(selected)
+    originals = original_records(four_sources)
+    for row, sel in zip(ds, selected.itertuples()):
+        orig = originals[(sel.source, sel.source_index)]
+        if style == "original":
+            # exactly the source record; columns other sources bring in are null here
+            assert {k: row[k] for k in orig} == orig
+            assert all(row[k] is None for k in row if k not in orig)
+        else:
+            assert list(row) == ["messages"]
+            assert example_id(row["messages"]) == sel.example_id
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["example_id"] for e in manifest["examples"]] == selected["example_id"].tolist()
+    assert manifest["counts"]["examples"] == len(selected)
+    assert manifest["counts"]["by_domain"]["math"]["examples"] == int((selected["domain"] == "math").sum())
+    assert manifest["counts"]["tokens"] == int(selected["n_tokens"].sum())
+    assert manifest["recipe"]["method"] == "davir" and manifest["format"] == fmt and manifest["style"] == style
+    assert manifest["provenance"]["model"]["fingerprint"] == "sha256:synthetic"
+    assert manifest["code_version"]["source_fingerprint"].startswith("sha256:")
+    assert all(e["content_sha256"].startswith("sha256:") for e in manifest["examples"])
+
+
+def test_jsonl_original_lines_reparse_to_the_source_objects(selection, four_sources, tmp_path):
+    out = export_selection(ExportConfig(str(selection), str(tmp_path / "exp"), "jsonl", "original"))
+    selected = pd.read_parquet(selection / "selected.parquet")
+    lines = (out / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    originals = original_records(four_sources)
+    assert [json.loads(x) for x in lines] == [originals[(s.source, s.source_index)] for s in selected.itertuples()]
+
+
+def test_export_refuses_a_changed_source_and_leaves_nothing(four_sources, tmp_path):
+    src = tmp_path / "gsm.jsonl"
+    src.write_text(four_sources["math"].read_text())
+    run = make_run(tmp_path / "run", [f"math={src}"])
+    sel = select_run(run, Recipe("davir", budget="5"), tmp_path / "sel")
+    src.write_text(src.read_text().replace("What is", "What's"))
+    with pytest.raises(ExportError, match="changed since the run"):
+        export_selection(ExportConfig(str(sel), str(tmp_path / "exp")))
+    assert not (tmp_path / "exp").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exp")]  # no temp folder left behind
+
+
+def test_export_replaces_a_previous_export_atomically(selection, tmp_path):
+    out = tmp_path / "exp"
+    export_selection(ExportConfig(str(selection), str(out), "jsonl", "messages"))
+    export_selection(ExportConfig(str(selection), str(out), "parquet", "messages"))
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train.parquet"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    with pytest.raises(ExportError, match="does not hold a previous export"):
+        export_selection(ExportConfig(str(selection), str(tmp_path / "other")))
+
+
+def test_export_config_and_folder_errors(tmp_path):
+    with pytest.raises(ExportError, match="format 'csv'"):
+        ExportConfig("s", "o", format="csv")
+    with pytest.raises(ExportError, match="style 'alpaca'"):
+        ExportConfig("s", "o", style="alpaca")
+    with pytest.raises(ExportError, match="not a selection folder: selected.parquet is missing"):
+        export_selection(ExportConfig(str(tmp_path), str(tmp_path / "o")))
+
+
+@pytest.mark.integration
+def test_done_means_on_real_rows(shared_data, tmp_path, capsys):
+    """select davir 10% chat=0.5,math=0.5, export jsonl messages: half chat, half math, top davir."""
+    import datasets
+
+    from curation.cli import main
+
+    run = make_run(tmp_path / "run", [f"math={shared_data / 'gsm8k/train.jsonl'}",
+                                      f"chat={shared_data / 'alpaca_gpt4_demo/alpaca_en_demo.json'}"], limit=100)
+    assert main(["select", str(run), "--method", "davir", "--budget", "10%", "--mix", "chat=0.5,math=0.5",
+                 "--out", str(tmp_path / "sel")]) == 0
+    assert main(["export", str(tmp_path / "sel"), "--format", "jsonl", "--style", "messages",
+                 "--out", str(tmp_path / "exp")]) == 0
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "exp" / "train.jsonl"), split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))
+    scores = pd.read_parquet(run / "scores.parquet")
+    selected = pd.read_parquet(tmp_path / "sel" / "selected.parquet")
+    ids = [example_id(r["messages"]) for r in ds]
+    assert ids == selected["example_id"].tolist() and len(ids) == 20
+    by_domain = scores.set_index("example_id").loc[ids, "domain"].value_counts().to_dict()
+    assert by_domain == {"chat": 10, "math": 10}
+    for d in ("chat", "math"):
+        top = scores[scores["domain"] == d].nlargest(10, "davir")["example_id"]
+        assert set(top) == set(selected.loc[selected["domain"] == d, "example_id"])
+
+
+def test_failed_export_leaves_the_previous_one_intact(tmp_path):
+    """A failure while writing (here: one column with two types) leaves no half-written folder."""
+    a = write_jsonl(tmp_path / "a.jsonl", [{"id": k, "question": f"q{k}?", "answer": f"a{k}"} for k in range(5)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"id": f"x{k}", "question": f"Q{k}?", "answer": f"A{k}"} for k in range(5)])
+    run = make_run(tmp_path / "run", [f"math={a}", f"chat={b}"])
+    sel = select_run(run, Recipe("davir", budget="100%"), tmp_path / "sel")
+    out = tmp_path / "exp"
+    export_selection(ExportConfig(str(sel), str(out), "jsonl", "messages"))
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(ExportError, match="different types in different sources.*--style messages"):
+        export_selection(ExportConfig(str(sel), str(out), "parquet", "original"))
+    assert (out / "manifest.json").read_text() == before and (out / "train.jsonl").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl", "exp", "run", "sel"]
+
+
+def test_cli_export_errors(tmp_path, capsys):
+    from curation.cli import main
+
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a selection folder" in err and "Traceback" not in err
