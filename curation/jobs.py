@@ -1,0 +1,537 @@
+"""Background jobs: a job store in SQLite and detached worker processes that run score/learn.
+
+The dashboard and the CLI call :func:`submit`, :func:`status`, :func:`list_jobs`, :func:`cancel`,
+:func:`resume` and :func:`logs`; a job runs in its own process (``python -m curation.worker``,
+started in a new session) so it outlives the Streamlit server and the CLI that started it.
+
+Workspace layout (see :mod:`curation.workspace`)::
+
+    WORKSPACE/jobs.sqlite        the store (WAL mode: readers never wait for the writing worker)
+    WORKSPACE/jobs/ID/job.log    the worker's log (every attempt appends to it)
+    WORKSPACE/jobs/ID/job.json   the submitted config, for humans
+    WORKSPACE/runs/ID/           the job's output folder unless the config names one
+
+States::
+
+    queued -> running -> succeeded | failed | cancelled
+                     \\-> interrupted (the worker died: pid gone, or no heartbeat for STALE_S)
+    interrupted | failed | cancelled --resume--> queued
+
+There is no scheduler daemon.  Whoever touches the store (a submit, a status poll, a worker that
+just finished) first marks dead workers' jobs ``interrupted`` and then starts the oldest queued
+job of every device that has a free slot (one running job per device by default,
+``$CURATION_JOBS_PER_DEVICE``).  Every state change is a single transaction guarded by the
+worker's pid, so a worker that was given up for dead can never overwrite its job's new state.
+
+Resuming runs the same config again in the same output folder; the runs commit their work in
+chunks (score) or checkpoints (learn) and skip what is committed, so a kill loses at most the
+chunk or checkpoint interval in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from curation.atomic import write_json
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+RESUMABLE_STATES = ("interrupted", "failed", "cancelled")
+
+# kind -> (module, config dataclass, run function `run(cfg, progress) -> out folder`).
+# Imported lazily: the store, the CLI and the dashboard must not pay for torch, and a kind whose
+# module is not installed yet only fails when it is used.
+KINDS = {
+    "score": ("curation.scores", "ScoreConfig", "run_score"),
+    "learn": ("curation.learn", "LearnConfig", "run_learn"),
+}
+
+DB_NAME = "jobs.sqlite"
+HEARTBEAT_S = 2.0  # how often a worker touches its row
+DEFAULT_STALE_S = 120.0  # a running job whose heartbeat is older than this is presumed hung
+HOST = socket.gethostname()
+
+# Progress keys that have their own column; other scalar keys go to the `extra` JSON column.
+PROGRESS_COLUMNS = ("phase", "done", "total", "tokens", "tokens_per_s", "eta_s")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- submission order; queues start in this order
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    config TEXT NOT NULL,                    -- JSON of the config dataclass (asdict)
+    device TEXT NOT NULL,                    -- resolved device ("cpu", "cuda:0"): the queue key
+    cwd TEXT NOT NULL,                       -- the submitter's folder: relative sources resolve here
+    out TEXT NOT NULL,
+    log TEXT NOT NULL,
+    state TEXT NOT NULL,
+    phase TEXT, done INTEGER, total INTEGER, tokens INTEGER, tokens_per_s REAL, eta_s REAL,
+    extra TEXT,                              -- other progress keys (JSON), e.g. a training loss
+    pid INTEGER, pid_start INTEGER, host TEXT, heartbeat REAL,
+    suspect REAL,                            -- when a reader first found the heartbeat stale
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    created REAL NOT NULL, started REAL, finished REAL, updated REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, device, seq);
+"""
+
+
+_ADDED_COLUMNS = {"suspect": "REAL"}
+
+
+class JobError(ValueError):
+    """A job request that cannot be honoured (unknown id, wrong state, unknown kind)."""
+
+
+class JobCancelled(BaseException):
+    """Raised inside a worker by SIGTERM.  A BaseException so library ``except Exception``
+    blocks cannot swallow it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def workspace_dir(workspace: str | os.PathLike | None = None) -> Path:
+    """The workspace folder as an absolute path: the argument, ``$CURATION_WORKSPACE`` or
+    ``./workspace``.  Absolute because workers run in other folders than their submitter."""
+    from curation.workspace import workspace_root
+
+    return workspace_root(workspace).expanduser().resolve()
+
+
+def submit(kind: str, config, workspace: str | os.PathLike | None = None) -> str:
+    """Queue a ``kind`` job (``score``, ``learn``) with ``config`` and return its id.
+
+    ``config`` is the kind's config dataclass or a dict of its fields.  An empty ``out`` becomes
+    ``WORKSPACE/runs/JOB_ID``.  The job starts at once in a detached worker if its device is free,
+    else it waits for the jobs queued before it.
+    """
+    cls, _ = kind_entry(kind)
+    if is_dataclass(config):
+        fields = asdict(config)
+    elif isinstance(config, dict):
+        fields = dict(config)
+    else:
+        raise JobError(f"config: expected a {cls.__name__} or a dict, got {type(config).__name__}")
+    ws = workspace_dir(workspace)
+    job_id = _new_id(kind)
+    fields["out"] = str(Path(fields["out"]).expanduser().resolve()) if fields.get("out") \
+        else str(ws / "runs" / job_id)
+    cfg = cls(**fields)  # validates (__post_init__) before anything is stored
+    fields = asdict(cfg)
+    device = _device_key(getattr(cfg, "device", None))
+    log = ws / "jobs" / job_id / "job.log"
+    now = time.time()
+    with _store(ws) as conn:
+        with _write(conn):
+            busy = conn.execute("SELECT id FROM jobs WHERE out = ? AND state IN ('queued', 'running')",
+                                (fields["out"],)).fetchone()
+            if busy:
+                raise JobError(f"out {fields['out']}: job {busy['id']} is already writing there; "
+                               "wait for it, cancel it, or choose another output folder")
+            conn.execute(
+                "INSERT INTO jobs (id, kind, config, device, cwd, out, log, state, phase, created, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 'queued', ?, ?)",
+                (job_id, kind, json.dumps(fields), device, os.getcwd(), fields["out"], str(log), now, now),
+            )
+            _dispatch(conn, ws)
+    write_json(log.parent / "job.json", {"id": job_id, "kind": kind, "config": fields, "created": now})
+    return job_id
+
+
+def status(job_id: str, workspace: str | os.PathLike | None = None) -> dict:
+    """One job as a dict: ``id, kind, state, phase, done, total, fraction, tokens, tokens_per_s,
+    eta_s, pid, device, out, log, error, created, started, finished`` (epoch seconds), ``config``,
+    ``extra`` (other progress values), ``attempts``, ``heartbeat_age_s``, ``queue_position``.
+
+    ``tokens`` and ``tokens_per_s`` count the current attempt; ``done`` counts committed and
+    skipped work too.  Calling it also marks dead workers' jobs ``interrupted`` and starts queued
+    jobs whose device is free (there is no scheduler daemon)."""
+    ws = workspace_dir(workspace)
+    with _store(ws) as conn:
+        _refresh(conn, ws)
+        row = _get(conn, job_id, ws)
+        return _as_dict(row, _queue_positions(conn))
+
+
+def list_jobs(workspace: str | os.PathLike | None = None) -> list[dict]:
+    """All jobs, newest first, as :func:`status` dicts."""
+    ws = workspace_dir(workspace)
+    if not (ws / DB_NAME).is_file():
+        return []
+    with _store(ws) as conn:
+        _refresh(conn, ws)
+        rows = conn.execute("SELECT * FROM jobs ORDER BY seq DESC").fetchall()
+        positions = _queue_positions(conn)
+    return [_as_dict(r, positions) for r in rows]
+
+
+def cancel(job_id: str, workspace: str | os.PathLike | None = None, wait: float = 30.0) -> dict:
+    """Cancel a queued or running job and return its status.
+
+    A running worker gets SIGTERM, stops at its next Python instruction (committed chunks stay)
+    and marks the job ``cancelled``; if it has not stopped after ``wait`` seconds it is killed.
+    With ``wait=0`` it returns at once (state still ``running``, phase ``cancelling``).
+    """
+    ws = workspace_dir(workspace)
+    with _store(ws) as conn:
+        with _write(conn):
+            _reap(conn)
+            row = _get(conn, job_id, ws)
+            if row["state"] == "queued":
+                _set_final(conn, row, "cancelled", "cancelled before it started")
+                _dispatch(conn, ws)
+                return _as_dict(_get(conn, job_id, ws), {})
+            if row["state"] != "running":
+                raise JobError(f"job {job_id} is {row['state']}; only queued or running jobs can be cancelled")
+            conn.execute("UPDATE jobs SET cancel_requested = 1, phase = 'cancelling', updated = ? WHERE id = ?",
+                         (time.time(), job_id))
+        # The heartbeat thread also notices cancel_requested (workers on other hosts); the
+        # signal just makes it immediate here.
+        _signal(row, signal.SIGTERM)
+        if wait <= 0:  # the dashboard: don't block; the worker records `cancelled` itself
+            return _as_dict(_get(conn, job_id, ws), _queue_positions(conn))
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            _refresh(conn, ws)
+            row = _get(conn, job_id, ws)
+            if row["state"] != "running":
+                return _as_dict(row, _queue_positions(conn))
+            time.sleep(0.1)
+        _signal(row, signal.SIGKILL)
+        with _write(conn):
+            row = _get(conn, job_id, ws)
+            if row["state"] == "running":
+                _set_final(conn, row, "cancelled", f"cancelled; the worker did not stop within {wait:g}s and was killed")
+            _dispatch(conn, ws)
+        return _as_dict(_get(conn, job_id, ws), _queue_positions(conn))
+
+
+def resume(job_id: str, workspace: str | os.PathLike | None = None) -> dict:
+    """Queue an interrupted, failed or cancelled job again with the same config and output folder.
+
+    The run skips the work it committed before (score chunks, learn checkpoints).  The job keeps
+    its place in the submission order, so it starts as soon as its device is free.
+    """
+    ws = workspace_dir(workspace)
+    with _store(ws) as conn:
+        with _write(conn):
+            _reap(conn)
+            row = _get(conn, job_id, ws)
+            if row["state"] not in RESUMABLE_STATES:
+                why = "it finished" if row["state"] == "succeeded" else "it is still " + row["state"]
+                raise JobError(f"job {job_id} cannot be resumed: {why}")
+            busy = conn.execute("SELECT id FROM jobs WHERE out = ? AND state IN ('queued', 'running') AND id != ?",
+                                (row["out"], job_id)).fetchone()
+            if busy:
+                raise JobError(f"job {job_id} cannot be resumed now: job {busy['id']} is writing to {row['out']}")
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', phase = 'queued (resume)', error = NULL, finished = NULL,"
+                " eta_s = NULL, tokens_per_s = NULL, cancel_requested = 0, updated = ? WHERE id = ?",
+                (time.time(), job_id))
+            _dispatch(conn, ws)
+        return _as_dict(_get(conn, job_id, ws), _queue_positions(conn))
+
+
+def logs(job_id: str, workspace: str | os.PathLike | None = None, tail: int | None = None) -> str:
+    """The job's log text (the last ``tail`` lines if given)."""
+    ws = workspace_dir(workspace)
+    with _store(ws) as conn:
+        row = _get(conn, job_id, ws)
+    path = Path(row["log"])
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    if tail is not None:
+        text = "".join(text.splitlines(keepends=True)[-tail:]) if tail > 0 else ""
+    return text
+
+
+def kind_entry(kind: str):
+    """``(config class, run function)`` of a job kind, imported now."""
+    import importlib
+
+    if kind not in KINDS:
+        raise JobError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
+    module, cfg_name, run_name = KINDS[kind]
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        raise JobError(f"job kind {kind!r} is not available: module {module} is missing") from None
+    return getattr(mod, cfg_name), getattr(mod, run_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# store
+
+
+@contextmanager
+def _store(ws: Path):
+    conn = connect(ws)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def connect(ws: Path) -> sqlite3.Connection:
+    """Open (and create) the store of workspace ``ws`` in WAL mode, autocommit."""
+    ws.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so each transaction takes the
+    # write lock up front and two dispatchers can never both see a device as free.
+    conn = sqlite3.connect(ws / DB_NAME, timeout=60, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 60000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe against corruption
+    conn.executescript(_SCHEMA)
+    have = {r["name"] for r in conn.execute("PRAGMA table_info(jobs)")}
+    for name, decl in _ADDED_COLUMNS.items():  # stores made by earlier versions
+        if name not in have:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+    return conn
+
+
+@contextmanager
+def _write(conn: sqlite3.Connection):
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _get(conn, job_id: str, ws: Path) -> sqlite3.Row:
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise JobError(f"no job {job_id!r} in {ws} (see `python -m curation jobs list`)")
+    return row
+
+
+def _as_dict(row: sqlite3.Row, positions: dict) -> dict:
+    d = dict(row)
+    d["config"] = json.loads(d["config"])
+    d["extra"] = json.loads(d["extra"]) if d["extra"] else {}
+    now = time.time()
+    d["fraction"] = d["done"] / d["total"] if d["total"] and d["done"] is not None else None
+    d["heartbeat_age_s"] = now - d["heartbeat"] if d["state"] == "running" and d["heartbeat"] else None
+    d["elapsed_s"] = (d["finished"] or now) - d["started"] if d["started"] else None
+    d["queue_position"] = positions.get(d["id"])
+    return d
+
+
+def _queue_positions(conn) -> dict[str, int]:
+    """1 for the next queued job of its device, 2 for the one after, ..."""
+    seen: Counter = Counter()
+    out = {}
+    for r in conn.execute("SELECT id, device FROM jobs WHERE state = 'queued' ORDER BY seq"):
+        seen[r["device"]] += 1
+        out[r["id"]] = seen[r["device"]]
+    return out
+
+
+def _new_id(kind: str) -> str:
+    return f"{kind}-{time.strftime('%y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def _device_key(device: str | None) -> str:
+    """The device a job will run on, resolved now, so that "auto" and "cpu" share one queue."""
+    from curation.models import pick_device
+
+    dev, _ = pick_device(device, None)
+    return "cuda:0" if dev == "cuda" else dev
+
+
+def jobs_per_device() -> int:
+    return max(1, int(os.environ.get("CURATION_JOBS_PER_DEVICE", "1")))
+
+
+def stale_after_s() -> float:
+    return float(os.environ.get("CURATION_JOB_STALE_S", DEFAULT_STALE_S))
+
+
+# ---------------------------------------------------------------------------------------------
+# liveness, reaping, dispatching
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None if it is not running.
+
+    Stored next to the pid so that a recycled pid is never mistaken for our worker.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces and ')'
+    if fields[0] in ("Z", "X"):  # a zombie has finished
+        return None
+    return int(fields[19])
+
+
+def _pid_alive(pid: int | None, start: int | None) -> bool:
+    if not pid:
+        return False
+    try:  # a worker we started ourselves stays a zombie until reaped; reap it
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass
+    if Path("/proc/self/stat").is_file():
+        now_start = process_start_time(pid)
+        return now_start is not None and (start is None or now_start == start)
+    try:  # no /proc (macOS): existence only
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+SUSPECT = "suspect"
+
+
+def _death(row, now: float) -> str | None:
+    """Why a ``running`` row's worker is dead, :data:`SUSPECT`, or None if it is alive.
+
+    A dead pid is final.  A stale heartbeat is only a suspicion at first: after a laptop sleeps,
+    every heartbeat looks old until the worker's thread wakes up.  The job is given up only if
+    the heartbeat is still older than the first suspicion ``2 * HEARTBEAT_S + 1`` s later.
+    """
+    age = now - (row["heartbeat"] or row["started"] or now)
+    if row["host"] == HOST and not _pid_alive(row["pid"], row["pid_start"]):
+        return f"the worker (pid {row['pid']}) died without finishing (last heartbeat {age:.0f}s ago)"
+    if age <= stale_after_s():
+        return None
+    if row["suspect"] is None or row["heartbeat"] > row["suspect"]:
+        return SUSPECT
+    if now - row["suspect"] > 2 * HEARTBEAT_S + 1:
+        return f"the worker (pid {row['pid']} on {row['host']}) sent no heartbeat for {age:.0f}s"
+    return None
+
+
+def _reap(conn) -> None:
+    """Inside a write transaction: mark running jobs whose worker is gone as interrupted."""
+    now = time.time()
+    for row in conn.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall():
+        why = _death(row, now)
+        if why is None:
+            continue
+        if why == SUSPECT:
+            conn.execute("UPDATE jobs SET suspect = ? WHERE id = ?", (now, row["id"]))
+            continue
+        if row["host"] == HOST and _pid_alive(row["pid"], row["pid_start"]):
+            _signal(row, signal.SIGKILL)  # alive but hung: make sure it cannot write any more
+        if row["cancel_requested"]:
+            _set_final(conn, row, "cancelled", "cancelled")
+        else:
+            conn.execute(
+                "UPDATE jobs SET state = 'interrupted', error = ?, eta_s = NULL, tokens_per_s = NULL,"
+                " finished = ?, updated = ? WHERE id = ? AND state = 'running'",
+                (why, now, now, row["id"]))
+
+
+def _needs_dispatch(conn) -> bool:
+    """Read-only check: is a running job dead, or can a queued job start?"""
+    now = time.time()
+    running = conn.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall()
+    if any(_death(r, now) for r in running):
+        return True
+    busy = Counter(r["device"] for r in running)
+    limit = jobs_per_device()
+    return any(busy[r["device"]] < limit
+               for r in conn.execute("SELECT DISTINCT device FROM jobs WHERE state = 'queued'"))
+
+
+def _refresh(conn, ws: Path) -> None:
+    """Reap dead workers and start queued jobs, taking the write lock only when needed."""
+    if _needs_dispatch(conn):
+        with _write(conn):
+            _dispatch(conn, ws)
+
+
+def dispatch(ws: Path) -> None:
+    """Reap dead workers and start the queued jobs that have a free device (used by workers)."""
+    with _store(ws) as conn:
+        with _write(conn):
+            _dispatch(conn, ws)
+
+
+def _dispatch(conn, ws: Path) -> None:
+    """Inside a write transaction: reap, then start the oldest queued job of each free device."""
+    _reap(conn)
+    busy = Counter(r["device"] for r in conn.execute("SELECT device FROM jobs WHERE state = 'running'"))
+    limit = jobs_per_device()
+    for row in conn.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq").fetchall():
+        if busy[row["device"]] >= limit:
+            continue
+        _launch(conn, ws, row)
+        busy[row["device"]] += 1
+
+
+def _launch(conn, ws: Path, row) -> None:
+    """Start a detached worker for a queued job and mark the job running (same transaction, so
+    the worker, which registers with BEGIN IMMEDIATE, always finds its pid in the row)."""
+    log = Path(row["log"])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    cwd = row["cwd"] if Path(row["cwd"]).is_dir() else str(ws)
+    now = time.time()
+    try:
+        with open(log, "ab") as f:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "curation.worker", row["id"], "--workspace", str(ws)],
+                cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                start_new_session=True,  # own session: survives the server/CLI and their Ctrl-C
+            )
+    except OSError as e:
+        _set_final(conn, row, "failed", f"could not start the worker: {e}", check_pid=False)
+        return
+    # Reap the worker when it exits if we live longer than it (the Streamlit server does).
+    threading.Thread(target=proc.wait, daemon=True).start()
+    conn.execute(
+        "UPDATE jobs SET state = 'running', pid = ?, pid_start = ?, host = ?, heartbeat = ?, started = ?,"
+        " finished = NULL, error = NULL, suspect = NULL, attempts = attempts + 1, phase = 'starting', updated = ?"
+        " WHERE id = ?",
+        (proc.pid, process_start_time(proc.pid), HOST, now, now, now, row["id"]))
+
+
+def _set_final(conn, row, state: str, error: str | None, check_pid: bool = True) -> bool:
+    now = time.time()
+    sql = ("UPDATE jobs SET state = ?, error = ?, finished = ?, updated = ?, eta_s = NULL, tokens_per_s = NULL"
+           " WHERE id = ? AND state = ?")
+    args = [state, error, now, now, row["id"], row["state"]]
+    if check_pid and row["state"] == "running":
+        sql += " AND pid = ?"
+        args.append(row["pid"])
+    return conn.execute(sql, args).rowcount == 1
+
+
+def _signal(row, sig) -> None:
+    """Send ``sig`` to the job's worker if it is ours and still the same process."""
+    if row["host"] == HOST and _pid_alive(row["pid"], row["pid_start"]):
+        try:
+            os.kill(row["pid"], sig)
+        except ProcessLookupError:
+            pass

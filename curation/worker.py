@@ -1,0 +1,175 @@
+"""The job worker: ``python -m curation.worker JOB_ID --workspace WS`` runs one job of the store.
+
+Started detached by :mod:`curation.jobs` (never by hand).  It registers in the job's row (the
+launcher already wrote its pid there), heartbeats every ``HEARTBEAT_S`` from a thread, writes
+the run's progress into the row, logs to ``WORKSPACE/jobs/ID/job.log`` (its stdout/stderr), and
+finishes the row as succeeded, failed (one-line reason, details in the log) or cancelled (on
+SIGTERM).  Then it starts the next queued job of its device and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from curation import jobs
+
+log = logging.getLogger("curation.worker")
+
+# Write progress at most this often (tiny models report hundreds of batches a second), but
+# always on a phase change and at the end.
+PROGRESS_EVERY_S = 0.25
+LOG_PROGRESS_EVERY_S = 15.0
+
+
+def _on_sigterm(signum, frame):
+    # Raised in the main thread at its next bytecode; committed chunks stay on disk, the
+    # chunk in progress is dropped (its temp files are removed by curation.atomic).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise jobs.JobCancelled(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)  # first thing: a cancel may come at once
+    signal.signal(signal.SIGINT, _on_sigterm)
+    p = argparse.ArgumentParser(prog="python -m curation.worker")
+    p.add_argument("job_id")
+    p.add_argument("--workspace", required=True)
+    args = p.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    ws = Path(args.workspace)
+    pid = os.getpid()
+    conn = jobs.connect(ws)
+    # BEGIN IMMEDIATE waits for the launcher's transaction, so the row is final when read here.
+    with jobs._write(conn):
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (args.job_id,)).fetchone()
+        if row is None or row["state"] != "running" or row["pid"] != pid:
+            log.warning("job %s is not assigned to this worker (pid %d); exiting", args.job_id, pid)
+            return 0
+        conn.execute("UPDATE jobs SET heartbeat = ?, phase = 'starting', updated = ? WHERE id = ?",
+                     (time.time(), time.time(), args.job_id))
+    log.info("==== job %s (%s), attempt %d, pid %d on %s, python %s, cwd %s",
+             row["id"], row["kind"], row["attempts"], pid, jobs.HOST, sys.executable, os.getcwd())
+    log.info("config %s", row["config"])
+
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(ws, row["id"], pid, stop), daemon=True)
+    beat.start()
+    state, error = "failed", None
+    try:
+        cfg_cls, run = jobs.kind_entry(row["kind"])
+        cfg = cfg_cls(**json.loads(row["config"]))
+        out = run(cfg, _ProgressWriter(conn, row["id"], pid))
+        state = "succeeded"
+        log.info("succeeded; output in %s", out)
+    except jobs.JobCancelled:
+        state, error = "cancelled", "cancelled by request"
+        log.info("cancelled; committed work stays in %s and a resume continues from it", row["out"])
+    except BaseException as e:  # noqa: BLE001 - every failure must end up in the row and the log
+        error = one_line_reason(e)
+        log.error("failed: %s\n%s", error, traceback.format_exc())
+    finally:
+        stop.set()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the outcome is decided; record it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with jobs._write(conn):
+        cur = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+        if cur["state"] == "running" and cur["pid"] == pid:
+            if state == "failed":
+                error = f"{error} (log: {row['log']})"
+            jobs._set_final(conn, cur, state, error)
+            if state == "succeeded":
+                conn.execute("UPDATE jobs SET phase = 'done' WHERE id = ?", (row["id"],))
+        else:
+            log.warning("job %s was taken over (state %s); not recording %s", row["id"], cur["state"], state)
+        jobs._dispatch(conn, ws)  # the device is free: start the next queued job
+    conn.close()
+    return {"succeeded": 0, "cancelled": 0}.get(state, 1)
+
+
+def one_line_reason(e: BaseException) -> str:
+    """A failure as one line: the message for errors the user can fix, else type and message."""
+    from curation.load import SourceError
+    from curation.models import ModelError
+
+    text = " ".join(str(e).split()) or type(e).__name__
+    if not isinstance(e, (SourceError, ModelError, ValueError, FileNotFoundError)) \
+            and type(e).__name__ != "RunMismatch":
+        text = f"{type(e).__name__}: {text}"
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+class _ProgressWriter:
+    """The run's ``progress`` callback: writes the dict into the job's row (one transaction, so
+    readers always see a consistent set of values) and adds an ETA when the run gives none."""
+
+    def __init__(self, conn, job_id: str, pid: int):
+        self.conn, self.job_id, self.pid = conn, job_id, pid
+        self.phase = None
+        self.last_write = self.last_log = 0.0
+        self.t0 = self.done0 = None
+
+    def __call__(self, p: dict) -> None:
+        now = time.time()
+        phase, done, total = p.get("phase"), p.get("done"), p.get("total")
+        changed = phase != self.phase
+        if changed:
+            self.phase, self.t0, self.done0 = phase, now, done
+        eta = p.get("eta_s")
+        if eta is None and done is not None and total and self.done0 is not None and done > self.done0:
+            rate = (done - self.done0) / max(now - self.t0, 1e-9)  # examples/s in this phase
+            eta = (total - done) / rate
+        finished = done is not None and total is not None and done >= total
+        if not (changed or finished or now - self.last_write >= PROGRESS_EVERY_S):
+            return
+        self.last_write = now
+        extra = {k: v for k, v in p.items()
+                 if k not in jobs.PROGRESS_COLUMNS and isinstance(v, (int, float, str, bool, type(None)))}
+        try:
+            self.conn.execute(
+                "UPDATE jobs SET phase = ?, done = ?, total = ?, tokens = ?, tokens_per_s = ?, eta_s = ?,"
+                " extra = ?, heartbeat = ?, updated = ? WHERE id = ? AND pid = ? AND state = 'running'",
+                (phase, done, total, p.get("tokens"), p.get("tokens_per_s"), eta, json.dumps(extra),
+                 now, now, self.job_id, self.pid))
+        except sqlite3.Error as e:  # a store locked for a minute must not fail the run itself
+            log.warning("could not record progress: %s", e)
+        if changed or now - self.last_log >= LOG_PROGRESS_EVERY_S:
+            self.last_log = now
+            tps = p.get("tokens_per_s")
+            log.info("%s%s%s%s", phase, f" {done}/{total}" if total is not None else "",
+                     f", {tps:.0f} tok/s" if tps else "", f", ETA {eta:.0f}s" if eta is not None else "")
+
+
+def _heartbeat(ws: Path, job_id: str, pid: int, stop: threading.Event) -> None:
+    """Touch the row every HEARTBEAT_S; stop the job if it was cancelled or taken away."""
+    conn = jobs.connect(ws)
+    try:
+        while not stop.wait(jobs.HEARTBEAT_S):
+            try:
+                n = conn.execute("UPDATE jobs SET heartbeat = ? WHERE id = ? AND pid = ? AND state = 'running'",
+                                 (time.time(), job_id, pid)).rowcount
+                cancel = conn.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            except Exception as e:  # noqa: BLE001 - a busy store must not kill the job
+                log.warning("heartbeat failed: %s", e)
+                continue
+            if (n == 0 or cancel) and not stop.is_set():
+                # Given up for dead (no longer ours) or cancelled from another host: stop.
+                os.kill(pid, signal.SIGTERM)
+                return
+    finally:
+        conn.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
