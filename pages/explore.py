@@ -1,0 +1,109 @@
+"""Explore: score distributions per domain, loss_base vs loss_ref, score vs length, S2L clusters,
+a summary per domain.  Everything plotted is aggregated by curation.views (bins, samples)."""
+
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from curation import views
+from pages.common import domain_colours, pick_run, score_picker
+
+st.title("Explore")
+picked = pick_run("explore")
+if picked is None:
+    st.stop()
+info, df, run = picked
+scores = views.score_columns(df)
+if not scores:
+    st.error(f"{info.path}/scores.parquet has no score column (expected loss, davir, ...).")
+    st.stop()
+colours = domain_colours(df["domain"].unique()) if "domain" in df else {}
+st.caption(f"{len(df):,} examples · {df['domain'].nunique() if 'domain' in df else 1} domain(s) · "
+           f"model `{run.get('model', {}).get('spec', '?')}` · run `{info.name}`")
+
+# ---- histogram ------------------------------------------------------------------------------
+st.subheader("Distribution")
+c1, c2, c3 = st.columns([2, 2, 1])
+with c1:
+    score = score_picker(scores, key="explore_score")
+layout = c2.radio("Domains", ["overlaid", "side by side"], horizontal=True, key="explore_layout")
+bins = c3.slider("Bins", 10, 200, 60, key="explore_bins")
+h = views.histogram(df, score, by="domain", bins=bins)
+if layout == "overlaid":
+    fig = px.bar(h, x="mid", y="count", color="group", barmode="overlay", opacity=0.6,
+                 color_discrete_map=colours, labels={"mid": score, "group": "domain"})
+else:
+    fig = px.bar(h, x="mid", y="count", color="group", facet_col="group", color_discrete_map=colours,
+                 labels={"mid": score, "group": "domain"})
+    fig.update_yaxes(matches=None)
+# The thresholds set on the Select page, drawn where they apply to this score.
+th = st.session_state.get("thresholds", {})
+for kind, dash in (("min", "dash"), ("max", "dot")):
+    v = th.get(kind, {}).get(score)
+    if v is not None:
+        fig.add_vline(x=v, line_dash=dash, line_color="black", annotation_text=f"{kind} {v:g}")
+fig.update_layout(height=340, bargap=0, margin=dict(t=30, b=10))
+st.plotly_chart(fig, width="stretch")
+if th.get("min") or th.get("max"):
+    st.caption("Dashed/dotted lines: the min/max thresholds set on the Select page.")
+
+# ---- scatter plots (a bounded sample) ------------------------------------------------------
+N_POINTS = 4000
+left, right = st.columns(2)
+with left:
+    st.subheader("Base vs reference loss")
+    if {"loss_base", "loss_ref"} <= set(df.columns):
+        s = views.sample_rows(df, N_POINTS, columns=["loss_base", "loss_ref", "domain", "example_id"])
+        fig = px.scatter(s, x="loss_base", y="loss_ref", color="domain", opacity=0.5,
+                         color_discrete_map=colours, hover_data=["example_id"])
+        lo = float(min(s["loss_base"].min(), s["loss_ref"].min()))
+        hi = float(max(s["loss_base"].max(), s["loss_ref"].max()))
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="grey", dash="dash"),
+                                 name="no change"))
+        fig.update_layout(height=380, margin=dict(t=10, b=10))
+        st.plotly_chart(fig, width="stretch")
+        st.caption(f"Below the diagonal the reference model learned the example (davir > 0). "
+                   f"{min(len(df), N_POINTS):,} of {len(df):,} points shown (random sample).")
+    else:
+        st.info("This run has only the base model's loss. A learnability run (Score page) adds "
+                "the reference loss and the scores built on it.")
+with right:
+    st.subheader("Score vs length")
+    lengths = [c for c in views.LENGTH_COLUMNS if c in df.columns]
+    lc1, lc2 = st.columns(2)
+    yscore = lc1.selectbox("Score", scores, index=scores.index(score), key="explore_len_score")
+    xlen = lc2.selectbox("Length", lengths, key="explore_len_col")
+    s = views.sample_rows(df, N_POINTS, columns=[xlen, yscore, "domain", "example_id"])
+    fig = px.scatter(s, x=xlen, y=yscore, color="domain", opacity=0.5, color_discrete_map=colours,
+                     hover_data=["example_id"], log_x=True)
+    fig.update_layout(height=330, margin=dict(t=10, b=10))
+    st.plotly_chart(fig, width="stretch")
+    corr = views.correlation(df, xlen, yscore)
+    st.dataframe(corr.round(3), hide_index=True, width="stretch")
+    st.caption("Correlation with length, on all rows. Loss-based scores are known to favour long "
+               "answers (rho most); a large |spearman| means the score partly measures length.")
+
+# ---- S2L ---------------------------------------------------------------------------------------
+st.subheader("S2L: loss trajectories per cluster")
+if "s2l_cluster" in df.columns and any(c.startswith("loss_ckpt_") for c in df.columns):
+    traj, sizes = views.cluster_trajectories(df)
+    top = len(sizes) if len(sizes) <= 2 else st.slider("Clusters shown (largest first)", 1, len(sizes),
+                                                         min(12, len(sizes)), key="s2l_top")
+    shown = sizes["cluster"].head(top).tolist()
+    t1, t2 = st.columns([3, 2])
+    fig = px.line(traj[traj["cluster"].isin(shown)], x="checkpoint", y="loss", color="cluster", markers=True)
+    fig.update_layout(height=360, margin=dict(t=10, b=10))
+    t1.plotly_chart(fig, width="stretch")
+    dom_cols = [c for c in sizes.columns if c not in ("cluster", "size")]
+    fig = px.bar(sizes.head(top).astype({"cluster": str}), x="cluster", y=dom_cols or "size",
+                 color_discrete_map=colours, labels={"value": "examples", "variable": "domain"})
+    fig.update_layout(height=360, margin=dict(t=10, b=10))
+    t2.plotly_chart(fig, width="stretch")
+    st.caption(f"{len(sizes)} clusters; S2L samples from the smallest cluster first, so rare "
+               "trajectory shapes are not crowded out by the common ones.")
+else:
+    st.info("No S2L clusters in this run: they come from a learnability run with K checkpoints.")
+
+# ---- summary ---------------------------------------------------------------------------------
+st.subheader("Summary per domain")
+st.dataframe(views.domain_summary(df).round(4), width="stretch")

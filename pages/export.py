@@ -1,0 +1,71 @@
+"""Export: write a saved selection as a training file with its manifest, and download it."""
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from curation.workspace import download_payload, exports_dir, list_folders, selections_dir
+from pages.common import not_available, optional, workspace
+
+st.title("Export")
+exp_mod = optional("curation.export")
+if exp_mod is None:
+    not_available("Export", "curation.export")
+    st.stop()
+ws = workspace()
+sels = list_folders(selections_dir(ws), "summary.json")
+if not sels:
+    st.info("No saved selection yet: make one on the **Select** page and press *Save selection*.")
+    st.stop()
+
+names = [p.name for p in sels]
+want = st.session_state.get("selection_name")
+sel_name = st.selectbox("Selection", names, index=names.index(want) if want in names else 0, key="exp_sel",
+                        help="Folders under WORKSPACE/selections, newest first.")
+sel_dir = selections_dir(ws) / sel_name
+summary = json.loads((sel_dir / "summary.json").read_text())
+r = summary.get("recipe", {})
+st.caption(f"method **{r.get('method')}** ({r.get('order') or 'sampling'}), budget **{r.get('budget')}**, "
+           f"mix **{r.get('mix')}**, seed {r.get('seed')} · {summary.get('totals', {}).get('examples')} examples, "
+           f"{summary.get('totals', {}).get('tokens'):,} tokens")
+st.dataframe(pd.DataFrame(summary.get("domains", {})).T[["pool", "eligible", "selected", "tokens"]],
+             width="stretch")
+
+c1, c2, c3 = st.columns([1, 1, 2])
+fmt = c1.selectbox("Format", list(exp_mod.EXPORT_FORMATS), key="exp_format",
+                   help="jsonl and parquet: one file; hf: a datasets save_to_disk folder (downloaded as a zip)")
+style = c2.selectbox("Style", list(exp_mod.STYLES), index=list(exp_mod.STYLES).index("messages"), key="exp_style",
+                     help="messages: {\"messages\": [...]} rows for TRL / LLaMA-Factory; original: records as in their sources")
+out = exports_dir(ws) / f"{sel_name}-{fmt}-{style}"
+c3.caption(f"Writes `{out}` (atomically: complete or absent).")
+if st.button("Export", type="primary", key="exp_go"):
+    try:
+        with st.spinner("Reading the selected records from their sources..."):
+            exp_mod.export_selection(exp_mod.ExportConfig(selection=str(sel_dir), out=str(out), format=fmt, style=style))
+        st.session_state["export_dir"] = str(out)
+        st.success(f"Exported to `{out}`.")
+    except (ValueError, OSError) as e:
+        st.error(str(e))
+
+st.subheader("Exports")
+exports = list_folders(exports_dir(ws), "manifest.json")
+if not exports:
+    st.info("Nothing exported yet.")
+    st.stop()
+enames = [p.name for p in exports]
+cur = st.session_state.get("export_dir")
+default = enames.index(cur.rsplit("/", 1)[-1]) if cur and cur.rsplit("/", 1)[-1] in enames else 0
+ename = st.selectbox("Export", enames, index=default, key="exp_pick")
+edir = exports_dir(ws) / ename
+manifest = json.loads((edir / "manifest.json").read_text())
+payload, fname, mime = download_payload(edir)
+st.download_button(f"Download {fname} ({len(payload) / 1e6:.2f} MB)", payload, file_name=fname, mime=mime,
+                   type="primary", key="exp_download")
+st.markdown("**Manifest**")
+small = {k: v for k, v in manifest.items() if not isinstance(v, list)}
+st.json(small, expanded=1)
+lists = {k: v for k, v in manifest.items() if isinstance(v, list)}
+for k, v in lists.items():
+    with st.expander(f"{k} ({len(v)} entries)"):
+        st.dataframe(pd.DataFrame(v) if v and isinstance(v[0], dict) else pd.DataFrame({k: v}), width="stretch")

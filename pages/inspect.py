@@ -1,0 +1,135 @@
+"""Inspect: filter and sort examples, read one with its tokens coloured by loss, and see where two
+methods disagree most.  All dataset text is escaped (curation.views.conversation_html)."""
+
+import numpy as np
+import streamlit as st
+
+from curation import views
+from pages.common import conversation, explain, pick_run, score_picker
+
+st.title("Inspect")
+picked = pick_run("inspect")
+if picked is None:
+    st.stop()
+info, df, run = picked
+scores = views.score_columns(df)
+numeric = views.numeric_columns(df)
+MAX_ROWS = 500  # rows sent to the browser; sorting and filtering happen on the server
+
+# ---- filters -------------------------------------------------------------------------------
+with st.container(border=True):
+    f1, f2, f3 = st.columns([2, 2, 3])
+    domains = sorted(df["domain"].astype(str).unique()) if "domain" in df else []
+    dom = f1.multiselect("Domains", domains, default=domains, key="inspect_domains")
+    col = f2.selectbox("Filter on", numeric, key="inspect_range_col")
+    v = df[col].replace([np.inf, -np.inf], np.nan).dropna()
+    lo, hi = (float(v.min()), float(v.max())) if len(v) else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    rng = f3.slider(f"{col} range", lo, hi, (lo, hi), key=f"inspect_range_{col}")
+    s1, s2, s3 = st.columns([3, 2, 1])
+    text = s1.text_input("Text search (in the conversations)", key="inspect_text", placeholder="e.g. triangle")
+    sort_by = s2.selectbox("Sort by", numeric, index=0, key="inspect_sort")
+    desc = s3.toggle("Descending", value=views.HIGHER_IS_BETTER.get(sort_by, True), key=f"inspect_desc_{sort_by}")
+
+ids = None
+if text.strip():
+    @st.cache_data(show_spinner="Searching the sources...", max_entries=8)
+    def _search(run_dir: str, mtime: float, needle: str):
+        return views.search_ids(run, df, needle)
+
+    try:
+        ids = _search(str(info.path), (info.path / "scores.parquet").stat().st_mtime, text.strip())
+    except (ValueError, OSError) as e:
+        st.error(str(e))
+ranges = {} if rng == (lo, hi) else {col: rng}
+sub = views.filter_table(df, ranges, dom or None, ids)
+sub = sub.sort_values(sort_by, ascending=not desc, na_position="last")
+st.caption(f"{len(sub):,} of {len(df):,} examples match" + (f"; the first {MAX_ROWS} are listed" if len(sub) > MAX_ROWS else ""))
+show_cols = [c for c in ["example_id", "domain", *scores, "n_response_tokens", "n_prompt_tokens", "truncated",
+                         "source", "source_index"] if c in sub.columns]
+event = st.dataframe(sub[show_cols].head(MAX_ROWS), hide_index=True, width="stretch", height=280,
+                     on_select="rerun", selection_mode="single-row", key="inspect_table")
+
+# ---- one example ------------------------------------------------------------------------------
+st.subheader("Example")
+rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
+default_id = sub["example_id"].iloc[rows[0]] if rows else (sub["example_id"].iloc[0] if len(sub) else "")
+eid = st.text_input("Example id (click a row above, or paste an id)", value=default_id, key=f"inspect_id_{default_id}")
+match = df[df["example_id"] == eid.strip()]
+if eid and match.empty:
+    st.warning(f"No example with id `{eid}` in this run.")
+elif not match.empty and not info.finished:
+    st.info("The example view (text and per-token losses) opens when this run finishes.")
+elif not match.empty:
+    row = match.iloc[0]
+    mcols = st.columns(min(6, len(scores) + 2))
+    mcols[0].metric("Domain", str(row.get("domain")))
+    mcols[1].metric("Response tokens", int(row.get("n_response_tokens", 0)))
+    for c, name in zip(mcols[2:], scores):
+        c.metric(name, "–" if row[name] is None or not np.isfinite(row[name]) else f"{row[name]:.3f}",
+                 help=explain(name) or None)
+
+    @st.cache_resource(show_spinner="Loading the tokenizer...")
+    def _tokenizer(path: str):
+        return views.load_tokenizer(run)
+
+    @st.cache_data(max_entries=64)
+    def _example(run_dir: str, example_id: str, source: str, source_index: int):
+        msgs = views.example_messages(run, source, source_index)
+        tl = views.read_token_losses(run_dir, example_id)
+        return msgs, tl
+
+    try:
+        messages, tl = _example(str(info.path), row["example_id"], row["source"], int(row["source_index"]))
+    except (OSError, ValueError, KeyError) as e:
+        st.error(f"Cannot re-read this example from its source: {e}")
+        st.stop()
+    modes = ["base loss"]
+    if tl and tl.get("token_losses_ref") is not None:
+        modes += ["reference loss", "drop (base - reference)"]
+    c1, c2 = st.columns([3, 1])
+    mode = c1.radio("Colour assistant tokens by", modes, horizontal=True, key="inspect_colour")
+    vmax = c2.slider("Scale max (nats)", 0.5, 15.0, 6.0 if mode != modes[-1] or len(modes) == 1 else 3.0,
+                     0.5, key=f"inspect_vmax_{mode}")
+    if tl is None:
+        st.info("This run has no per-token losses for the example; showing the text only.")
+        conversation(messages)
+    else:
+        try:
+            tok = _tokenizer(run.get("model", {}).get("path", ""))
+            pieces = views.token_pieces(tok, tl["token_ids"])
+        except (OSError, ValueError) as e:
+            st.warning(f"Tokens cannot be shown ({e}); showing the text only.")
+            conversation(messages)
+        else:
+            base = np.asarray(tl["token_losses"], dtype=float)
+            if mode == "base loss":
+                vals, signed = base, False
+            elif mode == "reference loss":
+                vals, signed = np.asarray(tl["token_losses_ref"], dtype=float), False
+            else:
+                vals, signed = base - np.asarray(tl["token_losses_ref"], dtype=float), True
+            st.html(views.colour_scale_html(vmax, signed, "drop (nats): blue = got worse, red = learned"
+                                            if signed else "loss per token (nats); hover a token for its value"))
+            conversation(messages, pieces=pieces, values=list(vals), positions=list(tl["positions"]),
+                         vmax=vmax, signed=signed)
+
+# ---- disagreement -----------------------------------------------------------------------------
+st.subheader("Where two methods disagree most")
+if len(scores) < 2:
+    st.info("Disagreement needs two scores; a learnability run gives davir, rho, ifd, loss ...")
+else:
+    d1, d2, d3 = st.columns([2, 2, 1])
+    with d1:
+        a = score_picker(scores, key="dis_a", label="Method A", default="davir")
+    with d2:
+        b = score_picker(scores, key="dis_b", label="Method B", default="rho" if "rho" in scores and a != "rho" else scores[1])
+    n = d3.number_input("Examples", 5, 200, 20, key="dis_n")
+    if a == b:
+        st.warning("Pick two different scores.")
+    else:
+        dis = views.disagreement(df, a, b, int(n))
+        st.caption("Ranks are percentiles in the pool, 0 = the method's favourite. rank_diff < 0: A "
+                   "likes the example more than B does. Paste an id above to read it.")
+        st.dataframe(dis, hide_index=True, width="stretch")

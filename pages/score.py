@@ -1,0 +1,150 @@
+"""Score: choose the model and what to compute, launch a background job, watch it, cancel/resume."""
+
+import dataclasses
+import time
+
+import pandas as pd
+import streamlit as st
+
+from curation import jobs
+from curation.workspace import data_dir, list_data_files
+from curation.load import source_stem
+from pages.common import optional, workspace
+
+st.title("Score")
+st.caption("Scoring runs in a background worker: you can leave this page or close the browser; "
+           "finished chunks are kept, and an interrupted job resumes where it stopped.")
+
+ws = workspace()
+sources = st.session_state.get("sources")
+if not sources:
+    # Nothing chosen on the Data page: every data file, domain = file name (chat.jsonl -> chat).
+    sources = [f"{source_stem(p.name)}={p}" for p in list_data_files(ws)]
+learn_mod = optional("curation.learn")
+
+with st.form("launch"):
+    st.subheader("New job")
+    if sources:
+        st.markdown("**Sources** (change them on the Data page): " +
+                    ", ".join(f"`{s.split('=', 1)[0]}` ← {s.split('=', 1)[1].rsplit('/', 1)[-1]}" for s in sources))
+    else:
+        st.warning("No data yet: add files on the **Data** page (or prepare the default pool there).")
+    c1, c2, c3 = st.columns(3)
+    model = c1.text_input("Base model", value="default",
+                          help="`default` = SmolLM2-135M-Instruct (bundled), or a model folder, a .gguf file or a hub id")
+    max_length = c2.number_input("Max length (tokens)", 64, 32768, 2048, step=256,
+                                 help="Longer examples are cut at the end and flagged `truncated`.")
+    limit = c3.number_input("Records per source (0 = all)", 0, value=st.session_state.get("limit") or 0, step=100)
+    what = st.radio(
+        "What to compute",
+        ["learn", "score", "reference"],
+        format_func={
+            "score": "Plain loss under the base model (fastest: one pass)",
+            "learn": "Learnability run: fine-tune a reference on the pool, score K+1 checkpoints "
+                     "(davir, rho, S2L trajectories, loss_base/loss_ref)",
+            "reference": "Attach an existing fine-tuned model as the reference (two passes)",
+        }.get,
+        help="The learnability run gives every score the selection methods use; plain loss is a quick first look.",
+    )
+    c4, c5, c6, c7 = st.columns(4)
+    checkpoints = c4.number_input("Checkpoints K", 1, 20, 4, help="Trajectory points after the base model (S2L's feature).")
+    epochs = c5.number_input("Epochs", 1, 10, 1)
+    lora = c6.toggle("LoRA instead of full fine-tuning", value=False, help="Less memory; full FT is the papers' setting.")
+    ifd = c7.toggle("Also IFD (one extra pass)", value=True,
+                    help="Cherry LLM's instruction-following difficulty: loss with the prompt / loss without it.")
+    st.caption("On 2 CPU cores the default pool (~570 examples) takes minutes for plain loss (~400 tokens/s) "
+               "and about an hour for a learnability run (training at ~80 tokens/s, then K+1 scoring passes); "
+               "a GPU is far faster. Finished chunks and checkpoints survive a stop: resume continues.")
+    reference = st.text_input("Reference model (for 'attach a reference')", value="",
+                              help="A fine-tuned model folder; used only with the third option.")
+    launched = st.form_submit_button("Start job", type="primary", disabled=not sources)
+
+if launched:
+    base = {"sources": list(sources), "out": "", "model": model, "max_length": int(max_length),
+            "limit": int(limit) or None}
+    try:
+        if what == "score":
+            # Small chunks: the Explore page shows scores from the first committed chunk on.
+            job = jobs.submit("score", {**base, "chunk_examples": 64}, workspace=ws)
+        elif learn_mod is None:
+            st.error("Learnability runs are not available yet (the library module `curation.learn` "
+                     "is missing); choose the plain loss.")
+            job = None
+        else:
+            names = {f.name for f in dataclasses.fields(learn_mod.LearnConfig)}
+            wanted = {**base, "checkpoints": int(checkpoints), "epochs": int(epochs), "lora": bool(lora),
+                      "ifd": bool(ifd)}
+            if what == "reference":
+                if not reference.strip():
+                    raise ValueError("give the reference model's folder to attach it")
+                wanted["reference"] = reference.strip()
+            job = jobs.submit("learn", {k: v for k, v in wanted.items() if k in names}, workspace=ws)
+        if job:
+            st.session_state["watch_job"] = job
+            st.success(f"Started job `{job}`. Its scores appear on the Explore page when it finishes.")
+    except (ValueError, jobs.JobError) as e:
+        st.error(str(e))
+
+
+def _fmt_eta(s):
+    if s is None or pd.isna(s):
+        return "–"
+    s = int(s)
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
+@st.fragment(run_every=2)
+def live():
+    """Polls the job store every 2 s; only this fragment reruns."""
+    all_jobs = jobs.list_jobs(ws)
+    st.subheader("Jobs")
+    if not all_jobs:
+        st.info("No job yet. Start one above: the default pool takes a few minutes for plain loss on CPU.")
+        return
+    active = [j for j in all_jobs if j["state"] in ("running", "queued")]
+    for j in active:
+        with st.container(border=True):
+            st.markdown(f"**{j['id']}** · {j['kind']} · `{j['state']}` · phase: {j.get('phase') or '–'} · "
+                        f"device: `{j.get('device')}`")
+            frac = j.get("fraction") or 0.0
+            st.progress(min(max(frac, 0.0), 1.0),
+                        text=f"{j.get('done') or 0} / {j.get('total') or '?'} examples")
+            m1, m2, m3, m4 = st.columns(4)
+            m1.metric("Tokens", f"{j.get('tokens') or 0:,}")
+            m2.metric("Tokens/s", f"{j['tokens_per_s']:.0f}" if j.get("tokens_per_s") else "–")
+            m3.metric("ETA", _fmt_eta(j.get("eta_s")))
+            m4.metric("Elapsed", _fmt_eta(j.get("elapsed_s")))
+            if j["state"] == "queued" and j.get("queue_position"):
+                st.caption(f"Waiting for the device: position {j['queue_position']} in the queue.")
+            if st.button("Cancel", key=f"cancel_{j['id']}"):
+                try:
+                    jobs.cancel(j["id"], ws, wait=10)
+                except jobs.JobError as e:
+                    st.error(str(e))
+                st.rerun(scope="fragment")
+    st.markdown("**History**")
+    table = pd.DataFrame([{
+        "job": j["id"], "kind": j["kind"], "state": j["state"], "phase": j.get("phase"),
+        "done": f"{j.get('done') or 0}/{j.get('total') or '?'}",
+        "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(j["started"])) if j.get("started") else "",
+        "elapsed": _fmt_eta(j.get("elapsed_s")), "error": j.get("error") or "", "output": j.get("out"),
+    } for j in all_jobs])
+    st.dataframe(table, hide_index=True, width="stretch")
+    resumable = [j["id"] for j in all_jobs if j["state"] in jobs.RESUMABLE_STATES]
+    if resumable:
+        c1, c2 = st.columns([3, 1])
+        pick = c1.selectbox("Resume a stopped job (finished chunks are kept)", resumable, key="resume_pick")
+        if c2.button("Resume", key="resume_btn"):
+            try:
+                jobs.resume(pick, ws)
+            except jobs.JobError as e:
+                st.error(str(e))
+            st.rerun(scope="fragment")
+    failed = [j for j in all_jobs if j["state"] == "failed"]
+    if failed:
+        with st.expander(f"Log of the last failed job ({failed[0]['id']})"):
+            st.caption(f"Reason: {failed[0].get('error')}; full log: `{failed[0].get('log')}`")
+            st.code(jobs.logs(failed[0]["id"], ws, tail=40) or "(empty log)")
+
+
+live()

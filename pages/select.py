@@ -1,0 +1,160 @@
+"""Select: method, order, budget, domain mix and thresholds -> a selection with live counts, beside
+the random baseline at the same budget and mix; save it as a re-appliable recipe."""
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from curation import views
+from curation.workspace import new_folder_name, safe_name, selections_dir
+from pages.common import domain_colours, not_available, optional, pick_run, workspace
+
+st.title("Select")
+sel_mod = optional("curation.selection")
+if sel_mod is None:
+    not_available("Selection", "curation.selection")
+    st.stop()
+picked = pick_run("select", finished_only=True)
+if picked is None:
+    st.stop()
+info, df, run = picked
+ws = workspace()
+SCORES = sel_mod.SCORES
+domains = sorted(df["domain"].astype(str).unique())
+
+# ---- the recipe ------------------------------------------------------------------------------
+c1, c2, c3 = st.columns([2, 1, 2])
+methods = list(sel_mod.METHODS)
+default_method = "davir" if "davir" in df.columns else "loss"
+method = c1.selectbox("Method", methods, index=methods.index(default_method), key="sel_method",
+                      help="Defaults: davir, top 10%, natural mix: one click gives a first selection.")
+st.caption(f"**{method}**: {SCORES[method].explanation}")
+order = None
+if SCORES[method].default_order is not None:
+    order = c2.radio("Keep", ["high", "low"], index=["high", "low"].index(SCORES[method].default_order),
+                     key=f"sel_order_{method}", horizontal=True, format_func=lambda o: f"{o}est")
+with c3:
+    b1, b2 = st.columns([1, 1])
+    unit = b1.selectbox("Budget in", ["% of pool", "examples", "tokens"], key="sel_unit")
+    defaults = {"% of pool": 10.0, "examples": float(max(1, len(df) // 10)),
+                "tokens": float(max(1, int(df.get("n_tokens_full", pd.Series([0])).sum() // 10)))}
+    amount = b2.number_input("Budget", min_value=0.1 if unit == "% of pool" else 1.0,
+                             max_value=100.0 if unit == "% of pool" else None,
+                             value=defaults[unit], step=1.0, key=f"sel_amount_{unit}")
+budget = {"% of pool": f"{amount:g}%", "examples": f"{int(amount)}", "tokens": f"{int(amount)}tok"}[unit]
+
+m1, m2, m3 = st.columns([1, 3, 1])
+natural = m1.toggle("Natural mix", value=True, key="sel_natural",
+                    help="Keep the pool's domain proportions; switch off to set shares (e.g. half chat, half math).")
+seed = m3.number_input("Seed (random, s2l)", 0, 10**9, 0, key="sel_seed")
+mix = "natural"
+if not natural and len(domains) >= 2:
+    if len(domains) == 2:
+        share = m2.slider(f"Share of {domains[0]} (rest: {domains[1]})", 0.0, 1.0, 0.5, 0.05, key="sel_share")
+        mix = {domains[0]: round(share, 4), domains[1]: round(1 - share, 4)}
+    else:
+        cols = m2.columns(len(domains))
+        raw = {d: cols[i].number_input(d, 0.0, 1.0, round(1 / len(domains), 3), 0.05, key=f"sel_w_{d}")
+               for i, d in enumerate(domains)}
+        tot = sum(raw.values()) or 1.0
+        mix = {d: v / tot for d, v in raw.items()}
+fill = m2.checkbox("Fill: give a domain's shortfall to the others", value=False, key="sel_fill") if mix != "natural" else False
+
+with st.expander("Thresholds (filter before ranking)", expanded=False):
+    numeric = views.numeric_columns(df)
+    chosen = st.multiselect("Columns", numeric, default=[], key="sel_th_cols",
+                            help="e.g. ifd <= 1 drops pairs whose prompt does not help; n_response_tokens >= 5 drops trivial answers.")
+    mins, maxs = {}, {}
+    for c in chosen:
+        v = df[c].replace([np.inf, -np.inf], np.nan).dropna()
+        if v.empty:
+            continue
+        lo, hi = float(v.min()), float(v.max())
+        if hi <= lo:
+            hi = lo + 1
+        a, b = st.slider(c, lo, hi, (lo, hi), key=f"sel_th_{c}")
+        if a > lo:
+            mins[c] = a
+        if b < hi:
+            maxs[c] = b
+st.session_state["thresholds"] = {"min": mins, "max": maxs}
+
+try:
+    recipe = sel_mod.Recipe(method=method, budget=budget, order=order, mix=mix, min=mins, max=maxs,
+                            fill=bool(fill), seed=int(seed))
+except (ValueError, TypeError) as e:
+    st.error(str(e))
+    st.stop()
+
+
+@st.cache_data(show_spinner="Selecting...", max_entries=16)
+def _apply(run_dir: str, mtime: float, recipe_dict: dict):
+    r = sel_mod.Recipe.from_dict(recipe_dict)
+    sel = sel_mod.apply_recipe(df, r, run.get("kind"))
+    base = sel if r.method == "random" else sel_mod.random_baseline(df, r, run.get("kind"))
+    return sel, base
+
+
+try:
+    sel, base = _apply(str(info.path), info.mtime, recipe.to_dict())
+except ValueError as e:  # SelectionError: a missing column, an impossible mix, ...
+    st.error(str(e))
+    st.stop()
+
+# ---- live counts --------------------------------------------------------------------------------
+st.subheader("Result")
+for w in sel.warnings:
+    st.warning(w)
+tot1, tot2, tot3, tot4 = st.columns(4)
+tot1.metric("Selected", f"{len(sel.rows):,}", help="examples")
+tot2.metric("of the pool", f"{len(sel.rows) / max(len(df), 1):.1%}")
+tot3.metric("Tokens", f"{int(sel.rows['n_tokens'].sum()):,}")
+tot4.metric("Eligible after thresholds", f"{int(sel.eligible_mask.sum()):,}")
+counts = pd.DataFrame([{
+    "domain": d, "pool": p.pool, "eligible": p.eligible, "selected": p.selected, "tokens": p.tokens,
+    "random: selected": base.domains[d].selected if d in base.domains else 0,
+    "random: tokens": base.domains[d].tokens if d in base.domains else 0,
+} for d, p in sel.domains.items()])
+st.dataframe(counts, hide_index=True, width="stretch")
+
+# ---- before / after ---------------------------------------------------------------------------------
+score_col = sel.score_column if sel.score_column in df.columns and sel.score_column != "s2l_cluster" else None
+in_sel = df["example_id"].isin(set(sel.rows["example_id"]))
+in_rand = df["example_id"].isin(set(base.rows["example_id"]))
+groups = {"pool": pd.Series(True, index=df.index), "selection": in_sel, "random baseline": in_rand}
+palette = {"pool": "#b0b0b0", "selection": "#2a6f97", "random baseline": "#e07a5f"}
+h1, h2 = st.columns(2)
+plot_cols = ([score_col] if score_col else []) + [c for c in ("n_response_tokens",) if c in df.columns]
+for holder, col in zip((h1, h2), plot_cols):
+    h = views.compare_histograms(df, col, groups)
+    fig = px.line(h, x="mid", y="share", color="group", line_shape="hvh", color_discrete_map=palette,
+                  labels={"mid": col, "share": "share of rows"})
+    fig.update_layout(height=300, margin=dict(t=30, b=10), title=f"{col}: pool vs selection vs random")
+    holder.plotly_chart(fig, width="stretch")
+st.caption("Shares, so the pool and a 10% selection compare. The random baseline uses the same "
+           "budget, mix and thresholds: what the method changes is the gap between blue and orange.")
+
+if score_col:
+    with st.expander("Examples just inside and just outside the cut-off", expanded=False):
+        cut = views.cutoff_examples(df, sel.eligible_mask, sel.rows["example_id"], score_col,
+                                    higher_first=(sel.recipe.order == "high"))
+        st.dataframe(cut, hide_index=True, width="stretch")
+        st.caption("Read any of them on the Inspect page (paste the id).")
+
+# ---- save ------------------------------------------------------------------------------------------
+st.subheader("Save")
+s1, s2 = st.columns([3, 1])
+name = s1.text_input("Selection name", value=new_folder_name(f"{method}-{budget.replace('%', 'pct')}"), key="sel_name")
+if s2.button("Save selection", type="primary", key="sel_save"):
+    try:
+        out = selections_dir(ws) / safe_name(name)
+        sel_mod.select_run(info.path, recipe, out)
+        st.session_state["selection_name"] = out.name
+        st.success(f"Saved `{out}` (recipe.yaml, selected.parquet, summary.json). Export it on the Export page.")
+    except ModuleNotFoundError as e:
+        st.error(f"Saving needs {e.name}, which is not available yet.")
+    except (ValueError, OSError) as e:
+        st.error(str(e))
+with st.expander("Recipe (recipe.yaml)"):
+    st.code(sel_mod.recipe_yaml(recipe), language="yaml")

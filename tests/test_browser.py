@@ -1,0 +1,152 @@
+"""The real thing: `streamlit run app.py` on a free localhost port, driven by headless Chromium.
+
+Needs Debian's chromium (/usr/bin/chromium; `.ci/run` installs it) and the `playwright` Python
+package (its own browser download is never used).  Screenshots of every page go to
+test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.ui_workspace import build_scored_workspace
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+# A deep link first: a fresh server must route it through app.py's navigation too.
+PAGES = ["data", "", "score", "explore", "inspect", "select", "export"]
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install chromium)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir):
+    ws = tmp_path_factory.mktemp("browser-ws")
+    build_scored_workspace(ws, tiny_model_dir)
+    port = _free_port()
+    env = {**os.environ, "CURATION_WORKSPACE": str(ws)}
+    log = open(ws / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited: {(ws / 'streamlit.log').read_text()}")
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("streamlit did not come up within 60 s")
+    yield url, ws
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("[data-testid='stApp']", timeout=30_000)
+    page.wait_for_selector("h1", timeout=60_000)
+    _idle(page)
+    return page
+
+
+def _idle(page, timeout: int = 120_000) -> None:
+    """Wait until the app's script run is over (Streamlit marks it on the stApp element)."""
+    page.wait_for_timeout(500)
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=\"stApp\"]')"
+        "?.getAttribute('data-test-script-state') === 'notRunning'", timeout=timeout)
+    page.wait_for_timeout(1000)
+
+
+def _shot(page, name: str) -> None:
+    """Screenshot of the whole page: Streamlit scrolls inside its main container, so the viewport
+    is grown to the container's height first."""
+    h = page.evaluate("() => (document.querySelector('[data-testid=\\'stMainBlockContainer\\']') || document.body).scrollHeight + 120")
+    page.set_viewport_size({"width": 1400, "height": min(max(int(h), 900), 8000)})
+    # Charts and tables draw once visible; wait for them after the resize (best effort: a slow
+    # machine gets a screenshot with placeholders rather than a failure).
+    try:
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
+                     .every(e => e.querySelector('.main-svg'))""", timeout=30_000)
+    except Exception:
+        pass
+    page.wait_for_timeout(1500)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name))
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_loads_without_an_exception(server, browser, path):
+    url, _ = server
+    page = _open(browser, f"{url}/{path}")
+    _shot(page, f"page-{path or 'home'}.png")
+    assert page.locator("[data-testid='stException']").count() == 0, page.inner_text("body")[:2000]
+    assert page.locator("h1").first.inner_text().strip()
+    nav = page.inner_text("[data-testid='stSidebarNav']")
+    assert all(t in nav for t in ("Data", "Score", "Explore", "Inspect", "Select", "Export")), nav
+    assert "common" not in nav  # the helper module is not a page
+    page.close()
+
+
+def test_xss_probe_shows_as_text_on_inspect(server, browser):
+    url, _ = server
+    page = _open(browser, f"{url}/inspect")
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    # Find the probe with the text search, then open it.
+    box = page.get_by_label("Text search (in the conversations)")
+    box.fill("onerror")
+    box.press("Enter")
+    _idle(page)
+    _shot(page, "inspect-xss-probe.png")
+    body = page.inner_text("body")
+    assert "1 of 24 examples match" in body
+    # The probe's markup is visible as text in the rendered conversation ...
+    assert '<img src=x onerror="document.title=' in body
+    # ... and nothing of it ran or became an element.
+    assert page.title() != "XSS-EXECUTED"
+    assert page.evaluate("() => document.title") != "XSS-EXECUTED"
+    assert page.locator("img[src='x']").count() == 0
+    assert not dialogs
+    page.close()

@@ -1,0 +1,192 @@
+"""Every dashboard page under Streamlit's AppTest, on an empty workspace and on a small scored one
+(a real learnability run of the tiny fixture model), and the select -> export flow."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import ROOT
+from tests.ui_workspace import build_scored_workspace
+
+PAGES = ["home", "data", "score", "explore", "inspect", "select", "export"]
+
+
+def _page(name: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.switch_page(f"pages/{name}.py")
+    return at.run()
+
+
+def _texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info] \
+        + [w.value for w in at.warning] + [e.value for e in at.error] + [s.value for s in at.success]
+    return "\n".join(map(str, parts))
+
+
+@pytest.fixture(scope="module")
+def scored_ws(tmp_path_factory, tiny_model_dir):
+    ws = tmp_path_factory.mktemp("ui-ws")
+    build_scored_workspace(ws, tiny_model_dir)
+    return ws
+
+
+@pytest.fixture
+def empty_ws(tmp_path, monkeypatch):
+    monkeypatch.setenv("CURATION_WORKSPACE", str(tmp_path / "ws"))
+    return tmp_path / "ws"
+
+
+@pytest.fixture
+def in_scored_ws(scored_ws, monkeypatch):
+    monkeypatch.setenv("CURATION_WORKSPACE", str(scored_ws))
+    return scored_ws
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_renders_on_an_empty_workspace(empty_ws, name):
+    at = _page(name)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.title and at.title[0].value
+
+
+def test_empty_workspace_says_what_to_do_next(empty_ws):
+    at = _page("data")
+    assert any(b.label == "Prepare the default pool" for b in at.button)
+    assert "data folder is empty" in _texts(at)
+    for name in ("explore", "inspect", "select"):
+        assert "No scored run in this workspace yet" in _texts(_page(name)), name
+    assert "No saved selection yet" in _texts(_page("export"))
+    assert "No data yet" in _texts(_page("score"))
+
+
+def test_prepare_default_pool_from_the_data_page(empty_ws):
+    at = _page("data")
+    next(b for b in at.button if b.label == "Prepare the default pool").click().run()
+    assert not at.exception
+    chat = (empty_ws / "data" / "chat.jsonl").read_text().splitlines()
+    math = (empty_ws / "data" / "math.jsonl").read_text().splitlines()
+    assert len(chat) == 300 and len(math) == 270
+    assert "conversations" in json.loads(chat[0]) and {"question", "answer"} <= set(json.loads(math[0]))
+    # The sources table shows each file with its detected format and counts.
+    src = at.dataframe[0].value
+    assert list(src["source"]) == ["chat.jsonl", "math.jsonl"]
+    assert list(src["format"]) == ["sharegpt", "gsm8k"]
+    assert list(src["accepted"]) == [300, 270]
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_renders_on_a_scored_workspace(in_scored_ws, name):
+    at = _page(name)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_data_page_shows_formats_rejections_preview_and_lengths(in_scored_ws):
+    at = _page("data")
+    src = at.dataframe[0].value
+    assert dict(zip(src["source"], src["format"])) == {"chat.jsonl": "sharegpt", "math.jsonl": "gsm8k"}
+    assert [t.label for t in at.text_input] == ["chat.jsonl", "math.jsonl"]  # a domain per source
+    assert [t.value for t in at.text_input] == ["chat", "math"]
+    assert at.radio(key="len_col").value == "n_tokens_full"
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_score_page_has_the_launch_form(in_scored_ws):
+    at = _page("score")
+    assert at.text_input[0].value == "default"
+    assert at.radio[0].options[0].startswith("Learnability run")
+    assert [n.label for n in at.number_input][:3] == ["Max length (tokens)", "Records per source (0 = all)", "Checkpoints K"]
+    assert "No job yet" in _texts(at)
+
+
+def test_explore_page_shows_explained_scores_and_charts(in_scored_ws):
+    at = _page("explore")
+    assert at.selectbox(key="explore_score").value == "davir"
+    assert "higher = more learnable" in _texts(at)  # the one-line explanation from SCORES
+    assert len(at.get("plotly_chart")) >= 4  # histogram, base vs ref, score vs length, S2L x2
+    at.selectbox(key="explore_score").select("ifd").run()
+    assert "ifd > 1" in _texts(at)
+    summary = at.dataframe[-1].value
+    assert list(summary.index) == ["chat", "math", "all"] and summary.loc["all", "examples"] == 24
+
+
+def test_inspect_page_filters_and_escapes(in_scored_ws):
+    at = _page("inspect")
+    assert at.dataframe[0].value.shape[0] == 24
+    at.text_input(key="inspect_text").input("onerror").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table.shape[0] == 1 and table["domain"].iloc[0] == "chat"
+    html = "".join(str(h.proto.body) for h in at.get("html"))
+    assert "&lt;img src=x onerror=" in html and "<img src=x" not in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    at.multiselect(key="inspect_domains").set_value(["math"]).run()
+    assert at.dataframe[0].value.shape[0] == 0  # the probe is a chat example
+
+
+def test_select_then_export_writes_the_expected_file(in_scored_ws):
+    at = _page("select")
+    assert at.selectbox(key="sel_method").value == "davir"
+    assert at.number_input(key="sel_amount_% of pool").value == 10.0
+    assert at.toggle(key="sel_natural").value is True
+    # A chat/math-balanced 10% selection: 24 rows -> 2 examples, one per domain.
+    at.toggle(key="sel_natural").set_value(False).run()
+    at.slider(key="sel_share").set_value(0.5).run()
+    counts = at.dataframe[0].value.set_index("domain")
+    assert counts["selected"].to_dict() == {"chat": 1, "math": 1}
+    assert counts["random: selected"].to_dict() == {"chat": 1, "math": 1}  # the baseline beside it
+    at.text_input(key="sel_name").input("balanced").run()
+    next(b for b in at.button if b.label == "Save selection").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    sel_dir = in_scored_ws / "selections" / "balanced"
+    selected = pd.read_parquet(sel_dir / "selected.parquet")
+    assert sorted(selected["domain"]) == ["chat", "math"]
+    scores = pd.read_parquet(in_scored_ws / "runs" / "learn-fixture" / "scores.parquet")
+    for dom, g in scores.groupby("domain"):  # each the highest-davir example of its domain
+        assert selected.loc[selected["domain"] == dom, "example_id"].item() == g.loc[g["davir"].idxmax(), "example_id"]
+
+    at.switch_page("pages/export.py").run()
+    assert at.selectbox(key="exp_sel").value == "balanced"
+    assert at.selectbox(key="exp_format").value == "jsonl" and at.selectbox(key="exp_style").value == "messages"
+    next(b for b in at.button if b.label == "Export").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    out = in_scored_ws / "exports" / "balanced-jsonl-messages"
+    rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["messages"][-1]["role"] == "assistant" for r in rows)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "jsonl"
+    assert any(d.proto.label.startswith("Download balanced-jsonl-messages-train.jsonl") for d in at.get("download_button"))
+
+
+def test_score_page_launches_a_background_job_and_shows_it(empty_ws, tiny_model_dir):
+    import time
+
+    from curation import jobs
+    from tests.ui_workspace import write_data
+
+    write_data(empty_ws)
+    at = _page("score")
+    at.text_input[0].input(str(tiny_model_dir))
+    at.radio[0].set_value("score")
+    at.button[0].click().run()  # the form's "Start job"
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    [job] = jobs.list_jobs(empty_ws)
+    assert job["kind"] == "score" and job["config"]["model"] == str(tiny_model_dir)
+    deadline = time.time() + 240
+    while jobs.status(job["id"], empty_ws)["state"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(1)
+    st = jobs.status(job["id"], empty_ws)
+    assert st["state"] == "succeeded", st.get("error")
+    assert st["done"] == st["total"] == 24
+    at = _page("score")
+    hist = at.dataframe[0].value
+    assert hist["job"].tolist() == [job["id"]] and hist["state"].tolist() == ["succeeded"]
+    # ... and its scores are on the Explore page.
+    at = _page("explore")
+    assert not at.exception
+    assert at.selectbox(key="explore_score").value == "loss"

@@ -1,0 +1,67 @@
+"""A small real workspace for the dashboard tests: data files, a learnability run on the tiny
+fixture model (real scores, token losses, trajectories, S2L clusters), nothing synthetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+XSS = '<img src=x onerror="document.title=\'XSS-EXECUTED\'"><script>document.title="XSS-EXECUTED"</script>'
+
+CHAT = [
+    ("Give three tips for staying healthy.", "Eat a balanced diet, exercise, sleep well."),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Write a function that doubles x.", "def f(x):\n    return x * 2\n"),
+    ("Say something about foxes.", "The quick brown fox jumps over the lazy dog."),
+    ("Summarise: the dog sleeps.", "A dog is sleeping."),
+    ("Translate 'hello' to French.", "Bonjour."),
+    ("Is this safe? " + XSS, "It is shown as text: " + XSS),
+    ("Name a colour.", "Blue."),
+    ("Count to five.", "1, 2, 3, 4, 5"),
+    ("What do cats drink?", "Cats drink water, and some like milk."),
+    ("Tell me a fact.", "Water boils at 100 degrees Celsius at sea level."),
+    ("Give an antonym of hot.", "Cold."),
+]
+MATH = [
+    ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+     "How many clips did Natalia sell altogether in April and May?",
+     "In May she sold 48 / 2 = 24 clips.\nAltogether 48 + 24 = 72.\n#### 72"),
+    ("What is 1 + 1?", "1 + 1 = 2\n#### 2"),
+    ("What is 2 * 3?", "2 * 3 = 6\n#### 6"),
+    ("What is 10 / 4?", "10 / 4 = 2.5\n#### 2.5"),
+    ("What is 7 + 5?", "7 + 5 = 12\n#### 12"),
+    ("What is 9 - 4?", "9 - 4 = 5\n#### 5"),
+    ("What is 3 * 3?", "3 * 3 = 9\n#### 9"),
+    ("Half of 48?", "48 / 2 = 24\n#### 24"),
+    ("What is 6 * 7?", "6 * 7 = 42\n#### 42"),
+    ("What is 100 - 1?", "100 - 1 = 99\n#### 99"),
+    ("What is 8 / 2?", "8 / 2 = 4\n#### 4"),
+    ("What is 5 + 5 + 5?", "5 + 5 + 5 = 15\n#### 15"),
+]
+
+
+def write_data(ws: Path) -> list[str]:
+    """The workspace data files (ShareGPT chat with one XSS probe, GSM8K-style math) as sources."""
+    data = ws / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    with open(data / "chat.jsonl", "w") as f:
+        for i, (q, a) in enumerate(CHAT):
+            f.write(json.dumps({"id": f"c{i}", "conversations": [{"from": "human", "value": q},
+                                                                   {"from": "gpt", "value": a}]}) + "\n")
+    with open(data / "math.jsonl", "w") as f:
+        for q, a in MATH:
+            f.write(json.dumps({"question": q, "answer": a}) + "\n")
+    for d in ("runs", "selections", "exports"):
+        (ws / d).mkdir(exist_ok=True)
+    return [f"chat={data / 'chat.jsonl'}", f"math={data / 'math.jsonl'}"]
+
+
+def build_scored_workspace(ws: Path, model_dir: Path) -> Path:
+    """Data + a finished learnability run (``runs/learn-fixture``) on the tiny model; returns the run."""
+    from curation.learn import LearnConfig, run_learn
+
+    sources = write_data(ws)
+    cfg = LearnConfig(sources=sources, out=str(ws / "runs" / "learn-fixture"), model=str(model_dir),
+                      checkpoints=2, epochs=2, device="cpu", dtype="float32", n_clusters=3,
+                      cache=str(ws / "score-cache"), lr=1e-3)
+    return run_learn(cfg)
