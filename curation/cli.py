@@ -148,6 +148,14 @@ class TqdmProgress:
             self.bar.close()
 
 
+def _with_progress(run, cfg, progress):
+    """Run ``run(cfg, progress=...)`` with a terminal progress display that is always closed."""
+    try:
+        return run(cfg, progress=progress)
+    finally:
+        progress.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from curation.load import SourceError
@@ -158,23 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "score":
             from curation.scores import run_score
 
-            progress = TqdmProgress()
-            try:
-                out = run_score(score_config(args), progress=progress)
-            finally:
-                progress.close()
-            _summary(out)
+            _summary(_with_progress(run_score, score_config(args), TqdmProgress()))
         elif args.command == "jobs":
             return jobs_command(args)
         elif args.command == "learn":
             from curation.learn import run_learn
 
-            progress = _LearnProgress()
-            try:
-                out = run_learn(learn_config(args), progress=progress)
-            finally:
-                progress.close()
-            _learn_summary(out)
+            _learn_summary(_with_progress(run_learn, learn_config(args), _LearnProgress()))
         elif args.command in ("select", "export"):
             return select_export_command(args)
         elif args.command == "prepare-model":
