@@ -38,7 +38,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default",
                    help="`default` (SmolLM2-135M-Instruct), a model folder, a .gguf file or a hub id")
     p.add_argument("--max-length", type=int, default=2048, help="tokens per example; longer ones are cut and flagged")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
+    p.add_argument("--batch-tokens", type=int, default=1024, help="padded tokens per forward pass")
     p.add_argument("--template", default="auto", help="auto | chat | alpaca | path to a Jinja chat template")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")

@@ -56,7 +56,7 @@ class LearnConfig:
     out: str  # output folder
     model: str = "default"  # base model: "default", a model folder, a .gguf file or a hub id
     max_length: int = 2048  # tokens; longer examples are cut at the end and flagged
-    batch_tokens: int = 4096  # padded tokens per scoring forward pass
+    batch_tokens: int = 1024  # padded tokens per scoring forward pass
     limit: int | None = None  # first N records of each source
     template: str = "auto"  # auto | chat | alpaca | path to a Jinja file
     device: str | None = None  # auto: cuda if available, else cpu

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curation.scorer import check_head_path, plan_batches, reference_loss, score_examples
+from curation.scorer import check_head_path, plan_batches, reference_loss, score_examples, shared_prefix
 from curation.templates import encode_many, resolve_template
 
 WORDS = "the fox jumps over lazy dog clips sold April May 48 72 1 + 2 = 3 eat sleep well".split()
@@ -41,6 +41,41 @@ def test_batched_loss_equals_hf_loss_alone(tiny_lm, encoded, batch_tokens):
         assert abs(res.loss - ref) < 1e-4
         assert res.loss_sum == pytest.approx(float(res.token_losses.astype(np.float64).sum()))
         assert (res.positions == np.flatnonzero(enc.target)).all()
+
+
+def test_shared_prefix_runs_once_and_changes_no_loss(tiny_lm):
+    """A long system prompt common to every example: computed once per batch, losses still exact."""
+    t = resolve_template(tiny_lm.tokenizer)
+    system = {"role": "system", "content": " ".join(WORDS * 2)}
+    convs = [[system] + c for c in conversations(24, seed=3)]
+    # Two conversations whose first exchange is identical: the prefix must stop before its targets.
+    convs += [[system, {"role": "user", "content": "1 + 2"}, {"role": "assistant", "content": "3"}] + tail
+              for tail in ([], [{"role": "user", "content": "again"}, {"role": "assistant", "content": "3 3"}])]
+    enc = encode_many(tiny_lm.tokenizer, t, convs, max_length=400)
+    for budget in (600, 2000, 100000):
+        batches = [b for b in plan_batches([len(e.input_ids) for e in enc], budget) if len(b) > 1]
+        assert batches and all(shared_prefix(enc, b) > 20 for b in batches)
+        shared = score_examples(tiny_lm.model, enc, batch_tokens=budget, ce_chunk=29)
+        full = score_examples(tiny_lm.model, enc, batch_tokens=budget, share_prefix=False)
+        for e, a, b in zip(enc, shared, full):
+            assert abs(a.loss - reference_loss(tiny_lm.model, e)) < 1e-4
+            np.testing.assert_allclose(a.token_losses, b.token_losses, atol=1e-5)
+            assert (a.positions == b.positions).all()
+
+
+def test_shared_prefix_stops_before_the_first_target():
+    from curation.templates import Encoded
+
+    def enc(ids, first_target):
+        ids = np.array(ids, dtype=np.int32)
+        target = np.zeros(len(ids), bool)
+        target[first_target:] = True
+        return Encoded(input_ids=ids, target=target, n_tokens_full=len(ids), truncated=False)
+
+    a, b, c = enc([1, 2, 3, 4, 5, 6], 4), enc([1, 2, 3, 4, 9], 4), enc([1, 2, 7, 4, 5], 3)
+    assert shared_prefix([a, b], [0, 1]) == 3  # identical up to 4, but position 3 predicts a target
+    assert shared_prefix([a, b, c], [0, 1, 2]) == 2
+    assert shared_prefix([a, enc([5, 2], 1)], [0, 1]) == 0
 
 
 def test_token_losses_are_per_token_cross_entropy(tiny_lm, encoded):
