@@ -20,9 +20,21 @@ import pandas as pd
 # Score columns in the order the dashboard offers them (those present in a table are shown).
 KNOWN_SCORES = ["davir", "rho", "ifd", "loss", "loss_base", "loss_ref", "ppl_base"]
 LENGTH_COLUMNS = ["n_response_tokens", "n_prompt_tokens", "n_tokens_full"]
-# Direction in which a score means "more learnable / better" (used for ranks and disagreement).
-HIGHER_IS_BETTER = {"davir": True, "rho": True, "ifd": False, "loss": False, "loss_base": False,
-                    "loss_ref": False, "ppl_base": False}
+
+
+def keeps_high(column: str) -> bool:
+    """Whether the selection method that ranks by ``column`` keeps its high end by default.
+
+    Taken from :data:`curation.selection.SCORES`, so the Inspect sort, the disagreement ranks and
+    the Select page agree on every score's direction (davir, rho, ifd, loss: high; ppl: low).
+    Columns no method ranks by (loss_ref, loss_ckpt_*, lengths) default to high.
+    """
+    from curation.selection import SCORES
+
+    info = SCORES.get(column)  # a method's name (loss, ...) first, then the column a method ranks
+    if info is None or info.default_order is None:
+        info = next((i for i in SCORES.values() if i.column == column and i.default_order), None)
+    return info is None or info.default_order == "high"
 
 
 def score_columns(df: pd.DataFrame) -> list[str]:
@@ -155,8 +167,8 @@ def disagreement(df: pd.DataFrame, a: str, b: str, n: int = 20) -> pd.DataFrame:
     for c in (a, b):
         if c not in df.columns:
             raise KeyError(f"no score column {c!r}")
-    ra = percentile_rank(df[a], HIGHER_IS_BETTER.get(a, True))
-    rb = percentile_rank(df[b], HIGHER_IS_BETTER.get(b, True))
+    ra = percentile_rank(df[a], keeps_high(a))
+    rb = percentile_rank(df[b], keeps_high(b))
     diff = (ra - rb)
     keep = diff.abs().dropna().nlargest(n).index
     cols = [c for c in ("example_id", "domain", a, b, "n_response_tokens") if c in df.columns]

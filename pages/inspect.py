@@ -30,7 +30,7 @@ with st.container(border=True):
     s1, s2, s3 = st.columns([3, 2, 1])
     text = s1.text_input("Text search (in the conversations)", key="inspect_text", placeholder="e.g. triangle")
     sort_by = s2.selectbox("Sort by", numeric, index=0, key="inspect_sort")
-    desc = s3.toggle("Descending", value=views.HIGHER_IS_BETTER.get(sort_by, True), key=f"inspect_desc_{sort_by}")
+    desc = s3.toggle("Descending", value=views.keeps_high(sort_by), key=f"inspect_desc_{sort_by}")
 
 ids = None
 if text.strip():

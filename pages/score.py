@@ -22,6 +22,14 @@ if not sources:
     sources = [f"{source_stem(p.name)}={p}" for p in list_data_files(ws)]
 learn_mod = optional("curation.learn")
 
+
+@st.cache_data(show_spinner=False)
+def _device() -> str:
+    from curation.system import info
+
+    return info()["device"]
+
+
 with st.form("launch"):
     st.subheader("New job")
     if sources:
@@ -35,16 +43,21 @@ with st.form("launch"):
     max_length = c2.number_input("Max length (tokens)", 64, 32768, 2048, step=256,
                                  help="Longer examples are cut at the end and flagged `truncated`.")
     limit = c3.number_input("Records per source (0 = all)", 0, value=st.session_state.get("limit") or 0, step=100)
+    # On a CPU a learnability run of the default pool takes about an hour, plain loss minutes: the
+    # first experience should be the fast one. On a GPU both are quick, so default to the full run.
+    gpu = _device().startswith("cuda")
     what = st.radio(
         "What to compute",
-        ["learn", "score", "reference"],
+        ["score", "learn", "reference"],
+        index=1 if gpu else 0,
         format_func={
             "score": "Plain loss under the base model (fastest: one pass)",
             "learn": "Learnability run: fine-tune a reference on the pool, score K+1 checkpoints "
                      "(davir, rho, S2L trajectories, loss_base/loss_ref)",
             "reference": "Attach an existing fine-tuned model as the reference (two passes)",
         }.get,
-        help="The learnability run gives every score the selection methods use; plain loss is a quick first look.",
+        help="The learnability run gives every score the selection methods use (davir, rho, ifd, s2l); "
+             "plain loss is a quick first look that the loss and perplexity baselines can already select from.",
     )
     c4, c5, c6, c7 = st.columns(4)
     checkpoints = c4.number_input("Checkpoints K", 1, 20, 4, help="Trajectory points after the base model (S2L's feature).")
@@ -81,7 +94,8 @@ if launched:
             job = jobs.submit("learn", {k: v for k, v in wanted.items() if k in names}, workspace=ws)
         if job:
             st.session_state["watch_job"] = job
-            st.success(f"Started job `{job}`. Its scores appear on the Explore page when it finishes.")
+            when = "chunk by chunk as it runs" if what == "score" else "when it finishes"
+            st.success(f"Started job `{job}`. Its scores appear on the Explore page {when}.")
     except (ValueError, jobs.JobError) as e:
         st.error(str(e))
 

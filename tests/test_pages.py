@@ -99,7 +99,9 @@ def test_data_page_shows_formats_rejections_preview_and_lengths(in_scored_ws):
 def test_score_page_has_the_launch_form(in_scored_ws):
     at = _page("score")
     assert at.text_input[0].value == "default"
-    assert at.radio[0].options[0].startswith("Learnability run")
+    # No GPU here: the fast plain-loss pass is preselected, the learnability run is the next option.
+    assert at.radio[0].value == "score" and at.radio[0].options[0].startswith("Plain loss")
+    assert at.radio[0].options[1].startswith("Learnability run")
     assert [n.label for n in at.number_input][:3] == ["Max length (tokens)", "Records per source (0 = all)", "Checkpoints K"]
     assert "No job yet" in _texts(at)
 

@@ -35,6 +35,22 @@ def test_disagreement_uses_each_scores_direction():
     assert d.loc[d.example_id == "e", "rank_diff"].item() < 0
 
 
+def test_directions_agree_with_the_selection_methods():
+    from curation.selection import SCORES
+
+    # Every ranking method's name and column sort the way its selection keeps by default.
+    for name, info in SCORES.items():
+        if info.default_order:
+            assert views.keeps_high(name) == (info.default_order == "high"), name
+            assert views.keeps_high(info.column) == (info.default_order == "high"), info.column
+    assert views.keeps_high("loss") and views.keeps_high("ifd") and not views.keeps_high("ppl_base")
+    # loss keeps the hardest examples and ppl the easiest: their ranks are exact mirror images.
+    df = _toy().assign(loss=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], ppl_base=np.exp([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
+    r_loss = views.percentile_rank(df["loss"], views.keeps_high("loss"))
+    r_ppl = views.percentile_rank(df["ppl_base"], views.keeps_high("ppl_base"))
+    assert np.allclose(r_loss + r_ppl, 1 + 1 / 6)
+
+
 def test_correlation_and_summary():
     c = views.correlation(_toy(), "n_response_tokens", "rho").set_index("group")
     assert c.loc["chat", "spearman"] == -1.0 and c.loc["all", "n"] == 6
