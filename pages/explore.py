@@ -19,7 +19,7 @@ if not scores:
     st.stop()
 colours = domain_colours(df["domain"].unique()) if "domain" in df else {}
 st.caption(f"{len(df):,} examples · {df['domain'].nunique() if 'domain' in df else 1} domain(s) · "
-           f"model `{run.get('model', {}).get('spec', '?')}` · run `{info.name}`")
+           f"model `{run.get('model', {}).get('spec', 'in run.json when the run finishes')}` · run `{info.name}`")
 
 # ---- histogram ------------------------------------------------------------------------------
 st.subheader("Distribution")
