@@ -56,6 +56,14 @@ def not_available(what: str, module: str) -> None:
     st.warning(f"{what} is not available yet: the library module `{module}` is not installed in this build.")
 
 
+@st.cache_data(show_spinner="Checking the installation...")
+def installation() -> dict:
+    """Versions, device and default model (curation.system.info), probed once per session."""
+    from curation.system import info
+
+    return info()
+
+
 @st.cache_data(show_spinner="Reading scores...", max_entries=4)
 def read_scores(path: str, mtime: float) -> pd.DataFrame:
     """A run's score table, or the chunks committed so far (cached per version)."""

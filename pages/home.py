@@ -2,17 +2,12 @@
 
 import streamlit as st
 
-from curation.system import info
-
-
-@st.cache_data(show_spinner="Checking the installation...")
-def _info() -> dict:
-    return info()
+from pages.common import installation
 
 
 st.title("SFT data curation")
 st.caption("Score how learnable each SFT example is for a model, then select and export a subset.")
-i = _info()
+i = installation()
 c1, c2, c3 = st.columns(3)
 c1.metric("Version", i["curation"])
 c2.metric("Device", i["device"])

@@ -9,7 +9,7 @@ import streamlit as st
 from curation import jobs
 from curation.workspace import data_dir, list_data_files
 from curation.load import source_stem
-from pages.common import optional, workspace
+from pages.common import installation, optional, workspace
 
 st.title("Score")
 st.caption("Scoring runs in a background worker: you can leave this page or close the browser; "
@@ -21,13 +21,6 @@ if not sources:
     # Nothing chosen on the Data page: every data file, domain = file name (chat.jsonl -> chat).
     sources = [f"{source_stem(p.name)}={p}" for p in list_data_files(ws)]
 learn_mod = optional("curation.learn")
-
-
-@st.cache_data(show_spinner=False)
-def _device() -> str:
-    from curation.system import info
-
-    return info()["device"]
 
 
 with st.form("launch"):
@@ -43,9 +36,9 @@ with st.form("launch"):
     max_length = c2.number_input("Max length (tokens)", 64, 32768, 2048, step=256,
                                  help="Longer examples are cut at the end and flagged `truncated`.")
     limit = c3.number_input("Records per source (0 = all)", 0, value=st.session_state.get("limit") or 0, step=100)
-    # On a CPU a learnability run of the default pool takes about an hour, plain loss minutes: the
+    # On a CPU a learnability run of the default pool takes ~45 minutes, plain loss ~6: the
     # first experience should be the fast one. On a GPU both are quick, so default to the full run.
-    gpu = _device().startswith("cuda")
+    gpu = installation()["device"].startswith("cuda")
     what = st.radio(
         "What to compute",
         ["score", "learn", "reference"],
@@ -62,12 +55,13 @@ with st.form("launch"):
     c4, c5, c6, c7 = st.columns(4)
     checkpoints = c4.number_input("Checkpoints K", 1, 20, 4, help="Trajectory points after the base model (S2L's feature).")
     epochs = c5.number_input("Epochs", 1, 10, 1)
-    lora = c6.toggle("LoRA instead of full fine-tuning", value=False, help="Trains adapters only (faster here: 202 vs 172 tokens/s), but not less memory on CPU "
-                 "(peak 10.3 vs 8.1 GB measured); full FT is the papers' setting.")
+    lora = c6.toggle("LoRA instead of full fine-tuning", value=False,
+                     help="Trains adapters only: faster on CPU (202 vs 172 tokens/s measured), but its peak "
+                          "memory was not lower (10.3 vs 8.1 GB); full FT is the papers' setting.")
     ifd = c7.toggle("Also IFD (one extra pass)", value=True,
                     help="Cherry LLM's instruction-following difficulty: loss with the prompt / loss without it.")
-    st.caption("On 2 CPU cores the default pool (~570 examples) takes minutes for plain loss (~400 tokens/s) "
-               "and about an hour for a learnability run (training at ~80 tokens/s, then K+1 scoring passes); "
+    st.caption("On 2 CPU cores the default pool (~570 examples) takes about 6 minutes for plain loss (~500-600 tokens/s) "
+               "and roughly 45 minutes for a learnability run (training at ~170 tokens/s, then K+1 scoring passes); "
                "a GPU is far faster. Finished chunks and checkpoints survive a stop: resume continues.")
     reference = st.text_input("Reference model (for 'attach a reference')", value="",
                               help="A fine-tuned model folder; used only with the third option.")
