@@ -126,6 +126,9 @@ def run_score(cfg: ScoreConfig, progress: Progress | None = None) -> Path:
     for k in todo:
         _score_chunk(lm, template, cfg, chunks[k], parts, k, report, stats, done_examples)
         done_examples += len(chunks[k])
+        # A commit is a milestone: the job store records it at once (not throttled), so the
+        # status of a job killed right after it counts the chunk that resume will keep.
+        report(done=done_examples, committed=k)
     report(phase="writing tables", done=done_examples, total=len(data.examples))
     _merge(out, len(chunks), data.rejected)
     run["timings_s"] = {

@@ -118,12 +118,14 @@ class _ProgressWriter:
         self.conn, self.job_id, self.pid = conn, job_id, pid
         self.phase = None
         self.last_write = self.last_log = 0.0
-        self.t0 = self.done0 = None
+        self.t0 = self.done0 = self.committed = None
 
     def __call__(self, p: dict) -> None:
         now = time.time()
         phase, done, total = p.get("phase"), p.get("done"), p.get("total")
         changed = phase != self.phase
+        milestone = p.get("committed") != self.committed  # a chunk was just committed
+        self.committed = p.get("committed")
         if changed:
             self.phase, self.t0, self.done0 = phase, now, done
         eta = p.get("eta_s")
@@ -131,7 +133,7 @@ class _ProgressWriter:
             rate = (done - self.done0) / max(now - self.t0, 1e-9)  # examples/s in this phase
             eta = (total - done) / rate
         finished = done is not None and total is not None and done >= total
-        if not (changed or finished or now - self.last_write >= PROGRESS_EVERY_S):
+        if not (changed or milestone or finished or now - self.last_write >= PROGRESS_EVERY_S):
             return
         self.last_write = now
         extra = {k: v for k, v in p.items()
