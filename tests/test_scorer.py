@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curation.scorer import check_head_path, plan_batches, reference_loss, score_examples, shared_prefix
+from curation.scorer import (
+    check_head_path, plan_batches, reference_loss, score_examples, shared_prefix, target_losses,
+)
 from curation.templates import encode_many, resolve_template
 
 WORDS = "the fox jumps over lazy dog clips sold April May 48 72 1 + 2 = 3 eat sleep well".split()
@@ -34,7 +36,7 @@ def encoded(tiny_lm):
 
 @pytest.mark.parametrize("batch_tokens", [1, 64, 500, 4096, 100000])
 def test_batched_loss_equals_hf_loss_alone(tiny_lm, encoded, batch_tokens):
-    got = score_examples(tiny_lm.model, encoded, batch_tokens=batch_tokens, ce_chunk=37)
+    got = score_examples(tiny_lm.model, encoded, batch_tokens=batch_tokens, vocab_tile=37, pos_chunk=50)
     for enc, res in zip(encoded, got):
         ref = reference_loss(tiny_lm.model, enc)
         assert res.n_tokens == enc.n_response_tokens
@@ -55,7 +57,7 @@ def test_shared_prefix_runs_once_and_changes_no_loss(tiny_lm):
     for budget in (600, 2000, 100000):
         batches = [b for b in plan_batches([len(e.input_ids) for e in enc], budget) if len(b) > 1]
         assert batches and all(shared_prefix(enc, b) > 20 for b in batches)
-        shared = score_examples(tiny_lm.model, enc, batch_tokens=budget, ce_chunk=29)
+        shared = score_examples(tiny_lm.model, enc, batch_tokens=budget, vocab_tile=29, pos_chunk=23)
         full = score_examples(tiny_lm.model, enc, batch_tokens=budget, share_prefix=False)
         for e, a, b in zip(enc, shared, full):
             assert abs(a.loss - reference_loss(tiny_lm.model, e)) < 1e-4
@@ -88,6 +90,29 @@ def test_token_losses_are_per_token_cross_entropy(tiny_lm, encoded):
     logp = torch.log_softmax(logits.float(), -1)
     expected = [-logp[p - 1, enc.input_ids[p]].item() for p in res.positions]
     np.testing.assert_allclose(res.token_losses, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("vocab_tile,pos_chunk", [(1, 7), (64, 1000), (100, 3), (1000, 1000)])
+@pytest.mark.parametrize("softcap,bias", [(None, False), (30.0, True)])
+def test_target_losses_equal_full_cross_entropy(vocab_tile, pos_chunk, softcap, bias):
+    """Vocabulary tiles (uneven, or one tile) and position chunks give F.cross_entropy's losses."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 211, bias=bias)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(211, 16, generator=g) * 3)  # large logits: exercises the lse
+    h, labels = torch.randn(40, 16, generator=g), torch.randint(0, 211, (40,), generator=g)
+    labels[:3] = torch.tensor([0, 210, 100])  # the first and last token ids
+    with torch.no_grad():
+        logits = head(h)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        expected = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        got = target_losses(head, h, labels, softcap, vocab_tile, pos_chunk)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        target_losses(head, h, torch.tensor([211]), softcap, vocab_tile, pos_chunk)
 
 
 def test_truncated_example_without_targets_has_no_loss(tiny_lm):
