@@ -54,7 +54,7 @@ class ScoreConfig:
     columns: dict[str, str] = field(default_factory=dict)  # canonical field -> column name
     format: str | None = None  # force a record shape (see curation.load.FORMATS)
     chunk_examples: int = 256  # examples per committed chunk (the most a kill can lose)
-    compile: bool = False  # torch.compile the model: ~1.3x faster on CPU after a 1-2 min compile
+    compile: bool = False  # torch.compile the decoder: ~1 min compile, no faster on 2 CPU cores
 
     def __post_init__(self):
         if not self.sources:
