@@ -70,13 +70,13 @@ class LearnConfig:
     lr: float | None = None  # peak learning rate; None: 5e-5 (full) or 3e-4 (LoRA)
     warmup_ratio: float = 0.1  # fraction of steps with linear warmup, then cosine decay
     weight_decay: float = 0.0  # AdamW weight decay
-    train_batch_tokens: int = 2048  # padded tokens per training micro-batch
-    grad_accum: int = 2  # micro-batches per optimizer step
+    train_batch_tokens: int = 1024  # padded tokens per training micro-batch
+    grad_accum: int = 4  # micro-batches per optimizer step
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
     lora: bool = False  # LoRA (peft) instead of full fine-tuning
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA alpha
-    lora_dropout: float = 0.05  # LoRA dropout
+    lora_dropout: float = 0.0  # LoRA dropout (see TrainConfig)
     seed: int = 0  # training order, LoRA init, dropout, folds, K-means
     n_clusters: int = 100  # S2L clusters (capped so clusters average >= 10 examples)
     ifd: bool = True  # the extra response-only pass for IFD

@@ -50,13 +50,18 @@ class TrainConfig:
     lr: float | None = None  # peak learning rate; None: 5e-5 (full) or 3e-4 (LoRA)
     warmup_ratio: float = 0.1  # fraction of steps with linear warmup, then cosine decay to 0
     weight_decay: float = 0.0  # AdamW decoupled weight decay
-    batch_tokens: int = 2048  # padded tokens per micro-batch (rows x longest)
-    grad_accum: int = 2  # micro-batches per optimizer step
+    # 1024 x 4 rather than 2048 x 2 (same tokens per step), measured on 2 CPU cores with the default
+    # model: 12% faster and peak RSS 4.9 instead of 7.1 GB (activations scale with the micro-batch).
+    batch_tokens: int = 1024  # padded tokens per micro-batch (rows x longest)
+    grad_accum: int = 4  # micro-batches per optimizer step
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
     lora: bool = False  # LoRA adapters on all linear layers instead of full fine-tuning
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
-    lora_dropout: float = 0.05  # dropout on the LoRA input
+    # 0, not peft's usual 0.05: each adapted layer keeps a dropped-out copy of its input for the
+    # backward pass, +0.7 GB and -14% speed at 1024 tokens, for a regulariser that matters little
+    # in the one or two epochs a reference model is trained.
+    lora_dropout: float = 0.0  # dropout on the LoRA input
     seed: int = 0  # data order, LoRA init, dropout
     save_every_s: float = 300.0  # also save the resume state this often (seconds)
 
