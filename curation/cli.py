@@ -84,7 +84,7 @@ def add_learn_parser(sub) -> None:
     add_model_args(p)
     p.add_argument("--out", required=True, help="output folder (scores.parquet, token_losses.parquet, run.json)")
     p.add_argument("--checkpoints", type=int, default=4, help="K: score at K+1 evenly spaced points (0 = base)")
-    p.add_argument("--reference", help="attach this fine-tuned model folder instead of training (2-point trajectory)")
+    p.add_argument("--reference", help="attach this fine-tuned model (folder, .gguf or LoRA adapter folder) instead of training (2-point trajectory)")
     p.add_argument("--heldout-folds", type=int, default=0,
                    help="N >= 2: also train N models, each without one fold, for held-out reference losses")
     p.add_argument("--epochs", type=int, default=1)

@@ -131,7 +131,7 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
     ``progress`` receives dicts with ``phase, done, total`` and, where known, ``tokens,
     tokens_per_s, eta_s`` (and ``train_loss, lr`` while training).
     """
-    from curation.models import load_model, weights_fingerprint
+    from curation.models import load_model, load_reference, weights_fingerprint
     from curation.scorer import check_head_path
     from curation.templates import encode_many, resolve_template
 
@@ -147,7 +147,7 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
     template = resolve_template(lm.tokenizer, cfg.template)
     ref = None
     if cfg.reference is not None:
-        ref = load_model(cfg.reference, device=lm.device, dtype=lm.dtype)
+        ref = load_reference(cfg.reference, lm)
         if ref.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
             raise ValueError(f"--reference {cfg.reference}: its tokenizer differs from the base model's, "
                              "so its losses are not comparable")

@@ -179,6 +179,42 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
     )
 
 
+def merge_adapter(base_path: str, adapter_dir: str | Path, dtype: str = "float32"):
+    """The model at ``base_path`` with the LoRA adapter in ``adapter_dir`` merged into its weights.
+
+    Only ``adapter_model.safetensors`` is read: a pickled ``adapter_model.bin`` from elsewhere is
+    refused rather than unpickled.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = Path(adapter_dir)
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise ModelError(f"{adapter}: LoRA adapter folder without adapter_model.safetensors "
+                         "(pickled adapter_model.bin files are not loaded)")
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    return model.to(getattr(torch, dtype))
+
+
+def load_reference(spec: str, base: LoadedModel) -> LoadedModel:
+    """A fine-tuned reference model on ``base``'s device and dtype.
+
+    ``spec`` is anything ``load_model`` takes, or a LoRA adapter folder (``adapter_config.json``,
+    e.g. a ``learn --lora`` checkpoint or a peft ``save_pretrained``), merged into ``base``'s
+    weights; an adapter has no tokenizer of its own, so it uses ``base``'s.
+    """
+    if not (Path(spec) / "adapter_config.json").is_file():
+        return load_model(spec, device=base.device, dtype=base.dtype)
+    model = merge_adapter(base.path, spec, base.dtype).to(base.device).eval()
+    return LoadedModel(
+        model=model, tokenizer=base.tokenizer, spec=spec, path=str(spec), device=base.device,
+        dtype=base.dtype, fingerprint=weights_fingerprint(model),
+        n_parameters=sum(p.numel() for p in model.parameters()),
+    )
+
+
 def weights_fingerprint(model) -> str:
     """SHA-256 over every tensor of the state dict (names, dtypes, shapes and bytes).
 

@@ -295,13 +295,11 @@ def load_checkpoint(base_path: str, ckpt_dir: str | Path, device: str = "cpu", d
     import torch
     from transformers import AutoModelForCausalLM
 
+    from curation.models import merge_adapter
+
     ckpt = Path(ckpt_dir)
     if (ckpt / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, ckpt).merge_and_unload()
-        model = model.to(getattr(torch, dtype))
+        model = merge_adapter(base_path, ckpt, dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype))
     return model.to(device).eval()

@@ -64,7 +64,7 @@ with st.form("launch"):
                "and roughly 45 minutes for a learnability run (training at ~170 tokens/s, then K+1 scoring passes); "
                "a GPU is far faster. Finished chunks and checkpoints survive a stop: resume continues.")
     reference = st.text_input("Reference model (for 'attach a reference')", value="",
-                              help="A fine-tuned model folder; used only with the third option.")
+                              help="A fine-tuned model folder, .gguf file or LoRA adapter folder; used only with the third option.")
     launched = st.form_submit_button("Start job", type="primary", disabled=not sources)
 
 if launched:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from curation.learn import LearnConfig, assign_folds, ifd_score, run_learn
+from curation.models import ModelError
 from curation.scores import SCORE_COLUMNS, RunMismatch, ScoreConfig, run_score
 from tests.conftest import write_jsonl
 
@@ -193,6 +194,24 @@ def test_attached_reference_gives_a_two_point_trajectory(learned, tiny_model_dir
     np.testing.assert_array_equal(df["davir"], learned["df"]["davir"])
     run = json.loads((out / "run.json").read_text())
     assert run["reference"]["path"] == str(final) and run["train"] is None and run["checkpoints"] == 1
+
+
+def test_lora_adapter_attaches_as_reference(learned, tiny_model_dir, tmp_path):
+    """A LoRA learn run's last checkpoint is an adapter folder; attached, it is merged into the base."""
+    lora = run_learn(learn_cfg(learned["pool"], tmp_path / "lora", tiny_model_dir, tmp_path / "cache",
+                               lora=True, lr=3e-2, checkpoints=1, epochs=1))
+    adapter = lora / "train" / "ckpt-1"
+    assert (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").exists()
+    out = run_learn(learn_cfg(learned["pool"], tmp_path / "ref", tiny_model_dir, tmp_path / "cache",
+                              reference=str(adapter)))
+    df, trained = pd.read_parquet(out / "scores.parquet"), pd.read_parquet(lora / "scores.parquet")
+    np.testing.assert_array_equal(df["loss_ref"], trained["loss_ref"])  # same merged weights
+    assert (df["loss_ref"] != df["loss_base"]).all()
+    assert json.loads((out / "run.json").read_text())["reference"]["path"] == str(adapter)
+    (adapter / "adapter_model.safetensors").rename(adapter / "adapter_model.bin")
+    with pytest.raises(ModelError, match="adapter_model.safetensors"):
+        run_learn(learn_cfg(learned["pool"], tmp_path / "ref2", tiny_model_dir, tmp_path / "cache2",
+                            reference=str(adapter)))
 
 
 def test_heldout_folds(learned, tiny_model_dir, tmp_path):
