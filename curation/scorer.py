@@ -98,8 +98,9 @@ def score_examples(
     ``on_batch(n_examples, n_tokens)`` is called after each batch (for progress bars).
     ``compile`` runs the decoder through ``torch.compile`` (fuses the element-wise work around the
     matmuls; on 2 CPU cores 0.96-1.05x the eager default, after a one-off compilation of about a
-    minute, because that default already spends 84% of its time in matmuls). ``share_prefix`` runs a prefix common to a whole batch once (exact; off
-    only to measure what it saves; not combined with ``compile``).
+    minute, because that default already spends 84% of its time in matmuls). ``share_prefix``
+    runs a prefix common to a whole batch once (exact; off only to measure what it saves; not
+    combined with ``compile``).
 
     The defaults were measured on 2 CPU cores (bench/bench_score.py): budgets of 512-2048 tokens
     keep a batch's activations in cache and beat larger ones by 10-20%. ``vocab_tile`` and

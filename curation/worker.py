@@ -124,8 +124,10 @@ class _ProgressWriter:
         now = time.time()
         phase, done, total = p.get("phase"), p.get("done"), p.get("total")
         changed = phase != self.phase
-        milestone = p.get("committed") != self.committed  # a chunk was just committed
-        self.committed = p.get("committed")
+        # A chunk was just committed (reports without the key are ordinary progress).
+        milestone = "committed" in p and p["committed"] != self.committed
+        if milestone:
+            self.committed = p["committed"]
         if changed:
             self.phase, self.t0, self.done0 = phase, now, done
         eta = p.get("eta_s")
