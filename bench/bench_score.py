@@ -55,7 +55,7 @@ def phase(name: str, rows: int, batch_tokens: int, max_length: int, repeats: int
 
     from curation.load import SourceSpec, load_sources
     from curation.models import load_model
-    from curation.scorer import reference_loss, score_examples
+    from curation.losses import reference_loss, score_examples
     from curation.templates import encode_many, resolve_template
 
     lm = load_model("default", device="cpu", dtype="float32")

@@ -30,6 +30,25 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "results" / "newcomer"
 
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def settled(page, timeout_ms: int = 120_000) -> None:
+    """Return once Streamlit has finished the page's script run (its stApp element says so)."""
+    page.wait_for_timeout(500)
+    state = "document.querySelector('[data-testid=\"stApp\"]')?.getAttribute('data-test-script-state')"
+    page.wait_for_function(f"() => {state} === 'notRunning'", timeout=timeout_ms)
+    page.wait_for_timeout(1000)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", help="use (and keep) this workspace folder instead of a temporary one")
@@ -37,14 +56,14 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from curation import jobs
-    from curation.workspace import prepare_default_data, runs_dir
-    from tests.test_browser import CHROMIUM, _free_port, _idle  # the browser test's helpers
+    from curation.runs import Run
+    from curation.workspace import prepare_default_data
 
     ws = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="newcomer-ws-"))
     prepare_default_data(ws)
     OUT.mkdir(parents=True, exist_ok=True)
     marks: dict[str, float] = {}
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(OUT / "streamlit.log", "w")
     t0 = time.perf_counter()
@@ -71,14 +90,14 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.goto(url + "/score")
             page.wait_for_selector("h1")
-            _idle(page)
+            settled(page)
             mark("Score page shown")
             page.get_by_role("button", name="Start job").click()
             page.get_by_text("Started job").wait_for(timeout=60_000)
             mark("job started (plain loss, default pool)")
             page.screenshot(path=str(OUT / "1-score-started.png"))
             [job] = jobs.list_jobs(ws)
-            while not list(runs_dir(ws).glob("*/parts/*.parquet")) and not list(runs_dir(ws).glob("*/scores.parquet")):
+            while not Run(job["out"]).committed_parts() and not (Path(job["out"]) / "scores.parquet").is_file():
                 if jobs.status(job["id"], ws)["state"] not in ("queued", "running"):
                     raise SystemExit(f"job ended early: {jobs.status(job['id'], ws)}")
                 time.sleep(0.5)
@@ -86,7 +105,7 @@ def main() -> None:
             explore = browser.new_page(viewport={"width": 1400, "height": 1800})
             explore.goto(url + "/explore")
             explore.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
-            _idle(explore)
+            settled(explore)
             mark("Explore page shows the first histogram")
             explore.screenshot(path=str(OUT / "2-explore-partial.png"))
             page.screenshot(path=str(OUT / "3-score-progress.png"))
@@ -97,15 +116,15 @@ def main() -> None:
             mark(f"job finished ({st['done']} examples, {st.get('tokens') or 0:,} tokens)")
             explore.reload()
             explore.wait_for_selector("[data-testid='stPlotlyChart'] .main-svg", timeout=120_000)
-            _idle(explore)
+            settled(explore)
             explore.screenshot(path=str(OUT / "4-explore-done.png"))
 
             sel = browser.new_page(viewport={"width": 1400, "height": 2400})
             sel.goto(url + "/select")
             sel.wait_for_selector("h1")
-            _idle(sel)
+            settled(sel)
             sel.get_by_text("Natural mix").click()  # off: the share slider appears, at half / half
-            _idle(sel)
+            settled(sel)
             sel.get_by_role("button", name="Save selection").click()
             sel.get_by_text("Saved").first.wait_for(timeout=60_000)
             mark("10% chat/math-balanced selection saved")
@@ -114,10 +133,10 @@ def main() -> None:
             exp = browser.new_page(viewport={"width": 1400, "height": 2000}, accept_downloads=True)
             exp.goto(url + "/export")
             exp.wait_for_selector("h1")
-            _idle(exp)
+            settled(exp)
             exp.get_by_role("button", name="Export", exact=True).click()
             exp.get_by_text("Exported to").wait_for(timeout=120_000)
-            _idle(exp)
+            settled(exp)
             with exp.expect_download() as dl:
                 exp.get_by_test_id("stDownloadButton").get_by_role("button").click()
             target = OUT / dl.value.suggested_filename

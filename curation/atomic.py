@@ -1,12 +1,24 @@
-"""Atomic file writes: a file is complete or absent, never half written."""
+"""Atomic writes: a file or folder is complete or absent, never half written.
+
+Every file the project writes goes through here: :func:`atomic_path` (one file: a temporary name
+next to it, renamed onto it), :func:`write_json` / :func:`write_parquet` / :func:`write_text`
+built on it, and :func:`atomic_dir` (a whole folder built under a temporary name and swapped
+into place: run checkpoints, converted models, selections, exports).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
+
+
+class AtomicError(ValueError):
+    """A destination that must not be replaced (a file, or a folder holding something else)."""
 
 
 @contextmanager
@@ -24,10 +36,15 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8), atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def write_parquet(path: str | os.PathLike, table) -> None:
@@ -39,3 +56,41 @@ def write_parquet(path: str | os.PathLike, table) -> None:
         table = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+@contextmanager
+def atomic_dir(out: str | os.PathLike, marker: str | None = None, what: str = "folder", replace: bool = True):
+    """Yield a temporary folder next to ``out``; when the block succeeds it becomes ``out``.
+
+    ``out`` may be absent, or (with ``replace``) a previous ``what``, recognised by its ``marker``
+    file, or an empty folder; anything else is refused so a typo cannot wipe an unrelated folder.
+    Between the two renames of a swap ``out`` is absent, never half written.
+    """
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise AtomicError(f"{out} exists and is a file; choose another --out")
+        if not replace:
+            raise AtomicError(f"{out} exists already")
+        if marker is not None and any(out.iterdir()) and not (out / marker).is_file():
+            raise AtomicError(f"{out} exists and does not hold a previous {what} (no {marker}); "
+                              "choose a new --out or empty that folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should be like any folder
+    try:
+        yield tmp
+        if out.exists() and not replace:
+            raise AtomicError(f"{out} appeared while it was being written (another process?)")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -23,15 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
-import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from curation.atomic import AtomicError, atomic_dir
+from curation.config import option
+from curation.runs import RunError, read_examples
 
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
 STYLES = ("original", "messages")
@@ -46,50 +46,18 @@ class ExportError(ValueError):
 class ExportConfig:
     """Settings of an export (the CLI, the jobs and the dashboard all build this)."""
 
-    selection: str  # selection folder written by `select` (recipe.yaml, selected.parquet, summary.json)
-    out: str  # export folder (replaced atomically if it holds a previous export)
-    format: str = "jsonl"  # jsonl | parquet | hf (datasets save_to_disk folder)
-    style: str = "messages"  # original (records as in their sources) | messages ({"messages": [...]})
+    selection: str = option(help="folder written by `select` (recipe.yaml, selected.parquet, summary.json)",
+                            positional=True, metavar="SEL_DIR")
+    out: str = option(help="export folder (data file + manifest.json; a previous export there is replaced)")
+    format: str = option("jsonl", "jsonl | parquet | hf (a datasets save_to_disk folder)", choices=EXPORT_FORMATS)
+    style: str = option("messages", "original: records as in their sources; messages: {'messages': [...]} "
+                                    "for TRL / LLaMA-Factory", choices=STYLES)
 
     def __post_init__(self):
         if self.format not in EXPORT_FORMATS:
             raise ExportError(f"format {self.format!r}: expected one of {', '.join(EXPORT_FORMATS)}")
         if self.style not in STYLES:
             raise ExportError(f"style {self.style!r}: expected one of {', '.join(STYLES)}")
-
-
-@contextmanager
-def atomic_dir(out: str | os.PathLike, marker: str, what: str):
-    """Yield a temporary folder next to ``out``; on success it replaces ``out``.
-
-    ``out`` may be absent, empty, or a previous ``what`` (recognised by its ``marker`` file);
-    anything else is refused so a typo cannot wipe an unrelated folder.
-    """
-    out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise ExportError(f"{out} exists and is a file; choose another --out")
-        if any(out.iterdir()) and not (out / marker).is_file():
-            raise ExportError(f"{out} exists and does not hold a previous {what} (no {marker}); "
-                              "choose a new --out or empty that folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should be like any folder
-    try:
-        yield tmp
-        if out.exists():
-            # Swap: between the two renames `out` is absent, never half written.
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def export_selection(cfg: ExportConfig, progress: Callable[[dict], None] | None = None) -> Path:
@@ -101,11 +69,17 @@ def export_selection(cfg: ExportConfig, progress: Callable[[dict], None] | None 
     selected, summary = _read_selection(sel_dir)
     run = summary.get("run", {})
     report({"phase": "reading sources", "done": 0, "total": len(selected)})
-    rows = _build_rows(selected, run, cfg.style, report)
+    try:
+        records = read_examples(run, selected.itertuples(index=False), check_fingerprints=True,
+                                progress=lambda n: report({"phase": "reading sources", "done": n,
+                                                           "total": len(selected)}))
+    except RunError as e:
+        raise ExportError(str(e)) from None
+    rows = [rec if cfg.style == "original" else {"messages": messages} for rec, messages in records]
 
     report({"phase": "writing", "done": len(selected), "total": len(selected)})
     out = Path(cfg.out)
-    with atomic_dir(out, marker="manifest.json", what="export") as tmp:
+    with _export_dir(out) as tmp:
         data_name = DATA_NAMES[cfg.format]
         table = _arrow_table(rows, cfg.style)  # also proves the rows form one loadable table
         if cfg.format == "jsonl":
@@ -154,64 +128,13 @@ def _read_selection(sel_dir: Path):
     return selected, summary
 
 
-def _source_spec(entry: dict, run: dict):
-    """The SourceSpec a run read this source with, checked against the file's fingerprint now."""
-    from curation.load import SourceSpec, _fingerprint
-
-    cfg = run.get("config", {})
-    path = str(entry.get("path"))
-    if not Path(path).exists() and entry.get("abs_path") and Path(entry["abs_path"]).exists():
-        path = entry["abs_path"]  # the run was started from another working folder
-    is_hub_id = re.match(r"^[\w.\-]+/[\w.\-]+$", path) and not path.startswith(".")
-    if not Path(path).exists() and not is_hub_id:
-        raise ExportError(f"source {entry.get('source')}: {entry.get('path')} no longer exists"
-                          + (f" (nor {entry['abs_path']})" if entry.get("abs_path") else "")
-                          + "; the export needs the files the run scored")
-    want = entry.get("fingerprint")
-    if want and Path(path).is_file() and _fingerprint(path) != want:
-        raise ExportError(f"source {entry.get('source')}: {path} changed since the run scored it "
-                          f"(fingerprint {_fingerprint(path)} != {want}); re-run the scoring on the new file")
-    return SourceSpec(path=str(path), domain=entry.get("domain"), columns=cfg.get("columns") or {},
-                      format=entry.get("format"), split=cfg.get("split"))
-
-
-def _build_rows(selected, run: dict, style: str, report) -> list[dict]:
-    """The exported rows, in selected order, each checked against its example id."""
-    from curation.load import RecordError, example_id, normalise, read_records
-
-    entries = {s["source"]: s for s in run.get("sources", [])}
-    records: dict[tuple[str, int], dict] = {}
-    fmts: dict[str, str] = {}
-    done = 0
-    for source, group in selected.groupby("source", sort=False):
-        if source not in entries:
-            raise ExportError(f"the selection names source {source!r}, which the run's provenance does not "
-                              f"list (sources: {sorted(entries)})")
-        spec = _source_spec(entries[source], run)
-        fmts[source] = spec.format
-        try:
-            got = read_records(spec, group["source_index"].tolist())
-        except RecordError as e:
-            raise ExportError(str(e)) from None
-        for i, rec in got.items():
-            records[(source, i)] = rec
-        done += len(group)
-        report({"phase": "reading sources", "done": done, "total": len(selected)})
-
-    rows = []
-    cfg = run.get("config", {})
-    for r in selected.itertuples(index=False):
-        rec = records[(r.source, int(r.source_index))]
-        try:
-            messages = normalise(rec, fmts[r.source], cfg.get("columns") or {})
-        except RecordError as e:
-            raise ExportError(f"{r.source} #{r.source_index}: no longer a usable record ({e}); "
-                              "the source changed since the run") from None
-        if example_id(messages) != r.example_id:
-            raise ExportError(f"{r.source} #{r.source_index}: its content no longer matches example "
-                              f"{r.example_id}; the source changed since the run, re-run the scoring")
-        rows.append(rec if style == "original" else {"messages": messages})
-    return rows
+@contextmanager
+def _export_dir(out: Path):
+    try:
+        with atomic_dir(out, marker="manifest.json", what="export") as tmp:
+            yield tmp
+    except AtomicError as e:
+        raise ExportError(str(e)) from None
 
 
 def _arrow_table(rows: list[dict], style: str):

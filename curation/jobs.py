@@ -51,12 +51,14 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted"
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 RESUMABLE_STATES = ("interrupted", "failed", "cancelled")
 
-# kind -> (module, config dataclass, run function `run(cfg, progress) -> out folder`).
-# Imported lazily: the store, the CLI and the dashboard must not pay for torch, and a kind whose
-# module is not installed yet only fails when it is used.
+# The job kinds: kind -> (module, config dataclass, run function `run(cfg, progress) -> folder`,
+# one-line help).  This is the one registry: the CLI builds a command per kind from it, the store
+# checks configs with it and the worker runs it.  Modules import torch only inside their run
+# functions, so the store, the CLI and the dashboard stay light.
 KINDS = {
-    "score": ("curation.scores", "ScoreConfig", "run_score"),
-    "learn": ("curation.learn", "LearnConfig", "run_learn"),
+    "score": ("curation.score", "ScoreConfig", "run_score", "assistant-token losses of a model over SFT data"),
+    "learn": ("curation.learn", "LearnConfig", "run_learn",
+              "train a reference model on the pool; DavIR, RHO, IFD, S2L scores"),
 }
 
 DB_NAME = "jobs.sqlite"
@@ -92,6 +94,8 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, device, seq);
 
 
 _ADDED_COLUMNS = {"suspect": "REAL"}
+_REQUIRED_COLUMNS = {"seq", "id", "kind", "config", "device", "cwd", "out", "log", "state", "pid", "heartbeat",
+                     "cancel_requested", "created"}
 
 
 class JobError(ValueError):
@@ -116,149 +120,33 @@ def workspace_dir(workspace: str | os.PathLike | None = None) -> Path:
 
 
 def submit(kind: str, config, workspace: str | os.PathLike | None = None) -> str:
-    """Queue a ``kind`` job (``score``, ``learn``) with ``config`` and return its id.
-
-    ``config`` is the kind's config dataclass or a dict of its fields.  An empty ``out`` becomes
-    ``WORKSPACE/runs/JOB_ID``.  The job starts at once in a detached worker if its device is free,
-    else it waits for the jobs queued before it.
-    """
-    cls, _ = kind_entry(kind)
-    if is_dataclass(config):
-        fields = asdict(config)
-    elif isinstance(config, dict):
-        fields = dict(config)
-    else:
-        raise JobError(f"config: expected a {cls.__name__} or a dict, got {type(config).__name__}")
-    ws = workspace_dir(workspace)
-    job_id = _new_id(kind)
-    fields["out"] = str(Path(fields["out"]).expanduser().resolve()) if fields.get("out") \
-        else str(ws / "runs" / job_id)
-    cfg = cls(**fields)  # validates (__post_init__) before anything is stored
-    fields = asdict(cfg)
-    device = _device_key(getattr(cfg, "device", None))
-    log = ws / "jobs" / job_id / "job.log"
-    now = time.time()
-    with _store(ws) as conn:
-        with _write(conn):
-            busy = conn.execute("SELECT id FROM jobs WHERE out = ? AND state IN ('queued', 'running')",
-                                (fields["out"],)).fetchone()
-            if busy:
-                raise JobError(f"out {fields['out']}: job {busy['id']} is already writing there; "
-                               "wait for it, cancel it, or choose another output folder")
-            conn.execute(
-                "INSERT INTO jobs (id, kind, config, device, cwd, out, log, state, phase, created, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 'queued', ?, ?)",
-                (job_id, kind, json.dumps(fields), device, os.getcwd(), fields["out"], str(log), now, now),
-            )
-            _dispatch(conn, ws)
-    write_json(log.parent / "job.json", {"id": job_id, "kind": kind, "config": fields, "created": now})
-    return job_id
+    """Queue a ``kind`` job with ``config`` and return its id (see :meth:`JobStore.submit`)."""
+    return JobStore(workspace).submit(kind, config)
 
 
 def status(job_id: str, workspace: str | os.PathLike | None = None) -> dict:
-    """One job as a dict: ``id, kind, state, phase, done, total, fraction, tokens, tokens_per_s,
-    eta_s, pid, device, out, log, error, created, started, finished`` (epoch seconds), ``config``,
-    ``extra`` (other progress values), ``attempts``, ``heartbeat_age_s``, ``queue_position``.
-
-    ``tokens`` and ``tokens_per_s`` count the current attempt; ``done`` counts committed and
-    skipped work too.  Calling it also marks dead workers' jobs ``interrupted`` and starts queued
-    jobs whose device is free (there is no scheduler daemon)."""
-    ws = workspace_dir(workspace)
-    with _store(ws) as conn:
-        _refresh(conn, ws)
-        row = _get(conn, job_id, ws)
-        return _as_dict(row, _queue_positions(conn))
+    """One job as a dict (see :meth:`JobStore.status`)."""
+    return JobStore(workspace).status(job_id)
 
 
 def list_jobs(workspace: str | os.PathLike | None = None) -> list[dict]:
     """All jobs, newest first, as :func:`status` dicts."""
-    ws = workspace_dir(workspace)
-    if not (ws / DB_NAME).is_file():
-        return []
-    with _store(ws) as conn:
-        _refresh(conn, ws)
-        rows = conn.execute("SELECT * FROM jobs ORDER BY seq DESC").fetchall()
-        positions = _queue_positions(conn)
-    return [_as_dict(r, positions) for r in rows]
+    return JobStore(workspace).list()
 
 
 def cancel(job_id: str, workspace: str | os.PathLike | None = None, wait: float = 30.0) -> dict:
-    """Cancel a queued or running job and return its status.
-
-    A running worker gets SIGTERM, stops at its next Python instruction (committed chunks stay)
-    and marks the job ``cancelled``; if it has not stopped after ``wait`` seconds it is killed.
-    With ``wait=0`` it returns at once (state still ``running``, phase ``cancelling``).
-    """
-    ws = workspace_dir(workspace)
-    with _store(ws) as conn:
-        with _write(conn):
-            _reap(conn)
-            row = _get(conn, job_id, ws)
-            if row["state"] == "queued":
-                _set_final(conn, row, "cancelled", "cancelled before it started")
-                _dispatch(conn, ws)
-                return _as_dict(_get(conn, job_id, ws), {})
-            if row["state"] != "running":
-                raise JobError(f"job {job_id} is {row['state']}; only queued or running jobs can be cancelled")
-            conn.execute("UPDATE jobs SET cancel_requested = 1, phase = 'cancelling', updated = ? WHERE id = ?",
-                         (time.time(), job_id))
-        # The heartbeat thread also notices cancel_requested (workers on other hosts); the
-        # signal just makes it immediate here.
-        _signal(row, signal.SIGTERM)
-        if wait <= 0:  # the dashboard: don't block; the worker records `cancelled` itself
-            return _as_dict(_get(conn, job_id, ws), _queue_positions(conn))
-        deadline = time.time() + wait
-        while time.time() < deadline:
-            _refresh(conn, ws)
-            row = _get(conn, job_id, ws)
-            if row["state"] != "running":
-                return _as_dict(row, _queue_positions(conn))
-            time.sleep(0.1)
-        _signal(row, signal.SIGKILL)
-        with _write(conn):
-            row = _get(conn, job_id, ws)
-            if row["state"] == "running":
-                _set_final(conn, row, "cancelled", f"cancelled; the worker did not stop within {wait:g}s and was killed")
-            _dispatch(conn, ws)
-        return _as_dict(_get(conn, job_id, ws), _queue_positions(conn))
+    """Cancel a queued or running job and return its status (see :meth:`JobStore.cancel`)."""
+    return JobStore(workspace).cancel(job_id, wait)
 
 
 def resume(job_id: str, workspace: str | os.PathLike | None = None) -> dict:
-    """Queue an interrupted, failed or cancelled job again with the same config and output folder.
-
-    The run skips the work it committed before (score chunks, learn checkpoints).  The job keeps
-    its place in the submission order, so it starts as soon as its device is free.
-    """
-    ws = workspace_dir(workspace)
-    with _store(ws) as conn:
-        with _write(conn):
-            _reap(conn)
-            row = _get(conn, job_id, ws)
-            if row["state"] not in RESUMABLE_STATES:
-                why = "it finished" if row["state"] == "succeeded" else "it is still " + row["state"]
-                raise JobError(f"job {job_id} cannot be resumed: {why}")
-            busy = conn.execute("SELECT id FROM jobs WHERE out = ? AND state IN ('queued', 'running') AND id != ?",
-                                (row["out"], job_id)).fetchone()
-            if busy:
-                raise JobError(f"job {job_id} cannot be resumed now: job {busy['id']} is writing to {row['out']}")
-            conn.execute(
-                "UPDATE jobs SET state = 'queued', phase = 'queued (resume)', error = NULL, finished = NULL,"
-                " eta_s = NULL, tokens_per_s = NULL, cancel_requested = 0, updated = ? WHERE id = ?",
-                (time.time(), job_id))
-            _dispatch(conn, ws)
-        return _as_dict(_get(conn, job_id, ws), _queue_positions(conn))
+    """Queue a stopped job again (see :meth:`JobStore.resume`)."""
+    return JobStore(workspace).resume(job_id)
 
 
 def logs(job_id: str, workspace: str | os.PathLike | None = None, tail: int | None = None) -> str:
     """The job's log text (the last ``tail`` lines if given)."""
-    ws = workspace_dir(workspace)
-    with _store(ws) as conn:
-        row = _get(conn, job_id, ws)
-    path = Path(row["log"])
-    text = path.read_text(errors="replace") if path.is_file() else ""
-    if tail is not None:
-        text = "".join(text.splitlines(keepends=True)[-tail:]) if tail > 0 else ""
-    return text
+    return JobStore(workspace).logs(job_id, tail)
 
 
 def kind_entry(kind: str):
@@ -267,7 +155,7 @@ def kind_entry(kind: str):
 
     if kind not in KINDS:
         raise JobError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
-    module, cfg_name, run_name = KINDS[kind]
+    module, cfg_name, run_name, _ = KINDS[kind]
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -278,33 +166,250 @@ def kind_entry(kind: str):
 
 
 # ---------------------------------------------------------------------------------------------
-# store
+# the store
 
 
-@contextmanager
-def _store(ws: Path):
-    conn = connect(ws)
-    try:
-        yield conn
-    finally:
-        conn.close()
+class JobStore:
+    """The job store of one workspace: ``WORKSPACE/jobs.sqlite``.
+
+    The dashboard and the CLI use :meth:`submit`, :meth:`status`, :meth:`list`, :meth:`cancel`,
+    :meth:`resume`, :meth:`logs`; a worker uses :meth:`register`, :meth:`progress`,
+    :meth:`heartbeat` and :meth:`finish`.  Only this class knows the schema.
+    """
+
+    def __init__(self, workspace: str | os.PathLike | None = None, keep_open: bool = False):
+        self.ws = workspace_dir(workspace)
+        self.path = self.ws / DB_NAME
+        self._conn = None if not keep_open else connect(self.ws)  # a worker writes often: one connection
+
+    @contextmanager
+    def connect(self):
+        if self._conn is not None:
+            yield self._conn
+            return
+        conn = connect(self.ws)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def submit(self, kind: str, config) -> str:
+        """Queue a ``kind`` job (see :data:`KINDS`) with ``config`` and return its id.
+
+        ``config`` is the kind's config dataclass or a dict of its fields.  An empty ``out`` becomes
+        ``WORKSPACE/runs/JOB_ID``.  The job starts at once in a detached worker if its device is free,
+        else it waits for the jobs queued before it.
+        """
+        cls, _ = kind_entry(kind)
+        if is_dataclass(config):
+            fields = asdict(config)
+        elif isinstance(config, dict):
+            fields = dict(config)
+        else:
+            raise JobError(f"config: expected a {cls.__name__} or a dict, got {type(config).__name__}")
+        ws = self.ws
+        job_id = _new_id(kind)
+        fields["out"] = str(Path(fields["out"]).expanduser().resolve()) if fields.get("out") \
+            else str(ws / "runs" / job_id)
+        cfg = cls(**fields)  # validates (__post_init__) before anything is stored
+        fields = asdict(cfg)
+        device = _device_key(getattr(cfg, "device", None))
+        log = ws / "jobs" / job_id / "job.log"
+        now = time.time()
+        with self.connect() as conn:
+            with _write(conn):
+                busy = conn.execute("SELECT id FROM jobs WHERE out = ? AND state IN ('queued', 'running')",
+                                    (fields["out"],)).fetchone()
+                if busy:
+                    raise JobError(f"out {fields['out']}: job {busy['id']} is already writing there; "
+                                   "wait for it, cancel it, or choose another output folder")
+                conn.execute(
+                    "INSERT INTO jobs (id, kind, config, device, cwd, out, log, state, phase, created, updated)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 'queued', ?, ?)",
+                    (job_id, kind, json.dumps(fields), device, os.getcwd(), fields["out"], str(log), now, now),
+                )
+                _dispatch(conn, ws)
+        write_json(log.parent / "job.json", {"id": job_id, "kind": kind, "config": fields, "created": now})
+        return job_id
+
+    def status(self, job_id: str) -> dict:
+        """One job as a dict: ``id, kind, state, phase, done, total, fraction, tokens, tokens_per_s,
+        eta_s, pid, device, out, log, error, created, started, finished`` (epoch seconds), ``config``,
+        ``extra`` (other progress values), ``attempts``, ``heartbeat_age_s``, ``queue_position``.
+
+        ``tokens`` and ``tokens_per_s`` count the current attempt; ``done`` counts committed and
+        skipped work too.  Calling it also marks dead workers' jobs ``interrupted`` and starts queued
+        jobs whose device is free (there is no scheduler daemon)."""
+        ws = self.ws
+        with self.connect() as conn:
+            _refresh(conn, ws)
+            row = _get(conn, job_id, ws)
+            return _as_dict(row, _queue_positions(conn))
+
+    def list(self) -> list[dict]:
+        """All jobs, newest first, as :func:`status` dicts."""
+        ws = self.ws
+        if not self.path.is_file():
+            return []
+        with self.connect() as conn:
+            _refresh(conn, ws)
+            rows = conn.execute("SELECT * FROM jobs ORDER BY seq DESC").fetchall()
+            positions = _queue_positions(conn)
+        return [_as_dict(r, positions) for r in rows]
+
+    def cancel(self, job_id: str, wait: float = 30.0) -> dict:
+        """Cancel a queued or running job and return its status.
+
+        A running worker gets SIGTERM, stops at its next Python instruction (committed chunks stay)
+        and marks the job ``cancelled``; if it has not stopped after ``wait`` seconds it is killed.
+        With ``wait=0`` it returns at once (state still ``running``, phase ``cancelling``).
+        """
+        ws = self.ws
+        with self.connect() as conn:
+            with _write(conn):
+                _reap(conn)
+                row = _get(conn, job_id, ws)
+                if row["state"] == "queued":
+                    _set_final(conn, row, "cancelled", "cancelled before it started")
+                    _dispatch(conn, ws)
+                    return _as_dict(_get(conn, job_id, ws), {})
+                if row["state"] != "running":
+                    raise JobError(f"job {job_id} is {row['state']}; only queued or running jobs can be cancelled")
+                conn.execute("UPDATE jobs SET cancel_requested = 1, phase = 'cancelling', updated = ? WHERE id = ?",
+                             (time.time(), job_id))
+            # The heartbeat thread also notices cancel_requested (workers on other hosts); the
+            # signal just makes it immediate here.
+            _signal(row, signal.SIGTERM)
+            if wait <= 0:  # the dashboard: don't block; the worker records `cancelled` itself
+                return _as_dict(_get(conn, job_id, ws), _queue_positions(conn))
+            deadline = time.time() + wait
+            while time.time() < deadline:
+                _refresh(conn, ws)
+                row = _get(conn, job_id, ws)
+                if row["state"] != "running":
+                    return _as_dict(row, _queue_positions(conn))
+                time.sleep(0.1)
+            _signal(row, signal.SIGKILL)
+            with _write(conn):
+                row = _get(conn, job_id, ws)
+                if row["state"] == "running":
+                    _set_final(conn, row, "cancelled", f"cancelled; the worker did not stop within {wait:g}s and was killed")
+                _dispatch(conn, ws)
+            return _as_dict(_get(conn, job_id, ws), _queue_positions(conn))
+
+    def resume(self, job_id: str) -> dict:
+        """Queue an interrupted, failed or cancelled job again with the same config and output folder.
+
+        The run skips the work it committed before (score chunks, learn checkpoints).  The job keeps
+        its place in the submission order, so it starts as soon as its device is free.
+        """
+        ws = self.ws
+        with self.connect() as conn:
+            with _write(conn):
+                _reap(conn)
+                row = _get(conn, job_id, ws)
+                if row["state"] not in RESUMABLE_STATES:
+                    why = "it finished" if row["state"] == "succeeded" else "it is still " + row["state"]
+                    raise JobError(f"job {job_id} cannot be resumed: {why}")
+                busy = conn.execute("SELECT id FROM jobs WHERE out = ? AND state IN ('queued', 'running') AND id != ?",
+                                    (row["out"], job_id)).fetchone()
+                if busy:
+                    raise JobError(f"job {job_id} cannot be resumed now: job {busy['id']} is writing to {row['out']}")
+                conn.execute(
+                    "UPDATE jobs SET state = 'queued', phase = 'queued (resume)', error = NULL, finished = NULL,"
+                    " eta_s = NULL, tokens_per_s = NULL, cancel_requested = 0, updated = ? WHERE id = ?",
+                    (time.time(), job_id))
+                _dispatch(conn, ws)
+            return _as_dict(_get(conn, job_id, ws), _queue_positions(conn))
+
+    def logs(self, job_id: str, tail: int | None = None) -> str:
+        """The job's log text (the last ``tail`` lines if given)."""
+        ws = self.ws
+        with self.connect() as conn:
+            row = _get(conn, job_id, ws)
+        path = Path(row["log"])
+        text = path.read_text(errors="replace") if path.is_file() else ""
+        if tail is not None:
+            text = "".join(text.splitlines(keepends=True)[-tail:]) if tail > 0 else ""
+        return text
+
+    # -- the worker's side ---------------------------------------------------------------------
+
+    def register(self, job_id: str, pid: int) -> dict | None:
+        """The job's row if it is running and assigned to ``pid`` (the launcher wrote the pid in the
+        same transaction that started the worker), else None; stamps the first heartbeat."""
+        with self.connect() as conn, _write(conn):
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["state"] != "running" or row["pid"] != pid:
+                return None
+            now = time.time()
+            conn.execute("UPDATE jobs SET heartbeat = ?, phase = 'starting', updated = ? WHERE id = ?",
+                         (now, now, job_id))
+            return dict(row)
+
+    def progress(self, job_id: str, pid: int, p: dict, eta: float | None) -> None:
+        """Record a progress dict in the job's row, as one transaction (readers always see one
+        consistent set of values); keys without a column go to ``extra``."""
+        now = time.time()
+        extra = {k: v for k, v in p.items()
+                 if k not in PROGRESS_COLUMNS and isinstance(v, (int, float, str, bool, type(None)))}
+        with self.connect() as conn:
+            conn.execute(
+                "UPDATE jobs SET phase = ?, done = ?, total = ?, tokens = ?, tokens_per_s = ?, eta_s = ?,"
+                " extra = ?, heartbeat = ?, updated = ? WHERE id = ? AND pid = ? AND state = 'running'",
+                (p.get("phase"), p.get("done"), p.get("total"), p.get("tokens"), p.get("tokens_per_s"), eta,
+                 json.dumps(extra), now, now, job_id, pid))
+
+    def heartbeat(self, job_id: str, pid: int) -> bool:
+        """Touch the row; False when the job is no longer this worker's or was cancelled."""
+        with self.connect() as conn:
+            n = conn.execute("UPDATE jobs SET heartbeat = ? WHERE id = ? AND pid = ? AND state = 'running'",
+                             (time.time(), job_id, pid)).rowcount
+            cancel = conn.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+        return n == 1 and not cancel
+
+    def finish(self, job_id: str, pid: int, state: str, error: str | None) -> bool:
+        """Record the outcome (if the job is still this worker's) and start the next queued job of
+        the device.  Returns False when the job had been taken over (given up for dead)."""
+        with self.connect() as conn, _write(conn):
+            cur = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            ours = cur is not None and cur["state"] == "running" and cur["pid"] == pid
+            if ours:
+                _set_final(conn, cur, state, error)
+                if state == "succeeded":
+                    conn.execute("UPDATE jobs SET phase = 'done' WHERE id = ?", (job_id,))
+            _dispatch(conn, self.ws)
+        return ours
 
 
 def connect(ws: Path) -> sqlite3.Connection:
-    """Open (and create) the store of workspace ``ws`` in WAL mode, autocommit."""
+    """Open (and create) the store of workspace ``ws`` in WAL mode, autocommit.
+
+    A file that is not a job store (not SQLite, truncated, another schema) is refused with a
+    :class:`JobError` that names it and says how to move it aside."""
     ws.mkdir(parents=True, exist_ok=True)
-    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so each transaction takes the
-    # write lock up front and two dispatchers can never both see a device as free.
-    conn = sqlite3.connect(ws / DB_NAME, timeout=60, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 60000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe against corruption
-    conn.executescript(_SCHEMA)
-    have = {r["name"] for r in conn.execute("PRAGMA table_info(jobs)")}
-    for name, decl in _ADDED_COLUMNS.items():  # stores made by earlier versions
-        if name not in have:
-            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+    path = ws / DB_NAME
+    try:
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so each transaction takes the
+        # write lock up front and two dispatchers can never both see a device as free.
+        conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 60000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe against corruption
+        conn.executescript(_SCHEMA)
+        have = {r["name"] for r in conn.execute("PRAGMA table_info(jobs)")}
+        for name, decl in _ADDED_COLUMNS.items():  # stores made by earlier versions
+            if name not in have:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+        missing = _REQUIRED_COLUMNS - {r["name"] for r in conn.execute("PRAGMA table_info(jobs)")}
+        if missing:
+            raise sqlite3.DatabaseError(f"its jobs table lacks the columns {sorted(missing)}")
+        conn.execute("SELECT count(*) FROM jobs").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise JobError(f"{path}: the job store is unreadable ({e}); move it aside "
+                       f"(mv {path} {path}.broken) and the next command starts an empty store "
+                       "(the run folders under runs/ are not affected)") from None
     return conn
 
 
@@ -464,13 +569,6 @@ def _needs_dispatch(conn) -> bool:
 def _refresh(conn, ws: Path) -> None:
     """Reap dead workers and start queued jobs, taking the write lock only when needed."""
     if _needs_dispatch(conn):
-        with _write(conn):
-            _dispatch(conn, ws)
-
-
-def dispatch(ws: Path) -> None:
-    """Reap dead workers and start the queued jobs that have a free device (used by workers)."""
-    with _store(ws) as conn:
         with _write(conn):
             _dispatch(conn, ws)
 

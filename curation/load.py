@@ -170,7 +170,7 @@ def load_sources(specs: list[SourceSpec], limit: int | None = None) -> LoadResul
     for spec, name in zip(specs, names):
         report = SourceReport(
             source=name, path=spec.path, domain=spec.domain, format=spec.format,
-            fingerprint=_fingerprint(spec.path),
+            fingerprint=file_fingerprint(spec.path),
         )
         n_ok_before, n_dupes = len(examples), 0
         for index, line, record in iter_records(spec):
@@ -271,7 +271,7 @@ def iter_records(spec: SourceSpec) -> Iterator[tuple[int, int | None, dict | Rec
     if path.is_dir():
         yield from _iter_hf_disk(path, spec.split)
     elif not path.exists():
-        if re.match(r"^[\w.\-]+/[\w.\-]+$", spec.path) and not spec.path.startswith("."):
+        if is_hub_id(spec.path):
             yield from _iter_hub(spec.path, spec.split)
         else:
             raise SourceError(f"{spec.path}: no such file or folder")
@@ -290,14 +290,14 @@ def iter_records(spec: SourceSpec) -> Iterator[tuple[int, int | None, dict | Rec
         )
 
 
+def is_hub_id(path: str) -> bool:
+    """Whether ``path`` (not an existing file) reads as a hub dataset id such as ``org/name``."""
+    return bool(re.match(r"^[\w.\-]+/[\w.\-]+$", path)) and not path.startswith(".") and not Path(path).exists()
+
+
 def read_record(spec: SourceSpec, source_index: int) -> dict:
-    """Return the original record at ``source_index`` of a source (used by exports)."""
-    for index, _, record in iter_records(spec):
-        if index == source_index:
-            if isinstance(record, RecordError):
-                raise record
-            return record
-    raise SourceError(f"{spec.path}: has no record #{source_index}")
+    """Return the original record at ``source_index`` of a source."""
+    return read_records(spec, [source_index])[source_index]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,7 +486,8 @@ def _iter_hf(ds, split: str | None, where: str):
         yield index, None, row
 
 
-def _fingerprint(path: str) -> str | None:
+def file_fingerprint(path: str) -> str | None:
+    """SHA-256 of a file's bytes (None for folders and hub ids): what a run records of each source."""
     p = Path(path)
     if p.is_file():
         h = hashlib.sha256()

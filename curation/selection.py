@@ -22,12 +22,15 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from curation.config import option
+from curation.formulas import trajectory_columns
 
 METHODS = ("davir", "rho", "ifd", "ppl", "loss", "s2l", "random", "davir_heldout", "rho_heldout")
 ORDERS = ("high", "low")
@@ -164,20 +167,27 @@ class Budget:
 class Recipe:
     """A complete, re-appliable selection recipe (the CLI, the dashboard and YAML files build this)."""
 
-    method: str  # davir | rho | ifd | ppl | loss | s2l | random (see SCORES)
-    budget: str = "10%"  # N examples | P% of the pool | Ntok (prompt + response tokens)
-    order: str | None = None  # high | low; None: the method's default (SCORES[method].default_order)
-    mix: dict[str, float] | str = "natural"  # {domain: share} summing to 1, or "natural" (pool proportions)
-    min: dict[str, float] = field(default_factory=dict)  # score or column -> lowest kept value
-    max: dict[str, float] = field(default_factory=dict)  # score or column -> highest kept value
-    fill: bool = False  # spread a domain's shortfall over the other domains of the mix
-    seed: int = 0  # random, s2l sampling and s2l re-clustering
-    s2l_clusters: int | None = None  # s2l: None = the run's s2l_cluster column; N = re-cluster each domain's trajectories into N
+    method: str = option(help=f"the score to rank by, or a sampler: {' | '.join(METHODS)}")
+    budget: str = option("10%", "N examples, P% of the pool, or Ntok (prompt + response tokens)")
+    order: str | None = option(None, "keep the highest or lowest scores (default: the method's own)",
+                               choices=ORDERS)
+    mix: dict[str, float] | str = option("natural", "DOMAIN=SHARE,... summing to 1 (e.g. chat=0.5,math=0.5), "
+                                                    "or natural (the pool's proportions)")
+    min: dict[str, float] = option(help="keep rows with SCORE >= VALUE (a score or any numeric column); repeatable",
+                                   default_factory=dict, metavar="SCORE=VALUE")
+    max: dict[str, float] = option(help="keep rows with SCORE <= VALUE, e.g. --max ifd=1; repeatable",
+                                   default_factory=dict, metavar="SCORE=VALUE")
+    fill: bool = option(False, "spread a domain's shortfall over the other domains of the mix")
+    seed: int = option(0, "seed of random and s2l sampling (and of s2l re-clustering)")
+    s2l_clusters: int | None = option(None, "s2l: re-cluster each domain's trajectories into N clusters "
+                                            "(default: the run's s2l_cluster column)")
+    budget_spec: Budget = field(init=False, repr=False, compare=False)  # the budget, parsed once
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise SelectionError(f"unknown method/score {self.method!r}; expected one of {', '.join(METHODS)}")
-        self.budget = str(Budget.parse(self.budget))
+        self.budget_spec = Budget.parse(self.budget)
+        self.budget = str(self.budget_spec)
         info = SCORES[self.method]
         if info.default_order is None:
             if self.order is not None:
@@ -201,23 +211,19 @@ class Recipe:
                 raise SelectionError("s2l_clusters applies to --method s2l only")
             if isinstance(self.s2l_clusters, bool) or not isinstance(self.s2l_clusters, int) or self.s2l_clusters < 1:
                 raise SelectionError(f"s2l_clusters must be a positive whole number, got {self.s2l_clusters!r}")
-        if self.method == "s2l" and Budget.parse(self.budget).kind == "tokens":
+        if self.method == "s2l" and self.budget_spec.kind == "tokens":
             raise SelectionError("s2l balances example counts across clusters; give a budget in examples (N or P%), not tokens")
-
-    @property
-    def budget_spec(self) -> Budget:
-        return Budget.parse(self.budget)
 
     def to_dict(self) -> dict:
         """The normalised recipe as plain data (what recipe.yaml holds)."""
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
         """Build a recipe from plain data (a parsed recipe.yaml), naming unknown keys."""
         if not isinstance(d, dict):
             raise SelectionError(f"a recipe must be a mapping of fields, got {type(d).__name__}")
-        known = set(cls.__dataclass_fields__)
+        known = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(d) - known)
         if unknown:
             raise SelectionError(f"unknown recipe field(s) {unknown}; known fields: {sorted(known)}")
@@ -392,21 +398,6 @@ def s2l_sample(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
     # (the property tests check it), so nothing is left here.
     assert n == 0, "s2l_sample: budget left after every cluster was visited"
     return np.concatenate(picked).astype(np.int64)
-
-
-def cluster_trajectories(traj: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
-    """K-means labels of loss trajectories (rows), as S2L clusters them (NaN -> 0, as the official
-    code does).  The number of clusters is capped at n/10 (as the learn run caps it) so clusters
-    stay meaningful on small pools."""
-    from sklearn.cluster import KMeans
-
-    x = np.nan_to_num(np.asarray(traj, dtype=np.float64), nan=0.0)
-    k = max(1, min(n_clusters, len(x) // 10))
-    if len(x) == 0:
-        return np.zeros(0, dtype=np.int64)
-    if k == 1:
-        return np.zeros(len(x), dtype=np.int64)
-    return KMeans(n_clusters=k, random_state=seed, n_init=3).fit_predict(x).astype(np.int64)
 
 
 def _domain_rng(seed: int, domain: str) -> np.random.Generator:
@@ -649,12 +640,6 @@ def _is_numeric(s) -> bool:
     return pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
 
 
-def trajectory_columns(columns) -> list[str]:
-    """``loss_ckpt_0 .. loss_ckpt_K`` in checkpoint order."""
-    found = [(int(m.group(1)), c) for c in columns if (m := re.fullmatch(r"loss_ckpt_(\d+)", str(c)))]
-    return [c for _, c in sorted(found)]
-
-
 def _s2l_labels(df, recipe: Recipe, eligible: np.ndarray, domain: np.ndarray, run_kind) -> np.ndarray:
     """Cluster label per row (-1: none): the run's ``s2l_cluster`` or, with ``s2l_clusters``,
     K-means over each domain's eligible trajectories."""
@@ -663,6 +648,8 @@ def _s2l_labels(df, recipe: Recipe, eligible: np.ndarray, domain: np.ndarray, ru
             raise _missing("s2l_cluster", "--method s2l", LEARN_RUN, run_kind)
         labels = df["s2l_cluster"].astype("float64").to_numpy()
         return np.where(np.isnan(labels) | (labels < 0), -1, np.nan_to_num(labels)).astype(np.int64)
+    from curation.formulas import s2l_clusters
+
     traj_cols = trajectory_columns(df.columns)
     if len(traj_cols) < 2:
         raise _missing("loss_ckpt_0..loss_ckpt_K", "--method s2l with s2l_clusters", LEARN_RUN, run_kind)
@@ -673,7 +660,7 @@ def _s2l_labels(df, recipe: Recipe, eligible: np.ndarray, domain: np.ndarray, ru
         rows = np.flatnonzero(eligible & (domain == d))
         rows = rows[np.argsort(ids[rows], kind="stable")]  # canonical order: independent of row order
         if len(rows):
-            labels[rows] = cluster_trajectories(traj[rows], recipe.s2l_clusters, recipe.seed)
+            labels[rows] = s2l_clusters(traj[rows], recipe.s2l_clusters, recipe.seed)  # NaN rows: -1
     return labels
 
 
@@ -761,70 +748,39 @@ def random_baseline(table, recipe: Recipe, run_kind: str | None = None) -> Selec
 
 def select_run(run_dir: str | Path, recipe: Recipe, out: str | Path,
                progress: Callable[[dict], None] | None = None) -> Path:
-    """Apply ``recipe`` to a run folder and write ``out/`` atomically:
-    ``recipe.yaml``, ``selected.parquet`` and ``summary.json`` (which also records the run's
-    provenance so an export needs only the selection folder and the source files)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """Apply ``recipe`` to a finished run folder and save the selection (:func:`save_selection`)."""
+    from curation.runs import Run
 
-    from curation import __version__
-    from curation.export import atomic_dir
-
-    run_dir = Path(run_dir)
     report = progress or (lambda p: None)
     report({"phase": "reading run", "done": 0, "total": 3})
-    table, run = read_run_folder(run_dir)
-    kind = run.get("kind")
+    run = Run(run_dir)
+    meta = run.require_finished()
+    table = run.scores()
     report({"phase": "selecting", "done": 1, "total": 3})
-    sel = apply_recipe(table, recipe, kind)
-    base = sel if recipe.method == "random" else random_baseline(table, recipe, kind)
-    summary = summarize(table, sel, base)
-    summary["run"] = run_provenance(run_dir, run)
-    summary["code_version"] = __version__
+    sel = apply_recipe(table, recipe, meta.get("kind"))
+    base = sel if recipe.method == "random" else random_baseline(table, recipe, meta.get("kind"))
     report({"phase": "writing", "done": 2, "total": 3})
-    # The folder is renamed into place as a whole, so plain writes inside it are atomic enough.
-    with atomic_dir(out, marker="recipe.yaml", what="selection") as tmp:
-        (tmp / "recipe.yaml").write_text(recipe_yaml(recipe))
-        pq.write_table(pa.Table.from_pandas(sel.rows, preserve_index=False), tmp / "selected.parquet")
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    save_selection(out, table, sel, base, run.provenance())
     report({"phase": "done", "done": 3, "total": 3})
     return Path(out)
 
 
-def read_run_folder(run_dir: Path):
-    """``(scores DataFrame, run.json dict)`` of a score or learnability run folder."""
-    import pandas as pd
+def save_selection(out: str | Path, table, sel: Selection, baseline: Selection | None, provenance: dict) -> Path:
+    """Write the selection ``sel`` of ``table`` (as applied: nothing is recomputed) to ``out/``,
+    atomically: ``recipe.yaml``, ``selected.parquet`` and ``summary.json``, which also records the
+    run's ``provenance`` so an export needs only the selection folder and the source files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    scores, meta = run_dir / "scores.parquet", run_dir / "run.json"
-    if not run_dir.is_dir():
-        raise SelectionError(f"{run_dir}: no such run folder")
-    for p in (scores, meta):
-        if not p.is_file():
-            raise SelectionError(f"{run_dir} is not a finished run folder: {p.name} is missing "
-                                 f"(a score or learn run writes it when it finishes)")
-    try:
-        run = json.loads(meta.read_text())
-    except json.JSONDecodeError as e:
-        raise SelectionError(f"{meta}: not valid JSON ({e})") from None
-    if run.get("finished") is False:
-        raise SelectionError(f"{run_dir}: the run has not finished; finish it (re-run the same command) first")
-    return pd.read_parquet(scores), run
+    from curation import __version__
+    from curation.atomic import atomic_dir
 
-
-def run_provenance(run_dir: Path, run: dict) -> dict:
-    """What an export must know about the run: sources (with absolute paths), models, template."""
-    sources = []
-    for s in run.get("sources", []):
-        s = dict(s)
-        p = Path(s.get("path", ""))
-        s["abs_path"] = str(p.resolve()) if p.exists() else None
-        sources.append(s)
-    keep = ("kind", "run_key", "code_version", "model", "reference", "training", "checkpoint_fingerprints",
-            "template", "max_length", "checkpoints", "seed", "n_clusters", "heldout_folds")
-    prov = {k: run[k] for k in keep if k in run}
-    cfg = run.get("config", {})
-    prov["config"] = {k: cfg.get(k) for k in ("sources", "columns", "format", "limit", "model", "template",
-                                              "max_length", "checkpoints", "seed", "lora", "epochs") if k in cfg}
-    prov["dir"] = str(run_dir.resolve())
-    prov["sources"] = sources
-    return prov
+    summary = summarize(table, sel, baseline)
+    summary["run"] = provenance
+    summary["code_version"] = __version__
+    # The folder is renamed into place as a whole, so plain writes inside it are atomic enough.
+    with atomic_dir(out, marker="recipe.yaml", what="selection") as tmp:
+        (tmp / "recipe.yaml").write_text(recipe_yaml(sel.recipe))
+        pq.write_table(pa.Table.from_pandas(sel.rows, preserve_index=False), tmp / "selected.parquet")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    return Path(out)

@@ -125,14 +125,60 @@ def encode_many(tokenizer, template: Template, conversations, max_length: int) -
     Examples longer than ``max_length`` are cut at the end and flagged ``truncated``.  Failures are
     returned in place as :class:`RecordError` so callers can report them and go on.
     """
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("a fast (Rust) tokenizer is needed for character offsets")
     rendered: list[tuple[str, list] | RecordError] = []
     for messages in conversations:
         try:
             rendered.append(assistant_spans(tokenizer, template, messages))
         except RecordError as e:
             rendered.append(e)
+    return _tokenise_marked(tokenizer, rendered, max_length)
+
+
+def encode_response_only(tokenizer, template: Template, conversations, max_length: int) -> list[Encoded | RecordError]:
+    """Tokenise each conversation *without its user turns* and mark its assistant tokens.
+
+    This is IFD's "response alone": the template applied to what is left (for single-turn data,
+    the assistant message only; a system message is kept).  The assistant characters are those of
+    the full rendering's assistant spans (:func:`assistant_spans`), found in the shortened
+    rendering from the end backwards (templates add text at the start, e.g. a default system
+    prompt); tokens are then marked exactly as :func:`encode_many` marks them.
+    """
+    rendered: list[tuple[str, list] | RecordError] = []
+    for messages in conversations:
+        try:
+            full, spans = assistant_spans(tokenizer, template, messages)
+            text = render(tokenizer, template, [m for m in messages if m["role"] != "user"])
+            found, end = [], len(text)
+            for s, e in reversed(spans):
+                pos = text.rfind(full[s:e], 0, end)
+                if pos < 0:
+                    raise RecordError("the response-only rendering does not contain the assistant turn")
+                found.append((pos, pos + (e - s)))
+                end = pos
+            rendered.append((text, found[::-1]))
+        except (RecordError, ValueError) as e:
+            rendered.append(e if isinstance(e, RecordError) else RecordError(str(e)))
+    return _tokenise_marked(tokenizer, rendered, max_length)
+
+
+def token_lengths(tokenizer, template: Template, examples) -> "pd.DataFrame":  # noqa: F821
+    """``example_id, domain, n_prompt_tokens, n_response_tokens, n_tokens_full`` of ``examples``
+    (no truncation): what the Data page plots before anything is scored."""
+    import pandas as pd
+
+    exs = list(examples)
+    enc = encode_many(tokenizer, template, [e.messages for e in exs], max_length=10**9)
+    rows = [{"example_id": e.example_id, "domain": e.domain, "n_prompt_tokens": x.n_prompt_tokens,
+             "n_response_tokens": x.n_response_tokens, "n_tokens_full": x.n_tokens_full}
+            for e, x in zip(exs, enc) if not isinstance(x, RecordError)]
+    return pd.DataFrame(rows, columns=["example_id", "domain", "n_prompt_tokens", "n_response_tokens", "n_tokens_full"])
+
+
+def _tokenise_marked(tokenizer, rendered, max_length: int) -> list[Encoded | RecordError]:
+    """Tokenise the ``(text, assistant character spans)`` items in one call; a token is a target
+    when it starts inside a span (the first token never is); errors pass through in place."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("a fast (Rust) tokenizer is needed for character offsets")
     texts = [r[0] for r in rendered if not isinstance(r, RecordError)]
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
     out: list[Encoded | RecordError] = []
@@ -141,13 +187,12 @@ def encode_many(tokenizer, template: Template, conversations, max_length: int) -
         if isinstance(r, RecordError):
             out.append(r)
             continue
-        ids = np.asarray(enc["input_ids"][k], dtype=np.int32)
-        starts = np.asarray([o[0] for o in enc["offset_mapping"][k]], dtype=np.int64)
+        ids = np.asarray(enc["input_ids"][k], dtype=np.int32)  # (T,)
+        starts = np.asarray([o[0] for o in enc["offset_mapping"][k]], dtype=np.int64)  # (T,) first character
         k += 1
         target = np.zeros(len(ids), dtype=bool)
         for s, e in r[1]:
-            # A token belongs to the turn whose characters it starts in.
-            target |= (starts >= s) & (starts < e)
+            target |= (starts >= s) & (starts < e)  # a token belongs to the turn it starts in
         target[:1] = False  # the first token is never predicted
         n_full = len(ids)
         out.append(Encoded(ids[:max_length], target[:max_length], n_full, n_full > max_length))

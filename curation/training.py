@@ -6,7 +6,7 @@ all target tokens of the step, so splitting a step into micro-batches (gradient 
 changes nothing but memory.
 
 * Micro-batches are filled up to a padded-token budget after sorting by length (the scorer's
-  :func:`~curation.scorer.plan_batches`); their order is shuffled each epoch with the seed; an
+  :func:`~curation.losses.plan_batches`); their order is shuffled each epoch with the seed; an
   optimizer step accumulates ``grad_accum`` micro-batches.
 * AdamW, linear warmup then cosine decay to 0, gradient clipping.
 * Full fine-tuning or LoRA (peft, all linear layers).  fp32 weights; bf16 autocast on CUDA.
@@ -17,7 +17,7 @@ changes nothing but memory.
 Output folder::
 
     ckpt-1 ... ckpt-K   trajectory checkpoints: HF model folders (full) or LoRA adapters
-    state.pt            latest resume state
+    state/              latest resume state: safetensors + JSON, never a pickle
     train.json          loss curve, steps, timings (written when training finishes)
 """
 
@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from curation.atomic import atomic_path, write_json
+from curation.atomic import atomic_dir, write_json
+from curation.config import check_positive, option
 from curation.templates import Encoded
 
 DEFAULT_LR_FULL = 5e-5
@@ -44,40 +42,39 @@ DEFAULT_LR_LORA = 3e-4
 
 @dataclass
 class TrainConfig:
-    """Settings of a reference training run (built by LearnConfig, the CLI and the tests)."""
+    """Settings of a fine-tuning run (LearnConfig extends it; the CLI and the forms are built from it)."""
 
-    epochs: int = 1  # passes over the pool
-    lr: float | None = None  # peak learning rate; None: 5e-5 (full) or 3e-4 (LoRA)
-    warmup_ratio: float = 0.1  # fraction of steps with linear warmup, then cosine decay to 0
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    # 1024 x 4 rather than 2048 x 2 (same tokens per step): activations scale with the micro-batch.
-    # Measured on 2 CPU cores with the default model, the learn benchmark's peak RSS fell from 8.1
-    # to 5.8 GB (full) and 10.3 to 5.4 GB (LoRA), with no loss of speed.
-    batch_tokens: int = 1024  # padded tokens per micro-batch (rows x longest)
-    grad_accum: int = 4  # micro-batches per optimizer step
-    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
-    lora: bool = False  # LoRA adapters on all linear layers instead of full fine-tuning
-    lora_r: int = 16  # LoRA rank
-    lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
-    # 0, not peft's usual 0.05: each adapted layer keeps a dropped-out copy of its input for the
-    # backward pass, +0.7 GB and -14% speed at 1024 tokens, for a regulariser that matters little
-    # in the one or two epochs a reference model is trained.
-    lora_dropout: float = 0.0  # dropout on the LoRA input
-    seed: int = 0  # data order, LoRA init, dropout
-    save_every_s: float = 300.0  # also save the resume state this often (seconds)
+    epochs: int = option(1, "passes over the pool")
+    lr: float | None = option(None, f"peak learning rate (default {DEFAULT_LR_FULL:g} full, {DEFAULT_LR_LORA:g} LoRA)")
+    warmup_ratio: float = option(0.1, "fraction of the steps with a linear warmup, then cosine decay to 0")
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay")
+    # Activations scale with the micro-batch, so smaller micro-batches with more accumulation (same
+    # tokens per step) lower the peak memory; the README's learn benchmark gives the numbers.
+    train_batch_tokens: int = option(1024, "padded tokens per training micro-batch (rows x longest)")
+    grad_accum: int = option(4, "micro-batches per optimizer step")
+    max_grad_norm: float = option(1.0, "gradient clipping (0 = off)")
+    lora: bool = option(False, "train LoRA adapters (peft, all linear layers) instead of all weights")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int | None = option(None, "LoRA scale numerator, scale = alpha / r (default 2 x rank)")
+    # 0, not peft's usual 0.05: each adapted layer would keep a dropped-out copy of its input for
+    # the backward pass (memory and time), for a regulariser that matters little in the one or two
+    # epochs a reference model is trained.
+    lora_dropout: float = option(0.0, "dropout on the LoRA input")
+    seed: int = option(0, "training order, LoRA initialisation, dropout (and K-means, folds)")
+    save_every_s: float = option(300.0, "also save the training resume state this often (seconds)", result=False)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_tokens", "grad_accum", "lora_r", "lora_alpha"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_r
+        check_positive(self, "epochs", "train_batch_tokens", "grad_accum", "lora_r", "lora_alpha")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise ValueError(f"warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            raise ValueError(f"lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
-            raise ValueError("weight_decay and max_grad_norm must be >= 0")
+            raise ValueError("weight-decay and max-grad-norm must be >= 0")
 
     @property
     def peak_lr(self) -> float:
@@ -86,9 +83,9 @@ class TrainConfig:
         return DEFAULT_LR_LORA if self.lora else DEFAULT_LR_FULL
 
     def result_key(self) -> dict:
-        """Settings that change the trained weights (not how often the state is saved)."""
-        d = asdict(self)
-        d.pop("save_every_s")
+        """Settings that change the trained weights (the learning rate resolved; LoRA settings
+        only with LoRA)."""
+        d = {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.metadata.get("result", True)}
         d["lr"] = self.peak_lr
         if not self.lora:
             for k in ("lora_r", "lora_alpha", "lora_dropout"):
@@ -108,6 +105,11 @@ class TrainResult:
     seconds: float  # training time summed over sessions
     lora: bool
 
+    def summary(self) -> dict:
+        """What run.json records of the training."""
+        return {"total_steps": self.total_steps, "checkpoint_steps": self.checkpoint_steps,
+                "tokens_trained": self.tokens_trained, "seconds": self.seconds, "loss_curve": self.loss_curve}
+
 
 Progress = Callable[[dict], None]
 
@@ -118,9 +120,9 @@ def plan_steps(lengths: Sequence[int], cfg: TrainConfig, epoch: int) -> list[lis
     Batches are cut by length (little padding) and shuffled with ``(seed, epoch)``, so the plan is
     a pure function of the data lengths and the config.
     """
-    from curation.scorer import plan_batches
+    from curation.losses import plan_batches
 
-    batches = plan_batches(lengths, cfg.batch_tokens)
+    batches = plan_batches(lengths, cfg.train_batch_tokens)
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(batches))
     batches = [batches[i] for i in order]
     return [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
@@ -201,32 +203,14 @@ def train(model_path: str, tokenizer, encoded: Sequence[Encoded], cfg: TrainConf
     opt = torch.optim.AdamW(params, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     sched = _cosine_with_warmup(opt, round(cfg.warmup_ratio * total), total)
     state = {"step": 0, "loss_curve": [], "tokens_trained": 0, "seconds": 0.0}
-    state_path = out / "state.pt"
-    if state_path.is_file():
-        saved = torch.load(state_path, map_location=device, weights_only=False)
-        if saved["total_steps"] != total or saved["config"] != cfg.result_key():
-            raise ValueError(f"{state_path} belongs to another training run (other data or settings); "
-                             "delete the folder or use another --out")
-        model.load_state_dict(saved["model"], strict=not cfg.lora)
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
-        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    expect = {"total_steps": total, "config": cfg.result_key()}
+    saved = load_resume_state(out, model, opt, sched, cfg.lora, device, expect)
+    if saved is not None:
         state = {k: saved[k] for k in ("step", "loss_curve", "tokens_trained", "seconds")}
     model.train()
 
     def save_state():
-        trainable = {k: v for k, v in model.state_dict().items()} if not cfg.lora else \
-            {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        blob = {
-            **state, "total_steps": total, "config": cfg.result_key(), "model": trainable,
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
-        with atomic_path(state_path) as tmp:
-            torch.save(blob, tmp)
+        save_resume_state(out, model, opt, sched, cfg.lora, {**state, **expect})
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else _null()
     t_session, t_mark, last_save = time.time(), time.time(), time.time()
@@ -288,6 +272,115 @@ def train(model_path: str, tokenizer, encoded: Sequence[Encoded], cfg: TrainConf
                        round(state["seconds"], 2), cfg.lora)
 
 
+def save_resume_state(out: Path, model, opt, sched, lora: bool, state: dict) -> None:
+    """Write ``out/state/`` atomically, without pickle: the trained weights (all of them, or the
+    LoRA adapters) and the optimizer's tensors as safetensors, the RNG states as uint8 tensors,
+    and everything else (step, loss curve, scheduler, optimizer hyper-parameters) as JSON."""
+    import torch
+    from safetensors.torch import save_file, save_model
+
+    sd = opt.state_dict()
+    opt_tensors = {f"{pid}.{name}": t.detach().contiguous() for pid, st in sd["state"].items()
+                   for name, t in st.items() if torch.is_tensor(t)}
+    opt_other = {f"{pid}.{name}": v for pid, st in sd["state"].items() for name, v in st.items()
+                 if not torch.is_tensor(v)}
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda.{i}": t for i, t in enumerate(torch.cuda.get_rng_state_all())})
+    with atomic_dir(out / STATE_DIR, marker=STATE_FILE, what="training resume state") as tmp:
+        if lora:
+            save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+                      str(tmp / "model.safetensors"))
+        else:
+            save_model(model, str(tmp / "model.safetensors"))  # tied weights stored once
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_file(rng, str(tmp / "rng.safetensors"))
+        (tmp / STATE_FILE).write_text(json.dumps({
+            **state, "optimizer": {"param_groups": sd["param_groups"], "other": opt_other},
+            "scheduler": sched.state_dict(), "format": 1}, default=list))
+
+
+def load_resume_state(out: Path, model, opt, sched, lora: bool, device: str, expect: dict) -> dict | None:
+    """Restore the state :func:`save_resume_state` wrote into model, optimizer, scheduler and RNG;
+    return its JSON part (None when there is no state yet).
+
+    Nothing here unpickles: a run folder may come from elsewhere, and unpickling a planted file
+    runs its code.  A ``state.pt`` of an earlier version is read with ``torch.load(weights_only=True)``
+    (tensors and plain containers only) and refused, naming the file, if it holds anything else."""
+    import torch
+    from safetensors.torch import load_file, load_model
+
+    folder, legacy = out / STATE_DIR, out / "state.pt"
+    if (folder / STATE_FILE).is_file():
+        try:
+            state = json.loads((folder / STATE_FILE).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{folder / STATE_FILE}: unreadable training resume state ({e}); delete {folder} "
+                             "to restart training from the beginning") from None
+        _check_state(folder, state, expect)
+        if lora:
+            missing = model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)),
+                                            strict=False).unexpected_keys
+            if missing:
+                raise ValueError(f"{folder}: its adapter weights do not fit this model ({missing[:3]} ...)")
+        else:
+            load_model(model, str(folder / "model.safetensors"), device=str(device))
+        tensors = load_file(str(folder / "optimizer.safetensors"), device=str(device))
+        per_param: dict[int, dict] = {}
+        for k, t in tensors.items():
+            pid, name = k.split(".", 1)
+            per_param.setdefault(int(pid), {})[name] = t
+        for k, v in state["optimizer"].get("other", {}).items():
+            pid, name = k.split(".", 1)
+            per_param.setdefault(int(pid), {})[name] = v
+        opt.load_state_dict({"state": per_param, "param_groups": state["optimizer"]["param_groups"]})
+        sched.load_state_dict(state["scheduler"])
+        rng = load_file(str(folder / "rng.safetensors"))
+        torch.set_rng_state(rng["cpu"])
+        cuda = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        return state
+    if legacy.is_file():
+        try:
+            saved = torch.load(legacy, map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any refusal of the safe unpickler
+            raise ValueError(f"{legacy}: refused to load this training resume state: it is a pickle holding more "
+                             f"than tensors and plain values ({type(e).__name__}), and unpickling it could run code. "
+                             f"Delete {legacy} to restart training from the beginning.") from None
+        _check_state(legacy, saved, expect)
+        model.load_state_dict(saved["model"], strict=not lora)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        return saved
+    return None
+
+
+def checkpoint_model(lm, ckpt: Path, report):
+    """``(weights fingerprint, model or loader)`` of a trajectory checkpoint, for a scoring pass.
+
+    The fingerprint is stored next to the checkpoint the first time, so a resumed run knows the
+    pass's cache key without loading (and hashing) the weights again; the model itself is then
+    loaded only if the pass still has examples to score."""
+    from curation.atomic import write_text
+    from curation.models import weights_fingerprint
+
+    def load():
+        report(phase=f"loading {ckpt.name}", done=0, total=None)
+        return load_checkpoint(lm.path, ckpt, lm.device, lm.dtype)
+
+    fp_file = ckpt / f"FINGERPRINT-{lm.dtype}"
+    if fp_file.is_file():
+        return fp_file.read_text().strip(), load
+    model = load()
+    fp = weights_fingerprint(model)
+    write_text(fp_file, fp)
+    return fp, model
+
+
 def load_checkpoint(base_path: str, ckpt_dir: str | Path, device: str = "cpu", dtype: str = "float32"):
     """Load a trajectory checkpoint as an ordinary (merged) causal LM in eval mode.
 
@@ -307,6 +400,14 @@ def load_checkpoint(base_path: str, ckpt_dir: str | Path, device: str = "cpu", d
 
 
 # ----------------------------------------------------------------------------------------------
+
+STATE_DIR, STATE_FILE = "state", "state.json"
+
+
+def _check_state(where: Path, state: dict, expect: dict) -> None:
+    if state.get("total_steps") != expect["total_steps"] or state.get("config") != expect["config"]:
+        raise ValueError(f"{where} belongs to another training run (other data or settings); "
+                         "delete the folder or use another --out")
 
 
 class _null:
@@ -357,16 +458,8 @@ def _save_checkpoint(model, tokenizer, cfg: TrainConfig, target: Path, step: int
     """Write a trajectory checkpoint atomically (a temp folder renamed into place)."""
     if (target / "DONE").is_file():
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target, what="checkpoint") as tmp:
         model.save_pretrained(tmp)  # peft: the adapter only; full: an HF model folder
         if tokenizer is not None and not cfg.lora:
             tokenizer.save_pretrained(tmp)
         (tmp / "DONE").write_text(json.dumps({"step": step}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

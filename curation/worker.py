@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 
 from curation import jobs
 
@@ -48,53 +47,38 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    ws = Path(args.workspace)
+    store = jobs.JobStore(args.workspace, keep_open=True)
     pid = os.getpid()
-    conn = jobs.connect(ws)
-    # BEGIN IMMEDIATE waits for the launcher's transaction, so the row is final when read here.
-    with jobs._write(conn):
-        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (args.job_id,)).fetchone()
-        if row is None or row["state"] != "running" or row["pid"] != pid:
-            log.warning("job %s is not assigned to this worker (pid %d); exiting", args.job_id, pid)
-            return 0
-        conn.execute("UPDATE jobs SET heartbeat = ?, phase = 'starting', updated = ? WHERE id = ?",
-                     (time.time(), time.time(), args.job_id))
+    row = store.register(args.job_id, pid)  # waits for the launcher's transaction
+    if row is None:
+        log.warning("job %s is not assigned to this worker (pid %d); exiting", args.job_id, pid)
+        return 0
     log.info("==== job %s (%s), attempt %d, pid %d on %s, python %s, cwd %s",
              row["id"], row["kind"], row["attempts"], pid, jobs.HOST, sys.executable, os.getcwd())
     log.info("config %s", row["config"])
 
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(ws, row["id"], pid, stop), daemon=True)
+    beat = threading.Thread(target=_heartbeat, args=(args.workspace, row["id"], pid, stop), daemon=True)
     beat.start()
     state, error = "failed", None
     try:
         cfg_cls, run = jobs.kind_entry(row["kind"])
         cfg = cfg_cls(**json.loads(row["config"]))
-        out = run(cfg, _ProgressWriter(conn, row["id"], pid))
+        out = run(cfg, ProgressWriter(store, row["id"], pid))
         state = "succeeded"
         log.info("succeeded; output in %s", out)
     except jobs.JobCancelled:
         state, error = "cancelled", "cancelled by request"
         log.info("cancelled; committed work stays in %s and a resume continues from it", row["out"])
     except BaseException as e:  # noqa: BLE001 - every failure must end up in the row and the log
-        error = one_line_reason(e)
+        error = f"{one_line_reason(e)} (log: {row['log']})"
         log.error("failed: %s\n%s", error, traceback.format_exc())
     finally:
         stop.set()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the outcome is decided; record it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with jobs._write(conn):
-        cur = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
-        if cur["state"] == "running" and cur["pid"] == pid:
-            if state == "failed":
-                error = f"{error} (log: {row['log']})"
-            jobs._set_final(conn, cur, state, error)
-            if state == "succeeded":
-                conn.execute("UPDATE jobs SET phase = 'done' WHERE id = ?", (row["id"],))
-        else:
-            log.warning("job %s was taken over (state %s); not recording %s", row["id"], cur["state"], state)
-        jobs._dispatch(conn, ws)  # the device is free: start the next queued job
-    conn.close()
+    if not store.finish(row["id"], pid, state, error):  # also starts the next queued job
+        log.warning("job %s was taken over; not recording %s", row["id"], state)
     return {"succeeded": 0, "cancelled": 0}.get(state, 1)
 
 
@@ -104,18 +88,18 @@ def one_line_reason(e: BaseException) -> str:
     from curation.models import ModelError
 
     text = " ".join(str(e).split()) or type(e).__name__
-    if not isinstance(e, (SourceError, ModelError, ValueError, FileNotFoundError)) \
-            and type(e).__name__ != "RunMismatch":
+    if not isinstance(e, (SourceError, ModelError, ValueError, FileNotFoundError)):
         text = f"{type(e).__name__}: {text}"
     return text if len(text) <= 400 else text[:397] + "..."
 
 
-class _ProgressWriter:
-    """The run's ``progress`` callback: writes the dict into the job's row (one transaction, so
-    readers always see a consistent set of values) and adds an ETA when the run gives none."""
+class ProgressWriter:
+    """The run's ``progress`` callback: writes the dict into the job's row and adds an ETA when
+    the run gives none.  Throttled to one write per PROGRESS_EVERY_S, except on a phase change, a
+    committed chunk and the end of a phase, which are written at once."""
 
-    def __init__(self, conn, job_id: str, pid: int):
-        self.conn, self.job_id, self.pid = conn, job_id, pid
+    def __init__(self, store: jobs.JobStore, job_id: str, pid: int):
+        self.store, self.job_id, self.pid = store, job_id, pid
         self.phase = None
         self.last_write = self.last_log = 0.0
         self.t0 = self.done0 = self.committed = None
@@ -124,12 +108,12 @@ class _ProgressWriter:
         now = time.time()
         phase, done, total = p.get("phase"), p.get("done"), p.get("total")
         changed = phase != self.phase
+        if changed:
+            self.phase, self.t0, self.done0, self.committed = phase, now, done, None
         # A chunk was just committed (reports without the key are ordinary progress).
-        milestone = "committed" in p and p["committed"] != self.committed
+        milestone = p.get("committed") is not None and p["committed"] != self.committed
         if milestone:
             self.committed = p["committed"]
-        if changed:
-            self.phase, self.t0, self.done0 = phase, now, done
         eta = p.get("eta_s")
         if eta is None and done is not None and total and self.done0 is not None and done > self.done0:
             rate = (done - self.done0) / max(now - self.t0, 1e-9)  # examples/s in this phase
@@ -138,15 +122,9 @@ class _ProgressWriter:
         if not (changed or milestone or finished or now - self.last_write >= PROGRESS_EVERY_S):
             return
         self.last_write = now
-        extra = {k: v for k, v in p.items()
-                 if k not in jobs.PROGRESS_COLUMNS and isinstance(v, (int, float, str, bool, type(None)))}
         try:
-            self.conn.execute(
-                "UPDATE jobs SET phase = ?, done = ?, total = ?, tokens = ?, tokens_per_s = ?, eta_s = ?,"
-                " extra = ?, heartbeat = ?, updated = ? WHERE id = ? AND pid = ? AND state = 'running'",
-                (phase, done, total, p.get("tokens"), p.get("tokens_per_s"), eta, json.dumps(extra),
-                 now, now, self.job_id, self.pid))
-        except sqlite3.Error as e:  # a store locked for a minute must not fail the run itself
+            self.store.progress(self.job_id, self.pid, p, eta)
+        except (sqlite3.Error, jobs.JobError) as e:  # a store locked for a minute must not fail the run
             log.warning("could not record progress: %s", e)
         if changed or now - self.last_log >= LOG_PROGRESS_EVERY_S:
             self.last_log = now
@@ -155,24 +133,19 @@ class _ProgressWriter:
                      f", {tps:.0f} tok/s" if tps else "", f", ETA {eta:.0f}s" if eta is not None else "")
 
 
-def _heartbeat(ws: Path, job_id: str, pid: int, stop: threading.Event) -> None:
+def _heartbeat(workspace: str, job_id: str, pid: int, stop: threading.Event) -> None:
     """Touch the row every HEARTBEAT_S; stop the job if it was cancelled or taken away."""
-    conn = jobs.connect(ws)
-    try:
-        while not stop.wait(jobs.HEARTBEAT_S):
-            try:
-                n = conn.execute("UPDATE jobs SET heartbeat = ? WHERE id = ? AND pid = ? AND state = 'running'",
-                                 (time.time(), job_id, pid)).rowcount
-                cancel = conn.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-            except Exception as e:  # noqa: BLE001 - a busy store must not kill the job
-                log.warning("heartbeat failed: %s", e)
-                continue
-            if (n == 0 or cancel) and not stop.is_set():
-                # Given up for dead (no longer ours) or cancelled from another host: stop.
-                os.kill(pid, signal.SIGTERM)
-                return
-    finally:
-        conn.close()
+    store = jobs.JobStore(workspace, keep_open=True)  # its own connection: this is another thread
+    while not stop.wait(jobs.HEARTBEAT_S):
+        try:
+            ours = store.heartbeat(job_id, pid)
+        except Exception as e:  # noqa: BLE001 - a busy store must not kill the job
+            log.warning("heartbeat failed: %s", e)
+            continue
+        if not ours and not stop.is_set():
+            # Given up for dead (no longer ours) or cancelled from another host: stop.
+            os.kill(pid, signal.SIGTERM)
+            return
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Layout::
 
     WORKSPACE/
       data/         input files (the embedded default pool: chat.jsonl, math.jsonl; uploads)
-      runs/         score and learnability runs (one folder each, see curation.scores)
+      runs/         score and learnability runs (one folder each, see curation.runs)
       selections/   selection folders (recipe.yaml, selected.parquet, summary.json)
       exports/      export folders (data files + manifest.json)
       jobs.sqlite   the job store (curation.jobs)
@@ -37,8 +37,8 @@ from curation.atomic import atomic_path
 SUBDIRS = ("data", "runs", "selections", "exports")
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz", ".parquet", ".csv", ".csv.gz")
 
-# The default pool: sizes chosen so that scoring it with the default model on 2 CPU cores takes
-# a few minutes (about 120k tokens at ~400 tokens/s).
+# The default pool: sizes chosen so that scoring it with the default model on a laptop CPU takes
+# minutes, not hours (the README's benchmarks give the measured times).
 DEFAULT_N_CHAT = 300
 DEFAULT_N_MATH = 270  # all of CHAMP
 DEFAULT_CHAT_MAX_CHARS = 1800  # keep short conversations: scoring cost grows with length
@@ -91,14 +91,13 @@ def list_data_files(workspace=None) -> list[Path]:
 
 @dataclass
 class RunInfo:
-    """One folder under ``runs/``: what it holds and whether it is finished."""
+    """One folder under ``runs/``: what it holds and whether it is finished (for pickers)."""
 
     name: str
     path: Path
     kind: str  # score | learn | unknown
     finished: bool  # scores.parquet written
-    n_rows: int | None
-    columns: list[str]
+    n_rows: int | None  # rows with scores so far
     mtime: float
 
     @property
@@ -112,54 +111,23 @@ class RunInfo:
         return f"{self.name} ({self.kind}, {n})"
 
 
-def _score_parts(run_dir: Path) -> list[Path]:
-    """The committed score chunks of a score run still in progress (curation.scores writes them)."""
-    return sorted((run_dir / "parts").glob("scores-*.parquet"))
-
-
-def read_run_scores(run_dir: str | Path):
-    """A run's score table: ``scores.parquet`` when finished, else the chunks committed so far
-    (so the dashboard shows histograms filling in while a score job runs)."""
-    import pandas as pd
-
-    run_dir = Path(run_dir)
-    if (run_dir / "scores.parquet").is_file():
-        return pd.read_parquet(run_dir / "scores.parquet")
-    parts = _score_parts(run_dir)
-    if not parts:
-        raise FileNotFoundError(f"{run_dir} has no scores yet")
-    return pd.concat([pd.read_parquet(f) for f in parts], ignore_index=True)
-
-
 def list_runs(workspace=None) -> list[RunInfo]:
-    """Runs in the workspace, newest first; only folders that have a run.json or scores."""
+    """Runs in the workspace, newest first (folders with a run.json or scores; read through
+    :class:`curation.runs.Run`).  A folder that cannot be read is listed as ``unknown``."""
+    from curation.runs import Run, RunError, is_run_folder
+
     d = runs_dir(workspace)
     if not d.is_dir():
         return []
     out = []
     for p in d.iterdir():
-        if not p.is_dir():
+        if not p.is_dir() or not is_run_folder(p):
             continue
-        scores, meta = p / "scores.parquet", p / "run.json"
-        if not scores.is_file() and not meta.is_file():
-            continue
-        kind = "unknown"
-        if meta.is_file():
-            try:
-                kind = json.loads(meta.read_text()).get("kind", "unknown")
-            except (OSError, ValueError):
-                pass
-        import pyarrow.parquet as pq
-
-        n_rows, columns = None, []
-        files = [scores] if scores.is_file() else _score_parts(p)
-        if files:
-            mds = [pq.ParquetFile(f) for f in files]
-            n_rows, columns = sum(m.metadata.num_rows for m in mds), mds[0].schema_arrow.names
-            if kind == "unknown":
-                kind = "learn" if "davir" in columns else "score"
-        mtime = max(x.stat().st_mtime for x in (scores, meta, *files) if x.exists())
-        out.append(RunInfo(p.name, p, kind, scores.is_file(), n_rows, columns, mtime))
+        run = Run(p)
+        try:
+            out.append(RunInfo(p.name, p, run.kind, run.finished, run.n_rows(), run.mtime()))
+        except (RunError, OSError, ValueError):
+            out.append(RunInfo(p.name, p, "unknown", False, None, p.stat().st_mtime))
     return sorted(out, key=lambda r: -r.mtime)
 
 
@@ -278,11 +246,6 @@ def prepare_default_data(workspace=None, n_chat: int = DEFAULT_N_CHAT, n_math: i
     return written
 
 
-if __name__ == "__main__":  # `python -m curation.workspace`: used by `make setup`
-    for p in prepare_default_data():
-        print(f"default data: {p} ({sum(1 for _ in p.open())} records)")
-
-
 def download_payload(export_dir: str | Path) -> tuple[bytes, str, str]:
     """``(bytes, file name, mime type)`` for downloading an export: its data file as is, or a zip
     of the whole folder (data + manifest) when the data is a folder (``hf``)."""
@@ -301,3 +264,8 @@ def download_payload(export_dir: str | Path) -> tuple[bytes, str, str]:
             if p.is_file():
                 z.write(p, p.relative_to(d.parent))
     return buf.getvalue(), f"{d.name}.zip", "application/zip"
+
+
+if __name__ == "__main__":  # `python -m curation.workspace`: used by `make setup`
+    for p in prepare_default_data():
+        print(f"default data: {p} ({sum(1 for _ in p.open())} records)")

@@ -1,18 +1,20 @@
-"""Helpers shared by the pages: the workspace, cached readers, the run picker, score explanations.
+"""Helpers shared by the pages: the workspace, cached readers, the run picker, config inputs.
 
 Only UI glue lives here; everything that computes is in ``curation``.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from curation import views
-from curation.workspace import ensure_layout, list_runs, read_run_scores
+from curation import render
+from curation.config import field_info
+from curation.runs import Run
+from curation.selection import SCORES
+from curation.workspace import ensure_layout, list_runs
 
 
 def _leave_multipage_v1_mode() -> None:
@@ -41,21 +43,6 @@ def workspace() -> Path:
     return ensure_layout()
 
 
-def optional(module: str):
-    """Import a library module that another part of the project provides, or None if it is not
-    there yet (the page then says so instead of failing)."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            return None
-        raise
-
-
-def not_available(what: str, module: str) -> None:
-    st.warning(f"{what} is not available yet: the library module `{module}` is not installed in this build.")
-
-
 @st.cache_data(show_spinner="Checking the installation...")
 def installation() -> dict:
     """Versions, device and default model (curation.system.info), probed once per session."""
@@ -66,16 +53,14 @@ def installation() -> dict:
 
 @st.cache_data(show_spinner="Reading scores...", max_entries=4)
 def read_scores(path: str, mtime: float) -> pd.DataFrame:
-    """A run's score table, or the chunks committed so far (cached per version)."""
-    return read_run_scores(path)
+    """A run's score table, or the rows scored so far (cached per version)."""
+    return Run(path).scores()
 
 
 @st.cache_data(max_entries=16)
 def read_run(path: str, mtime: float) -> dict:
-    import json
-
-    p = Path(path) / "run.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
+    """A run's provenance (run.json)."""
+    return Run(path).meta()
 
 
 def pick_run(key: str = "run", label: str = "Score run", finished_only: bool = False):
@@ -94,25 +79,18 @@ def pick_run(key: str = "run", label: str = "Score run", finished_only: bool = F
     idx = names.index(current) if current in names else 0
     name = st.selectbox(label, names, index=idx, key=f"{key}_picker",
                         format_func=lambda n: next(r.label for r in runs if r.name == n),
-                        help="Folders under WORKSPACE/runs that hold a scores.parquet. Newest first.")
+                        help="Folders under WORKSPACE/runs that hold scores. Newest first.")
     st.session_state["run_name"] = name
     info = next(r for r in runs if r.name == name)
     if not info.finished:
-        st.info("This run is still scoring: showing the chunks committed so far (reload for more).")
+        st.info("This run is still scoring: showing the rows scored so far (reload for more).")
     return info, read_scores(str(info.path), info.mtime), read_run(str(info.path), info.mtime)
 
 
 def explain(score: str) -> str:
     """The one-line explanation of a score from the selection library's SCORES registry."""
-    sel = optional("curation.selection")
-    reg = getattr(sel, "SCORES", None) if sel else None
-    if not reg or score not in reg:
-        return ""
-    entry = reg[score]
-    for attr in ("explanation", "help", "description", "doc"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
+    info = SCORES.get(score)
+    return info.explanation if info else ""
 
 
 def score_picker(columns: list[str], key: str, label: str = "Score", default: str = "davir") -> str:
@@ -125,11 +103,29 @@ def score_picker(columns: list[str], key: str, label: str = "Score", default: st
     return choice
 
 
+def config_input(cls, name: str, label: str, where=st, **kw):
+    """A widget for the setting ``name`` of the config dataclass ``cls``: its default and help come
+    from the field (curation.config), so the form and the CLI agree.  ``kw`` goes to the widget."""
+    f = field_info(cls, name)
+    default, typ = kw.pop("value", f["default"]), f["type"]
+    if f["choices"]:
+        options = list(f["choices"])
+        return where.selectbox(label, options, index=options.index(default) if default in options else 0,
+                               help=f["help"], **kw)
+    if typ is bool:
+        return where.toggle(label, value=bool(default), help=f["help"], **kw)
+    if typ is int:
+        return int(where.number_input(label, value=int(default or 0), step=1, help=f["help"], **kw))
+    if typ is float:
+        return float(where.number_input(label, value=float(default or 0.0), help=f["help"], **kw))
+    return where.text_input(label, value="" if default is None else str(default), help=f["help"], **kw)
+
+
 def domain_colours(domains) -> dict[str, str]:
     palette = ["#2a6f97", "#e07a5f", "#81b29a", "#f2cc8f", "#6d597a", "#3d405b"]
     return {d: palette[i % len(palette)] for i, d in enumerate(sorted(map(str, domains)))}
 
 
 def conversation(messages, **kw) -> None:
-    """Render a conversation; all dataset text is escaped by curation.views.conversation_html."""
-    st.html(views.conversation_html(messages, **kw))
+    """Render a conversation; all dataset text is escaped by curation.render.conversation_html."""
+    st.html(render.conversation_html(messages, **kw))

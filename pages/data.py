@@ -1,11 +1,12 @@
 """Data: pick or upload files, give each a domain, see formats, counts, rejected rows, a preview
 and token lengths per domain."""
 
+import numpy as np
 import plotly.express as px
 import streamlit as st
 
-from curation import views
-from curation.load import SourceError, source_stem
+from curation import aggregate
+from curation.load import SourceError, SourceSpec, load_sources, source_stem
 from curation.workspace import data_dir, list_data_files, prepare_default_data, save_upload
 from pages.common import conversation, domain_colours, workspace
 
@@ -70,14 +71,21 @@ st.session_state["limit"] = int(limit) or None
 
 @st.cache_data(show_spinner="Reading and normalising the sources...", max_entries=4)
 def _load(pairs: tuple, limit: int | None, mtimes: tuple):
-    res = views.inspect_sources(list(pairs), limit=limit)
-    return res
+    """The sources as a score run reads them (same rules, same rejections)."""
+    return load_sources([SourceSpec(path=p, domain=d) for p, d in pairs], limit=limit)
 
 
 @st.cache_data(show_spinner="Counting tokens with the default model's tokenizer...", max_entries=4)
-def _lengths(pairs: tuple, limit: int | None, mtimes: tuple):
-    res = views.inspect_sources(list(pairs), limit=limit)
-    return views.token_lengths(res.examples)
+def _lengths(pairs: tuple, limit: int | None, mtimes: tuple, max_examples: int = 5000):
+    from curation.models import load_tokenizer
+    from curation.templates import resolve_template, token_lengths
+
+    examples = _load(pairs, limit, mtimes).examples
+    if len(examples) > max_examples:  # a seeded sample: the histogram's shape, quickly
+        examples = [examples[i] for i in sorted(np.random.default_rng(0).choice(len(examples), max_examples,
+                                                                              replace=False))]
+    tok = load_tokenizer("default")
+    return token_lengths(tok, resolve_template(tok, "auto"), examples)
 
 
 pairs = tuple((str(data_dir(ws) / n), domains[n]) for n in chosen)
@@ -124,7 +132,7 @@ else:
                      key="len_col", format_func=lambda c: {"n_tokens_full": "whole example",
                                                          "n_response_tokens": "assistant tokens",
                                                          "n_prompt_tokens": "prompt tokens"}[c])
-    h = views.histogram(lengths, which, by="domain", bins=40)
+    h = aggregate.histogram(lengths, which, by="domain", bins=40)
     fig = px.bar(h, x="mid", y="count", color="group", barmode="overlay", opacity=0.6,
                  color_discrete_map=domain_colours(h["group"].unique()),
                  labels={"mid": "tokens", "group": "domain"})

@@ -1,11 +1,11 @@
 """Explore: score distributions per domain, loss_base vs loss_ref, score vs length, S2L clusters,
-a summary per domain.  Everything plotted is aggregated by curation.views (bins, samples)."""
+a summary per domain.  Everything plotted is aggregated by curation.aggregate (bins, samples)."""
 
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from curation import views
+from curation import aggregate
 from pages.common import domain_colours, pick_run, score_picker
 
 st.title("Explore")
@@ -13,7 +13,7 @@ picked = pick_run("explore")
 if picked is None:
     st.stop()
 info, df, run = picked
-scores = views.score_columns(df)
+scores = aggregate.score_columns(df)
 if not scores:
     st.error(f"{info.path}/scores.parquet has no score column (expected loss, davir, ...).")
     st.stop()
@@ -28,7 +28,7 @@ with c1:
     score = score_picker(scores, key="explore_score")
 layout = c2.radio("Domains", ["overlaid", "side by side"], horizontal=True, key="explore_layout")
 bins = c3.slider("Bins", 10, 200, 60, key="explore_bins")
-h = views.histogram(df, score, by="domain", bins=bins)
+h = aggregate.histogram(df, score, by="domain", bins=bins)
 if layout == "overlaid":
     fig = px.bar(h, x="mid", y="count", color="group", barmode="overlay", opacity=0.6,
                  color_discrete_map=colours, labels={"mid": score, "group": "domain"})
@@ -53,7 +53,7 @@ left, right = st.columns(2)
 with left:
     st.subheader("Base vs reference loss")
     if {"loss_base", "loss_ref"} <= set(df.columns):
-        s = views.sample_rows(df, N_POINTS, columns=["loss_base", "loss_ref", "domain", "example_id"])
+        s = aggregate.sample_rows(df, N_POINTS, columns=["loss_base", "loss_ref", "domain", "example_id"])
         fig = px.scatter(s, x="loss_base", y="loss_ref", color="domain", opacity=0.5,
                          color_discrete_map=colours, hover_data=["example_id"])
         lo = float(min(s["loss_base"].min(), s["loss_ref"].min()))
@@ -69,16 +69,16 @@ with left:
                 "the reference loss and the scores built on it.")
 with right:
     st.subheader("Score vs length")
-    lengths = [c for c in views.LENGTH_COLUMNS if c in df.columns]
+    lengths = [c for c in aggregate.LENGTH_COLUMNS if c in df.columns]
     lc1, lc2 = st.columns(2)
     yscore = lc1.selectbox("Score", scores, index=scores.index(score), key="explore_len_score")
     xlen = lc2.selectbox("Length", lengths, key="explore_len_col")
-    s = views.sample_rows(df, N_POINTS, columns=[xlen, yscore, "domain", "example_id"])
+    s = aggregate.sample_rows(df, N_POINTS, columns=[xlen, yscore, "domain", "example_id"])
     fig = px.scatter(s, x=xlen, y=yscore, color="domain", opacity=0.5, color_discrete_map=colours,
                      hover_data=["example_id"], log_x=True)
     fig.update_layout(height=330, margin=dict(t=10, b=10))
     st.plotly_chart(fig, width="stretch")
-    corr = views.correlation(df, xlen, yscore)
+    corr = aggregate.correlation(df, xlen, yscore)
     st.dataframe(corr.round(3), hide_index=True, width="stretch")
     st.caption("Correlation with length, on all rows. Loss-based scores are known to favour long "
                "answers (rho most); a large |spearman| means the score partly measures length.")
@@ -86,7 +86,7 @@ with right:
 # ---- S2L ---------------------------------------------------------------------------------------
 st.subheader("S2L: loss trajectories per cluster")
 if "s2l_cluster" in df.columns and any(c.startswith("loss_ckpt_") for c in df.columns):
-    traj, sizes = views.cluster_trajectories(df)
+    traj, sizes = aggregate.cluster_means(df)
     top = len(sizes) if len(sizes) <= 2 else st.slider("Clusters shown (largest first)", 1, len(sizes),
                                                          min(12, len(sizes)), key="s2l_top")
     shown = sizes["cluster"].head(top).tolist()
@@ -106,4 +106,4 @@ else:
 
 # ---- summary ---------------------------------------------------------------------------------
 st.subheader("Summary per domain")
-st.dataframe(views.domain_summary(df).round(4), width="stretch")
+st.dataframe(aggregate.domain_summary(df).round(4), width="stretch")

@@ -5,14 +5,11 @@ import json
 import pandas as pd
 import streamlit as st
 
+from curation import export as exp_mod
 from curation.workspace import download_payload, exports_dir, list_folders, selections_dir
-from pages.common import not_available, optional, workspace
+from pages.common import workspace
 
 st.title("Export")
-exp_mod = optional("curation.export")
-if exp_mod is None:
-    not_available("Export", "curation.export")
-    st.stop()
 ws = workspace()
 sels = list_folders(selections_dir(ws), "summary.json")
 if not sels:

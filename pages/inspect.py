@@ -1,10 +1,11 @@
 """Inspect: filter and sort examples, read one with its tokens coloured by loss, and see where two
-methods disagree most.  All dataset text is escaped (curation.views.conversation_html)."""
+methods disagree most.  All dataset text is escaped (curation.render.conversation_html)."""
 
 import numpy as np
 import streamlit as st
 
-from curation import views
+from curation import aggregate, render
+from curation.runs import Run, RunError, SourceChanged
 from pages.common import conversation, explain, pick_run, score_picker
 
 st.title("Inspect")
@@ -12,8 +13,8 @@ picked = pick_run("inspect")
 if picked is None:
     st.stop()
 info, df, run = picked
-scores = views.score_columns(df)
-numeric = views.numeric_columns(df)
+scores = aggregate.score_columns(df)
+numeric = aggregate.numeric_columns(df)
 MAX_ROWS = 500  # rows sent to the browser; sorting and filtering happen on the server
 
 # ---- filters -------------------------------------------------------------------------------
@@ -30,20 +31,20 @@ with st.container(border=True):
     s1, s2, s3 = st.columns([3, 2, 1])
     text = s1.text_input("Text search (in the conversations)", key="inspect_text", placeholder="e.g. triangle")
     sort_by = s2.selectbox("Sort by", numeric, index=0, key="inspect_sort")
-    desc = s3.toggle("Descending", value=views.keeps_high(sort_by), key=f"inspect_desc_{sort_by}")
+    desc = s3.toggle("Descending", value=aggregate.keeps_high(sort_by), key=f"inspect_desc_{sort_by}")
 
 ids = None
 if text.strip():
     @st.cache_data(show_spinner="Searching the sources...", max_entries=8)
     def _search(run_dir: str, mtime: float, needle: str):
-        return views.search_ids(run, df, needle)
+        return Run(run_dir).search(needle)
 
     try:
-        ids = _search(str(info.path), (info.path / "scores.parquet").stat().st_mtime, text.strip())
+        ids = _search(str(info.path), info.mtime, text.strip())
     except (ValueError, OSError) as e:
         st.error(str(e))
 ranges = {} if rng == (lo, hi) else {col: rng}
-sub = views.filter_table(df, ranges, dom or None, ids)
+sub = aggregate.filter_table(df, ranges, dom or None, ids)
 sub = sub.sort_values(sort_by, ascending=not desc, na_position="last")
 st.caption(f"{len(sub):,} of {len(df):,} examples match" + (f"; the first {MAX_ROWS} are listed" if len(sub) > MAX_ROWS else ""))
 show_cols = [c for c in ["example_id", "domain", *scores, "n_response_tokens", "n_prompt_tokens", "truncated",
@@ -71,18 +72,21 @@ elif not match.empty:
                  help=explain(name) or None)
 
     @st.cache_resource(show_spinner="Loading the tokenizer...")
-    def _tokenizer(path: str):
-        return views.load_tokenizer(run)
+    def _tokenizer(run_dir: str):
+        return Run(run_dir).tokenizer()
 
     @st.cache_data(max_entries=64)
-    def _example(run_dir: str, example_id: str, source: str, source_index: int):
-        msgs = views.example_messages(run, source, source_index)
-        tl = views.read_token_losses(run_dir, example_id)
-        return msgs, tl
+    def _example(run_dir: str, mtime: float, example_id: str, source: str, source_index: int):
+        run = Run(run_dir)
+        return run.example(source, source_index, example_id), run.token_losses(example_id)
 
     try:
-        messages, tl = _example(str(info.path), row["example_id"], row["source"], int(row["source_index"]))
-    except (OSError, ValueError, KeyError) as e:
+        messages, tl = _example(str(info.path), info.mtime, row["example_id"], row["source"], int(row["source_index"]))
+    except SourceChanged as e:
+        st.error(f"This example's source changed since it was scored, so its text cannot be shown next to "
+                 f"its scores: {e}")
+        st.stop()
+    except (OSError, RunError) as e:
         st.error(f"Cannot re-read this example from its source: {e}")
         st.stop()
     modes = ["base loss"]
@@ -97,8 +101,8 @@ elif not match.empty:
         conversation(messages)
     else:
         try:
-            tok = _tokenizer(run.get("model", {}).get("path", ""))
-            pieces = views.token_pieces(tok, tl["token_ids"])
+            tok = _tokenizer(str(info.path))
+            pieces = render.token_pieces(tok, tl["token_ids"])
         except (OSError, ValueError) as e:
             st.warning(f"Tokens cannot be shown ({e}); showing the text only.")
             conversation(messages)
@@ -110,7 +114,7 @@ elif not match.empty:
                 vals, signed = np.asarray(tl["token_losses_ref"], dtype=float), False
             else:
                 vals, signed = base - np.asarray(tl["token_losses_ref"], dtype=float), True
-            st.html(views.colour_scale_html(vmax, signed, "drop (nats): blue = got worse, red = learned"
+            st.html(render.colour_scale_html(vmax, signed, "drop (nats): blue = got worse, red = learned"
                                             if signed else "loss per token (nats); hover a token for its value"))
             conversation(messages, pieces=pieces, values=list(vals), positions=list(tl["positions"]),
                          vmax=vmax, signed=signed)
@@ -129,7 +133,7 @@ else:
     if a == b:
         st.warning("Pick two different scores.")
     else:
-        dis = views.disagreement(df, a, b, int(n))
+        dis = aggregate.disagreement(df, a, b, int(n))
         st.caption("Ranks are percentiles in the pool, 0 = the method's favourite. rank_diff < 0: A "
                    "likes the example more than B does. Paste an id above to read it.")
         st.dataframe(dis, hide_index=True, width="stretch")

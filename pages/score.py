@@ -1,15 +1,16 @@
 """Score: choose the model and what to compute, launch a background job, watch it, cancel/resume."""
 
-import dataclasses
 import time
 
 import pandas as pd
 import streamlit as st
 
 from curation import jobs
-from curation.workspace import data_dir, list_data_files
+from curation.learn import LearnConfig
 from curation.load import source_stem
-from pages.common import installation, optional, workspace
+from curation.score import ScoreConfig
+from curation.workspace import list_data_files
+from pages.common import config_input, installation, workspace
 
 st.title("Score")
 st.caption("Scoring runs in a background worker: you can leave this page or close the browser; "
@@ -20,7 +21,6 @@ sources = st.session_state.get("sources")
 if not sources:
     # Nothing chosen on the Data page: every data file, domain = file name (chat.jsonl -> chat).
     sources = [f"{source_stem(p.name)}={p}" for p in list_data_files(ws)]
-learn_mod = optional("curation.learn")
 
 with st.form("launch"):
     st.subheader("New job")
@@ -30,13 +30,12 @@ with st.form("launch"):
     else:
         st.warning("No data yet: add files on the **Data** page (or prepare the default pool there).")
     c1, c2, c3 = st.columns(3)
-    model = c1.text_input("Base model", value="default",
-                          help="`default` = SmolLM2-135M-Instruct (bundled), or a model folder, a .gguf file or a hub id")
-    max_length = c2.number_input("Max length (tokens)", 64, 32768, 2048, step=256,
-                                 help="Longer examples are cut at the end and flagged `truncated`.")
-    limit = c3.number_input("Records per source (0 = all)", 0, value=st.session_state.get("limit") or 0, step=100)
-    # On a CPU a learnability run of the default pool takes ~45 minutes, plain loss ~6: the
-    # first experience should be the fast one. On a GPU both are quick, so default to the full run.
+    model = config_input(ScoreConfig, "model", "Base model", c1)
+    max_length = config_input(ScoreConfig, "max_length", "Max length (tokens)", c2, min_value=64, max_value=32768)
+    limit = config_input(ScoreConfig, "limit", "Records per source (0 = all)", c3, min_value=0,
+                         value=st.session_state.get("limit") or 0)
+    # A learnability run trains a model: on a CPU it takes far longer than one scoring pass, so
+    # the first experience there is the plain loss; on a GPU both are quick.
     gpu = installation()["device"].startswith("cuda")
     what = st.radio(
         "What to compute",
@@ -52,18 +51,14 @@ with st.form("launch"):
              "plain loss is a quick first look that the loss and perplexity baselines can already select from.",
     )
     c4, c5, c6, c7 = st.columns(4)
-    checkpoints = c4.number_input("Checkpoints K", 1, 20, 4, help="Trajectory points after the base model (S2L's feature).")
-    epochs = c5.number_input("Epochs", 1, 10, 1)
-    lora = c6.toggle("LoRA instead of full fine-tuning", value=False,
-                     help="Trains adapters only: faster on CPU (216 vs 165 tokens/s measured) with about the "
-                          "same peak memory (5.4 vs 5.8 GB); full FT is the papers' setting.")
-    ifd = c7.toggle("Also IFD (one extra pass)", value=True,
-                    help="Cherry LLM's instruction-following difficulty: loss with the prompt / loss without it.")
-    st.caption("On 2 CPU cores the default pool (~570 examples) takes about 6 minutes for plain loss (~500-600 tokens/s) "
-               "and roughly 45 minutes for a learnability run (training at ~170 tokens/s, then K+1 scoring passes); "
-               "a GPU is far faster. Finished chunks and checkpoints survive a stop: resume continues.")
-    reference = st.text_input("Reference model (for 'attach a reference')", value="",
-                              help="A fine-tuned model folder, .gguf file or LoRA adapter folder; used only with the third option.")
+    checkpoints = config_input(LearnConfig, "checkpoints", "Checkpoints K", c4, min_value=1, max_value=20)
+    epochs = config_input(LearnConfig, "epochs", "Epochs", c5, min_value=1, max_value=10)
+    lora = config_input(LearnConfig, "lora", "LoRA instead of full fine-tuning", c6)
+    ifd = config_input(LearnConfig, "ifd", "Also IFD (one extra pass)", c7)
+    st.caption("A learnability run trains a model and then scores the pool K+1 times, so it takes many times "
+               "longer than plain loss on a CPU; the job's progress shows tokens/s and an ETA once it runs, and "
+               "the README's benchmarks give measured times. Finished chunks and checkpoints survive a stop.")
+    reference = config_input(LearnConfig, "reference", "Reference model (for 'attach a reference')")
     launched = st.form_submit_button("Start job", type="primary", disabled=not sources)
 
 if launched:
@@ -72,24 +67,17 @@ if launched:
     try:
         if what == "score":
             # Small chunks: the Explore page shows scores from the first committed chunk on.
-            job = jobs.submit("score", {**base, "chunk_examples": 64}, workspace=ws)
-        elif learn_mod is None:
-            st.error("Learnability runs are not available yet (the library module `curation.learn` "
-                     "is missing); choose the plain loss.")
-            job = None
+            job = jobs.submit("score", ScoreConfig(**base, chunk_examples=64), workspace=ws)
         else:
-            names = {f.name for f in dataclasses.fields(learn_mod.LearnConfig)}
-            wanted = {**base, "checkpoints": int(checkpoints), "epochs": int(epochs), "lora": bool(lora),
-                      "ifd": bool(ifd)}
-            if what == "reference":
-                if not reference.strip():
-                    raise ValueError("give the reference model's folder to attach it")
-                wanted["reference"] = reference.strip()
-            job = jobs.submit("learn", {k: v for k, v in wanted.items() if k in names}, workspace=ws)
-        if job:
-            st.session_state["watch_job"] = job
-            when = "chunk by chunk as it runs" if what == "score" else "when it finishes"
-            st.success(f"Started job `{job}`. Its scores appear on the Explore page {when}.")
+            if what == "reference" and not reference.strip():
+                raise ValueError("give the reference model's folder to attach it")
+            job = jobs.submit("learn", LearnConfig(**base, checkpoints=int(checkpoints), epochs=int(epochs),
+                                                   lora=bool(lora), ifd=bool(ifd),
+                                                   reference=reference.strip() if what == "reference" else None),
+                              workspace=ws)
+        st.session_state["watch_job"] = job
+        when = "chunk by chunk as it runs" if what == "score" else "from its first scoring pass on"
+        st.success(f"Started job `{job}`. Its scores appear on the Explore page {when}.")
     except (ValueError, jobs.JobError) as e:
         st.error(str(e))
 

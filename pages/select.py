@@ -6,15 +6,13 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from curation import views
+from curation import aggregate
+from curation import selection as sel_mod
+from curation.runs import Run
 from curation.workspace import new_folder_name, safe_name, selections_dir
-from pages.common import domain_colours, not_available, optional, pick_run, workspace
+from pages.common import pick_run, workspace
 
 st.title("Select")
-sel_mod = optional("curation.selection")
-if sel_mod is None:
-    not_available("Selection", "curation.selection")
-    st.stop()
 picked = pick_run("select", finished_only=True)
 if picked is None:
     st.stop()
@@ -62,7 +60,7 @@ if not natural and len(domains) >= 2:
 fill = m2.checkbox("Fill: give a domain's shortfall to the others", value=False, key="sel_fill") if mix != "natural" else False
 
 with st.expander("Thresholds (filter before ranking)", expanded=False):
-    numeric = views.numeric_columns(df)
+    numeric = aggregate.numeric_columns(df)
     chosen = st.multiselect("Columns", numeric, default=[], key="sel_th_cols",
                             help="e.g. ifd <= 1 drops pairs whose prompt does not help; n_response_tokens >= 5 drops trivial answers.")
     mins, maxs = {}, {}
@@ -89,15 +87,14 @@ except (ValueError, TypeError) as e:
 
 
 @st.cache_data(show_spinner="Selecting...", max_entries=16)
-def _apply(run_dir: str, mtime: float, recipe_dict: dict):
-    r = sel_mod.Recipe.from_dict(recipe_dict)
-    sel = sel_mod.apply_recipe(df, r, run.get("kind"))
-    base = sel if r.method == "random" else sel_mod.random_baseline(df, r, run.get("kind"))
+def _apply(run_dir: str, mtime: float, recipe: sel_mod.Recipe):
+    sel = sel_mod.apply_recipe(df, recipe, run.get("kind"))
+    base = sel if recipe.method == "random" else sel_mod.random_baseline(df, recipe, run.get("kind"))
     return sel, base
 
 
 try:
-    sel, base = _apply(str(info.path), info.mtime, recipe.to_dict())
+    sel, base = _apply(str(info.path), info.mtime, recipe)
 except ValueError as e:  # SelectionError: a missing column, an impossible mix, ...
     st.error(str(e))
     st.stop()
@@ -127,7 +124,7 @@ palette = {"pool": "#b0b0b0", "selection": "#2a6f97", "random baseline": "#e07a5
 h1, h2 = st.columns(2)
 plot_cols = ([score_col] if score_col else []) + [c for c in ("n_response_tokens",) if c in df.columns]
 for holder, col in zip((h1, h2), plot_cols):
-    h = views.compare_histograms(df, col, groups)
+    h = aggregate.compare_histograms(df, col, groups)
     fig = px.line(h, x="mid", y="share", color="group", line_shape="hvh", color_discrete_map=palette,
                   labels={"mid": col, "share": "share of rows"})
     fig.update_layout(height=300, margin=dict(t=30, b=10), title=f"{col}: pool vs selection vs random")
@@ -137,7 +134,7 @@ st.caption("Shares, so the pool and a 10% selection compare. The random baseline
 
 if score_col:
     with st.expander("Examples just inside and just outside the cut-off", expanded=False):
-        cut = views.cutoff_examples(df, sel.eligible_mask, sel.rows["example_id"], score_col,
+        cut = aggregate.cutoff_examples(df, sel.eligible_mask, sel.rows["example_id"], score_col,
                                     higher_first=(sel.recipe.order == "high"))
         st.dataframe(cut, hide_index=True, width="stretch")
         st.caption("Read any of them on the Inspect page (paste the id).")
@@ -149,11 +146,9 @@ name = s1.text_input("Selection name", value=new_folder_name(f"{method}-{budget.
 if s2.button("Save selection", type="primary", key="sel_save"):
     try:
         out = selections_dir(ws) / safe_name(name)
-        sel_mod.select_run(info.path, recipe, out)
+        sel_mod.save_selection(out, df, sel, base, Run(info.path).provenance())  # what is shown, as shown
         st.session_state["selection_name"] = out.name
         st.success(f"Saved `{out}` (recipe.yaml, selected.parquet, summary.json). Export it on the Export page.")
-    except ModuleNotFoundError as e:
-        st.error(f"Saving needs {e.name}, which is not available yet.")
     except (ValueError, OSError) as e:
         st.error(str(e))
 with st.expander("Recipe (recipe.yaml)"):

@@ -64,6 +64,13 @@ def build_tiny_model(vocab_size: int, seed: int = 0):
     return model.eval()
 
 
+@pytest.fixture(autouse=True)
+def private_score_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own score cache (unless it names one): a pass cached by another test
+    would otherwise skip the work a test means to watch."""
+    monkeypatch.setenv("CURATION_SCORE_CACHE", str(tmp_path_factory.mktemp("score-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()

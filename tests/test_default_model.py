@@ -30,8 +30,8 @@ def test_converted_weights_equal_the_gguf_dequantised_ones(default_lm):
 
 def test_real_model_scores_equal_hf_loss(tmp_path, shared_data, default_lm):
     from curation.load import load_sources
-    from curation.scorer import reference_loss
-    from curation.scores import ScoreConfig, run_score
+    from curation.losses import reference_loss
+    from curation.score import ScoreConfig, run_score
     from curation.templates import encode, resolve_template
 
     sources = [f"math={shared_data}/gsm8k/test.jsonl", f"chat={shared_data}/alpaca_gpt4_demo/alpaca_en_demo.json"]

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from curation import jobs
-from curation.scores import ScoreConfig, run_score
+from curation.runs import Run
+from curation.score import ScoreConfig, run_score
 from tests.conftest import ROOT, write_jsonl
 
 
@@ -86,11 +87,11 @@ def test_kill_9_then_resume_gives_the_uninterrupted_tables(tmp_path, ws, tiny_mo
     job = jobs.submit("score", config(pool, tiny_model_dir, chunk_examples=25), workspace=ws)
     st = jobs.status(job, ws)
     assert st["state"] == "running" and st["out"] == str(ws.resolve() / "runs" / job)
-    parts = ws / "runs" / job / "parts"
-    # Kill once a third of the 12 chunks are committed: in the middle of the run.
-    wait_for(lambda: len(list(parts.glob("scores-*.parquet"))) >= 4)
+    run = Run(ws / "runs" / job)
+    # Kill once a third of the 12 chunks are committed (into the score cache): in the middle of the run.
+    wait_for(lambda: len(run.committed_parts()) >= 4)
     os.kill(st["pid"], signal.SIGKILL)
-    n_committed = len(list(parts.glob("scores-*.parquet")))
+    n_committed = len(run.committed_parts())
     assert n_committed < 12, "the run finished before the kill; make it longer"
 
     r = cli("jobs", "status", job, "--json", "--workspace", str(ws))

@@ -151,7 +151,7 @@ def test_recipe_yaml_round_trip(tmp_path):
 
 
 def test_available_methods_follow_the_columns():
-    from curation.scores import SCORE_COLUMNS
+    from curation.runs import SCORE_COLUMNS
     from curation.selection import available_methods
 
     plain = available_methods(SCORE_COLUMNS)

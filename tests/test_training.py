@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from curation.scorer import reference_loss, score_examples
+from curation.losses import reference_loss, score_examples
 from curation.training import (TrainConfig, checkpoint_steps, load_checkpoint, plan_steps,
                                sft_loss_sum, train)
 
@@ -25,7 +25,7 @@ def mean_loss(model, encoded):
 
 
 def cfg(**kw):
-    return TrainConfig(**{"lr": 1e-2, "batch_tokens": 256, "grad_accum": 2, "epochs": 2, **kw})
+    return TrainConfig(**{"lr": 1e-2, "train_batch_tokens": 256, "grad_accum": 2, "epochs": 2, **kw})
 
 
 def test_plan_covers_every_example_once_per_epoch(data):
@@ -36,7 +36,7 @@ def test_plan_covers_every_example_once_per_epoch(data):
         seen = sorted(i for step in steps for mb in step for i in mb)
         assert seen == list(range(len(data)))
         assert all(1 <= len(step) <= c.grad_accum for step in steps)
-        assert all(len(mb) * max(lengths[i] for i in mb) <= c.batch_tokens or len(mb) == 1
+        assert all(len(mb) * max(lengths[i] for i in mb) <= c.train_batch_tokens or len(mb) == 1
                    for step in steps for mb in step)
     assert plan_steps(lengths, c, 0) == plan_steps(lengths, c, 0)
     assert plan_steps(lengths, c, 0) != plan_steps(lengths, c, 1)  # reshuffled each epoch
@@ -51,9 +51,9 @@ def test_checkpoint_steps_are_evenly_spaced():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="grad_accum"):
+    with pytest.raises(ValueError, match="grad.accum"):
         TrainConfig(grad_accum=0)
-    with pytest.raises(ValueError, match="warmup_ratio"):
+    with pytest.raises(ValueError, match="warmup.ratio"):
         TrainConfig(warmup_ratio=1.5)
     assert TrainConfig().peak_lr == 5e-5 and TrainConfig(lora=True).peak_lr == 3e-4
 

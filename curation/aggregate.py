@@ -1,18 +1,13 @@
-"""Aggregations the dashboard shows, computed here so pages stay thin and the browser gets small data.
+"""Aggregations the dashboard plots, computed here so pages stay thin and the browser gets small data.
 
 Everything works on a pandas DataFrame of scores (one row per example) and returns small tables:
 histogram bins, a bounded random sample for scatter plots, correlations, per-domain summaries,
-mean S2L trajectories, rank disagreements.  With 1,000,000 rows each call returns at most a few
-thousand values.  Conversation text is turned into HTML only by :func:`conversation_html`, which
-escapes every piece of dataset text with :func:`html.escape`.
+mean S2L trajectories, rank disagreements, the examples around a cut-off.  With 1,000,000 rows
+each call returns at most a few thousand values.  Pure functions: no HTML (see
+:mod:`curation.render`), no files.
 """
 
 from __future__ import annotations
-
-import html
-import json
-import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,9 +34,9 @@ def keeps_high(column: str) -> bool:
 
 def score_columns(df: pd.DataFrame) -> list[str]:
     """Numeric score columns of ``df``: known scores first, then ``loss_ckpt_*`` in order."""
-    known = [c for c in KNOWN_SCORES if c in df.columns]
-    ckpts = sorted((c for c in df.columns if re.fullmatch(r"loss_ckpt_\d+", c)), key=lambda c: int(c.rsplit("_", 1)[1]))
-    return known + ckpts
+    from curation.formulas import trajectory_columns
+
+    return [c for c in KNOWN_SCORES if c in df.columns] + trajectory_columns(df.columns)
 
 
 def numeric_columns(df: pd.DataFrame) -> list[str]:
@@ -133,7 +128,7 @@ def domain_summary(df: pd.DataFrame, columns: list[str] | None = None) -> pd.Dat
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def cluster_trajectories(df: pd.DataFrame, cluster_col: str = "s2l_cluster") -> tuple[pd.DataFrame, pd.DataFrame]:
+def cluster_means(df: pd.DataFrame, cluster_col: str = "s2l_cluster") -> tuple[pd.DataFrame, pd.DataFrame]:
     """S2L view: the mean loss trajectory of each cluster (long format: ``cluster, checkpoint,
     loss``) and the cluster sizes (``cluster, size, domain mix``), largest first."""
     ckpts = [c for c in score_columns(df) if c.startswith("loss_ckpt_")]
@@ -194,207 +189,7 @@ def filter_table(df: pd.DataFrame, ranges: dict[str, tuple[float, float]] | None
 
 
 # ----------------------------------------------------------------------------------------------
-# Conversations and per-token losses
-
-
-def run_sources(run: dict) -> dict[str, dict]:
-    """The sources of a run (from run.json), by source name."""
-    return {s["source"]: s for s in run.get("sources", [])}
-
-
-def example_messages(run: dict, source: str, source_index: int) -> list[dict]:
-    """Re-read one example's normalised messages from its source file (as recorded in run.json)."""
-    from curation.load import SourceSpec, normalise, read_record
-
-    src = run_sources(run).get(source)
-    if src is None:
-        raise KeyError(f"source {source!r} is not in this run's run.json")
-    cfg = run.get("config", {})
-    spec = SourceSpec(path=src["path"], domain=src.get("domain"), columns=cfg.get("columns") or {},
-                      format=src.get("format"))
-    record = read_record(spec, int(source_index))
-    return normalise(record, src.get("format") or "messages", cfg.get("columns") or {})
-
-
-def search_ids(run: dict, df: pd.DataFrame, text: str, limit_sources_bytes: int = 200_000_000) -> set[str]:
-    """Example ids whose normalised messages contain ``text`` (case-insensitive).
-
-    Scans the run's sources once; used by the Inspect page's text search.
-    """
-    from curation.load import SourceSpec, load_sources
-
-    cfg = run.get("config", {})
-    specs = []
-    for s in run.get("sources", []):
-        p = Path(s["path"])
-        if p.is_file() and p.stat().st_size > limit_sources_bytes:
-            raise ValueError(f"{p} is larger than {limit_sources_bytes // 1_000_000} MB; text search is off for it")
-        specs.append(SourceSpec(path=s["path"], domain=s.get("domain"), columns=cfg.get("columns") or {},
-                                format=s.get("format")))
-    needle = text.lower()
-    data = load_sources(specs, limit=cfg.get("limit"))
-    return {e.example_id for e in data.examples
-            if any(needle in m["content"].lower() for m in e.messages)}
-
-
-def read_token_losses(run_dir: str | Path, example_id: str, file: str = "token_losses.parquet") -> dict | None:
-    """The per-token record of one example (``positions, token_ids, token_losses`` and any other
-    list columns such as reference losses), or None when the run has none for it."""
-    import pyarrow.dataset as ds
-
-    path = Path(run_dir) / file
-    if not path.is_file():
-        return None
-    t = ds.dataset(path).to_table(filter=ds.field("example_id") == example_id)
-    if t.num_rows == 0:
-        return None
-    row = t.slice(0, 1).to_pylist()[0]
-    return row
-
-
-def token_pieces(tokenizer, token_ids: list[int]) -> list[str]:
-    """The text of each token, such that ``"".join(pieces)`` is the decoded text.
-
-    Byte-level BPE tokens can split a multi-byte character; the character is given to the token
-    that completes it (earlier ones get ""), so nothing is shown twice.
-    """
-    out, prev = [], ""
-    # Decoding growing prefixes is exact for every tokenizer; windows keep it linear in practice.
-    start = 0
-    for i in range(len(token_ids)):
-        if i - start > 32:
-            start = i - 16
-            prev = tokenizer.decode(token_ids[start:i])
-        cur = tokenizer.decode(token_ids[start:i + 1])
-        if cur.startswith(prev) and not cur.endswith("\ufffd"):
-            out.append(cur[len(prev):])
-            prev = cur
-        else:
-            out.append("")
-            if not cur.endswith("\ufffd"):
-                prev = cur
-    return out
-
-
-def loss_colour(value: float, vmax: float) -> str:
-    """White (loss 0) to red (loss >= vmax) for a loss; blue to white to red for a signed drop."""
-    if value is None or not np.isfinite(value):
-        return "#e0e0e0"
-    t = float(np.clip(abs(value) / vmax, 0, 1)) if vmax > 0 else 0.0
-    if value >= 0:
-        r, g, b = 255, int(255 - 180 * t), int(255 - 180 * t)
-    else:
-        r, g, b = int(255 - 180 * t), int(255 - 120 * t), 255
-    return f"#{r:02x}{g:02x}{b:02x}"
-
-
-def colour_scale_html(vmax: float, signed: bool = False, label: str = "loss (nats)") -> str:
-    """A small legend for :func:`loss_colour`."""
-    stops = np.linspace(-vmax if signed else 0, vmax, 7)
-    cells = "".join(
-        f'<span style="background:{loss_colour(v, vmax)};padding:2px 8px;border:1px solid #ddd">'
-        f"{v:.1f}</span>" for v in stops)
-    return f'<div style="font-size:0.8em">{html.escape(label)}: {cells}</div>'
-
-
-def conversation_html(messages: list[dict], pieces: list[str] | None = None,
-                      values: list[float] | None = None, positions: list[int] | None = None,
-                      vmax: float = 5.0, signed: bool = False) -> str:
-    """HTML of a conversation; assistant turns coloured token by token when losses are given.
-
-    Every piece of dataset text goes through :func:`html.escape`, so a record containing HTML or
-    script shows as text.  ``positions`` split the tokens into assistant turns: a gap in the
-    positions starts the next assistant turn (the scorer's targets are contiguous per turn).
-    """
-    turns_tokens: list[list[int]] = []
-    if pieces is not None and positions is not None:
-        for k, p in enumerate(positions):
-            if k == 0 or p != positions[k - 1] + 1:
-                turns_tokens.append([])
-            turns_tokens[-1].append(k)
-    style = {"user": "#f3f6fa", "system": "#f7f7f0", "assistant": "#ffffff"}
-    parts = ['<div style="font-family:ui-monospace,monospace;font-size:0.85em;line-height:1.6">']
-    a = 0
-    for m in messages:
-        role = m["role"]
-        body = html.escape(m["content"])
-        if role == "assistant" and a < len(turns_tokens):
-            spans = []
-            for k in turns_tokens[a]:
-                v = values[k]
-                tip = "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
-                spans.append(f'<span title="{tip}" style="background:{loss_colour(v, vmax)}">'
-                             f"{html.escape(pieces[k])}</span>")
-            body = "".join(spans)
-            a += 1
-        elif role == "assistant" and pieces is not None:
-            body += ' <em style="color:#888">(not scored: cut off by max length)</em>'
-        parts.append(
-            f'<div style="background:{style.get(role, "#fff")};border:1px solid #e3e3e3;border-radius:6px;'
-            f'padding:6px 10px;margin:6px 0;white-space:pre-wrap;word-break:break-word">'
-            f'<b style="color:#2a6f97">{html.escape(role)}</b>\n{body}</div>')
-    parts.append("</div>")
-    return "".join(parts)
-
-
-def load_tokenizer(run: dict):
-    """The tokenizer of a run's model (for showing tokens); light: no model weights are loaded."""
-    from transformers import AutoTokenizer
-
-    path = run.get("model", {}).get("path")
-    if not path or not Path(path).exists():
-        raise FileNotFoundError(f"the run's model folder {path!r} is not available on this machine")
-    return AutoTokenizer.from_pretrained(path)
-
-
-def rejected_rows(path: str | Path) -> pd.DataFrame:
-    """A run's rejected.jsonl as a table."""
-    p = Path(path)
-    if not p.is_file():
-        return pd.DataFrame(columns=["source", "source_index", "line", "reason"])
-    return pd.DataFrame([json.loads(x) for x in p.read_text().splitlines() if x.strip()])
-
-
-# ----------------------------------------------------------------------------------------------
-# The Data page: what a set of sources holds before any scoring
-
-
-def inspect_sources(sources: list[tuple[str, str]], limit: int | None = None):
-    """Load ``[(path, domain)]`` with the same rules as a score run; returns the LoadResult.
-
-    Raises :class:`curation.load.SourceError` naming the file when a source is unusable.
-    """
-    from curation.load import SourceSpec, load_sources
-
-    return load_sources([SourceSpec(path=p, domain=d) for p, d in sources], limit=limit)
-
-
-def token_lengths(examples, model: str = "default", template: str = "auto", max_examples: int = 5000,
-                  seed: int = 0) -> pd.DataFrame:
-    """Token lengths of (a seeded sample of at most ``max_examples``) examples under ``model``'s
-    tokenizer and chat template: ``example_id, domain, n_prompt_tokens, n_response_tokens,
-    n_tokens_full``.  Only the tokenizer is loaded, not the weights."""
-    from transformers import AutoTokenizer
-
-    from curation.load import RecordError
-    from curation.models import resolve_model
-    from curation.templates import encode_many, resolve_template
-
-    tok = AutoTokenizer.from_pretrained(resolve_model(model))
-    tpl = resolve_template(tok, template)
-    exs = list(examples)
-    if len(exs) > max_examples:
-        rng = np.random.default_rng(seed)
-        exs = [exs[i] for i in sorted(rng.choice(len(exs), max_examples, replace=False))]
-    enc = encode_many(tok, tpl, [e.messages for e in exs], max_length=10**9)
-    rows = [{"example_id": e.example_id, "domain": e.domain, "n_prompt_tokens": x.n_prompt_tokens,
-             "n_response_tokens": x.n_response_tokens, "n_tokens_full": x.n_tokens_full}
-            for e, x in zip(exs, enc) if not isinstance(x, RecordError)]
-    return pd.DataFrame(rows, columns=["example_id", "domain", "n_prompt_tokens", "n_response_tokens", "n_tokens_full"])
-
-
-# ----------------------------------------------------------------------------------------------
-# The Select page
+# Pool vs selection
 
 
 def compare_histograms(df: pd.DataFrame, column: str, groups: dict[str, pd.Series], bins: int = 40) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""The dashboard's aggregations (curation.views): exact on toy tables, small outputs on 1M rows."""
+"""The dashboard's aggregations (curation.aggregate) and conversation HTML (curation.render): exact on toy tables, small outputs on 1M rows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from curation import views
+from curation import aggregate, render
 
 
 def _toy():
@@ -20,7 +20,7 @@ def _toy():
 
 def test_histogram_counts_per_domain_on_shared_edges():
     df = _toy().assign(davir=[1.0, 2.0, 3.0, 4.0, 5.0, np.nan])  # edges 1, 2, 3, 4, 5 exactly
-    h = views.histogram(df, "davir", bins=4, clip_quantiles=None)
+    h = aggregate.histogram(df, "davir", bins=4, clip_quantiles=None)
     assert h.groupby("group")["count"].sum().to_dict() == {"chat": 3, "math": 2}  # NaN left out
     assert (h[h.group == "chat"]["left"].to_numpy() == h[h.group == "math"]["left"].to_numpy()).all()
     assert h[h.group == "chat"]["count"].tolist() == [1, 1, 1, 0]
@@ -28,7 +28,7 @@ def test_histogram_counts_per_domain_on_shared_edges():
 
 
 def test_disagreement_uses_each_scores_direction():
-    d = views.disagreement(_toy(), "davir", "rho", n=2)
+    d = aggregate.disagreement(_toy(), "davir", "rho", n=2)
     # davir likes e (0.5) best, rho ranks e near the bottom: the largest disagreement.
     assert d["example_id"].iloc[0] in ("a", "e")
     assert set(d["example_id"]) == {"a", "e"}
@@ -41,27 +41,27 @@ def test_directions_agree_with_the_selection_methods():
     # Every ranking method's name and column sort the way its selection keeps by default.
     for name, info in SCORES.items():
         if info.default_order:
-            assert views.keeps_high(name) == (info.default_order == "high"), name
-            assert views.keeps_high(info.column) == (info.default_order == "high"), info.column
-    assert views.keeps_high("loss") and views.keeps_high("ifd") and not views.keeps_high("ppl_base")
+            assert aggregate.keeps_high(name) == (info.default_order == "high"), name
+            assert aggregate.keeps_high(info.column) == (info.default_order == "high"), info.column
+    assert aggregate.keeps_high("loss") and aggregate.keeps_high("ifd") and not aggregate.keeps_high("ppl_base")
     # loss keeps the hardest examples and ppl the easiest: their ranks are exact mirror images.
     df = _toy().assign(loss=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], ppl_base=np.exp([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
-    r_loss = views.percentile_rank(df["loss"], views.keeps_high("loss"))
-    r_ppl = views.percentile_rank(df["ppl_base"], views.keeps_high("ppl_base"))
+    r_loss = aggregate.percentile_rank(df["loss"], aggregate.keeps_high("loss"))
+    r_ppl = aggregate.percentile_rank(df["ppl_base"], aggregate.keeps_high("ppl_base"))
     assert np.allclose(r_loss + r_ppl, 1 + 1 / 6)
 
 
 def test_correlation_and_summary():
-    c = views.correlation(_toy(), "n_response_tokens", "rho").set_index("group")
+    c = aggregate.correlation(_toy(), "n_response_tokens", "rho").set_index("group")
     assert c.loc["chat", "spearman"] == -1.0 and c.loc["all", "n"] == 6
-    s = views.domain_summary(_toy(), ["davir"])
+    s = aggregate.domain_summary(_toy(), ["davir"])
     assert s.loc["chat", "examples"] == 3 and s.loc["all", "davir mean"] == 0.3
 
 
 def test_conversation_html_escapes_every_piece_of_text():
     probe = '<img src=x onerror=alert(1)><script>alert(2)</script>'
     msgs = [{"role": "user", "content": probe}, {"role": "assistant", "content": probe}]
-    html = views.conversation_html(msgs, pieces=[probe, "&ok"], values=[1.0, 2.0], positions=[5, 6])
+    html = render.conversation_html(msgs, pieces=[probe, "&ok"], values=[1.0, 2.0], positions=[5, 6])
     assert "<img" not in html and "<script" not in html
     assert html.count("&lt;img src=x onerror=alert(1)&gt;") == 2 and "&amp;ok" in html
 
@@ -69,7 +69,7 @@ def test_conversation_html_escapes_every_piece_of_text():
 def test_token_pieces_rebuild_the_decoded_text(tiny_tokenizer):
     text = "Natalia sold 48 clips — half as many in May ✓"
     ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
-    pieces = views.token_pieces(tiny_tokenizer, ids)
+    pieces = render.token_pieces(tiny_tokenizer, ids)
     assert len(pieces) == len(ids)
     assert "".join(pieces) == tiny_tokenizer.decode(ids)
 
@@ -77,7 +77,7 @@ def test_token_pieces_rebuild_the_decoded_text(tiny_tokenizer):
 def test_cluster_trajectories_means_and_sizes():
     df = pd.DataFrame({"domain": ["chat", "chat", "math"], "s2l_cluster": [0, 0, 1],
                        "loss_ckpt_0": [2.0, 4.0, 1.0], "loss_ckpt_1": [1.0, 3.0, 0.5]})
-    traj, sizes = views.cluster_trajectories(df)
+    traj, sizes = aggregate.cluster_means(df)
     assert traj[(traj.cluster == 0) & (traj.checkpoint == 1)]["loss"].item() == 2.0
     assert sizes.set_index("cluster")["size"].to_dict() == {0: 2, 1: 1}
 
@@ -93,12 +93,12 @@ def test_aggregations_stay_small_and_fast_on_a_million_rows():
         "s2l_cluster": rng.integers(0, 100, n), "loss_ckpt_0": rng.random(n), "loss_ckpt_1": rng.random(n),
     })
     t0 = time.time()
-    h = views.histogram(df, "davir", bins=60)
-    s = views.sample_rows(df, 4000, columns=["davir", "n_response_tokens", "domain"])
-    c = views.correlation(df, "n_response_tokens", "rho")
-    summ = views.domain_summary(df)
-    traj, sizes = views.cluster_trajectories(df)
-    dis = views.disagreement(df, "davir", "rho", 20)
+    h = aggregate.histogram(df, "davir", bins=60)
+    s = aggregate.sample_rows(df, 4000, columns=["davir", "n_response_tokens", "domain"])
+    c = aggregate.correlation(df, "n_response_tokens", "rho")
+    summ = aggregate.domain_summary(df)
+    traj, sizes = aggregate.cluster_means(df)
+    dis = aggregate.disagreement(df, "davir", "rho", 20)
     elapsed = time.time() - t0
     print(f"\n1M rows: histogram + sample + correlation + summary + S2L + disagreement in {elapsed:.2f}s")
     # What goes to the browser is bounded, whatever the pool size.

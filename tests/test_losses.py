@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curation.scorer import (
+from curation.losses import (
     check_head_path, plan_batches, reference_loss, score_examples, shared_prefix, target_losses,
 )
 from curation.templates import encode_many, resolve_template

@@ -1,4 +1,4 @@
-"""Scores derived from loss trajectories, and S2L clustering of the trajectories.
+"""The score formulas: everything derived from losses, as pure functions of arrays.
 
 A trajectory is one example's loss at K+1 evenly spaced points of the reference training run:
 ``L[:, 0]`` under the base model, ..., ``L[:, K]`` under the final (reference) model.  Everything
@@ -7,22 +7,29 @@ hand-computed toy trajectories.
 
 Formulas (L = mean NLL in nats over assistant tokens):
 
-=============  =================================================================================
-``loss_base``  ``L_0``
-``loss_ref``   ``L_K``
-``ppl_base``   ``exp(L_0)``
-``davir``      ``(L_0 - L_K) / L_0`` (LoBaSS v1 "learnability", DavIR in v2); higher = more learnable
-``rho``        ``L_0 - L_K`` (RHO-LOSS-like absolute drop; correlates with length)
-=============  =================================================================================
+==============  ================================================================================
+``loss_base``   ``L_0``
+``loss_ref``    ``L_K``
+``ppl_base``    ``exp(L_0)``
+``davir``       ``(L_0 - L_K) / L_0`` (LoBaSS v1 "learnability", DavIR in v2); higher = more learnable
+``rho``         ``L_0 - L_K`` (RHO-LOSS-like absolute drop; correlates with length)
+``ifd``         ``L(response | prompt) / L(response alone)`` under the base model (Cherry IFD)
+``*_heldout``   ``loss_ref_heldout`` = L under a model trained without the example's fold;
+                ``davir_heldout``, ``rho_heldout`` as above with it
+``s2l_cluster``  K-means cluster of the trajectory (S2L), :func:`s2l_clusters`
+==============  ================================================================================
 
 Rows with a missing loss (no assistant token survived truncation) get NaN scores and cluster -1.
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 DERIVED_COLUMNS = ["loss_base", "loss_ref", "davir", "rho", "ppl_base"]
+HELDOUT_COLUMNS = ["loss_ref_heldout", "davir_heldout", "rho_heldout"]
 
 # S2L (arXiv 2403.07384) uses 100 clusters; on small pools that leaves clusters of one or two
 # examples, which the balanced sampler then treats as noise.  We keep the average cluster at
@@ -48,6 +55,39 @@ def derived_columns(trajectories: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def heldout_columns(loss_base: np.ndarray, loss_ref_heldout: np.ndarray) -> dict[str, np.ndarray]:
+    """davir and rho with a held-out reference loss (a model that never trained on the example)."""
+    base = np.asarray(loss_base, dtype=np.float64)
+    ref = np.asarray(loss_ref_heldout, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"loss_ref_heldout": ref, "davir_heldout": (base - ref) / base, "rho_heldout": base - ref}
+
+
+def ifd_score(full_ids: np.ndarray, full_losses: np.ndarray, alone_ids: np.ndarray,
+              alone_losses: np.ndarray) -> tuple[float, bool]:
+    """IFD = mean loss of the response given the prompt / mean loss of the response alone.
+
+    Both means run over the same assistant tokens: the alone side is cut to the tokens the full
+    side scored (truncation can keep more of them when the prompt is gone).  Returns ``(ifd,
+    matched)``; when the token ids differ (a template that tokenises the turn differently), all
+    alone tokens are used and ``matched`` is False.  NaN when either side has no token.
+    """
+    n = len(full_ids)
+    if n == 0 or len(alone_ids) == 0:
+        return float("nan"), True
+    matched = len(alone_ids) >= n and np.array_equal(alone_ids[:n], full_ids)
+    denom = alone_losses[:n] if matched else alone_losses
+    d = float(np.asarray(denom, dtype=np.float64).mean())
+    num = float(np.asarray(full_losses, dtype=np.float64).mean())
+    return (num / d if d > 0 else float("nan")), matched
+
+
+def trajectory_columns(columns) -> list[str]:
+    """The trajectory columns ``loss_ckpt_0 .. loss_ckpt_K`` of a score table, in checkpoint order."""
+    found = [(int(m.group(1)), c) for c in columns if (m := re.fullmatch(r"loss_ckpt_(\d+)", str(c)))]
+    return [c for _, c in sorted(found)]
+
+
 def n_clusters_for(n_examples: int, requested: int = 100) -> int:
     """The number of S2L clusters: ``requested``, capped so clusters average at least
     :data:`MIN_AVG_CLUSTER_SIZE` examples (and at least 1 cluster)."""
@@ -66,8 +106,9 @@ def s2l_clusters(trajectories: np.ndarray, n_clusters: int = 100, seed: int = 0,
     by cluster size (0 = largest, ties by first member) so they do not depend on K-means' internal
     order.  Deterministic for a seed.
 
-    Large inputs (over 200,000 rows) use mini-batch K-means, which clusters 1,000,000 x 12
-    trajectories into 100 clusters in well under two minutes on two cores.
+    Large inputs (over 200,000 rows) use mini-batch K-means, linear in the number of rows
+    (`make bench-cluster` measures it).  This is the one S2L clusterer: the learn run and the
+    selection's re-clustering (``--s2l-clusters``) both call it.
     """
     L = _check_matrix(trajectories, min_points=1)
     ok = np.isfinite(L).all(axis=1)

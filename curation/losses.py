@@ -7,9 +7,8 @@ alone (mean NLL in nats over the target tokens), but computed for many examples 
   padding is small;
 * right padding with plain causal attention: a real token only attends to earlier positions, which
   are all real, so no padding mask is needed and SDPA takes its fast causal path;
-* a prefix that every example of a batch shares (a chat template's default system prompt: 24
-  tokens per example, about a tenth of GSM8K/Alpaca tokens with SmolLM2) runs once; its keys and
-  values are repeated for each row and the rest of every example attends to them. Causal
+* a prefix that every example of a batch shares (a chat template's default system prompt) runs
+  once; its keys and values are repeated for each row and the rest of every example attends to them. Causal
   attention makes this exact: a prefix position never sees what follows it;
 * no autograd; the LM head runs only at the positions whose next token is a target, and the
   cross-entropy walks the vocabulary in tiles (``target_losses``), so peak memory does not grow
@@ -97,14 +96,12 @@ def score_examples(
 
     ``on_batch(n_examples, n_tokens)`` is called after each batch (for progress bars).
     ``compile`` runs the decoder through ``torch.compile`` (fuses the element-wise work around the
-    matmuls; on 2 CPU cores 0.96-1.05x the eager default, after a one-off compilation of about a
-    minute, because that default already spends 84% of its time in matmuls). ``share_prefix``
-    runs a prefix common to a whole batch once (exact; off only to measure what it saves; not
-    combined with ``compile``).
+    matmuls, after a one-off compilation). ``share_prefix`` runs a prefix common to a whole batch
+    once (exact; off only to measure what it saves; not combined with ``compile``).
 
-    The defaults were measured on 2 CPU cores (bench/bench_score.py): budgets of 512-2048 tokens
-    keep a batch's activations in cache and beat larger ones by 10-20%. ``vocab_tile`` and
-    ``pos_chunk`` shape the LM head + cross-entropy (see ``target_losses``).
+    The default budget keeps a batch's activations in a CPU's cache; ``vocab_tile`` and
+    ``pos_chunk`` shape the LM head + cross-entropy (see ``target_losses``).  The README's
+    benchmark section gives the measurements behind these defaults (``make bench``).
     """
     import torch
 
@@ -121,7 +118,7 @@ def score_examples(
             for row, i in enumerate(batch):
                 ids[row, : lengths[i]] = torch.from_numpy(encoded[i].input_ids)
             ids = ids.to(device)
-            # Not with compile: the cached second call recompiles for every new shape (0.5x eager).
+            # Not with compile: the cached second call recompiles for every new shape.
             P = min(shared_prefix(encoded, batch), T - 1) if share_prefix and B > 1 and not compile else 0
             if P:
                 cache = body(input_ids=ids[:1, :P], use_cache=True).past_key_values
@@ -165,9 +162,8 @@ def target_losses(head, h, labels, softcap=None, vocab_tile: int = 2048, pos_chu
     The vocabulary is walked in tiles of ``vocab_tile`` rows of the head's weight, each multiplied
     with up to ``pos_chunk`` positions at once; a tile's log-sum-exp and the target logits that fall
     in it are kept, and the tiles' log-sum-exps are combined at the end (exact up to float
-    rounding). A tile (4.5 MB for SmolLM2) stays in cache while every position streams past it:
-    on 2 CPU cores the head then runs at ~180 GFLOP/s instead of ~140 with chunks of positions
-    against the whole 113 MB weight. Logits are upcast to float32 before the softmax, as HF does.
+    rounding). A tile stays in cache while every position streams past it, instead of every chunk
+    of positions reading the whole weight from memory. Logits are upcast to float32 before the softmax, as HF does.
     """
     import torch
 

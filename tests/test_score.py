@@ -7,7 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
-from curation.scores import RunMismatch, ScoreConfig, SCORE_COLUMNS, run_score
+from curation.runs import SCORE_COLUMNS, Run, RunMismatch
+from curation.score import ScoreConfig, run_score
 from tests.conftest import ROOT, write_jsonl
 
 
@@ -29,7 +30,7 @@ def cfg(pool, out, model, **kw):
 
 
 def test_score_run_writes_tables(tmp_path, pool, tiny_model_dir, tiny_lm):
-    from curation.scorer import reference_loss
+    from curation.losses import reference_loss
     from curation.templates import encode, resolve_template
 
     out = run_score(cfg(pool, tmp_path / "run", tiny_model_dir, max_length=60))
@@ -66,16 +67,21 @@ def test_examples_without_assistant_tokens_have_null_loss(tmp_path, pool, tiny_m
 
 
 def test_resume_skips_committed_chunks_and_gives_the_same_tables(tmp_path, pool, tiny_model_dir):
-    full = run_score(cfg(pool, tmp_path / "a", tiny_model_dir))
+    full = run_score(cfg(pool, tmp_path / "a", tiny_model_dir, cache=str(tmp_path / "cache-a")))
     out = tmp_path / "b"
-    run_score(cfg(pool, out, tiny_model_dir))
-    # Simulate a kill after two chunks: drop the later parts and the merged tables.
-    for p in sorted((out / "parts").glob("scores-*.parquet"))[2:]:
+    run_score(cfg(pool, out, tiny_model_dir, cache=str(tmp_path / "cache-b")))
+    # Simulate a kill after two chunks: drop the later committed chunks and the final tables.
+    parts = Run(out).committed_parts()
+    assert len(parts) == 5  # 21 examples in chunks of 5
+    for p in parts[2:]:
         p.unlink()
     (out / "scores.parquet").unlink()
-    mtimes = {p: p.stat().st_mtime_ns for p in (out / "parts").glob("scores-*.parquet")}
-    run_score(cfg(pool, out, tiny_model_dir))
+    mtimes = {p: p.stat().st_mtime_ns for p in parts[:2]}
+    phases = []
+    run_score(cfg(pool, out, tiny_model_dir, cache=str(tmp_path / "cache-b")), progress=phases.append)
     assert all(p.stat().st_mtime_ns == m for p, m in mtimes.items())  # committed chunks not redone
+    assert [p["cached"] for p in phases if p.get("phase") == "scoring"][0] == 10
+    assert len(Run(out).committed_parts()) == 5
     a, b = pd.read_parquet(full / "scores.parquet"), pd.read_parquet(out / "scores.parquet")
     pd.testing.assert_frame_equal(a, b, atol=1e-6)
 

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from curation.trajectories import DERIVED_COLUMNS, derived_columns, n_clusters_for, s2l_clusters
+from curation.formulas import (DERIVED_COLUMNS, derived_columns, heldout_columns, ifd_score, n_clusters_for,
+                               s2l_clusters, trajectory_columns)
 
 
 def test_derived_columns_hand_computed():
@@ -79,3 +80,19 @@ def test_s2l_cap_and_degenerate_inputs():
     same = np.ones((30, 3))
     assert set(s2l_clusters(same, n_clusters=3).tolist()) == {0}
     assert s2l_clusters(np.full((4, 3), np.nan)).tolist() == [-1] * 4
+
+
+def test_ifd_score_uses_the_same_tokens():
+    ids = np.array([5, 6, 7])
+    val, ok = ifd_score(ids, np.array([1.0, 2.0, 3.0]), np.array([5, 6, 7, 8]), np.array([2.0, 2.0, 2.0, 100.0]))
+    assert ok and val == pytest.approx(1.0)
+    val, ok = ifd_score(ids, np.array([1.0, 2.0, 3.0]), np.array([9, 9]), np.array([4.0, 4.0]))
+    assert not ok and val == pytest.approx(0.5)
+    assert np.isnan(ifd_score(ids[:0], np.array([]), ids, np.ones(3))[0])
+
+
+def test_heldout_columns_and_trajectory_columns():
+    d = heldout_columns([2.0, 4.0], [1.0, 5.0])
+    assert d["davir_heldout"].tolist() == [0.5, -0.25] and d["rho_heldout"].tolist() == [1.0, -1.0]
+    assert trajectory_columns(["loss_ckpt_10", "loss", "loss_ckpt_2", "loss_ckpt_0"]) == \
+        ["loss_ckpt_0", "loss_ckpt_2", "loss_ckpt_10"]

@@ -1,0 +1,215 @@
+"""Settings: each run's config is a dataclass whose fields carry their help and validation.
+
+One source of truth, in the style of huggingface/trl: a setting is declared once, as a dataclass
+field made with :func:`option` (its default, its help text, its command-line flag, whether it
+changes results).  From those declarations:
+
+* :func:`add_arguments` builds the command-line parser (``python -m curation score ...``,
+  ``jobs submit score ...``), and :func:`from_arguments` turns the parsed flags into the config;
+* :func:`result_key` lists the settings that change results (the run key that refuses mixing);
+* the job store saves ``dataclasses.asdict(config)`` and the worker rebuilds the config from it;
+* the dashboard's forms read each field's default and help (``pages/common.config_input``).
+
+:class:`RunConfig` holds the fields every run over a pool shares (data, model, template, lengths,
+batching); ``ScoreConfig``, ``LearnConfig`` (and the configs that come after them) extend it.
+
+We do not use ``transformers.HfArgumentParser``: importing transformers costs seconds on every
+``jobs status`` call, and it has neither positional arguments nor ``DOMAIN=PATH``-style mappings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import MISSING, dataclass, field
+from typing import Any
+
+_UNSET = object()
+
+
+def option(default: Any = _UNSET, help: str = "", *, flag: str | None = None, negate: str | None = None,
+           choices: tuple | None = None, metavar: str | None = None, positional: bool = False,
+           result: bool = True, cli: bool = True, default_factory=None):
+    """A config field with its help text and how it appears on the command line.
+
+    ``flag`` overrides the option name (default ``--field-name``); ``negate`` gives a boolean whose
+    default is True a switch-off flag (``--no-ifd``); ``positional`` makes the field a positional
+    argument (lists take one or more values); ``result=False`` marks settings that do not change
+    results (batch sizes, places, how often to save), so they stay out of the run key;
+    ``cli=False`` keeps a field off the command line.
+    """
+    meta = {"help": help, "flag": flag, "negate": negate, "choices": choices, "metavar": metavar,
+            "positional": positional, "result": result, "cli": cli}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    if default is _UNSET:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def parse_pairs(text: str | dict | None, what: str = "FIELD=COLUMN") -> dict[str, str]:
+    """``a=b,c=d`` -> ``{"a": "b", "c": "d"}`` (a dict passes through)."""
+    if text is None:
+        return {}
+    if isinstance(text, dict):
+        return {str(k): str(v) for k, v in text.items()}
+    out = {}
+    for pair in filter(None, (p.strip() for p in str(text).split(","))):
+        if "=" not in pair:
+            raise ValueError(f"expected {what} pairs separated by commas, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def fields_of(cls) -> list[dataclasses.Field]:
+    return list(dataclasses.fields(cls))
+
+
+def field_info(cls, name: str) -> dict:
+    """``{"default", "help", "type", "choices"}`` of one field (for forms and messages)."""
+    f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if f is None:
+        raise KeyError(f"{cls.__name__} has no setting {name!r}")
+    default = f.default if f.default is not MISSING else (
+        f.default_factory() if f.default_factory is not MISSING else None)
+    return {"default": default, "help": f.metadata.get("help", ""), "type": _base_type(cls, f),
+            "choices": f.metadata.get("choices")}
+
+
+def result_key(cfg) -> dict:
+    """The settings of ``cfg`` that change results (fields not marked ``result=False``)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata.get("result", True)}
+
+
+def project(cfg, cls):
+    """``cls`` built from the same-named fields of ``cfg`` (e.g. the TrainConfig inside a LearnConfig)."""
+    return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if f.init})
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls, optional_out: bool = False,
+                  all_optional: bool = False, skip: tuple[str, ...] = ()) -> None:
+    """Add one argument per field of the dataclass ``cls`` (see :func:`option`).
+
+    Flags that are not given are absent from the parsed namespace, so :func:`from_arguments`
+    takes the dataclass default (and values from a file, e.g. a recipe, are not overridden).
+    ``all_optional`` makes required fields optional flags too (they may come from a file)."""
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        if not m.get("cli", True) or not f.init or f.name in skip:
+            continue
+        typ = _base_type(cls, f)
+        kw: dict[str, Any] = {"help": (m.get("help") or "").replace("%", "%%") or None}
+        if m.get("metavar"):
+            kw["metavar"] = m["metavar"]
+        required = f.default is MISSING and f.default_factory is MISSING and not all_optional
+        if m.get("positional") and not all_optional:
+            if typing.get_origin(typ) is list:
+                kw["nargs"] = "+"
+            parser.add_argument(f.name, **kw)
+            continue
+        name = m.get("flag") or "--" + f.name.replace("_", "-")
+        if typ is bool:  # absent: the dataclass default (so a recipe file's value is not overridden)
+            if f.default is True:
+                kw["help"] = f"turn off {kw['help']}" if kw["help"] else None
+                parser.add_argument(m.get("negate") or f"--no-{f.name.replace('_', '-')}", dest=f.name,
+                                    action="store_false", default=argparse.SUPPRESS, **kw)
+            else:
+                parser.add_argument(name, dest=f.name, action="store_true", default=argparse.SUPPRESS, **kw)
+            continue
+        if typing.get_origin(typ) is dict:  # KEY=VALUE[,KEY=VALUE]; repeatable
+            kw["action"] = _PairsAction
+            kw.setdefault("metavar", "KEY=VALUE")
+        elif typing.get_origin(typ) is list:
+            kw["nargs"] = "+"
+        elif typ in (int, float, str):
+            kw["type"] = typ
+        if m.get("choices"):
+            kw["choices"] = list(m["choices"])
+        if f.name == "out" and optional_out:
+            required = False
+            kw["help"] = "output folder (default: WORKSPACE/runs/JOB_ID)"
+        if required:
+            kw["required"] = True
+        else:
+            kw["default"] = argparse.SUPPRESS  # absent flags keep the dataclass default
+            if f.default not in (MISSING, None) and kw["help"] and "default" not in kw["help"]:
+                kw["help"] += f" (default: {f.default})".replace("%", "%%")
+        parser.add_argument(name, dest=f.name, **kw)
+
+
+def from_arguments(cls, args: argparse.Namespace, **overrides):
+    """The config ``cls`` from parsed arguments: given flags, else the fields' defaults."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values.update(overrides)
+    return cls(**values)
+
+
+def check_positive(cfg, *names: str) -> None:
+    """Raise ValueError naming the first of ``names`` that is not a positive number."""
+    for name in names:
+        v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not v >= 1):
+            raise ValueError(f"{name.replace('_', '-')} must be a positive whole number, got {v!r}")
+
+
+@dataclass
+class RunConfig:
+    """The settings every run over a pool shares: the data, the model and how examples become tokens."""
+
+    sources: list[str] = option(help="data files, datasets folders or hub ids; DOMAIN= tags their examples "
+                                     "(e.g. math=gsm8k.jsonl)", positional=True, metavar="[DOMAIN=]PATH")
+    out: str = option(help="output folder (scores.parquet, token_losses.parquet, run.json)", result=False)
+    model: str = option("default", "`default` (SmolLM2-135M-Instruct, shipped in a PyPI wheel), a model folder, "
+                                   "a .gguf file or a hub id")
+    max_length: int = option(2048, "tokens per example; longer ones are cut at the end and flagged `truncated`")
+    batch_tokens: int = option(1024, "padded tokens per scoring forward pass (rows x longest)", result=False)
+    limit: int | None = option(None, "use the first N records of each source")
+    template: str = option("auto", "auto | chat | alpaca | path to a Jinja chat template")
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    dtype: str | None = option(None, "float32 | bfloat16 | float16 (default: bf16 on a GPU, fp32 on a CPU)")
+    columns: dict[str, str] = option(help="map canonical fields to your columns, e.g. question=problem,answer=solution",
+                                     default_factory=dict)
+    format: str | None = option(None, "force the record shape instead of detecting it",
+                                choices=("messages", "sharegpt", "alpaca", "gsm8k", "prompt"))
+    chunk_examples: int = option(256, "examples per committed scoring chunk (the most a kill can lose)", result=False)
+    cache: str | None = option(None, "score cache folder (default: .cache/score-cache, or $CURATION_CACHE/score-cache)",
+                               result=False)
+
+    def __post_init__(self):
+        if isinstance(self.sources, str):
+            self.sources = [self.sources]
+        if not self.sources:
+            raise ValueError("give at least one source: [DOMAIN=]PATH")
+        self.columns = parse_pairs(self.columns)
+        check_positive(self, "max_length", "batch_tokens", "chunk_examples", "limit")
+
+    def source_specs(self):
+        from curation.load import parse_source_arg
+
+        return [parse_source_arg(s, columns=self.columns, format=self.format) for s in self.sources]
+
+
+class _PairsAction(argparse.Action):
+    """``--flag a=1,b=2 --flag c=3`` -> ``{"a": "1", "b": "2", "c": "3"}``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            pairs = parse_pairs(values)
+        except ValueError as e:
+            raise argparse.ArgumentError(self, str(e)) from None
+        current = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, {**(current if isinstance(current, dict) else {}), **pairs})
+
+
+def _base_type(cls, f: dataclasses.Field):
+    """The field's type without ``| None`` (resolved from the annotation string)."""
+    hints = typing.get_type_hints(cls)
+    t = hints.get(f.name, f.type)
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        t = args[0] if len(args) == 1 else t
+    return t

@@ -1,0 +1,182 @@
+"""Scoring passes: one model over many examples, committed chunk by chunk into the score cache.
+
+This is the one commit-and-resume mechanism of every scoring pass (the ``score`` run, each
+checkpoint and the IFD pass of a ``learn`` run).  A pass looks up which examples the cache already
+holds under its key, scores the rest in chunks of ``chunk_examples`` with
+:func:`curation.losses.score_examples`, and commits each chunk as one atomically written Parquet
+part.  A killed pass loses at most the chunk in progress; re-running it scores only what is missing.
+
+The cache key is everything that determines an example's losses except the example itself::
+
+    weights fingerprint, variant (full | response_only), template fingerprint, max length, dtype, device
+
+so a run on a pool that grew by a few rows scores only the new rows, and two runs over the same
+examples with the same model share their work.  Parts are never modified after they are written,
+so concurrent or interrupted passes cannot corrupt the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from curation.atomic import write_json, write_parquet
+
+# A row of the cache: the example's summed loss, target count, and per-token losses.
+CACHE_COLUMNS = ("example_id", "loss_sum", "n_tokens", "positions", "token_losses")
+
+
+def default_cache_dir() -> Path:
+    """``$CURATION_SCORE_CACHE``, else ``<model cache>/score-cache`` (``$CURATION_CACHE`` or the
+    project's ``.cache``)."""
+    import os
+
+    from curation.models import cache_dir
+
+    env = os.environ.get("CURATION_SCORE_CACHE")
+    return Path(env) if env else cache_dir() / "score-cache"
+
+
+def cache_schema():
+    import pyarrow as pa
+
+    return pa.schema([("example_id", pa.string()), ("loss_sum", pa.float64()), ("n_tokens", pa.int32()),
+                      ("positions", pa.list_(pa.int32())), ("token_losses", pa.list_(pa.float32()))])
+
+
+class ScoreCache:
+    """Per-example scoring results, one folder per key, each holding immutable Parquet parts."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else default_cache_dir()
+
+    @staticmethod
+    def key(**parts) -> str:
+        """The folder name of a pass: a hash of its settings (see the module docstring)."""
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+    def load(self, key: str, wanted: set[str] | None = None, columns: Sequence[str] | None = None) -> dict[str, dict]:
+        """``{example_id: row}`` of the cached rows of ``key`` (only ``wanted`` ids if given)."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        folder = self.root / key
+        out: dict[str, dict] = {}
+        if not folder.is_dir():
+            return out
+        cols = None if columns is None else sorted(set(columns) | {"example_id"})
+        for part in sorted(folder.glob("part-*.parquet")):
+            t = pq.read_table(part, columns=cols)
+            if wanted is not None:
+                t = t.filter(pc.is_in(t["example_id"], value_set=_string_array(wanted)))
+            for row in t.to_pylist():
+                out[row["example_id"]] = row
+        return out
+
+    def put(self, key: str, rows: list[dict], meta: dict | None = None) -> None:
+        """Commit ``rows`` as one new part (written atomically)."""
+        import pyarrow as pa
+
+        folder = self.root / key
+        folder.mkdir(parents=True, exist_ok=True)
+        if meta is not None and not (folder / "key.json").is_file():
+            write_json(folder / "key.json", meta)
+        write_parquet(folder / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet",
+                      pa.Table.from_pylist(rows, schema=cache_schema()))
+
+
+@dataclass
+class PassSettings:
+    """What a pass needs besides the model: where and how to commit, and how to batch."""
+
+    cache: ScoreCache
+    template: str  # template fingerprint
+    max_length: int
+    dtype: str
+    device: str  # "cpu" or "cuda" (the kind, not the index: results do not depend on it)
+    batch_tokens: int  # padded tokens per forward pass
+    chunk_examples: int  # examples per committed chunk
+    compile: bool = False
+
+    def key(self, fingerprint: str, variant: str = "full") -> str:
+        return self.cache.key(model=fingerprint, variant=variant, template=self.template,
+                              max_length=self.max_length, dtype=self.dtype, device=self.device.split(":")[0])
+
+
+Report = Callable[..., None]
+
+
+def score_pass(model, fingerprint: str, ids: list[str], encoded: Sequence, settings: PassSettings,
+               report: Report, phase: str, variant: str = "full") -> dict[str, dict]:
+    """Score ``encoded`` (ids in the same order) with ``model``, reusing and filling the cache.
+
+    ``model`` may be a callable that loads the model: it is called only if some example is not in
+    the cache yet, so a finished pass needs no model at all.  Returns ``{example_id: row}`` with
+    ``loss_sum, n_tokens, positions, token_losses`` for every example.  ``report(**progress)``
+    gets ``phase, done, total, tokens, tokens_per_s, eta_s, cached`` and, after each commit,
+    ``committed`` (the number of chunks committed in this pass).
+    """
+    from curation.losses import score_examples
+
+    key = settings.key(fingerprint, variant)
+    have = settings.cache.load(key, set(ids))
+    todo = [j for j, i in enumerate(ids) if i not in have]
+    total, done = len(ids), len(ids) - len(todo)
+    report(phase=phase, done=done, total=total, tokens=0, tokens_per_s=None, eta_s=None, cached=done)
+    if not todo:
+        return have
+    if callable(model) and not hasattr(model, "parameters"):
+        model = model()  # loaded lazily: a finished pass needs no model
+    t0, tokens = time.time(), 0
+    n_todo_tokens = sum(len(encoded[j].input_ids) for j in todo)
+
+    def on_batch(n_ex: int, n_tok: int) -> None:
+        nonlocal done, tokens
+        done += n_ex
+        tokens += n_tok
+        tps = tokens / max(time.time() - t0, 1e-9)
+        report(done=done, tokens=tokens, tokens_per_s=tps, eta_s=(n_todo_tokens - tokens) / max(tps, 1e-9))
+
+    meta = {"model": fingerprint, "variant": variant, "template": settings.template,
+            "max_length": settings.max_length, "dtype": settings.dtype, "device": settings.device}
+    for n, c in enumerate(range(0, len(todo), settings.chunk_examples), start=1):
+        chunk = todo[c : c + settings.chunk_examples]
+        res = score_examples(model, [encoded[j] for j in chunk], settings.batch_tokens, on_batch=on_batch,
+                             compile=settings.compile)
+        rows = [{"example_id": ids[j], "loss_sum": r.loss_sum, "n_tokens": r.n_tokens,
+                 "positions": r.positions.tolist(), "token_losses": r.token_losses.tolist()}
+                for j, r in zip(chunk, res)]
+        settings.cache.put(key, rows, meta)
+        have.update({r["example_id"]: r for r in rows})
+        # A commit is a milestone: the job store records it at once (not throttled), so the
+        # status of a job killed right after it counts the chunk that resume will keep.
+        report(done=done, committed=n)
+    return have
+
+
+class Reporter:
+    """Collects a run's progress fields and hands the whole state to ``progress`` on each update,
+    so a consumer always sees the current phase with its latest numbers."""
+
+    def __init__(self, progress: Callable[[dict], None] | None):
+        self.progress = progress
+        self.state: dict = {}
+
+    def __call__(self, **kw) -> None:
+        if "phase" in kw and kw["phase"] != self.state.get("phase"):
+            # A new phase starts with a clean slate: no committed count or ETA of the last one.
+            self.state = {k: v for k, v in self.state.items() if k not in ("committed", "eta_s", "cached")}
+        self.state.update(kw)
+        if self.progress is not None:
+            self.progress(dict(self.state))
+
+
+def _string_array(values):
+    import pyarrow as pa
+
+    return pa.array(sorted(values), pa.string())
