@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from curation.verdicts import (
-    VerdictsError,
     _boot_seed_values,
     _example_counts,
     build_report,
