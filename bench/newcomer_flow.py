@@ -57,7 +57,7 @@ def main() -> None:
 
     from curation import jobs
     from curation.runs import Run
-    from curation.workspace import prepare_default_data
+    from curation.default_data import prepare_default_data
 
     ws = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="newcomer-ws-"))
     prepare_default_data(ws)

@@ -353,8 +353,10 @@ def _iter_json(path: Path):
     index = 0
     if pos < len(text) and text[pos] == "]":
         return
+    line, counted = 1, 0  # line of `pos`, counted incrementally (from the start each time is quadratic)
     while True:
-        line = text.count("\n", 0, pos) + 1
+        line += text.count("\n", counted, pos)
+        counted = pos
         try:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
@@ -378,7 +380,7 @@ def _iter_json(path: Path):
             continue
         if pos < len(text) and text[pos] == "]":
             return
-        yield index, text.count("\n", 0, pos) + 1, RecordError(
+        yield index, line + text.count("\n", counted, pos), RecordError(
             "malformed JSON: expected ',' or ']' after a record (file truncated?); "
             "the rest of the file could not be read"
         )

