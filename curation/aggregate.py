@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 # Score columns in the order the dashboard offers them (those present in a table are shown).
-KNOWN_SCORES = ["davir", "rho", "ifd", "loss", "loss_base", "loss_ref", "ppl_base"]
+KNOWN_SCORES = ["davir", "rho", "ifd", "loss", "loss_base", "loss_ref", "ppl_base", "davir_sd", "rho_sd"]
 LENGTH_COLUMNS = ["n_response_tokens", "n_prompt_tokens", "n_tokens_full"]
 
 
@@ -97,6 +97,14 @@ def correlation(df: pd.DataFrame, x: str, y: str, by: str | None = "domain") -> 
     if by and by in df.columns:
         rows += [one(str(k), g) for k, g in df.groupby(by, sort=True)]
     return pd.DataFrame(rows)
+
+
+def rank_agreement_by_domain(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Spearman and Kendall correlation of two score columns (two reference runs), overall and per domain."""
+    from curation.formulas import rank_agreement
+
+    groups = [("all", df)] + ([(str(k), g) for k, g in df.groupby("domain", sort=True)] if "domain" in df else [])
+    return pd.DataFrame([{"group": name, **rank_agreement(g[a], g[b])} for name, g in groups])
 
 
 def domain_summary(df: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:

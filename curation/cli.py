@@ -120,6 +120,10 @@ def run_summary(out) -> None:
     if learn:
         print(f"loss_ref < loss_base on {(df['loss_ref'] < df['loss_base']).mean():.1%} of rows; "
               f"timings (s): {meta['timings_s']}")
+        for d, v in (meta.get("stability") or {}).get("domains", {}).items():
+            print(f"stability over {meta['stability']['runs']} reference runs, {d}: " + ", ".join(
+                f"{s} Spearman {v[s]['spearman_mean']:.3f} Kendall {v[s]['kendall_mean']:.3f}"
+                for s in ("davir", "rho") if v[s]["spearman_mean"] is not None))
     else:
         print(f"model {meta['model']['path']} on {meta['model']['device']} ({meta['model']['dtype']}), "
               f"{meta['timings_s']['total']:.1f}s")
@@ -324,6 +328,10 @@ def select_export_command(args) -> int:
                     if rnd.get("count"):
                         line += f" (random baseline {rnd['mean']:.4g})"
             print(line)
+        if summary.get("pick_stability"):
+            ps = summary["pick_stability"]
+            parts = [f"{d} {v['share']:.0%} (Jaccard {v['jaccard_mean']:.2f})" for d, v in ps["by_domain"].items()]
+            print(f"pick stability over {ps['runs']} reference runs (share of picks every run makes): " + ", ".join(parts))
     else:
         from curation.export import ExportConfig, export_selection
 

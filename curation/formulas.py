@@ -17,6 +17,8 @@ Formulas (L = mean NLL in nats over assistant tokens):
 ``*_heldout``   ``loss_ref_heldout`` = L under a model trained without the example's fold;
                 ``davir_heldout``, ``rho_heldout`` as above with it
 ``s2l_cluster``  K-means cluster of the trajectory (S2L), :func:`s2l_clusters`
+``davir_r{i}``  davir (likewise rho, loss_ref) with the i-th of N reference runs (``--stability-runs``);
+                ``davir_sd`` its spread across the runs per example
 ==============  ================================================================================
 
 Rows with a missing loss (no assistant token survived truncation) get NaN scores and cluster -1.
@@ -167,3 +169,81 @@ def _renumber_by_size(raw: np.ndarray) -> np.ndarray:
     for new, j in enumerate(order):
         mapping[ids[j]] = new
     return mapping[raw]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stability across reference runs
+
+STABLE_SCORES = ("davir", "rho")
+
+
+def stability_columns(loss_base, refs: list) -> dict[str, np.ndarray]:
+    """``loss_ref_r{i}, davir_r{i}, rho_r{i}`` for reference runs i = 1..N (run 1 = the main
+    reference) and the per-example spread across runs ``davir_sd, rho_sd`` (sd, ddof=1)."""
+    base = np.asarray(loss_base, dtype=np.float64)
+    out: dict[str, np.ndarray] = {}
+    for i, ref in enumerate(refs, start=1):
+        ref = np.asarray(ref, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[f"loss_ref_r{i}"], out[f"davir_r{i}"], out[f"rho_r{i}"] = ref, (base - ref) / base, base - ref
+    for s in STABLE_SCORES:
+        m = np.stack([out[f"{s}_r{i}"] for i in range(1, len(refs) + 1)], axis=1)  # (n, N)
+        with np.errstate(invalid="ignore"):
+            out[f"{s}_sd"] = np.std(m, axis=1, ddof=1) if m.shape[1] > 1 else np.zeros(len(m))
+    return out
+
+
+def run_columns(columns, score: str) -> list[str]:
+    """The per-run columns ``{score}_r1 .. {score}_rN`` of a table, in run order."""
+    found = [(int(m.group(1)), c) for c in columns if (m := re.fullmatch(rf"{re.escape(score)}_r(\d+)", str(c)))]
+    return [c for _, c in sorted(found)]
+
+
+def rank_agreement(a, b) -> dict:
+    """Spearman and Kendall correlation of two score vectors over the examples where both are known."""
+    from scipy.stats import kendalltau, spearmanr
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        identical = ok.sum() > 0 and np.array_equal(a[ok], b[ok])
+        return {"n": int(ok.sum()), "spearman": 1.0 if identical else None, "kendall": 1.0 if identical else None}
+    return {"n": int(ok.sum()), "spearman": float(spearmanr(a[ok], b[ok]).statistic),
+            "kendall": float(kendalltau(a[ok], b[ok]).statistic)}
+
+
+def stability_summary(columns: dict, domains, runs: int, settings: list | None = None) -> dict:
+    """Per domain and score: the rank agreement of every pair of reference runs, its mean, and the
+    per-example spread across runs (mean and median sd)."""
+    domains = np.asarray(domains)
+    out = {"runs": runs, "settings": settings, "domains": {}}
+    for d in sorted(set(domains.tolist())):
+        rows = domains == d
+        per = {}
+        for s in STABLE_SCORES:
+            cols = [f"{s}_r{i}" for i in range(1, runs + 1)]
+            pairs = []
+            for i in range(runs):
+                for j in range(i + 1, runs):
+                    agr = rank_agreement(columns[cols[i]][rows], columns[cols[j]][rows])
+                    pairs.append({"runs": [i + 1, j + 1], **agr})
+            sd = np.asarray(columns[f"{s}_sd"], dtype=np.float64)[rows]
+            sd = sd[np.isfinite(sd)]
+            sp = [p["spearman"] for p in pairs if p["spearman"] is not None]
+            kt = [p["kendall"] for p in pairs if p["kendall"] is not None]
+            per[s] = {"pairs": pairs, "spearman_mean": float(np.mean(sp)) if sp else None,
+                      "kendall_mean": float(np.mean(kt)) if kt else None,
+                      "sd_mean": float(sd.mean()) if len(sd) else None,
+                      "sd_median": float(np.median(sd)) if len(sd) else None}
+        out["domains"][str(d)] = {"n": int(rows.sum()), **per}
+    return out
+
+
+def heldout_agreement(columns: dict, domains) -> dict:
+    """Per domain: how well the in-sample scores (reference trained on every example) rank like the
+    held-out ones (each example scored by a fold model that never saw it): ``--heldout-folds``'
+    stability figure."""
+    domains = np.asarray(domains)
+    return {str(d): {s: rank_agreement(np.asarray(columns[s])[domains == d], np.asarray(columns[f"{s}_heldout"])[domains == d])
+                     for s in STABLE_SCORES}
+            for d in sorted(set(domains.tolist()))}

@@ -2,7 +2,7 @@
 
     load -> tokenise -> score the base model (+ responses alone, for IFD)
          -> train the reference with K checkpoints (or attach one) -> score each checkpoint
-         -> [held-out folds] -> formulas -> tables
+         -> [extra references (stability)] -> [held-out folds] -> formulas -> tables
 
 Fine-tune the base model on the pool (LoBaSS/DavIR's reference model = S2L's proxy) and score
 every example at K+1 evenly spaced points (step 0 = base, ..., K = final).  Each example gets a
@@ -11,7 +11,8 @@ ppl_base``, IFD and S2L clusters.
 
 The run folder (:mod:`curation.runs`) adds to the score run's columns ``loss_ckpt_0..K``,
 ``loss_base, loss_ref, davir, rho, ifd, ppl_base, s2l_cluster`` (+ ``fold, loss_ref_heldout,
-davir_heldout, rho_heldout`` with ``--heldout-folds``), reference token losses
+davir_heldout, rho_heldout`` with ``--heldout-folds``; + ``loss_ref_r1..rN, davir_r1..rN,
+rho_r1..rN, davir_sd, rho_sd`` and ``stability.json`` with ``--stability-runs N``), reference token losses
 (``token_losses_ref``), ``train/`` (trajectory checkpoints and the resume state) and ``folds/``.
 
 Re-running the same command resumes: training continues from its last saved state, finished
@@ -20,15 +21,16 @@ checkpoints are not retrained, and every scoring pass reads the score cache (:mo
 
 from __future__ import annotations
 
+import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from curation.config import RunConfig, check_positive, option, project, result_key
+from curation.config import RunConfig, check_positive, field_info, option, project, result_key
 from curation.training import TrainConfig
 
 Progress = Callable[[dict], None]
@@ -46,13 +48,48 @@ class LearnConfig(TrainConfig, RunConfig):
     n_clusters: int = option(100, "S2L K-means clusters (capped so clusters average >= 10 examples)",
                              flag="--clusters")
     ifd: bool = option(True, "the extra response-only pass for IFD", negate="--no-ifd")
+    stability_runs: int = option(1, "N >= 2: train N-1 extra references that differ by seed (and --stability-vary) "
+                                    "and score each once, to show how stable the scores' rankings are")
+    stability_vary: str | None = option(None, "a training setting the extra references vary, e.g. lr=2e-5,5e-5 "
+                                              "(values used in turn)", metavar="SETTING=V1,V2")
 
     def __post_init__(self):
         RunConfig.__post_init__(self)
         TrainConfig.__post_init__(self)
-        check_positive(self, "checkpoints", "n_clusters")
+        check_positive(self, "checkpoints", "n_clusters", "stability_runs")
         if self.heldout_folds == 1 or self.heldout_folds < 0:
             raise ValueError(f"heldout-folds must be 0 (off) or at least 2, got {self.heldout_folds}")
+        if self.stability_runs > 1 and self.reference is not None:
+            raise ValueError("stability-runs trains extra references; it does not apply to an attached --reference")
+        if self.stability_vary is not None:
+            if self.stability_runs < 2:
+                raise ValueError("stability-vary needs --stability-runs 2 or more")
+            self.stability_settings()  # validates
+
+    def stability_settings(self) -> list[TrainConfig]:
+        """The training settings of the extra references 2..N: the main run's, with seed + r - 1
+        (data order, adapter initialisation), and the varied setting's values in turn."""
+        name, values = None, [None]
+        if self.stability_vary:
+            name, _, text = self.stability_vary.partition("=")
+            name = name.strip().replace("-", "_")
+            train_fields = {f.name: f for f in fields(TrainConfig) if f.metadata.get("result", True)}
+            if name not in train_fields or not text.strip():
+                raise ValueError(f"stability-vary {self.stability_vary!r}: expected SETTING=V1,V2,... with a training "
+                                 f"setting ({', '.join(sorted(train_fields))})")
+            kind = field_info(TrainConfig, name)["type"]
+            try:
+                values = [(kind(v) if kind is not bool else v.strip().lower() in ("1", "true", "yes"))
+                          for v in text.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"stability-vary {self.stability_vary!r}: {name} takes {kind.__name__} values") from None
+        out = []
+        for r in range(2, self.stability_runs + 1):
+            changes = {"seed": self.seed + r - 1}
+            if name is not None:
+                changes[name] = values[(r - 2) % len(values)]
+            out.append(replace(self.train_config(), **changes))
+        return out
 
     def train_config(self) -> TrainConfig:
         return project(self, TrainConfig)
@@ -79,7 +116,8 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
     ``progress`` receives dicts with ``phase, done, total`` and, where known, ``tokens,
     tokens_per_s, eta_s`` (and ``train_loss, lr`` while training).
     """
-    from curation.formulas import derived_columns, heldout_columns, s2l_clusters
+    from curation.formulas import (derived_columns, heldout_agreement, heldout_columns, s2l_clusters,
+                                   stability_columns, stability_summary)
     from curation.load import RecordError
     from curation.passes import PassSettings, Reporter, ScoreCache, score_pass
     from curation.runs import claim, load_inputs, tokenise, write_tables
@@ -130,6 +168,11 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
                 passes.append(score_pass(model, fp, ids, encoded, settings, report, f"scoring checkpoint {k}/{K}"))
                 fingerprints.append(fp)
 
+    extra_refs = []  # losses of the extra references 2..N (stability)
+    if cfg.stability_runs > 1:
+        with timings("stability"):
+            extra_refs = stability_losses(cfg, lm, ids, encoded, settings, run.path / "stability", report)
+
     folds = heldout = None
     if cfg.heldout_folds:
         with timings("heldout"):
@@ -146,6 +189,14 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
         if folds is not None:
             columns["fold"] = folds
             columns.update(heldout_columns(L[:, 0], heldout))
+            meta["heldout_agreement"] = heldout_agreement(columns, table.column("domain").to_pylist())
+        if extra_refs:
+            columns.update(stability_columns(L[:, 0], [L[:, -1], *extra_refs]))
+            meta["stability"] = stability_summary(columns, table.column("domain").to_pylist(),
+                                                  runs=cfg.stability_runs, settings=[
+                                                      cfg.train_config().result_key(),
+                                                      *[t.result_key() for t in cfg.stability_settings()]])
+            run.write_stability(meta["stability"])
     report(phase="writing tables")
     scores = write_tables(run, table, encoded, passes[0], rejected, ref_rows=passes[-1],
                           extra_columns=arrow_columns(columns, clusters))
@@ -194,6 +245,23 @@ def heldout_losses(cfg: LearnConfig, lm, ids, encoded, settings, folder: Path, r
         rows.update(score_pass(model, fp, [ids[i] for i in held], [encoded[i] for i in held], settings, report,
                                f"scoring held-out fold {f + 1}/{cfg.heldout_folds}"))
     return folds, losses_of(rows, ids)
+
+
+def stability_losses(cfg: LearnConfig, lm, ids, encoded, settings, folder: Path, report) -> list[np.ndarray]:
+    """Train the extra references 2..N (:meth:`LearnConfig.stability_settings`) on the whole pool
+    and score each once: their reference losses, for the stability of the rankings."""
+    from curation.passes import score_pass
+    from curation.training import checkpoint_model, train
+
+    out = []
+    n = cfg.stability_runs
+    for r, tcfg in enumerate(cfg.stability_settings(), start=2):
+        res = train(lm.path, lm.tokenizer, encoded, tcfg, folder / f"run-{r}", 1, device=lm.device,
+                    progress=lambda p: report(**p), phase=f"training reference {r}/{n} (stability)")
+        fp, model = checkpoint_model(lm, res.checkpoints[-1], report)
+        out.append(losses_of(score_pass(model, fp, ids, encoded, settings, report,
+                                        f"scoring reference {r}/{n} (stability)"), ids))
+    return out
 
 
 def assign_folds(n: int, n_folds: int, seed: int) -> np.ndarray:
@@ -245,6 +313,9 @@ def arrow_columns(columns: dict[str, np.ndarray], clusters: np.ndarray) -> dict:
     if "fold" in columns:
         out["fold"] = pa.array(columns["fold"], pa.int32())
         for c in ("loss_ref_heldout", "davir_heldout", "rho_heldout"):
+            out[c] = f64(columns[c])
+    for c in columns:  # stability: loss_ref_r1.., davir_r1.., rho_r1.., davir_sd, rho_sd
+        if re.fullmatch(r"(loss_ref|davir|rho)_(r\d+|sd)", c):
             out[c] = f64(columns[c])
     return out
 

@@ -9,7 +9,9 @@ Layout (``LAYOUT = 2``)::
     scores.parquet        one row per example: SCORE_COLUMNS (+ a learn run's score columns)
     token_losses.parquet  per example: positions, token ids and float16 losses of its assistant tokens
     rejected.jsonl        every record not scored, with source, index, line and reason
-    train/, folds/        a learn run's reference trainings (curation.training)
+    stability.json        a learn run's rank agreement between reference runs (--stability-runs)
+    train/, folds/,       a learn run's reference trainings (curation.training)
+    stability/
 
 Scoring passes commit into the score cache (curation.passes), not into the run folder; while a
 run is scoring, :meth:`Run.scores` joins ``examples.parquet`` with the committed cache rows of
@@ -231,8 +233,8 @@ def read_examples(prov: dict, rows, check_fingerprints: bool = True, progress=No
 class Run:
     """A run folder: claimed and written by the score and learn runs, read by everything else."""
 
-    META, EXAMPLES, SCORES, TOKENS, REJECTED = ("run.json", "examples.parquet", "scores.parquet",
-                                                "token_losses.parquet", "rejected.jsonl")
+    META, EXAMPLES, SCORES, TOKENS, REJECTED, STABILITY = (
+        "run.json", "examples.parquet", "scores.parquet", "token_losses.parquet", "rejected.jsonl", "stability.json")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -336,6 +338,14 @@ class Run:
         write_parquet(self.path / self.SCORES, scores)
         write_parquet(self.path / self.TOKENS, tokens)
         write_text(self.path / self.REJECTED, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected))
+
+    def write_stability(self, summary: dict) -> None:
+        """``stability.json``: how much the scores' rankings change between reference runs."""
+        write_json(self.path / self.STABILITY, summary)
+
+    def stability(self) -> dict | None:
+        p = self.path / self.STABILITY
+        return json.loads(p.read_text()) if p.is_file() else None
 
     def finish(self, meta: dict) -> None:
         write_json(self.path / self.META, {**meta, "layout": LAYOUT, "finished": True})

@@ -22,7 +22,8 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -30,10 +31,11 @@ from typing import Callable
 import numpy as np
 
 from curation.config import option
-from curation.formulas import trajectory_columns
+from curation.formulas import run_columns, trajectory_columns
 
 METHODS = ("davir", "rho", "ifd", "ppl", "loss", "s2l", "random", "davir_heldout", "rho_heldout")
 ORDERS = ("high", "low")
+AGGREGATES = ("mean", "median")
 LEARN_RUN = "a learnability run (`python -m curation learn ...`)"
 ANY_RUN = "any score run (`python -m curation score ...` or `learn`)"
 
@@ -181,6 +183,8 @@ class Recipe:
     seed: int = option(0, "seed of random and s2l sampling (and of s2l re-clustering)")
     s2l_clusters: int | None = option(None, "s2l: re-cluster each domain's trajectories into N clusters "
                                             "(default: the run's s2l_cluster column)")
+    aggregate: str | None = option(None, "rank by the score averaged over the reference runs of a learn run with "
+                                         "--stability-runs N (an ensemble): mean or median", choices=AGGREGATES)
     budget_spec: Budget = field(init=False, repr=False, compare=False)  # the budget, parsed once
 
     def __post_init__(self):
@@ -211,6 +215,11 @@ class Recipe:
                 raise SelectionError("s2l_clusters applies to --method s2l only")
             if isinstance(self.s2l_clusters, bool) or not isinstance(self.s2l_clusters, int) or self.s2l_clusters < 1:
                 raise SelectionError(f"s2l_clusters must be a positive whole number, got {self.s2l_clusters!r}")
+        if self.aggregate is not None:
+            if self.aggregate not in AGGREGATES:
+                raise SelectionError(f"aggregate {self.aggregate!r}: expected mean or median")
+            if SCORES[self.method].default_order is None:
+                raise SelectionError(f"--aggregate applies to a ranking score, not to {self.method}")
         if self.method == "s2l" and self.budget_spec.kind == "tokens":
             raise SelectionError("s2l balances example counts across clusters; give a budget in examples (N or P%), not tokens")
 
@@ -490,7 +499,7 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
         shares = {d: v / total for d, v in raw.items()}
 
     # Eligibility: scored, score known, thresholds passed.
-    score_col, score = _score_values(df, recipe.method, run_kind)
+    score_col, score = _score_values(df, recipe.method, run_kind, recipe.aggregate)
     eligible = np.ones(n_pool, dtype=bool)
     if "scored" in df.columns:
         eligible &= df["scored"].fillna(False).astype(bool).to_numpy()
@@ -599,13 +608,23 @@ def _missing(column: str, what: str, produced_by: str, run_kind: str | None) -> 
     )
 
 
-def _score_values(df, method: str, run_kind: str | None):
-    """``(column name, float array)`` of the score a method ranks by; ``(None, None)`` for random."""
+def _score_values(df, method: str, run_kind: str | None, aggregate: str | None = None):
+    """``(column name, float array)`` of the score a method ranks by; ``(None, None)`` for random.
+    With ``aggregate``, the mean or median of the score over the run's reference runs."""
     info = SCORES[method]
     if info.column is None:
         return None, None
     if method == "s2l":
         return info.column, None  # labels are resolved by _s2l_labels
+    if aggregate is not None:
+        cols = run_columns(df.columns, info.column)
+        if len(cols) < 2:
+            raise _missing(f"{info.column}_r1..{info.column}_rN", f"--aggregate {aggregate}",
+                           "a learnability run with --stability-runs N (N >= 2)", run_kind)
+        m = df[cols].astype("float64").to_numpy()  # (n, N)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN (not eligible)
+            return f"{info.column}_{aggregate}", (np.nanmean(m, axis=1) if aggregate == "mean" else np.nanmedian(m, axis=1))
     if info.column in df.columns:
         return info.column, df[info.column].astype("float64").to_numpy()
     if info.fallback is not None and info.fallback in df.columns:
@@ -692,6 +711,9 @@ def summarize(table, selection: Selection, baseline: Selection | None = None) ->
     cols += [c for c in STAT_COLUMNS if c in df.columns and c not in cols]
     if selection.score_column == "ppl" and "ppl" not in df.columns:
         df = df.assign(ppl=np.exp(df["loss"].astype("float64")))
+    if selection.recipe.aggregate and selection.score_column not in df.columns:  # the ensemble score
+        df = df.assign(**{selection.score_column: _score_values(df, selection.recipe.method, None,
+                                                                selection.recipe.aggregate)[1]})
     by_id = df.set_index("example_id")
 
     def stats(sub) -> dict:
@@ -720,6 +742,9 @@ def summarize(table, selection: Selection, baseline: Selection | None = None) ->
             "selection": stats(by_id.loc[selection.rows["example_id"]].reset_index()),
         },
     }
+    stability = pick_stability(table, selection)
+    if stability is not None:
+        summary["pick_stability"] = stability
     if baseline is not None:
         summary["random_baseline"] = {
             "seed": baseline.recipe.seed, "counts": counts(baseline),
@@ -727,6 +752,40 @@ def summarize(table, selection: Selection, baseline: Selection | None = None) ->
         }
         summary["stats"]["random"] = stats(by_id.loc[baseline.rows["example_id"]].reset_index())
     return summary
+
+
+def pick_stability(table, selection: Selection, run_kind: str | None = None) -> dict | None:
+    """How many picks would survive a rerun of the reference training: for each reference run i of
+    a learn run with ``--stability-runs`` (columns ``{score}_r{i}``), apply the same recipe ranking
+    by that run's score alone; report per domain the share of the selection that every run also
+    selects, and the mean Jaccard overlap of the selection with each run's.  None when the score
+    has no per-run columns (a single reference, or a sampling method)."""
+    info = SCORES[selection.recipe.method]
+    if info.default_order is None or info.column is None:
+        return None
+    cols = run_columns(table.columns, info.column)
+    if len(cols) < 2:
+        return None
+    df = table.reset_index(drop=True)
+    chosen = {d: set(g["example_id"]) for d, g in selection.rows.groupby("domain")}
+    per_run = []
+    recipe = replace(selection.recipe, aggregate=None)
+    for c in cols:
+        rows = apply_recipe(df.assign(**{info.column: df[c]}), recipe, run_kind).rows
+        per_run.append({d: set(g["example_id"]) for d, g in rows.groupby("domain")})
+    out = {"runs": len(cols), "columns": cols, "by_domain": {}}
+    for d in sorted(chosen):
+        mine = chosen[d]
+        others = [r.get(d, set()) for r in per_run]
+        kept = set.intersection(mine, *others)
+        jac = [len(mine & o) / len(mine | o) if mine | o else 1.0 for o in others]
+        out["by_domain"][str(d)] = {"selected": len(mine), "kept_by_every_run": len(kept),
+                                    "share": len(kept) / len(mine) if mine else None,
+                                    "jaccard_mean": float(np.mean(jac)), "jaccard_min": float(np.min(jac))}
+    n = sum(v["selected"] for v in out["by_domain"].values())
+    k = sum(v["kept_by_every_run"] for v in out["by_domain"].values())
+    out["all"] = {"selected": n, "kept_by_every_run": k, "share": k / n if n else None}
+    return out
 
 
 def _score_meta(selection: Selection) -> dict:
@@ -738,7 +797,7 @@ def _score_meta(selection: Selection) -> dict:
 def random_baseline(table, recipe: Recipe, run_kind: str | None = None) -> Selection:
     """The seeded random selection at the same budget, mix, thresholds and fill as ``recipe``."""
     d = recipe.to_dict()
-    d.update(method="random", order=None, s2l_clusters=None)
+    d.update(method="random", order=None, s2l_clusters=None, aggregate=None)
     return apply_recipe(table, Recipe.from_dict(d), run_kind)
 
 

@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from curation import aggregate
+from curation.formulas import run_columns
 from pages.common import domain_colours, pick_run, score_picker
 
 st.title("Explore")
@@ -103,6 +104,29 @@ if "s2l_cluster" in df.columns and any(c.startswith("loss_ckpt_") for c in df.co
                "trajectory shapes are not crowded out by the common ones.")
 else:
     st.info("No S2L clusters in this run: they come from a learnability run with K checkpoints.")
+
+# ---- stability across reference runs -----------------------------------------------------------
+st.subheader("Stability: does the ranking survive another reference training?")
+stab_scores = [s for s in ("davir", "rho") if len(run_columns(df.columns, s)) >= 2]
+if stab_scores:
+    s1, s2, s3 = st.columns(3)
+    sscore = s1.selectbox("Score", stab_scores, key="stab_score")
+    cols = run_columns(df.columns, sscore)
+    ra = s2.selectbox("Run", cols, index=0, key="stab_a")
+    rb = s3.selectbox("against run", cols, index=1, key="stab_b")
+    smp = aggregate.sample_rows(df, N_POINTS, columns=[ra, rb, "domain", "example_id"])
+    fig = px.scatter(smp, x=ra, y=rb, color="domain", opacity=0.5, color_discrete_map=colours,
+                     hover_data=["example_id"])
+    fig.update_layout(height=380, margin=dict(t=10, b=10))
+    st.plotly_chart(fig, width="stretch")
+    agree = aggregate.rank_agreement_by_domain(df, ra, rb)
+    st.dataframe(agree.round(3), hide_index=True, width="stretch")
+    st.caption(f"Each point is an example's {sscore} under two reference trainings that differ only by seed (or the "
+               f"varied setting). Spearman near 1: the ranking is stable and a threshold means something; low: the "
+               f"cut-off is partly chance. `{sscore}_sd` (the spread across runs) is a column on the Inspect page.")
+else:
+    st.info("One reference training gives one ranking. A learnability run with `--stability-runs 2` (or more) trains "
+            "extra references and shows here how much the ranking depends on the run.")
 
 # ---- summary ---------------------------------------------------------------------------------
 st.subheader("Summary per domain")

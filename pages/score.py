@@ -50,11 +50,13 @@ with st.form("launch"):
         help="The learnability run gives every score the selection methods use (davir, rho, ifd, s2l); "
              "plain loss is a quick first look that the loss and perplexity baselines can already select from.",
     )
-    c4, c5, c6, c7 = st.columns(4)
+    c4, c5, c6, c7, c8 = st.columns(5)
     checkpoints = config_input(LearnConfig, "checkpoints", "Checkpoints K", c4, min_value=1, max_value=20)
     epochs = config_input(LearnConfig, "epochs", "Epochs", c5, min_value=1, max_value=10)
-    lora = config_input(LearnConfig, "lora", "LoRA instead of full fine-tuning", c6)
-    ifd = config_input(LearnConfig, "ifd", "Also IFD (one extra pass)", c7)
+    stability_runs = config_input(LearnConfig, "stability_runs", "Reference runs (stability)", c6,
+                                  min_value=1, max_value=10)
+    lora = config_input(LearnConfig, "lora", "LoRA instead of full fine-tuning", c7)
+    ifd = config_input(LearnConfig, "ifd", "Also IFD (one extra pass)", c8)
     st.caption("A learnability run trains a model and then scores the pool K+1 times, so it takes many times "
                "longer than plain loss on a CPU; the job's progress shows tokens/s and an ETA once it runs, and "
                "the README's benchmarks give measured times. Finished chunks and checkpoints survive a stop.")
@@ -73,6 +75,7 @@ if launched:
                 raise ValueError("give the reference model's folder to attach it")
             job = jobs.submit("learn", LearnConfig(**base, checkpoints=int(checkpoints), epochs=int(epochs),
                                                    lora=bool(lora), ifd=bool(ifd),
+                                                   stability_runs=int(stability_runs) if what == "learn" else 1,
                                                    reference=reference.strip() if what == "reference" else None),
                               workspace=ws)
         st.session_state["watch_job"] = job

@@ -8,6 +8,8 @@ import streamlit as st
 
 from curation import aggregate
 from curation import selection as sel_mod
+from curation.config import field_info
+from curation.formulas import run_columns
 from curation.runs import Run
 from curation.workspace import new_folder_name, safe_name, selections_dir
 from pages.common import pick_run, workspace
@@ -78,9 +80,16 @@ with st.expander("Thresholds (filter before ranking)", expanded=False):
             maxs[c] = b
 st.session_state["thresholds"] = {"min": mins, "max": maxs}
 
+runs_of_score = run_columns(df.columns, sel_mod.SCORES[method].column or "")
+agg = None
+if len(runs_of_score) >= 2 and order is not None:
+    if st.toggle(f"Rank by the mean over the {len(runs_of_score)} reference runs (ensemble)", value=False,
+                 key=f"sel_aggregate_{method}", help=field_info(sel_mod.Recipe, "aggregate")["help"]):
+        agg = "mean"
+
 try:
     recipe = sel_mod.Recipe(method=method, budget=budget, order=order, mix=mix, min=mins, max=maxs,
-                            fill=bool(fill), seed=int(seed))
+                            fill=bool(fill), seed=int(seed), aggregate=agg)
 except (ValueError, TypeError) as e:
     st.error(str(e))
     st.stop()
@@ -90,11 +99,11 @@ except (ValueError, TypeError) as e:
 def _apply(run_dir: str, mtime: float, recipe: sel_mod.Recipe):
     sel = sel_mod.apply_recipe(df, recipe, run.get("kind"))
     base = sel if recipe.method == "random" else sel_mod.random_baseline(df, recipe, run.get("kind"))
-    return sel, base
+    return sel, base, sel_mod.pick_stability(df, sel, run.get("kind"))
 
 
 try:
-    sel, base = _apply(str(info.path), info.mtime, recipe)
+    sel, base, stability = _apply(str(info.path), info.mtime, recipe)
 except ValueError as e:  # SelectionError: a missing column, an impossible mix, ...
     st.error(str(e))
     st.stop()
@@ -113,7 +122,16 @@ counts = pd.DataFrame([{
     "random: selected": base.domains[d].selected if d in base.domains else 0,
     "random: tokens": base.domains[d].tokens if d in base.domains else 0,
 } for d, p in sel.domains.items()])
+if stability:
+    counts["kept by every run"] = counts["domain"].map(
+        lambda d: f"{stability['by_domain'][d]['share']:.0%}" if d in stability["by_domain"] else "")
+    counts["Jaccard vs each run"] = counts["domain"].map(
+        lambda d: round(stability["by_domain"][d]["jaccard_mean"], 2) if d in stability["by_domain"] else None)
 st.dataframe(counts, hide_index=True, width="stretch")
+if stability:
+    st.caption(f"**Pick stability**: of the selected examples, the share that each of the run's {stability['runs']} "
+               "reference trainings (another seed or setting) would also select under this recipe. Low values mean "
+               "the cut-off depends on one training run's luck; ranking by the mean over runs (above) is the usual fix.")
 
 # ---- before / after ---------------------------------------------------------------------------------
 score_col = sel.score_column if sel.score_column in df.columns and sel.score_column != "s2l_cluster" else None

@@ -70,13 +70,14 @@ def test_prepare_default_pool_from_the_data_page(empty_ws):
     assert not at.exception
     chat = (empty_ws / "data" / "chat.jsonl").read_text().splitlines()
     math = (empty_ws / "data" / "math.jsonl").read_text().splitlines()
-    assert len(chat) == 300 and len(math) == 270
+    assert len(chat) == 300 and len(math) == 220  # 50 CHAMP problems are held out for validation
+    assert [len((empty_ws / "eval" / f).read_text().splitlines()) for f in ("chat.jsonl", "math.jsonl")] == [100, 50]
     assert "conversations" in json.loads(chat[0]) and {"question", "answer"} <= set(json.loads(math[0]))
     # The sources table shows each file with its detected format and counts.
     src = at.dataframe[0].value
     assert list(src["source"]) == ["chat.jsonl", "math.jsonl"]
     assert list(src["format"]) == ["sharegpt", "gsm8k"]
-    assert list(src["accepted"]) == [300, 270]
+    assert list(src["accepted"]) == [300, 220]
 
 
 @pytest.mark.parametrize("name", PAGES)
