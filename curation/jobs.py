@@ -59,6 +59,8 @@ KINDS = {
     "score": ("curation.score", "ScoreConfig", "run_score", "assistant-token losses of a model over SFT data"),
     "learn": ("curation.learn", "LearnConfig", "run_learn",
               "train a reference model on the pool; DavIR, RHO, IFD, S2L scores"),
+    "validate": ("curation.validate", "ValidateConfig", "run_validate",
+                 "fine-tune a proxy on each selection and on random baselines; compare held-out NLL"),
 }
 
 DB_NAME = "jobs.sqlite"

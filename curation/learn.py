@@ -36,7 +36,7 @@ from curation.training import TrainConfig
 Progress = Callable[[dict], None]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LearnConfig(TrainConfig, RunConfig):
     """Settings of a learnability run: the pool and model (RunConfig), the reference training
     (TrainConfig) and the trajectory (the CLI, the job store and the Score page build this)."""

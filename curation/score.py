@@ -18,7 +18,7 @@ from curation.config import RunConfig, option
 Progress = Callable[[dict], None]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ScoreConfig(RunConfig):
     """Settings of a scoring run (the CLI, the job store and the Score page build this)."""
 

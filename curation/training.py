@@ -40,7 +40,7 @@ DEFAULT_LR_FULL = 5e-5
 DEFAULT_LR_LORA = 3e-4
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """Settings of a fine-tuning run (LearnConfig extends it; the CLI and the forms are built from it)."""
 

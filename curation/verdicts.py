@@ -421,14 +421,15 @@ def verdict(diff: float, lo: float, hi: float, baseline: str = "the baseline") -
 
 
 def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[str, ...] = BASELINES,
-                 base: str = BASE, n_boot: int = 2000, seed: int = 0, method: str = "hybrid-t") -> dict:
+                 base: str = BASE, n_boot: int = 2000, seed: int = 0, method: str = "hybrid-t",
+                 pairs: list[tuple[str, str]] | None = None) -> dict:
     """The validate report as a JSON-ready dict.
 
     ``rows``: one per (candidate, domain), the base model included (``is_base``): mean, sd, min,
     max over seeds, n_seeds, n_examples, and ``vs_base`` (mean - the base model's mean).
     ``comparisons``: one per (candidate, baseline present in the table, domain), every candidate but
-    the base model and the baseline itself: both means and sds, the paired difference, its interval,
-    the verdict key and text.
+    the base model and the baseline itself (or only the ``(candidate, baseline)`` ``pairs`` given):
+    both means and sds, the paired difference, its interval, the verdict key and text.
     """
     _check_args(metric, method, n_boot)
     summary = summarize(results, metric)
@@ -442,6 +443,8 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
 
     candidates = sorted(summary["candidate"].unique().tolist())
     domains = sorted(summary["domain"].unique().tolist())
+    if pairs is not None:
+        baselines = tuple(dict.fromkeys(b for _, b in pairs))
     present = [b for b in baselines if b in candidates]
     base_mean = {r.domain: r.mean for r in summary[summary["candidate"] == base].itertuples()}
     stats = {(r.candidate, r.domain): r for r in summary.itertuples()}
@@ -458,7 +461,7 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
     comparisons = []
     for bl in present:
         for cand in candidates:
-            if cand in (base, bl):
+            if cand in (base, bl) or (pairs is not None and (cand, bl) not in pairs):
                 continue
             for dom in domains:
                 if (cand, dom) not in stats or (bl, dom) not in stats:

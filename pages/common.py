@@ -5,16 +5,17 @@ Only UI glue lives here; everything that computes is in ``curation``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from curation import render
+from curation import jobs, render
 from curation.config import field_info
 from curation.runs import Run
 from curation.selection import SCORES
-from curation.workspace import ensure_layout, list_runs
+from curation.workspace import ensure_layout, list_folders, list_runs
 
 
 def _leave_multipage_v1_mode() -> None:
@@ -87,6 +88,20 @@ def pick_run(key: str = "run", label: str = "Score run", finished_only: bool = F
     return info, read_scores(str(info.path), info.mtime), read_run(str(info.path), info.mtime)
 
 
+def pick_folder(parent: Path, marker: str, label: str, key: str, remembered: str, empty: str) -> Path | None:
+    """A select box over the sub-folders of ``parent`` holding ``marker`` (newest first), preselecting
+    the one named in ``st.session_state[remembered]``; None (after saying ``empty``) when there is none."""
+    found = list_folders(parent, marker)
+    if not found:
+        st.info(empty)
+        return None
+    names = [p.name for p in found]
+    want = st.session_state.get(remembered)
+    name = st.selectbox(label, names, index=names.index(want) if want in names else 0, key=key,
+                        help=f"Folders under {parent.name}/ in the workspace, newest first.")
+    return parent / name
+
+
 def explain(score: str) -> str:
     """The one-line explanation of a score from the selection library's SCORES registry."""
     info = SCORES.get(score)
@@ -129,3 +144,67 @@ def domain_colours(domains) -> dict[str, str]:
 def conversation(messages, **kw) -> None:
     """Render a conversation; all dataset text is escaped by curation.render.conversation_html."""
     st.html(render.conversation_html(messages, **kw))
+
+
+def fmt_duration(s) -> str:
+    if s is None or pd.isna(s):
+        return "–"
+    s = int(s)
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
+def jobs_panel(ws: Path, key: str, kinds: tuple[str, ...] | None = None, empty: str = "No job yet.") -> None:
+    """The live job list (polled every 2 s in a fragment: only it reruns): progress, tokens/s, ETA,
+    cancel; the history with states and errors; resume; the log of the last failure."""
+
+    @st.fragment(run_every=2)
+    def live():
+        all_jobs = [j for j in jobs.list_jobs(ws) if kinds is None or j["kind"] in kinds]
+        st.subheader("Jobs")
+        if not all_jobs:
+            st.info(empty)
+            return
+        for j in [j for j in all_jobs if j["state"] in ("running", "queued")]:
+            with st.container(border=True):
+                st.markdown(f"**{j['id']}** · {j['kind']} · `{j['state']}` · phase: {j.get('phase') or '–'} · "
+                            f"device: `{j.get('device')}`")
+                frac = j.get("fraction") or 0.0
+                unit = "steps" if str(j.get("phase") or "").startswith("training") else "examples"
+                st.progress(min(max(frac, 0.0), 1.0), text=f"{j.get('done') or 0} / {j.get('total') or '?'} {unit}")
+                m1, m2, m3, m4 = st.columns(4)
+                m1.metric("Tokens", f"{j.get('tokens') or 0:,}")
+                m2.metric("Tokens/s", f"{j['tokens_per_s']:.0f}" if j.get("tokens_per_s") else "–")
+                m3.metric("ETA (phase)", fmt_duration(j.get("eta_s")))
+                m4.metric("Elapsed", fmt_duration(j.get("elapsed_s")))
+                if j["state"] == "queued" and j.get("queue_position"):
+                    st.caption(f"Waiting for the device: position {j['queue_position']} in the queue.")
+                if st.button("Cancel", key=f"{key}_cancel_{j['id']}"):
+                    try:
+                        jobs.cancel(j["id"], ws, wait=10)
+                    except jobs.JobError as e:
+                        st.error(str(e))
+                    st.rerun(scope="fragment")
+        st.markdown("**History**")
+        st.dataframe(pd.DataFrame([{
+            "job": j["id"], "kind": j["kind"], "state": j["state"], "phase": j.get("phase"),
+            "done": f"{j.get('done') or 0}/{j.get('total') or '?'}",
+            "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(j["started"])) if j.get("started") else "",
+            "elapsed": fmt_duration(j.get("elapsed_s")), "error": j.get("error") or "", "output": j.get("out"),
+        } for j in all_jobs]), hide_index=True, width="stretch")
+        resumable = [j["id"] for j in all_jobs if j["state"] in jobs.RESUMABLE_STATES]
+        if resumable:
+            c1, c2 = st.columns([3, 1])
+            pick = c1.selectbox("Resume a stopped job (finished work is kept)", resumable, key=f"{key}_resume_pick")
+            if c2.button("Resume", key=f"{key}_resume_btn"):
+                try:
+                    jobs.resume(pick, ws)
+                except jobs.JobError as e:
+                    st.error(str(e))
+                st.rerun(scope="fragment")
+        failed = [j for j in all_jobs if j["state"] == "failed"]
+        if failed:
+            with st.expander(f"Log of the last failed job ({failed[0]['id']})"):
+                st.caption(f"Reason: {failed[0].get('error')}; full log: `{failed[0].get('log')}`")
+                st.code(jobs.logs(failed[0]["id"], ws, tail=40) or "(empty log)")
+
+    live()

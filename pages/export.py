@@ -7,20 +7,15 @@ import streamlit as st
 
 from curation import export as exp_mod
 from curation.workspace import download_payload, exports_dir, list_folders, selections_dir
-from pages.common import workspace
+from pages.common import pick_folder, workspace
 
 st.title("Export")
 ws = workspace()
-sels = list_folders(selections_dir(ws), "summary.json")
-if not sels:
-    st.info("No saved selection yet: make one on the **Select** page and press *Save selection*.")
+sel_dir = pick_folder(selections_dir(ws), "summary.json", "Selection", "exp_sel", "selection_name",
+                      "No saved selection yet: make one on the **Select** page and press *Save selection*.")
+if sel_dir is None:
     st.stop()
-
-names = [p.name for p in sels]
-want = st.session_state.get("selection_name")
-sel_name = st.selectbox("Selection", names, index=names.index(want) if want in names else 0, key="exp_sel",
-                        help="Folders under WORKSPACE/selections, newest first.")
-sel_dir = selections_dir(ws) / sel_name
+sel_name = sel_dir.name
 summary = json.loads((sel_dir / "summary.json").read_text())
 r = summary.get("recipe", {})
 st.caption(f"method **{r.get('method')}** ({r.get('order') or 'sampling'}), budget **{r.get('budget')}**, "

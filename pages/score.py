@@ -1,8 +1,5 @@
 """Score: choose the model and what to compute, launch a background job, watch it, cancel/resume."""
 
-import time
-
-import pandas as pd
 import streamlit as st
 
 from curation import jobs
@@ -10,7 +7,7 @@ from curation.learn import LearnConfig
 from curation.load import source_stem
 from curation.score import ScoreConfig
 from curation.workspace import list_data_files
-from pages.common import config_input, installation, workspace
+from pages.common import config_input, installation, jobs_panel, workspace
 
 st.title("Score")
 st.caption("Scoring runs in a background worker: you can leave this page or close the browser; "
@@ -85,65 +82,4 @@ if launched:
         st.error(str(e))
 
 
-def _fmt_eta(s):
-    if s is None or pd.isna(s):
-        return "–"
-    s = int(s)
-    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
-
-
-@st.fragment(run_every=2)
-def live():
-    """Polls the job store every 2 s; only this fragment reruns."""
-    all_jobs = jobs.list_jobs(ws)
-    st.subheader("Jobs")
-    if not all_jobs:
-        st.info("No job yet. Start one above: the default pool takes a few minutes for plain loss on CPU.")
-        return
-    active = [j for j in all_jobs if j["state"] in ("running", "queued")]
-    for j in active:
-        with st.container(border=True):
-            st.markdown(f"**{j['id']}** · {j['kind']} · `{j['state']}` · phase: {j.get('phase') or '–'} · "
-                        f"device: `{j.get('device')}`")
-            frac = j.get("fraction") or 0.0
-            st.progress(min(max(frac, 0.0), 1.0),
-                        text=f"{j.get('done') or 0} / {j.get('total') or '?'} examples")
-            m1, m2, m3, m4 = st.columns(4)
-            m1.metric("Tokens", f"{j.get('tokens') or 0:,}")
-            m2.metric("Tokens/s", f"{j['tokens_per_s']:.0f}" if j.get("tokens_per_s") else "–")
-            m3.metric("ETA", _fmt_eta(j.get("eta_s")))
-            m4.metric("Elapsed", _fmt_eta(j.get("elapsed_s")))
-            if j["state"] == "queued" and j.get("queue_position"):
-                st.caption(f"Waiting for the device: position {j['queue_position']} in the queue.")
-            if st.button("Cancel", key=f"cancel_{j['id']}"):
-                try:
-                    jobs.cancel(j["id"], ws, wait=10)
-                except jobs.JobError as e:
-                    st.error(str(e))
-                st.rerun(scope="fragment")
-    st.markdown("**History**")
-    table = pd.DataFrame([{
-        "job": j["id"], "kind": j["kind"], "state": j["state"], "phase": j.get("phase"),
-        "done": f"{j.get('done') or 0}/{j.get('total') or '?'}",
-        "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(j["started"])) if j.get("started") else "",
-        "elapsed": _fmt_eta(j.get("elapsed_s")), "error": j.get("error") or "", "output": j.get("out"),
-    } for j in all_jobs])
-    st.dataframe(table, hide_index=True, width="stretch")
-    resumable = [j["id"] for j in all_jobs if j["state"] in jobs.RESUMABLE_STATES]
-    if resumable:
-        c1, c2 = st.columns([3, 1])
-        pick = c1.selectbox("Resume a stopped job (finished chunks are kept)", resumable, key="resume_pick")
-        if c2.button("Resume", key="resume_btn"):
-            try:
-                jobs.resume(pick, ws)
-            except jobs.JobError as e:
-                st.error(str(e))
-            st.rerun(scope="fragment")
-    failed = [j for j in all_jobs if j["state"] == "failed"]
-    if failed:
-        with st.expander(f"Log of the last failed job ({failed[0]['id']})"):
-            st.caption(f"Reason: {failed[0].get('error')}; full log: `{failed[0].get('log')}`")
-            st.code(jobs.logs(failed[0]["id"], ws, tail=40) or "(empty log)")
-
-
-live()
+jobs_panel(ws, key="score", empty="No job yet. Start one above: plain loss over the default pool is the quick one.")

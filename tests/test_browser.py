@@ -24,7 +24,7 @@ from tests.ui_workspace import build_scored_workspace
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
 # A deep link first: a fresh server must route it through app.py's navigation too.
-PAGES = ["data", "", "score", "explore", "inspect", "select", "export"]
+PAGES = ["data", "", "score", "explore", "inspect", "select", "validate", "export"]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
@@ -124,7 +124,7 @@ def test_every_page_loads_without_an_exception(server, browser, path):
     assert page.locator("[data-testid='stException']").count() == 0, page.inner_text("body")[:2000]
     assert page.locator("h1").first.inner_text().strip()
     nav = page.inner_text("[data-testid='stSidebarNav']")
-    assert all(t in nav for t in ("Data", "Score", "Explore", "Inspect", "Select", "Export")), nav
+    assert all(t in nav for t in ("Data", "Score", "Explore", "Inspect", "Select", "Validate", "Export")), nav
     assert "common" not in nav  # the helper module is not a page
     page.close()
 
@@ -149,4 +149,21 @@ def test_xss_probe_shows_as_text_on_inspect(server, browser):
     assert page.evaluate("() => document.title") != "XSS-EXECUTED"
     assert page.locator("img[src='x']").count() == 0
     assert not dialogs
+    page.close()
+
+
+@pytest.mark.parametrize("path,expected,charts", [
+    ("validate", ["Verdicts", "random"], 3),  # held-out NLL, the difference with its interval, training curves
+    ("select", ["Pick stability", "picks kept by every run"], 0),
+])
+def test_validation_and_pick_stability_show_in_the_browser(server, browser, path, expected, charts):
+    url, _ = server
+    page = _open(browser, f"{url}/{path}")
+    _shot(page, f"{path}-results.png")
+    body = page.inner_text("body")
+    assert all(t in body for t in expected), body[:3000]
+    assert page.locator("[data-testid='stPlotlyChart']").count() >= charts
+    assert page.locator("[data-testid='stException']").count() == 0
+    if path == "validate":
+        assert any(v in body for v in ("better than random", "no detectable difference", "worse than random"))
     page.close()

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import ROOT
 from tests.ui_workspace import build_scored_workspace
 
-PAGES = ["home", "data", "score", "explore", "inspect", "select", "export"]
+PAGES = ["home", "data", "score", "explore", "inspect", "select", "validate", "export"]
 
 
 def _page(name: str) -> AppTest:
@@ -193,3 +193,25 @@ def test_score_page_launches_a_background_job_and_shows_it(empty_ws, tiny_model_
     at = _page("explore")
     assert not at.exception
     assert at.selectbox(key="explore_score").value == "loss"
+
+
+def test_validate_page_shows_verdicts_charts_and_lengths(in_scored_ws):
+    at = _page("validate")
+    assert not at.exception
+    text = _texts(at)
+    assert "Verdicts" in text and "Length: what the selection picked" in text
+    verdicts = at.dataframe[1].value if len(at.dataframe) > 1 else at.dataframe[0].value
+    v = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    assert set(v["against"]) == {"random", "random-tokens"} and set(v["domain"]) == {"chat", "math"}
+    assert all(t.startswith(("better than", "worse than", "no detectable difference")) for t in v["verdict"])
+    assert len(at.get("plotly_chart")) >= 3  # NLL per domain, difference with interval, training curves
+    # The form offers the workspace's selections and eval sets.
+    assert "davir-fixture" in at.multiselect[0].options and set(at.multiselect[2].value) == {"chat.jsonl", "math.jsonl"}
+
+
+def test_select_page_shows_pick_stability(in_scored_ws):
+    at = _page("select")
+    assert not at.exception
+    counts = at.dataframe[0].value
+    assert "kept by every run" in counts.columns and "Jaccard vs each run" in counts.columns
+    assert "Pick stability" in _texts(at)

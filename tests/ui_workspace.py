@@ -51,17 +51,38 @@ def write_data(ws: Path) -> list[str]:
     with open(data / "math.jsonl", "w") as f:
         for q, a in MATH:
             f.write(json.dumps({"question": q, "answer": a}) + "\n")
-    for d in ("runs", "selections", "exports"):
+    for d in ("runs", "selections", "exports", "validations"):
         (ws / d).mkdir(exist_ok=True)
     return [f"chat={data / 'chat.jsonl'}", f"math={data / 'math.jsonl'}"]
 
 
+EVAL_CHAT = [("Name a fruit.", "An apple."), ("What colour is the sky?", "The sky is blue."),
+             ("Say hello in French.", "Bonjour."), ("What do dogs say?", "Dogs bark."),
+             ("Give a synonym of big.", "Large."), ("What is ice?", "Frozen water.")]
+EVAL_MATH = [(f"What is {k} + {k + 1}?", f"{k} + {k + 1} = {2 * k + 1}\n#### {2 * k + 1}") for k in range(20, 26)]
+
+
 def build_scored_workspace(ws: Path, model_dir: Path) -> Path:
-    """Data + a finished learnability run (``runs/learn-fixture``) on the tiny model; returns the run."""
+    """Data + eval sets + a finished learnability run with two reference runs (``runs/learn-fixture``),
+    a saved davir selection and a finished validation of it, all on the tiny model; returns the run."""
     from curation.learn import LearnConfig, run_learn
+    from curation.selection import Recipe, select_run
+    from curation.validate import ValidateConfig, run_validate
 
     sources = write_data(ws)
     cfg = LearnConfig(sources=sources, out=str(ws / "runs" / "learn-fixture"), model=str(model_dir),
                       checkpoints=2, epochs=2, device="cpu", dtype="float32", n_clusters=3,
-                      cache=str(ws / "score-cache"), lr=1e-3)
-    return run_learn(cfg)
+                      cache=str(ws / "score-cache"), lr=1e-3, stability_runs=2)
+    run = run_learn(cfg)
+    (ws / "eval").mkdir(exist_ok=True)
+    with open(ws / "eval" / "chat.jsonl", "w") as f:
+        for q, a in EVAL_CHAT:
+            f.write(json.dumps({"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}) + "\n")
+    with open(ws / "eval" / "math.jsonl", "w") as f:
+        for q, a in EVAL_MATH:
+            f.write(json.dumps({"question": q, "answer": a}) + "\n")
+    sel = select_run(run, Recipe("davir", budget="50%"), ws / "selections" / "davir-fixture")
+    run_validate(ValidateConfig(selections=[str(sel)], out=str(ws / "validations" / "validate-fixture"),
+                                eval={"chat": str(ws / "eval" / "chat.jsonl"), "math": str(ws / "eval" / "math.jsonl")},
+                                seeds=2, epochs=2, lr=1e-3, cache=str(ws / "score-cache"), device="cpu"))
+    return run

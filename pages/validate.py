@@ -1,0 +1,136 @@
+"""Validate: does a selection train a better model than random, at equal examples and at equal tokens?
+Start a validation job (a proxy fine-tuned on each selection and baseline, several seeds), then read
+the held-out NLL per domain, the differences with their intervals, the verdicts and the lengths."""
+
+import json
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from curation import jobs
+from curation.load import source_stem
+from curation.validate import BASELINES, ValidateConfig
+from curation.workspace import list_data_files, list_folders, new_folder_name, selections_dir, validations_dir
+from pages.common import config_input, jobs_panel, pick_folder, workspace
+
+st.title("Validate")
+st.caption("Scores rank examples; only training shows whether the ranking helps. Large studies found most "
+           "score-based selections no better than random, and much of what they pick explained by length: "
+           "check your cut-off here before you trust it.")
+ws = workspace()
+sels = list_folders(selections_dir(ws), "summary.json")
+evals = list_data_files(ws, folder="eval")
+
+with st.form("validate"):
+    st.subheader("New validation")
+    names = [p.name for p in sels]
+    want = st.session_state.get("selection_name")
+    chosen = st.multiselect("Selections (of one run)", names, default=[want] if want in names else names[:1],
+                            help="Saved on the Select page (WORKSPACE/selections).")
+    baselines = st.multiselect("Baselines", list(BASELINES), default=["random", "random-tokens"],
+                               help="random: same examples per domain; random-tokens: same assistant tokens per domain "
+                                    "(fair when a score prefers short or long answers); longest: the longest responses; "
+                                    "full: the whole eligible pool, once (the ceiling).")
+    ev = st.multiselect("Held-out eval sets", [p.name for p in evals], default=[p.name for p in evals],
+                        help="Files in WORKSPACE/eval (make setup writes the default pool's); the file name is the domain.")
+    c1, c2, c3 = st.columns(3)
+    seeds = config_input(ValidateConfig, "seeds", "Seeds", c1, min_value=1, max_value=10)
+    epochs = config_input(ValidateConfig, "epochs", "Epochs", c2, min_value=1, max_value=20)
+    lora = config_input(ValidateConfig, "lora", "LoRA instead of full fine-tuning", c3)
+    st.caption("Every candidate trains once per seed from the same model with the same settings, then each trained "
+               "model is scored on the eval sets; on a CPU this takes a while (the job shows its progress and ETA; "
+               "the README's benchmark gives measured times). Finished (candidate, seed) trainings survive a stop.")
+    go_clicked = st.form_submit_button("Start validation", type="primary", disabled=not (sels and evals))
+if not sels:
+    st.info("No saved selection yet: make one on the **Select** page.")
+if not evals:
+    st.info("No eval set in the workspace's eval folder: the default pool's are written by `make setup` "
+            "(or the *Prepare the default pool* button on the Data page).")
+
+if go_clicked:
+    try:
+        if not chosen:
+            raise ValueError("choose at least one selection")
+        out = validations_dir(ws) / new_folder_name("validate-" + "-".join(chosen)[:60])
+        cfg = ValidateConfig(selections=[str(selections_dir(ws) / n) for n in chosen], out=str(out),
+                             eval={source_stem(n): str(ws / "eval" / n) for n in ev}, baselines=",".join(baselines),
+                             seeds=int(seeds), epochs=int(epochs), lora=bool(lora))
+        job = jobs.submit("validate", cfg, workspace=ws)
+        st.session_state["validation_name"] = out.name
+        st.success(f"Started job `{job}`; its report appears below when it finishes.")
+    except (ValueError, jobs.JobError) as e:
+        st.error(str(e))
+
+jobs_panel(ws, key="validate", kinds=("validate",), empty="No validation job yet.")
+
+# ---- results -----------------------------------------------------------------------------------
+st.subheader("Results")
+vdir = pick_folder(validations_dir(ws), "report.json", "Validation", "val_pick", "validation_name",
+                   "No finished validation yet.")
+if vdir is None:
+    st.stop()
+rep = json.loads((vdir / "report.json").read_text())
+stats = rep["statistics"]["token"]
+st.caption(f"{', '.join(s['name'] for s in rep['selections'])} · proxy `{rep['model']['spec']}` · "
+           f"{rep['config']['epochs']} epochs · {rep['config']['seeds']} seeds · {stats['metric_text']} (lower is better)")
+
+st.markdown("**Verdicts**")
+verdicts = pd.DataFrame([{
+    "selection": c["candidate"], "against": c["baseline"], "domain": c["domain"], "verdict": c["verdict_text"],
+    "difference (nats)": round(c["diff"], 4), "95% interval": f"[{c['lo']:+.4f}, {c['hi']:+.4f}]",
+    "selection NLL": round(c["candidate_mean"], 4), "baseline NLL": round(c["baseline_mean"], 4),
+} for c in stats["comparisons"]])
+st.dataframe(verdicts, hide_index=True, width="stretch")
+st.caption("A negative difference means the selection's model predicts the held-out answers better. The interval "
+           "accounts for the eval sample (paired over examples) and for training noise (seeds); if it contains 0, "
+           "this validation cannot tell the selection from its baseline.")
+
+rows = pd.DataFrame(stats["rows"])
+left, right = st.columns(2)
+with left:
+    fig = px.bar(rows, x="domain", y="mean", color="candidate", barmode="group", error_y="sd",
+                 labels={"mean": "held-out NLL (nats)"})
+    lo = float((rows["mean"] - rows["sd"].fillna(0)).min())
+    fig.update_yaxes(range=[lo * 0.98, float((rows["mean"] + rows["sd"].fillna(0)).max()) * 1.01])
+    fig.update_layout(height=360, margin=dict(t=30, b=10), title="Held-out NLL (error bars: sd over seeds)")
+    st.plotly_chart(fig, width="stretch")
+with right:
+    comp = pd.DataFrame(stats["comparisons"])
+    if not comp.empty:
+        comp["label"] = comp["candidate"] + " vs " + comp["baseline"]
+        fig = go.Figure()
+        for label, g in comp.groupby("label"):
+            fig.add_trace(go.Scatter(x=g["domain"], y=g["diff"], mode="markers", name=label,
+                                     error_y=dict(type="data", symmetric=False, array=g["hi"] - g["diff"],
+                                                  arrayminus=g["diff"] - g["lo"])))
+        fig.add_hline(y=0, line_dash="dash", line_color="grey")
+        fig.update_layout(height=360, margin=dict(t=30, b=10), title="Difference vs baseline with 95% interval",
+                          yaxis_title="nats (negative = selection better)")
+        st.plotly_chart(fig, width="stretch")
+
+st.markdown("**Length: what the selection picked**")
+lens = pd.DataFrame([{"selection": name, "domain": d, "score": v["score"],
+                      "selected mean response tokens": e["selection_mean_response_tokens"],
+                      "pool mean response tokens": e["pool_mean_response_tokens"],
+                      "Spearman(score, length)": e.get("score_length_spearman")}
+                     for name, v in rep["lengths"].items() for d, e in v["by_domain"].items()])
+st.dataframe(lens.round(3), hide_index=True, width="stretch")
+cands = pd.DataFrame([{"candidate": c["name"], "seed": c["seeds"][k], "examples": p["examples"],
+                       "response tokens": p["response_tokens"]}
+                      for c in rep["candidates"] for k, p in enumerate(c["per_seed"])])
+with st.expander("Training sets per candidate and seed"):
+    st.dataframe(cands, hide_index=True, width="stretch")
+
+curves_file = vdir / "curves.parquet"
+if curves_file.is_file():
+    curves = pd.read_parquet(curves_file)
+    if not curves.empty:
+        curves["run"] = curves["candidate"] + " seed " + curves["seed"].astype(str)
+        fig = px.line(curves, x="step", y="loss", color="candidate", line_group="run",
+                      labels={"loss": "training loss"})
+        fig.update_layout(height=320, margin=dict(t=30, b=10), title="Training curves")
+        st.plotly_chart(fig, width="stretch")
+with st.expander("report.md"):
+    st.markdown((vdir / "report.md").read_text())
