@@ -159,6 +159,8 @@ def test_xss_probe_shows_as_text_on_inspect(server, browser):
 def test_validation_and_pick_stability_show_in_the_browser(server, browser, path, expected, charts):
     url, _ = server
     page = _open(browser, f"{url}/{path}")
+    for t in expected:  # elements draw after the script run ends: wait for each text to appear
+        page.get_by_text(t).first.wait_for(timeout=60_000)
     _shot(page, f"{path}-results.png")
     body = page.inner_text("body")
     assert all(t in body for t in expected), body[:3000]
