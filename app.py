@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="SFT curation", page_icon=":material/science:", layout="wide")
+# An emoji favicon is drawn by the page itself; a ":material/...:" one would be fetched from a font host.
+st.set_page_config(page_title="SFT curation", page_icon="🧪", layout="wide")
 pages = {
     "": [st.Page("pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True)],
     "Curate": [

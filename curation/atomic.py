@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -59,14 +60,20 @@ def write_parquet(path: str | os.PathLike, table) -> None:
 
 
 @contextmanager
-def atomic_dir(out: str | os.PathLike, marker: str | None = None, what: str = "folder", replace: bool = True):
+def atomic_dir(out: str | os.PathLike, marker: str | None = None, what: str = "folder", replace: bool = True,
+               cleaned: list | None = None):
     """Yield a temporary folder next to ``out``; when the block succeeds it becomes ``out``.
 
     ``out`` may be absent, or (with ``replace``) a previous ``what``, recognised by its ``marker``
     file, or an empty folder; anything else is refused so a typo cannot wipe an unrelated folder.
-    Between the two renames of a swap ``out`` is absent, never half written.
+    Between the two renames of a swap ``out`` is absent, never half written.  Temporary folders
+    left next to ``out`` by a killed writer (its pid is in their name and no longer runs) are
+    removed first; ``cleaned`` (a list) receives ``(path, bytes)`` of each.
     """
     out = Path(out)
+    for stale, size in remove_stale(out):
+        if cleaned is not None:
+            cleaned.append((stale, size))
     if out.exists():
         if not out.is_dir():
             raise AtomicError(f"{out} exists and is a file; choose another --out")
@@ -76,7 +83,7 @@ def atomic_dir(out: str | os.PathLike, marker: str | None = None, what: str = "f
             raise AtomicError(f"{out} exists and does not hold a previous {what} (no {marker}); "
                               "choose a new --out or empty that folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=".tmp", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should be like any folder
@@ -85,7 +92,7 @@ def atomic_dir(out: str | os.PathLike, marker: str | None = None, what: str = "f
         if out.exists() and not replace:
             raise AtomicError(f"{out} appeared while it was being written (another process?)")
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            old = out.with_name(f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.old")
             os.rename(out, old)
             os.rename(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -94,3 +101,32 @@ def atomic_dir(out: str | os.PathLike, marker: str | None = None, what: str = "f
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale(out: Path) -> list[tuple[Path, int]]:
+    """Remove the temporary folders of :func:`atomic_dir` next to ``out`` whose writer is gone
+    (``.NAME.PID-XXXX.tmp`` / ``.old`` with a PID that no longer runs); ``[(path, bytes)]`` removed."""
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(\d+)-[^/]*\.(tmp|old)$")
+    for p in out.parent.iterdir():
+        m = pattern.match(p.name)
+        if not m or not p.is_dir() or _pid_running(int(m.group(1))):
+            continue
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append((p, size))
+    return removed
+
+
+def _pid_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -346,7 +346,10 @@ def select_export_command(args) -> int:
         from curation.export import ExportConfig, export_selection
 
         cfg = from_arguments(ExportConfig, args)
-        out = export_selection(cfg)
+        notes: list[str] = []
+        out = export_selection(cfg, notes=notes)
+        for n in notes:
+            print(f"note: {n}", file=sys.stderr)
         m = json.loads((out / "manifest.json").read_text())
         by = ", ".join(f"{d} {c['examples']}" for d, c in m["counts"]["by_domain"].items())
         print(f"exported {m['counts']['examples']} examples ({by}) as {cfg.format}/{cfg.style} -> "

@@ -29,6 +29,7 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 _UNSET = object()
+DEFAULT_MAX_LENGTH = 2048  # tokens per example, unless the model's context is shorter
 
 
 def option(default: Any = _UNSET, help: str = "", *, flag: str | None = None, negate: str | None = None,
@@ -182,7 +183,8 @@ class RunConfig(ComputeConfig):
     out: str = option(help="output folder (scores.parquet, token_losses.parquet, run.json)", result=False)
     model: str = option("default", "`default` (SmolLM2-135M-Instruct, shipped in a PyPI wheel), a model folder, "
                                    "a .gguf file or a hub id")
-    max_length: int = option(2048, "tokens per example; longer ones are cut at the end and flagged `truncated`")
+    max_length: int | None = option(None, f"tokens per example; longer ones are cut at the end and flagged `truncated` "
+                                          f"(default: {DEFAULT_MAX_LENGTH}, or the model's context length if shorter)")
     limit: int | None = option(None, "use the first N records of each source")
     template: str = option("auto", "auto | chat | alpaca | path to a Jinja chat template")
     columns: dict[str, str] = option(help="map canonical fields to your columns, e.g. question=problem,answer=solution",
@@ -198,11 +200,22 @@ class RunConfig(ComputeConfig):
             raise ValueError("give at least one source: [DOMAIN=]PATH")
         self.columns = parse_pairs(self.columns)
         check_positive(self, "max_length", "limit")
+        self.source_specs()  # a malformed DOMAIN=PATH is refused now, not when a job starts
 
     def source_specs(self):
         from curation.load import parse_source_arg
 
         return [parse_source_arg(s, columns=self.columns, format=self.format) for s in self.sources]
+
+    def resolved_max_length(self, context: int | None) -> int:
+        """``max_length``, or the default capped at the model's ``context``; an explicit value above
+        the context is refused (the model has no position for those tokens)."""
+        if self.max_length is None:
+            return min(DEFAULT_MAX_LENGTH, context or DEFAULT_MAX_LENGTH)
+        if context and self.max_length > context:
+            raise ValueError(f"--max-length {self.max_length} is above the model's context length ({context} tokens); "
+                             f"use --max-length {context} or less")
+        return self.max_length
 
 
 class _PairsAction(argparse.Action):

@@ -60,8 +60,11 @@ class ExportConfig:
             raise ExportError(f"style {self.style!r}: expected one of {', '.join(STYLES)}")
 
 
-def export_selection(cfg: ExportConfig, progress: Callable[[dict], None] | None = None) -> Path:
-    """Write the selected examples of ``cfg.selection`` to ``cfg.out`` (see the module doc)."""
+def export_selection(cfg: ExportConfig, progress: Callable[[dict], None] | None = None,
+                     notes: list[str] | None = None) -> Path:
+    """Write the selected examples of ``cfg.selection`` to ``cfg.out`` (see the module doc).
+    ``notes`` (a list) receives what the user should hear of, e.g. leftovers of a killed export
+    that were removed."""
     from curation import __version__
 
     report = progress or (lambda p: None)
@@ -79,7 +82,8 @@ def export_selection(cfg: ExportConfig, progress: Callable[[dict], None] | None 
 
     report({"phase": "writing", "done": len(selected), "total": len(selected)})
     out = Path(cfg.out)
-    with _export_dir(out) as tmp:
+    cleaned: list = []
+    with _export_dir(out, cleaned) as tmp:
         data_name = DATA_NAMES[cfg.format]
         table = _arrow_table(rows, cfg.style)  # also proves the rows form one loadable table
         if cfg.format == "jsonl":
@@ -94,6 +98,9 @@ def export_selection(cfg: ExportConfig, progress: Callable[[dict], None] | None 
             datasets.Dataset(table).save_to_disk(str(tmp / data_name))
         manifest = _manifest(cfg, sel_dir, selected, summary, rows, data_name, __version__)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    if notes is not None:
+        notes += [f"removed {p.name} ({size / 1e6:.1f} MB), a temporary folder left next to {out} by an export "
+                  "that was killed" for p, size in cleaned]
     report({"phase": "done", "done": len(selected), "total": len(selected)})
     return out
 
@@ -129,9 +136,9 @@ def _read_selection(sel_dir: Path):
 
 
 @contextmanager
-def _export_dir(out: Path):
+def _export_dir(out: Path, cleaned: list):
     try:
-        with atomic_dir(out, marker="manifest.json", what="export") as tmp:
+        with atomic_dir(out, marker="manifest.json", what="export", cleaned=cleaned) as tmp:
             yield tmp
     except AtomicError as e:
         raise ExportError(str(e)) from None

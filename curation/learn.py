@@ -125,16 +125,16 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
 
     report, timings, K = Reporter(progress), Timings(), cfg.n_points
     with timings("load"):
-        data, lm, template = load_inputs(cfg, report)
+        data, lm, template, max_length = load_inputs(cfg, report)
         ref = attach_reference(cfg.reference, lm) if cfg.reference is not None else None
-    settings = PassSettings(ScoreCache(cfg.cache), template.fingerprint, cfg.max_length, lm.dtype, lm.device,
+    settings = PassSettings(ScoreCache(cfg.cache), template.fingerprint, max_length, lm.dtype, lm.device,
                             cfg.batch_tokens, cfg.chunk_examples)
     run, meta = claim("learn", cfg, data, lm, template, settings, reference=ref, extra={
         "reference": ref.describe() if ref is not None else None,
         "training": None if ref is not None else cfg.train_config().result_key(),
         "checkpoints": K, "seed": cfg.seed})
     with timings("tokenise"):
-        examples, encoded, rejected, table = tokenise(run, data, lm.tokenizer, template, cfg.max_length, report)
+        examples, encoded, rejected, table = tokenise(run, data, lm.tokenizer, template, max_length, report)
     ids = [e.example_id for e in examples]
 
     with timings("score_base"):  # step 0: the base model
@@ -143,7 +143,7 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
     alone, alone_rows = None, {}
     if cfg.ifd:
         with timings("score_ifd"):
-            alone = encode_response_only(lm.tokenizer, template, [e.messages for e in examples], cfg.max_length)
+            alone = encode_response_only(lm.tokenizer, template, [e.messages for e in examples], max_length)
             ok = [i for i, a in enumerate(alone) if not isinstance(a, RecordError)]  # no IFD for those
             alone_rows = score_pass(lm.model, lm.fingerprint, [ids[i] for i in ok], [alone[i] for i in ok],
                                     settings, report, "scoring responses alone (IFD)", variant="response_only")

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import re
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -131,10 +132,19 @@ def parse_source_arg(arg: str, **kwargs) -> SourceSpec:
 
     A ``name=`` prefix is a domain unless the whole argument is an existing path.
     """
-    m = re.match(r"^([A-Za-z0-9_.\-]+)=(.+)$", arg)
+    m = re.match(r"^([^=/\\]+)=(.+)$", arg)
     if m and not Path(arg).exists():
-        return SourceSpec(path=m.group(2), domain=m.group(1), **kwargs)
+        return SourceSpec(path=m.group(2), domain=check_domain(m.group(1)), **kwargs)
     return SourceSpec(path=arg, **kwargs)
+
+
+def check_domain(name: str) -> str:
+    """A domain name: letters, digits, ``.``, ``_`` and ``-`` (it is part of ``DOMAIN=PATH``, of
+    recipes' ``--mix`` and of file names)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name or ""):
+        raise SourceError(f"domain {name!r}: use letters, digits, '.', '_' and '-' only (e.g. "
+                          f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name or 'chat').strip('_') or 'chat'})")
+    return name
 
 
 def source_stem(path: str) -> str:
@@ -181,8 +191,13 @@ def load_sources(specs: list[SourceSpec], limit: int | None = None) -> LoadResul
                 if isinstance(record, RecordError):
                     raise record
                 if report.format is None:
+                    check_columns(record, spec)
                     report.format = detect_format(record, spec.columns)
                 messages = normalise(record, report.format, spec.columns)
+            except RecursionError:
+                rejected.append(Rejected(name, index, line, "record nested too deeply to read"))
+                report.n_rejected += 1
+                continue
             except RecordError as e:
                 rejected.append(Rejected(name, index, line, str(e)))
                 report.n_rejected += 1
@@ -209,6 +224,15 @@ def load_sources(specs: list[SourceSpec], limit: int | None = None) -> LoadResul
                 f"{spec.path}: no usable row among {report.n_records} record(s){detail}"
             )
     return LoadResult(examples, rejected, reports)
+
+
+def check_columns(record: dict, spec: SourceSpec) -> None:
+    """A ``--columns`` mapping must name columns the source has (checked on its first record)."""
+    missing = {k: v for k, v in (spec.columns or {}).items() if v not in record}
+    if missing:
+        pairs = ",".join(f"{k}={v}" for k, v in missing.items())
+        raise SourceError(f"{spec.path}: --columns {pairs}: no column {', '.join(map(repr, missing.values()))} in "
+                          f"this source; its columns are {sorted(record)}")
 
 
 def detect_format(record: dict, columns: dict[str, str] | None = None) -> str:
@@ -309,14 +333,17 @@ def _open_bytes(path: Path) -> bytes:
     if path.name.lower().endswith(".gz"):
         try:
             data = gzip.decompress(data)
-        except OSError as e:
-            raise SourceError(f"{path}: not a valid gzip file ({e})") from None
-    return data
+        except (OSError, EOFError, zlib.error) as e:
+            raise SourceError(f"{path}: not a valid gzip file, or a truncated one ({type(e).__name__}: {e})") from None
+    return data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is not part of the first record
 
 
 def _iter_jsonl(path: Path):
     index = 0
-    for lineno, raw in enumerate(_open_bytes(path).splitlines(), start=1):
+    # Records end at "\n" only: U+2028/U+2029 are valid inside JSON strings (bytes.splitlines
+    # keeps them, str.splitlines would not), and a "\r" before the "\n" is stripped.
+    for lineno, raw in enumerate(_open_bytes(path).split(b"\n"), start=1):
+        raw = raw.removesuffix(b"\r")
         if not raw.strip():
             continue
         try:
@@ -333,6 +360,8 @@ def _parse_object(text: str) -> dict | RecordError:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         return RecordError(f"malformed JSON: {e.msg} (column {e.colno})")
+    except RecursionError:
+        return RecordError("JSON nested too deeply to read")
     if not isinstance(obj, dict):
         return RecordError(f"record is a JSON {type(obj).__name__}, expected an object")
     return obj
@@ -359,6 +388,10 @@ def _iter_json(path: Path):
         counted = pos
         try:
             obj, end = decoder.raw_decode(text, pos)
+        except RecursionError:
+            yield index, line, RecordError("JSON nested too deeply to read; the rest of the file from this record "
+                                           "on could not be read")
+            return
         except json.JSONDecodeError as e:
             # We cannot find the next record boundary reliably after a syntax error, so the rest
             # of the file is reported as one rejected record (e.g. a file cut off mid-record).
@@ -367,7 +400,14 @@ def _iter_json(path: Path):
                 "record on could not be read"
             )
             return
-        if _has_surrogates(obj):
+        try:
+            bad_utf8 = _has_surrogates(obj)
+        except RecursionError:
+            yield index, line, RecordError("record nested too deeply to read")
+            bad_utf8 = None
+        if bad_utf8 is None:
+            pass
+        elif bad_utf8:
             yield index, line, RecordError("invalid UTF-8 in this record")
         elif not isinstance(obj, dict):
             yield index, line, RecordError(f"record is a JSON {type(obj).__name__}, expected an object")
@@ -389,7 +429,8 @@ def _iter_json(path: Path):
 
 def _iter_jsonl_text(text: str):
     index = 0
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         if re.search(r"[\udc80-\udcff]", raw):

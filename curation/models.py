@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,8 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[st
 
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ModelError(f"--device {device}: expected cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"--device {device}: CUDA is not available on this machine")
     if dtype in (None, "auto"):

@@ -312,6 +312,8 @@ class Run:
     def claim(self, meta: dict) -> None:
         """Mark the folder as the run ``meta["run_key"]``'s, or refuse if it holds another run."""
         key = meta["run_key"]
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"--out {self.path} is a file; give a folder (new or holding this run)")
         self.path.mkdir(parents=True, exist_ok=True)
         existing = self.meta() if (self.path / self.META).is_file() else None
         if existing is not None:
@@ -485,8 +487,9 @@ def is_run_folder(path: Path) -> bool:
 # The stages every run over a pool starts and ends with (score, learn)
 
 
-def load_inputs(cfg: RunConfig, report):
-    """Load the sources and the model, and resolve the template: ``(data, model, template)``."""
+def load_inputs(cfg, report):
+    """Load the sources and the model, resolve the template and the max length:
+    ``(data, model, template, max_length)``."""
     from curation.load import load_sources
     from curation.losses import check_head_path
     from curation.models import load_model
@@ -496,9 +499,10 @@ def load_inputs(cfg: RunConfig, report):
     data = load_sources(cfg.source_specs(), limit=cfg.limit)
     report(phase="loading model")
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    max_length = cfg.resolved_max_length(getattr(lm.model.config, "max_position_embeddings", None))
     check_head_path(lm.model)
     template = resolve_template(lm.tokenizer, cfg.template)
-    return data, lm, template
+    return data, lm, template, max_length
 
 
 def claim(kind: str, cfg, data, lm, template, settings, reference=None, extra: dict | None = None):
@@ -512,12 +516,13 @@ def claim(kind: str, cfg, data, lm, template, settings, reference=None, extra: d
     meta = {
         "kind": kind, "code_version": __version__, "config": asdict(cfg), "model": lm.describe(),
         "template": {"name": template.name, "fingerprint": template.fingerprint},
-        "max_length": cfg.max_length, "sources": sources, "n_examples": len(data.examples),
+        "max_length": settings.max_length, "sources": sources, "n_examples": len(data.examples),
         "n_rejected_on_load": len(data.rejected),
         "host": {"python": platform.python_version(), "machine": platform.machine()},
         **(extra or {}),
     }
-    key_settings = cfg.result_key() if hasattr(cfg, "result_key") else result_key(cfg)
+    key_settings = {**(cfg.result_key() if hasattr(cfg, "result_key") else result_key(cfg)),
+                    "max_length": settings.max_length}  # resolved: the default, capped by the model
     meta["run_key"] = run_key(kind, key_settings, meta["model"], meta["template"], sources,
                               reference.describe() if reference is not None else None)
     meta["base_pass"] = {"cache": str(settings.cache.root.resolve()), "key": settings.key(lm.fingerprint)}

@@ -36,11 +36,11 @@ def run_score(cfg: ScoreConfig, progress: Progress | None = None) -> Path:
 
     t0 = time.time()
     report = Reporter(progress)
-    data, lm, template = load_inputs(cfg, report)
-    settings = PassSettings(ScoreCache(cfg.cache), template.fingerprint, cfg.max_length, lm.dtype, lm.device,
+    data, lm, template, max_length = load_inputs(cfg, report)
+    settings = PassSettings(ScoreCache(cfg.cache), template.fingerprint, max_length, lm.dtype, lm.device,
                             cfg.batch_tokens, cfg.chunk_examples, cfg.compile)
     run, meta = claim("score", cfg, data, lm, template, settings)
-    examples, encoded, rejected, table = tokenise(run, data, lm.tokenizer, template, cfg.max_length, report)
+    examples, encoded, rejected, table = tokenise(run, data, lm.tokenizer, template, max_length, report)
     t_loaded = time.time()
 
     rows = score_pass(lm.model, lm.fingerprint, [e.example_id for e in examples], encoded, settings, report, "scoring")

@@ -78,7 +78,18 @@ def resolve_template(tokenizer, template: str = "auto") -> Template:
         return Template("alpaca", ALPACA_TEMPLATE)
     path = Path(template)
     if path.is_file():
-        return Template(str(path), path.read_text())
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--template {path}: cannot be read ({e})") from None
+        tpl = Template(str(path), source)
+        try:  # compile and render once, so a broken template is one clear error, not a crash per row
+            render(tokenizer, tpl, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+        except Exception as e:  # noqa: BLE001 - jinja2's syntax, security and undefined errors
+            where = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+            raise ValueError(f"--template {path}: the Jinja template cannot be used{where}: "
+                             f"{type(e).__name__}: {e}") from None
+        return tpl
     raise ValueError(
         f"--template {template!r}: expected auto, chat, alpaca or the path of a Jinja file"
     )

@@ -391,11 +391,16 @@ def load_checkpoint(base_path: str, ckpt_dir: str | Path, device: str = "cpu", d
 
     from curation.models import merge_adapter
 
+    from curation.models import ModelError
+
     ckpt = Path(ckpt_dir)
     if (ckpt / "adapter_config.json").is_file():
         model = merge_adapter(base_path, ckpt, dtype)
+    elif not (ckpt / "model.safetensors").is_file() and not (ckpt / "model.safetensors.index.json").is_file():
+        # The run writes safetensors only; anything else in a run folder came from elsewhere.
+        raise ModelError(f"{ckpt}: checkpoint without model.safetensors (pickled weights are not loaded)")
     else:
-        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype), use_safetensors=True)
     return model.to(device).eval()
 
 

@@ -144,16 +144,47 @@ def safe_name(name: str) -> str:
     return name
 
 
-def save_upload(data: bytes, name: str, workspace=None) -> Path:
-    """Write uploaded bytes into the data folder (atomically) and return the new file's path."""
+class UploadExists(ValueError):
+    """An upload's name is taken by a different file in the data folder; the user must choose."""
+
+    def __init__(self, path: Path, free: Path):
+        super().__init__(f"{path.name} already exists in the data folder with other content")
+        self.path, self.free = path, free
+
+
+def save_upload(data: bytes, name: str, workspace=None, on_exists: str = "ask") -> Path:
+    """Write uploaded bytes into the data folder (atomically) and return the file's path.
+
+    A file of the same name with the same bytes is left as it is.  One with other bytes is never
+    overwritten silently: ``on_exists="ask"`` raises :class:`UploadExists` (naming a free name),
+    ``"replace"`` replaces it, ``"keep-both"`` saves the upload under the free name."""
     name = safe_name(name)
     if not name.lower().endswith(DATA_SUFFIXES):
         raise ValueError(f"{name}: unsupported file type; expected one of {', '.join(DATA_SUFFIXES)}")
+    if on_exists not in ("ask", "replace", "keep-both"):
+        raise ValueError(f"on_exists {on_exists!r}: expected ask, replace or keep-both")
     ensure_layout(workspace)
     path = data_dir(workspace) / name
+    if path.is_file():
+        if path.read_bytes() == data:
+            return path
+        if on_exists == "ask":
+            raise UploadExists(path, free_name(path))
+        if on_exists == "keep-both":
+            path = free_name(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path
+
+
+def free_name(path: Path) -> Path:
+    """``x.jsonl`` -> the first of ``x-2.jsonl``, ``x-3.jsonl`` ... that does not exist."""
+    suffix = next((s for s in sorted(DATA_SUFFIXES, key=len, reverse=True) if path.name.lower().endswith(s)), path.suffix)
+    stem = path.name[: len(path.name) - len(suffix)]
+    k = 2
+    while (path.parent / f"{stem}-{k}{suffix}").exists():
+        k += 1
+    return path.parent / f"{stem}-{k}{suffix}"
 
 
 def new_folder_name(prefix: str) -> str:

@@ -159,7 +159,11 @@ def jobs_panel(ws: Path, key: str, kinds: tuple[str, ...] | None = None, empty: 
 
     @st.fragment(run_every=2)
     def live():
-        all_jobs = [j for j in jobs.list_jobs(ws) if kinds is None or j["kind"] in kinds]
+        try:
+            all_jobs = [j for j in jobs.list_jobs(ws) if kinds is None or j["kind"] in kinds]
+        except jobs.JobError as e:  # an unreadable job store: say which file and what to do
+            st.error(str(e))
+            return
         st.subheader("Jobs")
         if not all_jobs:
             st.info(empty)

@@ -6,9 +6,9 @@ import plotly.express as px
 import streamlit as st
 
 from curation import aggregate
-from curation.load import SourceError, SourceSpec, load_sources, source_stem
+from curation.load import SourceError, SourceSpec, check_domain, load_sources, source_stem
 from curation.default_data import N_CHAT, N_MATH, prepare_default_data
-from curation.workspace import data_dir, list_data_files, save_upload
+from curation.workspace import UploadExists, data_dir, list_data_files, save_upload
 from pages.common import conversation, domain_colours, workspace
 
 st.title("Data")
@@ -34,14 +34,33 @@ with st.expander("Add data", expanded=not files):
     with c2:
         up = st.file_uploader("Upload JSON, JSONL, Parquet or CSV files", accept_multiple_files=True,
                               type=["json", "jsonl", "parquet", "csv", "gz"], key="upload")
+        # Each upload is saved once (the uploader keeps its files across reruns: saving them again
+        # would undo edits made to the file since), and a name that is taken is never overwritten
+        # without the user's word.
+        handled = st.session_state.setdefault("uploads_handled", {})
         for f in up or []:
+            if f.file_id in handled:
+                if handled[f.file_id]:
+                    st.success(handled[f.file_id])
+                continue
             try:
                 p = save_upload(f.getvalue(), f.name, ws)
-                st.success(f"Saved `{p.name}` to the data folder.")
+                handled[f.file_id] = f"Saved `{p.name}` to the data folder."
+                st.success(handled[f.file_id])
+            except UploadExists as e:
+                st.warning(f"`{e.path.name}` already exists in the data folder with other content. Replace it, "
+                           f"or keep both (the upload is saved as `{e.free.name}`)?")
+                b1, b2, _ = st.columns([1, 1, 2])
+                choice = ("replace" if b1.button(f"Replace {e.path.name}", key=f"replace_{f.file_id}") else
+                          "keep-both" if b2.button("Keep both", key=f"keep_{f.file_id}") else None)
+                if choice:
+                    p = save_upload(f.getvalue(), f.name, ws, on_exists=choice)
+                    handled[f.file_id] = f"{'Replaced' if choice == 'replace' else 'Saved'} `{p.name}` in the data folder."
+                    st.rerun()
             except ValueError as e:
+                handled[f.file_id] = ""
                 st.error(str(e))
-        if up:
-            files = list_data_files(ws)
+        files = list_data_files(ws)
     st.caption(f"Data folder: `{data_dir(ws)}`. Your own files can also be copied there, or scored "
                "from the command line (`python -m curation score chat=my.jsonl ...`).")
 
@@ -61,7 +80,17 @@ cols = st.columns(min(len(chosen), 4))
 saved = st.session_state.get("domains", {})
 domains = {}
 for i, name in enumerate(chosen):
-    domains[name] = cols[i % len(cols)].text_input(name, value=saved.get(name, source_stem(name)), key=f"domain_{name}")
+    domains[name] = cols[i % len(cols)].text_input(name, value=saved.get(name, source_stem(name)), key=f"domain_{name}",
+                                                   help="letters, digits, '.', '_' and '-'")
+bad = []
+for name, d in domains.items():
+    try:
+        check_domain(d)
+    except SourceError as e:
+        bad.append(f"{name}: {e}")
+if bad:
+    st.error("\n\n".join(bad))
+    st.stop()
 limit = st.number_input("Read at most N records per source (0 = all)", min_value=0, value=0, step=100, key="data_limit")
 
 # What the Score page will use.

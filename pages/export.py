@@ -34,7 +34,11 @@ c3.caption(f"Writes `{out}` (atomically: complete or absent).")
 if st.button("Export", type="primary", key="exp_go"):
     try:
         with st.spinner("Reading the selected records from their sources..."):
-            exp_mod.export_selection(exp_mod.ExportConfig(selection=str(sel_dir), out=str(out), format=fmt, style=style))
+            notes: list[str] = []
+            exp_mod.export_selection(exp_mod.ExportConfig(selection=str(sel_dir), out=str(out), format=fmt, style=style),
+                                     notes=notes)
+        for n in notes:
+            st.info(n[0].upper() + n[1:] + ".")
         st.session_state["export_dir"] = str(out)
         st.success(f"Exported to `{out}`.")
     except (ValueError, OSError) as e:

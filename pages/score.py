@@ -28,7 +28,8 @@ with st.form("launch"):
         st.warning("No data yet: add files on the **Data** page (or prepare the default pool there).")
     c1, c2, c3 = st.columns(3)
     model = config_input(ScoreConfig, "model", "Base model", c1)
-    max_length = config_input(ScoreConfig, "max_length", "Max length (tokens)", c2, min_value=64, max_value=32768)
+    max_length = config_input(ScoreConfig, "max_length", "Max length (tokens; 0 = the default)", c2, min_value=0,
+                              max_value=131072)
     limit = config_input(ScoreConfig, "limit", "Records per source (0 = all)", c3, min_value=0,
                          value=st.session_state.get("limit") or 0)
     # A learnability run trains a model: on a CPU it takes far longer than one scoring pass, so
@@ -61,7 +62,7 @@ with st.form("launch"):
     launched = st.form_submit_button("Start job", type="primary", disabled=not sources)
 
 if launched:
-    base = {"sources": list(sources), "out": "", "model": model, "max_length": int(max_length),
+    base = {"sources": list(sources), "out": "", "model": model, "max_length": int(max_length) or None,
             "limit": int(limit) or None}
     try:
         if what == "score":

@@ -80,8 +80,10 @@ def browser():
         b.close()
 
 
-def _open(browser, url: str):
+def _open(browser, url: str, requests: list | None = None):
     page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    if requests is not None:
+        page.on("request", lambda r: requests.append(r.url))
     page.goto(url, wait_until="domcontentloaded")
     page.wait_for_selector("[data-testid='stApp']", timeout=30_000)
     page.wait_for_selector("h1", timeout=60_000)
@@ -119,13 +121,20 @@ def _shot(page, name: str) -> None:
 @pytest.mark.parametrize("path", PAGES)
 def test_every_page_loads_without_an_exception(server, browser, path):
     url, _ = server
-    page = _open(browser, f"{url}/{path}")
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.close()
+    page = _open(browser, f"{url}/{path}", requests)
     _shot(page, f"page-{path or 'home'}.png")
     assert page.locator("[data-testid='stException']").count() == 0, page.inner_text("body")[:2000]
     assert page.locator("h1").first.inner_text().strip()
     nav = page.inner_text("[data-testid='stSidebarNav']")
     assert all(t in nav for t in ("Data", "Score", "Explore", "Inspect", "Select", "Validate", "Export")), nav
     assert "common" not in nav  # the helper module is not a page
+    # Everything the page loads (favicon, fonts, icons, scripts) comes from the server itself.
+    outside = [u for u in requests if not u.startswith((url, "data:", "blob:", "about:"))]
+    assert not outside, outside
     page.close()
 
 
@@ -168,4 +177,34 @@ def test_validation_and_pick_stability_show_in_the_browser(server, browser, path
     assert page.locator("[data-testid='stException']").count() == 0
     if path == "validate":
         assert any(v in body for v in ("better than random", "no detectable difference", "worse than random"))
+    page.close()
+
+
+def test_an_upload_is_saved_once_and_a_taken_name_is_never_overwritten(server, browser, tmp_path):
+    url, ws = server
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text('{"question": "What is 1 + 1?", "answer": "2\\n#### 2"}\n')
+    page = _open(browser, f"{url}/data")
+    page.get_by_text("Add data").first.click()  # the expander is closed when the data folder has files
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(mine))
+    page.get_by_text("Saved mine.jsonl").first.wait_for(timeout=60_000)
+    saved = ws / "data" / "mine.jsonl"
+    assert saved.read_text() == mine.read_text()
+    # Edited on disk, then any widget changes (a rerun): the upload is not written again.
+    saved.write_text('{"question": "What is 2 + 2?", "answer": "4\\n#### 4"}\n')
+    page.get_by_label("Read at most N records per source (0 = all)").fill("7")
+    page.keyboard.press("Enter")
+    _idle(page)
+    assert "2 + 2" in saved.read_text()
+    # Another file with the taken name: the user is asked, and "Keep both" saves it under a new name.
+    other = tmp_path / "sub" / "mine.jsonl"
+    other.parent.mkdir()
+    other.write_text('{"question": "What is 3 + 3?", "answer": "6\\n#### 6"}\n')
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(other))
+    page.get_by_text("already exists in the data folder with other content").first.wait_for(timeout=60_000)
+    assert "2 + 2" in saved.read_text()  # nothing overwritten while the question is open
+    page.get_by_role("button", name="Keep both").click()
+    page.get_by_text("Saved mine-2.jsonl").first.wait_for(timeout=60_000)
+    _shot(page, "data-upload-keep-both.png")
+    assert "2 + 2" in saved.read_text() and "3 + 3" in (ws / "data" / "mine-2.jsonl").read_text()
     page.close()

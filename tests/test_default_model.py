@@ -28,13 +28,13 @@ def test_converted_weights_equal_the_gguf_dequantised_ones(default_lm):
     assert default_lm.tokenizer.chat_template and "<|im_start|>" in default_lm.tokenizer.chat_template
 
 
-def test_real_model_scores_equal_hf_loss(tmp_path, shared_data, default_lm):
+def test_real_model_scores_equal_hf_loss(tmp_path, default_pool, default_lm):
     from curation.load import load_sources
     from curation.losses import reference_loss
     from curation.score import ScoreConfig, run_score
     from curation.templates import encode, resolve_template
 
-    sources = [f"math={shared_data}/gsm8k/test.jsonl", f"chat={shared_data}/alpaca_gpt4_demo/alpaca_en_demo.json"]
+    sources = [f"math={default_pool['math']}", f"chat={default_pool['chat']}"]
     cfg = ScoreConfig(sources=sources, out=str(tmp_path / "run"), limit=6, max_length=256)
     df = pd.read_parquet(run_score(cfg) / "scores.parquet")
     assert len(df) == 12 and df["scored"].all()
@@ -43,5 +43,5 @@ def test_real_model_scores_equal_hf_loss(tmp_path, shared_data, default_lm):
     for ex, row in zip(data.examples, df.itertuples()):
         ref = reference_loss(default_lm.model, encode(default_lm.tokenizer, t, ex.messages, 256))
         assert abs(row.loss - ref) < 1e-4, (row.example_id, row.loss, ref)
-    # An instruct model finds GSM8K answers and Alpaca outputs fairly predictable.
+    # An instruct model finds CHAMP solutions and ShareGPT answers fairly predictable.
     assert 0.3 < df["loss"].mean() < 3.0

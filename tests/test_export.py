@@ -133,14 +133,13 @@ def test_export_config_and_folder_errors(tmp_path):
 
 
 @pytest.mark.integration
-def test_done_means_on_real_rows(shared_data, tmp_path, capsys):
+def test_done_means_on_real_rows(default_pool, tmp_path, capsys):
     """select davir 10% chat=0.5,math=0.5, export jsonl messages: half chat, half math, top davir."""
     import datasets
 
     from curation.cli import main
 
-    run = make_run(tmp_path / "run", [f"math={shared_data / 'gsm8k/train.jsonl'}",
-                                      f"chat={shared_data / 'alpaca_gpt4_demo/alpaca_en_demo.json'}"], limit=100)
+    run = make_run(tmp_path / "run", [f"math={default_pool['math']}", f"chat={default_pool['chat']}"], limit=100)
     assert main(["select", str(run), "--method", "davir", "--budget", "10%", "--mix", "chat=0.5,math=0.5",
                  "--out", str(tmp_path / "sel")]) == 0
     assert main(["export", str(tmp_path / "sel"), "--format", "jsonl", "--style", "messages",
