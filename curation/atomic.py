@@ -17,6 +17,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from curation.system import pid_running
+
 
 class AtomicError(ValueError):
     """A destination that must not be replaced (a file, or a folder holding something else)."""
@@ -112,21 +114,9 @@ def remove_stale(out: Path) -> list[tuple[Path, int]]:
     pattern = re.compile(rf"^\.{re.escape(out.name)}\.(\d+)-[^/]*\.(tmp|old)$")
     for p in out.parent.iterdir():
         m = pattern.match(p.name)
-        if not m or not p.is_dir() or _pid_running(int(m.group(1))):
+        if not m or not p.is_dir() or int(m.group(1)) == os.getpid() or pid_running(int(m.group(1))):
             continue
         size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
         shutil.rmtree(p, ignore_errors=True)
         removed.append((p, size))
     return removed
-
-
-def _pid_running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -46,6 +46,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from curation.atomic import write_json
+from curation.system import pid_running
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -504,13 +505,7 @@ def _pid_alive(pid: int | None, start: int | None) -> bool:
     if Path("/proc/self/stat").is_file():
         now_start = process_start_time(pid)
         return now_start is not None and (start is None or now_start == start)
-    try:  # no /proc (macOS): existence only
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_running(pid)  # no /proc (macOS): existence only
 
 
 SUSPECT = "suspect"

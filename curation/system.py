@@ -1,7 +1,9 @@
-"""What this installation has: versions, device, the default model.  Used by the landing page."""
+"""What this machine and installation have: versions, device, the default model (the landing
+page), and whether a process runs."""
 
 from __future__ import annotations
 
+import os
 import platform
 
 from curation import __version__
@@ -37,3 +39,14 @@ def info() -> dict:
     except ImportError:  # pragma: no cover
         out["transformers"] = None
     return out
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
