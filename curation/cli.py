@@ -64,7 +64,8 @@ class TqdmProgress:
             self.bar.set_postfix_str(f"loss {p['train_loss']:.4f} {p.get('tokens_per_s') or 0:.0f} tok/s",
                                      refresh=False)
         elif p.get("tokens_per_s"):
-            self.bar.set_postfix_str(f"{p['tokens_per_s']:.0f} tok/s", refresh=False)
+            workers = f", {p['workers']} Ray workers" if p.get("workers") is not None else ""
+            self.bar.set_postfix_str(f"{p['tokens_per_s']:.0f} tok/s{workers}", refresh=False)
         self.bar.refresh()
 
     def close(self):

@@ -169,9 +169,21 @@ class ComputeConfig:
     chunk_examples: int = option(256, "examples per committed scoring chunk (the most a kill can lose)", result=False)
     cache: str | None = option(None, "score cache folder (default: .cache/score-cache, or $CURATION_SCORE_CACHE)",
                                result=False)
+    engine: str = option("local", "where the work runs: local (this process) or ray (scoring passes on an actor "
+                                  "pool, training on Ray Train)", choices=("local", "ray"), result=False)
+    ray_address: str | None = option(None, "--engine ray: the cluster to join (auto: the one this machine belongs "
+                                           "to; ray://HOST:10001: a remote one; default: start a local instance)",
+                                     result=False)
+    workers: int | None = option(None, "--engine ray: how many workers (default: one per CPU of a local instance, "
+                                       "or per GPU with --gpus-per-worker)", result=False)
+    gpus_per_worker: float = option(0.0, "--engine ray: GPUs per worker (0: CPU workers)", result=False)
 
     def __post_init__(self):
-        check_positive(self, "batch_tokens", "chunk_examples")
+        check_positive(self, "batch_tokens", "chunk_examples", "workers")
+        if self.engine == "local" and (self.ray_address or self.workers or self.gpus_per_worker):
+            raise ValueError("--ray-address, --workers and --gpus-per-worker apply to --engine ray")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
 
 
 @dataclass(kw_only=True)

@@ -118,6 +118,7 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
     """
     from curation.formulas import (derived_columns, heldout_agreement, heldout_columns, s2l_clusters,
                                    stability_columns, stability_summary)
+    from curation.engine import open_engine
     from curation.load import RecordError
     from curation.passes import PassSettings, Reporter, ScoreCache, score_pass
     from curation.runs import claim, load_inputs, tokenise, write_tables
@@ -137,78 +138,80 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
         examples, encoded, rejected, table = tokenise(run, data, lm.tokenizer, template, max_length, report)
     ids = [e.example_id for e in examples]
 
-    with timings("score_base"):  # step 0: the base model
-        passes = [score_pass(lm.model, lm.fingerprint, ids, encoded, settings, report,
-                             f"scoring checkpoint 0/{K} (base model)")]
-    alone, alone_rows = None, {}
-    if cfg.ifd:
-        with timings("score_ifd"):
-            alone = encode_response_only(lm.tokenizer, template, [e.messages for e in examples], max_length)
-            ok = [i for i, a in enumerate(alone) if not isinstance(a, RecordError)]  # no IFD for those
-            alone_rows = score_pass(lm.model, lm.fingerprint, [ids[i] for i in ok], [alone[i] for i in ok],
-                                    settings, report, "scoring responses alone (IFD)", variant="response_only")
+    with open_engine(cfg) as settings.engine:  # this process, or Ray workers (--engine ray)
+        with timings("score_base"):  # step 0: the base model
+            passes = [score_pass(lm.source(), lm.fingerprint, ids, encoded, settings, report,
+                                 f"scoring checkpoint 0/{K} (base model)")]
+        alone, alone_rows = None, {}
+        if cfg.ifd:
+            with timings("score_ifd"):
+                alone = encode_response_only(lm.tokenizer, template, [e.messages for e in examples], max_length)
+                ok = [i for i, a in enumerate(alone) if not isinstance(a, RecordError)]  # no IFD for those
+                alone_rows = score_pass(lm.source(), lm.fingerprint, [ids[i] for i in ok], [alone[i] for i in ok],
+                                        settings, report, "scoring responses alone (IFD)", variant="response_only")
 
-    train_info, fingerprints = None, [lm.fingerprint]
-    if ref is not None:
-        with timings("score_checkpoints"):
-            passes.append(score_pass(ref.model, ref.fingerprint, ids, encoded, settings, report,
-                                     "scoring checkpoint 1/1 (reference)"))
-        fingerprints.append(ref.fingerprint)
-        del ref
-    else:
-        from curation.training import checkpoint_model, train
+        train_info, fingerprints = None, [lm.fingerprint]
+        if ref is not None:
+            with timings("score_checkpoints"):
+                passes.append(score_pass(ref.source(), ref.fingerprint, ids, encoded, settings, report,
+                                         "scoring checkpoint 1/1 (reference)"))
+            fingerprints.append(ref.fingerprint)
+            del ref
+        else:
+            from curation.training import checkpoint_model, train
 
-        with timings("train_session"):
-            res = train(lm.path, lm.tokenizer, encoded, cfg.train_config(), run.path / "train", K,
-                        device=lm.device, progress=lambda p: report(**p), phase="training reference model")
-        train_info = res.summary()
-        with timings("score_checkpoints"):
-            for k, ckpt in enumerate(res.checkpoints, start=1):
-                fp, model = checkpoint_model(lm, ckpt, report)
-                passes.append(score_pass(model, fp, ids, encoded, settings, report, f"scoring checkpoint {k}/{K}"))
-                fingerprints.append(fp)
+            with timings("train_session"):
+                res = train(lm.path, lm.tokenizer, encoded, cfg.train_config(), run.path / "train", K,
+                            device=lm.device, progress=lambda p: report(**p), phase="training reference model",
+                            engine=settings.engine)
+            train_info = res.summary()
+            with timings("score_checkpoints"):
+                for k, ckpt in enumerate(res.checkpoints, start=1):
+                    fp, model = checkpoint_model(lm, ckpt, report)
+                    passes.append(score_pass(model, fp, ids, encoded, settings, report, f"scoring checkpoint {k}/{K}"))
+                    fingerprints.append(fp)
 
-    extra_refs = []  # losses of the extra references 2..N (stability)
-    if cfg.stability_runs > 1:
-        with timings("stability"):
-            extra_refs = stability_losses(cfg, lm, ids, encoded, settings, run.path / "stability", report)
+        extra_refs = []  # losses of the extra references 2..N (stability)
+        if cfg.stability_runs > 1:
+            with timings("stability"):
+                extra_refs = stability_losses(cfg, lm, ids, encoded, settings, run.path / "stability", report)
 
-    folds = heldout = None
-    if cfg.heldout_folds:
-        with timings("heldout"):
-            folds, heldout = heldout_losses(cfg, lm, ids, encoded, settings, run.path / "folds", report)
+        folds = heldout = None
+        if cfg.heldout_folds:
+            with timings("heldout"):
+                folds, heldout = heldout_losses(cfg, lm, ids, encoded, settings, run.path / "folds", report)
 
-    with timings("cluster_and_assemble"):
-        report(phase="clustering trajectories (S2L)", done=0, total=None)
-        L = np.stack([losses_of(p, ids) for p in passes], axis=1)  # (n_examples, K+1)
-        columns = {f"loss_ckpt_{k}": L[:, k] for k in range(K + 1)}
-        columns.update(derived_columns(L))
-        ifd, mismatches = ifd_column(ids, encoded, passes[0], alone, alone_rows)
-        columns["ifd"] = ifd
-        clusters = s2l_clusters(L, cfg.n_clusters, cfg.seed)
-        if folds is not None:
-            columns["fold"] = folds
-            columns.update(heldout_columns(L[:, 0], heldout))
-            meta["heldout_agreement"] = heldout_agreement(columns, table.column("domain").to_pylist())
-        if extra_refs:
-            columns.update(stability_columns(L[:, 0], [L[:, -1], *extra_refs]))
-            meta["stability"] = stability_summary(columns, table.column("domain").to_pylist(),
-                                                  runs=cfg.stability_runs, settings=[
-                                                      cfg.train_config().result_key(),
-                                                      *[t.result_key() for t in cfg.stability_settings()]])
-            run.write_stability(meta["stability"])
-    report(phase="writing tables")
-    scores = write_tables(run, table, encoded, passes[0], rejected, ref_rows=passes[-1],
-                          extra_columns=arrow_columns(columns, clusters))
-    meta.update({
-        "checkpoint_fingerprints": fingerprints, "train": train_info, "heldout_folds": cfg.heldout_folds,
-        "n_scored": int(sum(scores.column("scored").to_pylist())), "n_rejected": len(rejected),
-        "n_clusters": int(clusters.max()) + 1 if (clusters >= 0).any() else 0,
-        "ifd_token_mismatches": mismatches, "score_cache": str(settings.cache.root),
-        "timings_s": timings.total(),
-    })
-    run.finish(meta)
-    report(phase="done", done=len(examples), total=len(examples))
+        with timings("cluster_and_assemble"):
+            report(phase="clustering trajectories (S2L)", done=0, total=None)
+            L = np.stack([losses_of(p, ids) for p in passes], axis=1)  # (n_examples, K+1)
+            columns = {f"loss_ckpt_{k}": L[:, k] for k in range(K + 1)}
+            columns.update(derived_columns(L))
+            ifd, mismatches = ifd_column(ids, encoded, passes[0], alone, alone_rows)
+            columns["ifd"] = ifd
+            clusters = s2l_clusters(L, cfg.n_clusters, cfg.seed)
+            if folds is not None:
+                columns["fold"] = folds
+                columns.update(heldout_columns(L[:, 0], heldout))
+                meta["heldout_agreement"] = heldout_agreement(columns, table.column("domain").to_pylist())
+            if extra_refs:
+                columns.update(stability_columns(L[:, 0], [L[:, -1], *extra_refs]))
+                meta["stability"] = stability_summary(columns, table.column("domain").to_pylist(),
+                                                      runs=cfg.stability_runs, settings=[
+                                                          cfg.train_config().result_key(),
+                                                          *[t.result_key() for t in cfg.stability_settings()]])
+                run.write_stability(meta["stability"])
+        report(phase="writing tables")
+        scores = write_tables(run, table, encoded, passes[0], rejected, ref_rows=passes[-1],
+                              extra_columns=arrow_columns(columns, clusters))
+        meta.update({
+            "checkpoint_fingerprints": fingerprints, "train": train_info, "heldout_folds": cfg.heldout_folds,
+            "n_scored": int(sum(scores.column("scored").to_pylist())), "n_rejected": len(rejected),
+            "n_clusters": int(clusters.max()) + 1 if (clusters >= 0).any() else 0,
+            "ifd_token_mismatches": mismatches, "score_cache": str(settings.cache.root),
+            "timings_s": timings.total(),
+        })
+        run.finish(meta)
+        report(phase="done", done=len(examples), total=len(examples))
     return run.path
 
 
@@ -240,7 +243,7 @@ def heldout_losses(cfg: LearnConfig, lm, ids, encoded, settings, folder: Path, r
         keep, held = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
         res = train(lm.path, lm.tokenizer, [encoded[i] for i in keep], cfg.train_config(), folder / f"fold-{f}", 1,
                     device=lm.device, progress=lambda p: report(**p),
-                    phase=f"training held-out model {f + 1}/{cfg.heldout_folds}")
+                    phase=f"training held-out model {f + 1}/{cfg.heldout_folds}", engine=settings.engine)
         fp, model = checkpoint_model(lm, res.checkpoints[-1], report)
         rows.update(score_pass(model, fp, [ids[i] for i in held], [encoded[i] for i in held], settings, report,
                                f"scoring held-out fold {f + 1}/{cfg.heldout_folds}"))
@@ -257,7 +260,8 @@ def stability_losses(cfg: LearnConfig, lm, ids, encoded, settings, folder: Path,
     n = cfg.stability_runs
     for r, tcfg in enumerate(cfg.stability_settings(), start=2):
         res = train(lm.path, lm.tokenizer, encoded, tcfg, folder / f"run-{r}", 1, device=lm.device,
-                    progress=lambda p: report(**p), phase=f"training reference {r}/{n} (stability)")
+                    progress=lambda p: report(**p), phase=f"training reference {r}/{n} (stability)",
+                    engine=settings.engine)
         fp, model = checkpoint_model(lm, res.checkpoints[-1], report)
         out.append(losses_of(score_pass(model, fp, ids, encoded, settings, report,
                                         f"scoring reference {r}/{n} (stability)"), ids))

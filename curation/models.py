@@ -48,6 +48,46 @@ class LoadedModel:
             "fingerprint": self.fingerprint, "n_parameters": self.n_parameters,
         }
 
+    def source(self) -> "ModelSource":
+        """This model as a :class:`ModelSource` (already loaded here; a Ray worker loads its own)."""
+        return ModelSource(self.path, self.device, self.dtype, base=self.base).attach(self.model)
+
+    base: str | None = None  # the base model a LoRA adapter (``path``) was merged into
+
+
+@dataclass
+class ModelSource:
+    """A model that any process can load by itself: a folder (an HF model, or a trajectory
+    checkpoint / LoRA adapter of ``base``), a device and a dtype.
+
+    Scoring passes take one: locally the model is loaded once (or was attached already); on Ray
+    every worker loads its own copy from the path, so the path must be readable there (a shared
+    filesystem on a cluster).  The loaded model is never pickled with it."""
+
+    path: str
+    device: str
+    dtype: str
+    base: str | None = None
+
+    def attach(self, model) -> "ModelSource":
+        self.__dict__["_model"] = model
+        return self
+
+    def load(self):
+        """The model in eval mode (loaded on first use)."""
+        if self.__dict__.get("_model") is None:
+            if self.base is not None:
+                from curation.training import load_checkpoint
+
+                model = load_checkpoint(self.base, self.path, self.device, self.dtype)
+            else:
+                model = load_weights(self.path, self.device, self.dtype)
+            self.__dict__["_model"] = model
+        return self.__dict__["_model"]
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_model"}
+
 
 def cache_dir() -> Path:
     """Where converted models live: ``$CURATION_CACHE`` or ``.cache/`` in the project folder."""
@@ -157,27 +197,35 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[st
     return device, dtype
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None,
-               trust_remote_code: bool = False) -> LoadedModel:
+def load_model(spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     """Load a model and its tokenizer for inference, on ``device`` in ``dtype``."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     device, dtype = pick_device(device, dtype)
     path = resolve_model(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
-        )
+        tokenizer = AutoTokenizer.from_pretrained(path)  # never trust_remote_code
     except OSError as e:
         raise ModelError(f"--model {spec}: could not load ({str(e).splitlines()[0][:300]})") from None
-    model.to(device).eval()
+    model = load_weights(path, device, dtype, spec)
     return LoadedModel(
         model=model, tokenizer=tokenizer, spec=spec, path=path, device=device, dtype=dtype,
         fingerprint=weights_fingerprint(model),
         n_parameters=sum(p.numel() for p in model.parameters()),
     )
+
+
+def load_weights(path: str, device: str, dtype: str, spec: str | None = None):
+    """The causal LM at ``path`` (a folder or hub id ``resolve_model`` gave) on ``device`` in ``dtype``,
+    in eval mode; never with remote code."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as e:
+        raise ModelError(f"--model {spec or path}: could not load ({str(e).splitlines()[0][:300]})") from None
+    return model.to(device).eval()
 
 
 def load_tokenizer(spec: str):
@@ -223,7 +271,7 @@ def load_reference(spec: str, base: LoadedModel) -> LoadedModel:
     return LoadedModel(
         model=model, tokenizer=base.tokenizer, spec=spec, path=str(spec), device=base.device,
         dtype=base.dtype, fingerprint=weights_fingerprint(model),
-        n_parameters=sum(p.numel() for p in model.parameters()),
+        n_parameters=sum(p.numel() for p in model.parameters()), base=base.path,
     )
 
 

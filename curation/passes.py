@@ -102,6 +102,7 @@ class PassSettings:
     batch_tokens: int  # padded tokens per forward pass
     chunk_examples: int  # examples per committed chunk
     compile: bool = False
+    engine: object = None  # curation.engine's RayEngine: chunks go to its workers (None: this process)
 
     def key(self, fingerprint: str, variant: str = "full") -> str:
         return self.cache.key(model=fingerprint, variant=variant, template=self.template,
@@ -115,14 +116,13 @@ def score_pass(model, fingerprint: str, ids: list[str], encoded: Sequence, setti
                report: Report, phase: str, variant: str = "full") -> dict[str, dict]:
     """Score ``encoded`` (ids in the same order) with ``model``, reusing and filling the cache.
 
-    ``model`` may be a callable that loads the model: it is called only if some example is not in
-    the cache yet, so a finished pass needs no model at all.  Returns ``{example_id: row}`` with
-    ``loss_sum, n_tokens, positions, token_losses`` for every example.  ``report(**progress)``
-    gets ``phase, done, total, tokens, tokens_per_s, eta_s, cached`` and, after each commit,
-    ``committed`` (the number of chunks committed in this pass).
+    ``model`` is a :class:`curation.models.ModelSource`: it is loaded only if some example is not
+    in the cache yet (a finished pass needs no model at all), here or, with a Ray engine, by each
+    worker.  Returns ``{example_id: row}`` with ``loss_sum, n_tokens, positions, token_losses`` for
+    every example.  ``report(**progress)`` gets ``phase, done, total, tokens, tokens_per_s, eta_s,
+    cached`` and, after each commit, ``committed`` (chunks committed in this pass) and, on Ray,
+    ``workers`` (how many are alive).
     """
-    from curation.losses import score_examples
-
     key = settings.key(fingerprint, variant)
     have = settings.cache.load(key, set(ids))
     todo = [j for j, i in enumerate(ids) if i not in have]
@@ -130,33 +130,45 @@ def score_pass(model, fingerprint: str, ids: list[str], encoded: Sequence, setti
     report(phase=phase, done=done, total=total, tokens=0, tokens_per_s=None, eta_s=None, cached=done)
     if not todo:
         return have
-    if callable(model) and not hasattr(model, "parameters"):
-        model = model()  # loaded lazily: a finished pass needs no model
-    t0, tokens = time.time(), 0
-    n_todo_tokens = sum(len(encoded[j].input_ids) for j in todo)
+    meta = {"model": fingerprint, "variant": variant, "template": settings.template,
+            "max_length": settings.max_length, "dtype": settings.dtype, "device": settings.device}
+    chunks = [todo[c : c + settings.chunk_examples] for c in range(0, len(todo), settings.chunk_examples)]
+    t0, tokens, n_todo_tokens = time.time(), 0, sum(len(encoded[j].input_ids) for j in todo)
 
-    def on_batch(n_ex: int, n_tok: int) -> None:
+    def tick(n_ex: int, n_tok: int, **extra) -> None:
         nonlocal done, tokens
         done += n_ex
         tokens += n_tok
         tps = tokens / max(time.time() - t0, 1e-9)
-        report(done=done, tokens=tokens, tokens_per_s=tps, eta_s=(n_todo_tokens - tokens) / max(tps, 1e-9))
+        report(done=done, tokens=tokens, tokens_per_s=tps, eta_s=(n_todo_tokens - tokens) / max(tps, 1e-9), **extra)
 
-    meta = {"model": fingerprint, "variant": variant, "template": settings.template,
-            "max_length": settings.max_length, "dtype": settings.dtype, "device": settings.device}
-    for n, c in enumerate(range(0, len(todo), settings.chunk_examples), start=1):
-        chunk = todo[c : c + settings.chunk_examples]
-        res = score_examples(model, [encoded[j] for j in chunk], settings.batch_tokens, on_batch=on_batch,
-                             compile=settings.compile)
-        rows = [{"example_id": ids[j], "loss_sum": r.loss_sum, "n_tokens": r.n_tokens,
-                 "positions": r.positions.tolist(), "token_losses": r.token_losses.tolist()}
-                for j, r in zip(chunk, res)]
+    def commit(rows: list[dict]) -> None:
         settings.cache.put(key, rows, meta)
         have.update({r["example_id"]: r for r in rows})
+
+    if settings.engine is not None:
+        settings.engine.score_chunks(model, [(n, [ids[j] for j in c], [encoded[j] for j in c])
+                                             for n, c in enumerate(chunks, start=1)],
+                                     settings.batch_tokens, commit, tick)
+        return have
+    from curation.losses import score_examples
+
+    m = model.load()
+    for n, chunk in enumerate(chunks, start=1):
+        res = score_examples(m, [encoded[j] for j in chunk], settings.batch_tokens, on_batch=tick,
+                             compile=settings.compile)
+        commit(cache_rows([ids[j] for j in chunk], res))
         # A commit is a milestone: the job store records it at once (not throttled), so the
         # status of a job killed right after it counts the chunk that resume will keep.
         report(done=done, committed=n)
     return have
+
+
+def cache_rows(ids: list[str], results) -> list[dict]:
+    """Score-cache rows of ``results`` (:class:`curation.losses.ExampleLoss`, in the order of ``ids``)."""
+    return [{"example_id": i, "loss_sum": r.loss_sum, "n_tokens": r.n_tokens,
+             "positions": r.positions.tolist(), "token_losses": r.token_losses.tolist()}
+            for i, r in zip(ids, results)]
 
 
 class Reporter:

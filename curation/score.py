@@ -31,6 +31,7 @@ def run_score(cfg: ScoreConfig, progress: Progress | None = None) -> Path:
 
     ``progress`` receives dicts with ``phase, done, total, tokens, tokens_per_s, eta_s``.
     """
+    from curation.engine import open_engine
     from curation.passes import PassSettings, Reporter, ScoreCache, score_pass
     from curation.runs import claim, load_inputs, tokenise, write_tables
 
@@ -43,7 +44,9 @@ def run_score(cfg: ScoreConfig, progress: Progress | None = None) -> Path:
     examples, encoded, rejected, table = tokenise(run, data, lm.tokenizer, template, max_length, report)
     t_loaded = time.time()
 
-    rows = score_pass(lm.model, lm.fingerprint, [e.example_id for e in examples], encoded, settings, report, "scoring")
+    with open_engine(cfg) as settings.engine:
+        rows = score_pass(lm.source(), lm.fingerprint, [e.example_id for e in examples], encoded, settings, report,
+                          "scoring")
 
     report(phase="writing tables", done=len(examples), total=len(examples))
     write_tables(run, table, encoded, rows, rejected)

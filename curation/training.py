@@ -169,35 +169,79 @@ def sft_loss_sum(model, encoded: Sequence[Encoded], batch: Sequence[int]):
     return loss, len(rows_t)
 
 
+@dataclass
+class TrainPlan:
+    """Everything a training run does, fixed before it starts: the examples with an assistant
+    token, the optimizer steps of every epoch (micro-batches of example indices), the K checkpoint
+    steps and folders.  A pure function of the data lengths and the config, so every rank of a
+    distributed run builds the same plan."""
+
+    out: Path
+    sub: list  # the Encoded examples trained on
+    lengths: list[int]
+    steps: list[tuple[int, list[list[int]]]]  # (epoch, micro-batches) per optimizer step, in order
+    ckpt_steps: list[int]
+    ckpt_dirs: list[Path]
+
+    @classmethod
+    def build(cls, encoded: Sequence[Encoded], cfg: TrainConfig, n_checkpoints: int, out: Path) -> "TrainPlan":
+        usable = [i for i, e in enumerate(encoded) if e.target.any()]
+        if not usable:
+            raise ValueError("nothing to train on: no example has an assistant token")
+        sub = [encoded[i] for i in usable]
+        lengths = [len(e.input_ids) for e in sub]
+        steps = [(e, micro) for e in range(cfg.epochs) for micro in plan_steps(lengths, cfg, e)]
+        return cls(Path(out), sub, lengths, steps, checkpoint_steps(len(steps), n_checkpoints),
+                   [Path(out) / f"ckpt-{k}" for k in range(1, n_checkpoints + 1)])
+
+    @property
+    def total(self) -> int:
+        return len(self.steps)
+
+    def finished(self, lora: bool) -> "TrainResult | None":
+        """The result of a training that finished earlier (train.json and every checkpoint), or None."""
+        f = self.out / "train.json"
+        if not (f.is_file() and all((d / "DONE").is_file() for d in self.ckpt_dirs)):
+            return None
+        info = json.loads(f.read_text())
+        return TrainResult(self.ckpt_dirs, self.ckpt_steps, self.total, info["loss_curve"], info["tokens_trained"],
+                           info["seconds"], lora)
+
+
 def train(model_path: str, tokenizer, encoded: Sequence[Encoded], cfg: TrainConfig, out_dir: str | Path,
           n_checkpoints: int, device: str = "cpu", progress: Progress | None = None,
-          phase: str = "training") -> TrainResult:
+          phase: str = "training", engine=None) -> TrainResult:
     """Fine-tune the model at ``model_path`` on ``encoded`` and save K trajectory checkpoints.
 
-    Re-running with the same arguments resumes from ``out_dir/state.pt`` (or returns at once if
+    Re-running with the same arguments resumes from ``out_dir/state/`` (or returns at once if
     training finished).  ``progress`` gets ``phase, done, total`` (optimizer steps), ``tokens,
-    tokens_per_s, eta_s, train_loss, lr``.
+    tokens_per_s, eta_s, train_loss, lr``.  With a distributed ``engine`` (``--engine ray``) the
+    same loop runs on its workers, each taking its share of every step's micro-batches.
+    """
+    plan = TrainPlan.build(encoded, cfg, n_checkpoints, Path(out_dir))
+    plan.out.mkdir(parents=True, exist_ok=True)
+    done = plan.finished(cfg.lora)
+    if done is not None:
+        return done
+    if engine is not None and engine.distributed:
+        return engine.train(model_path, plan, cfg, progress, phase)
+    return run_training(model_path, tokenizer, plan, cfg, device, progress, phase)
+
+
+def run_training(model_path: str, tokenizer, plan: TrainPlan, cfg: TrainConfig, device: str = "cpu",
+                 progress: Progress | None = None, phase: str = "training", rank: int = 0, world: int = 1,
+                 reduce: Callable | None = None) -> TrainResult:
+    """The training loop, as rank ``rank`` of ``world`` processes (1 of 1 locally).
+
+    Every optimizer step's micro-batches are dealt round-robin over the ranks; each micro-batch's
+    summed loss is divided by the step's target count over *all* ranks, and ``reduce`` (an in-place
+    sum over ranks) adds the gradients, so the step's gradient is the single-process one (up to
+    the order of the float sums) and the global batch is what the config says whatever ``world``.
+    Rank 0 alone writes checkpoints, the resume state and train.json.
     """
     import torch
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lengths = [len(e.input_ids) for e in encoded]
-    usable = [i for i, e in enumerate(encoded) if e.target.any()]
-    if not usable:
-        raise ValueError("nothing to train on: no example has an assistant token")
-    sub = [encoded[i] for i in usable]
-    sub_lengths = [lengths[i] for i in usable]
-    plans = [plan_steps(sub_lengths, cfg, e) for e in range(cfg.epochs)]
-    total = sum(len(p) for p in plans)
-    ckpt_steps = checkpoint_steps(total, n_checkpoints)
-    ckpt_dirs = [out / f"ckpt-{k}" for k in range(1, n_checkpoints + 1)]
-    finished = out / "train.json"
-    if finished.is_file() and all((d / "DONE").is_file() for d in ckpt_dirs):
-        info = json.loads(finished.read_text())
-        return TrainResult(ckpt_dirs, ckpt_steps, total, info["loss_curve"], info["tokens_trained"],
-                           info["seconds"], cfg.lora)
-
+    out, total = plan.out, plan.total
     model = _load_trainable(model_path, cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
@@ -209,67 +253,78 @@ def train(model_path: str, tokenizer, encoded: Sequence[Encoded], cfg: TrainConf
         state = {k: saved[k] for k in ("step", "loss_curve", "tokens_trained", "seconds")}
     model.train()
 
-    def save_state():
-        save_resume_state(out, model, opt, sched, cfg.lora, {**state, **expect})
-
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else _null()
     t_session, t_mark, last_save = time.time(), time.time(), time.time()
     tok_session, steps_session = 0, 0
-    step = state["step"]
-    for epoch, plan in enumerate(plans):
-        first = sum(len(p) for p in plans[:epoch])
-        for j, micro in enumerate(plan):
-            s = first + j
-            if s < step:
-                continue  # done in an earlier session
-            n_step = sum(int(sub[i].target.sum()) for mb in micro for i in mb)
-            loss_total = 0.0
-            for mb in micro:
-                with autocast:
-                    loss_sum, _ = sft_loss_sum(model, sub, mb)
-                # Dividing by the step's target count makes the step loss a token mean over the
-                # whole step, however it is split into micro-batches.
-                (loss_sum / n_step).backward()
-                loss_total += float(loss_sum.detach())
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            lr = sched.get_last_lr()[0]
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step = s + 1
-            step_tokens = sum(sub_lengths[i] for mb in micro for i in mb)
-            tok_session += step_tokens
-            steps_session += 1
-            state["step"] = step
-            state["tokens_trained"] += step_tokens
-            state["loss_curve"].append({"step": step, "loss": loss_total / n_step, "lr": lr,
-                                        "tokens": state["tokens_trained"]})
-            elapsed = max(time.time() - t_session, 1e-9)
-            if progress is not None:
-                progress({"phase": phase, "done": step, "total": total, "tokens": state["tokens_trained"],
-                          "tokens_per_s": tok_session / elapsed,
-                          "eta_s": (total - step) * elapsed / steps_session,
-                          "train_loss": loss_total / n_step, "lr": lr, "epoch": epoch})
-            hits = [k for k, cs in enumerate(ckpt_steps[1:]) if cs == step]
-            for k in hits:
-                _save_checkpoint(model, tokenizer, cfg, ckpt_dirs[k], step)
-            if hits or time.time() - last_save > cfg.save_every_s or step == total:
-                now = time.time()
-                state["seconds"] += now - t_mark
-                t_mark = now
-                save_state()
-                last_save = time.time()
-    # Checkpoints at step 0 (a pool so small that total < K) are the base model itself.
-    for k, cs in enumerate(ckpt_steps[1:]):
-        if cs == 0 and not (ckpt_dirs[k] / "DONE").is_file():
-            _save_checkpoint(model, tokenizer, cfg, ckpt_dirs[k], 0)
-    write_json(finished, {"total_steps": total, "checkpoint_steps": ckpt_steps,
-                          "loss_curve": state["loss_curve"], "tokens_trained": state["tokens_trained"],
-                          "seconds": round(state["seconds"], 2), "config": cfg.result_key()})
+    for s, (epoch, micro) in enumerate(plan.steps):
+        if s < state["step"]:
+            continue  # done in an earlier session
+        n_step = sum(int(plan.sub[i].target.sum()) for mb in micro for i in mb)  # over every rank
+        loss_total = 0.0
+        for mb in micro[rank::world]:
+            with autocast:
+                loss_sum, _ = sft_loss_sum(model, plan.sub, mb)
+            # Dividing by the step's target count makes the step loss a token mean over the
+            # whole step, however it is split into micro-batches (and ranks).
+            (loss_sum / n_step).backward()
+            loss_total += float(loss_sum.detach())
+        if world > 1:
+            loss_total = _sum_over_ranks(params, loss_total, reduce)
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        lr = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step = s + 1
+        step_tokens = sum(plan.lengths[i] for mb in micro for i in mb)
+        tok_session += step_tokens
+        steps_session += 1
+        state["step"] = step
+        state["tokens_trained"] += step_tokens
+        state["loss_curve"].append({"step": step, "loss": loss_total / n_step, "lr": lr,
+                                    "tokens": state["tokens_trained"]})
+        elapsed = max(time.time() - t_session, 1e-9)
+        if progress is not None and rank == 0:
+            progress({"phase": phase, "done": step, "total": total, "tokens": state["tokens_trained"],
+                      "tokens_per_s": tok_session / elapsed, "eta_s": (total - step) * elapsed / steps_session,
+                      "train_loss": loss_total / n_step, "lr": lr, "epoch": epoch})
+        if rank != 0:
+            continue
+        hits = [k for k, cs in enumerate(plan.ckpt_steps[1:]) if cs == step]
+        for k in hits:
+            _save_checkpoint(model, tokenizer, cfg, plan.ckpt_dirs[k], step)
+        if hits or time.time() - last_save > cfg.save_every_s or step == total:
+            now = time.time()
+            state["seconds"] += now - t_mark
+            t_mark = now
+            save_resume_state(out, model, opt, sched, cfg.lora, {**state, **expect})
+            last_save = time.time()
+    if rank == 0:
+        # Checkpoints at step 0 (a pool so small that total < K) are the base model itself.
+        for k, cs in enumerate(plan.ckpt_steps[1:]):
+            if cs == 0 and not (plan.ckpt_dirs[k] / "DONE").is_file():
+                _save_checkpoint(model, tokenizer, cfg, plan.ckpt_dirs[k], 0)
+        write_json(out / "train.json", {"total_steps": total, "checkpoint_steps": plan.ckpt_steps,
+                                        "loss_curve": state["loss_curve"], "tokens_trained": state["tokens_trained"],
+                                        "seconds": round(state["seconds"], 2), "config": cfg.result_key()})
     del model, opt
-    return TrainResult(ckpt_dirs, ckpt_steps, total, state["loss_curve"], state["tokens_trained"],
+    return TrainResult(plan.ckpt_dirs, plan.ckpt_steps, total, state["loss_curve"], state["tokens_trained"],
                        round(state["seconds"], 2), cfg.lora)
+
+
+def _sum_over_ranks(params, loss_total: float, reduce) -> float:
+    """Sum the gradients (one flat tensor) and the step's loss over the ranks, in place."""
+    import torch
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    reduce(flat)
+    for p, g in zip(params, torch._utils._unflatten_dense_tensors(flat, grads)):
+        p.grad = g
+    lt = torch.tensor([loss_total], dtype=torch.float64, device=flat.device)
+    reduce(lt)
+    return float(lt)
 
 
 def save_resume_state(out: Path, model, opt, sched, lora: bool, state: dict) -> None:
@@ -360,25 +415,22 @@ def load_resume_state(out: Path, model, opt, sched, lora: bool, device: str, exp
 
 
 def checkpoint_model(lm, ckpt: Path, report):
-    """``(weights fingerprint, model or loader)`` of a trajectory checkpoint, for a scoring pass.
+    """``(weights fingerprint, ModelSource)`` of a trajectory checkpoint, for a scoring pass.
 
     The fingerprint is stored next to the checkpoint the first time, so a resumed run knows the
     pass's cache key without loading (and hashing) the weights again; the model itself is then
     loaded only if the pass still has examples to score."""
     from curation.atomic import write_text
-    from curation.models import weights_fingerprint
+    from curation.models import ModelSource, weights_fingerprint
 
-    def load():
-        report(phase=f"loading {ckpt.name}", done=0, total=None)
-        return load_checkpoint(lm.path, ckpt, lm.device, lm.dtype)
-
+    source = ModelSource(str(ckpt), lm.device, lm.dtype, base=lm.path)
     fp_file = ckpt / f"FINGERPRINT-{lm.dtype}"
     if fp_file.is_file():
-        return fp_file.read_text().strip(), load
-    model = load()
-    fp = weights_fingerprint(model)
+        return fp_file.read_text().strip(), source
+    report(phase=f"loading {ckpt.name}", done=0, total=None)
+    fp = weights_fingerprint(source.load())
     write_text(fp_file, fp)
-    return fp, model
+    return fp, source
 
 
 def load_checkpoint(base_path: str, ckpt_dir: str | Path, device: str = "cpu", dtype: str = "float32"):

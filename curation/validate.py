@@ -126,6 +126,7 @@ class Candidate:
 def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     """Run (or finish) a validation and return its folder (see the module docstring)."""
     from curation.atomic import write_json, write_parquet, write_text
+    from curation.engine import open_engine
     from curation.models import load_model
     from curation.passes import PassSettings, Reporter, ScoreCache, score_pass
     from curation.verdicts import build_report
@@ -148,19 +149,21 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     ev_ids = [e.example_id for e in evals.examples]
     pool = pool_encodings(run, meta, candidates, lm.tokenizer, template, report)
 
-    base_rows = score_pass(lm.model, lm.fingerprint, ev_ids, evals.encoded, settings, report, "evaluating base model")
-    parts = [eval_rows("base", -1, evals, base_rows)]
     jobs = [(c, s) for c in candidates for s in c.seeds]
-    for n, (cand, seed) in enumerate(jobs, start=1):
-        part = out / "parts" / f"{_slug(cand.name)}-seed{seed}.parquet"
-        if not part.is_file():
-            label = f"{cand.name} seed {cand.seeds.index(seed) + 1}/{len(cand.seeds)} ({n}/{len(jobs)})"
-            fp, curve = train_candidate(cfg, lm, pool, cand.ids[seed], seed, out / "train" / part.stem, settings,
-                                        ev_ids, evals, report, label)
-            rows = eval_rows(cand.name, seed, evals, settings.cache.load(settings.key(fp), set(ev_ids)))
-            write_json(part.with_suffix(".curve.json"), curve)
-            write_parquet(part, rows)  # the commit: a resumed validation skips this (candidate, seed)
-        parts.append(part)
+    with open_engine(cfg) as settings.engine:  # this process, or Ray workers (--engine ray)
+        base_rows = score_pass(lm.source(), lm.fingerprint, ev_ids, evals.encoded, settings, report,
+                               "evaluating base model")
+        parts = [eval_rows("base", -1, evals, base_rows)]
+        for n, (cand, seed) in enumerate(jobs, start=1):
+            part = out / "parts" / f"{_slug(cand.name)}-seed{seed}.parquet"
+            if not part.is_file():
+                label = f"{cand.name} seed {cand.seeds.index(seed) + 1}/{len(cand.seeds)} ({n}/{len(jobs)})"
+                fp, curve = train_candidate(cfg, lm, pool, cand.ids[seed], seed, out / "train" / part.stem, settings,
+                                            ev_ids, evals, report, label)
+                rows = eval_rows(cand.name, seed, evals, settings.cache.load(settings.key(fp), set(ev_ids)))
+                write_json(part.with_suffix(".curve.json"), curve)
+                write_parquet(part, rows)  # the commit: a resumed validation skips this (candidate, seed)
+            parts.append(part)
 
     report(phase="statistics", done=len(jobs), total=len(jobs))
     results, curves = assemble(parts)
@@ -410,7 +413,7 @@ def train_candidate(cfg: ValidateConfig, lm, pool: dict, ids: list[str], seed: i
             report(phase=f"reusing the training of {label}", done=0, total=None)
             return info["fingerprint"], info["loss_curve"]
     res = train(lm.path, lm.tokenizer, [pool[i] for i in ids], tcfg, folder, 1, device=lm.device,
-                progress=lambda p: report(**p), phase=f"training {label}")
+                progress=lambda p: report(**p), phase=f"training {label}", engine=settings.engine)
     fp, model = checkpoint_model(lm, res.checkpoints[-1], report)
     score_pass(model, fp, ev_ids, evals.encoded, settings, report, f"evaluating {label}")
     write_json(known, {"fingerprint": fp, "loss_curve": res.loss_curve, "tokens_trained": res.tokens_trained,

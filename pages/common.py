@@ -175,11 +175,14 @@ def jobs_panel(ws: Path, key: str, kinds: tuple[str, ...] | None = None, empty: 
                 frac = j.get("fraction") or 0.0
                 unit = "steps" if str(j.get("phase") or "").startswith("training") else "examples"
                 st.progress(min(max(frac, 0.0), 1.0), text=f"{j.get('done') or 0} / {j.get('total') or '?'} {unit}")
-                m1, m2, m3, m4 = st.columns(4)
-                m1.metric("Tokens", f"{j.get('tokens') or 0:,}")
-                m2.metric("Tokens/s", f"{j['tokens_per_s']:.0f}" if j.get("tokens_per_s") else "–")
-                m3.metric("ETA (phase)", fmt_duration(j.get("eta_s")))
-                m4.metric("Elapsed", fmt_duration(j.get("elapsed_s")))
+                workers = (j.get("extra") or {}).get("workers")
+                cols = st.columns(5 if workers is not None else 4)
+                cols[0].metric("Tokens", f"{j.get('tokens') or 0:,}")
+                cols[1].metric("Tokens/s", f"{j['tokens_per_s']:.0f}" if j.get("tokens_per_s") else "–")
+                cols[2].metric("ETA (phase)", fmt_duration(j.get("eta_s")))
+                cols[3].metric("Elapsed", fmt_duration(j.get("elapsed_s")))
+                if workers is not None:
+                    cols[4].metric("Ray workers alive", workers)
                 if j["state"] == "queued" and j.get("queue_position"):
                     st.caption(f"Waiting for the device: position {j['queue_position']} in the queue.")
                 if st.button("Cancel", key=f"{key}_cancel_{j['id']}"):

@@ -59,11 +59,15 @@ with st.form("launch"):
                "longer than plain loss on a CPU; the job's progress shows tokens/s and an ETA once it runs, and "
                "the README's benchmarks give measured times. Finished chunks and checkpoints survive a stop.")
     reference = config_input(LearnConfig, "reference", "Reference model (for 'attach a reference')")
+    e1, e2, _ = st.columns([1, 1, 2])
+    engine = config_input(ScoreConfig, "engine", "Engine", e1)
+    workers = config_input(ScoreConfig, "workers", "Ray workers (0 = one per CPU)", e2, min_value=0, max_value=1024)
     launched = st.form_submit_button("Start job", type="primary", disabled=not sources)
 
 if launched:
     base = {"sources": list(sources), "out": "", "model": model, "max_length": int(max_length) or None,
-            "limit": int(limit) or None}
+            "limit": int(limit) or None, "engine": engine,
+            "workers": (int(workers) or None) if engine == "ray" else None}
     try:
         if what == "score":
             # Small chunks: the Explore page shows scores from the first committed chunk on.

@@ -103,7 +103,7 @@ def test_score_page_has_the_launch_form(in_scored_ws):
     # No GPU here: the fast plain-loss pass is preselected, the learnability run is the next option.
     assert at.radio[0].value == "score" and at.radio[0].options[0].startswith("Plain loss")
     assert at.radio[0].options[1].startswith("Learnability run")
-    assert [n.label for n in at.number_input][:3] == ["Max length (tokens)", "Records per source (0 = all)", "Checkpoints K"]
+    assert [n.label for n in at.number_input][:3] == ["Max length (tokens; 0 = the default)", "Records per source (0 = all)", "Checkpoints K"]
     assert "No job yet" in _texts(at)
 
 

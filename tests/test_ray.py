@@ -1,0 +1,173 @@
+"""--engine ray on a real local Ray instance (2 CPU workers): the same tables as the local engine,
+training on Ray Train equal to one process up to float summation order, a killed worker's chunk
+re-run, a killed driver leaving no Ray work behind, and the resume after it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("ray", reason="--engine ray needs the ray package (requirements.txt)")
+
+from curation.learn import LearnConfig, run_learn  # noqa: E402
+from curation.score import ScoreConfig, run_score  # noqa: E402
+from tests.conftest import write_jsonl  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="the Ray engine's watchdog needs /proc (Linux)")
+
+
+def pool(tmp_path, n=240):
+    rows = [{"question": f"What is {k} + {k}? " + "Think step by step. " * (k % 4),
+             "answer": f"{k} + {k} = {2 * k}\n#### {2 * k}"} for k in range(n)]
+    return [f"math={write_jsonl(tmp_path / 'math.jsonl', rows)}"]
+
+
+def ray_processes() -> set[int]:
+    """Pids of every Ray process on the machine (by their process names)."""
+    import psutil
+
+    out = set()
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            text = " ".join([p.info["name"] or ""] + (p.info["cmdline"] or []))
+        except (psutil.Error, TypeError):
+            continue
+        if "ray::" in text or "raylet" in text or "gcs_server" in text or "ray/dashboard" in text:
+            out.add(p.pid)
+    return out
+
+
+def same_tables(a, b, atol=1e-6):
+    sa, sb = pd.read_parquet(a / "scores.parquet"), pd.read_parquet(b / "scores.parquet")
+    assert sb["example_id"].is_unique and sa["example_id"].tolist() == sb["example_id"].tolist()
+    assert (sa.drop(columns=["loss", "loss_sum"]) == sb.drop(columns=["loss", "loss_sum"])).all().all()
+    np.testing.assert_allclose(sa["loss"], sb["loss"], atol=atol, rtol=0)
+    ta, tb = pd.read_parquet(a / "token_losses.parquet"), pd.read_parquet(b / "token_losses.parquet")
+    assert ta["example_id"].tolist() == tb["example_id"].tolist()
+
+
+def test_score_on_two_ray_workers_equals_the_local_run(tmp_path, tiny_model_dir):
+    src = pool(tmp_path)
+    common = {"sources": src, "model": str(tiny_model_dir), "chunk_examples": 24}
+    local = run_score(ScoreConfig(out=str(tmp_path / "local"), cache=str(tmp_path / "c1"), **common))
+    seen = []
+    on_ray = run_score(ScoreConfig(out=str(tmp_path / "ray"), cache=str(tmp_path / "c2"), engine="ray", workers=2,
+                                   **common), progress=seen.append)
+    same_tables(local, on_ray)
+    commits = [p for p in seen if p.get("committed") and p.get("phase") == "scoring"]
+    assert max(p["committed"] for p in commits) == 10 and {p["workers"] for p in commits} <= {1, 2}
+    assert 2 in {p["workers"] for p in commits}
+    time.sleep(2)
+    assert not ray_processes(), "Ray processes left after the run"
+
+
+def test_a_killed_ray_worker_is_restarted_and_its_chunk_rerun(tmp_path, tiny_model_dir):
+    import psutil
+
+    src = pool(tmp_path)
+    common = {"sources": src, "model": str(tiny_model_dir), "chunk_examples": 12}
+    local = run_score(ScoreConfig(out=str(tmp_path / "local"), cache=str(tmp_path / "c1"), **common))
+    killed = []
+
+    def kill_one(p):
+        if p.get("committed") == 3 and not killed:
+            victims = [q for q in psutil.process_iter(["name", "cmdline"])
+                       if "ChunkScorer" in " ".join([q.info["name"] or ""] + (q.info["cmdline"] or []))]
+            assert victims, "no Ray scoring worker found"
+            os.kill(victims[0].pid, signal.SIGKILL)
+            killed.append(victims[0].pid)
+
+    on_ray = run_score(ScoreConfig(out=str(tmp_path / "ray"), cache=str(tmp_path / "c2"), engine="ray", workers=2,
+                                   **common), progress=kill_one)
+    assert killed
+    same_tables(local, on_ray)
+    from curation.runs import Run
+
+    assert len(Run(on_ray).committed_parts()) == 20  # every chunk committed once: none lost, none twice
+
+
+def test_learn_on_two_ray_train_workers_matches_one_process(tmp_path, tiny_model_dir):
+    """The global batch is the config's on any number of workers: the trajectories equal one
+    process's up to the order of float sums (gradients added over 2 ranks)."""
+    src = pool(tmp_path, 60)
+    common = {"sources": src, "model": str(tiny_model_dir), "checkpoints": 2, "lr": 1e-2, "epochs": 2,
+              "train_batch_tokens": 256, "grad_accum": 4, "ifd": False}
+    a = run_learn(LearnConfig(out=str(tmp_path / "local"), cache=str(tmp_path / "c1"), **common))
+    b = run_learn(LearnConfig(out=str(tmp_path / "ray"), cache=str(tmp_path / "c2"), engine="ray", workers=2, **common))
+    A, B = pd.read_parquet(a / "scores.parquet"), pd.read_parquet(b / "scores.parquet")
+    cols = ["loss_ckpt_0", "loss_ckpt_1", "loss_ckpt_2", "davir", "rho"]
+    assert (A["loss_ckpt_2"] < A["loss_ckpt_0"]).mean() > 0.9  # the reference learned something
+    np.testing.assert_allclose(A[cols].to_numpy(), B[cols].to_numpy(), atol=1e-5, rtol=0)
+    ra, rb = (json.loads((x / "run.json").read_text())["train"] for x in (a, b))
+    assert ra["total_steps"] == rb["total_steps"] and ra["tokens_trained"] == rb["tokens_trained"]
+    assert max(abs(x["loss"] - y["loss"]) for x, y in zip(ra["loss_curve"], rb["loss_curve"])) < 1e-5
+    assert sorted(p.name for p in (b / "train").iterdir() if p.name.startswith("ckpt")) == ["ckpt-1", "ckpt-2"]
+
+
+def test_killing_the_driver_leaves_no_ray_work_and_resume_continues(tmp_path, tiny_model_dir, monkeypatch):
+    from curation import jobs
+    from curation.runs import Run
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ws = tmp_path / "ws"
+    src = pool(tmp_path, 360)
+    cfg = ScoreConfig(sources=src, model=str(tiny_model_dir), chunk_examples=12, out="", engine="ray", workers=2,
+                      cache=str(tmp_path / "c2"))
+    before = ray_processes()
+    job = jobs.submit("score", cfg, workspace=ws)
+    run = Run(ws / "runs" / job)
+    t0 = time.time()
+    while len(run.committed_parts()) < 3:
+        assert time.time() - t0 < 240, jobs.status(job, ws)
+        time.sleep(0.1)
+    assert ray_processes() - before  # Ray is doing the work
+    os.kill(jobs.status(job, ws)["pid"], signal.SIGKILL)
+    t1 = time.time()
+    while ray_processes() - before:
+        assert time.time() - t1 < 20, f"Ray processes still running after the driver was killed: {ray_processes() - before}"
+        time.sleep(0.2)
+    kept = len(run.committed_parts())
+    assert 3 <= kept < 30 and jobs.status(job, ws)["state"] == "interrupted"
+    jobs.resume(job, ws)
+    while jobs.status(job, ws)["state"] in ("queued", "running"):
+        assert time.time() - t0 < 480, jobs.status(job, ws)
+        time.sleep(0.5)
+    st = jobs.status(job, ws)
+    assert st["state"] == "succeeded", jobs.logs(job, ws)[-3000:]
+    assert f"scoring {kept * 12}/360" in jobs.logs(job, ws)  # the resume started from the committed chunks
+    local = run_score(ScoreConfig(sources=src, model=str(tiny_model_dir), chunk_examples=12, out=str(tmp_path / "local"),
+                                  cache=str(tmp_path / "c1")))
+    same_tables(local, ws / "runs" / job)
+
+
+def test_cancelling_a_ray_job_stops_its_ray_work(tmp_path, tiny_model_dir, monkeypatch):
+    from curation import jobs
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ws = tmp_path / "ws"
+    before = ray_processes()
+    job = jobs.submit("score", ScoreConfig(sources=pool(tmp_path, 480), model=str(tiny_model_dir), chunk_examples=12,
+                                           out="", engine="ray", workers=2, cache=str(tmp_path / "c")), workspace=ws)
+    t0 = time.time()
+    while (jobs.status(job, ws)["done"] or 0) < 24:
+        assert time.time() - t0 < 240, jobs.status(job, ws)
+        time.sleep(0.1)
+    st = jobs.cancel(job, ws, wait=60)
+    assert st["state"] == "cancelled" and "killed" not in (st["error"] or ""), st["error"]  # stopped by itself
+    t1 = time.time()
+    while ray_processes() - before:
+        assert time.time() - t1 < 20, ray_processes() - before
+        time.sleep(0.2)
+
+
+def test_config_refuses_ray_options_without_the_ray_engine():
+    with pytest.raises(ValueError, match="apply to --engine ray"):
+        ScoreConfig(sources=["x"], out="o", workers=2)
+    with pytest.raises(ValueError, match="workers must be a positive"):
+        ScoreConfig(sources=["x"], out="o", engine="ray", workers=0)
