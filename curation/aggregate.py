@@ -224,7 +224,7 @@ def cutoff_examples(df: pd.DataFrame, eligible: np.ndarray, selected_ids, column
         inside = g[g["_in"]].tail(n).assign(side="just inside")
         outside = g[~g["_in"]].head(n).assign(side="just outside")
         out += [inside, outside]
-    cols = ["side", "domain", "example_id", column] + [c for c in ("n_response_tokens",) if c in df.columns]
+    cols = ["side", "domain", "example_id", column] + [c for c in ("n_response_tokens",) if c in df.columns and c != column]
     if not out:
         return pd.DataFrame(columns=cols)
     return pd.concat(out, ignore_index=True)[cols]

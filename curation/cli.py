@@ -305,7 +305,7 @@ def select_recipe(args) -> "Recipe":  # noqa: F821
     """The recipe from ``--recipe`` (if any) with the flags given on the command line on top."""
     from dataclasses import fields
 
-    from curation.selection import Recipe, SelectionError, read_recipe
+    from curation.selection import METHODS, Recipe, SelectionError, read_recipe
 
     values = read_recipe(args.recipe).to_dict() if args.recipe else {}
     flags = {f.name: getattr(args, f.name) for f in fields(Recipe) if f.init and hasattr(args, f.name)}
@@ -313,7 +313,7 @@ def select_recipe(args) -> "Recipe":  # noqa: F821
         values.pop("order", None)  # the old method's default order must not carry over
     values.update(flags)
     if "method" not in values:
-        raise SelectionError("give --method (davir, rho, ifd, ppl, loss, s2l or random) or --recipe")
+        raise SelectionError(f"give --method ({', '.join(METHODS)}) or --recipe")
     return Recipe.from_dict(values)
 
 
@@ -338,6 +338,14 @@ def select_export_command(args) -> int:
                     line += f"; mean {col} {sel['mean']:.4g}"
                     if rnd.get("count"):
                         line += f" (random baseline {rnd['mean']:.4g})"
+            print(line)
+        lq = summary["length"]
+        if lq["selection"]["all"]:
+            fmt = lambda q: "/".join(f"{v:.0f}" for v in q)  # noqa: E731
+            line = (f"response length p10/p25/p50/p75/p90: eligible {fmt(lq['eligible']['all'])}, "
+                    f"selection {fmt(lq['selection']['all'])}")
+            if lq.get("random", {}).get("all"):
+                line += f", random {fmt(lq['random']['all'])}"
             print(line)
         if summary.get("pick_stability"):
             ps = summary["pick_stability"]

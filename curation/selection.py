@@ -33,7 +33,7 @@ import numpy as np
 from curation.config import option
 from curation.formulas import run_columns, trajectory_columns
 
-METHODS = ("davir", "rho", "ifd", "ppl", "loss", "s2l", "random", "davir_heldout", "rho_heldout")
+METHODS = ("davir", "rho", "ifd", "ppl", "loss", "longest", "s2l", "random", "davir_heldout", "rho_heldout")
 ORDERS = ("high", "low")
 AGGREGATES = ("mean", "median")
 LEARN_RUN = "a learnability run (`python -m curation learn ...`)"
@@ -88,6 +88,11 @@ SCORES: dict[str, ScoreInfo] = {
         "= hardest for the model (the 'high loss' baseline: the same ranking as ppl, reversed). "
         "Known biases: mean per-token loss falls as answers get longer, so high loss leans to short "
         "answers; it also picks noisy or unlearnable examples.",
+    ),
+    "longest": ScoreInfo(
+        "longest", "n_response_tokens", None, "high", ANY_RUN,
+        "n_response_tokens: the longest answers first (a strong, cheap baseline for chat SFT that "
+        "needs no model score); low = the shortest. Every loss-based score should be checked against it.",
     ),
     "s2l": ScoreInfo(
         "s2l", "s2l_cluster", None, None, LEARN_RUN,
@@ -185,7 +190,14 @@ class Recipe:
                                             "(default: the run's s2l_cluster column)")
     aggregate: str | None = option(None, "rank by the score averaged over the reference runs of a learn run with "
                                          "--stability-runs N (an ensemble): mean or median", choices=AGGREGATES)
+    stratify: str | None = option(None, "length:Q: pick within Q response-length quantile strata of each domain's "
+                                        "eligible rows, the budget split by stratum size, so the selection's length "
+                                        "distribution is the eligible pool's", metavar="length:Q")
+    temperature: float | None = option(None, "soft selection: a seeded sample without replacement with probability "
+                                             "proportional to exp(z / T), z the score standardised within the domain "
+                                             "(small T: top-k; large T: random)", metavar="T")
     budget_spec: Budget = field(init=False, repr=False, compare=False)  # the budget, parsed once
+    strata: int | None = field(init=False, repr=False, compare=False, default=None)  # Q of ``stratify``
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -222,6 +234,21 @@ class Recipe:
                 raise SelectionError(f"--aggregate applies to a ranking score, not to {self.method}")
         if self.method == "s2l" and self.budget_spec.kind == "tokens":
             raise SelectionError("s2l balances example counts across clusters; give a budget in examples (N or P%), not tokens")
+        ranks = SCORES[self.method].default_order is not None
+        self.strata = parse_stratify(self.stratify)
+        if self.strata is not None:
+            self.stratify = f"length:{self.strata}"
+            if not ranks:
+                raise SelectionError(f"--stratify applies to a ranking method, not to {self.method} "
+                                     "(a random sample already follows the pool's lengths)")
+        if self.temperature is not None:
+            if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                    or not math.isfinite(self.temperature) or self.temperature <= 0:
+                raise SelectionError(f"temperature must be a positive number (leave it out for plain top-k), "
+                                     f"got {self.temperature!r}")
+            if not ranks:
+                raise SelectionError(f"--temperature applies to a ranking method, not to {self.method}")
+            self.temperature = float(self.temperature)
 
     def to_dict(self) -> dict:
         """The normalised recipe as plain data (what recipe.yaml holds)."""
@@ -239,6 +266,16 @@ class Recipe:
         if "method" not in d:
             raise SelectionError("a recipe needs a method")
         return cls(**d)
+
+
+def parse_stratify(text) -> int | None:
+    """``length:Q`` -> Q (a whole number >= 2); None -> None."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*length\s*:\s*(\d+)\s*", str(text))
+    if not m or int(m.group(1)) < 2:
+        raise SelectionError(f"stratify {text!r}: expected length:Q with Q >= 2 response-length strata, e.g. length:5")
+    return int(m.group(1))
 
 
 def _parse_mix(mix) -> dict[str, float] | str:
@@ -409,6 +446,59 @@ def s2l_sample(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
     return np.concatenate(picked).astype(np.int64)
 
 
+def length_strata(lengths: np.ndarray, ids: np.ndarray, q: int) -> np.ndarray:
+    """Stratum (0 = shortest) of each row: ``q`` response-length quantile strata by rank.
+
+    Rows are ordered by (length, example id) and cut into ``q`` strata whose sizes differ by at
+    most one, so a run of equal lengths at a quantile edge is split by id instead of one stratum
+    swallowing it (fewer rows than ``q``: one stratum per row)."""
+    n = len(lengths)
+    q = max(1, min(int(q), n))
+    by_length = np.lexsort((ids, lengths))  # shortest first, ties by id
+    strata = np.empty(n, dtype=np.int64)
+    strata[by_length] = (np.arange(n) * q) // max(n, 1)  # rank r -> floor(r * q / n)
+    return strata
+
+
+def take_stratified(order: np.ndarray, strata: np.ndarray, budget: int,
+                    tokens: np.ndarray | None = None) -> np.ndarray:
+    """The first rows of ``order`` (positions, preferred first) inside each stratum, with
+    ``budget`` split over the strata in proportion to their sizes (or, when ``tokens`` is given,
+    their tokens; the longest prefix of each stratum's order that fits its part) by the largest
+    remainder method.  Returns the picked positions in ``order``'s order."""
+    q = int(strata.max()) + 1 if len(strata) else 0
+    weight = (np.bincount(strata, minlength=q) if tokens is None
+              else np.bincount(strata, weights=tokens, minlength=q).astype(np.int64))
+    parts = largest_remainder(int(budget), {s: Fraction(int(w)) for s, w in enumerate(weight)})
+    keep = np.zeros(len(order), dtype=bool)  # over positions of ``order``
+    ranked_strata = strata[order]
+    for s, part in parts.items():
+        pos = np.flatnonzero(ranked_strata == s)  # this stratum's rows, preferred first
+        if tokens is None:
+            pos = pos[:part]
+        else:
+            cum = np.cumsum(tokens[order[pos]])
+            pos = pos[: int(np.searchsorted(cum, part, side="right"))]
+        keep[pos] = True
+    return order[keep]
+
+
+def gumbel_order(scores: np.ndarray, ids: np.ndarray, order: str, temperature: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """All positions in the order of a seeded sample without replacement with P ~ exp(z / T)
+    (Gumbel top-k: sort by z / T + Gumbel noise), z the score standardised over the given rows
+    and negated for ``order="low"``, so T is in standard deviations for every score.  The noise
+    is drawn in the rows' order (callers pass them sorted by id); keys that overflow at a tiny T
+    fall back to z, then id, so T -> 0 is exactly top-k."""
+    sd = float(scores.std()) if len(scores) else 0.0
+    z = (scores - scores.mean()) / sd if sd > 0 else np.zeros(len(scores))
+    if order == "low":
+        z = -z
+    with np.errstate(over="ignore", invalid="ignore"):
+        keys = z / temperature + rng.gumbel(size=len(scores))
+    return np.lexsort((ids, -z, -keys))
+
+
 def _domain_rng(seed: int, domain: str) -> np.random.Generator:
     # One stream per domain: adding a domain to the mix does not change another domain's sample.
     key = int.from_bytes(hashlib.sha256(domain.encode()).digest()[:8], "little")
@@ -446,6 +536,7 @@ class Selection:
     unfilled: int  # budget no domain could take
     warnings: list[str]
     eligible_mask: "object"  # numpy bool array over the input table
+    details: dict = field(default_factory=dict)  # per-feature reports (strata, ...) for the summary
 
 
 ID_COLUMNS = ["example_id", "source", "source_index", "domain"]
@@ -526,6 +617,8 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
     alloc, shortfall, unfilled = allocate(budget_units, shares, capacity, recipe.fill)
 
     # Picking.
+    resp_len = df["n_response_tokens"].fillna(0).astype(np.int64).to_numpy()
+    details: dict = {}
     picked_rows: list[np.ndarray] = []
     ranks: list[np.ndarray] = []
     for d in shares:
@@ -539,9 +632,18 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
             order = s2l_sample(score[rows_d].astype(np.int64), alloc[d], rng)
         elif recipe.method == "random":
             order = rng.permutation(len(rows_d))
+        elif recipe.temperature is not None:
+            order = gumbel_order(score[rows_d], ids[rows_d], recipe.order, recipe.temperature, rng)
         else:
             order = rank_order(score[rows_d], ids[rows_d], recipe.order)
-        if unit == "tokens":
+        if recipe.strata is not None:
+            strata = length_strata(resp_len[rows_d], ids[rows_d], recipe.strata)
+            order = take_stratified(order, strata, alloc[d], tokens[rows_d] if unit == "tokens" else None)
+            details.setdefault("strata", {})[d] = {
+                "edges": [float(resp_len[rows_d][strata == s].max()) for s in range(int(strata.max()) + 1)],
+                "eligible": np.bincount(strata).tolist(),
+                "selected": np.bincount(strata[order], minlength=int(strata.max()) + 1).tolist()}
+        elif unit == "tokens":
             # Longest prefix of the ranking that fits: keeps the top-k law, never exceeds the budget.
             cum = np.cumsum(tokens[rows_d][order])
             order = order[: int(np.searchsorted(cum, alloc[d], side="right"))]
@@ -585,7 +687,7 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
         raise SelectionError(f"empty selection: {why}")
     return Selection(
         rows=out, recipe=recipe, score_column=score_col, unit=unit, budget_units=budget_units,
-        domains=plans, unfilled=int(unfilled), warnings=warnings, eligible_mask=eligible,
+        domains=plans, unfilled=int(unfilled), warnings=warnings, eligible_mask=eligible, details=details,
     )
 
 
@@ -742,6 +844,8 @@ def summarize(table, selection: Selection, baseline: Selection | None = None) ->
             "selection": stats(by_id.loc[selection.rows["example_id"]].reset_index()),
         },
     }
+    summary["length"] = length_profile(df, selection, baseline)
+    summary.update(selection.details)
     stability = pick_stability(table, selection)
     if stability is not None:
         summary["pick_stability"] = stability
@@ -752,6 +856,34 @@ def summarize(table, selection: Selection, baseline: Selection | None = None) ->
         }
         summary["stats"]["random"] = stats(by_id.loc[baseline.rows["example_id"]].reset_index())
     return summary
+
+
+LENGTH_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def length_quantiles(values) -> list[float] | None:
+    """The :data:`LENGTH_QUANTILES` of ``values`` (None when empty)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return [float(x) for x in np.quantile(v, LENGTH_QUANTILES)] if len(v) else None
+
+
+def length_profile(table, selection: Selection, baseline: Selection | None = None) -> dict:
+    """Response-length (``n_response_tokens``) quantiles of the pool, the eligible rows, the
+    selection and the random baseline, overall and per domain: what a length-biased score does
+    to the selection shows as a shift of the selection's quantiles from the eligible rows'."""
+    df = table.reset_index(drop=True)
+    groups = {"pool": np.ones(len(df), dtype=bool), "eligible": np.asarray(selection.eligible_mask, dtype=bool),
+              "selection": df["example_id"].isin(set(selection.rows["example_id"])).to_numpy()}
+    if baseline is not None:
+        groups["random"] = df["example_id"].isin(set(baseline.rows["example_id"])).to_numpy()
+    length = df["n_response_tokens"].astype("float64").to_numpy()
+    domain = df["domain"].astype(str).to_numpy()
+    out: dict = {"column": "n_response_tokens", "quantiles": list(LENGTH_QUANTILES)}
+    for name, mask in groups.items():
+        out[name] = {"all": length_quantiles(length[mask]),
+                     "by_domain": {d: length_quantiles(length[mask & (domain == d)]) for d in sorted(set(domain))}}
+    return out
 
 
 def pick_stability(table, selection: Selection, run_kind: str | None = None) -> dict | None:
@@ -797,7 +929,7 @@ def _score_meta(selection: Selection) -> dict:
 def random_baseline(table, recipe: Recipe, run_kind: str | None = None) -> Selection:
     """The seeded random selection at the same budget, mix, thresholds and fill as ``recipe``."""
     d = recipe.to_dict()
-    d.update(method="random", order=None, s2l_clusters=None, aggregate=None)
+    d.update(method="random", order=None, s2l_clusters=None, aggregate=None, stratify=None, temperature=None)
     return apply_recipe(table, Recipe.from_dict(d), run_kind)
 
 

@@ -229,7 +229,7 @@ def read_selections(folders: list[str]):
 
 def build_candidates(cfg: ValidateConfig, sels, table, run_kind) -> list[Candidate]:
     """Each selection and its baselines, with their training examples for every seed."""
-    from curation.selection import Recipe, apply_recipe
+    from curation.selection import random_baseline
 
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
     df = table.reset_index(drop=True)
@@ -242,9 +242,7 @@ def build_candidates(cfg: ValidateConfig, sels, table, run_kind) -> list[Candida
         chosen = sel.rows.assign(resp=df.set_index("example_id").loc[sel.rows["example_id"], "n_response_tokens"].to_numpy())
         out.append(Candidate(sel.name, "selection", sel.name, seeds, {s: chosen["example_id"].tolist() for s in seeds}))
         # The eligible rows: the recipe's thresholds (and scored), whatever it ranked by.
-        r = sel.recipe.to_dict()
-        r.update(method="random", order=None, s2l_clusters=None, aggregate=None)
-        eligible = apply_recipe(df, Recipe.from_dict(r), run_kind).eligible_mask
+        eligible = random_baseline(df, sel.recipe, run_kind).eligible_mask
         n_by = chosen.groupby("domain").size().to_dict()
         tok_by = chosen.groupby("domain")["resp"].sum().to_dict()
         for b in cfg.baseline_list():

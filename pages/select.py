@@ -80,6 +80,16 @@ with st.expander("Thresholds (filter before ranking)", expanded=False):
             maxs[c] = b
 st.session_state["thresholds"] = {"min": mins, "max": maxs}
 
+stratify = temperature = None
+if order is not None:
+    k1, k2 = st.columns(2)
+    q = k1.number_input("Length strata (0: off)", 0, 20, 0, key="sel_strata",
+                        help=field_info(sel_mod.Recipe, "stratify")["help"])
+    stratify = f"length:{int(q)}" if q >= 2 else None
+    t = k2.number_input("Temperature (0: plain top-k)", 0.0, 100.0, 0.0, 0.1, key="sel_temperature",
+                        help=field_info(sel_mod.Recipe, "temperature")["help"] + "; uses the seed")
+    temperature = float(t) if t > 0 else None
+
 runs_of_score = run_columns(df.columns, sel_mod.SCORES[method].column or "")
 agg = None
 if len(runs_of_score) >= 2 and order is not None:
@@ -89,7 +99,8 @@ if len(runs_of_score) >= 2 and order is not None:
 
 try:
     recipe = sel_mod.Recipe(method=method, budget=budget, order=order, mix=mix, min=mins, max=maxs,
-                            fill=bool(fill), seed=int(seed), aggregate=agg)
+                            fill=bool(fill), seed=int(seed), aggregate=agg, stratify=stratify,
+                            temperature=temperature)
 except (ValueError, TypeError) as e:
     st.error(str(e))
     st.stop()
@@ -145,13 +156,20 @@ in_rand = df["example_id"].isin(set(base.rows["example_id"]))
 groups = {"pool": pd.Series(True, index=df.index), "selection": in_sel, "random baseline": in_rand}
 palette = {"pool": "#b0b0b0", "selection": "#2a6f97", "random baseline": "#e07a5f"}
 h1, h2 = st.columns(2)
-plot_cols = ([score_col] if score_col else []) + [c for c in ("n_response_tokens",) if c in df.columns]
+plot_cols = ([score_col] if score_col else []) + [c for c in ("n_response_tokens",) if c in df.columns and c != score_col]
 for holder, col in zip((h1, h2), plot_cols):
     h = aggregate.compare_histograms(df, col, groups)
     fig = px.line(h, x="mid", y="share", color="group", line_shape="hvh", color_discrete_map=palette,
                   labels={"mid": col, "share": "share of rows"})
     fig.update_layout(height=300, margin=dict(t=30, b=10), title=f"{col}: pool vs selection vs random")
     holder.plotly_chart(fig, width="stretch")
+lengths = sel_mod.length_profile(df, sel, base)
+qnames = [f"p{round(100 * q)}" for q in lengths["quantiles"]]
+st.dataframe(pd.DataFrame([{"rows": g, **dict(zip(qnames, lengths[g]["all"] or []))}
+                           for g in ("pool", "eligible", "selection", "random") if g in lengths]),
+             hide_index=True, width="stretch")
+st.caption("Response length (n_response_tokens) quantiles. A score that tracks length moves the selection's "
+           "quantiles away from the eligible rows'; length strata keep them together.")
 st.caption("Shares, so the pool and a 10% selection compare. The random baseline uses the same "
            "budget, mix and thresholds: what the method changes is the gap between blue and orange.")
 

@@ -215,3 +215,17 @@ def test_select_page_shows_pick_stability(in_scored_ws):
     counts = at.dataframe[0].value
     assert "kept by every run" in counts.columns and "Jaccard vs each run" in counts.columns
     assert "Pick stability" in _texts(at)
+
+
+def test_select_page_stratifies_softens_and_shows_lengths(in_scored_ws):
+    at = _page("select")
+    assert not at.exception
+    lengths = next(d.value for d in at.dataframe if "p50" in d.value.columns).set_index("rows")
+    assert list(lengths.index) == ["pool", "eligible", "selection", "random"]
+    at.selectbox(key="sel_method").select("longest").run()
+    at.number_input(key="sel_strata").set_value(2).run()
+    at.number_input(key="sel_temperature").set_value(0.5).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    yaml_text = next(c.value for c in at.code if "method:" in c.value)
+    assert "method: longest" in yaml_text and "stratify: length:2" in yaml_text and "temperature: 0.5" in yaml_text
+    assert "Response length" in _texts(at)
