@@ -325,6 +325,16 @@ def select_export_command(args) -> int:
         summary = json.loads((out / "summary.json").read_text())
         for w in summary["warnings"]:
             print(f"warning: {w}", file=sys.stderr)
+        if summary.get("contamination"):
+            c = summary["contamination"]
+            first = ", ".join(f"{f['example_id']} ({f['eval_example']})" for f in c["first"])
+            print(f"decontamination ({c['ngram']}-word n-grams, {len(c['eval_sets'])} eval set(s)): {c['flagged']} "
+                  f"flagged, {'excluded' if c['excluded'] else 'kept (--keep-contaminated)'}"
+                  + (f"; first: {first}" if first else ""))
+        if summary.get("dedup"):
+            d = summary["dedup"]
+            print(f"near-duplicates (threshold {d['threshold']:g}): {d['groups_with_duplicates']} group(s) of "
+                  f"{d['rows_in_such_groups']} examples; {d['dropped']} eligible duplicate(s) dropped")
         t = summary["totals"]
         print(f"selected {t['examples']} of {summary['budget']['pool_examples']} examples "
               f"({t['tokens']} tokens; {t['eligible']} eligible) -> {out}/selected.parquet")

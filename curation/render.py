@@ -94,3 +94,12 @@ def conversation_html(messages: list[dict], pieces: list[str] | None = None,
             f'<b style="color:#2a6f97">{html.escape(role)}</b>\n{body}</div>')
     parts.append("</div>")
     return "".join(parts)
+
+
+def preview(text: str, limit: int = 160, escape: bool = True) -> str:
+    """A one-line preview of dataset text: whitespace collapsed, cut at ``limit`` characters with
+    an ellipsis, and HTML-escaped (``escape=False`` only for widgets that show plain text)."""
+    one = " ".join(str(text).split())
+    if len(one) > limit:
+        one = one[: limit - 1].rstrip() + "\u2026"
+    return html.escape(one) if escape else one

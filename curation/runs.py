@@ -439,16 +439,28 @@ class Run:
     def search(self, text: str, max_source_bytes: int = 200_000_000) -> set[str]:
         """Ids of the run's examples whose messages contain ``text`` (case-insensitive); one scan
         of the sources."""
+        needle = text.lower()
+        return {e.example_id for e in self.load_examples(max_source_bytes, "text search")
+                if any(needle in m["content"].lower() for m in e.messages)}
+
+    def texts(self) -> dict[str, str]:
+        """``{example_id: the whole conversation as one string}`` for every example the run's
+        sources hold (one scan; :func:`curation.textnorm.conversation_text`)."""
+        from curation.textnorm import conversation_text
+
+        return {e.example_id: conversation_text(e.messages) for e in self.load_examples()}
+
+    def load_examples(self, max_source_bytes: int | None = None, what: str = "reading"):
+        """The run's examples (``curation.load.Example``), loaded again from its sources as the run
+        read them (same limit); sources larger than ``max_source_bytes`` are refused."""
         from curation.load import load_sources
 
         specs = list(source_specs(self.meta()).values())
         for s in specs:
             p = Path(s.path)
-            if p.is_file() and p.stat().st_size > max_source_bytes:
-                raise RunError(f"{p} is larger than {max_source_bytes // 1_000_000} MB; text search is off for it")
-        needle = text.lower()
-        data = load_sources(specs, limit=self.meta().get("config", {}).get("limit"))
-        return {e.example_id for e in data.examples if any(needle in m["content"].lower() for m in e.messages)}
+            if max_source_bytes is not None and p.is_file() and p.stat().st_size > max_source_bytes:
+                raise RunError(f"{p} is larger than {max_source_bytes // 1_000_000} MB; {what} is off for it")
+        return load_sources(specs, limit=self.meta().get("config", {}).get("limit")).examples
 
     def tokenizer(self):
         """The tokenizer of the run's model (for showing tokens); no weights are loaded."""

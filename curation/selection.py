@@ -36,6 +36,7 @@ from curation.formulas import run_columns, trajectory_columns
 METHODS = ("davir", "rho", "ifd", "ppl", "loss", "longest", "s2l", "random", "davir_heldout", "rho_heldout")
 ORDERS = ("high", "low")
 AGGREGATES = ("mean", "median")
+DEDUPS = ("near",)
 LEARN_RUN = "a learnability run (`python -m curation learn ...`)"
 ANY_RUN = "any score run (`python -m curation score ...` or `learn`)"
 
@@ -196,6 +197,16 @@ class Recipe:
     temperature: float | None = option(None, "soft selection: a seeded sample without replacement with probability "
                                              "proportional to exp(z / T), z the score standardised within the domain "
                                              "(small T: top-k; large T: random)", metavar="T")
+    dedup: str | None = option(None, "near: keep only the best-ranked eligible member of each near-duplicate group "
+                                     "(MinHash LSH over word shingles of the whole conversation; curation.neardup)",
+                               choices=DEDUPS)
+    near_dup_threshold: float = option(0.8, "--dedup near: word-shingle Jaccard similarity from which two examples are "
+                                            "near-duplicates (their sets of numbers must agree as much)")
+    decontaminate: list[str] = option(help="eval files (any format the loader reads): pool examples sharing an n-gram "
+                                           "with one of their examples are not eligible", default_factory=list,
+                                      metavar="PATH")
+    ngram: int = option(13, "--decontaminate: consecutive words of a shared n-gram that flags an example")
+    keep_contaminated: bool = option(False, "--decontaminate: report the flagged examples but keep them eligible")
     budget_spec: Budget = field(init=False, repr=False, compare=False)  # the budget, parsed once
     strata: int | None = field(init=False, repr=False, compare=False, default=None)  # Q of ``stratify``
 
@@ -249,6 +260,24 @@ class Recipe:
             if not ranks:
                 raise SelectionError(f"--temperature applies to a ranking method, not to {self.method}")
             self.temperature = float(self.temperature)
+
+        if self.dedup is not None and self.dedup not in DEDUPS:
+            raise SelectionError(f"dedup {self.dedup!r}: expected near (or leave it out)")
+        if isinstance(self.near_dup_threshold, bool) or not isinstance(self.near_dup_threshold, (int, float)) \
+                or not 0 < self.near_dup_threshold <= 1:
+            raise SelectionError(f"near_dup_threshold must be a number in (0, 1], e.g. 0.8; got {self.near_dup_threshold!r}")
+        self.near_dup_threshold = float(self.near_dup_threshold)
+        if isinstance(self.decontaminate, str):
+            self.decontaminate = [self.decontaminate]
+        if not isinstance(self.decontaminate, (list, tuple)) or not all(isinstance(p, str) and p for p in self.decontaminate):
+            raise SelectionError(f"decontaminate: expected a list of eval file paths, got {self.decontaminate!r}")
+        self.decontaminate = list(self.decontaminate)
+        if isinstance(self.ngram, bool) or not isinstance(self.ngram, int) or self.ngram < 1:
+            raise SelectionError(f"ngram must be a positive whole number of words, e.g. 13; got {self.ngram!r}")
+        if not isinstance(self.keep_contaminated, bool):
+            raise SelectionError(f"keep_contaminated must be true or false, got {self.keep_contaminated!r}")
+        if self.keep_contaminated and not self.decontaminate:
+            raise SelectionError("--keep-contaminated applies with --decontaminate PATH ...")
 
     def to_dict(self) -> dict:
         """The normalised recipe as plain data (what recipe.yaml holds)."""
@@ -602,6 +631,11 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
             with np.errstate(invalid="ignore"):
                 ok = values >= bound if which == "min" else values <= bound
             eligible &= ok & ~np.isnan(values)
+    details: dict = {}
+    if recipe.decontaminate:
+        details["contamination"] = _decontaminate(df, recipe, eligible)
+    if recipe.dedup:
+        details["dedup"] = _dedup(df, recipe, eligible, score, ids)
     if recipe.method == "s2l":
         labels = _s2l_labels(df, recipe, eligible, domain, run_kind)
         eligible &= labels >= 0  # rows without a cluster cannot be sampled
@@ -618,7 +652,6 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
 
     # Picking.
     resp_len = df["n_response_tokens"].fillna(0).astype(np.int64).to_numpy()
-    details: dict = {}
     picked_rows: list[np.ndarray] = []
     ranks: list[np.ndarray] = []
     for d in shares:
@@ -689,6 +722,80 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
         rows=out, recipe=recipe, score_column=score_col, unit=unit, budget_units=budget_units,
         domains=plans, unfilled=int(unfilled), warnings=warnings, eligible_mask=eligible, details=details,
     )
+
+
+ANNOTATIONS = {"near_dup_group": "--dedup near", "contaminated": "--decontaminate"}
+
+
+def _annotation(df, column: str) -> np.ndarray:
+    if column not in df.columns:
+        raise SelectionError(f"{ANNOTATIONS[column]} needs the column {column!r} beside the scores; "
+                             "selection.annotate(run, table, recipe) adds it (select_run and the Select page do)")
+    return df[column].to_numpy()
+
+
+def _decontaminate(df, recipe: Recipe, eligible: np.ndarray) -> dict:
+    """Drop (unless ``keep_contaminated``) the rows flagged by the eval sets; return the report."""
+    flagged = _annotation(df, "contaminated").astype(bool)
+    by = df["contaminated_by"].to_numpy() if "contaminated_by" in df.columns else np.full(len(df), None)
+    rows = np.flatnonzero(flagged)
+    rows = rows[np.argsort(df["example_id"].astype(str).to_numpy()[rows], kind="stable")]
+    report = {"eval_sets": list(recipe.decontaminate), "ngram": recipe.ngram, "flagged": int(len(rows)),
+              "flagged_by_domain": {str(d): int(c) for d, c in df.loc[flagged, "domain"].astype(str).value_counts().sort_index().items()},
+              "flagged_eligible": int((flagged & eligible).sum()), "excluded": not recipe.keep_contaminated,
+              "first": [{"example_id": str(df["example_id"].iat[i]), "domain": str(df["domain"].iat[i]),
+                         "eval_example": by[i]} for i in rows[:5]]}
+    if not recipe.keep_contaminated:
+        eligible &= ~flagged
+    return report
+
+
+def _dedup(df, recipe: Recipe, eligible: np.ndarray, score, ids: np.ndarray) -> dict:
+    """Keep the best-ranked eligible member of each near-duplicate group (for samplers: the
+    smallest example id); return the report."""
+    from curation.neardup import dedup_keep_best
+
+    groups = _annotation(df, "near_dup_group").astype(np.int64)
+    rows = np.flatnonzero(eligible)
+    ranking = score[rows] if score is not None and recipe.order else np.zeros(len(rows))
+    keep = dedup_keep_best(groups[rows], ranking, ids[rows], recipe.order or "high")
+    dropped = rows[~keep]
+    eligible[dropped] = False
+    sizes = np.bincount(groups)
+    dropped = dropped[np.argsort(ids[dropped], kind="stable")]
+    return {"threshold": recipe.near_dup_threshold, "groups_with_duplicates": int((sizes > 1).sum()),
+            "rows_in_such_groups": int(sizes[sizes > 1].sum()), "dropped": int(len(dropped)),
+            "first_dropped": [str(ids[i]) for i in dropped[:5]]}
+
+
+def annotate(run, table, recipe: Recipe, progress: Callable[[dict], None] | None = None):
+    """``table`` (the run's scores) with the columns the recipe's ``dedup`` and ``decontaminate``
+    need: ``near_dup_group`` (:func:`curation.neardup.near_dup_groups`, cached in the run folder)
+    and ``contaminated``/``contaminated_by`` (:func:`curation.contamination.flag_run`)."""
+    from curation.runs import Run
+
+    run = run if isinstance(run, Run) else Run(run)
+    df = table.drop(columns=[c for c in ("near_dup_group", "group_size", "contaminated", "contaminated_by")
+                             if c in table.columns])
+    if not recipe.dedup and not recipe.decontaminate:
+        return df
+    texts = run.texts() if recipe.decontaminate else None  # read once for both
+    if recipe.dedup:
+        from curation.neardup import near_dup_groups
+
+        df = df.merge(near_dup_groups(run, recipe.near_dup_threshold, texts=texts, progress=progress)[
+            ["example_id", "near_dup_group"]], on="example_id", how="left")
+    if recipe.decontaminate:
+        from curation.contamination import flag_run
+
+        ids = df["example_id"].astype(str).tolist()
+        missing = [i for i in ids if i not in texts]
+        if missing:
+            raise SelectionError(f"{len(missing)} example(s) of the run (e.g. {missing[0]}) are no longer in its "
+                                 "sources; re-run the scoring on the current files")
+        df = df.merge(flag_run(ids, [texts[i] for i in ids], recipe.decontaminate, recipe.ngram),
+                      on="example_id", how="left")
+    return df
 
 
 def _fmt_thresholds(recipe: Recipe) -> str:
@@ -946,7 +1053,7 @@ def select_run(run_dir: str | Path, recipe: Recipe, out: str | Path,
     report({"phase": "reading run", "done": 0, "total": 3})
     run = Run(run_dir)
     meta = run.require_finished()
-    table = run.scores()
+    table = annotate(run, run.scores(), recipe)
     report({"phase": "selecting", "done": 1, "total": 3})
     sel = apply_recipe(table, recipe, meta.get("kind"))
     base = sel if recipe.method == "random" else random_baseline(table, recipe, meta.get("kind"))

@@ -136,7 +136,7 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     report(phase="reading selections", done=0, total=None)
     run, sels = read_selections(cfg.selections)
     meta, table = run.require_finished(), run.scores()
-    candidates = build_candidates(cfg, sels, table, meta.get("kind"))
+    candidates = build_candidates(cfg, sels, table, meta.get("kind"), run)
 
     report(phase="loading model")
     model = cfg.model or (meta["model"]["path"] if Path(meta["model"]["path"]).exists() else meta["model"]["spec"])
@@ -227,9 +227,10 @@ def read_selections(folders: list[str]):
     return Run(next(iter(runs))), sels
 
 
-def build_candidates(cfg: ValidateConfig, sels, table, run_kind) -> list[Candidate]:
-    """Each selection and its baselines, with their training examples for every seed."""
-    from curation.selection import random_baseline
+def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> list[Candidate]:
+    """Each selection and its baselines, with their training examples for every seed (``run``:
+    the run folder, for recipes that leave out near-duplicates or contaminated examples)."""
+    from curation.selection import annotate, random_baseline
 
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
     df = table.reset_index(drop=True)
@@ -241,8 +242,9 @@ def build_candidates(cfg: ValidateConfig, sels, table, run_kind) -> list[Candida
     for sel in sels:
         chosen = sel.rows.assign(resp=df.set_index("example_id").loc[sel.rows["example_id"], "n_response_tokens"].to_numpy())
         out.append(Candidate(sel.name, "selection", sel.name, seeds, {s: chosen["example_id"].tolist() for s in seeds}))
-        # The eligible rows: the recipe's thresholds (and scored), whatever it ranked by.
-        eligible = random_baseline(df, sel.recipe, run_kind).eligible_mask
+        # The eligible rows: thresholds, scored, and the recipe's dedup/decontamination if any.
+        annotated = annotate(run, df, sel.recipe) if run is not None else df
+        eligible = random_baseline(annotated, sel.recipe, run_kind).eligible_mask
         n_by = chosen.groupby("domain").size().to_dict()
         tok_by = chosen.groupby("domain")["resp"].sum().to_dict()
         for b in cfg.baseline_list():

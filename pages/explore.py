@@ -1,11 +1,17 @@
 """Explore: score distributions per domain, loss_base vs loss_ref, score vs length, S2L clusters,
 a summary per domain.  Everything plotted is aggregated by curation.aggregate (bins, samples)."""
 
+import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from curation import aggregate
+from curation import aggregate, neardup
+from curation.config import field_info
+from curation.render import preview
+from curation.runs import Run, read_examples
+from curation.selection import Recipe
+from curation.textnorm import conversation_text
 from curation.formulas import run_columns
 from pages.common import domain_colours, pick_run, score_picker
 
@@ -127,6 +133,46 @@ if stab_scores:
 else:
     st.info("One reference training gives one ranking. A learnability run with `--stability-runs 2` (or more) trains "
             "extra references and shows here how much the ranking depends on the run.")
+
+# ---- near-duplicates ---------------------------------------------------------------------------
+st.subheader("Near-duplicate groups")
+g1, g2 = st.columns([1, 3])
+near_t = g1.slider("Threshold", 0.5, 1.0, neardup.DEFAULT_THRESHOLD, 0.05, key="explore_near_t",
+                   help=field_info(Recipe, "near_dup_threshold")["help"])
+cached = neardup.cache_path(info.path, near_t).is_file()
+if cached or g2.button("Find near-duplicate groups", key="explore_near_go",
+                       help="Reads the run's sources once (MinHash LSH over word shingles of each whole "
+                            "conversation); the groups are cached in the run folder."):
+    try:
+        with st.spinner("Grouping near-duplicates..."):
+            groups = neardup.near_dup_groups(Run(info.path), near_t)
+    except (ValueError, OSError) as e:
+        st.error(str(e))
+    else:
+        listing = neardup.group_listing(groups)
+        n_rows = int(listing["size"].sum()) if len(listing) else 0
+        st.caption(f"{len(listing):,} group(s) with more than one example, {n_rows:,} examples in them, of "
+                   f"{len(groups):,}. `select --dedup near` (or the Select page) keeps the best-ranked of each.")
+        if len(listing):
+            shown = listing.head(50)
+            firsts = [ids[:2] for ids in shown["example_ids"]]
+            keyed = df.set_index("example_id")
+            rows = [{"example_id": i, "source": keyed.at[i, "source"], "source_index": int(keyed.at[i, "source_index"])}
+                    for pair in firsts for i in pair]
+            try:
+                texts = {r["example_id"]: conversation_text(m) for r, (_, m) in
+                         zip(rows, read_examples(run, rows, check_fingerprints=False))}
+            except (ValueError, OSError):
+                texts = {}
+            table = pd.DataFrame({
+                "group": shown["near_dup_group"], "size": shown["size"],
+                "domains": [", ".join(sorted(set(keyed.loc[ids, "domain"].astype(str)))) for ids in shown["example_ids"]],
+                "example ids": [", ".join(ids) for ids in shown["example_ids"]],
+                "first": [preview(texts.get(p[0], ""), escape=False) for p in firsts],  # a table shows plain text
+                "second": [preview(texts.get(p[1], ""), escape=False) for p in firsts]})
+            st.dataframe(table, hide_index=True, width="stretch")
+else:
+    st.caption("Groups of examples that are almost the same (reworded, reformatted). Computed on demand.")
 
 # ---- summary ---------------------------------------------------------------------------------
 st.subheader("Summary per domain")

@@ -1,6 +1,8 @@
 """Select: method, order, budget, domain mix and thresholds -> a selection with live counts, beside
 the random baseline at the same budget and mix; save it as a re-appliable recipe."""
 
+import html
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -11,7 +13,7 @@ from curation import selection as sel_mod
 from curation.config import field_info
 from curation.formulas import run_columns
 from curation.runs import Run
-from curation.workspace import new_folder_name, safe_name, selections_dir
+from curation.workspace import list_data_files, new_folder_name, safe_name, selections_dir
 from pages.common import pick_run, workspace
 
 st.title("Select")
@@ -90,6 +92,21 @@ if order is not None:
                         help=field_info(sel_mod.Recipe, "temperature")["help"] + "; uses the seed")
     temperature = float(t) if t > 0 else None
 
+with st.expander("Near-duplicates and contamination", expanded=False):
+    n1, n2 = st.columns(2)
+    dedup = "near" if n1.checkbox("Keep one example per near-duplicate group", value=False, key="sel_dedup",
+                                  help=field_info(sel_mod.Recipe, "dedup")["help"]) else None
+    near_t = n2.slider("Near-duplicate threshold", 0.5, 1.0, float(field_info(sel_mod.Recipe, "near_dup_threshold")["default"]),
+                       0.05, key="sel_near_t", help=field_info(sel_mod.Recipe, "near_dup_threshold")["help"])
+    eval_files = {p.name: str(p) for p in list_data_files(ws, folder="eval")}
+    decon = st.multiselect("Decontaminate against eval sets (workspace/eval)", list(eval_files), default=[],
+                           key="sel_decon", help=field_info(sel_mod.Recipe, "decontaminate")["help"])
+    d1, d2 = st.columns(2)
+    ngram = d1.number_input("n-gram (words)", 1, 100, int(field_info(sel_mod.Recipe, "ngram")["default"]),
+                            key="sel_ngram", help=field_info(sel_mod.Recipe, "ngram")["help"])
+    keep_cont = d2.checkbox("Keep flagged examples (report only)", value=False, key="sel_keep_cont",
+                            disabled=not decon) and bool(decon)
+
 runs_of_score = run_columns(df.columns, sel_mod.SCORES[method].column or "")
 agg = None
 if len(runs_of_score) >= 2 and order is not None:
@@ -100,21 +117,31 @@ if len(runs_of_score) >= 2 and order is not None:
 try:
     recipe = sel_mod.Recipe(method=method, budget=budget, order=order, mix=mix, min=mins, max=maxs,
                             fill=bool(fill), seed=int(seed), aggregate=agg, stratify=stratify,
-                            temperature=temperature)
+                            temperature=temperature, dedup=dedup, near_dup_threshold=float(near_t),
+                            decontaminate=[eval_files[n] for n in decon], ngram=int(ngram),
+                            keep_contaminated=bool(keep_cont))
 except (ValueError, TypeError) as e:
     st.error(str(e))
     st.stop()
 
 
+@st.cache_data(show_spinner="Reading the pool's texts (near-duplicates, contamination)...", max_entries=8)
+def _annotate(run_dir: str, mtime: float, dedup, threshold: float, decontaminate: tuple, ngram: int):
+    need = sel_mod.Recipe(method="random", dedup=dedup, near_dup_threshold=threshold,
+                          decontaminate=list(decontaminate), ngram=ngram)
+    return sel_mod.annotate(Run(run_dir), df, need)
+
+
 @st.cache_data(show_spinner="Selecting...", max_entries=16)
 def _apply(run_dir: str, mtime: float, recipe: sel_mod.Recipe):
-    sel = sel_mod.apply_recipe(df, recipe, run.get("kind"))
-    base = sel if recipe.method == "random" else sel_mod.random_baseline(df, recipe, run.get("kind"))
-    return sel, base, sel_mod.pick_stability(df, sel, run.get("kind"))
+    table = _annotate(run_dir, mtime, recipe.dedup, recipe.near_dup_threshold, tuple(recipe.decontaminate), recipe.ngram)
+    sel = sel_mod.apply_recipe(table, recipe, run.get("kind"))
+    base = sel if recipe.method == "random" else sel_mod.random_baseline(table, recipe, run.get("kind"))
+    return table, sel, base, sel_mod.pick_stability(table, sel, run.get("kind"))
 
 
 try:
-    sel, base, stability = _apply(str(info.path), info.mtime, recipe)
+    table, sel, base, stability = _apply(str(info.path), info.mtime, recipe)
 except ValueError as e:  # SelectionError: a missing column, an impossible mix, ...
     st.error(str(e))
     st.stop()
@@ -128,6 +155,17 @@ tot1.metric("Selected", f"{len(sel.rows):,}", help="examples")
 tot2.metric("of the pool", f"{len(sel.rows) / max(len(df), 1):.1%}")
 tot3.metric("Tokens", f"{int(sel.rows['n_tokens'].sum()):,}")
 tot4.metric("Eligible after thresholds", f"{int(sel.eligible_mask.sum()):,}")
+if "contamination" in sel.details:
+    c = sel.details["contamination"]
+    st.info(f"Decontamination ({c['ngram']}-word n-grams): {c['flagged']} pool example(s) share an n-gram with the eval "
+            f"set(s), {'excluded' if c['excluded'] else 'kept (report only)'}."
+            + (" First: " + ", ".join(f"`{f['example_id']}` ({html.escape(str(f['eval_example']))})" for f in c["first"])
+               if c["first"] else ""))
+if "dedup" in sel.details:
+    d = sel.details["dedup"]
+    st.info(f"Near-duplicates (threshold {d['threshold']:g}): {d['groups_with_duplicates']} group(s) holding "
+            f"{d['rows_in_such_groups']} examples; {d['dropped']} eligible duplicate(s) left out (the best-ranked of "
+            "each group stays). The groups are listed on the Explore page.")
 counts = pd.DataFrame([{
     "domain": d, "pool": p.pool, "eligible": p.eligible, "selected": p.selected, "tokens": p.tokens,
     "random: selected": base.domains[d].selected if d in base.domains else 0,
@@ -187,7 +225,7 @@ name = s1.text_input("Selection name", value=new_folder_name(f"{method}-{budget.
 if s2.button("Save selection", type="primary", key="sel_save"):
     try:
         out = selections_dir(ws) / safe_name(name)
-        sel_mod.save_selection(out, df, sel, base, Run(info.path).provenance())  # what is shown, as shown
+        sel_mod.save_selection(out, table, sel, base, Run(info.path).provenance())  # what is shown, as shown
         st.session_state["selection_name"] = out.name
         st.success(f"Saved `{out}` (recipe.yaml, selected.parquet, summary.json). Export it on the Export page.")
     except (ValueError, OSError) as e:

@@ -229,3 +229,26 @@ def test_select_page_stratifies_softens_and_shows_lengths(in_scored_ws):
     yaml_text = next(c.value for c in at.code if "method:" in c.value)
     assert "method: longest" in yaml_text and "stratify: length:2" in yaml_text and "temperature: 0.5" in yaml_text
     assert "Response length" in _texts(at)
+
+
+def test_select_page_dedups_and_decontaminates(in_scored_ws):
+    at = _page("select")
+    at.checkbox(key="sel_dedup").check().run()
+    at.multiselect(key="sel_decon").set_value(["chat.jsonl"]).run()
+    at.number_input(key="sel_ngram").set_value(2).run()  # "... french bonjour" is in the pool and the eval set
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    info = "\n".join(i.value for i in at.info)
+    assert "Decontamination (2-word n-grams)" in info and "excluded" in info and "Near-duplicates" in info
+    yaml_text = next(c.value for c in at.code if "method:" in c.value)
+    assert "dedup: near" in yaml_text and "eval/chat.jsonl" in yaml_text and "ngram: 2" in yaml_text
+
+
+def test_explore_page_lists_near_duplicate_groups_on_demand(in_scored_ws):
+    cache = in_scored_ws / "runs" / "learn-fixture" / "near_dups-t0.8.parquet"
+    cache.unlink(missing_ok=True)  # the Select page test may have computed them
+    at = _page("explore")
+    assert "Computed on demand" in _texts(at)
+    next(b for b in at.button if b.label == "Find near-duplicate groups").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "group(s) with more than one example" in _texts(at)
+    assert cache.is_file()
