@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(sub.add_parser(kind, help=help_text), config_class(kind))
     p = sub.add_parser("prepare-model", help="convert the default (or a .gguf) model once into the cache")
     p.add_argument("--model", default="default")
+    p = sub.add_parser("embed", help="add embeddings.npy to a run scored before the scoring pass kept embeddings")
+    p.add_argument("run", metavar="RUN_DIR", help="folder of a finished score or learn run")
     add_jobs_parser(sub)
     add_select_export_parsers(sub)
     return parser
@@ -94,6 +96,18 @@ def main(argv: list[str] | None = None) -> int:
             return jobs_command(args)
         elif args.command in ("select", "export"):
             return select_export_command(args)
+        elif args.command == "embed":
+            from curation.runs import Run
+            from curation.score import run_embed
+
+            progress = TqdmProgress()
+            try:
+                out = run_embed(args.run, progress=progress)
+            finally:
+                progress.close()
+            ids, matrix = Run(out).embeddings()
+            print(f"wrote {out}/embeddings.npy ({matrix.shape[0]} examples x {matrix.shape[1]} float16) and "
+                  f"{out}/embeddings_ids.parquet")
         elif args.command == "prepare-model":
             from curation.models import resolve_model
 
@@ -331,6 +345,11 @@ def select_export_command(args) -> int:
             print(f"decontamination ({c['ngram']}-word n-grams, {len(c['eval_sets'])} eval set(s)): {c['flagged']} "
                   f"flagged, {'excluded' if c['excluded'] else 'kept (--keep-contaminated)'}"
                   + (f"; first: {first}" if first else ""))
+        if summary.get("diversity"):
+            dv = summary["diversity"]
+            print(f"diversity {dv['method']}: embedding clusters covered " + ", ".join(
+                f"{d} {v['coverage']:.0%} of {v['clusters']} (top-k {v['top_k_coverage']:.0%})"
+                for d, v in dv["by_domain"].items()))
         if summary.get("dedup"):
             d = summary["dedup"]
             print(f"near-duplicates (threshold {d['threshold']:g}): {d['groups_with_duplicates']} group(s) of "

@@ -262,9 +262,15 @@ class ChunkScorer:
         n = np.array([r.n_tokens for r in res], dtype=np.int64)
         offsets = np.zeros(len(res) + 1, dtype=np.int64)
         np.cumsum(n, out=offsets[1:])
+        width = next((len(r.embedding) for r in res if r.embedding is not None), 0)
+        emb = np.full((len(res), width), np.nan, dtype=np.float32)  # NaN row: no target token
+        for j, r in enumerate(res):
+            if r.embedding is not None:
+                emb[j] = r.embedding
         return {"loss_sum": np.array([r.loss_sum for r in res], dtype=np.float64), "n_tokens": n, "offsets": offsets,
                 "token_losses": np.concatenate([r.token_losses for r in res]) if res else np.zeros(0, np.float32),
-                "positions": np.concatenate([r.positions for r in res]) if res else np.zeros(0, np.int32)}
+                "positions": np.concatenate([r.positions for r in res]) if res else np.zeros(0, np.int32),
+                "embeddings": emb}
 
 
 class RayEngine:
@@ -320,8 +326,10 @@ class RayEngine:
                                       f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
                 submit()
                 o = out["offsets"]
+                emb = out["embeddings"]
                 rows = cache_rows(ids, [_Loss(float(out["loss_sum"][j]), int(out["n_tokens"][j]),
-                                              out["token_losses"][o[j]:o[j + 1]], out["positions"][o[j]:o[j + 1]])
+                                              out["token_losses"][o[j]:o[j + 1]], out["positions"][o[j]:o[j + 1]],
+                                              None if np.isnan(emb[j]).any() or not emb.shape[1] else emb[j])
                                         for j in range(len(ids))])
                 commit(rows)
                 committed += 1
@@ -382,8 +390,9 @@ class RayEngine:
 class _Loss:
     """The scorer's per-example result, rebuilt from packed arrays (curation.losses.ExampleLoss)."""
 
-    def __init__(self, loss_sum, n_tokens, token_losses, positions):
+    def __init__(self, loss_sum, n_tokens, token_losses, positions, embedding=None):
         self.loss_sum, self.n_tokens, self.token_losses, self.positions = loss_sum, n_tokens, token_losses, positions
+        self.embedding = embedding
 
 
 def live_workers(actors) -> int:

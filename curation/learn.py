@@ -141,7 +141,7 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
     with open_engine(cfg) as settings.engine:  # this process, or Ray workers (--engine ray)
         with timings("score_base"):  # step 0: the base model
             passes = [score_pass(lm.source(), lm.fingerprint, ids, encoded, settings, report,
-                                 f"scoring checkpoint 0/{K} (base model)")]
+                                 f"scoring checkpoint 0/{K} (base model)", embed=True)]
         alone, alone_rows = None, {}
         if cfg.ifd:
             with timings("score_ifd"):
@@ -203,6 +203,7 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
         report(phase="writing tables")
         scores = write_tables(run, table, encoded, passes[0], rejected, ref_rows=passes[-1],
                               extra_columns=arrow_columns(columns, clusters))
+        run.write_embeddings(ids, passes[0])
         meta.update({
             "checkpoint_fingerprints": fingerprints, "train": train_info, "heldout_folds": cfg.heldout_folds,
             "n_scored": int(sum(scores.column("scored").to_pylist())), "n_rejected": len(rejected),

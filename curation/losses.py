@@ -13,6 +13,10 @@ alone (mean NLL in nats over the target tokens), but computed for many examples 
 * no autograd; the LM head runs only at the positions whose next token is a target, and the
   cross-entropy walks the vocabulary in tiles (``target_losses``), so peak memory does not grow
   with vocabulary x batch x length and the head's weight is read from cache, not memory.
+
+The same forward pass also gives each example's **embedding** for free: the mean, over its
+assistant (target) tokens, of the decoder's final hidden states (after the final norm, the
+``hidden_states[-1]`` HF returns with ``output_hidden_states=True``), in float32.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class ExampleLoss:
     n_tokens: int
     token_losses: np.ndarray  # (n_tokens,) float32, in sequence order
     positions: np.ndarray  # (n_tokens,) int32, index of each target token in input_ids
+    embedding: np.ndarray | None = None  # (hidden,) float32: mean final hidden state over the targets
 
     @property
     def loss(self) -> float | None:
@@ -139,6 +144,7 @@ def score_examples(
             cols_t = torch.from_numpy(np.concatenate(cols)).to(device)
             h = hidden[rows_t, cols_t - 1 - P]  # (N, H); shared_prefix keeps every t-1 >= P
             labels = ids[rows_t, cols_t]  # (N,)
+            embeddings = target_means(hidden[rows_t, cols_t - P], rows_t, B)  # (B, H) float32
             del hidden
             losses = target_losses(head, h, labels, softcap, vocab_tile, pos_chunk)
             losses_np = losses.cpu().numpy()
@@ -150,10 +156,22 @@ def score_examples(
                 results[i] = ExampleLoss(
                     loss_sum=float(tl.astype(np.float64).sum()), n_tokens=n,
                     token_losses=tl.copy(), positions=cols[row].astype(np.int32),
+                    embedding=embeddings[row].copy() if n else None,
                 )
             if on_batch is not None:
                 on_batch(B, sum(lengths[i] for i in batch))
     return results  # type: ignore[return-value]
+
+
+def target_means(h, rows, n_rows: int) -> np.ndarray:
+    """Per row, the float32 mean of the hidden states ``h`` (N, H) whose row index is ``rows``
+    (N,): ``(n_rows, H)``, zeros for a row without any."""
+    import torch
+
+    sums = torch.zeros((n_rows, h.shape[1]), dtype=torch.float32, device=h.device)
+    sums.index_add_(0, rows, h.float())
+    counts = torch.bincount(rows, minlength=n_rows).clamp(min=1).to(torch.float32)
+    return (sums / counts[:, None]).cpu().numpy()
 
 
 def target_losses(head, h, labels, softcap=None, vocab_tile: int = 2048, pos_chunk: int = 4096):

@@ -27,8 +27,10 @@ from typing import Callable, Sequence
 
 from curation.atomic import write_json, write_parquet
 
-# A row of the cache: the example's summed loss, target count, and per-token losses.
-CACHE_COLUMNS = ("example_id", "loss_sum", "n_tokens", "positions", "token_losses")
+# A row of the cache: the example's summed loss, target count, per-token losses, and its embedding
+# (float16 bytes of the mean final hidden state over the targets; null without targets, and absent
+# from parts written before embeddings were kept).
+CACHE_COLUMNS = ("example_id", "loss_sum", "n_tokens", "positions", "token_losses", "embedding")
 
 
 def default_cache_dir() -> Path:
@@ -46,7 +48,8 @@ def cache_schema():
     import pyarrow as pa
 
     return pa.schema([("example_id", pa.string()), ("loss_sum", pa.float64()), ("n_tokens", pa.int32()),
-                      ("positions", pa.list_(pa.int32())), ("token_losses", pa.list_(pa.float32()))])
+                      ("positions", pa.list_(pa.int32())), ("token_losses", pa.list_(pa.float32())),
+                      ("embedding", pa.binary())])
 
 
 class ScoreCache:
@@ -113,7 +116,7 @@ Report = Callable[..., None]
 
 
 def score_pass(model, fingerprint: str, ids: list[str], encoded: Sequence, settings: PassSettings,
-               report: Report, phase: str, variant: str = "full") -> dict[str, dict]:
+               report: Report, phase: str, variant: str = "full", embed: bool = False) -> dict[str, dict]:
     """Score ``encoded`` (ids in the same order) with ``model``, reusing and filling the cache.
 
     ``model`` is a :class:`curation.models.ModelSource`: it is loaded only if some example is not
@@ -121,11 +124,12 @@ def score_pass(model, fingerprint: str, ids: list[str], encoded: Sequence, setti
     worker.  Returns ``{example_id: row}`` with ``loss_sum, n_tokens, positions, token_losses`` for
     every example.  ``report(**progress)`` gets ``phase, done, total, tokens, tokens_per_s, eta_s,
     cached`` and, after each commit, ``committed`` (chunks committed in this pass) and, on Ray,
-    ``workers`` (how many are alive).
+    ``workers`` (how many are alive).  Rows also carry ``embedding`` (:func:`embedding_of`); with
+    ``embed``, a cached row written before embeddings were kept is scored again to get one.
     """
     key = settings.key(fingerprint, variant)
     have = settings.cache.load(key, set(ids))
-    todo = [j for j, i in enumerate(ids) if i not in have]
+    todo = [j for j, i in enumerate(ids) if i not in have or (embed and needs_embedding(have[i]))]
     total, done = len(ids), len(ids) - len(todo)
     report(phase=phase, done=done, total=total, tokens=0, tokens_per_s=None, eta_s=None, cached=done)
     if not todo:
@@ -166,9 +170,25 @@ def score_pass(model, fingerprint: str, ids: list[str], encoded: Sequence, setti
 
 def cache_rows(ids: list[str], results) -> list[dict]:
     """Score-cache rows of ``results`` (:class:`curation.losses.ExampleLoss`, in the order of ``ids``)."""
+    import numpy as np
+
     return [{"example_id": i, "loss_sum": r.loss_sum, "n_tokens": r.n_tokens,
-             "positions": r.positions.tolist(), "token_losses": r.token_losses.tolist()}
+             "positions": r.positions.tolist(), "token_losses": r.token_losses.tolist(),
+             "embedding": None if r.embedding is None else np.asarray(r.embedding, dtype=np.float16).tobytes()}
             for i, r in zip(ids, results)]
+
+
+def needs_embedding(row: dict) -> bool:
+    """A cached row with target tokens but no embedding (written before embeddings were kept)."""
+    return row.get("embedding") is None and bool(row.get("n_tokens"))
+
+
+def embedding_of(row: dict):
+    """The float16 embedding vector of a cache row, or None (no target token, or an old row)."""
+    import numpy as np
+
+    b = row.get("embedding")
+    return None if b is None else np.frombuffer(b, dtype=np.float16)
 
 
 class Reporter:

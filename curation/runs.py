@@ -10,6 +10,9 @@ Layout (``LAYOUT = 2``)::
     token_losses.parquet  per example: positions, token ids and float16 losses of its assistant tokens
     rejected.jsonl        every record not scored, with source, index, line and reason
     stability.json        a learn run's rank agreement between reference runs (--stability-runs)
+    embeddings.npy        float16 (examples x hidden): each example's mean final hidden state over its
+    embeddings_ids.parquet  assistant tokens (NaN row: none), row i <-> example_id i of the ids table
+    near_dups-t*.parquet  near-duplicate groups per threshold (curation.neardup), on demand
     train/, folds/,       a learn run's reference trainings (curation.training)
     stability/
 
@@ -33,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from curation import __version__
-from curation.atomic import write_json, write_parquet, write_text
+from curation.atomic import atomic_path, write_json, write_parquet, write_text
 
 LAYOUT = 2
 EXAMPLE_COLUMNS = ["example_id", "source", "source_index", "domain", "n_prompt_tokens", "n_response_tokens",
@@ -235,6 +238,7 @@ class Run:
 
     META, EXAMPLES, SCORES, TOKENS, REJECTED, STABILITY = (
         "run.json", "examples.parquet", "scores.parquet", "token_losses.parquet", "rejected.jsonl", "stability.json")
+    EMBEDDINGS, EMBEDDING_IDS = "embeddings.npy", "embeddings_ids.parquet"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -348,6 +352,37 @@ class Run:
     def stability(self) -> dict | None:
         p = self.path / self.STABILITY
         return json.loads(p.read_text()) if p.is_file() else None
+
+    def write_embeddings(self, ids: list[str], rows: dict[str, dict]) -> None:
+        """``embeddings.npy`` (float16, one row per id; NaN without an embedding) and its id index,
+        from a pass's cache rows (:func:`curation.passes.embedding_of`); each file atomic."""
+        import pandas as pd
+
+        from curation.passes import embedding_of
+
+        vecs = [embedding_of(rows[i]) if i in rows else None for i in ids]
+        width = next((len(v) for v in vecs if v is not None), 0)
+        matrix = np.full((len(ids), width), np.nan, dtype=np.float16)
+        for j, v in enumerate(vecs):
+            if v is not None:
+                matrix[j] = v
+        with atomic_path(self.path / self.EMBEDDINGS) as tmp, open(tmp, "wb") as f:
+            np.save(f, matrix)
+        write_parquet(self.path / self.EMBEDDING_IDS, pd.DataFrame({"example_id": list(ids)}))
+
+    def embeddings(self):
+        """``(ids, float16 matrix)`` of the run's embeddings, or None when it has none (a run scored
+        before embeddings were kept: ``python -m curation embed RUN_DIR`` adds them)."""
+        import pyarrow.parquet as pq
+
+        if not (self.path / self.EMBEDDINGS).is_file() or not (self.path / self.EMBEDDING_IDS).is_file():
+            return None
+        ids = pq.read_table(self.path / self.EMBEDDING_IDS).column("example_id").to_pylist()
+        matrix = np.load(self.path / self.EMBEDDINGS)
+        if len(ids) != len(matrix):
+            raise RunError(f"{self.path}: embeddings.npy has {len(matrix)} rows for {len(ids)} ids; "
+                           "run `python -m curation embed` on the run again")
+        return ids, matrix
 
     def finish(self, meta: dict) -> None:
         write_json(self.path / self.META, {**meta, "layout": LAYOUT, "finished": True})

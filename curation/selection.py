@@ -197,6 +197,10 @@ class Recipe:
     temperature: float | None = option(None, "soft selection: a seeded sample without replacement with probability "
                                              "proportional to exp(z / T), z the score standardised within the domain "
                                              "(small T: top-k; large T: random)", metavar="T")
+    diversity: str | None = option(None, "kcenter: greedy k-center on the run's embeddings inside each domain, seeded by "
+                                         "the top-scored example; clusters:N: k-means the embeddings into N clusters per "
+                                         "domain, the budget spread smallest cluster first, top-scored inside each",
+                                   metavar="kcenter|clusters:N")
     dedup: str | None = option(None, "near: keep only the best-ranked eligible member of each near-duplicate group "
                                      "(MinHash LSH over word shingles of the whole conversation; curation.neardup)",
                                choices=DEDUPS)
@@ -209,6 +213,7 @@ class Recipe:
     keep_contaminated: bool = option(False, "--decontaminate: report the flagged examples but keep them eligible")
     budget_spec: Budget = field(init=False, repr=False, compare=False)  # the budget, parsed once
     strata: int | None = field(init=False, repr=False, compare=False, default=None)  # Q of ``stratify``
+    diversity_clusters: int | None = field(init=False, repr=False, compare=False, default=None)  # N of clusters:N
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -261,6 +266,14 @@ class Recipe:
                 raise SelectionError(f"--temperature applies to a ranking method, not to {self.method}")
             self.temperature = float(self.temperature)
 
+        if self.diversity is not None:
+            self.diversity, self.diversity_clusters = parse_diversity(self.diversity)
+            if not ranks:
+                raise SelectionError(f"--diversity applies to a ranking method (it keeps the best-scored), not to {self.method}")
+            if self.strata is not None or self.temperature is not None:
+                raise SelectionError("--diversity picks by itself; leave out --stratify and --temperature")
+            if self.budget_spec.kind == "tokens":
+                raise SelectionError("--diversity picks a number of examples; give a budget in examples (N or P%), not tokens")
         if self.dedup is not None and self.dedup not in DEDUPS:
             raise SelectionError(f"dedup {self.dedup!r}: expected near (or leave it out)")
         if isinstance(self.near_dup_threshold, bool) or not isinstance(self.near_dup_threshold, (int, float)) \
@@ -305,6 +318,17 @@ def parse_stratify(text) -> int | None:
     if not m or int(m.group(1)) < 2:
         raise SelectionError(f"stratify {text!r}: expected length:Q with Q >= 2 response-length strata, e.g. length:5")
     return int(m.group(1))
+
+
+def parse_diversity(text) -> tuple[str, int | None]:
+    """``kcenter`` -> ("kcenter", None); ``clusters:N`` -> ("clusters:N", N) with N >= 2."""
+    t = str(text).strip().replace(" ", "")
+    if t == "kcenter":
+        return t, None
+    m = re.fullmatch(r"clusters:(\d+)", t)
+    if not m or int(m.group(1)) < 2:
+        raise SelectionError(f"diversity {text!r}: expected kcenter or clusters:N with N >= 2, e.g. clusters:20")
+    return f"clusters:{int(m.group(1))}", int(m.group(1))
 
 
 def _parse_mix(mix) -> dict[str, float] | str:
@@ -636,6 +660,12 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
         details["contamination"] = _decontaminate(df, recipe, eligible)
     if recipe.dedup:
         details["dedup"] = _dedup(df, recipe, eligible, score, ids)
+    if recipe.diversity:
+        embedding = _annotation(df, "embedding")
+        known = np.array([e is not None and bool(np.isfinite(e).all()) for e in embedding])
+        details["diversity"] = {"method": recipe.diversity, "eligible_without_embedding": int((eligible & ~known).sum()),
+                                "by_domain": {}}
+        eligible &= known
     if recipe.method == "s2l":
         labels = _s2l_labels(df, recipe, eligible, domain, run_kind)
         eligible &= labels >= 0  # rows without a cluster cannot be sampled
@@ -665,6 +695,9 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
             order = s2l_sample(score[rows_d].astype(np.int64), alloc[d], rng)
         elif recipe.method == "random":
             order = rng.permutation(len(rows_d))
+        elif recipe.diversity is not None:
+            order, details["diversity"]["by_domain"][d] = diverse_order(
+                np.stack(embedding[rows_d]).astype(np.float32), score[rows_d], ids[rows_d], alloc[d], recipe)
         elif recipe.temperature is not None:
             order = gumbel_order(score[rows_d], ids[rows_d], recipe.order, recipe.temperature, rng)
         else:
@@ -724,7 +757,26 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
     )
 
 
-ANNOTATIONS = {"near_dup_group": "--dedup near", "contaminated": "--decontaminate"}
+ANNOTATIONS = {"near_dup_group": "--dedup near", "contaminated": "--decontaminate", "embedding": "--diversity"}
+COVERAGE_CLUSTERS = 20  # at most this many k-means clusters per domain measure --diversity kcenter's coverage
+
+
+def diverse_order(x: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int, recipe: Recipe):
+    """``(positions, report)``: the ``k`` rows ``--diversity`` picks from one domain's eligible
+    rows (embeddings ``x``), and the share of the domain's embedding clusters they touch beside
+    plain top-k's (``clusters:N``: those N clusters; ``kcenter``: k-means with as many clusters as
+    picks, at most :data:`COVERAGE_CLUSTERS`, so full coverage is reachable)."""
+    from curation.diversity import balanced_topk, coverage, kcenter, kmeans_labels
+
+    n_clusters = recipe.diversity_clusters or max(1, min(k, COVERAGE_CLUSTERS))
+    labels = kmeans_labels(x, ids, n_clusters, recipe.seed)
+    if recipe.diversity == "kcenter":
+        order = kcenter(x, scores, ids, k, order=recipe.order)
+    else:
+        order = balanced_topk(labels, scores, ids, k, recipe.order)
+    top = rank_order(scores, ids, recipe.order)[:k]
+    return order, {"clusters": int(labels.max()) + 1, "coverage": coverage(labels[order], labels),
+                   "top_k_coverage": coverage(labels[top], labels)}
 
 
 def _annotation(df, column: str) -> np.ndarray:
@@ -769,14 +821,22 @@ def _dedup(df, recipe: Recipe, eligible: np.ndarray, score, ids: np.ndarray) -> 
 
 
 def annotate(run, table, recipe: Recipe, progress: Callable[[dict], None] | None = None):
-    """``table`` (the run's scores) with the columns the recipe's ``dedup`` and ``decontaminate``
-    need: ``near_dup_group`` (:func:`curation.neardup.near_dup_groups`, cached in the run folder)
-    and ``contaminated``/``contaminated_by`` (:func:`curation.contamination.flag_run`)."""
+    """``table`` (the run's scores) with the columns the recipe's ``diversity``, ``dedup`` and
+    ``decontaminate`` need: ``embedding`` (a float16 vector per row, from the run's
+    ``embeddings.npy``), ``near_dup_group`` (:func:`curation.neardup.near_dup_groups`, cached in the
+    run folder) and ``contaminated``/``contaminated_by`` (:func:`curation.contamination.flag_run`)."""
     from curation.runs import Run
 
     run = run if isinstance(run, Run) else Run(run)
-    df = table.drop(columns=[c for c in ("near_dup_group", "group_size", "contaminated", "contaminated_by")
-                             if c in table.columns])
+    df = table.drop(columns=[c for c in ("near_dup_group", "group_size", "contaminated", "contaminated_by",
+                                         "embedding") if c in table.columns])
+    if recipe.diversity:
+        got = run.embeddings()
+        if got is None:
+            raise SelectionError(f"--diversity needs the run's embeddings, and {run.path} has no embeddings.npy (it was "
+                                 f"scored before the scoring pass kept them); add them with: python -m curation embed {run.path}")
+        row_of = {i: j for j, i in enumerate(got[0])}
+        df["embedding"] = [got[1][row_of[i]] if i in row_of else None for i in df["example_id"].astype(str)]
     if not recipe.dedup and not recipe.decontaminate:
         return df
     texts = run.texts() if recipe.decontaminate else None  # read once for both
@@ -1036,7 +1096,8 @@ def _score_meta(selection: Selection) -> dict:
 def random_baseline(table, recipe: Recipe, run_kind: str | None = None) -> Selection:
     """The seeded random selection at the same budget, mix, thresholds and fill as ``recipe``."""
     d = recipe.to_dict()
-    d.update(method="random", order=None, s2l_clusters=None, aggregate=None, stratify=None, temperature=None)
+    d.update(method="random", order=None, s2l_clusters=None, aggregate=None, stratify=None, temperature=None,
+             diversity=None)
     return apply_recipe(table, Recipe.from_dict(d), run_kind)
 
 

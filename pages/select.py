@@ -92,6 +92,21 @@ if order is not None:
                         help=field_info(sel_mod.Recipe, "temperature")["help"] + "; uses the seed")
     temperature = float(t) if t > 0 else None
 
+diversity = None
+if order is not None:
+    has_emb = (info.path / Run.EMBEDDINGS).is_file()
+    v1, v2 = st.columns([2, 1])
+    div = v1.radio("Diversity (embeddings)", ["off", "kcenter", "clusters"], horizontal=True, key="sel_diversity",
+                   disabled=not has_emb, help=field_info(sel_mod.Recipe, "diversity")["help"])
+    n_cl = v2.number_input("Clusters", 2, 1000, sel_mod.COVERAGE_CLUSTERS, key="sel_div_clusters",
+                           disabled=div != "clusters")
+    diversity = None if div == "off" or not has_emb else "kcenter" if div == "kcenter" else f"clusters:{int(n_cl)}"
+    if not has_emb:
+        st.caption(f"This run has no embeddings (scored before the scoring pass kept them): "
+                   f"`python -m curation embed {info.path}` adds them.")
+    if diversity:
+        stratify = temperature = None  # diversity picks by itself
+
 with st.expander("Near-duplicates and contamination", expanded=False):
     n1, n2 = st.columns(2)
     dedup = "near" if n1.checkbox("Keep one example per near-duplicate group", value=False, key="sel_dedup",
@@ -117,7 +132,7 @@ if len(runs_of_score) >= 2 and order is not None:
 try:
     recipe = sel_mod.Recipe(method=method, budget=budget, order=order, mix=mix, min=mins, max=maxs,
                             fill=bool(fill), seed=int(seed), aggregate=agg, stratify=stratify,
-                            temperature=temperature, dedup=dedup, near_dup_threshold=float(near_t),
+                            temperature=temperature, diversity=diversity, dedup=dedup, near_dup_threshold=float(near_t),
                             decontaminate=[eval_files[n] for n in decon], ngram=int(ngram),
                             keep_contaminated=bool(keep_cont))
 except (ValueError, TypeError) as e:
@@ -126,15 +141,16 @@ except (ValueError, TypeError) as e:
 
 
 @st.cache_data(show_spinner="Reading the pool's texts (near-duplicates, contamination)...", max_entries=8)
-def _annotate(run_dir: str, mtime: float, dedup, threshold: float, decontaminate: tuple, ngram: int):
-    need = sel_mod.Recipe(method="random", dedup=dedup, near_dup_threshold=threshold,
+def _annotate(run_dir: str, mtime: float, embeddings: bool, dedup, threshold: float, decontaminate: tuple, ngram: int):
+    need = sel_mod.Recipe(method="loss", dedup=dedup, near_dup_threshold=threshold, diversity="kcenter" if embeddings else None,
                           decontaminate=list(decontaminate), ngram=ngram)
     return sel_mod.annotate(Run(run_dir), df, need)
 
 
 @st.cache_data(show_spinner="Selecting...", max_entries=16)
 def _apply(run_dir: str, mtime: float, recipe: sel_mod.Recipe):
-    table = _annotate(run_dir, mtime, recipe.dedup, recipe.near_dup_threshold, tuple(recipe.decontaminate), recipe.ngram)
+    table = _annotate(run_dir, mtime, recipe.diversity is not None, recipe.dedup, recipe.near_dup_threshold,
+                      tuple(recipe.decontaminate), recipe.ngram)
     sel = sel_mod.apply_recipe(table, recipe, run.get("kind"))
     base = sel if recipe.method == "random" else sel_mod.random_baseline(table, recipe, run.get("kind"))
     return table, sel, base, sel_mod.pick_stability(table, sel, run.get("kind"))
@@ -161,6 +177,13 @@ if "contamination" in sel.details:
             f"set(s), {'excluded' if c['excluded'] else 'kept (report only)'}."
             + (" First: " + ", ".join(f"`{f['example_id']}` ({html.escape(str(f['eval_example']))})" for f in c["first"])
                if c["first"] else ""))
+if "diversity" in sel.details:
+    dv = sel.details["diversity"]
+    st.dataframe(pd.DataFrame([{"domain": d, "embedding clusters": v["clusters"], "covered by the selection": f"{v['coverage']:.0%}",
+                                "covered by plain top-k": f"{v['top_k_coverage']:.0%}"} for d, v in dv["by_domain"].items()]),
+                 hide_index=True, width="stretch")
+    st.caption(f"Coverage: the share of each domain's k-means clusters of the embeddings that the selection touches "
+               f"({dv['method']}), beside plain top-k at the same budget.")
 if "dedup" in sel.details:
     d = sel.details["dedup"]
     st.info(f"Near-duplicates (threshold {d['threshold']:g}): {d['groups_with_duplicates']} group(s) holding "

@@ -252,3 +252,13 @@ def test_explore_page_lists_near_duplicate_groups_on_demand(in_scored_ws):
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert "group(s) with more than one example" in _texts(at)
     assert cache.is_file()
+
+
+def test_select_page_picks_for_diversity_with_the_runs_embeddings(in_scored_ws):
+    assert (in_scored_ws / "runs" / "learn-fixture" / "embeddings.npy").is_file()  # the learn run kept them
+    at = _page("select")
+    at.radio(key="sel_diversity").set_value("kcenter").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    cov = next(d.value for d in at.dataframe if "covered by the selection" in d.value.columns)
+    assert set(cov["domain"]) == {"chat", "math"}
+    assert "diversity: kcenter" in next(c.value for c in at.code if "method:" in c.value)
