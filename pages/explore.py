@@ -1,12 +1,13 @@
 """Explore: score distributions per domain, loss_base vs loss_ref, score vs length, S2L clusters,
 a summary per domain.  Everything plotted is aggregated by curation.aggregate (bins, samples)."""
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from curation import aggregate, neardup
+from curation import aggregate, neardup, pool_map
 from curation.config import field_info
 from curation.render import preview
 from curation.runs import Run, read_examples
@@ -133,6 +134,83 @@ if stab_scores:
 else:
     st.info("One reference training gives one ranking. A learnability run with `--stability-runs 2` (or more) trains "
             "extra references and shows here how much the ranking depends on the run.")
+
+# ---- map of the pool ---------------------------------------------------------------------------
+st.subheader("Map of the pool")
+
+
+@st.cache_data(show_spinner="Reading the examples for the hover previews...", max_entries=4)
+def _previews(run_dir: str, mtime: float) -> dict[str, str]:
+    try:
+        return {i: preview(t, 120) for i, t in Run(run_dir).texts().items()}  # HTML-escaped
+    except (ValueError, OSError):
+        return {}
+
+
+if not (info.path / Run.EMBEDDINGS).is_file():
+    st.info(f"This run has no embeddings (scored before the scoring pass kept them); "
+            f"`python -m curation embed {info.path}` adds them, then the map shows here.")
+else:
+    mc1, mc2, mc3 = st.columns([1, 2, 1])
+    map_method = mc1.radio("Layout", ["auto", "pca"], horizontal=True, key="map_method",
+                           help=f"auto: PCA to 50 dimensions then UMAP up to {pool_map.UMAP_MAX_ROWS:,} rows (keeps "
+                                "neighbourhoods; the first one in a process also compiles UMAP), PCA alone above; "
+                                "pca: the two main directions of the embeddings, seconds at any size.")
+    current = st.session_state.get("current_selection") or {}
+    colour_opts = ["domain", f"score ({score})"] + (["S2L cluster"] if "s2l_cluster" in df.columns else []) \
+        + (["in the current selection"] if current.get("run") == str(info.path) else [])
+    colour_by = mc2.radio("Colour", colour_opts, horizontal=True, key="map_colour")
+    cached_map = pool_map.cache_path(info.path, map_method).is_file()
+    if cached_map or mc3.button("Compute the map", key="map_go"):
+        try:
+            with st.spinner("Laying out the embeddings..."):
+                lay = pool_map.run_layout(Run(info.path), map_method)
+        except (ValueError, OSError) as e:
+            st.error(str(e))
+            lay = None
+        if lay is not None:
+            cols = ["example_id", "domain", score] + (["s2l_cluster"] if "s2l_cluster" in df.columns else [])
+            pts = lay.merge(df[list(dict.fromkeys(cols))], on="example_id", how="inner")
+            if colour_by == "in the current selection":
+                pts["colour"] = pts["example_id"].isin(set(current.get("ids", []))).map({True: "selected", False: "not selected"})
+            elif colour_by == "S2L cluster":
+                pts["colour"] = pts["s2l_cluster"].astype("Int64").astype(str)
+            elif colour_by == "domain":
+                pts["colour"] = pts["domain"].astype(str)
+            else:
+                pts["colour"] = pts[score].astype("float64")
+            if len(pts) <= pool_map.POINTS_MAX_ROWS:
+                prev = _previews(str(info.path), info.mtime)
+                pts["preview"] = pts["example_id"].map(prev).fillna("")
+                fig = px.scatter(pts, x="x", y="y", color="colour", render_mode="webgl", opacity=0.7,
+                                 custom_data=["example_id", "domain", "preview"],
+                                 color_discrete_map=colours if colour_by == "domain" else None,
+                                 labels={"colour": colour_by})
+                fig.update_traces(marker=dict(size=5),
+                                  hovertemplate="<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]}<extra></extra>")
+                what = f"{len(pts):,} examples, one point each; hover for a preview"
+            else:
+                if colour_by.startswith("score"):
+                    z, counts, xe, ye = pool_map.cell_means(pts["x"], pts["y"], pts[score], bins=128)
+                    ztitle = f"mean {score}"
+                elif colour_by == "in the current selection":
+                    z, counts, xe, ye = pool_map.cell_means(pts["x"], pts["y"], pts["colour"] == "selected", bins=128)
+                    ztitle = "share selected"
+                else:
+                    counts, xe, ye = pool_map.density_grid(pts["x"], pts["y"], 128)
+                    z, ztitle = np.where(counts > 0, np.log10(np.maximum(counts, 1)), np.nan), "log10 examples"
+                fig = go.Figure(go.Heatmap(z=z, x=(xe[:-1] + xe[1:]) / 2, y=(ye[:-1] + ye[1:]) / 2,
+                                           colorscale="Viridis", colorbar=dict(title=ztitle),
+                                           customdata=counts, hovertemplate="%{customdata} examples<br>"
+                                           + ztitle + " %{z:.3g}<extra></extra>"))
+                what = (f"{len(pts):,} examples: above {pool_map.POINTS_MAX_ROWS:,} a 128 x 128 density grid computed "
+                        f"on the server ({ztitle} per cell)")
+            fig.update_layout(height=480, margin=dict(t=10, b=10), xaxis_title=None, yaxis_title=None)
+            st.plotly_chart(fig, width="stretch", key="pool_map")
+            st.caption(f"{lay.attrs.get('method', map_method).upper()} layout of the embeddings (each example's mean final "
+                       f"hidden state over its answer); {what}. Nearby points: examples the model represents alike.")
+    else:
+        st.caption("A 2-D layout of the examples' embeddings, computed once and kept in the run folder.")
 
 # ---- near-duplicates ---------------------------------------------------------------------------
 st.subheader("Near-duplicate groups")

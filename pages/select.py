@@ -162,6 +162,8 @@ except ValueError as e:  # SelectionError: a missing column, an impossible mix, 
     st.error(str(e))
     st.stop()
 
+st.session_state["current_selection"] = {"run": str(info.path), "ids": sel.rows["example_id"].tolist()}  # the map
+
 # ---- live counts --------------------------------------------------------------------------------
 st.subheader("Result")
 for w in sel.warnings:

@@ -262,3 +262,33 @@ def test_select_page_picks_for_diversity_with_the_runs_embeddings(in_scored_ws):
     cov = next(d.value for d in at.dataframe if "covered by the selection" in d.value.columns)
     assert set(cov["domain"]) == {"chat", "math"}
     assert "diversity: kcenter" in next(c.value for c in at.code if "method:" in c.value)
+
+
+def _map_spec(at) -> str:
+    specs = [c.proto.spec for c in at.get("plotly_chart") if "pool_map" in (c.proto.id or "") or '"customdata"' in c.proto.spec]
+    assert specs, "no map drawn"
+    return specs[-1]
+
+
+def test_explore_page_draws_the_pool_map_with_escaped_previews(in_scored_ws, monkeypatch):
+    from curation import pool_map
+
+    for p in (in_scored_ws / "runs" / "learn-fixture").glob("map-*.parquet"):
+        p.unlink()
+    at = _page("select")  # a current selection, for the colouring
+    at.switch_page("pages/explore.py").run()
+    at.radio(key="map_method").set_value("pca").run()
+    next(b for b in at.button if b.label == "Compute the map").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    spec = _map_spec(at)
+    assert "scattergl" in spec and "XSS-EXECUTED" in spec  # the probe's text is in the hover previews ...
+    assert "<img src=x" not in spec and "&lt;img src=x" in spec  # ... escaped
+    assert "PCA layout" in _texts(at) and (in_scored_ws / "runs" / "learn-fixture" / "map-pca-s0.parquet").is_file()
+    at.radio(key="map_colour").set_value("in the current selection").run()
+    assert not at.exception and "not selected" in _map_spec(at)
+    # Above the points threshold: a server-side density grid instead of points.
+    monkeypatch.setattr(pool_map, "POINTS_MAX_ROWS", 5)
+    at.radio(key="map_colour").set_value("domain").run()
+    spec = _map_spec(at)
+    assert not at.exception and '"heatmap"' in spec and "scattergl" not in spec
+    assert "density grid computed on the server" in _texts(at)
