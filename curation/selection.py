@@ -265,7 +265,6 @@ class Recipe:
             if not ranks:
                 raise SelectionError(f"--temperature applies to a ranking method, not to {self.method}")
             self.temperature = float(self.temperature)
-
         if self.diversity is not None:
             self.diversity, self.diversity_clusters = parse_diversity(self.diversity)
             if not ranks:
@@ -818,6 +817,13 @@ def _dedup(df, recipe: Recipe, eligible: np.ndarray, score, ids: np.ndarray) -> 
     return {"threshold": recipe.near_dup_threshold, "groups_with_duplicates": int((sizes > 1).sum()),
             "rows_in_such_groups": int(sizes[sizes > 1].sum()), "dropped": int(len(dropped)),
             "first_dropped": [str(ids[i]) for i in dropped[:5]]}
+
+
+def annotation_key(recipe: Recipe) -> tuple:
+    """The recipe's settings that decide what :func:`annotate` adds (a cache key for callers that
+    re-apply many recipes to one run)."""
+    return (recipe.diversity is not None, recipe.near_dup_threshold if recipe.dedup else None,
+            tuple(recipe.decontaminate), recipe.ngram if recipe.decontaminate else None)
 
 
 def annotate(run, table, recipe: Recipe, progress: Callable[[dict], None] | None = None):

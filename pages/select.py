@@ -141,16 +141,13 @@ except (ValueError, TypeError) as e:
 
 
 @st.cache_data(show_spinner="Reading the pool's texts (near-duplicates, contamination)...", max_entries=8)
-def _annotate(run_dir: str, mtime: float, embeddings: bool, dedup, threshold: float, decontaminate: tuple, ngram: int):
-    need = sel_mod.Recipe(method="loss", dedup=dedup, near_dup_threshold=threshold, diversity="kcenter" if embeddings else None,
-                          decontaminate=list(decontaminate), ngram=ngram)
-    return sel_mod.annotate(Run(run_dir), df, need)
+def _annotate(run_dir: str, mtime: float, key: tuple, _recipe: sel_mod.Recipe):  # cached by key only
+    return sel_mod.annotate(Run(run_dir), df, _recipe)
 
 
 @st.cache_data(show_spinner="Selecting...", max_entries=16)
 def _apply(run_dir: str, mtime: float, recipe: sel_mod.Recipe):
-    table = _annotate(run_dir, mtime, recipe.diversity is not None, recipe.dedup, recipe.near_dup_threshold,
-                      tuple(recipe.decontaminate), recipe.ngram)
+    table = _annotate(run_dir, mtime, sel_mod.annotation_key(recipe), recipe)
     sel = sel_mod.apply_recipe(table, recipe, run.get("kind"))
     base = sel if recipe.method == "random" else sel_mod.random_baseline(table, recipe, run.get("kind"))
     return table, sel, base, sel_mod.pick_stability(table, sel, run.get("kind"))
