@@ -258,3 +258,29 @@ def test_select_dedup_keeps_the_best_member_and_decontaminate_excludes(dup_run, 
     assert main(["select", str(run_dir), "--method", "davir", "--decontaminate", str(tmp_path / "nope.jsonl"),
                  "--out", str(tmp_path / "bad")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_validate_baselines_leave_out_what_the_recipe_left_out(dup_run, tmp_path):
+    """validate's random baselines apply the selection's --dedup near and --decontaminate: one
+    member per near-duplicate group, never the flagged example."""
+    import json
+
+    import pandas as pd
+
+    from curation.selection import Recipe, select_run
+    from curation.validate import ValidateConfig, build_candidates, read_selections
+
+    run_dir, evals = dup_run
+    out = select_run(run_dir, Recipe("davir", budget="100%", dedup="near", decontaminate=[str(evals)]), tmp_path / "sel")
+    summary = json.loads((out / "summary.json").read_text())
+    flagged = summary["contamination"]["first"][0]["example_id"]
+    groups = pd.read_parquet(run_dir / "near_dups-t0.8.parquet")
+    group = set(groups.loc[groups["group_size"] == 3, "example_id"])
+    run, sels = read_selections([str(out)])
+    cfg = ValidateConfig(selections=[str(out)], eval={"math": str(evals)}, out=str(tmp_path / "v"), seeds=2,
+                         baselines="random")
+    cands = build_candidates(cfg, sels, run.scores(), "learn", run)
+    rnd = next(c for c in cands if c.kind == "random")
+    for ids in rnd.ids.values():
+        # (a random sample keeps the smallest id of a group, the method its best-ranked member)
+        assert len(ids) == len(sels[0].rows) and flagged not in ids and len(group & set(ids)) == 1
