@@ -80,6 +80,10 @@ class ValidateConfig(TrainConfig, ComputeConfig):
                                            "and compare final answers (slow on a CPU); repeatable",
                                       default_factory=dict, metavar="DOMAIN=N")
     max_new_tokens: int = option(384, "--generate: the most tokens generated per problem")
+    allow_contaminated: bool = option(False, "train on pool examples that share an --ngram-word sequence with "
+                                             "an eval example (refused by default: they measure memorisation)")
+    ngram: int = option(13, "contamination check: consecutive words shared with an eval example that flag a "
+                            "training example")
     keep_models: bool = option(False, "keep the trained models (else only their loss curves and eval results)",
                                result=False)
     epochs: int = option(3, "passes over each candidate's training set")
@@ -103,7 +107,7 @@ class ValidateConfig(TrainConfig, ComputeConfig):
         unknown = [b for b in self.baseline_list() if b not in BASELINES]
         if unknown:
             raise ValueError(f"baselines {unknown}: expected some of {', '.join(BASELINES)}")
-        check_positive(self, "seeds", "max_new_tokens")
+        check_positive(self, "seeds", "max_new_tokens", "ngram")
         missing = [d for d in self.generate if d not in self.eval]
         if missing:
             raise ValueError(f"generate {missing}: no --eval set of that domain")
@@ -147,6 +151,9 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     report(phase="loading eval sets")
     evals = load_evals(cfg.eval, set(table["example_id"]), lm.tokenizer, template, meta["max_length"])
     ev_ids = [e.example_id for e in evals.examples]
+    if not cfg.allow_contaminated:
+        report(phase="checking contamination")
+        check_contamination(run, candidates, cfg.eval, cfg.ngram)
     pool = pool_encodings(run, meta, candidates, lm.tokenizer, template, report)
 
     jobs = [(c, s) for c in candidates for s in c.seeds]
@@ -283,6 +290,38 @@ def baseline_rows(kind: str, rows: np.ndarray, resp: np.ndarray, ids: np.ndarray
     if kind == "longest":
         return rows[np.lexsort((ids[rows], -resp[rows]))[:n]]  # ties by example id
     raise ValidationError(f"unknown baseline {kind!r}")
+
+
+def check_contamination(run, candidates, eval_paths: dict[str, str], ngram: int) -> None:
+    """Refuse a validation whose candidates train on pool examples that share ``ngram`` consecutive
+    words with an eval example (curation.contamination's rule): the eval would measure memorisation.
+    The content-hash check of :func:`load_evals` catches exact copies only."""
+    from curation.contamination import flag_run
+
+    used: dict[str, list[str]] = {}
+    for c in candidates:
+        for ids in c.ids.values():
+            for i in ids:
+                names = used.setdefault(str(i), [])
+                if c.name not in names:
+                    names.append(c.name)
+    ids = sorted(used)
+    texts = run.texts()
+    missing = [i for i in ids if i not in texts]
+    if missing:
+        raise ValidationError(f"{len(missing)} training example(s) (e.g. {missing[0]}) are no longer in the run's "
+                              "sources; score the current files again")
+    flags = flag_run(ids, [texts[i] for i in ids], list(eval_paths.values()), ngram)
+    hit = flags[flags["contaminated"]]
+    if len(hit):
+        first = hit.iloc[0]
+        names = sorted({n for i in hit["example_id"] for n in used[i]})
+        paths = " ".join(eval_paths.values())
+        raise ValidationError(
+            f"{len(hit)} training example(s) of {', '.join(names)} share {ngram} consecutive words with the eval "
+            f"sets (e.g. {first['example_id']} with {first['contaminated_by']}), so the eval would measure "
+            f"memorisation; select again with --decontaminate {paths} (its baselines leave them out too), "
+            "or pass --allow-contaminated")
 
 
 def describe_candidates(candidates, table) -> list[dict]:

@@ -62,7 +62,8 @@ def setup(tmp_path_factory, tiny_model_dir):
 
 def vcfg(setup, sels, out, **kw):
     args = {"eval": setup["eval"], "out": str(out), "seeds": 4, "lr": 5e-3, "epochs": 6, "train_batch_tokens": 512,
-            "cache": str(setup["dir"] / "cache"), "baselines": "random,random-tokens"}
+            "cache": str(setup["dir"] / "cache"), "baselines": "random,random-tokens",
+            "allow_contaminated": True}  # the fixture's pool holds near-copies of the eval sets on purpose
     args.update(kw)
     return ValidateConfig(selections=[str(s) for s in sels], **args)
 
@@ -179,3 +180,11 @@ def test_a_killed_validation_resumes_to_the_same_report(setup, tmp_path, monkeyp
     assert a == b
     pd.testing.assert_frame_equal(pd.read_parquet(first / "results.parquet"),
                                   pd.read_parquet(tmp_path / "killed" / "results.parquet"))
+
+
+def test_training_examples_that_share_words_with_the_eval_sets_are_refused(setup):
+    """The planted near-copies ("Q: " + an eval example: another content hash) share 13 consecutive
+    words with the chat eval set: refused by default, with what to do."""
+    with pytest.raises(ValidationError, match=r"share 13 consecutive words with the eval sets .*"
+                                              r"select again with --decontaminate .*--allow-contaminated"):
+        run_validate(vcfg(setup, [setup["dir"] / "planted"], setup["dir"] / "val-refused", allow_contaminated=False))
