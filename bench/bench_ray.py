@@ -42,10 +42,11 @@ def phase(name: str, limit: int, chunk_examples: int, out: Path) -> dict:
 
     def progress(p: dict) -> None:
         if p.get("phase") != "scoring":
-            first["before_scoring"] = time.time()  # the last moment of tokenising: the engine opens next
+            if not ticks:
+                first["before_scoring"] = time.time()  # the last moment of tokenising: the engine opens next
             return
-        if not ticks or p.get("done", 0) != ticks[-1][1]:
-            ticks.append((time.time(), int(p.get("done", 0))))
+        if p.get("committed") and (not ticks or p["committed"] != ticks[-1][1]):
+            ticks.append((time.time(), int(p["committed"])))  # one tick per committed chunk
 
     ws = ROOT / "workspace"
     cfg = ScoreConfig(sources=[f"chat={ws / 'data' / 'chat.jsonl'}", f"math={ws / 'data' / 'math.jsonl'}"],
@@ -57,7 +58,7 @@ def phase(name: str, limit: int, chunk_examples: int, out: Path) -> dict:
     wall = time.time() - t0
     meta = json.loads((out / name / "run.json").read_text())
     t_start = first["before_scoring"]
-    done_ticks = [(t, d) for t, d in ticks if d > 0]
+    done_ticks = ticks
     steady = ((done_ticks[-1][0] - done_ticks[0][0]) / (len(done_ticks) - 1)) if len(done_ticks) > 1 else None
     return {"phase": name, "wall_s": wall, "score_s": meta["timings_s"]["score"],
             "startup_s": done_ticks[0][0] - t_start if done_ticks else None,  # Ray: instance + actors + first chunk
@@ -92,18 +93,19 @@ def main() -> None:
             res[name] = json.loads(out.stdout.strip().splitlines()[-1])
         base = next((n for n in res if n.startswith("local")), None)
         table = {n: pd.read_parquet(Path(tmp) / n / "scores.parquet") for n in res}
-        tokens = int(table[base]["n_tokens_full"].sum()) if base else None
+        tokens = int(next(iter(table.values()))["n_tokens_full"].sum())
         for n, t in table.items():
             r = res[n]
+            r["tokens_per_s"] = tokens / r["score_s"]
             if base:
                 ok = (t["example_id"].tolist() == table[base]["example_id"].tolist())
                 r["same_rows"] = ok
                 r["max_loss_diff"] = float(np.nanmax(np.abs(t["loss"].to_numpy() - table[base]["loss"].to_numpy()))) \
                     if ok else None
-                r["tokens_per_s"] = tokens / r["score_s"]
             r["examples"] = len(t)
-    print(f"\ndata: default pool, first {args.limit} records per source: {res[base]['examples']} examples, "
-          f"{tokens} tokens, {args.chunk_examples} examples per chunk ({res[base]['chunks']} chunks)\n")
+    any_phase = res[base or next(iter(res))]
+    print(f"\ndata: default pool, first {args.limit} records per source: {any_phase['examples']} examples, "
+          f"{tokens} tokens, {args.chunk_examples} examples per chunk ({any_phase['chunks']} chunks)\n")
     print(f"{'phase':<9}{'score s':>9}{'tokens/s':>10}{'start-up s':>12}{'s/chunk':>9}{'overhead ms/chunk':>19}"
           f"{'max |dloss|':>13}")
     ref = res.get("local-1")
