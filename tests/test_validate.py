@@ -167,7 +167,10 @@ def test_a_killed_validation_resumes_to_the_same_report(setup, tmp_path, monkeyp
     os.kill(jobs.status(job, ws)["pid"], signal.SIGKILL)
     kept = {p: p.stat().st_mtime_ns for p in parts.glob("*.parquet")}
     assert len(kept) < 6, "the validation finished before the kill"
-    assert jobs.status(job, ws)["state"] == "interrupted"
+    t1 = time.time()  # SIGKILL is delivered asynchronously: on a busy machine the worker dies a moment later
+    while jobs.status(job, ws)["state"] != "interrupted":
+        assert time.time() - t1 < 10, jobs.status(job, ws)
+        time.sleep(0.1)
     jobs.resume(job, ws)
     while jobs.status(job, ws)["state"] in ("queued", "running"):
         assert time.time() - t0 < 300
