@@ -379,7 +379,7 @@ def select_export_command(args) -> int:
         if summary.get("pick_stability"):
             ps = summary["pick_stability"]
             parts = [f"{d} {v['share']:.0%} (Jaccard {v['jaccard_mean']:.2f})" for d, v in ps["by_domain"].items()]
-            print(f"pick stability over {ps['runs']} reference runs (share of picks every run makes): " + ", ".join(parts))
+            print(f"pick stability over {ps['runs']} reference runs (share of picks every other run makes; Jaccard with each): " + ", ".join(parts))
     else:
         from curation.export import ExportConfig, export_selection
 

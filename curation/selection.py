@@ -1062,9 +1062,11 @@ def length_profile(table, selection: Selection, baseline: Selection | None = Non
 def pick_stability(table, selection: Selection, run_kind: str | None = None) -> dict | None:
     """How many picks would survive a rerun of the reference training: for each reference run i of
     a learn run with ``--stability-runs`` (columns ``{score}_r{i}``), apply the same recipe ranking
-    by that run's score alone; report per domain the share of the selection that every run also
-    selects, and the mean Jaccard overlap of the selection with each run's.  None when the score
-    has no per-run columns (a single reference, or a sampling method)."""
+    by that run's score alone; report per domain the share of the selection that every other run
+    also selects, and the Jaccard overlap of the selection with each other run's.  Run 1 is the main
+    reference (its columns equal the unsuffixed score), so a selection ranked by the score itself is
+    compared with runs 2..N; an ensemble (``aggregate``) with every run.  None when the score has no
+    per-run columns (a single reference, or a sampling method)."""
     info = SCORES[selection.recipe.method]
     if info.default_order is None or info.column is None:
         return None
@@ -1074,11 +1076,12 @@ def pick_stability(table, selection: Selection, run_kind: str | None = None) -> 
     df = table.reset_index(drop=True)
     chosen = {d: set(g["example_id"]) for d, g in selection.rows.groupby("domain")}
     per_run = []
+    compared = cols if selection.recipe.aggregate else cols[1:]
     recipe = replace(selection.recipe, aggregate=None)
-    for c in cols:
+    for c in compared:
         rows = apply_recipe(df.assign(**{info.column: df[c]}), recipe, run_kind).rows
         per_run.append({d: set(g["example_id"]) for d, g in rows.groupby("domain")})
-    out = {"runs": len(cols), "columns": cols, "by_domain": {}}
+    out = {"runs": len(cols), "columns": cols, "compared_with": compared, "by_domain": {}}
     for d in sorted(chosen):
         mine = chosen[d]
         others = [r.get(d, set()) for r in per_run]

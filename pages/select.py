@@ -196,17 +196,18 @@ counts = pd.DataFrame([{
 if stability:
     counts["kept by every run"] = counts["domain"].map(
         lambda d: f"{stability['by_domain'][d]['share']:.0%}" if d in stability["by_domain"] else "")
-    counts["Jaccard vs each run"] = counts["domain"].map(
+    counts["Jaccard vs each other run"] = counts["domain"].map(
         lambda d: round(stability["by_domain"][d]["jaccard_mean"], 2) if d in stability["by_domain"] else None)
 st.dataframe(counts, hide_index=True, width="stretch")
 if stability:
     cols = st.columns(len(stability["by_domain"]) + 1)
     for c, (d, v) in zip(cols, stability["by_domain"].items()):
-        c.metric(f"{d}: picks kept by every run", f"{v['share']:.0%}", help=f"mean Jaccard overlap with each run's "
+        c.metric(f"{d}: picks kept by every run", f"{v['share']:.0%}", help=f"mean Jaccard overlap with each other run's "
                  f"selection {v['jaccard_mean']:.2f} (lowest {v['jaccard_min']:.2f})")
     cols[-1].metric("all domains", f"{stability['all']['share']:.0%}")
-    st.caption(f"**Pick stability**: of the selected examples, the share that each of the run's {stability['runs']} "
-               "reference trainings (another seed or setting) would also select under this recipe. Low values mean "
+    st.caption(f"**Pick stability**: of the selected examples, the share that every other of the run's "
+               f"{stability['runs']} reference trainings (another seed or setting) would also select under this "
+               "recipe. Low values mean "
                "the cut-off depends on one training run's luck; ranking by the mean over runs (above) is the usual fix.")
 
 # ---- before / after ---------------------------------------------------------------------------------

@@ -121,3 +121,20 @@ def test_stability_settings_and_validation():
         LearnConfig(sources=["x"], out="o", stability_vary="lr=1e-4")
     with pytest.raises(ValueError, match="attached --reference"):
         LearnConfig(sources=["x"], out="o", stability_runs=2, reference="r")
+
+
+def test_pick_stability_compares_with_the_other_runs_only(runs):
+    """Run 1 is the main reference: a selection ranked by davir is compared with runs 2..N (comparing
+    with run 1 too would add a Jaccard of 1 and inflate the mean); an ensemble with every run."""
+    df = pd.read_parquet(runs["other"] / "scores.parquet")
+    sel = apply_recipe(df, Recipe("davir", budget="30%"))
+    ps = pick_stability(df, sel)
+    assert ps["compared_with"] == ["davir_r2", "davir_r3"]
+    for d, v in ps["by_domain"].items():
+        mine = set(sel.rows.loc[sel.rows.domain == d, "example_id"])
+        picks = [apply_recipe(df.assign(davir=df[c]), Recipe("davir", budget="30%")).rows for c in ("davir_r2", "davir_r3")]
+        other = [set(r.loc[r.domain == d, "example_id"]) for r in picks]
+        assert v["jaccard_mean"] == pytest.approx(np.mean([len(mine & o) / len(mine | o) for o in other]))
+        assert v["kept_by_every_run"] == len(mine & other[0] & other[1])
+    ens = apply_recipe(df, Recipe("davir", budget="30%", aggregate="mean"))
+    assert pick_stability(df, ens)["compared_with"] == ["davir_r1", "davir_r2", "davir_r3"]
