@@ -184,7 +184,9 @@ else:
                 pts["preview"] = pts["example_id"].map(prev).fillna("")
                 fig = px.scatter(pts, x="x", y="y", color="colour", render_mode="webgl", opacity=0.7,
                                  custom_data=["example_id", "domain", "preview"],
-                                 color_discrete_map=colours if colour_by == "domain" else None,
+                                 color_discrete_map=colours if colour_by == "domain" else (
+                                     {"selected": "#e07a5f", "not selected": "#c9ccd1"}
+                                     if colour_by == "in the current selection" else None),
                                  labels={"colour": colour_by})
                 fig.update_traces(marker=dict(size=5),
                                   hovertemplate="<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]}<extra></extra>")

@@ -205,8 +205,8 @@ if stability:
         c.metric(f"{d}: picks kept by every run", f"{v['share']:.0%}", help=f"mean Jaccard overlap with each other run's "
                  f"selection {v['jaccard_mean']:.2f} (lowest {v['jaccard_min']:.2f})")
     cols[-1].metric("all domains", f"{stability['all']['share']:.0%}")
-    st.caption(f"**Pick stability**: of the selected examples, the share that every other of the run's "
-               f"{stability['runs']} reference trainings (another seed or setting) would also select under this "
+    st.caption(f"**Pick stability**: of the selected examples, the share that each of the run's other reference "
+               f"trainings ({stability['runs']} in all; another seed or setting) would also select under this "
                "recipe. Low values mean "
                "the cut-off depends on one training run's luck; ranking by the mean over runs (above) is the usual fix.")
 

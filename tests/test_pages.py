@@ -213,7 +213,7 @@ def test_select_page_shows_pick_stability(in_scored_ws):
     at = _page("select")
     assert not at.exception
     counts = at.dataframe[0].value
-    assert "kept by every run" in counts.columns and "Jaccard vs each run" in counts.columns
+    assert "kept by every run" in counts.columns and "Jaccard vs each other run" in counts.columns
     assert "Pick stability" in _texts(at)
 
 
