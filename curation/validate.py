@@ -151,7 +151,7 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     report(phase="loading eval sets")
     evals = load_evals(cfg.eval, set(table["example_id"]), lm.tokenizer, template, meta["max_length"])
     ev_ids = [e.example_id for e in evals.examples]
-    if not cfg.allow_contaminated:
+    if not cfg.allow_contaminated and not all(already_decontaminated(sel.recipe, cfg.eval, cfg.ngram) for sel in sels):
         report(phase="checking contamination")
         check_contamination(run, candidates, cfg.eval, cfg.ngram)
     pool = pool_encodings(run, meta, candidates, lm.tokenizer, template, report)
@@ -290,6 +290,14 @@ def baseline_rows(kind: str, rows: np.ndarray, resp: np.ndarray, ids: np.ndarray
     if kind == "longest":
         return rows[np.lexsort((ids[rows], -resp[rows]))[:n]]  # ties by example id
     raise ValidationError(f"unknown baseline {kind!r}")
+
+
+def already_decontaminated(recipe, eval_paths: dict[str, str], ngram: int) -> bool:
+    """The selection (and so its baselines, which apply its recipe's filters) already left out every
+    pool example sharing ``ngram`` words with these eval files: no need to flag the pool again."""
+    mine = {str(Path(p).resolve()) for p in recipe.decontaminate}
+    return (not recipe.keep_contaminated and recipe.ngram <= ngram
+            and {str(Path(p).resolve()) for p in eval_paths.values()} <= mine)
 
 
 def check_contamination(run, candidates, eval_paths: dict[str, str], ngram: int) -> None:
