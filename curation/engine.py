@@ -127,7 +127,7 @@ def ray_instance(cfg):
             if watchdog is not None:
                 watchdog.stdin.close()  # a clean end: the watchdog sweeps (nothing should be left) and exits
                 try:
-                    watchdog.wait(timeout=15)
+                    watchdog.wait(timeout=40)
                 except subprocess.TimeoutExpired:
                     watchdog.kill()
 
@@ -135,8 +135,10 @@ def ray_instance(cfg):
 # The watchdog: polls the driver; when the driver is gone, or has closed the watchdog's stdin
 # (after its own ray.shutdown), it SIGKILLs every process that holds a file open under the
 # instance's private temp folder (gcs_server, raylet, agents and workers all keep their logs
-# there), in three sweeps.  By open files, not by name: setproctitle rewrites a process's name
-# and environment, and another Ray instance on the machine has other files.
+# there), whose arguments name that folder (a worker still starting has opened nothing yet), or
+# that descends from one of those; it sweeps until three sweeps in a row find nothing.  By files
+# and arguments, not by name: setproctitle rewrites a process's name, and another Ray instance on
+# the machine has another folder.
 WATCHDOG = r"""
 import os, sys, time, signal, select
 pid, start, prefix = int(sys.argv[1]), sys.argv[2], sys.argv[3].rstrip("/") + "/"
@@ -146,12 +148,18 @@ def start_time(p):
             return f.read().rsplit(b")", 1)[1].split()[19].decode()
     except OSError:
         return None
-def holders():
-    out = set()
+def ray_processes():
+    out, parent = set(), {}
     for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
+        if not d.isdigit() or int(d) in (os.getpid(), pid):
             continue
         try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                parent[int(d)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if prefix.encode() in f.read():  # a worker still starting: its arguments name the folder
+                    out.add(int(d))
+                    continue
             for fd in os.listdir(f"/proc/{d}/fd"):
                 try:
                     if os.readlink(f"/proc/{d}/fd/{fd}").startswith(prefix):
@@ -159,19 +167,27 @@ def holders():
                         break
                 except OSError:
                     pass
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
+    grown = True
+    while grown:  # and every descendant (forked, not yet exec'd or renamed)
+        more = {p for p, pp in parent.items() if pp in out} - out
+        grown = bool(more)
+        out |= more
     return out
 while start_time(pid) == start:
     r, _, _ = select.select([sys.stdin], [], [], 0.5)
     if r and not sys.stdin.buffer.read1(1):
         break
-for sweep in range(3):
-    for p in holders() - {pid}:
+quiet, t0 = 0, time.time()
+while quiet < 3 and time.time() - t0 < 30:  # until three sweeps in a row find nothing
+    found = ray_processes()
+    for p in found:
         try:
             os.kill(p, signal.SIGKILL)
         except OSError:
             pass
+    quiet = 0 if found else quiet + 1
     time.sleep(0.3)
 """
 

@@ -43,6 +43,21 @@ def ray_processes() -> set[int]:
     return out
 
 
+def describe(pids) -> str:
+    """What each leftover process is (for a failure message)."""
+    import psutil
+
+    lines = []
+    for pid in sorted(pids):
+        try:
+            p = psutil.Process(pid)
+            lines.append(f"{pid} ppid={p.ppid()} {p.status()} age={time.time() - p.create_time():.1f}s "
+                         f"{' '.join(p.cmdline())[:160]!r} files={[f.path for f in p.open_files()][:3]}")
+        except psutil.Error as e:
+            lines.append(f"{pid}: {e}")
+    return "\n".join(lines)
+
+
 def same_tables(a, b, atol=1e-6):
     sa, sb = pd.read_parquet(a / "scores.parquet"), pd.read_parquet(b / "scores.parquet")
     assert sb["example_id"].is_unique and sa["example_id"].tolist() == sb["example_id"].tolist()
@@ -130,7 +145,7 @@ def test_killing_the_driver_leaves_no_ray_work_and_resume_continues(tmp_path, ti
     os.kill(jobs.status(job, ws)["pid"], signal.SIGKILL)
     t1 = time.time()
     while ray_processes() - before:
-        assert time.time() - t1 < 20, f"Ray processes still running after the driver was killed: {ray_processes() - before}"
+        assert time.time() - t1 < 20, f"Ray processes still running after the driver was killed:\n{describe(ray_processes() - before)}"
         time.sleep(0.2)
     kept = len(run.committed_parts())
     assert 3 <= kept < 30 and jobs.status(job, ws)["state"] == "interrupted"
@@ -162,7 +177,7 @@ def test_cancelling_a_ray_job_stops_its_ray_work(tmp_path, tiny_model_dir, monke
     assert st["state"] == "cancelled" and "killed" not in (st["error"] or ""), st["error"]  # stopped by itself
     t1 = time.time()
     while ray_processes() - before:
-        assert time.time() - t1 < 20, ray_processes() - before
+        assert time.time() - t1 < 20, describe(ray_processes() - before)
         time.sleep(0.2)
 
 
