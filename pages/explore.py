@@ -208,9 +208,30 @@ else:
                 what = (f"{len(pts):,} examples: above {pool_map.POINTS_MAX_ROWS:,} a 128 x 128 density grid computed "
                         f"on the server ({ztitle} per cell)")
             fig.update_layout(height=480, margin=dict(t=10, b=10), xaxis_title=None, yaxis_title=None)
-            st.plotly_chart(fig, width="stretch", key="pool_map")
+            if len(pts) <= pool_map.POINTS_MAX_ROWS:
+                # A drag draws a box (the lasso and zoom are in the chart's toolbar); the ids picked
+                # go to Inspect as a filter.
+                fig.update_layout(dragmode="select")
+                event = st.plotly_chart(fig, width="stretch", key="pool_map", on_select="rerun",
+                                        selection_mode=("box", "lasso"))
+                on_map = [p["customdata"][0] for p in (event.selection.points if event else [])
+                          if p.get("customdata")]
+            else:
+                st.plotly_chart(fig, width="stretch", key="pool_map_grid")
+                on_map = []
             st.caption(f"{lay.attrs.get('method', map_method).upper()} layout of the embeddings (each example's mean final "
-                       f"hidden state over its answer); {what}. Nearby points: examples the model represents alike.")
+                       f"hidden state over its answer); {what}. Nearby points: examples the model represents alike."
+                       + (" Drag a box (or pick the lasso in the chart's toolbar) to pick examples and read them "
+                          "in Inspect." if len(pts) <= pool_map.POINTS_MAX_ROWS else ""))
+            if on_map:
+                on_map = list(dict.fromkeys(on_map))
+                per_domain = pts[pts["example_id"].isin(on_map)]["domain"].astype(str).value_counts()
+                p1, p2 = st.columns([3, 1])
+                p1.markdown(f"**{len(on_map):,} examples picked on the map** ("
+                            + ", ".join(f"{n:,} {d}" for d, n in per_domain.items()) + ")")
+                if p2.button("Open them in Inspect", key="map_to_inspect", type="primary"):
+                    st.session_state["map_pick"] = {"run": str(info.path), "ids": on_map}
+                    st.switch_page("pages/inspect.py")
     else:
         st.caption("A 2-D layout of the examples' embeddings, computed once and kept in the run folder.")
 

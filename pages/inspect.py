@@ -43,6 +43,15 @@ if text.strip():
         ids = _search(str(info.path), info.mtime, text.strip())
     except (ValueError, OSError) as e:
         st.error(str(e))
+map_pick = st.session_state.get("map_pick") or {}
+if map_pick.get("run") == str(info.path):  # examples picked on the Explore page's map
+    m1, m2 = st.columns([4, 1])
+    m1.info(f"Showing only the {len(map_pick['ids']):,} examples picked on the map (Explore); the filters above "
+            "apply within them.")
+    if m2.button("Show every example", key="inspect_clear_map_pick"):
+        del st.session_state["map_pick"]
+        st.rerun()
+    ids = set(map_pick["ids"]) if ids is None else ids & set(map_pick["ids"])
 ranges = {} if rng == (lo, hi) else {col: rng}
 sub = aggregate.filter_table(df, ranges, dom or None, ids)
 sub = sub.sort_values(sort_by, ascending=not desc, na_position="last")

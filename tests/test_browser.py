@@ -180,6 +180,44 @@ def test_validation_and_pick_stability_show_in_the_browser(server, browser, path
     page.close()
 
 
+def test_a_box_drawn_on_the_map_opens_those_examples_in_inspect(server, browser):
+    url, _ = server
+    page = _open(browser, f"{url}/explore")
+    page.get_by_text("pca", exact=True).first.click()  # PCA: no UMAP compile in the test
+    _idle(page)
+    go = page.get_by_role("button", name="Compute the map")
+    if go.count():
+        go.click()
+        _idle(page)
+    chart = page.locator("[data-testid='stPlotlyChart']").filter(has=page.locator(".scatterlayer, .gl-container")).last
+    chart.scroll_into_view_if_needed()
+    box = chart.locator(".nsewdrag").first.bounding_box()  # the plot area, inside the axes
+    assert box, "the map's plot area is not drawn"
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2, steps=8)
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] - 2, steps=8)  # the left 60%
+    page.mouse.up()
+    page.get_by_text("examples picked on the map").wait_for(timeout=60_000)
+    body = page.inner_text("body")
+    picked = int(body.split(" examples picked on the map")[0].split()[-1].replace(",", ""))
+    assert picked > 0, body[:3000]
+    _shot(page, "explore-map-picked.png")
+    page.get_by_role("button", name="Open them in Inspect").click()
+    page.get_by_text("picked on the map (Explore)").wait_for(timeout=60_000)
+    _idle(page)
+    body = page.inner_text("body")
+    assert f"Showing only the {picked:,} examples picked on the map" in body, body[:3000]
+    total = int(body.split(" examples match")[0].split(" of ")[-1].replace(",", ""))
+    assert 0 < picked < total and f"{picked:,} of {total:,} examples match" in body, body[:3000]  # a part of the pool
+    assert page.locator("[data-testid='stException']").count() == 0
+    _shot(page, "inspect-map-pick.png")
+    page.get_by_role("button", name="Show every example").click()
+    _idle(page)
+    assert "picked on the map" not in page.inner_text("body")
+    page.close()
+
+
 def test_an_upload_is_saved_once_and_a_taken_name_is_never_overwritten(server, browser, tmp_path):
     url, ws = server
     mine = tmp_path / "mine.jsonl"
