@@ -578,15 +578,14 @@ def claim(kind: str, cfg, data, lm, template, settings, reference=None, extra: d
     return run, meta
 
 
-def tokenise(run, data, tokenizer, template, max_length: int, report):
-    """Tokenise every example and mark its assistant tokens; record the examples table.
+def encode_examples(data, tokenizer, template, max_length: int):
+    """Tokenise every example and mark its assistant tokens (no side effect).
 
-    Returns ``(examples, encoded, rejected rows, examples table)``: examples the template cannot
-    render are rejected with their reason (after the records the loader rejected)."""
+    Returns ``(examples, encoded, rejected rows)``: examples the template cannot render are
+    rejected with their reason (after the records the loader rejected)."""
     from curation.load import RecordError, Rejected
     from curation.templates import encode_many
 
-    report(phase="tokenising", done=0, total=len(data.examples))
     rejected = [asdict(r) for r in data.rejected]
     examples, encoded = [], []
     for ex, enc in zip(data.examples, encode_many(tokenizer, template, [e.messages for e in data.examples],
@@ -596,6 +595,15 @@ def tokenise(run, data, tokenizer, template, max_length: int, report):
         else:
             examples.append(ex)
             encoded.append(enc)
+    return examples, encoded, rejected
+
+
+def tokenise(run, data, tokenizer, template, max_length: int, report):
+    """:func:`encode_examples`, and record the examples table in the run.
+
+    Returns ``(examples, encoded, rejected rows, examples table)``."""
+    report(phase="tokenising", done=0, total=len(data.examples))
+    examples, encoded, rejected = encode_examples(data, tokenizer, template, max_length)
     table = example_table(examples, encoded)
     run.write_examples(table)
     return examples, encoded, rejected, table

@@ -66,10 +66,8 @@ def run_embed(run_dir: str | Path, progress: Progress | None = None) -> Path:
     embedding are not recomputed, and the run's losses are not touched."""
     from dataclasses import fields
 
-    from curation.load import RecordError
     from curation.passes import PassSettings, Reporter, ScoreCache, score_pass
-    from curation.runs import Run, RunError, load_inputs
-    from curation.templates import encode_many
+    from curation.runs import Run, RunError, encode_examples, load_inputs
 
     report = Reporter(progress)
     run = Run(run_dir)
@@ -89,11 +87,8 @@ def run_embed(run_dir: str | Path, progress: Progress | None = None) -> Path:
                        "key), so its losses cannot be reused; run embed where the run was scored, with the same model")
     want = run.scores()["example_id"].astype(str).tolist()
     report(phase="tokenising", done=0, total=len(data.examples))
-    encoded = {}
-    for ex, enc in zip(data.examples, encode_many(lm.tokenizer, template, [e.messages for e in data.examples],
-                                                  max_length)):
-        if not isinstance(enc, RecordError):
-            encoded[ex.example_id] = enc
+    examples, encs, _ = encode_examples(data, lm.tokenizer, template, max_length)
+    encoded = {ex.example_id: enc for ex, enc in zip(examples, encs)}
     missing = [i for i in want if i not in encoded]
     if missing:
         raise RunError(f"{len(missing)} example(s) of the run (e.g. {missing[0]}) are no longer in its sources; "
