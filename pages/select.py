@@ -244,7 +244,9 @@ if score_col:
 # ---- save ------------------------------------------------------------------------------------------
 st.subheader("Save")
 s1, s2 = st.columns([3, 1])
-name = s1.text_input("Selection name", value=new_folder_name(f"{method}-{budget.replace('%', 'pct')}"), key="sel_name")
+prefix = f"{method}-{budget.replace('%', 'pct')}"
+# Keyed by method and budget: another one suggests a new name instead of keeping the old one.
+name = s1.text_input("Selection name", value=new_folder_name(prefix), key=f"sel_name_{prefix}")
 if s2.button("Save selection", type="primary", key="sel_save"):
     try:
         out = selections_dir(ws) / safe_name(name)

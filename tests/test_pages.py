@@ -143,7 +143,12 @@ def test_select_then_export_writes_the_expected_file(in_scored_ws):
     counts = at.dataframe[0].value.set_index("domain")
     assert counts["selected"].to_dict() == {"chat": 1, "math": 1}
     assert counts["random: selected"].to_dict() == {"chat": 1, "math": 1}  # the baseline beside it
-    at.text_input(key="sel_name").input("balanced").run()
+    name_box = next(t for t in at.text_input if t.label == "Selection name")
+    assert name_box.value.startswith("davir-10pct")
+    at.selectbox(key="sel_method").set_value("rho").run()  # another method suggests its own name
+    assert next(t for t in at.text_input if t.label == "Selection name").value.startswith("rho-10pct")
+    at.selectbox(key="sel_method").set_value("davir").run()
+    next(t for t in at.text_input if t.label == "Selection name").input("balanced").run()
     next(b for b in at.button if b.label == "Save selection").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     sel_dir = in_scored_ws / "selections" / "balanced"
