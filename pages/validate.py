@@ -117,6 +117,9 @@ lens = pd.DataFrame([{"selection": name, "domain": d, "score": v["score"],
                       "Spearman(score, length)": e.get("score_length_spearman")}
                      for name, v in rep["lengths"].items() for d, e in v["by_domain"].items()])
 st.dataframe(lens.round(3), hide_index=True, width="stretch")
+if lens["Spearman(score, length)"].isna().any():
+    st.caption("No Spearman where the selection has no ranking score (s2l samples clusters, random samples; "
+               "their length effect shows in the two mean lengths).")
 cands = pd.DataFrame([{"candidate": c["name"], "seed": c["seeds"][k], "examples": p["examples"],
                        "response tokens": p["response_tokens"]}
                       for c in rep["candidates"] for k, p in enumerate(c["per_seed"])])
