@@ -176,9 +176,8 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     results, curves = assemble(parts)
     write_parquet(out / "results.parquet", results)
     write_parquet(out / "curves.parquet", curves)
-    pairs = [(c.name, b.name) for c in candidates if c.kind == "selection"
-             for b in candidates if b.selection == c.name and b.kind in ("random", "random-tokens")]
-    stats = {m: build_report(results, metric=m, pairs=pairs, seed=cfg.seed) for m in ("token", "example")}
+    stats = {m: build_report(results, metric=m, pairs=comparison_pairs(candidates), seed=cfg.seed)
+             for m in ("token", "example")}
     rep = {
         "kind": "validate", "config": {**_config_dict(cfg)}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": run.provenance(), "model": lm.describe(), "template": {"name": template.name, "fingerprint": template.fingerprint},
@@ -232,6 +231,19 @@ def read_selections(folders: list[str]):
     if len(set(names)) != len(names):
         raise ValidationError(f"two selections have the same folder name ({names}); rename one")
     return Run(next(iter(runs))), sels
+
+
+RANDOM_KINDS = ("random", "random-tokens")
+
+
+def comparison_pairs(candidates: list[Candidate]) -> list[tuple[str, str]]:
+    """``(candidate, baseline)`` pairs the report compares, always with baselines built for the same
+    selection: every selection against ``random`` and ``random-tokens``; the ``longest`` and ``full``
+    baselines against ``random`` (same examples per domain: is "long is more" true on this pool,
+    how far is the ceiling?), not against ``random-tokens``, whose tokens match the selection's."""
+    return [(c.name, b.name) for c in candidates if c.kind not in RANDOM_KINDS
+            for b in candidates if b.selection == c.selection
+            and (b.kind == "random" or (b.kind == "random-tokens" and c.kind == "selection"))]
 
 
 def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> list[Candidate]:

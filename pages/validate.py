@@ -78,14 +78,15 @@ st.caption(f"{', '.join(s['name'] for s in rep['selections'])} · proxy `{rep['m
 
 st.markdown("**Verdicts**")
 verdicts = pd.DataFrame([{
-    "selection": c["candidate"], "against": c["baseline"], "domain": c["domain"], "verdict": c["verdict_text"],
+    "candidate": c["candidate"], "against": c["baseline"], "domain": c["domain"], "verdict": c["verdict_text"],
     "difference (nats)": round(c["diff"], 4), "95% interval": f"[{c['lo']:+.4f}, {c['hi']:+.4f}]",
-    "selection NLL": round(c["candidate_mean"], 4), "baseline NLL": round(c["baseline_mean"], 4),
+    "candidate NLL": round(c["candidate_mean"], 4), "baseline NLL": round(c["baseline_mean"], 4),
 } for c in stats["comparisons"]])
 st.dataframe(verdicts, hide_index=True, width="stretch")
-st.caption("A negative difference means the selection's model predicts the held-out answers better. The interval "
-           "accounts for the eval sample (paired over examples) and for training noise (seeds); if it contains 0, "
-           "this validation cannot tell the selection from its baseline.")
+st.caption("A negative difference means the candidate's model predicts the held-out answers better. Each "
+           "selection is compared with its random baselines; longest and full with random (same examples). The "
+           "interval accounts for the eval sample (paired over examples) and for training noise (seeds); if it "
+           "contains 0, this validation cannot tell the candidate from its baseline.")
 
 rows = pd.DataFrame(stats["rows"])
 left, right = st.columns(2)
@@ -107,7 +108,8 @@ with right:
                                                   arrayminus=g["diff"] - g["lo"])))
         fig.add_hline(y=0, line_dash="dash", line_color="grey")
         fig.update_layout(height=360, margin=dict(t=30, b=10), title="Difference vs baseline with 95% interval",
-                          yaxis_title="nats (negative = selection better)")
+                          scattermode="group",  # side by side within a domain, not drawn over each other
+                          yaxis_title="nats (negative = candidate better)")
         st.plotly_chart(fig, width="stretch")
 
 st.markdown("**Length: what the selection picked**")

@@ -15,7 +15,7 @@ import pytest
 from curation.runs import Run
 from curation.score import ScoreConfig, run_score
 from curation.selection import Recipe, apply_recipe, save_selection, select_run
-from curation.validate import ValidateConfig, ValidationError, baseline_rows, run_validate
+from curation.validate import Candidate, ValidateConfig, ValidationError, baseline_rows, comparison_pairs, run_validate
 from tests.conftest import write_jsonl
 
 FRUITS = ["apples", "pears", "plums", "figs", "dates", "limes", "kiwis", "grapes", "melons", "berries"]
@@ -141,6 +141,15 @@ def test_baselines_match_counts_tokens_and_lengths():
         cum = np.cumsum(resp[got])
         assert abs(cum[-1] - 60) <= max(resp[got]) / 2 + 1e-9 or cum[-1] <= 60  # the closest prefix
     assert len(baseline_rows("full", rows, resp, ids, 0, 0, 0, "d")) == 8
+
+
+def test_selections_and_the_longest_and_full_baselines_are_compared_with_their_own_random_baselines():
+    cands = [Candidate("a", "selection", "a", [0]), Candidate("b", "selection", "b", [0])]
+    cands += [Candidate(f"{k}@{s}", k, s, [0]) for s in "ab" for k in ("random", "random-tokens", "longest", "full")]
+    got = set(comparison_pairs(cands))
+    want = {(c, f"random@{s}") for s in "ab" for c in (s, f"longest@{s}", f"full@{s}")}
+    want |= {(s, f"random-tokens@{s}") for s in "ab"}  # random-tokens has the selection's tokens, not longest's
+    assert got == want  # never a random baseline as the candidate, never another selection's baseline
 
 
 def test_a_killed_validation_resumes_to_the_same_report(setup, tmp_path, monkeypatch):
