@@ -233,17 +233,17 @@ def read_selections(folders: list[str]):
     return Run(next(iter(runs))), sels
 
 
-RANDOM_KINDS = ("random", "random-tokens")
-
-
 def comparison_pairs(candidates: list[Candidate]) -> list[tuple[str, str]]:
     """``(candidate, baseline)`` pairs the report compares, always with baselines built for the same
-    selection: every selection against ``random`` and ``random-tokens``; the ``longest`` and ``full``
-    baselines against ``random`` (same examples per domain: is "long is more" true on this pool,
-    how far is the ceiling?), not against ``random-tokens``, whose tokens match the selection's."""
-    return [(c.name, b.name) for c in candidates if c.kind not in RANDOM_KINDS
-            for b in candidates if b.selection == c.selection
-            and (b.kind == "random" or (b.kind == "random-tokens" and c.kind == "selection"))]
+    selection: every selection against the random baselines (:data:`curation.verdicts.BASELINES`);
+    ``longest`` and ``full`` against ``random`` only (same examples per domain: is "long is more"
+    true on this pool, how far is the ceiling?), since ``random-tokens`` matches the selection's
+    tokens, not theirs."""
+    from curation.verdicts import BASELINES as RANDOM_BASELINES
+
+    against = {"selection": RANDOM_BASELINES, "longest": ("random",), "full": ("random",)}
+    return [(c.name, b.name) for c in candidates for b in candidates
+            if b.selection == c.selection and b.kind in against.get(c.kind, ())]
 
 
 def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> list[Candidate]:
