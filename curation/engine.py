@@ -70,10 +70,19 @@ def open_engine(cfg):
 @contextmanager
 def ray_instance(cfg):
     """Start (or join, with ``--ray-address``) Ray for the block; yields a small info dict."""
+    # No auto-init: a Ray call made after ray.shutdown() (by a work thread a cancel left behind)
+    # would otherwise start a new default instance in /tmp/ray that nothing owns or stops.
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"  # read when ray is first imported
     try:
         import ray
     except ImportError:  # pragma: no cover - ray is in requirements.txt
         raise EngineError("--engine ray needs the ray package: pip install 'ray[data,train]'") from None
+    try:  # ray imported earlier in this process read the variable already
+        from ray._private import auto_init_hook
+
+        auto_init_hook.enable_auto_connect = False
+    except (ImportError, AttributeError):  # pragma: no cover - another Ray layout: the variable is enough
+        pass
     previous = signal.getsignal(signal.SIGTERM)
     threads = 1
     workers = cfg.workers or max(1, (os.cpu_count() or 1) // threads)

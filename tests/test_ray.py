@@ -80,6 +80,13 @@ def test_score_on_two_ray_workers_equals_the_local_run(tmp_path, tiny_model_dir)
     assert 2 in {p["workers"] for p in commits}
     time.sleep(2)
     assert not ray_processes(), "Ray processes left after the run"
+    import ray
+
+    # A Ray call after the run (as from a work thread a cancel left behind) must not auto-start a
+    # new instance that nothing owns: that left two Ray agents running after a cancelled job.
+    with pytest.raises(Exception, match="(?i)not .*(started|initialized)|init"):
+        ray.put(1)
+    assert not ray.is_initialized() and not ray_processes()
 
 
 def test_a_killed_ray_worker_is_restarted_and_its_chunk_rerun(tmp_path, tiny_model_dir):
