@@ -21,7 +21,7 @@ $(STAMP): requirements.txt Makefile
 	# Dequantise the default GGUF model once into a safetensors cache (.cache/models).
 	$(PY) -m curation prepare-model
 	# The embedded default pool (300 ShareGPT chat + 220 CHAMP math) in workspace/data, held-out eval sets in workspace/eval.
-	$(PY) -m curation.default_data
+	$(PY) -m curation prepare-data
 	touch $(STAMP)
 
 run: setup

@@ -44,7 +44,7 @@ def main() -> None:
 
     from sklearn.metrics import adjusted_rand_score
 
-    from curation.formulas import s2l_clusters
+    from curation.runs.formulas import s2l_clusters
 
     X, truth = synthetic(args.rows, args.points)
     t = time.perf_counter()

@@ -1,5 +1,5 @@
 """Pool map benchmark: a synthetic run folder of N examples (default 1,000,000) with 576-d float16
-embeddings in 100 clusters; times the layout (curation.pool_map.run_layout: PCA above the UMAP
+embeddings in 100 clusters; times the layout (curation.views.pool_map.run_layout: PCA above the UMAP
 threshold), its cached re-read, and what the Explore page computes per redraw above the points
 threshold (the 128 x 128 density grid and the per-cell mean of a score, and the plotly heatmap).
 
@@ -32,8 +32,8 @@ def main() -> None:
     import pandas as pd
     import plotly.graph_objects as go
 
-    from curation import pool_map
-    from curation.runs import Run
+    from curation.views import pool_map
+    from curation.runs.folder import Run
 
     rng = np.random.default_rng(0)
     n, d = args.rows, args.dims

@@ -33,14 +33,14 @@ def phase(name: str, limit: int, chunk_examples: int, out: Path) -> dict:
 
     import torch
 
-    from curation.score import ScoreConfig, run_score
+    from curation.runs.score import ScoreConfig, run_score
 
     engine, n = name.split("-")
     torch.set_num_threads(int(n) if engine == "local" else 1)
     ticks: list[tuple[float, int]] = []
     first: dict = {}
 
-    def progress(p: dict) -> None:
+    def progress(**p) -> None:
         if p.get("phase") != "scoring":
             if not ticks:
                 first["before_scoring"] = time.time()  # the last moment of tokenising: the engine opens next

@@ -53,10 +53,10 @@ def phase(name: str, rows: int, batch_tokens: int, max_length: int, repeats: int
     """Run one scorer over the rows in this process; return timings, losses and peak RSS."""
     import numpy as np
 
-    from curation.load import SourceSpec, load_sources
-    from curation.models import load_model
-    from curation.losses import reference_loss, score_examples
-    from curation.templates import encode_many, resolve_template
+    from curation.data.load import SourceSpec, load_sources
+    from curation.scoring.models import load_model
+    from curation.scoring.losses import reference_loss, score_examples
+    from curation.data.templates import encode_many, resolve_template
 
     lm = load_model("default", device="cpu", dtype="float32")
     data = load_sources([SourceSpec(str(DATA / "gsm8k/test.jsonl"), "math"),
@@ -66,7 +66,7 @@ def phase(name: str, rows: int, batch_tokens: int, max_length: int, repeats: int
     compile = name == "compiled"
     # The embedding step (each example's mean hidden state over its targets) is timed where it
     # runs, so its share of a pass is measured within the pass, not across noisy runs.
-    from curation import losses as losses_mod
+    from curation.scoring import losses as losses_mod
 
     embed_s = [0.0]
     target_means = losses_mod.target_means

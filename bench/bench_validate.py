@@ -37,11 +37,12 @@ def main() -> None:
 
     import torch
 
-    from curation.default_data import prepare_default_data
-    from curation.runs import Run
-    from curation.score import ScoreConfig, run_score
-    from curation.selection import Recipe, select_run
-    from curation.validate import ValidateConfig, run_validate
+    from curation.data.default_data import prepare_default_data
+    from curation.runs.folder import Run
+    from curation.runs.score import ScoreConfig, run_score
+    from curation.selection.folder import select_run
+    from curation.selection.recipe import Recipe
+    from curation.validation.validate import ValidateConfig, run_validate
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,7 +58,7 @@ def main() -> None:
 
     phases: list[tuple[str, float]] = []
 
-    def progress(p: dict) -> None:
+    def progress(**p) -> None:
         phase = str(p.get("phase"))
         kind = phase.split(" seed")[0].split(" (")[0]  # "training random-tokens", "evaluating base model", ...
         if not phases or phases[-1][0] != kind:

@@ -55,9 +55,9 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    from curation import jobs
-    from curation.runs import Run
-    from curation.default_data import prepare_default_data
+    from curation.jobs import store as jobs
+    from curation.runs.folder import Run
+    from curation.data.default_data import prepare_default_data
 
     ws = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="newcomer-ws-"))
     prepare_default_data(ws)

@@ -1,4 +1,4 @@
-"""False-positive rate and power of curation.verdicts' intervals on simulated validate results.
+"""False-positive rate and power of curation.validation.verdicts' intervals on simulated validate results.
 
 Two arms ("sel" vs "random"), each eval example has a shared difficulty; each (arm, seed) a
 training-luck offset of sd ``sds``; each (arm, seed, example) noise of sd ``sd_ex``; ``shift`` is
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from curation.verdicts import build_report  # noqa: E402
+from curation.validation.verdicts import build_report  # noqa: E402
 
 
 def table(rng, sds, shift=0.0, trials=200, seeds=(3, 3), sd_ex=0.08, n_ex=300):

@@ -15,7 +15,7 @@ from curation.config import add_arguments, from_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from curation.jobs import KINDS
+    from curation.jobs.store import KINDS
 
     parser = argparse.ArgumentParser(prog="python -m curation", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"curation {__version__}")
@@ -24,8 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(sub.add_parser(kind, help=help_text), config_class(kind))
     p = sub.add_parser("prepare-model", help="convert the default (or a .gguf) model once into the cache")
     p.add_argument("--model", default="default")
-    p = sub.add_parser("embed", help="add embeddings.npy to a run scored before the scoring pass kept embeddings")
-    p.add_argument("run", metavar="RUN_DIR", help="folder of a finished score or learn run")
+    p = sub.add_parser("prepare-data", help="write the embedded default pool and its eval sets into the workspace")
+    p.add_argument("--workspace", default=None, help="workspace folder (default: $CURATION_WORKSPACE or ./workspace)")
+    p.add_argument("--force", action="store_true", help="rewrite the files even if they exist")
     add_jobs_parser(sub)
     add_select_export_parsers(sub)
     return parser
@@ -33,20 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_class(kind: str):
     """The config dataclass of a job kind (imported without torch)."""
-    from curation.jobs import kind_entry
+    from curation.jobs.store import kind_entry
 
     return kind_entry(kind)[0]
 
 
 class TqdmProgress:
-    """Shows a run's progress dicts as tqdm bars: examples while scoring, optimizer steps (with the
+    """Shows a run's progress reports (:mod:`curation.progress`) as tqdm bars: examples while scoring, optimizer steps (with the
     training loss) while training, and a line for every other phase."""
 
     def __init__(self):
         self.bar = None
         self.phase = None
 
-    def __call__(self, p: dict) -> None:
+    def __call__(self, **p) -> None:
         from tqdm import tqdm
 
         phase = str(p.get("phase") or "")
@@ -79,9 +80,9 @@ class TqdmProgress:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from curation.atomic import AtomicError
-    from curation.jobs import KINDS, JobError, kind_entry
-    from curation.load import SourceError
-    from curation.models import ModelError
+    from curation.jobs.store import KINDS, JobError, kind_entry
+    from curation.data.load import SourceError
+    from curation.scoring.models import ModelError
 
     try:
         if args.command in KINDS:
@@ -96,20 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             return jobs_command(args)
         elif args.command in ("select", "export"):
             return select_export_command(args)
-        elif args.command == "embed":
-            from curation.runs import Run
-            from curation.score import run_embed
+        elif args.command == "prepare-data":
+            from curation.data.default_data import prepare_default_data
+            from curation.jobs.workspace import workspace_root
 
-            progress = TqdmProgress()
-            try:
-                out = run_embed(args.run, progress=progress)
-            finally:
-                progress.close()
-            ids, matrix = Run(out).embeddings()
-            print(f"wrote {out}/embeddings.npy ({matrix.shape[0]} examples x {matrix.shape[1]} float16) and "
-                  f"{out}/embeddings_ids.parquet")
+            for path in prepare_default_data(workspace_root(args.workspace), force=args.force):
+                print(f"default data: {path} ({sum(1 for _ in path.open())} records)")
         elif args.command == "prepare-model":
-            from curation.models import resolve_model
+            from curation.scoring.models import resolve_model
 
             print(resolve_model(args.model))
     except (SourceError, ModelError, JobError, AtomicError, ValueError) as e:
@@ -120,16 +115,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_summary(out) -> None:
     """What a finished score or learn run wrote, with its scores' medians per domain."""
-    from curation.runs import Run
+    from curation.runs.folder import Run
 
     run = Run(out)
     df, meta = run.scores(), run.meta()
     learn = meta.get("kind") == "learn"
+    from curation.scores import LEARN_COLUMNS
+
     what = (f"{int(df['scored'].sum())} scored, {meta['n_clusters']} S2L clusters" if learn else
             f"{int(df['truncated'].sum())} truncated, {int((~df['scored']).sum())} without assistant tokens")
     print(f"wrote {out}/scores.parquet ({len(df)} examples, {what}), {out}/token_losses.parquet, {out}/run.json; "
           f"{len(run.rejected())} rejected rows in {out}/rejected.jsonl")
-    cols = ["loss_base", "loss_ref", "davir", "rho", "ifd"] if learn else ["loss"]
+    cols = [c for c in LEARN_COLUMNS if c != "ppl_base"] if learn else ["loss"]
     print(df.groupby("domain")[cols].agg(["count", "mean", "median"] if not learn else "median")
           .to_string(float_format=lambda x: f"{x:.4f}"))
     if learn:
@@ -155,12 +152,12 @@ def validate_summary(out) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# python -m curation jobs submit|list|status|cancel|resume|logs  (background jobs, curation.jobs)
+# python -m curation jobs submit|list|status|cancel|resume|logs  (background jobs, curation.jobs.store)
 
 
 def add_jobs_parser(sub) -> None:
     """The ``jobs`` command group."""
-    from curation.jobs import KINDS
+    from curation.jobs.store import KINDS
 
     p = sub.add_parser("jobs", help="run score/learn in a background worker: submit, list, status, cancel, resume, logs")
     jobs_sub = p.add_subparsers(dest="jobs_command", required=True)
@@ -192,7 +189,7 @@ def add_jobs_parser(sub) -> None:
 def job_kind_parser(kind: str) -> argparse.ArgumentParser:
     """The parser of ``python -m curation KIND`` (same arguments, built from the same config
     class), with --out optional and --workspace, for ``jobs submit KIND``."""
-    from curation.jobs import KINDS, JobError
+    from curation.jobs.store import KINDS, JobError
 
     if kind not in KINDS:
         raise JobError(f"jobs submit: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -203,7 +200,7 @@ def job_kind_parser(kind: str) -> argparse.ArgumentParser:
 
 
 def jobs_command(args) -> int:
-    from curation import jobs
+    from curation.jobs import store as jobs
 
     ws = args.workspace
     ws_flag = f" --workspace {ws}" if ws else ""
@@ -304,8 +301,8 @@ def _print_job_table(rows: list[dict]) -> None:
 
 def add_select_export_parsers(sub) -> None:
     """``select`` (a recipe applied to a run folder) and ``export`` (a selection to a training file)."""
-    from curation.export import ExportConfig
-    from curation.selection import Recipe
+    from curation.export.writer import ExportConfig
+    from curation.selection.recipe import Recipe
 
     p = sub.add_parser("select", help="apply a selection recipe (method, budget, mix, thresholds) to a run folder")
     p.add_argument("run", metavar="RUN_DIR", help="folder of a score or learn run (scores.parquet, run.json)")
@@ -319,9 +316,16 @@ def select_recipe(args) -> "Recipe":  # noqa: F821
     """The recipe from ``--recipe`` (if any) with the flags given on the command line on top."""
     from dataclasses import fields
 
-    from curation.selection import METHODS, Recipe, SelectionError, read_recipe
+    from pathlib import Path
 
-    values = read_recipe(args.recipe).to_dict() if args.recipe else {}
+    from curation.scores import METHODS
+    from curation.selection.recipe import Recipe, SelectionError
+
+    values = {}
+    if args.recipe:
+        if not Path(args.recipe).is_file():
+            raise SelectionError(f"--recipe {args.recipe}: no such recipe file")
+        values = Recipe.from_yaml(Path(args.recipe).read_text(encoding="utf-8"), args.recipe).to_dict()
     flags = {f.name: getattr(args, f.name) for f in fields(Recipe) if f.init and hasattr(args, f.name)}
     if flags.get("method") and flags["method"] != values.get("method"):
         values.pop("order", None)  # the old method's default order must not carry over
@@ -333,10 +337,10 @@ def select_recipe(args) -> "Recipe":  # noqa: F821
 
 def select_export_command(args) -> int:
     if args.command == "select":
-        from curation.selection import select_run
+        from curation.selection.folder import Selection, select_run
 
         out = select_run(args.run, select_recipe(args), args.out)
-        summary = json.loads((out / "summary.json").read_text())
+        summary = Selection(out).summary()
         for w in summary["warnings"]:
             print(f"warning: {w}", file=sys.stderr)
         if summary.get("contamination"):
@@ -381,7 +385,7 @@ def select_export_command(args) -> int:
             parts = [f"{d} {v['share']:.0%} (Jaccard {v['jaccard_mean']:.2f})" for d, v in ps["by_domain"].items()]
             print(f"pick stability over {ps['runs']} reference runs (share of picks every other run makes; Jaccard with each): " + ", ".join(parts))
     else:
-        from curation.export import ExportConfig, export_selection
+        from curation.export.writer import ExportConfig, export_selection
 
         cfg = from_arguments(ExportConfig, args)
         notes: list[str] = []

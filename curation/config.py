@@ -10,10 +10,10 @@ changes results).  From those declarations:
 * the job store saves ``dataclasses.asdict(config)`` and the worker rebuilds the config from it;
 * the dashboard's forms read each field's default and help (``pages/common.config_input``).
 
-:class:`ComputeConfig` holds how a model runs (device, dtype, batching, the score cache) and
-:class:`RunConfig` adds what every run over a pool shares (data, model, template, lengths);
-``ScoreConfig``, ``LearnConfig`` and ``ValidateConfig`` extend them.  Configs are keyword-only
-dataclasses, so fields with and without defaults mix freely across the hierarchy.
+:class:`ComputeConfig` holds how a model runs (device, dtype, batching, the score cache, the
+engine); ``curation.runs.steps.RunConfig`` adds what every run over a pool shares (data, model,
+template, lengths), and the score, learn, validate and mix configs extend them.  Configs are
+keyword-only dataclasses, so fields with and without defaults mix freely across the hierarchy.
 
 We do not use ``transformers.HfArgumentParser``: importing transformers costs seconds on every
 ``jobs status`` call, and it has neither positional arguments nor ``DOMAIN=PATH``-style mappings.
@@ -29,7 +29,6 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 _UNSET = object()
-DEFAULT_MAX_LENGTH = 2048  # tokens per example, unless the model's context is shorter
 
 
 def option(default: Any = _UNSET, help: str = "", *, flag: str | None = None, negate: str | None = None,
@@ -184,50 +183,6 @@ class ComputeConfig:
             raise ValueError("--ray-address, --workers and --gpus-per-worker apply to --engine ray")
         if self.gpus_per_worker < 0:
             raise ValueError(f"gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
-
-
-@dataclass(kw_only=True)
-class RunConfig(ComputeConfig):
-    """The settings every run over a pool shares: the data, the model and how examples become tokens."""
-
-    sources: list[str] = option(help="data files, datasets folders or hub ids; DOMAIN= tags their examples "
-                                     "(e.g. math=gsm8k.jsonl)", positional=True, metavar="[DOMAIN=]PATH")
-    out: str = option(help="output folder (scores.parquet, token_losses.parquet, run.json)", result=False)
-    model: str = option("default", "`default` (SmolLM2-135M-Instruct, shipped in a PyPI wheel), a model folder, "
-                                   "a .gguf file or a hub id")
-    max_length: int | None = option(None, f"tokens per example; longer ones are cut at the end and flagged `truncated` "
-                                          f"(default: {DEFAULT_MAX_LENGTH}, or the model's context length if shorter)")
-    limit: int | None = option(None, "use the first N records of each source")
-    template: str = option("auto", "auto | chat | alpaca | path to a Jinja chat template")
-    columns: dict[str, str] = option(help="map canonical fields to your columns, e.g. question=problem,answer=solution",
-                                     default_factory=dict)
-    format: str | None = option(None, "force the record shape instead of detecting it",
-                                choices=("messages", "sharegpt", "alpaca", "gsm8k", "prompt"))
-
-    def __post_init__(self):
-        ComputeConfig.__post_init__(self)
-        if isinstance(self.sources, str):
-            self.sources = [self.sources]
-        if not self.sources:
-            raise ValueError("give at least one source: [DOMAIN=]PATH")
-        self.columns = parse_pairs(self.columns)
-        check_positive(self, "max_length", "limit")
-        self.source_specs()  # a malformed DOMAIN=PATH is refused now, not when a job starts
-
-    def source_specs(self):
-        from curation.load import parse_source_arg
-
-        return [parse_source_arg(s, columns=self.columns, format=self.format) for s in self.sources]
-
-    def resolved_max_length(self, context: int | None) -> int:
-        """``max_length``, or the default capped at the model's ``context``; an explicit value above
-        the context is refused (the model has no position for those tokens)."""
-        if self.max_length is None:
-            return min(DEFAULT_MAX_LENGTH, context or DEFAULT_MAX_LENGTH)
-        if context and self.max_length > context:
-            raise ValueError(f"--max-length {self.max_length} is above the model's context length ({context} tokens); "
-                             f"use --max-length {context} or less")
-        return self.max_length
 
 
 class _PairsAction(argparse.Action):

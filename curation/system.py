@@ -1,44 +1,20 @@
-"""What this machine and installation have: versions, device, the default model (the landing
-page), and whether a process runs."""
+"""Facts about this installation and its processes: where the project lives, whether a pid runs,
+and when a process started.
+
+The one place that reads ``/proc/PID/stat``: the job store keeps a worker's start time beside its
+pid (so a recycled pid is never mistaken for the worker), the atomic writer asks whether the
+writer of a leftover temporary folder still runs, and the Ray watchdog polls its driver.
+"""
 
 from __future__ import annotations
 
 import os
-import platform
+from pathlib import Path
 
-from curation import __version__
-
-
-def info() -> dict:
-    """Describe the installation without loading a model (fast enough for a page render)."""
-    import torch
-
-    from curation.models import DEFAULT_MODEL_NAME, ModelError, cache_dir, default_gguf_path
-
-    cuda = torch.cuda.is_available()
-    out = {
-        "curation": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": f"cuda ({torch.cuda.get_device_name(0)})" if cuda else f"cpu ({torch.get_num_threads()} threads)",
-        "dtype": "bfloat16" if cuda else "float32",
-        "default_model": DEFAULT_MODEL_NAME,
-    }
-    try:
-        gguf = default_gguf_path()
-        out["default_model_file"] = str(gguf)
-        prepared = sorted((cache_dir() / "models").glob(f"{gguf.stem}-*/model.safetensors"))
-        out["default_model_prepared"] = str(prepared[0].parent) if prepared else None
-    except ModelError as e:
-        out["default_model_file"] = None
-        out["default_model_error"] = str(e)
-    try:
-        import transformers
-
-        out["transformers"] = transformers.__version__
-    except ImportError:  # pragma: no cover
-        out["transformers"] = None
-    return out
+# The folder that holds the ``curation`` package (the checkout): the default caches live under it
+# (``.cache``), and processes started by the library (job workers, Ray workers, the watchdog) get
+# it on their Python path.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pid_running(pid: int) -> bool:
@@ -50,3 +26,41 @@ def pid_running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None when no such process
+    runs (a zombie has finished) or the system has no ``/proc``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces and ')'
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def has_proc() -> bool:
+    """Whether start times can be read (Linux); elsewhere only a pid's existence is known."""
+    return Path("/proc/self/stat").is_file()
+
+
+def process_alive(pid: int | None, start: int | None) -> bool:
+    """Whether ``pid`` runs and is the process that had ``start`` as its start time (any process
+    with that pid when ``start`` is None, or where start times cannot be read)."""
+    if not pid:
+        return False
+    if has_proc():
+        now = process_start_time(pid)
+        return now is not None and (start is None or now == start)
+    return pid_running(pid)
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (None when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])

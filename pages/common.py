@@ -11,11 +11,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from curation import jobs, render
 from curation.config import field_info
-from curation.runs import Run
-from curation.selection import SCORES
-from curation.workspace import ensure_layout, list_folders, list_runs
+from curation.jobs import store as jobs
+from curation.jobs.workspace import ensure_layout, list_folders, list_runs
+from curation.runs.folder import Run
+from curation.scores import SCORES
+from curation.views import render
 
 
 def _leave_multipage_v1_mode() -> None:
@@ -46,8 +47,8 @@ def workspace() -> Path:
 
 @st.cache_data(show_spinner="Checking the installation...")
 def installation() -> dict:
-    """Versions, device and default model (curation.system.info), probed once per session."""
-    from curation.system import info
+    """Versions, device and default model (curation.views.installation.info), probed once per session."""
+    from curation.views.installation import info
 
     return info()
 
@@ -142,7 +143,7 @@ def domain_colours(domains) -> dict[str, str]:
 
 
 def conversation(messages, **kw) -> None:
-    """Render a conversation; all dataset text is escaped by curation.render.conversation_html."""
+    """Render a conversation; all dataset text is escaped by curation.views.render.conversation_html."""
     st.html(render.conversation_html(messages, **kw))
 
 

@@ -5,10 +5,10 @@ import numpy as np
 import plotly.express as px
 import streamlit as st
 
-from curation import aggregate
-from curation.load import SourceError, SourceSpec, check_domain, load_sources, source_stem
-from curation.default_data import N_CHAT, N_MATH, prepare_default_data
-from curation.workspace import UploadExists, data_dir, list_data_files, save_upload
+from curation.data.default_data import N_CHAT, N_MATH, prepare_default_data
+from curation.data.load import SourceError, SourceSpec, check_domain, load_sources, source_stem
+from curation.jobs.workspace import UploadExists, data_dir, list_data_files, save_upload
+from curation.views import aggregate
 from pages.common import conversation, domain_colours, workspace
 
 st.title("Data")
@@ -108,8 +108,8 @@ def _load(pairs: tuple, limit: int | None, mtimes: tuple):
 
 @st.cache_data(show_spinner="Counting tokens with the default model's tokenizer...", max_entries=4)
 def _lengths(pairs: tuple, limit: int | None, mtimes: tuple, max_examples: int = 5000):
-    from curation.models import load_tokenizer
-    from curation.templates import resolve_template, token_lengths
+    from curation.scoring.models import load_tokenizer
+    from curation.data.templates import resolve_template, token_lengths
 
     examples = _load(pairs, limit, mtimes).examples
     if len(examples) > max_examples:  # a seeded sample: the histogram's shape, quickly

@@ -1,5 +1,5 @@
 """Explore: score distributions per domain, loss_base vs loss_ref, score vs length, S2L clusters,
-a summary per domain.  Everything plotted is aggregated by curation.aggregate (bins, samples)."""
+a summary per domain.  Everything plotted is aggregated by curation.views.aggregate (bins, samples)."""
 
 import numpy as np
 import pandas as pd
@@ -7,13 +7,14 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from curation import aggregate, neardup, pool_map
 from curation.config import field_info
-from curation.render import preview
-from curation.runs import Run, read_examples
-from curation.selection import Recipe
-from curation.textnorm import conversation_text
-from curation.formulas import run_columns
+from curation.data.textnorm import conversation_text
+from curation.runs.folder import Run, read_examples
+from curation.scores import LENGTH_COLUMNS, run_columns, score_columns
+from curation.selection import neardup
+from curation.selection.recipe import Recipe
+from curation.views import aggregate, pool_map
+from curation.views.render import preview
 from pages.common import domain_colours, pick_run, score_picker
 
 st.title("Explore")
@@ -21,7 +22,7 @@ picked = pick_run("explore")
 if picked is None:
     st.stop()
 info, df, run = picked
-scores = aggregate.score_columns(df)
+scores = score_columns(df.columns)
 if not scores:
     st.error(f"{info.path}/scores.parquet has no score column (expected loss, davir, ...).")
     st.stop()
@@ -77,7 +78,7 @@ with left:
                 "the reference loss and the scores built on it.")
 with right:
     st.subheader("Score vs length")
-    lengths = [c for c in aggregate.LENGTH_COLUMNS if c in df.columns]
+    lengths = [c for c in LENGTH_COLUMNS if c in df.columns]
     lc1, lc2 = st.columns(2)
     yscore = lc1.selectbox("Score", scores, index=scores.index(score), key="explore_len_score")
     xlen = lc2.selectbox("Length", lengths, key="explore_len_col")
@@ -148,8 +149,8 @@ def _previews(run_dir: str, mtime: float) -> dict[str, str]:
 
 
 if not (info.path / Run.EMBEDDINGS).is_file():
-    st.info(f"This run has no embeddings (scored before the scoring pass kept them); "
-            f"`python -m curation embed {info.path}` adds them, then the map shows here.")
+    st.info("This run has no embeddings (embeddings.npy), so there is no map; score the data again into a new "
+            "folder to get them.")
 else:
     mc1, mc2, mc3 = st.columns([1, 2, 1])
     map_method = mc1.radio("Layout", ["auto", "pca"], horizontal=True, key="map_method",
@@ -238,7 +239,7 @@ else:
 # ---- near-duplicates ---------------------------------------------------------------------------
 st.subheader("Near-duplicate groups")
 g1, g2 = st.columns([1, 3])
-near_t = g1.slider("Threshold", 0.5, 1.0, neardup.DEFAULT_THRESHOLD, 0.05, key="explore_near_t",
+near_t = g1.slider("Threshold", 0.5, 1.0, Recipe.near_dup_threshold, 0.05, key="explore_near_t",
                    help=field_info(Recipe, "near_dup_threshold")["help"])
 cached = neardup.cache_path(info.path, near_t).is_file()
 if cached or g2.button("Find near-duplicate groups", key="explore_near_go",

@@ -5,8 +5,10 @@ import json
 import pandas as pd
 import streamlit as st
 
-from curation import export as exp_mod
-from curation.workspace import download_payload, exports_dir, list_folders, selections_dir
+from curation.export import writer as exp_mod
+from curation.export.writer import download_payload
+from curation.jobs.workspace import exports_dir, list_folders, selections_dir
+from curation.selection.folder import Selection
 from pages.common import pick_folder, workspace
 
 st.title("Export")
@@ -16,7 +18,11 @@ sel_dir = pick_folder(selections_dir(ws), "summary.json", "Selection", "exp_sel"
 if sel_dir is None:
     st.stop()
 sel_name = sel_dir.name
-summary = json.loads((sel_dir / "summary.json").read_text())
+try:
+    summary = Selection(sel_dir).summary()
+except ValueError as e:  # a damaged selection folder: say so, the others stay pickable
+    st.error(str(e))
+    st.stop()
 r = summary.get("recipe", {})
 st.caption(f"method **{r.get('method')}** ({r.get('order') or 'sampling'}), budget **{r.get('budget')}**, "
            f"mix **{r.get('mix')}**, seed {r.get('seed')} · {summary.get('totals', {}).get('examples')} examples, "

@@ -1,11 +1,12 @@
 """Inspect: filter and sort examples, read one with its tokens coloured by loss, and see where two
-methods disagree most.  All dataset text is escaped (curation.render.conversation_html)."""
+methods disagree most.  All dataset text is escaped (curation.views.render.conversation_html)."""
 
 import numpy as np
 import streamlit as st
 
-from curation import aggregate, render
-from curation.runs import Run, RunError, SourceChanged
+from curation.runs.folder import Run, RunError, SourceChanged
+from curation.scores import keeps_high, score_columns
+from curation.views import aggregate, render
 from pages.common import conversation, explain, pick_run, score_picker
 
 st.title("Inspect")
@@ -13,7 +14,7 @@ picked = pick_run("inspect")
 if picked is None:
     st.stop()
 info, df, run = picked
-scores = aggregate.score_columns(df)
+scores = score_columns(df.columns)
 numeric = aggregate.numeric_columns(df)
 MAX_ROWS = 500  # rows sent to the browser; sorting and filtering happen on the server
 
@@ -31,7 +32,7 @@ with st.container(border=True):
     s1, s2, s3 = st.columns([3, 2, 1])
     text = s1.text_input("Text search (in the conversations)", key="inspect_text", placeholder="e.g. triangle")
     sort_by = s2.selectbox("Sort by", numeric, index=0, key="inspect_sort")
-    desc = s3.toggle("Descending", value=aggregate.keeps_high(sort_by), key=f"inspect_desc_{sort_by}")
+    desc = s3.toggle("Descending", value=keeps_high(sort_by), key=f"inspect_desc_{sort_by}")
 
 ids = None
 if text.strip():

@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from curation import jobs
-from curation.learn import LearnConfig
-from curation.load import source_stem
-from curation.score import ScoreConfig
-from curation.workspace import list_data_files
+from curation.data.load import source_stem
+from curation.jobs import store as jobs
+from curation.jobs.workspace import list_data_files
+from curation.runs.learn import LearnConfig
+from curation.runs.score import ScoreConfig
 from pages.common import config_input, installation, jobs_panel, workspace
 
 st.title("Score")

@@ -8,12 +8,17 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from curation import aggregate
-from curation import selection as sel_mod
 from curation.config import field_info
-from curation.formulas import run_columns
-from curation.runs import Run
-from curation.workspace import list_data_files, new_folder_name, safe_name, selections_dir
+from curation.jobs.workspace import list_data_files, new_folder_name, safe_name, selections_dir
+from curation.runs.folder import Run
+from curation.scores import METHODS, SCORES, run_columns
+from curation.selection.annotate import annotate, annotation_key
+from curation.selection.apply import COVERAGE_CLUSTERS, apply_recipe
+from curation.selection.baselines import random_baseline
+from curation.selection.folder import Selection
+from curation.selection.recipe import Recipe
+from curation.selection.summary import length_profile, pick_stability
+from curation.views import aggregate
 from pages.common import pick_run, workspace
 
 st.title("Select")
@@ -22,19 +27,18 @@ if picked is None:
     st.stop()
 info, df, run = picked
 ws = workspace()
-SCORES = sel_mod.SCORES
 domains = sorted(df["domain"].astype(str).unique())
 
 # ---- the recipe ------------------------------------------------------------------------------
 c1, c2, c3 = st.columns([2, 1, 2])
-methods = list(sel_mod.METHODS)
+methods = list(METHODS)
 default_method = "davir" if "davir" in df.columns else "loss"
 method = c1.selectbox("Method", methods, index=methods.index(default_method), key="sel_method",
                       help="Defaults: davir, top 10%, natural mix: one click gives a first selection.")
 st.caption(f"**{method}**: {SCORES[method].explanation}")
 order = None
-if SCORES[method].default_order is not None:
-    order = c2.radio("Keep", ["high", "low"], index=["high", "low"].index(SCORES[method].default_order),
+if SCORES[method].order is not None:
+    order = c2.radio("Keep", ["high", "low"], index=["high", "low"].index(SCORES[method].order),
                      key=f"sel_order_{method}", horizontal=True, format_func=lambda o: f"{o}est")
 with c3:
     b1, b2 = st.columns([1, 1])
@@ -86,10 +90,10 @@ stratify = temperature = None
 if order is not None:
     k1, k2 = st.columns(2)
     q = k1.number_input("Length strata (0: off)", 0, 20, 0, key="sel_strata",
-                        help=field_info(sel_mod.Recipe, "stratify")["help"])
+                        help=field_info(Recipe, "stratify")["help"])
     stratify = f"length:{int(q)}" if q >= 2 else None
     t = k2.number_input("Temperature (0: plain top-k)", 0.0, 100.0, 0.0, 0.1, key="sel_temperature",
-                        help=field_info(sel_mod.Recipe, "temperature")["help"] + "; uses the seed")
+                        help=field_info(Recipe, "temperature")["help"] + "; uses the seed")
     temperature = float(t) if t > 0 else None
 
 diversity = None
@@ -97,40 +101,40 @@ if order is not None:
     has_emb = (info.path / Run.EMBEDDINGS).is_file()
     v1, v2 = st.columns([2, 1])
     div = v1.radio("Diversity (embeddings)", ["off", "kcenter", "clusters"], horizontal=True, key="sel_diversity",
-                   disabled=not has_emb, help=field_info(sel_mod.Recipe, "diversity")["help"])
-    n_cl = v2.number_input("Clusters", 2, 1000, sel_mod.COVERAGE_CLUSTERS, key="sel_div_clusters",
+                   disabled=not has_emb, help=field_info(Recipe, "diversity")["help"])
+    n_cl = v2.number_input("Clusters", 2, 1000, COVERAGE_CLUSTERS, key="sel_div_clusters",
                            disabled=div != "clusters")
     diversity = None if div == "off" or not has_emb else "kcenter" if div == "kcenter" else f"clusters:{int(n_cl)}"
     if not has_emb:
-        st.caption(f"This run has no embeddings (scored before the scoring pass kept them): "
-                   f"`python -m curation embed {info.path}` adds them.")
+        st.caption("This run has no embeddings (embeddings.npy): score the data again into a new folder to pick "
+                   "for diversity.")
     if diversity:
         stratify = temperature = None  # diversity picks by itself
 
 with st.expander("Near-duplicates and contamination", expanded=False):
     n1, n2 = st.columns(2)
     dedup = "near" if n1.checkbox("Keep one example per near-duplicate group", value=False, key="sel_dedup",
-                                  help=field_info(sel_mod.Recipe, "dedup")["help"]) else None
-    near_t = n2.slider("Near-duplicate threshold", 0.5, 1.0, float(field_info(sel_mod.Recipe, "near_dup_threshold")["default"]),
-                       0.05, key="sel_near_t", help=field_info(sel_mod.Recipe, "near_dup_threshold")["help"])
+                                  help=field_info(Recipe, "dedup")["help"]) else None
+    near_t = n2.slider("Near-duplicate threshold", 0.5, 1.0, float(field_info(Recipe, "near_dup_threshold")["default"]),
+                       0.05, key="sel_near_t", help=field_info(Recipe, "near_dup_threshold")["help"])
     eval_files = {p.name: str(p) for p in list_data_files(ws, folder="eval")}
     decon = st.multiselect("Decontaminate against eval sets (workspace/eval)", list(eval_files), default=[],
-                           key="sel_decon", help=field_info(sel_mod.Recipe, "decontaminate")["help"])
+                           key="sel_decon", help=field_info(Recipe, "decontaminate")["help"])
     d1, d2 = st.columns(2)
-    ngram = d1.number_input("n-gram (words)", 1, 100, int(field_info(sel_mod.Recipe, "ngram")["default"]),
-                            key="sel_ngram", help=field_info(sel_mod.Recipe, "ngram")["help"])
+    ngram = d1.number_input("n-gram (words)", 1, 100, int(field_info(Recipe, "ngram")["default"]),
+                            key="sel_ngram", help=field_info(Recipe, "ngram")["help"])
     keep_cont = d2.checkbox("Keep flagged examples (report only)", value=False, key="sel_keep_cont",
                             disabled=not decon) and bool(decon)
 
-runs_of_score = run_columns(df.columns, sel_mod.SCORES[method].column or "")
+runs_of_score = run_columns(df.columns, SCORES[method].column or "")
 agg = None
 if len(runs_of_score) >= 2 and order is not None:
     if st.toggle(f"Rank by the mean over the {len(runs_of_score)} reference runs (ensemble)", value=False,
-                 key=f"sel_aggregate_{method}", help=field_info(sel_mod.Recipe, "aggregate")["help"]):
+                 key=f"sel_aggregate_{method}", help=field_info(Recipe, "aggregate")["help"]):
         agg = "mean"
 
 try:
-    recipe = sel_mod.Recipe(method=method, budget=budget, order=order, mix=mix, min=mins, max=maxs,
+    recipe = Recipe(method=method, budget=budget, order=order, mix=mix, min=mins, max=maxs,
                             fill=bool(fill), seed=int(seed), aggregate=agg, stratify=stratify,
                             temperature=temperature, diversity=diversity, dedup=dedup, near_dup_threshold=float(near_t),
                             decontaminate=[eval_files[n] for n in decon], ngram=int(ngram),
@@ -141,16 +145,16 @@ except (ValueError, TypeError) as e:
 
 
 @st.cache_data(show_spinner="Reading the pool's texts (near-duplicates, contamination)...", max_entries=8)
-def _annotate(run_dir: str, mtime: float, key: tuple, _recipe: sel_mod.Recipe):  # cached by key only
-    return sel_mod.annotate(Run(run_dir), df, _recipe)
+def _annotate(run_dir: str, mtime: float, key: tuple, _recipe: Recipe):  # cached by key only
+    return annotate(Run(run_dir), df, _recipe)
 
 
 @st.cache_data(show_spinner="Selecting...", max_entries=16)
-def _apply(run_dir: str, mtime: float, recipe: sel_mod.Recipe):
-    table = _annotate(run_dir, mtime, sel_mod.annotation_key(recipe), recipe)
-    sel = sel_mod.apply_recipe(table, recipe, run.get("kind"))
-    base = sel if recipe.method == "random" else sel_mod.random_baseline(table, recipe, run.get("kind"))
-    return table, sel, base, sel_mod.pick_stability(table, sel, run.get("kind"))
+def _apply(run_dir: str, mtime: float, recipe: Recipe):
+    table = _annotate(run_dir, mtime, annotation_key(recipe), recipe)
+    sel = apply_recipe(table, recipe, run.get("kind"))
+    base = sel if recipe.method == "random" else random_baseline(table, recipe, run.get("kind"))
+    return table, sel, base, pick_stability(table, sel, run.get("kind"))
 
 
 try:
@@ -224,7 +228,7 @@ for holder, col in zip((h1, h2), plot_cols):
                   labels={"mid": col, "share": "share of rows"})
     fig.update_layout(height=300, margin=dict(t=30, b=10), title=f"{col}: pool vs selection vs random")
     holder.plotly_chart(fig, width="stretch")
-lengths = sel_mod.length_profile(df, sel, base)
+lengths = length_profile(df, sel, base)
 qnames = [f"p{round(100 * q)}" for q in lengths["quantiles"]]
 st.dataframe(pd.DataFrame([{"rows": g, **dict(zip(qnames, lengths[g]["all"] or []))}
                            for g in ("pool", "eligible", "selection", "random") if g in lengths]),
@@ -250,10 +254,10 @@ name = s1.text_input("Selection name", value=new_folder_name(prefix), key=f"sel_
 if s2.button("Save selection", type="primary", key="sel_save"):
     try:
         out = selections_dir(ws) / safe_name(name)
-        sel_mod.save_selection(out, table, sel, base, Run(info.path).provenance())  # what is shown, as shown
+        Selection.write(out, table, sel, base, Run(info.path).provenance())  # what is shown, as shown
         st.session_state["selection_name"] = out.name
         st.success(f"Saved `{out}` (recipe.yaml, selected.parquet, summary.json). Export it on the Export page.")
     except (ValueError, OSError) as e:
         st.error(str(e))
 with st.expander("Recipe (recipe.yaml)"):
-    st.code(sel_mod.recipe_yaml(recipe), language="yaml")
+    st.code(recipe.to_yaml(), language="yaml")

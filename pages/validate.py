@@ -9,10 +9,11 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from curation import jobs
-from curation.load import source_stem
-from curation.validate import BASELINES, ValidateConfig
-from curation.workspace import list_data_files, list_folders, new_folder_name, selections_dir, validations_dir
+from curation.data.load import source_stem
+from curation.jobs import store as jobs
+from curation.jobs.workspace import list_data_files, list_folders, new_folder_name, selections_dir, validations_dir
+from curation.selection.baselines import BASELINES
+from curation.validation.validate import ValidateConfig
 from pages.common import config_input, jobs_panel, pick_folder, workspace
 
 st.title("Validate")

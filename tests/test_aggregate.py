@@ -1,4 +1,4 @@
-"""The dashboard's aggregations (curation.aggregate) and conversation HTML (curation.render): exact on toy tables, small outputs on 1M rows."""
+"""The dashboard's aggregations (curation.views.aggregate) and conversation HTML (curation.views.render): exact on toy tables, small outputs on 1M rows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from curation import aggregate, render
+from curation.views import aggregate
+
+from curation.views import render
 
 
 def _toy():
@@ -36,18 +38,18 @@ def test_disagreement_uses_each_scores_direction():
 
 
 def test_directions_agree_with_the_selection_methods():
-    from curation.selection import SCORES
+    from curation.scores import SCORES, keeps_high
 
     # Every ranking method's name and column sort the way its selection keeps by default.
     for name, info in SCORES.items():
-        if info.default_order:
-            assert aggregate.keeps_high(name) == (info.default_order == "high"), name
-            assert aggregate.keeps_high(info.column) == (info.default_order == "high"), info.column
-    assert aggregate.keeps_high("loss") and aggregate.keeps_high("ifd") and not aggregate.keeps_high("ppl_base")
+        if info.order:
+            assert keeps_high(name) == (info.order == "high"), name
+            assert keeps_high(info.column) == (info.order == "high"), info.column
+    assert keeps_high("loss") and keeps_high("ifd") and not keeps_high("ppl_base")
     # loss keeps the hardest examples and ppl the easiest: their ranks are exact mirror images.
     df = _toy().assign(loss=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], ppl_base=np.exp([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
-    r_loss = aggregate.percentile_rank(df["loss"], aggregate.keeps_high("loss"))
-    r_ppl = aggregate.percentile_rank(df["ppl_base"], aggregate.keeps_high("ppl_base"))
+    r_loss = aggregate.percentile_rank(df["loss"], keeps_high("loss"))
+    r_ppl = aggregate.percentile_rank(df["ppl_base"], keeps_high("ppl_base"))
     assert np.allclose(r_loss + r_ppl, 1 + 1 / 6)
 
 

@@ -1,4 +1,4 @@
-"""curation.answers: final-answer extraction and comparison (GSM8K, boxed, CHAMP styles)."""
+"""curation.validation.answers: final-answer extraction and comparison (GSM8K, boxed, CHAMP styles)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.answers import answers_match, extract_answer, normalise_answer, to_number
+from curation.validation.answers import answers_match, extract_answer, normalise_answer, to_number
 
 SHARED_GSM8K = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 

@@ -5,10 +5,11 @@ import dataclasses
 import pytest
 
 from curation.cli import build_parser, job_kind_parser
-from curation.config import RunConfig, field_info, from_arguments, result_key
-from curation.learn import LearnConfig
-from curation.score import ScoreConfig
-from curation.training import TrainConfig
+from curation.config import field_info, from_arguments, result_key
+from curation.runs.steps import RunConfig
+from curation.runs.learn import LearnConfig
+from curation.runs.score import ScoreConfig
+from curation.runs.training import TrainConfig
 
 
 def _parse(*argv):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation.contamination import ContaminationError, contaminated
-from curation.textnorm import words
+from curation.selection.contamination import ContaminationError, contaminated
+from curation.data.textnorm import words
 
 EVAL = [
     "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for "

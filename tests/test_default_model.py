@@ -8,7 +8,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def default_lm():
-    from curation.models import load_model
+    from curation.scoring.models import load_model
 
     return load_model("default", device="cpu", dtype="float32")
 
@@ -17,7 +17,7 @@ def test_converted_weights_equal_the_gguf_dequantised_ones(default_lm):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from curation.models import default_gguf_path
+    from curation.scoring.models import default_gguf_path
 
     gguf = default_gguf_path()
     direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -29,10 +29,10 @@ def test_converted_weights_equal_the_gguf_dequantised_ones(default_lm):
 
 
 def test_real_model_scores_equal_hf_loss(tmp_path, default_pool, default_lm):
-    from curation.load import load_sources
-    from curation.losses import reference_loss
-    from curation.score import ScoreConfig, run_score
-    from curation.templates import encode, resolve_template
+    from curation.data.load import load_sources
+    from curation.scoring.losses import reference_loss
+    from curation.runs.score import ScoreConfig, run_score
+    from curation.data.templates import encode, resolve_template
 
     sources = [f"math={default_pool['math']}", f"chat={default_pool['chat']}"]
     cfg = ScoreConfig(sources=sources, out=str(tmp_path / "run"), limit=6, max_length=256)

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curation.diversity import (
+from curation.selection.diversity import (
     DiversityError, balanced_topk, cluster_balanced, coverage, kcenter, kmeans_labels, water_fill,
 )
-from curation.selection import rank_order
+from curation.selection.pickers import rank_order
 
 
 def make_ids(n: int, rng=None) -> np.ndarray:
@@ -24,7 +24,7 @@ def make_ids(n: int, rng=None) -> np.ndarray:
 
 def naive_kcenter(emb, scores, ids, k, weight=0.0, order="high"):
     """Textbook farthest-first traversal (float64), the reference for the blocked implementation."""
-    from curation.diversity import _rank_unit
+    from curation.selection.diversity import _rank_unit
 
     canon = rank_order(scores, ids, order)
     x = emb[canon].astype(np.float64)
@@ -162,9 +162,9 @@ def test_coverage():
 def clustered_run(tmp_path):
     """A run folder (real sources, synthetic scores) whose embeddings.npy plants 6 clusters per
     domain, and whose best scores all sit in one cluster."""
-    from curation.runs import Run
+    from curation.runs.folder import Run
     from tests.conftest import write_jsonl
-    from tests.test_selection import make_run, table_of
+    from tests.synthetic import make_run, table_of
 
     math = write_jsonl(tmp_path / "m.jsonl", [{"question": f"What is {k} + 1?", "answer": f"#### {k + 1}"} for k in range(90)])
     chat = write_jsonl(tmp_path / "c.jsonl", [{"instruction": f"Tell me about item {k}.", "input": "", "output": f"Item {k}."}
@@ -209,7 +209,7 @@ def test_select_diversity_covers_every_planted_cluster(clustered_run, tmp_path, 
 
 
 def test_diversity_recipe_validation():
-    from curation.selection import Recipe, SelectionError
+    from curation.selection.recipe import Recipe, SelectionError
 
     for kw, msg in [({"diversity": "clusters:1"}, "N >= 2"), ({"diversity": "pca"}, "kcenter or clusters:N"),
                     ({"diversity": "kcenter", "stratify": "length:3"}, "leave out --stratify"),
@@ -221,10 +221,10 @@ def test_diversity_recipe_validation():
     assert Recipe("davir", diversity=" clusters : 8 ").diversity_clusters == 8
 
 
-def test_select_diversity_on_a_run_without_embeddings_says_how_to_add_them(clustered_run, tmp_path, capsys):
+def test_select_diversity_on_a_run_without_embeddings_says_what_to_do(clustered_run, tmp_path, capsys):
     from curation.cli import main
 
     run, _ = clustered_run
     (run / "embeddings.npy").unlink()
     assert main(["select", str(run), "--method", "davir", "--diversity", "kcenter", "--out", str(tmp_path / "s")]) == 2
-    assert "python -m curation embed" in capsys.readouterr().err
+    assert "score the data again into a new folder" in capsys.readouterr().err

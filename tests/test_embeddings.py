@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
-from curation.losses import reference_loss, score_examples
-from curation.runs import Run
-from curation.score import ScoreConfig, run_score
-from curation.templates import encode_many, resolve_template
+from curation.scoring.losses import reference_loss, score_examples
+from curation.runs.folder import Run
+from curation.runs.score import ScoreConfig, run_score
+from curation.data.templates import encode_many, resolve_template
 from tests.test_losses import conversations
 from tests.test_score import pool  # noqa: F401 - the fixture
 
@@ -48,11 +47,12 @@ def test_embeddings_equal_a_separate_forward_pass_and_losses_are_unchanged(tiny_
 
 
 def test_chunk_scorer_returns_the_embeddings(tiny_model_dir, tiny_lm, encoded):
-    from curation.engine import ChunkScorer, pack_chunk
-    from curation.models import ModelSource
+    from curation.data.templates import pack_encoded
+    from curation.scoring.engine import ChunkScorer
+    from curation.scoring.models import ModelSource
 
     scorer = ChunkScorer(ModelSource(path=str(tiny_model_dir), device="cpu", dtype="float32"), 1, 1024)
-    out = scorer.score(pack_chunk(encoded[:8]))
+    out = scorer.score(pack_encoded(encoded[:8]))
     want = score_examples(tiny_lm.model, encoded[:8])
     assert out["embeddings"].shape == (8, tiny_lm.model.config.hidden_size)
     for j, r in enumerate(want):
@@ -91,29 +91,3 @@ def test_score_run_writes_embeddings_and_resume_keeps_them(tmp_path, pool, tiny_
         (out / f).unlink()
     run_score(cfg(pool, out, tiny_model_dir, tmp_path / "cache-b"))
     pd.testing.assert_frame_equal(run_matrix(out), a)
-
-
-def test_embed_adds_embeddings_to_a_run_scored_before(tmp_path, pool, tiny_model_dir, capsys):  # noqa: F811
-    from curation.cli import main
-
-    out = run_score(cfg(pool, tmp_path / "run", tiny_model_dir, tmp_path / "cache"))
-    want = run_matrix(out)
-    losses = pd.read_parquet(out / "scores.parquet")
-    # As the previous version left it: no embeddings in the run folder, none in the cache parts.
-    for f in ("embeddings.npy", "embeddings_ids.parquet"):
-        (out / f).unlink()
-    for p in Run(out).committed_parts():
-        t = pq.read_table(p)
-        pq.write_table(t.drop(["embedding"]), p)
-    assert Run(out).embeddings() is None
-    assert main(["embed", str(out)]) == 0
-    assert "embeddings.npy" in capsys.readouterr().out
-    pd.testing.assert_frame_equal(run_matrix(out), want)
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "scores.parquet"), losses)  # losses untouched
-    # Now every cached row has one: a second embed scores nothing.
-    phases = []
-    from curation.score import run_embed
-
-    run_embed(out, progress=phases.append)
-    assert [p["cached"] for p in phases if p.get("phase") == "embedding"][0] == len(want)
-    assert main(["embed", str(tmp_path / "nowhere")]) == 2

@@ -8,11 +8,12 @@ import json
 import pandas as pd
 import pytest
 
-from curation.export import ExportConfig, ExportError, export_selection, load_export
-from curation.load import example_id
-from curation.selection import Recipe, select_run
+from curation.export.writer import ExportConfig, ExportError, export_selection, load_export
+from curation.data.load import example_id
+from curation.selection.folder import select_run
+from curation.selection.recipe import Recipe
 from tests.conftest import write_jsonl
-from tests.test_selection import make_run
+from tests.synthetic import make_run
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ import pickle
 import sqlite3
 import subprocess
 import sys
-import time
 
-import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, write_jsonl
@@ -111,7 +109,7 @@ def _deep(depth: int) -> str:
      ["malformed JSON"]),
 ])
 def test_one_bad_row_never_aborts_the_rest_and_every_row_is_accounted(tmp_path, name, lines, bad):
-    from curation.load import SourceSpec, load_sources
+    from curation.data.load import SourceSpec, load_sources
 
     f = tmp_path / "rows.jsonl"
     f.write_bytes("\n".join(lines).encode("utf-8"))
@@ -125,7 +123,7 @@ def test_one_bad_row_never_aborts_the_rest_and_every_row_is_accounted(tmp_path, 
 
 
 def test_a_deeply_nested_json_array_record_is_one_rejected_row(tmp_path):
-    from curation.load import SourceSpec, load_sources
+    from curation.data.load import SourceSpec, load_sources
 
     f = tmp_path / "arr.json"
     f.write_text("[" + json.dumps(GOOD[0]) + "," + _deep(100_000) + "]")
@@ -142,7 +140,7 @@ def _not_a_database(ws):
 
 
 def _truncated_store(ws):
-    from curation import jobs
+    from curation.jobs import store as jobs
 
     jobs.JobStore(ws).list()  # creates a real store
     with sqlite3.connect(ws / "jobs.sqlite") as c:
@@ -206,9 +204,9 @@ class Stop(Exception):
 
 def _interrupted_learn_run(cfg):
     """A learn run stopped when its training starts: a run folder whose training a re-run resumes."""
-    from curation.learn import run_learn
+    from curation.runs.learn import run_learn
 
-    def stop(p):
+    def stop(**p):
         if str(p.get("phase", "")).startswith("training"):
             raise Stop
 
@@ -216,8 +214,10 @@ def _interrupted_learn_run(cfg):
         run_learn(cfg, progress=stop)
 
 
-def test_a_planted_pickle_is_refused_by_learn(tmp_path, tiny_model_dir):
-    from curation.learn import LearnConfig
+def test_a_planted_pickle_in_a_run_folder_is_never_read(tmp_path, tiny_model_dir):
+    """A pickled resume state (an earlier version's ``state.pt``, or one planted) is never
+    unpickled: the run resumes from its own safetensors state and finishes; no code runs."""
+    from curation.runs.learn import LearnConfig
 
     data = write_jsonl(tmp_path / "qa.jsonl", GOOD)
     out, marker = tmp_path / "run", tmp_path / "PWNED"
@@ -225,57 +225,15 @@ def test_a_planted_pickle_is_refused_by_learn(tmp_path, tiny_model_dir):
             "--no-ifd", "--cache", str(tmp_path / "cache")]
     _interrupted_learn_run(LearnConfig(sources=[f"math={data}"], out=str(out), model=str(tiny_model_dir),
                                        checkpoints=1, ifd=False, cache=str(tmp_path / "cache")))
-    # A resume state of an earlier version (a pickle) is planted where a resume looks.
     _plant(out / "train" / "state.pt", marker)
     r = cli(*args)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "state.pt: refused to load this training resume state" in r.stderr and "could run code" in r.stderr
-    assert not marker.exists()
-
-
-def test_a_planted_pickle_is_refused_by_jobs_resume_and_the_dashboard(tmp_path, tiny_model_dir, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
-    from curation import jobs
-    from curation.learn import LearnConfig
-
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    ws, marker = tmp_path / "ws", tmp_path / "PWNED"
-    data = write_jsonl(tmp_path / "qa.jsonl", GOOD)
-    out = ws / "runs" / "planted"
-    cfg = LearnConfig(sources=[f"math={data}"], out=str(out), model=str(tiny_model_dir), checkpoints=1, ifd=False,
-                      cache=str(tmp_path / "cache"))
-    _interrupted_learn_run(cfg)
-    _plant(out / "train" / "state.pt", marker)
-    job = jobs.submit("learn", cfg, workspace=ws)
-
-    def settle():
-        t0 = time.time()
-        while jobs.status(job, ws)["state"] in ("queued", "running"):
-            assert time.time() - t0 < 120
-            time.sleep(0.2)
-        return jobs.status(job, ws)
-
-    st = settle()
-    assert st["state"] == "failed" and "state.pt: refused to load" in st["error"] and "\n" not in st["error"]
-    r = cli("jobs", "resume", job, "--workspace", str(ws))  # the CLI's resume
     assert r.returncode == 0, r.stderr
-    st = settle()
-    assert st["state"] == "failed" and "refused to load" in st["error"] and st["attempts"] == 2
-    # The dashboard's Resume button runs the same path.
-    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    at.switch_page("pages/score.py")
-    at.run()
-    next(b for b in at.button if b.label == "Resume").click().run()
-    st = settle()
-    assert st["state"] == "failed" and st["attempts"] == 3 and "refused to load" in st["error"]
-    assert not marker.exists()
+    assert (out / "scores.parquet").is_file() and not marker.exists()
 
 
 def test_our_own_resume_state_holds_no_pickle(tmp_path, tiny_model_dir, tiny_lm):
-    from curation.templates import encode_many, resolve_template
-    from curation.training import TrainConfig, train
+    from curation.data.templates import encode_many, resolve_template
+    from curation.runs.training import TrainConfig, train
 
     enc = encode_many(tiny_lm.tokenizer, resolve_template(tiny_lm.tokenizer), [
         [{"role": "user", "content": f"q{k}"}, {"role": "assistant", "content": f"answer {k}"}] for k in range(6)], 64)
@@ -286,8 +244,8 @@ def test_our_own_resume_state_holds_no_pickle(tmp_path, tiny_model_dir, tiny_lm)
 
 
 def test_a_checkpoint_with_pickled_weights_is_not_loaded(tmp_path, tiny_model_dir):
-    from curation.models import ModelError
-    from curation.training import load_checkpoint
+    from curation.scoring.models import ModelError
+    from curation.scoring.models import load_checkpoint
 
     ckpt = tmp_path / "ckpt-1"
     ckpt.mkdir()
@@ -303,7 +261,7 @@ def test_a_checkpoint_with_pickled_weights_is_not_loaded(tmp_path, tiny_model_di
 
 
 def test_uploads_never_overwrite_without_the_users_word(tmp_path):
-    from curation.workspace import UploadExists, save_upload
+    from curation.jobs.workspace import UploadExists, save_upload
 
     ws = tmp_path / "ws"
     p = save_upload(b'{"question": "a", "answer": "b"}\n', "mine.jsonl", ws)
@@ -320,8 +278,9 @@ def test_uploads_never_overwrite_without_the_users_word(tmp_path):
 
 def test_a_killed_exports_leftovers_are_removed_and_reported(tmp_path, capsys):
     from curation.cli import main
-    from curation.selection import Recipe, select_run
-    from tests.test_selection import make_run
+    from curation.selection.folder import select_run
+    from curation.selection.recipe import Recipe
+    from tests.synthetic import make_run
 
     data = write_jsonl(tmp_path / "qa.jsonl", GOOD)
     run = make_run(tmp_path / "run", [f"math={data}"])
@@ -341,8 +300,8 @@ def test_a_killed_exports_leftovers_are_removed_and_reported(tmp_path, capsys):
 def test_inspect_says_when_a_source_changed_since_scoring(tmp_path, tiny_model_dir, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from curation.runs import Run, SourceChanged
-    from curation.score import ScoreConfig, run_score
+    from curation.runs.folder import Run, SourceChanged
+    from curation.runs.score import ScoreConfig, run_score
 
     ws = tmp_path / "ws"
     (ws / "data").mkdir(parents=True)

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation import jobs
-from curation.runs import Run
-from curation.score import ScoreConfig, run_score
+from curation.jobs import store as jobs
+from curation.system import process_start_time
+from curation.runs.folder import Run
+from curation.runs.score import ScoreConfig, run_score
 from tests.conftest import ROOT, write_jsonl
 
 
@@ -27,7 +28,7 @@ def ws(tmp_path, monkeypatch):
     ws = tmp_path / "ws"
     yield ws
     for j in jobs.list_jobs(ws):
-        if j["state"] == "running" and jobs.process_start_time(j["pid"]) == j["pid_start"]:
+        if j["state"] == "running" and process_start_time(j["pid"]) == j["pid_start"]:
             os.kill(j["pid"], signal.SIGKILL)
 
 
@@ -137,7 +138,7 @@ def test_jobs_queue_on_one_device_cancel_and_readers_see_consistent_progress(tmp
         wait_for(lambda: (jobs.status(a, ws)["done"] or 0) >= 20)
         st = jobs.cancel(a, ws)
         assert st["state"] == "cancelled"
-        wait_for(lambda: jobs.process_start_time(sa["pid"]) is None, timeout=30)  # the worker exits
+        wait_for(lambda: process_start_time(sa["pid"]) is None, timeout=30)  # the worker exits
         c = jobs.submit("score", config(pool, tiny_model_dir), workspace=ws)  # queued behind b
         assert jobs.status(c, ws)["state"] == "queued"
         assert jobs.cancel(c, ws)["state"] == "cancelled"
@@ -199,4 +200,4 @@ def test_a_hung_worker_is_reported_interrupted_and_killed(tmp_path, ws, tiny_mod
     st = wait_for(lambda: finished(job, ws), timeout=20)
     assert st["state"] == "interrupted" and "no heartbeat" in st["error"]
     assert time.time() - t0 > jobs.HEARTBEAT_S * 2  # suspected first, given up only later
-    wait_for(lambda: jobs.process_start_time(st["pid"]) is None, timeout=5)  # killed: it cannot write any more
+    wait_for(lambda: process_start_time(st["pid"]) is None, timeout=5)  # killed: it cannot write any more

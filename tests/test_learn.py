@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation.learn import LearnConfig, assign_folds, run_learn
-from curation.models import ModelError
-from curation.runs import SCORE_COLUMNS, RunMismatch
-from curation.score import ScoreConfig, run_score
+from curation.runs.learn import LearnConfig, assign_folds, run_learn
+from curation.scoring.models import ModelError
+from curation.runs.folder import SCORE_COLUMNS, RunMismatch
+from curation.runs.score import ScoreConfig, run_score
 from tests.conftest import write_jsonl
 
 TRAJ = ["loss_ckpt_0", "loss_ckpt_1", "loss_ckpt_2", "loss_ckpt_3"]
@@ -41,7 +41,7 @@ def learned(tmp_path_factory, tiny_model_dir):
     d = tmp_path_factory.mktemp("learn")
     pool = make_pool(d)
     phases = []
-    out = run_learn(learn_cfg(pool, d / "run", tiny_model_dir, d / "cache"), progress=phases.append)
+    out = run_learn(learn_cfg(pool, d / "run", tiny_model_dir, d / "cache"), progress=lambda **p: phases.append(p))
     return {"dir": d, "pool": pool, "out": out, "phases": phases, "df": pd.read_parquet(out / "scores.parquet")}
 
 
@@ -79,9 +79,9 @@ def test_ifd_matches_an_unbatched_computation(learned, tiny_lm):
     rendered without its user turn), over the same assistant tokens, one example at a time."""
     import torch
 
-    from curation.load import load_sources
-    from curation.losses import reference_loss
-    from curation.templates import encode, render, resolve_template
+    from curation.data.load import load_sources
+    from curation.scoring.losses import reference_loss
+    from curation.data.templates import encode, render, resolve_template
 
     df = learned["df"]
     t = resolve_template(tiny_lm.tokenizer)
@@ -125,7 +125,7 @@ def test_provenance_and_refusal(learned, tiny_model_dir, tiny_lm):
 def test_rerun_skips_everything_done(learned, tiny_model_dir):
     phases = []
     run_learn(learn_cfg(learned["pool"], learned["out"], tiny_model_dir, learned["dir"] / "cache"),
-              progress=phases.append)
+              progress=lambda **p: phases.append(p))
     assert not any(p["phase"] == "training reference model" for p in phases)
     scoring = [p for p in phases if p["phase"].startswith("scoring") and "cached" in p]
     assert scoring and all(p["cached"] == p["total"] == 21 for p in scoring)
@@ -141,11 +141,11 @@ def test_interrupted_run_resumes_to_the_same_table(learned, tiny_model_dir, tmp_
     """Killed once in training and once in scoring; the finished table equals the uninterrupted one."""
     cfg = learn_cfg(learned["pool"], tmp_path / "run", tiny_model_dir, tmp_path / "cache", save_every_s=0.0)
 
-    def stop_training(p):
+    def stop_training(**p):
         if p["phase"].startswith("training") and p.get("done") == 3:
             raise Stop
 
-    def stop_scoring(p):
+    def stop_scoring(**p):
         if p["phase"] == "scoring checkpoint 2/3" and p.get("done", 0) > 8:  # after one commit
             raise Stop
 
@@ -154,7 +154,7 @@ def test_interrupted_run_resumes_to_the_same_table(learned, tiny_model_dir, tmp_
     with pytest.raises(Stop):
         run_learn(cfg, progress=stop_scoring)
     phases = []
-    out = run_learn(cfg, progress=phases.append)
+    out = run_learn(cfg, progress=lambda **p: phases.append(p))
     ck2 = [p for p in phases if p["phase"] == "scoring checkpoint 2/3" and "cached" in p]
     assert ck2[0]["cached"] == 8  # the committed chunk was kept
     df = pd.read_parquet(out / "scores.parquet")
@@ -166,7 +166,7 @@ def test_cache_scores_only_new_rows_of_a_grown_pool(learned, tiny_model_dir, tmp
     grown = make_pool(tmp_path, n_math=14, n_chat=9)  # two more math rows
     phases = []
     out = run_learn(learn_cfg(grown, tmp_path / "grown", tiny_model_dir, learned["dir"] / "cache"),
-                    progress=phases.append)
+                    progress=lambda **p: phases.append(p))
     base = [p for p in phases if p["phase"].startswith("scoring checkpoint 0") and "cached" in p][0]
     ifd = [p for p in phases if p["phase"].startswith("scoring responses alone") and "cached" in p][0]
     assert base["total"] == 23 and base["cached"] == 21 and ifd["cached"] == 21

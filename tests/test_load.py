@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from curation.load import (
+from curation.data.load import (
     SourceError, SourceSpec, example_id, load_sources, normalise, parse_source_arg, read_record,
 )
 from tests.conftest import write_jsonl

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from curation.losses import (
+from curation.scoring.losses import (
     check_head_path, plan_batches, reference_loss, score_examples, shared_prefix, target_losses,
 )
-from curation.templates import encode_many, resolve_template
+from curation.data.templates import encode_many, resolve_template
 
 WORDS = "the fox jumps over lazy dog clips sold April May 48 72 1 + 2 = 3 eat sleep well".split()
 
@@ -66,7 +66,7 @@ def test_shared_prefix_runs_once_and_changes_no_loss(tiny_lm):
 
 
 def test_shared_prefix_stops_before_the_first_target():
-    from curation.templates import Encoded
+    from curation.data.templates import Encoded
 
     def enc(ids, first_target):
         ids = np.array(ids, dtype=np.int32)
@@ -141,6 +141,6 @@ def test_compiled_decoder_gives_the_same_losses(tiny_lm, encoded):
     compiled = score_examples(tiny_lm.model, encoded[:6], batch_tokens=1000, compile=True)
     for a, b in zip(eager, compiled):
         assert abs(a.loss - b.loss) < 1e-5
-    from curation.models import weights_fingerprint
+    from curation.scoring.models import weights_fingerprint
 
     assert weights_fingerprint(tiny_lm.model) == fingerprint  # the compiled handle is not a submodule

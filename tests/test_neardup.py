@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation.neardup import (
+from curation.selection.neardup import (
     NearDupError, _sorted_jaccard, dedup_keep_best, lsh_params, minhash_values, group_texts, shingle_sets,
 )
 
@@ -168,7 +168,7 @@ def dup_run(tmp_path):
     """A run over real files: planted near-duplicates (a reworded paragraph answer), GSM8K-style
     problems with other numbers, and a chat example copying 13+ words of an eval question."""
     from tests.conftest import write_jsonl
-    from tests.test_selection import make_run
+    from tests.synthetic import make_run
 
     math_rows = [{"question": JANET, "answer": JANET_A}, {"question": JANET_20, "answer": JANET_20_A},
                  {"question": KYLAR, "answer": "He pays 64 for the glasses. #### 64"},
@@ -193,8 +193,8 @@ EVAL_Q = ("A train leaves the station at noon travelling north at a steady speed
 def test_run_groups_are_cached_by_threshold_and_keep_number_variants_apart(dup_run):
     import pandas as pd
 
-    from curation.neardup import cache_path, group_listing, near_dup_groups
-    from curation.runs import Run
+    from curation.selection.neardup import cache_path, group_listing, near_dup_groups
+    from curation.runs.folder import Run
 
     run_dir, _ = dup_run
     run = Run(run_dir)
@@ -221,7 +221,8 @@ def test_select_dedup_keeps_the_best_member_and_decontaminate_excludes(dup_run, 
     import pandas as pd
 
     from curation.cli import main
-    from curation.selection import Recipe, SelectionError, apply_recipe
+    from curation.selection.apply import apply_recipe
+    from curation.selection.recipe import Recipe, SelectionError
 
     run_dir, evals = dup_run
     table = pd.read_parquet(run_dir / "scores.parquet")
@@ -267,8 +268,9 @@ def test_validate_baselines_leave_out_what_the_recipe_left_out(dup_run, tmp_path
 
     import pandas as pd
 
-    from curation.selection import Recipe, select_run
-    from curation.validate import ValidateConfig, build_candidates, read_selections
+    from curation.selection.folder import select_run
+    from curation.selection.recipe import Recipe
+    from curation.validation.validate import ValidateConfig, build_candidates, read_selections
 
     run_dir, evals = dup_run
     out = select_run(run_dir, Recipe("davir", budget="100%", dedup="near", decontaminate=[str(evals)]), tmp_path / "sel")
@@ -283,4 +285,4 @@ def test_validate_baselines_leave_out_what_the_recipe_left_out(dup_run, tmp_path
     rnd = next(c for c in cands if c.kind == "random")
     for ids in rnd.ids.values():
         # (a random sample keeps the smallest id of a group, the method its best-ranked member)
-        assert len(ids) == len(sels[0].rows) and flagged not in ids and len(group & set(ids)) == 1
+        assert len(ids) == len(sels[0].rows()) and flagged not in ids and len(group & set(ids)) == 1

@@ -174,7 +174,7 @@ def test_select_then_export_writes_the_expected_file(in_scored_ws):
 def test_score_page_launches_a_background_job_and_shows_it(empty_ws, tiny_model_dir):
     import time
 
-    from curation import jobs
+    from curation.jobs import store as jobs
     from tests.ui_workspace import write_data
 
     write_data(empty_ws)
@@ -205,7 +205,6 @@ def test_validate_page_shows_verdicts_charts_and_lengths(in_scored_ws):
     assert not at.exception
     text = _texts(at)
     assert "Verdicts" in text and "Length: what the selection picked" in text
-    verdicts = at.dataframe[1].value if len(at.dataframe) > 1 else at.dataframe[0].value
     v = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
     assert set(v["against"]) == {"random", "random-tokens"} and set(v["domain"]) == {"chat", "math"}
     assert all(t.startswith(("better than", "worse than", "no detectable difference")) for t in v["verdict"])
@@ -276,7 +275,7 @@ def _map_spec(at) -> str:
 
 
 def test_explore_page_draws_the_pool_map_with_escaped_previews(in_scored_ws, monkeypatch):
-    from curation import pool_map
+    from curation.views import pool_map
 
     for p in (in_scored_ws / "runs" / "learn-fixture").glob("map-*.parquet"):
         p.unlink()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation.pool_map import PoolMapError, cell_means, density_grid, layout_2d, pca_project, run_layout
+from curation.views.pool_map import PoolMapError, cell_means, density_grid, layout_2d, pca_project, run_layout
 
 
 def planted(n_clusters: int, per: int, d: int, seed: int = 0):
@@ -109,8 +109,8 @@ def test_umap_layout_separates_planted_clusters_and_is_seeded():
 
 
 def test_run_layout_is_cached_in_the_run_folder(tmp_path):
-    from curation.pool_map import cache_path
-    from curation.runs import Run
+    from curation.views.pool_map import cache_path
+    from curation.runs.folder import Run
 
     emb, labels = planted(4, 30, 16, seed=4)
     ids = [f"ex{i:04d}" for i in range(len(labels))]

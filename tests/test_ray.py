@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("ray", reason="--engine ray needs the ray package (requirements.txt)")
 
-from curation.learn import LearnConfig, run_learn  # noqa: E402
-from curation.score import ScoreConfig, run_score  # noqa: E402
+from curation.runs.learn import LearnConfig, run_learn  # noqa: E402
+from curation.runs.score import ScoreConfig, run_score  # noqa: E402
 from tests.conftest import write_jsonl  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="the Ray engine's watchdog needs /proc (Linux)")
@@ -73,7 +73,7 @@ def test_score_on_two_ray_workers_equals_the_local_run(tmp_path, tiny_model_dir)
     local = run_score(ScoreConfig(out=str(tmp_path / "local"), cache=str(tmp_path / "c1"), **common))
     seen = []
     on_ray = run_score(ScoreConfig(out=str(tmp_path / "ray"), cache=str(tmp_path / "c2"), engine="ray", workers=2,
-                                   **common), progress=seen.append)
+                                   **common), progress=lambda **p: seen.append(p))
     same_tables(local, on_ray)
     commits = [p for p in seen if p.get("committed") and p.get("phase") == "scoring"]
     assert max(p["committed"] for p in commits) == 10 and {p["workers"] for p in commits} <= {1, 2}
@@ -97,7 +97,7 @@ def test_a_killed_ray_worker_is_restarted_and_its_chunk_rerun(tmp_path, tiny_mod
     local = run_score(ScoreConfig(out=str(tmp_path / "local"), cache=str(tmp_path / "c1"), **common))
     killed = []
 
-    def kill_one(p):
+    def kill_one(**p):
         if p.get("committed") == 3 and not killed:
             victims = [q for q in psutil.process_iter(["name", "cmdline"])
                        if "ChunkScorer" in " ".join([q.info["name"] or ""] + (q.info["cmdline"] or []))]
@@ -109,7 +109,7 @@ def test_a_killed_ray_worker_is_restarted_and_its_chunk_rerun(tmp_path, tiny_mod
                                    **common), progress=kill_one)
     assert killed
     same_tables(local, on_ray)
-    from curation.runs import Run
+    from curation.runs.folder import Run
 
     assert len(Run(on_ray).committed_parts()) == 20  # every chunk committed once: none lost, none twice
 
@@ -133,8 +133,8 @@ def test_learn_on_two_ray_train_workers_matches_one_process(tmp_path, tiny_model
 
 
 def test_killing_the_driver_leaves_no_ray_work_and_resume_continues(tmp_path, tiny_model_dir, monkeypatch):
-    from curation import jobs
-    from curation.runs import Run
+    from curation.jobs import store as jobs
+    from curation.runs.folder import Run
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     ws = tmp_path / "ws"
@@ -169,7 +169,7 @@ def test_killing_the_driver_leaves_no_ray_work_and_resume_continues(tmp_path, ti
 
 
 def test_cancelling_a_ray_job_stops_its_ray_work(tmp_path, tiny_model_dir, monkeypatch):
-    from curation import jobs
+    from curation.jobs import store as jobs
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     ws = tmp_path / "ws"
@@ -218,7 +218,7 @@ def test_the_score_page_starts_a_ray_job_equal_to_the_local_run(tmp_path, tiny_m
     equals a local run of the same sources."""
     from streamlit.testing.v1 import AppTest
 
-    from curation import jobs
+    from curation.jobs import store as jobs
 
     ws = tmp_path / "ws"
     (ws / "data").mkdir(parents=True)

@@ -7,8 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
-from curation.runs import SCORE_COLUMNS, Run, RunMismatch
-from curation.score import ScoreConfig, run_score
+from curation.runs.folder import SCORE_COLUMNS, Run, RunMismatch
+from curation.runs.score import ScoreConfig, run_score
 from tests.conftest import ROOT, write_jsonl
 
 
@@ -30,8 +30,8 @@ def cfg(pool, out, model, **kw):
 
 
 def test_score_run_writes_tables(tmp_path, pool, tiny_model_dir, tiny_lm):
-    from curation.losses import reference_loss
-    from curation.templates import encode, resolve_template
+    from curation.scoring.losses import reference_loss
+    from curation.data.templates import encode, resolve_template
 
     out = run_score(cfg(pool, tmp_path / "run", tiny_model_dir, max_length=60))
     df = pd.read_parquet(out / "scores.parquet")
@@ -43,7 +43,7 @@ def test_score_run_writes_tables(tmp_path, pool, tiny_model_dir, tiny_lm):
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
     assert {(r["source"], r["source_index"]) for r in rejected} == {("gsm.jsonl", 12), ("alpaca.json", 9)}
     # loss equals HF's loss for the example alone
-    from curation.load import load_sources
+    from curation.data.load import load_sources
     data = load_sources(ScoreConfig(sources=pool, out="x").source_specs())
     t = resolve_template(tiny_lm.tokenizer)
     for ex, row in zip(data.examples, df.itertuples()):
@@ -78,7 +78,7 @@ def test_resume_skips_committed_chunks_and_gives_the_same_tables(tmp_path, pool,
     (out / "scores.parquet").unlink()
     mtimes = {p: p.stat().st_mtime_ns for p in parts[:2]}
     phases = []
-    run_score(cfg(pool, out, tiny_model_dir, cache=str(tmp_path / "cache-b")), progress=phases.append)
+    run_score(cfg(pool, out, tiny_model_dir, cache=str(tmp_path / "cache-b")), progress=lambda **p: phases.append(p))
     assert all(p.stat().st_mtime_ns == m for p, m in mtimes.items())  # committed chunks not redone
     assert [p["cached"] for p in phases if p.get("phase") == "scoring"][0] == 10
     assert len(Run(out).committed_parts()) == 5

@@ -7,9 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation.formulas import rank_agreement, run_columns
-from curation.learn import LearnConfig, run_learn
-from curation.selection import Recipe, apply_recipe, pick_stability, select_run
+from curation.runs.formulas import rank_agreement
+from curation.runs.learn import LearnConfig, run_learn
+from curation.scores import run_columns
+from curation.selection.apply import apply_recipe
+from curation.selection.folder import select_run
+from curation.selection.recipe import Recipe
+from curation.selection.summary import pick_stability
 from tests.conftest import write_jsonl
 
 # The planted subset: four examples with one and the same response, so every epoch trains on it four

@@ -2,8 +2,8 @@
 
 import pytest
 
-from curation.load import RecordError
-from curation.templates import Template, encode, encode_many, resolve_template
+from curation.data.load import RecordError
+from curation.data.templates import Template, encode, encode_many, resolve_template
 
 MULTI = [
     {"role": "system", "content": "Be brief."},

@@ -1,16 +1,16 @@
 """Reference training on the tiny model: batching, loss, learning, determinism, exact resume."""
 
-import numpy as np
 import pytest
 
-from curation.losses import reference_loss, score_examples
-from curation.training import (TrainConfig, checkpoint_steps, load_checkpoint, plan_steps,
+from curation.scoring.losses import reference_loss, score_examples
+from curation.scoring.models import load_checkpoint
+from curation.runs.training import (TrainConfig, checkpoint_steps, plan_steps,
                                sft_loss_sum, train)
 
 
 @pytest.fixture(scope="module")
 def data(tiny_tokenizer):
-    from curation.templates import encode_many, resolve_template
+    from curation.data.templates import encode_many, resolve_template
 
     t = resolve_template(tiny_tokenizer)
     convs = [[{"role": "user", "content": f"What is {k} + {k}?"},
@@ -100,7 +100,7 @@ def test_interrupted_training_resumes_exactly(tmp_path, tiny_model_dir, tiny_lm,
     c = cfg(lora=lora, lora_dropout=0.1, save_every_s=0.0, lr=3e-3 if lora else 1e-2)
     full = train(str(tiny_model_dir), tiny_lm.tokenizer, data, c, tmp_path / "full", 2)
 
-    def stop_at_5(p):
+    def stop_at_5(**p):
         if p["done"] == 5:
             raise Stop
 
@@ -108,7 +108,7 @@ def test_interrupted_training_resumes_exactly(tmp_path, tiny_model_dir, tiny_lm,
         train(str(tiny_model_dir), tiny_lm.tokenizer, data, c, tmp_path / "cut", 2, progress=stop_at_5)
     seen = []
     resumed = train(str(tiny_model_dir), tiny_lm.tokenizer, data, c, tmp_path / "cut", 2,
-                    progress=lambda p: seen.append(p["done"]))
+                    progress=lambda **p: seen.append(p["done"]))
     assert seen[0] == 5  # step 5 was lost with the kill (its state was not saved), nothing earlier
     assert [p["loss"] for p in resumed.loss_curve] == pytest.approx([p["loss"] for p in full.loss_curve], abs=1e-6)
     ma = load_checkpoint(str(tiny_model_dir), full.checkpoints[-1])
@@ -121,7 +121,7 @@ def test_interrupted_training_resumes_exactly(tmp_path, tiny_model_dir, tiny_lm,
 
 
 def test_resume_refuses_another_run(tmp_path, tiny_model_dir, tiny_lm, data):
-    def stop(p):
+    def stop(**p):
         if p["done"] == 2:  # step 1's state was saved
             raise Stop
 

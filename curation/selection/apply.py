@@ -1,0 +1,347 @@
+"""Apply a recipe to a score table: a pure, seeded function of the table's contents and the recipe.
+
+The same rows (in any order) and the same recipe give the same ids.  The steps, in order:
+
+1. **pool**: every row of the run's score table.  ``P%`` budgets and the ``natural`` mix refer to it.
+2. **eligible**: scored rows whose score is known and that pass every ``min``/``max`` threshold
+   (thresholds filter *before* ranking, so ``--max ifd=1`` never costs budget), then the filters
+   (``--decontaminate``, ``--dedup near``; :mod:`curation.selection.annotate`).
+3. **allocation**: the budget (N examples, P% of the pool, or N tokens of prompt + response) is
+   split over domains by the mix with the largest-remainder method, so the parts are exact and
+   sum to the budget.  A domain with fewer eligible examples than its part gets them all and the
+   result says so; only with ``fill`` is the rest spread over the other domains (by their shares).
+4. **picking**, per domain: the recipe's picker (:func:`picker_for`; top-k, random, S2L, Gumbel,
+   k-center, clusters), then the budget's cut: ``k`` examples, the longest prefix of the order that
+   fits a token budget (so every selected example scores at least as well as every eligible one
+   left out), or top-k inside length strata.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from curation.scores import RUN_HELP, SCORES, run_columns, run_kind, trajectory_columns
+from curation.selection.allocation import allocate, largest_remainder
+from curation.selection.annotate import annotation, drop_contaminated, drop_near_duplicates
+from curation.selection.diversity import clusters_k, coverage_report, kcenter_k
+from curation.selection.pickers import (DomainRows, Picker, domain_rng, gumbel_k, length_strata, random_k, s2l_k,
+                                        take_stratified, top_k)
+from curation.selection.recipe import Recipe, SelectionError
+
+ID_COLUMNS = ["example_id", "source", "source_index", "domain"]
+TOKEN_COLUMNS = ["n_prompt_tokens", "n_response_tokens"]
+COVERAGE_CLUSTERS = 20  # at most this many k-means clusters per domain measure --diversity kcenter's coverage
+
+
+@dataclass
+class DomainPlan:
+    """How one domain fared: its share, pool, eligible rows, allocation and result."""
+
+    share: float
+    pool: int
+    eligible: int
+    quota: int  # units (examples or tokens) the share alone gives
+    allocated: int  # after capping at what is eligible (and fill)
+    shortfall: int  # quota - what the domain could take
+    selected: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class SelectionResult:
+    """What applying a recipe gave: the selected rows and how the budget was spent."""
+
+    rows: "object"  # pandas DataFrame: example_id, source, source_index, domain, rank, n_tokens, <score>
+    recipe: Recipe
+    score_column: str | None  # column of rows holding the score used (None for random)
+    unit: str  # "examples" | "tokens"
+    budget_units: int  # the budget in ``unit``
+    domains: dict[str, DomainPlan]
+    unfilled: int  # budget no domain could take
+    warnings: list[str]
+    eligible_mask: "object"  # numpy bool array over the input table
+    details: dict = field(default_factory=dict)  # per-feature reports (strata, filters, ...) for the summary
+
+
+def select(table, recipe: Recipe):
+    """The selected rows of ``table`` (a score table) under ``recipe``, with their ``rank``: the
+    1-based position within the row's domain, best first (for random and s2l: the sampling order)."""
+    return apply_recipe(table, recipe).rows
+
+
+def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> SelectionResult:
+    """Apply ``recipe`` to a score table (see the module docstring); :class:`SelectionError` when it
+    cannot be applied.  ``run_kind`` (from run.json) only improves messages about missing columns."""
+    for c in ID_COLUMNS + TOKEN_COLUMNS:
+        if c not in table.columns:
+            raise SelectionError(f"the run's scores.parquet has no column {c!r}, which selection needs; it is "
+                                 f"written by {RUN_HELP['score']}")
+    df = table.reset_index(drop=True)
+    if len(df) == 0:
+        raise SelectionError("empty selection: the run's score table has no rows")
+    run_kind = run_kind or run_kind_of(df)
+    domain = df["domain"].astype(str).to_numpy()
+    ids = df["example_id"].astype(str).to_numpy()
+    tokens = (df["n_prompt_tokens"].fillna(0).astype(np.int64)
+              + df["n_response_tokens"].fillna(0).astype(np.int64)).to_numpy()
+    unit = "tokens" if recipe.budget_spec.kind == "tokens" else "examples"
+    shares = mix_shares(recipe, domain, tokens if unit == "tokens" else np.ones(len(df), dtype=np.int64))
+
+    score_col, score = score_values(df, recipe.method, run_kind, recipe.aggregate)
+    eligible, details = eligibility(df, recipe, run_kind, score, ids)
+    labels = None
+    if recipe.method == "s2l":
+        labels = s2l_labels(df, recipe, eligible, domain, run_kind)
+        eligible &= labels >= 0  # rows without a cluster cannot be sampled
+        score = labels.astype(np.float64)
+
+    budget_units = recipe.budget_spec.units(len(df))
+    if budget_units < 1:
+        raise SelectionError(f"empty selection: a budget of {recipe.budget} of {len(df)} examples rounds to 0")
+    weight = tokens if unit == "tokens" else np.ones(len(df), dtype=np.int64)
+    capacity = {d: int(weight[eligible & (domain == d)].sum()) for d in shares}
+    quota = largest_remainder(budget_units, shares)
+    alloc, shortfall, unfilled = allocate(budget_units, shares, capacity, recipe.fill)
+
+    picker = picker_for(recipe)
+    embedding = annotation(df, "embedding") if recipe.diversity else None
+    resp_len = df["n_response_tokens"].fillna(0).astype(np.int64).to_numpy()
+    picked_rows, ranks = [], []
+    for d in shares:
+        where = np.flatnonzero(eligible & (domain == d))
+        where = where[np.argsort(ids[where], kind="stable")]  # canonical order: by id, not by table row
+        if alloc[d] == 0 or len(where) == 0:
+            continue
+        rows = DomainRows(d, ids[where], None if score is None else score[where], tokens[where], resp_len[where],
+                          labels=None if labels is None else labels[where],
+                          embeddings=None if embedding is None else np.stack(embedding[where]).astype(np.float32))
+        positions = take(picker, rows, alloc[d], unit, recipe, details, domain_rng(recipe.seed, d))
+        picked_rows.append(where[positions])
+        ranks.append(np.arange(1, len(positions) + 1))
+    picked = np.concatenate(picked_rows) if picked_rows else np.zeros(0, dtype=np.int64)
+
+    out = df.loc[picked, ID_COLUMNS].reset_index(drop=True)
+    out["source_index"] = out["source_index"].astype(np.int64)
+    out["rank"] = (np.concatenate(ranks) if ranks else np.zeros(0)).astype(np.int64)
+    out["n_tokens"] = tokens[picked].astype(np.int64)
+    if score_col is not None:
+        out[score_col] = score[picked] if recipe.method != "s2l" else score[picked].astype(np.int64)
+    plans, notes = domain_plans(out, shares, domain, eligible, quota, alloc, shortfall, capacity, unit, recipe)
+    if recipe.fill and unfilled > 0:
+        notes.append(f"--fill: no domain had room for the last {unfilled} {unit} of the budget")
+    if len(out) == 0:
+        raise empty_selection(recipe, eligible, len(df))
+    return SelectionResult(rows=out, recipe=recipe, score_column=score_col, unit=unit, budget_units=budget_units,
+                           domains=plans, unfilled=int(unfilled), warnings=notes, eligible_mask=eligible,
+                           details=details)
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps
+
+
+def run_kind_of(df) -> str:
+    """The kind of run a table comes from (for messages): ``learn`` when it has trajectories."""
+    return "learn" if trajectory_columns(df.columns) else run_kind(df.columns)
+
+
+def mix_shares(recipe: Recipe, domain: np.ndarray, weight: np.ndarray) -> dict[str, Fraction]:
+    """Each domain's exact share of the budget: the recipe's mix, or the pool's proportions by
+    ``weight`` (1 per example, or its tokens for a token budget) for ``natural``."""
+    pool_domains = sorted(set(domain.tolist()))
+    if recipe.mix == "natural":
+        total = max(int(weight.sum()), 1)
+        return {d: Fraction(int(weight[domain == d].sum()), total) for d in pool_domains}
+    missing = [d for d in recipe.mix if d not in pool_domains]
+    if missing:
+        raise SelectionError(f"impossible mix: domain(s) {missing} have no examples in this run; its domains are "
+                             f"{pool_domains}")
+    # Decimal fractions as written (12 significant digits drop float noise such as 1 - 0.7 =
+    # 0.30000000000000004), normalised to sum to exactly 1.
+    raw = {d: Fraction(f"{v:.12g}") for d, v in recipe.mix.items()}
+    total = sum(raw.values())
+    return {d: v / total for d, v in raw.items()}
+
+
+def eligibility(df, recipe: Recipe, run_kind: str, score, ids: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The rows a recipe may pick (scored, score known, thresholds passed, filters) and the
+    filters' reports."""
+    eligible = np.ones(len(df), dtype=bool)
+    if "scored" in df.columns:
+        eligible &= df["scored"].fillna(False).astype(bool).to_numpy()
+    if score is not None:
+        eligible &= ~np.isnan(score)
+    for which, bounds in (("min", recipe.min), ("max", recipe.max)):
+        for name, bound in bounds.items():
+            values = threshold_values(df, name, which, run_kind)
+            with np.errstate(invalid="ignore"):
+                ok = values >= bound if which == "min" else values <= bound
+            eligible &= ok & ~np.isnan(values)
+    details: dict = {}
+    if recipe.decontaminate:
+        details["contamination"] = drop_contaminated(df, recipe, eligible)
+    if recipe.dedup:
+        details["dedup"] = drop_near_duplicates(df, recipe, eligible, score, ids)
+    if recipe.diversity:
+        embedding = annotation(df, "embedding")
+        known = np.array([e is not None and bool(np.isfinite(e).all()) for e in embedding], dtype=bool)
+        details["diversity"] = {"method": recipe.diversity, "eligible_without_embedding": int((eligible & ~known).sum()),
+                                "by_domain": {}}
+        eligible &= known
+    return eligible, details
+
+
+def picker_for(recipe: Recipe) -> Picker:
+    """The picker a recipe asks for (:mod:`curation.selection.pickers`)."""
+    if recipe.method == "random":
+        return random_k
+    if recipe.method == "s2l":
+        return s2l_k
+    if recipe.diversity == "kcenter":
+        return kcenter_k(recipe.order)
+    if recipe.diversity is not None:
+        return clusters_k(recipe.order, recipe.diversity_clusters, recipe.seed)
+    if recipe.temperature is not None:
+        return gumbel_k(recipe.order, recipe.temperature)
+    return top_k(recipe.order)
+
+
+def take(picker: Picker, rows: DomainRows, budget: int, unit: str, recipe: Recipe, details: dict,
+         rng: np.random.Generator) -> np.ndarray:
+    """Positions of ``rows`` that one domain's ``budget`` (examples or tokens) takes, preferred
+    first: ``budget`` examples, the longest prefix of the order that fits a token budget, or the
+    best of each length stratum (``--stratify``).  Adds the domain's strata and diversity reports
+    to ``details``."""
+    if recipe.strata is not None:
+        order = picker(rows, len(rows), rng)
+        strata = length_strata(rows.lengths, rows.ids, recipe.strata)
+        picked = take_stratified(order, strata, budget, rows.tokens if unit == "tokens" else None)
+        n = int(strata.max()) + 1
+        details.setdefault("strata", {})[rows.domain] = {
+            "edges": [float(rows.lengths[strata == s].max()) for s in range(n)],
+            "eligible": np.bincount(strata, minlength=n).tolist(),
+            "selected": np.bincount(strata[picked], minlength=n).tolist()}
+        return picked
+    if unit == "tokens":
+        order = picker(rows, len(rows), rng)
+        cum = np.cumsum(rows.tokens[order])  # never exceeds the budget; keeps the top-k law
+        return order[: int(np.searchsorted(cum, budget, side="right"))]
+    picked = picker(rows, budget, rng)
+    if recipe.diversity is not None:
+        n_clusters = recipe.diversity_clusters or max(1, min(len(picked), COVERAGE_CLUSTERS))
+        details["diversity"]["by_domain"][rows.domain] = coverage_report(rows, picked, n_clusters, recipe.seed,
+                                                                         recipe.order)
+    return picked
+
+
+def domain_plans(out, shares, domain, eligible, quota, alloc, shortfall, capacity, unit: str, recipe: Recipe):
+    """``({domain: DomainPlan}, warnings)``: how each domain's share was spent."""
+    plans, notes = {}, []
+    for d in shares:
+        sel = out["domain"] == d
+        plans[d] = DomainPlan(
+            share=float(shares[d]), pool=int((domain == d).sum()), eligible=int((eligible & (domain == d)).sum()),
+            quota=int(quota[d]), allocated=int(alloc[d]), shortfall=int(shortfall[d]),
+            selected=int(sel.sum()), tokens=int(out.loc[sel, "n_tokens"].sum()))
+        if shortfall[d] > 0:
+            notes.append(f"domain {d}: {plans[d].eligible} eligible example(s) ({capacity[d]} {unit}) for a share "
+                         f"of {quota[d]} {unit}; {shortfall[d]} {unit} short"
+                         + ("" if recipe.fill else "; use --fill to spread them over the other domains"))
+    return plans, notes
+
+
+def empty_selection(recipe: Recipe, eligible: np.ndarray, n_pool: int) -> SelectionError:
+    """The error for a recipe that selects nothing, saying which step left nothing."""
+    n = int(eligible.sum())
+    if n:
+        why = f"{n} example(s) are eligible but none fits the budget of {recipe.budget} per the mix {recipe.mix}"
+    else:
+        bounds = [f"{k}>={v:g}" for k, v in recipe.min.items()] + [f"{k}<={v:g}" for k, v in recipe.max.items()]
+        why = (f"no example is eligible ({n} of {n_pool} pass 'scored', the score and the thresholds "
+               f"{', '.join(bounds) or '(none)'})")
+    return SelectionError(f"empty selection: {why}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Score values
+
+
+def missing_column(column: str, what: str, produced_by: str, run_kind: str | None) -> SelectionError:
+    return SelectionError(f"{what} needs the column {column!r}, which this {run_kind + ' ' if run_kind else ''}"
+                          f"run's scores.parquet does not have; {column!r} is written by {produced_by}")
+
+
+def score_values(df, method: str, run_kind: str | None, aggregate: str | None = None):
+    """``(column name, float array)`` of the score a method ranks by; ``(None, None)`` for random
+    (and the column alone for s2l, whose labels :func:`s2l_labels` resolves).  With ``aggregate``,
+    the mean or median of the score over the run's reference runs."""
+    info = SCORES[method]
+    if info.column is None:
+        return None, None
+    if method == "s2l":
+        return info.column, None
+    if aggregate is not None:
+        cols = run_columns(df.columns, info.column)
+        if len(cols) < 2:
+            raise missing_column(f"{info.column}_r1..{info.column}_rN", f"--aggregate {aggregate}",
+                                 "a learnability run with --stability-runs N (N >= 2)", run_kind)
+        m = df[cols].astype("float64").to_numpy()  # (n, N)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN (not eligible)
+            values = np.nanmean(m, axis=1) if aggregate == "mean" else np.nanmedian(m, axis=1)
+        return f"{info.column}_{aggregate}", values
+    if info.column in df.columns:
+        return info.column, df[info.column].astype("float64").to_numpy()
+    if info.fallback is not None and info.fallback in df.columns:
+        values = df[info.fallback].astype("float64").to_numpy()
+        if method == "ppl":
+            with np.errstate(over="ignore"):
+                return "ppl", np.exp(values)
+        return info.fallback, values
+    raise missing_column(info.column, f"--method {method}", RUN_HELP[info.written_by], run_kind)
+
+
+def threshold_values(df, name: str, which: str, run_kind: str | None) -> np.ndarray:
+    """The values a ``--min``/``--max`` threshold compares: a ranking score's or any numeric column's."""
+    if name in SCORES and SCORES[name].ranks:
+        return score_values(df, name, run_kind)[1]
+    if name in df.columns:
+        try:
+            return df[name].astype("float64").to_numpy()
+        except (TypeError, ValueError):
+            raise SelectionError(f"--{which} {name}: column {name!r} is not numeric") from None
+    import pandas as pd
+
+    numeric = [c for c in df.columns if c not in ID_COLUMNS
+               and (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))]
+    raise SelectionError(f"--{which} {name}: unknown score or column {name!r}; scores: "
+                         f"{', '.join(n for n, s in SCORES.items() if s.ranks)}; numeric columns of this run: "
+                         f"{', '.join(numeric)}")
+
+
+def s2l_labels(df, recipe: Recipe, eligible: np.ndarray, domain: np.ndarray, run_kind) -> np.ndarray:
+    """Cluster label per row (-1: none): the run's ``s2l_cluster`` or, with ``s2l_clusters``,
+    K-means over each domain's eligible trajectories."""
+    if recipe.s2l_clusters is None:
+        if "s2l_cluster" not in df.columns:
+            raise missing_column("s2l_cluster", "--method s2l", RUN_HELP["learn"], run_kind)
+        labels = df["s2l_cluster"].astype("float64").to_numpy()
+        return np.where(np.isnan(labels) | (labels < 0), -1, np.nan_to_num(labels)).astype(np.int64)
+    from curation.runs.formulas import s2l_clusters
+
+    traj_cols = trajectory_columns(df.columns)
+    if len(traj_cols) < 2:
+        raise missing_column("loss_ckpt_0..loss_ckpt_K", "--method s2l with s2l_clusters", RUN_HELP["learn"], run_kind)
+    traj = df[traj_cols].astype("float64").to_numpy()
+    labels = np.full(len(df), -1, dtype=np.int64)
+    ids = df["example_id"].astype(str).to_numpy()
+    for d in sorted(set(domain)):
+        rows = np.flatnonzero(eligible & (domain == d))
+        rows = rows[np.argsort(ids[rows], kind="stable")]  # canonical order: independent of row order
+        if len(rows):
+            labels[rows] = s2l_clusters(traj[rows], recipe.s2l_clusters, recipe.seed)  # NaN rows: -1
+    return labels

@@ -1,0 +1,131 @@
+"""The selection folder: what ``select`` writes, and the one place that reads it.
+
+Layout::
+
+    recipe.yaml        the normalised recipe (re-applied to the same run it gives the same ids)
+    selected.parquet   example_id, source, source_index, domain, rank, n_tokens (+ the score)
+    summary.json       counts, allocations, statistics, the random baseline, and the run's provenance
+                       (so an export needs only this folder and the source files)
+
+``export``, ``validate``, ``mix``, the CLI and the dashboard read a selection through
+:class:`Selection`; :func:`select_run` applies a recipe to a run folder and writes one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from curation.progress import Progress, Reporter
+from curation.selection.annotate import annotate
+from curation.selection.apply import ID_COLUMNS, SelectionResult, apply_recipe
+from curation.selection.baselines import random_baseline
+from curation.selection.recipe import Recipe, SelectionError
+from curation.selection.summary import summarize
+
+
+class Selection:
+    """A selection folder (see the module docstring)."""
+
+    RECIPE, ROWS, SUMMARY = "recipe.yaml", "selected.parquet", "summary.json"
+    FILES = (ROWS, SUMMARY, RECIPE)
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Selection({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def require(self) -> "Selection":
+        """This selection, or :class:`SelectionError` naming what makes the folder not one."""
+        for name in self.FILES:
+            if not (self.path / name).is_file():
+                raise SelectionError(f"{self.path} is not a selection folder: {name} is missing "
+                                     "(python -m curation select RUN_DIR ... --out SEL_DIR writes it)")
+        return self
+
+    def recipe(self) -> Recipe:
+        p = self.require().path / self.RECIPE
+        return Recipe.from_yaml(p.read_text(encoding="utf-8"), str(p))
+
+    def summary(self) -> dict:
+        p = self.require().path / self.SUMMARY
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SelectionError(f"{p}: not a readable summary ({e}); select again into a new folder") from None
+        if not isinstance(data, dict):
+            raise SelectionError(f"{p}: expected a JSON object")
+        return data
+
+    def rows(self):
+        """``selected.parquet`` as a DataFrame, checked: the id columns present, no example twice."""
+        import pandas as pd
+
+        p = self.require().path / self.ROWS
+        try:
+            df = pd.read_parquet(p)
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one line
+            raise SelectionError(f"{p}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+        missing = [c for c in ID_COLUMNS if c not in df.columns]
+        if missing:
+            raise SelectionError(f"{p}: missing column(s) {missing}; a selection has {ID_COLUMNS}")
+        dup = df["example_id"].duplicated()
+        if dup.any():
+            first = df.loc[dup, "example_id"].iloc[0]
+            raise SelectionError(f"{p}: example {first} is listed {int((df['example_id'] == first).sum())} times "
+                                 f"({int(dup.sum())} duplicate row(s)); each example is selected once")
+        return df
+
+    def provenance(self) -> dict:
+        """The run's provenance the selection keeps (its folder, sources, models, template)."""
+        return self.summary().get("run", {})
+
+    def run_dir(self) -> Path:
+        d = self.provenance().get("dir")
+        if not d:
+            raise SelectionError(f"{self.path / self.SUMMARY} does not name the run it was selected from")
+        return Path(d)
+
+    @classmethod
+    def write(cls, out: str | Path, table, result: SelectionResult, baseline: SelectionResult | None,
+              provenance: dict) -> "Selection":
+        """Write ``result`` (a recipe applied to ``table``, as applied: nothing is recomputed) to
+        ``out/``, atomically, with the run's ``provenance``."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from curation import __version__
+        from curation.atomic import atomic_dir
+
+        summary = summarize(table, result, baseline)
+        summary["run"] = provenance
+        summary["code_version"] = __version__
+        # The folder is renamed into place as a whole, so plain writes inside it are atomic enough.
+        with atomic_dir(out, marker=cls.RECIPE, what="selection") as tmp:
+            (tmp / cls.RECIPE).write_text(result.recipe.to_yaml())
+            pq.write_table(pa.Table.from_pandas(result.rows, preserve_index=False), tmp / cls.ROWS)
+            (tmp / cls.SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        return cls(out)
+
+
+def select_run(run_dir: str | Path, recipe: Recipe, out: str | Path, progress: Progress | None = None) -> Path:
+    """Apply ``recipe`` to a finished run folder and write the selection folder ``out`` (returned)."""
+    from curation.runs.folder import Run
+
+    report = Reporter(progress)
+    report(phase="reading run", done=0, total=3)
+    run = Run(run_dir)
+    meta = run.require_finished()
+    table = annotate(run, run.scores(), recipe)
+    report(phase="selecting", done=1, total=3)
+    result = apply_recipe(table, recipe, meta.get("kind"))
+    base = result if recipe.method == "random" else random_baseline(table, recipe, meta.get("kind"))
+    report(phase="writing", done=2, total=3)
+    Selection.write(out, table, result, base, run.provenance())
+    report(phase="done", done=3, total=3)
+    return Path(out)

@@ -1,0 +1,160 @@
+"""What a selection is, in numbers: the summary a selection folder keeps and the Select page shows.
+
+Per domain: shares, eligible rows, allocation, shortfall, counts and tokens; score statistics of
+the pool, the eligible rows, the selection and the random baseline at the same budget and mix;
+response-length quantiles of each (a length-biased score shows as a shift); and the pick stability
+across a learn run's reference trainings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+import numpy as np
+
+from curation.scores import LENGTH_COLUMNS, SCORES, run_columns
+from curation.selection.apply import SelectionResult, apply_recipe, score_values
+
+
+def stat_columns(columns) -> list[str]:
+    """The columns a summary describes: the ranking scores a table has, its loss, its lengths."""
+    cols = set(columns)
+    ranked = [s.column for s in SCORES.values() if s.ranks and s.column in cols and s.column not in LENGTH_COLUMNS]
+    return ranked + [c for c in ("loss", "n_response_tokens", "n_prompt_tokens") if c in cols]
+
+
+def describe(values) -> dict:
+    """count, mean, std, min, quartiles and max of the finite values (None when there are none)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return {"count": 0}
+    q = np.quantile(v, [0.25, 0.5, 0.75])
+    return {"count": int(len(v)), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+            "p25": float(q[0]), "median": float(q[1]), "p75": float(q[2]), "max": float(v.max())}
+
+
+def summarize(table, selection: SelectionResult, baseline: SelectionResult | None = None) -> dict:
+    """Per-domain counts and tokens, and score statistics of the pool, the eligible rows, the
+    selection and (if given) the random baseline at the same budget and mix."""
+    df = table.reset_index(drop=True)
+    cols = []
+    if selection.score_column and selection.score_column != "s2l_cluster":
+        cols.append(selection.score_column)
+    cols += [c for c in stat_columns(df.columns) if c not in cols]
+    if selection.score_column == "ppl" and "ppl" not in df.columns:
+        df = df.assign(ppl=np.exp(df["loss"].astype("float64")))
+    if selection.recipe.aggregate and selection.score_column not in df.columns:  # the ensemble score
+        df = df.assign(**{selection.score_column: score_values(df, selection.recipe.method, None,
+                                                               selection.recipe.aggregate)[1]})
+    by_id = df.set_index("example_id")
+
+    def stats(sub) -> dict:
+        out = {}
+        for c in cols:
+            entry = {"all": describe(sub[c])}
+            entry["by_domain"] = {str(d): describe(g[c]) for d, g in sub.groupby("domain", sort=True)}
+            out[c] = entry
+        return out
+
+    def counts(sel: SelectionResult) -> dict:
+        return {d: {"examples": p.selected, "tokens": p.tokens} for d, p in sel.domains.items()}
+
+    summary = {
+        "recipe": selection.recipe.to_dict(),
+        "score": score_meta(selection),
+        "budget": {"spec": selection.recipe.budget, "unit": selection.unit, "units": selection.budget_units,
+                   "pool_examples": len(df)},
+        "domains": {d: asdict(p) for d, p in selection.domains.items()},
+        "totals": {"examples": int(len(selection.rows)), "tokens": int(selection.rows["n_tokens"].sum()),
+                   "eligible": int(selection.eligible_mask.sum()), "unfilled": selection.unfilled},
+        "warnings": selection.warnings,
+        "stats": {
+            "pool": stats(df),
+            "eligible": stats(df[selection.eligible_mask]),
+            "selection": stats(by_id.loc[selection.rows["example_id"]].reset_index()),
+        },
+    }
+    summary["length"] = length_profile(df, selection, baseline)
+    summary.update(selection.details)
+    stability = pick_stability(table, selection)
+    if stability is not None:
+        summary["pick_stability"] = stability
+    if baseline is not None:
+        summary["random_baseline"] = {
+            "seed": baseline.recipe.seed, "counts": counts(baseline),
+            "totals": {"examples": int(len(baseline.rows)), "tokens": int(baseline.rows["n_tokens"].sum())},
+        }
+        summary["stats"]["random"] = stats(by_id.loc[baseline.rows["example_id"]].reset_index())
+    return summary
+
+
+LENGTH_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def length_quantiles(values) -> list[float] | None:
+    """The :data:`LENGTH_QUANTILES` of ``values`` (None when empty)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return [float(x) for x in np.quantile(v, LENGTH_QUANTILES)] if len(v) else None
+
+
+def length_profile(table, selection: SelectionResult, baseline: SelectionResult | None = None) -> dict:
+    """Response-length (``n_response_tokens``) quantiles of the pool, the eligible rows, the
+    selection and the random baseline, overall and per domain: what a length-biased score does
+    to the selection shows as a shift of the selection's quantiles from the eligible rows'."""
+    df = table.reset_index(drop=True)
+    groups = {"pool": np.ones(len(df), dtype=bool), "eligible": np.asarray(selection.eligible_mask, dtype=bool),
+              "selection": df["example_id"].isin(set(selection.rows["example_id"])).to_numpy()}
+    if baseline is not None:
+        groups["random"] = df["example_id"].isin(set(baseline.rows["example_id"])).to_numpy()
+    length = df["n_response_tokens"].astype("float64").to_numpy()
+    domain = df["domain"].astype(str).to_numpy()
+    out: dict = {"column": "n_response_tokens", "quantiles": list(LENGTH_QUANTILES)}
+    for name, mask in groups.items():
+        out[name] = {"all": length_quantiles(length[mask]),
+                     "by_domain": {d: length_quantiles(length[mask & (domain == d)]) for d in sorted(set(domain))}}
+    return out
+
+
+def pick_stability(table, selection: SelectionResult, run_kind: str | None = None) -> dict | None:
+    """How many picks would survive a rerun of the reference training: for each reference run i of
+    a learn run with ``--stability-runs`` (columns ``{score}_r{i}``), apply the same recipe ranking
+    by that run's score alone; report per domain the share of the selection that every other run
+    also selects, and the Jaccard overlap of the selection with each other run's.  Run 1 is the main
+    reference (its columns equal the unsuffixed score), so a selection ranked by the score itself is
+    compared with runs 2..N; an ensemble (``aggregate``) with every run.  None when the score has no
+    per-run columns (a single reference, or a sampling method)."""
+    info = SCORES[selection.recipe.method]
+    if not info.ranks:
+        return None
+    cols = run_columns(table.columns, info.column)
+    if len(cols) < 2:
+        return None
+    df = table.reset_index(drop=True)
+    chosen = {d: set(g["example_id"]) for d, g in selection.rows.groupby("domain")}
+    per_run = []
+    compared = cols if selection.recipe.aggregate else cols[1:]
+    recipe = replace(selection.recipe, aggregate=None)
+    for c in compared:
+        rows = apply_recipe(df.assign(**{info.column: df[c]}), recipe, run_kind).rows
+        per_run.append({d: set(g["example_id"]) for d, g in rows.groupby("domain")})
+    out = {"runs": len(cols), "columns": cols, "compared_with": compared, "by_domain": {}}
+    for d in sorted(chosen):
+        mine = chosen[d]
+        others = [r.get(d, set()) for r in per_run]
+        kept = set.intersection(mine, *others)
+        jac = [len(mine & o) / len(mine | o) if mine | o else 1.0 for o in others]
+        out["by_domain"][str(d)] = {"selected": len(mine), "kept_by_every_run": len(kept),
+                                    "share": len(kept) / len(mine) if mine else None,
+                                    "jaccard_mean": float(np.mean(jac)), "jaccard_min": float(np.min(jac))}
+    n = sum(v["selected"] for v in out["by_domain"].values())
+    k = sum(v["kept_by_every_run"] for v in out["by_domain"].values())
+    out["all"] = {"selected": n, "kept_by_every_run": k, "share": k / n if n else None}
+    return out
+
+
+def score_meta(selection: SelectionResult) -> dict:
+    info = SCORES[selection.recipe.method]
+    return {"method": info.name, "column": selection.score_column, "order": selection.recipe.order,
+            "formula": info.formula, "explanation": info.explanation}

@@ -1,0 +1,554 @@
+"""The ``validate`` run: does a selection train a better model than random, at equal examples
+and at equal tokens?
+
+    read selections -> build the candidates (each selection + its baselines) -> load the eval sets
+    (refusing overlap with the pool) -> score the base model on them -> for every (candidate,
+    seed): fine-tune the proxy, score it on the eval sets -> statistics -> report
+
+Candidates, all trained from the same start with the project's own training code
+(:func:`curation.runs.training.train`) and one set of hyper-parameters, once per seed:
+
+==================  ===============================================================================
+the selection       its examples; only the training order changes with the seed
+``random``          per domain, as many examples as the selection, drawn from the same eligible
+                    rows (the recipe's thresholds), a new sample per seed
+``random-tokens``   per domain, a random sample with as many assistant tokens as the selection (the
+                    fair comparison when a score prefers short or long answers), a new sample per seed
+``longest``         per domain, the examples with the longest responses, as many as the selection
+``full``            every eligible example (one seed): the ceiling
+==================  ===============================================================================
+
+Evaluation: the mean assistant-token NLL of every held-out eval example (``--eval DOMAIN=PATH``)
+under the base model and each trained model, through the score cache.  An eval example that is
+also in the pool (same content hash) is refused.  :mod:`curation.validation.verdicts` turns the per-example
+table into means, seed spreads, paired differences with 95% intervals and verdicts.
+
+VAL_DIR::
+
+    results.parquet   candidate, seed, domain, example_id, nll, n_tokens (the base model: seed -1)
+    curves.parquet    candidate, seed, step, loss, lr, tokens (each training's loss curve)
+    report.json       every number: config, provenance, candidates, statistics, verdicts, lengths
+    report.md         a short human summary
+    parts/            one committed part per finished (candidate, seed): a resumed job skips them
+    train/            trainings in progress (their checkpoints are removed once evaluated)
+
+A (candidate, seed) whose training set, seed, model and settings were trained before, by this or
+another validation, is not trained again: its weights fingerprint and loss curve are kept in the
+score cache's ``trainings/`` folder, and its eval rows in the score cache itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from curation.config import ComputeConfig, check_positive, option, parse_pairs, project
+from curation.progress import Progress, Reporter
+from curation.runs.training import TrainConfig
+from curation.selection.baselines import BASELINES
+from curation.selection.recipe import Recipe
+
+
+
+class ValidationError(ValueError):
+    """A validation that cannot run as asked (the message says what to change)."""
+
+
+@dataclass(kw_only=True)
+class ValidateConfig(TrainConfig, ComputeConfig):
+    """Settings of a validation (the CLI, the job store and the Validate page build this).
+
+    The training settings are TrainConfig's (one set for every candidate); the defaults differ
+    from a reference training's: three epochs and one micro-batch per step, since a selection is
+    small."""
+
+    selections: list[str] = option(help="selection folders written by `select` (all from the same run)",
+                                   positional=True, metavar="SEL_DIR")
+    out: str = option(help="validation folder (results.parquet, report.json, report.md, curves.parquet)", result=False)
+    eval: dict[str, str] = option(help="held-out eval sets as DOMAIN=PATH (any format the loader reads); repeatable",
+                                  default_factory=dict, metavar="DOMAIN=PATH")
+    baselines: str = option("random,random-tokens", f"comma-separated baselines: {', '.join(BASELINES)}")
+    seeds: int = option(3, "trainings per candidate (seeds 0..N-1 added to --seed); the full pool trains once")
+    model: str | None = option(None, "the proxy model to fine-tune (default: the run's model)")
+    generate: dict[str, str] = option(help="DOMAIN=N: also greedy-decode the first N eval problems of a math domain "
+                                           "and compare final answers (slow on a CPU); repeatable",
+                                      default_factory=dict, metavar="DOMAIN=N")
+    max_new_tokens: int = option(384, "--generate: the most tokens generated per problem")
+    allow_contaminated: bool = option(False, "train on pool examples that share an --ngram-word sequence with "
+                                             "an eval example (refused by default: they measure memorisation)")
+    ngram: int = option(Recipe.ngram, "contamination check: consecutive words shared with an eval example that flag a "
+                            "training example")
+    keep_models: bool = option(False, "keep the trained models (else only their loss curves and eval results)",
+                               result=False)
+    epochs: int = option(3, "passes over each candidate's training set")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+
+    def __post_init__(self):
+        ComputeConfig.__post_init__(self)
+        TrainConfig.__post_init__(self)
+        if isinstance(self.selections, str):
+            self.selections = [self.selections]
+        if not self.selections:
+            raise ValueError("give at least one selection folder (SEL_DIR)")
+        self.eval = parse_pairs(self.eval, "DOMAIN=PATH")
+        if not self.eval:
+            raise ValueError("give held-out eval sets with --eval DOMAIN=PATH (the default workspace has "
+                             "workspace/eval/chat.jsonl and workspace/eval/math.jsonl)")
+        try:
+            self.generate = {k: int(v) for k, v in parse_pairs(self.generate, "DOMAIN=N").items()}
+        except ValueError:
+            raise ValueError(f"generate {self.generate!r}: expected DOMAIN=N with a whole number N") from None
+        unknown = [b for b in self.baseline_list() if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"baselines {unknown}: expected some of {', '.join(BASELINES)}")
+        check_positive(self, "seeds", "max_new_tokens", "ngram")
+        missing = [d for d in self.generate if d not in self.eval]
+        if missing:
+            raise ValueError(f"generate {missing}: no --eval set of that domain")
+
+    def baseline_list(self) -> list[str]:
+        return [b.strip() for b in self.baselines.split(",") if b.strip()]
+
+
+@dataclass
+class Candidate:
+    """A training set to validate: a selection or a baseline, with its examples per seed."""
+
+    name: str
+    kind: str  # "selection" | a baseline name
+    selection: str  # the selection it belongs to (its own name for a selection)
+    seeds: list[int]
+    ids: dict[int, list[str]] = field(default_factory=dict)  # seed -> training example ids
+
+
+def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
+    """Run (or finish) a validation and return its folder (see the module docstring)."""
+    from curation.atomic import write_json, write_parquet, write_text
+    from curation.scoring.engine import open_engine
+    from curation.scoring.models import load_model
+    from curation.scoring.passes import PassSettings, score_pass
+    from curation.validation.verdicts import build_report
+
+    report, out, t0 = Reporter(progress), Path(cfg.out), time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    report(phase="reading selections", done=0, total=None)
+    run, sels = read_selections(cfg.selections)
+    meta, table = run.require_finished(), run.scores()
+    candidates = build_candidates(cfg, sels, table, meta.get("kind"), run)
+
+    report(phase="loading model")
+    model = cfg.model or (meta["model"]["path"] if Path(meta["model"]["path"]).exists() else meta["model"]["spec"])
+    lm = load_model(model, device=cfg.device, dtype=cfg.dtype)
+    template = run_template(lm, meta)
+    settings = PassSettings.of(cfg, lm, template, meta["max_length"])
+    report(phase="loading eval sets")
+    evals = load_evals(cfg.eval, set(table["example_id"]), lm.tokenizer, template, meta["max_length"])
+    ev_ids = [e.example_id for e in evals.examples]
+    if not cfg.allow_contaminated and not all(already_decontaminated(sel.recipe(), cfg.eval, cfg.ngram) for sel in sels):
+        report(phase="checking contamination")
+        check_contamination(run, candidates, cfg.eval, cfg.ngram)
+    pool = pool_encodings(run, meta, candidates, lm.tokenizer, template, report)
+
+    jobs = [(c, s) for c in candidates for s in c.seeds]
+    with open_engine(cfg) as settings.engine:  # this process, or Ray workers (--engine ray)
+        base_rows = score_pass(lm.source(), lm.fingerprint, ev_ids, evals.encoded, settings, report,
+                               "evaluating base model")
+        parts = [eval_rows("base", -1, evals, base_rows)]
+        for n, (cand, seed) in enumerate(jobs, start=1):
+            part = out / "parts" / f"{_slug(cand.name)}-seed{seed}.parquet"
+            if not part.is_file():
+                label = f"{cand.name} seed {cand.seeds.index(seed) + 1}/{len(cand.seeds)} ({n}/{len(jobs)})"
+                fp, curve = train_candidate(cfg, lm, pool, cand.ids[seed], seed, out / "train" / part.stem, settings,
+                                            ev_ids, evals, report, label)
+                rows = eval_rows(cand.name, seed, evals, settings.cache.load(settings.key(fp), set(ev_ids)))
+                write_json(part.with_suffix(".curve.json"), curve)
+                write_parquet(part, rows)  # the commit: a resumed validation skips this (candidate, seed)
+            parts.append(part)
+
+    report(phase="statistics", done=len(jobs), total=len(jobs))
+    results, curves = assemble(parts)
+    write_parquet(out / "results.parquet", results)
+    write_parquet(out / "curves.parquet", curves)
+    stats = {m: build_report(results, metric=m, pairs=comparison_pairs(candidates), seed=cfg.seed)
+             for m in ("token", "example")}
+    rep = {
+        "kind": "validate", "config": {**_config_dict(cfg)}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run": run.provenance(), "model": lm.describe(), "template": {"name": template.name, "fingerprint": template.fingerprint},
+        "selections": [{"name": s.name, "dir": str(s.path.resolve()), "recipe": s.recipe().to_dict()} for s in sels],
+        "eval": evals.provenance, "candidates": describe_candidates(candidates, table),
+        "statistics": stats, "lengths": length_report(sels, candidates, table),
+        "seconds": round(time.time() - t0, 1),
+    }
+    if cfg.generate:
+        rep["generation"] = generation_eval(cfg, lm, evals, candidates, out, report)
+    write_json(out / "report.json", rep)
+    write_text(out / "report.md", report_markdown(rep))
+    report(phase="done", done=len(jobs), total=len(jobs))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Selections and candidates
+
+
+def read_selections(folders: list[str]):
+    """``(Run, [Selection])``: every folder must be a selection of one and the same run."""
+    from curation.runs.folder import Run
+    from curation.selection.folder import Selection
+
+    sels = [Selection(f).require() for f in folders]
+    runs = {str(s.provenance().get("dir")) for s in sels}
+    if len(runs) != 1 or "None" in runs:
+        raise ValidationError(f"validate compares selections of one run; these come from {sorted(runs)}")
+    names = [s.name for s in sels]
+    if len(set(names)) != len(names):
+        raise ValidationError(f"two selections have the same folder name ({names}); rename one")
+    return Run(next(iter(runs))), sels
+
+
+def comparison_pairs(candidates: list[Candidate]) -> list[tuple[str, str]]:
+    """``(candidate, baseline)`` pairs the report compares, always with baselines built for the same
+    selection: every selection against the random baselines (:data:`curation.validation.verdicts.BASELINES`);
+    ``longest`` and ``full`` against ``random`` only (same examples per domain: is "long is more"
+    true on this pool, how far is the ceiling?), since ``random-tokens`` matches the selection's
+    tokens, not theirs."""
+    from curation.validation.verdicts import BASELINES as RANDOM_BASELINES
+
+    against = {"selection": RANDOM_BASELINES, "longest": ("random",), "full": ("random",)}
+    return [(c.name, b.name) for c in candidates for b in candidates
+            if b.selection == c.selection and b.kind in against.get(c.kind, ())]
+
+
+def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> list[Candidate]:
+    """Each selection and its baselines (:mod:`curation.selection.baselines`), with their training
+    examples for every seed (``run``: the run folder, for recipes that leave out near-duplicates or
+    contaminated examples)."""
+    from curation.selection.annotate import annotate
+    from curation.selection.baselines import baseline_ids, random_baseline
+
+    seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    df = table.reset_index(drop=True)
+    resp = df.set_index("example_id")["n_response_tokens"].fillna(0).astype(np.int64)
+    out: list[Candidate] = []
+    single = len(sels) == 1
+    for sel in sels:
+        rows, recipe = sel.rows(), sel.recipe()
+        out.append(Candidate(sel.name, "selection", sel.name, seeds, {s: rows["example_id"].tolist() for s in seeds}))
+        # The eligible rows: thresholds, scored, and the recipe's dedup/decontamination if any.
+        annotated = annotate(run, df, recipe) if run is not None else df
+        eligible = random_baseline(annotated, recipe, run_kind).eligible_mask
+        wanted = {str(d): (len(g), int(resp.loc[g["example_id"]].sum())) for d, g in rows.groupby("domain")}
+        for b in cfg.baseline_list():
+            name = b if single else f"{b}@{sel.name}"
+            bseeds = seeds[:1] if b == "full" else seeds
+            out.append(Candidate(name, b, sel.name, bseeds, {s: baseline_ids(b, df, eligible, wanted, s) for s in bseeds}))
+    return out
+
+
+def already_decontaminated(recipe, eval_paths: dict[str, str], ngram: int) -> bool:
+    """The selection (and so its baselines, which apply its recipe's filters) already left out every
+    pool example sharing ``ngram`` words with these eval files: no need to flag the pool again."""
+    mine = {str(Path(p).resolve()) for p in recipe.decontaminate}
+    return (not recipe.keep_contaminated and recipe.ngram <= ngram
+            and {str(Path(p).resolve()) for p in eval_paths.values()} <= mine)
+
+
+def check_contamination(run, candidates, eval_paths: dict[str, str], ngram: int) -> None:
+    """Refuse a validation whose candidates train on pool examples that share ``ngram`` consecutive
+    words with an eval example (curation.selection.contamination's rule): the eval would measure memorisation.
+    The content-hash check of :func:`load_evals` catches exact copies only."""
+    from curation.selection.contamination import flag_run
+
+    used: dict[str, list[str]] = {}
+    for c in candidates:
+        for ids in c.ids.values():
+            for i in ids:
+                names = used.setdefault(str(i), [])
+                if c.name not in names:
+                    names.append(c.name)
+    ids = sorted(used)
+    texts = run.texts()
+    missing = [i for i in ids if i not in texts]
+    if missing:
+        raise ValidationError(f"{len(missing)} training example(s) (e.g. {missing[0]}) are no longer in the run's "
+                              "sources; score the current files again")
+    flags = flag_run(ids, [texts[i] for i in ids], list(eval_paths.values()), ngram)
+    hit = flags[flags["contaminated"]]
+    if len(hit):
+        first = hit.iloc[0]
+        names = sorted({n for i in hit["example_id"] for n in used[i]})
+        paths = " ".join(eval_paths.values())
+        raise ValidationError(
+            f"{len(hit)} training example(s) of {', '.join(names)} share {ngram} consecutive words with the eval "
+            f"sets (e.g. {first['example_id']} with {first['contaminated_by']}), so the eval would measure "
+            f"memorisation; select again with --decontaminate {paths} (its baselines leave them out too), "
+            "or pass --allow-contaminated")
+
+
+def describe_candidates(candidates, table) -> list[dict]:
+    """Examples and assistant tokens per candidate (mean over seeds) and per domain."""
+    by_id = table.set_index("example_id")
+    out = []
+    for c in candidates:
+        per_seed = []
+        for s in c.seeds:
+            t = by_id.loc[c.ids[s]]
+            per_seed.append({"examples": len(t), "response_tokens": int(t["n_response_tokens"].sum()),
+                             "by_domain": {str(d): {"examples": int(len(g)), "response_tokens": int(g["n_response_tokens"].sum()),
+                                                    "mean_response_tokens": float(g["n_response_tokens"].mean())}
+                                           for d, g in t.groupby("domain")}})
+        out.append({"name": c.name, "kind": c.kind, "selection": c.selection, "seeds": c.seeds, "per_seed": per_seed})
+    return out
+
+
+def length_report(sels, candidates, table) -> dict:
+    """Per selection and domain: its mean response length beside the pool's, and the Spearman
+    correlation of its score with response length over the pool, so a length effect is visible."""
+    from curation.runs.formulas import rank_agreement
+
+    out = {}
+    for sel in sels:
+        col = sel.summary().get("score", {}).get("column")
+        chosen = table[table["example_id"].isin(set(sel.rows()["example_id"]))]
+        doms = {}
+        for d, g in table.groupby("domain"):
+            entry = {"pool_mean_response_tokens": float(g["n_response_tokens"].mean()),
+                     "selection_mean_response_tokens": float(chosen.loc[chosen.domain == d, "n_response_tokens"].mean())
+                     if (chosen.domain == d).any() else None}
+            if col and col in g.columns and col != "s2l_cluster":
+                entry["score_length_spearman"] = rank_agreement(g[col], g["n_response_tokens"])["spearman"]
+            doms[str(d)] = entry
+        out[sel.name] = {"score": col, "by_domain": doms}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: the pool's training examples and the eval sets
+
+
+@dataclass
+class EvalSets:
+    examples: list  # curation.data.load.Example, in order
+    encoded: list  # curation.data.templates.Encoded, same order
+    provenance: list[dict]
+
+
+def run_template(lm, meta: dict):
+    """The run's template, checked against its recorded fingerprint (the eval and the training must
+    mask tokens exactly as the run did)."""
+    from curation.data.templates import resolve_template
+
+    template = resolve_template(lm.tokenizer, meta.get("config", {}).get("template", "auto"))
+    want = meta.get("template", {}).get("fingerprint")
+    if want and template.fingerprint != want:
+        raise ValidationError(f"the model's chat template ({template.fingerprint}) differs from the run's ({want}); "
+                              "validate with the run's model or give --model a model with the same template")
+    return template
+
+
+def load_evals(specs: dict[str, str], pool_ids: set[str], tokenizer, template, max_length: int) -> EvalSets:
+    """The eval sets, normalised like any source; refused if an example is also in the pool."""
+    from curation.data.load import RecordError, SourceSpec, load_sources
+    from curation.runs.folder import source_entries
+    from curation.data.templates import encode_many
+
+    data = load_sources([SourceSpec(path=p, domain=d) for d, p in specs.items()])
+    for e in data.examples:
+        if e.example_id in pool_ids:
+            raise ValidationError(f"eval example {e.source} #{e.source_index} (id {e.example_id}) is also in the pool the "
+                                  "selections were made from; it would measure memorisation, not learning. Remove it "
+                                  "from the eval file.")
+    examples, encoded = [], []
+    left_out = [{"source": r.source, "source_index": r.source_index, "reason": r.reason} for r in data.rejected]
+    for e, x in zip(data.examples, encode_many(tokenizer, template, [e.messages for e in data.examples], max_length)):
+        if isinstance(x, RecordError) or x.n_response_tokens == 0:
+            left_out.append({"source": e.source, "source_index": e.source_index,
+                             "reason": str(x) if isinstance(x, RecordError) else "no assistant token within max length"})
+        else:
+            examples.append(e)
+            encoded.append(x)
+    prov = source_entries(data.sources)
+    for p in prov:
+        p["left_out"] = [r for r in left_out if r["source"] == p["source"]]
+        p["n_evaluated"] = sum(e.source == p["source"] for e in examples)
+    return EvalSets(examples, encoded, prov)
+
+
+def pool_encodings(run, meta: dict, candidates, tokenizer, template, report) -> dict[str, object]:
+    """``{example_id: Encoded}`` of every pool example some candidate trains on, re-read from the
+    run's sources (refused if a source changed since the run)."""
+    from curation.runs.folder import read_examples
+    from curation.data.templates import encode_many
+
+    needed = set().union(*[set(i) for c in candidates for i in c.ids.values()])
+    table = run.scores()
+    rows = table[table["example_id"].isin(needed)][["source", "source_index", "example_id"]]
+    report(phase="reading training examples", done=0, total=len(rows))
+    records = read_examples(meta, rows.itertuples(index=False), check_fingerprints=True)
+    enc = encode_many(tokenizer, template, [m for _, m in records], meta["max_length"])
+    return dict(zip(rows["example_id"], enc))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training and evaluation of one (candidate, seed)
+
+
+def train_candidate(cfg: ValidateConfig, lm, pool: dict, ids: list[str], seed: int, folder: Path, settings,
+                    ev_ids: list[str], evals: EvalSets, report, label: str) -> tuple[str, list[dict]]:
+    """Fine-tune the proxy on ``ids`` with ``seed`` and score it on the eval sets (unless a training
+    of exactly this set, seed and settings was done before); ``(weights fingerprint, loss curve)``."""
+    from curation.atomic import write_json
+    from curation.scoring.passes import score_pass
+    from curation.runs.training import checkpoint_model, train
+
+    tcfg = project(cfg, TrainConfig)
+    tcfg.seed = seed
+    key = hashlib.sha256(json.dumps({"model": lm.fingerprint, "train": tcfg.result_key(), "ids": sorted(ids),
+                                     "template": settings.template, "max_length": settings.max_length,
+                                     "device": settings.device.split(":")[0]}, sort_keys=True).encode()).hexdigest()[:24]
+    known = settings.cache.root / "trainings" / f"{key}.json"
+    if known.is_file():
+        info = json.loads(known.read_text())
+        if len(settings.cache.load(settings.key(info["fingerprint"]), set(ev_ids), columns=("n_tokens",))) == len(ev_ids):
+            report(phase=f"reusing the training of {label}", done=0, total=None)
+            return info["fingerprint"], info["loss_curve"]
+    res = train(lm.path, lm.tokenizer, [pool[i] for i in ids], tcfg, folder, 1, device=lm.device,
+                progress=report, phase=f"training {label}", engine=settings.engine)
+    fp, model = checkpoint_model(lm, res.checkpoints[-1], report)
+    score_pass(model, fp, ev_ids, evals.encoded, settings, report, f"evaluating {label}")
+    write_json(known, {"fingerprint": fp, "loss_curve": res.loss_curve, "tokens_trained": res.tokens_trained,
+                       "n_examples": len(ids)})
+    if not cfg.keep_models:
+        shutil.rmtree(folder, ignore_errors=True)
+    return fp, res.loss_curve
+
+
+def eval_rows(candidate: str, seed: int, evals: EvalSets, rows: dict[str, dict]):
+    """The results rows of one model: ``candidate, seed, domain, example_id, nll, n_tokens``."""
+    import pandas as pd
+
+    out = []
+    for e in evals.examples:
+        r = rows[e.example_id]
+        out.append({"candidate": candidate, "seed": seed, "domain": e.domain, "example_id": e.example_id,
+                    "nll": r["loss_sum"] / r["n_tokens"], "n_tokens": int(r["n_tokens"])})
+    return pd.DataFrame(out)
+
+
+def assemble(parts):
+    """``(results, curves)`` from the base rows and the committed parts (with their loss curves)."""
+    import pandas as pd
+
+    frames, curves = [], []
+    for p in parts:
+        df = p if isinstance(p, pd.DataFrame) else pd.read_parquet(p)
+        if not isinstance(p, pd.DataFrame):
+            cand, seed = df["candidate"].iloc[0], int(df["seed"].iloc[0])
+            curves += [{"candidate": cand, "seed": seed, **pt}
+                       for pt in json.loads(p.with_suffix(".curve.json").read_text())]
+        frames.append(df)
+    cols = ["candidate", "seed", "step", "loss", "lr", "tokens"]
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(curves, columns=cols)
+
+
+# ----------------------------------------------------------------------------------------------
+# Optional: generation accuracy on math
+
+
+def generation_eval(cfg: ValidateConfig, lm, evals: EvalSets, candidates, out: Path, report) -> dict:
+    """Greedy decoding of the first N eval problems of each ``--generate`` domain, under the base
+    model and (if kept) the trained models; final answers compared exactly (curation.validation.answers)."""
+    from curation.validation.answers import answers_match, extract_answer
+
+    result = {}
+    for domain, n in cfg.generate.items():
+        probs = [(e, x) for e, x in zip(evals.examples, evals.encoded) if e.domain == domain][:n]
+        golds = [extract_answer(next(m["content"] for m in reversed(e.messages) if m["role"] == "assistant"))
+                 for e, _ in probs]
+        report(phase=f"generating answers ({domain}, base model)", done=0, total=len(probs))
+        preds = greedy_answers(lm, [e.messages for e, _ in probs], cfg.max_new_tokens)
+        correct = sum(answers_match(extract_answer(p), g) for p, g in zip(preds, golds))
+        result[domain] = {"base": {"correct": int(correct), "n": len(probs), "accuracy": correct / max(len(probs), 1)},
+                          "note": "trained models are generated from only with --keep-models"}
+        if cfg.keep_models:
+            from curation.scoring.models import load_checkpoint
+
+            for c in candidates:
+                for s in c.seeds:
+                    ckpt = out / "train" / f"{_slug(c.name)}-seed{s}" / "ckpt-1"
+                    if not ckpt.is_dir():
+                        continue
+                    model = load_checkpoint(lm.path, ckpt, lm.device, lm.dtype)
+                    preds = greedy_answers(lm, [e.messages for e, _ in probs], cfg.max_new_tokens, model=model)
+                    ok = sum(answers_match(extract_answer(p), g) for p, g in zip(preds, golds))
+                    result[domain].setdefault(c.name, []).append({"seed": s, "correct": int(ok), "n": len(probs)})
+    return result
+
+
+def greedy_answers(lm, conversations, max_new_tokens: int, model=None) -> list[str]:
+    """The model's greedy continuation after each conversation's prompt (its turns before the last
+    assistant turn)."""
+    import torch
+
+    model = model or lm.model
+    out = []
+    with torch.inference_mode():
+        for msgs in conversations:
+            last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+            ids = lm.tokenizer.apply_chat_template(msgs[:last], add_generation_prompt=True, return_tensors="pt",
+                                                   return_dict=True)["input_ids"].to(lm.device)
+            gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id)
+            out.append(lm.tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The human summary
+
+
+def report_markdown(rep: dict) -> str:
+    """report.md: the verdicts per domain in words, with the numbers behind them."""
+    st = rep["statistics"]["token"]
+    lines = [f"# Validation of {', '.join(s['name'] for s in rep['selections'])}", "",
+             f"Proxy model `{rep['model']['spec']}`, {rep['config']['epochs']} epochs, {rep['config']['seeds']} seeds; "
+             "eval sets: " + ", ".join(f"{e['domain']} ({e['n_evaluated']} examples)" for e in rep["eval"]) + ".", "",
+             f"Metric: {st['metric_text']} (lower is better); differences are candidate - baseline with a "
+             f"{int(st['interval']['level'] * 100)}% interval.", "", "## Verdicts", ""]
+    for c in st["comparisons"]:
+        lines.append(f"- **{c['candidate']}** vs {c['baseline']}, {c['domain']}: {c['verdict_text']} "
+                     f"({c['diff']:+.4f} nats, interval [{c['lo']:+.4f}, {c['hi']:+.4f}]; "
+                     f"{c['candidate_mean']:.4f} vs {c['baseline_mean']:.4f})")
+    lines += ["", "## Held-out NLL per candidate", "", "| candidate | domain | mean | sd over seeds | vs base |",
+              "|---|---|---|---|---|"]
+    for r in st["rows"]:
+        sd = "" if r["sd"] is None else f"{r['sd']:.4f}"
+        vs = "" if r["vs_base"] is None else f"{r['vs_base']:+.4f}"
+        lines.append(f"| {r['candidate']} | {r['domain']} | {r['mean']:.4f} | {sd} | {vs} |")
+    lines += ["", "## Response length (a length effect shows here)", ""]
+    for name, v in rep["lengths"].items():
+        for d, e in v["by_domain"].items():
+            corr = e.get("score_length_spearman")
+            sel_len = e["selection_mean_response_tokens"]
+            lines.append(f"- {name}, {d}: selected responses average "
+                         f"{'n/a' if sel_len is None else f'{sel_len:.0f}'} tokens vs {e['pool_mean_response_tokens']:.0f} "
+                         f"in the pool" + (f"; Spearman({v['score']}, length) = {corr:.2f}" if corr is not None else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _slug(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _config_dict(cfg) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)

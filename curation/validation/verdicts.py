@@ -1,0 +1,432 @@
+"""Statistics for ``validate``: is a curated selection better than its baselines on held-out NLL?
+
+Input: a long table with one row per (candidate, seed, domain, eval example)::
+
+    candidate  seed  domain  example_id  nll    n_tokens
+    s2l        0     math    3f2a...     1.234  187
+
+``nll`` is the mean assistant-token NLL of that eval example under the model trained on
+``candidate``'s data with ``seed``; ``n_tokens`` its assistant-token count.  The base (untrained)
+model is the candidate ``"base"`` with a single seed.
+
+A domain's **metric** for one trained model is the token-weighted mean NLL
+(``sum(nll * n_tokens) / sum(n_tokens)``, the default) or the example-averaged mean.  A candidate's
+value is the mean of that metric over its seeds.
+
+Two sources of chance make a difference between two candidates:
+
+- **seeds**: every seed is an independent training run (a random baseline draws a new sample per
+  seed; a selection only changes its training order), so the per-seed values scatter;
+- **eval examples**: the eval set is a sample; the comparison is *paired* over it (both arms are
+  scored on the same examples), which removes the examples' shared difficulty.
+
+:func:`paired_difference` gives the difference candidate - baseline with a 95% interval.  Two
+methods:
+
+``"hybrid-t"`` (the default)
+    standard error = sqrt(example part + seed part): the example part is the variance of the
+    difference over a paired bootstrap of the eval examples (the same resample for both arms,
+    re-weighted by the resampled examples' token counts, seeds held fixed); the seed part is
+    Welch's ``sd_c^2/n_c + sd_b^2/n_b`` from the per-seed values.  The interval is
+    ``diff +- t(0.975, df) * se``; the seed part has ``min(n_c, n_b) - 1`` degrees of freedom
+    (Hsu's conservative rule, not Welch-Satterthwaite: a selection that only reorders its data
+    has a smaller seed spread than a random baseline that redraws it, and with 3 seeds and such
+    unequal spreads Welch's df gave 7-9.5% false positives), the example part counts as known
+    (Satterthwaite combination).  With 3 seeds per arm df is ~2 and t ~4.3: wide, and honest --
+    3 seeds say little about training noise.  More seeds buy power; ``bench/verdicts_sim.py``
+    simulates the detection and false-positive rates (the README gives them).
+``"bootstrap"``
+    the percentile bootstrap that resamples eval examples (paired) and each arm's seeds
+    (independently, with replacement).  Anti-conservative with few seeds when the seed spread
+    matters: a bootstrap of 3 values underestimates their mean's variance by a third and has only
+    10 distinct resample means.  Kept for comparison and for runs with many seeds.
+
+When an arm has one seed its seed variance cannot be estimated: ``hybrid-t`` borrows the other
+arm's (and says so in ``seed_variance``); when neither can, only the example part is used and
+``seed_variance`` is ``"not estimated"`` -- the interval then ignores training noise.
+
+:func:`verdict` turns an interval into words; :func:`build_report` makes the whole report dict.
+numpy/pandas, Student's t from scipy.stats; the resampling is vectorised.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+
+COLUMNS = ("candidate", "seed", "domain", "example_id", "nll", "n_tokens")
+METRICS = ("token", "example")
+METHODS = ("hybrid-t", "bootstrap")
+BASE = "base"
+BASELINES = ("random", "random-tokens")
+LEVEL = 0.95
+
+
+class VerdictsError(ValueError):
+    """The results table cannot answer the question asked (the message names what is missing)."""
+
+
+class Verdict(NamedTuple):
+    key: str  # "better" | "worse" | "none"
+    text: str  # "better than random", ...
+
+
+@dataclass
+class PairedDiff:
+    candidate: str
+    baseline: str
+    domain: str
+    metric: str
+    method: str
+    diff: float  # candidate - baseline of the mean over seeds; < 0: the candidate's NLL is lower
+    lo: float
+    hi: float
+    candidate_value: float
+    baseline_value: float
+    n_examples: int
+    n_seeds_candidate: int
+    n_seeds_baseline: int
+    se_examples: float  # sd of the difference over the paired example bootstrap (seeds fixed)
+    se_seeds: float  # Welch standard error from the per-seed values (0 when not estimated)
+    df: float | None  # t degrees of freedom (hybrid-t); None for the percentile bootstrap
+    seed_variance: str  # "estimated" | "borrowed from <arm>" | "not estimated"
+    n_boot: int
+    seed: int
+
+    def as_dict(self) -> dict:
+        return {k: _py(v) for k, v in asdict(self).items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks and per-seed values
+
+
+def _check_table(results: pd.DataFrame, metric: str) -> None:
+    if metric not in METRICS:
+        raise VerdictsError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    missing = [c for c in COLUMNS if c not in results.columns]
+    if missing:
+        raise VerdictsError(f"the results table lacks the column(s) {', '.join(missing)}; "
+                            f"expected {', '.join(COLUMNS)}")
+    if len(results) == 0:
+        raise VerdictsError("the results table is empty")
+    nll = results["nll"].to_numpy(dtype=float)
+    if not np.isfinite(nll).all():
+        bad = results.loc[~np.isfinite(nll), ["candidate", "seed", "domain", "example_id"]].head(3)
+        raise VerdictsError(f"non-finite nll in {len(nll) - np.isfinite(nll).sum()} row(s), e.g. "
+                            f"{bad.to_dict('records')}")
+    if metric == "token":
+        n = results["n_tokens"].to_numpy(dtype=float)
+        if not (np.isfinite(n).all() and (n > 0).all()):
+            raise VerdictsError("n_tokens must be a positive count in every row for the token-weighted metric")
+    dup = results.duplicated(["candidate", "seed", "domain", "example_id"])
+    if dup.any():
+        first = results.loc[dup, ["candidate", "seed", "domain", "example_id"]].iloc[0].to_dict()
+        raise VerdictsError(f"{int(dup.sum())} duplicate row(s) for the same model and eval example, e.g. {first}")
+
+
+def seed_values(results: pd.DataFrame, metric: str = "token") -> pd.DataFrame:
+    """The domain metric of every trained model: columns candidate, domain, seed, value, n_examples."""
+    _check_table(results, metric)
+    df = results[list(COLUMNS)].copy()
+    keys = ["candidate", "domain", "seed"]
+    if metric == "token":
+        df["_w"] = df["n_tokens"].astype(float)
+        df["_wx"] = df["_w"] * df["nll"].astype(float)
+        g = df.groupby(keys, sort=True).agg(_wx=("_wx", "sum"), _w=("_w", "sum"), n_examples=("example_id", "size"))
+        g["value"] = g["_wx"] / g["_w"]
+    else:
+        g = df.groupby(keys, sort=True).agg(value=("nll", "mean"), n_examples=("example_id", "size"))
+    return g[["value", "n_examples"]].reset_index()
+
+
+def summarize(results: pd.DataFrame, metric: str = "token") -> pd.DataFrame:
+    """Per (candidate, domain): mean, sd (ddof=1; NaN with one seed), min and max over seeds of the
+    domain metric, n_seeds, and n_examples (distinct eval examples)."""
+    per_seed = seed_values(results, metric)
+    g = per_seed.groupby(["candidate", "domain"], sort=True)["value"]
+    out = pd.DataFrame({
+        "mean": g.mean(),
+        "sd": g.std(ddof=1),  # NaN for one seed
+        "min": g.min(),
+        "max": g.max(),
+        "n_seeds": g.size(),
+    })
+    out["n_examples"] = results.groupby(["candidate", "domain"], sort=True)["example_id"].nunique()
+    return out.reset_index()
+
+
+@dataclass
+class _Arm:
+    candidate: str
+    domain: str
+    ids: np.ndarray  # eval example ids, in column order
+    seeds: np.ndarray
+    nll: np.ndarray  # [seeds, examples]
+    w: np.ndarray  # [seeds, examples]: token counts (token metric) or ones
+
+
+def _arm(results: pd.DataFrame, candidate: str, domain: str, metric: str,
+         rows: pd.DataFrame | None = None) -> _Arm:
+    """One candidate's results in one domain as seed x example matrices (checked complete);
+    ``rows``: those rows when the caller has already split the table."""
+    if rows is None:
+        rows = results[(results["candidate"] == candidate) & (results["domain"] == domain)]
+    if len(rows) == 0:
+        have = sorted(results.loc[results["candidate"] == candidate, "domain"].unique().tolist())
+        if not have:
+            raise VerdictsError(f"candidate {candidate!r} has no results "
+                                f"(candidates: {', '.join(map(str, sorted(results['candidate'].unique())))})")
+        raise VerdictsError(f"candidate {candidate!r} has no results in domain {domain!r} "
+                            f"(it has: {', '.join(map(str, have))})")
+    seed_codes, seeds = pd.factorize(rows["seed"], sort=True)
+    ex_codes, ids = pd.factorize(rows["example_id"], sort=True)
+    nll = np.full((len(seeds), len(ids)), np.nan)
+    nll[seed_codes, ex_codes] = rows["nll"].to_numpy(dtype=float)  # duplicates were refused before
+    have = (~np.isnan(nll)).sum(axis=1)
+    if (have < len(ids)).any():
+        worst = int(np.argmin(have))
+        raise VerdictsError(
+            f"candidate {candidate!r}, domain {domain!r}: seed {seeds[worst]} has {int(have[worst])} of the "
+            f"{len(ids)} eval examples its other seeds have; every seed must be scored on the same examples"
+        )
+    if metric == "token":
+        w = np.empty(nll.shape)
+        w[seed_codes, ex_codes] = rows["n_tokens"].to_numpy(dtype=float)
+    else:
+        w = np.ones(nll.shape)
+    return _Arm(candidate, domain, np.asarray(ids), np.asarray(seeds), nll, w)
+
+
+def _align(c: _Arm, b: _Arm) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline's (nll, w) with columns in the candidate's example order; raises when the two
+    arms were not scored on the same eval examples."""
+    set_c, set_b = set(c.ids.tolist()), set(b.ids.tolist())
+    if set_c != set_b:
+        only_c, only_b = sorted(set_c - set_b), sorted(set_b - set_c)
+        parts = []
+        if only_b:
+            parts.append(f"candidate {c.candidate!r} lacks {len(only_b)} eval example(s) that "
+                         f"{b.candidate!r} has (e.g. {only_b[:3]})")
+        if only_c:
+            parts.append(f"baseline {b.candidate!r} lacks {len(only_c)} eval example(s) that "
+                         f"{c.candidate!r} has (e.g. {only_c[:3]})")
+        raise VerdictsError(f"domain {c.domain!r}: {'; '.join(parts)}; the comparison is paired, so "
+                            "both must be scored on the same eval examples")
+    if np.array_equal(c.ids, b.ids):
+        return b.nll, b.w
+    pos = {e: i for i, e in enumerate(b.ids.tolist())}
+    order = np.array([pos[e] for e in c.ids.tolist()])
+    return b.nll[:, order], b.w[:, order]
+
+
+# ----------------------------------------------------------------------------------------------
+# The paired comparison
+
+
+@functools.lru_cache(maxsize=8)
+def _example_counts(seed: int, n_boot: int, n: int) -> np.ndarray:
+    """``C[b, e]``: how often example ``e`` is drawn in resample ``b`` (from an n_boot x n index
+    matrix drawn with replacement).  Its own random stream, so every comparison of ``n``
+    examples uses the same resamples (cached; read-only)."""
+    rng = np.random.default_rng([seed, 0])
+    idx = rng.integers(0, n, size=(n_boot, n), dtype=np.int64)
+    flat = (idx + (np.arange(n_boot) * n)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
+    counts.flags.writeable = False
+    return counts
+
+
+def _boot_seed_values(counts: np.ndarray, nll: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``V[b, s]``: the domain metric of seed ``s`` on example resample ``b`` (re-weighted by the
+    resampled examples' weights: token counts for the token metric)."""
+    # einsum, not ``@``: a threaded BLAS call this small is 5-20x slower on a busy 2-core machine
+    s = nll.shape[0]
+    sums = np.einsum("be,ke->bk", counts, np.vstack([w * nll, w]))
+    return sums[:, :s] / sums[:, s:]
+
+
+def paired_difference(results: pd.DataFrame, candidate: str, baseline: str, domain: str,
+                      n_boot: int = 2000, seed: int = 0, metric: str = "token",
+                      method: str = "hybrid-t") -> PairedDiff:
+    """Difference ``candidate - baseline`` of the domain metric (mean over seeds), paired over the
+    domain's eval examples, with a 95% interval (see the module docstring for ``method``).
+
+    Raises :class:`VerdictsError` (a ValueError) naming the candidate and domain when an arm is
+    missing, a seed lacks examples, or the two arms were not scored on the same eval examples.
+    Deterministic for a given ``seed``.
+    """
+    _check_args(metric, method, n_boot)
+    _check_table(results, metric)
+    arm_c = _arm(results, candidate, domain, metric)
+    arm_b = _arm(results, baseline, domain, metric)
+    return _compare(arm_c, arm_b, metric, method, n_boot, seed)
+
+
+def _check_args(metric: str, method: str, n_boot: int) -> None:
+    if metric not in METRICS:
+        raise VerdictsError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    if method not in METHODS:
+        raise VerdictsError(f"unknown interval method {method!r}; expected one of {', '.join(METHODS)}")
+    if n_boot < 100:
+        raise VerdictsError(f"n_boot={n_boot} is too few resamples for a 95% interval (use >= 100)")
+
+
+def _compare(arm_c: _Arm, arm_b: _Arm, metric: str, method: str, n_boot: int, seed: int) -> PairedDiff:
+    nll_c, w_c = arm_c.nll, arm_c.w
+    nll_b, w_b = _align(arm_c, arm_b)
+    full_c = (w_c * nll_c).sum(1) / w_c.sum(1)  # per-seed values on the whole eval set
+    full_b = (w_b * nll_b).sum(1) / w_b.sum(1)
+    value_c, value_b = float(full_c.mean()), float(full_b.mean())
+    diff = value_c - value_b
+    n_c, n_b, n_ex = len(full_c), len(full_b), nll_c.shape[1]
+
+    counts = _example_counts(seed, n_boot, n_ex)  # the same example resample for both arms
+    boot_c = _boot_seed_values(counts, nll_c, w_c)  # [n_boot, n_c]
+    boot_b = _boot_seed_values(counts, nll_b, w_b)
+    se_ex = float((boot_c.mean(1) - boot_b.mean(1)).std(ddof=1))
+
+    var_c = float(full_c.var(ddof=1)) if n_c >= 2 else None
+    var_b = float(full_b.var(ddof=1)) if n_b >= 2 else None
+    if var_c is not None and var_b is not None:
+        seed_note = "estimated"
+    elif var_c is None and var_b is None:
+        seed_note, var_c, var_b = "not estimated", 0.0, 0.0
+    elif var_c is None:
+        seed_note, var_c = f"borrowed from {arm_b.candidate}", var_b
+    else:
+        seed_note, var_b = f"borrowed from {arm_c.candidate}", var_c
+    a, b = var_c / n_c, var_b / n_b
+    se_seeds = math.sqrt(a + b)
+
+    if method == "hybrid-t":
+        se = math.sqrt(se_ex ** 2 + a + b)
+        if seed_note == "not estimated" or a + b == 0:
+            df = math.inf
+        else:
+            # The seed part's df: the smaller arm's n - 1 (Hsu's conservative choice; Welch-
+            # Satterthwaite measured 7-9.5% false positives with 3 seeds and unequal seed spreads),
+            # or the one estimate's when it is borrowed.  The example part counts as known
+            # (infinite df), so it raises the combined df (Satterthwaite).
+            df_seed = float(max(n_c, n_b) - 1) if seed_note.startswith("borrowed") else float(min(n_c, n_b) - 1)
+            df = (se_ex ** 2 + a + b) ** 2 / ((a + b) ** 2 / df_seed)
+        q = float(scipy.stats.t.ppf(0.5 + LEVEL / 2, df))
+        lo, hi = diff - q * se, diff + q * se
+        df_out = df if math.isfinite(df) else None
+    else:
+        # resample each arm's seeds independently (with replacement), on the same example resample
+        rng = np.random.default_rng([seed, 1])
+        pick_c = rng.integers(0, n_c, size=(n_boot, n_c))
+        pick_b = rng.integers(0, n_b, size=(n_boot, n_b))
+        d = (np.take_along_axis(boot_c, pick_c, axis=1).mean(1)
+             - np.take_along_axis(boot_b, pick_b, axis=1).mean(1))
+        lo, hi = (float(x) for x in np.percentile(d, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2]))
+        df_out = None
+    return PairedDiff(
+        candidate=arm_c.candidate, baseline=arm_b.candidate, domain=arm_c.domain, metric=metric,
+        method=method, diff=diff, lo=float(lo), hi=float(hi), candidate_value=value_c,
+        baseline_value=value_b, n_examples=n_ex, n_seeds_candidate=n_c, n_seeds_baseline=n_b,
+        se_examples=se_ex, se_seeds=se_seeds, df=df_out, seed_variance=seed_note, n_boot=n_boot,
+        seed=seed,
+    )
+
+
+def verdict(diff: float, lo: float, hi: float, baseline: str = "the baseline") -> Verdict:
+    """Words for an interval of ``candidate - baseline`` NLL (lower is better)."""
+    if hi < 0:
+        return Verdict("better", f"better than {baseline}")
+    if lo > 0:
+        return Verdict("worse", f"worse than {baseline}")
+    return Verdict("none", "no detectable difference at this size")
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole report
+
+
+def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[str, ...] = BASELINES,
+                 base: str = BASE, n_boot: int = 2000, seed: int = 0, method: str = "hybrid-t",
+                 pairs: list[tuple[str, str]] | None = None) -> dict:
+    """The validate report as a JSON-ready dict.
+
+    ``rows``: one per (candidate, domain), the base model included (``is_base``): mean, sd, min,
+    max over seeds, n_seeds, n_examples, and ``vs_base`` (mean - the base model's mean).
+    ``comparisons``: one per (candidate, baseline present in the table, domain), every candidate but
+    the base model and the baseline itself (or only the ``(candidate, baseline)`` ``pairs`` given):
+    both means and sds, the paired difference, its interval, the verdict key and text.
+    """
+    _check_args(metric, method, n_boot)
+    summary = summarize(results, metric)
+    groups = dict(iter(results.groupby(["candidate", "domain"], sort=False)))
+    arms: dict[tuple[str, str], _Arm] = {}
+
+    def arm(cand: str, dom: str) -> _Arm:
+        if (cand, dom) not in arms:
+            arms[(cand, dom)] = _arm(results, cand, dom, metric, groups[(cand, dom)])
+        return arms[(cand, dom)]
+
+    candidates = sorted(summary["candidate"].unique().tolist())
+    domains = sorted(summary["domain"].unique().tolist())
+    if pairs is not None:
+        baselines = tuple(dict.fromkeys(b for _, b in pairs))
+    present = [b for b in baselines if b in candidates]
+    base_mean = {r.domain: r.mean for r in summary[summary["candidate"] == base].itertuples()}
+    stats = {(r.candidate, r.domain): r for r in summary.itertuples()}
+
+    rows = []
+    for r in summary.itertuples():
+        rows.append({
+            "candidate": r.candidate, "domain": r.domain, "is_base": r.candidate == base,
+            "mean": _py(r.mean), "sd": _py(r.sd), "min": _py(r.min), "max": _py(r.max),
+            "n_seeds": int(r.n_seeds), "n_examples": int(r.n_examples),
+            "vs_base": _py(r.mean - base_mean[r.domain]) if r.domain in base_mean else None,
+        })
+
+    comparisons = []
+    for bl in present:
+        for cand in candidates:
+            if cand in (base, bl) or (pairs is not None and (cand, bl) not in pairs):
+                continue
+            for dom in domains:
+                if (cand, dom) not in stats or (bl, dom) not in stats:
+                    continue
+                p = _compare(arm(cand, dom), arm(bl, dom), metric, method, n_boot, seed)
+                v = verdict(p.diff, p.lo, p.hi, bl)
+                sc, sb = stats[(cand, dom)], stats[(bl, dom)]
+                comparisons.append({
+                    "candidate": cand, "baseline": bl, "domain": dom,
+                    "candidate_mean": _py(sc.mean), "candidate_sd": _py(sc.sd),
+                    "baseline_mean": _py(sb.mean), "baseline_sd": _py(sb.sd),
+                    "diff": p.diff, "lo": p.lo, "hi": p.hi,
+                    "verdict": v.key, "verdict_text": v.text,
+                    "n_examples": p.n_examples, "n_seeds_candidate": p.n_seeds_candidate,
+                    "n_seeds_baseline": p.n_seeds_baseline, "se_examples": p.se_examples,
+                    "se_seeds": p.se_seeds, "df": p.df, "seed_variance": p.seed_variance,
+                })
+    return {
+        "metric": metric,
+        "metric_text": ("token-weighted mean assistant-token NLL" if metric == "token"
+                        else "mean over eval examples of their mean assistant-token NLL"),
+        "lower_is_better": True,
+        "interval": {"method": method, "level": LEVEL, "n_boot": n_boot, "seed": seed},
+        "base": base if base in candidates else None,
+        "baselines": present,
+        "domains": domains,
+        "rows": rows,
+        "comparisons": comparisons,
+    }
+
+
+def _py(v):
+    """A JSON-ready scalar: numpy numbers to Python, NaN to None."""
+    if isinstance(v, (np.generic,)):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v

@@ -1,0 +1,76 @@
+"""Synthetic run folders for selection tests: real source files and example ids, synthetic scores
+consistent with their formulas (no model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from curation.runs.folder import LAYOUT
+
+
+LEARN_COLUMNS = ["loss_ckpt_0", "loss_ckpt_1", "loss_ckpt_2", "loss_base", "loss_ref", "davir", "rho",
+                 "ifd", "ppl_base", "s2l_cluster"]
+
+
+def synthetic_scores(examples, seed: int = 0, learn: bool = True) -> pd.DataFrame:
+    """A score table over loaded ``examples`` with the learn run's columns, scores drawn from a
+    seeded RNG but consistent with their formulas (davir = (L0 - LK) / L0, ...)."""
+    rng = np.random.default_rng(seed)
+    n = len(examples)
+    rows = pd.DataFrame({
+        "example_id": [e.example_id for e in examples],
+        "source": [e.source for e in examples],
+        "source_index": np.array([e.source_index for e in examples], dtype=np.int64),
+        "domain": [e.domain for e in examples],
+        "n_prompt_tokens": rng.integers(5, 60, n).astype(np.int32),
+        "n_response_tokens": rng.integers(1, 200, n).astype(np.int32),
+    })
+    rows["n_tokens_full"] = rows["n_prompt_tokens"] + rows["n_response_tokens"]
+    rows["truncated"] = False
+    rows["scored"] = True
+    l0 = rng.uniform(0.5, 3.0, n)
+    rows["loss"] = l0
+    rows["loss_sum"] = l0 * rows["n_response_tokens"]
+    if learn:
+        lk = l0 * rng.uniform(0.2, 1.0, n)
+        rows["loss_ckpt_0"], rows["loss_ckpt_1"], rows["loss_ckpt_2"] = l0, (l0 + lk) / 2, lk
+        rows["loss_base"], rows["loss_ref"] = l0, lk
+        rows["davir"] = (l0 - lk) / l0
+        rows["rho"] = l0 - lk
+        rows["ifd"] = rng.uniform(0.3, 1.3, n)
+        rows["ppl_base"] = np.exp(l0)
+        rows["s2l_cluster"] = rng.integers(0, 6, n)
+    return rows
+
+
+def make_run(folder: Path, sources: list[str], seed: int = 0, learn: bool = True, table_fn=None,
+             limit: int | None = None) -> Path:
+    """Write ``folder/scores.parquet`` + ``run.json`` for ``sources`` ("DOMAIN=PATH")."""
+    from dataclasses import asdict
+
+    from curation.data.load import load_sources, parse_source_arg
+
+    data = load_sources([parse_source_arg(s) for s in sources], limit=limit)
+    table = synthetic_scores(data.examples, seed, learn)
+    if table_fn is not None:
+        table = table_fn(table)
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(folder / "scores.parquet", index=False)
+    run = {
+        "kind": "learn" if learn else "score", "code_version": "test", "finished": True,
+        "config": {"sources": sources, "columns": {}, "format": None, "limit": limit},
+        "sources": [asdict(s) for s in data.sources],
+        "model": {"path": "synthetic", "fingerprint": "sha256:synthetic"},
+        "template": {"name": "chat", "fingerprint": "sha256:t"}, "max_length": 2048, "run_key": "synthetic",
+        "layout": LAYOUT,
+    }
+    (folder / "run.json").write_text(json.dumps(run))
+    return folder
+
+
+def table_of(run: Path) -> pd.DataFrame:
+    return pd.read_parquet(run / "scores.parquet")

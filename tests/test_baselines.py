@@ -1,0 +1,41 @@
+"""Baselines: one random baseline for the Select page, summaries and validate; the others match
+the selection's examples, tokens or lengths."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curation.selection.apply import apply_recipe
+from curation.selection.baselines import baseline_ids, baseline_positions, random_baseline
+from curation.selection.recipe import Recipe
+from tests.synthetic import table_of
+
+
+def test_baselines_match_counts_tokens_and_lengths():
+    resp = np.array([5, 50, 10, 30, 20, 40, 15, 25])
+    ids = np.array([f"e{i}" for i in range(8)])
+    assert len(baseline_positions("random", ids, resp, 3, 0, 0, "d")) == 3
+    assert baseline_positions("random", ids, resp, 3, 0, 0, "d").tolist() == \
+        baseline_positions("random", ids, resp, 3, 0, 0, "d").tolist()
+    assert baseline_positions("random", ids, resp, 3, 0, 0, "d").tolist() != \
+        baseline_positions("random", ids, resp, 3, 0, 1, "d").tolist()
+    assert sorted(baseline_positions("longest", ids, resp, 3, 0, 0, "d").tolist()) == [1, 3, 5]
+    for seed in range(20):
+        got = baseline_positions("random-tokens", ids, resp, 0, 60, seed, "d")
+        cum = np.cumsum(resp[got])
+        assert abs(cum[-1] - 60) <= max(resp[got]) / 2 + 1e-9 or cum[-1] <= 60  # the closest prefix
+    assert len(baseline_positions("full", ids, resp, 0, 0, 0, "d")) == 8
+
+
+def test_validates_random_baseline_is_the_select_pages_random_baseline(run_dir):
+    """One random baseline: validate's ``random`` candidate for a selection with k examples per
+    domain is the same sample as the recipe's random baseline at that budget and seed."""
+    table = table_of(run_dir)
+    for seed in (0, 7):
+        recipe = Recipe("davir", budget="12", mix="chat=0.5,math=0.5", max={"ifd": 1.1}, seed=seed)
+        sel = apply_recipe(table, recipe)
+        base = random_baseline(table, recipe)
+        wanted = {d: (len(g), 0) for d, g in sel.rows.groupby("domain")}
+        got = baseline_ids("random", table, base.eligible_mask, wanted, seed)
+        assert sorted(got) == sorted(base.rows["example_id"])
+        assert len(got) == 12

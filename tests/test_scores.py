@@ -1,0 +1,60 @@
+"""The score registry: methods, columns, directions, and every list that derives from it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curation.runs.folder import SCORE_COLUMNS
+from curation.scores import (LEARN_COLUMNS, METHODS, SCORES, available_methods, keeps_high, run_kind,
+                             score_columns, stability_columns)
+from tests.synthetic import LEARN_COLUMNS as SYNTHETIC_LEARN_COLUMNS
+
+
+def test_available_methods_follow_the_columns():
+    plain = available_methods(SCORE_COLUMNS)
+    assert [m for m, why in plain.items() if why is None] == ["ppl", "loss", "longest", "random"]
+    assert "learnability run" in plain["davir"]
+    learn = available_methods(SCORE_COLUMNS + SYNTHETIC_LEARN_COLUMNS)
+    assert all(learn[m] is None for m in ("davir", "rho", "ifd", "ppl", "loss", "s2l", "random"))
+    assert learn["davir_heldout"] and "--heldout-folds" in learn["davir_heldout"]
+
+
+def test_scores_registry_names_columns_directions_and_biases():
+    for name, info in SCORES.items():
+        assert info.name == name and info.explanation and info.formula and info.written_by
+        assert info.ranks == (info.order is not None)
+    assert SCORES["davir"].column == "davir" and SCORES["ppl"].column == "ppl_base"
+    assert "length" in SCORES["rho"].explanation and "short answers" in SCORES["loss"].explanation
+    assert "ifd > 1" in SCORES["ifd"].explanation
+    assert METHODS == tuple(SCORES)
+
+
+def test_every_list_of_scores_derives_from_the_registry():
+    from curation.runs.formulas import DERIVED_COLUMNS, derived_columns
+    from curation.runs.learn import arrow_columns
+    from curation.selection.summary import stat_columns
+
+    # The formulas compute exactly the registry's learn columns (ifd has its own pass).
+    assert list(derived_columns(np.array([[2.0, 1.0]]))) == DERIVED_COLUMNS == [c for c in LEARN_COLUMNS if c != "ifd"]
+    # A learn run's table order: trajectory, learn columns, cluster, held-out, stability.
+    cols = {f"loss_ckpt_{k}": np.ones(2) for k in range(3)} | {c: np.ones(2) for c in LEARN_COLUMNS}
+    cols |= {"davir_r1": np.ones(2), "davir_r2": np.ones(2), "loss_ref_r1": np.ones(2), "davir_sd": np.ones(2)}
+    got = list(arrow_columns(cols, np.zeros(2, dtype=np.int64)))
+    assert got == ["loss_ckpt_0", "loss_ckpt_1", "loss_ckpt_2", *LEARN_COLUMNS, "s2l_cluster", "loss_ref_r1",
+                   "davir_r1", "davir_r2", "davir_sd"]
+    assert stability_columns(got) == ["loss_ref_r1", "davir_r1", "davir_r2", "davir_sd"]
+    # What the dashboard offers and the summary describes follow the ranking scores.
+    table = SCORE_COLUMNS + got
+    offered = score_columns(table)
+    assert offered[:5] == ["davir", "rho", "ifd", "ppl_base", "loss_base"] and "loss_ckpt_2" in offered
+    assert stat_columns(table) == ["davir", "rho", "ifd", "ppl_base", "loss_base", "loss", "n_response_tokens",
+                                   "n_prompt_tokens"]
+    assert run_kind(table) == "learn" and run_kind(SCORE_COLUMNS) == "score"
+
+
+def test_directions_come_from_the_registry():
+    for name, info in SCORES.items():
+        if info.ranks:
+            assert keeps_high(name) == (info.order == "high"), name
+            assert keeps_high(info.column) == (info.order == "high"), info.column
+    assert keeps_high("loss") and keeps_high("ifd") and not keeps_high("ppl_base") and not keeps_high("ppl")
