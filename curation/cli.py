@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = run(from_arguments(cls, args), progress=progress)
             finally:
                 progress.close()
-            (validate_summary if args.command == "validate" else run_summary)(out)
+            {"validate": validate_summary, "mix": mix_summary}.get(args.command, run_summary)(out)
         elif args.command == "jobs":
             return jobs_command(args)
         elif args.command in ("select", "export"):
@@ -147,6 +147,20 @@ def validate_summary(out) -> None:
     for c in rep["statistics"]["token"]["comparisons"]:
         print(f"{c['candidate']} vs {c['baseline']}, {c['domain']}: {c['verdict_text']} "
               f"({c['diff']:+.4f} nats [{c['lo']:+.4f}, {c['hi']:+.4f}])")
+    print(f"wrote {out}/report.md, {out}/report.json, {out}/results.parquet, {out}/curves.parquet "
+          f"({rep['seconds']:.0f} s)")
+
+
+def mix_summary(out) -> None:
+    """A finished mix study: the law's check per eval set, the recommended mix, what to run next."""
+    rep = json.loads((out / "report.json").read_text())
+    for e in rep["evals"]:
+        print(rep["fit"][e]["verdict"])
+    rec = rep["recommended"]
+    print(f"recommended mix ({rep['objective']['kind']}): {rep['commands']['mix']}; predicted "
+          + ", ".join(f"{e} {v['value']:.4f} [{v['lo']:.4f}, {v['hi']:.4f}]" for e, v in rec["predicted"].items())
+          + "; at the natural mix " + ", ".join(f"{e} {v['value']:.4f}" for e, v in rep["at_natural"].items()))
+    print(f"validate it against the natural mix:\n  {rep['commands']['select']}\n  {rep['commands']['validate']}")
     print(f"wrote {out}/report.md, {out}/report.json, {out}/results.parquet, {out}/curves.parquet "
           f"({rep['seconds']:.0f} s)")
 

@@ -39,3 +39,19 @@ def test_validates_random_baseline_is_the_select_pages_random_baseline(run_dir):
         got = baseline_ids("random", table, base.eligible_mask, wanted, seed)
         assert sorted(got) == sorted(base.rows["example_id"])
         assert len(got) == 12
+
+
+def test_the_natural_baseline_uses_the_pools_proportions_whatever_the_selections_mix(run_dir):
+    table = table_of(run_dir)  # 40 math + 30 chat: natural 4/7 math
+    for mix in ("chat=1,math=0", "chat=0.2,math=0.8"):
+        recipe = Recipe("random", budget="14", mix=mix, seed=3)
+        sel = apply_recipe(table, recipe)
+        wanted = {d: (len(g), 0) for d, g in sel.rows.groupby("domain")}
+        got = baseline_ids("natural", table, sel.eligible_mask, wanted, seed=5)
+        by_domain = table.set_index("example_id").loc[got, "domain"].value_counts().to_dict()
+        assert by_domain == {"math": 8, "chat": 6}
+        # The same sample as the random baseline of a natural recipe of that size and seed.
+        natural = random_baseline(table, Recipe("random", budget="14", mix="natural", fill=True, seed=5))
+        assert sorted(got) == sorted(natural.rows["example_id"])
+        # A new sample per seed.
+        assert sorted(baseline_ids("natural", table, sel.eligible_mask, wanted, seed=6)) != sorted(got)

@@ -132,6 +132,42 @@ def test_learn_on_two_ray_train_workers_matches_one_process(tmp_path, tiny_model
     assert sorted(p.name for p in (b / "train").iterdir() if p.name.startswith("ckpt")) == ["ckpt-1", "ckpt-2"]
 
 
+def test_a_mix_study_runs_each_training_as_a_ray_task_and_equals_the_local_study(tmp_path, tiny_model_dir):
+    """Independent trainings are Ray tasks side by side (not a DDP job): on 2 workers the study's
+    eval losses equal a local study at one torch thread (each task's thread count)."""
+    import torch
+
+    from curation.validation.mix import MixConfig, run_mix
+
+    chat = [{"instruction": f"Name fruit {k}.", "input": "", "output": f"Fruit {k} is a plum."} for k in range(30)]
+    math = [{"question": f"What is {k} + 1?", "answer": f"{k} + 1 = {k + 1}\n#### {k + 1}"} for k in range(30)]
+    src = [f"chat={write_jsonl(tmp_path / 'chat.jsonl', chat)}", f"math={write_jsonl(tmp_path / 'math.jsonl', math)}"]
+    ev = {"chat": str(write_jsonl(tmp_path / "ec.jsonl", [{"instruction": f"Name fruit {k}.", "input": "",
+                                                           "output": f"Fruit {k} is a fig."} for k in range(50, 56)])),
+          "math": str(write_jsonl(tmp_path / "em.jsonl", [{"question": f"What is {k} + 2?",
+                                                           "answer": f"{k} + 2 = {k + 2}\n#### {k + 2}"} for k in range(50, 56)]))}
+    run = run_score(ScoreConfig(sources=src, out=str(tmp_path / "run"), model=str(tiny_model_dir), max_length=64,
+                                cache=str(tmp_path / "c0")))
+    common = {"run": str(run), "eval": ev, "budget": "10", "design": "3", "seeds": 2, "lr": 3e-3, "epochs": 2,
+              "train_batch_tokens": 256, "bootstrap": 100}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_mix(MixConfig(out=str(tmp_path / "local"), cache=str(tmp_path / "c1"), **common))
+    finally:
+        torch.set_num_threads(threads)
+    phases = []
+    on_ray = run_mix(MixConfig(out=str(tmp_path / "ray"), cache=str(tmp_path / "c2"), engine="ray", workers=2,
+                               **common), progress=lambda **p: phases.append(p))
+    a = pd.read_parquet(local / "results.parquet").sort_values(["candidate", "seed", "example_id"])
+    b = pd.read_parquet(on_ray / "results.parquet").sort_values(["candidate", "seed", "example_id"])
+    assert len(a) == len(b) == (6 + 1) * 12
+    np.testing.assert_allclose(a["nll"].to_numpy(), b["nll"].to_numpy(), atol=1e-5, rtol=0)
+    ray_phases = [p for p in phases if p.get("phase") == "training on 2 Ray workers"]
+    assert ray_phases and ray_phases[-1]["done"] == ray_phases[-1]["total"] == 6
+    assert not (on_ray / "train").exists() or not any((on_ray / "train").iterdir())  # models not kept
+
+
 def test_killing_the_driver_leaves_no_ray_work_and_resume_continues(tmp_path, tiny_model_dir, monkeypatch):
     from curation.jobs import store as jobs
     from curation.runs.folder import Run

@@ -102,16 +102,19 @@ def test_random_is_not_declared_different_from_random(setup):
     """Selections that are themselves random samples: the verdict against the random baseline
     should be "no detectable difference" in most trials (a 95% interval: ~5% false positives)."""
     run = setup["run"]
-    verdicts = []
+    verdicts, objective = [], []
     for trial in range(8):  # independent trials: another random selection and other baseline seeds
         sel_dir = setup["dir"] / f"random-sel-{trial}"
         select_run(run, Recipe("random", budget="20", mix="chat=0.5,math=0.5", seed=100 + trial), sel_dir)
         out = run_validate(vcfg(setup, [sel_dir], setup["dir"] / f"val-random-{trial}", baselines="random", seeds=3,
                                 epochs=4, seed=10 * trial))
         rep = json.loads((out / "report.json").read_text())
-        verdicts += [c["verdict"] for c in rep["statistics"]["token"]["comparisons"]]
+        comparisons = rep["statistics"]["token"]["comparisons"]
+        verdicts += [c["verdict"] for c in comparisons if c["domain"] != "objective"]
+        objective += [c["verdict"] for c in comparisons if c["domain"] == "objective"]
     # 16 comparisons at a 95% level: about one false call is expected; "most" means at least 13.
     assert len(verdicts) == 16 and verdicts.count("none") >= 13, verdicts
+    assert len(objective) == 8 and objective.count("none") >= 6, objective  # the mean of both domains
 
 
 def test_eval_examples_in_the_pool_are_refused(setup):

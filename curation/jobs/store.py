@@ -62,6 +62,8 @@ KINDS = {
               "train a reference model on the pool; DavIR, RHO, IFD, S2L scores"),
     "validate": ("curation.validation.validate", "ValidateConfig", "run_validate",
                  "fine-tune a proxy on each selection and on random baselines; compare held-out NLL"),
+    "mix": ("curation.validation.mix", "MixConfig", "run_mix",
+            "train at several domain mixes, fit the mixing law per eval set, recommend a mix"),
 }
 
 DB_NAME = "jobs.sqlite"

@@ -8,6 +8,8 @@ Layout::
       runs/         score and learnability runs (one folder each, see curation.runs.folder)
       selections/   selection folders (recipe.yaml, selected.parquet, summary.json)
       exports/      export folders (data files + manifest.json)
+      validations/  validation folders (report.json, report.md, results)
+      mixes/        mix studies (report.json, report.md, results)
       jobs.sqlite   the job store (curation.jobs.store)
 
 The workspace is ``$CURATION_WORKSPACE`` or ``./workspace``; every function takes an explicit
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from curation.atomic import atomic_path
 
-SUBDIRS = ("data", "eval", "runs", "selections", "exports", "validations")
+SUBDIRS = ("data", "eval", "runs", "selections", "exports", "validations", "mixes")
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz", ".parquet", ".csv", ".csv.gz")
 
 
@@ -60,6 +62,10 @@ def validations_dir(workspace=None) -> Path:
 
 def runs_dir(workspace=None) -> Path:
     return workspace_root(workspace) / "runs"
+
+
+def mixes_dir(workspace=None) -> Path:
+    return workspace_root(workspace) / "mixes"
 
 
 def selections_dir(workspace=None) -> Path:

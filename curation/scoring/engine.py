@@ -289,6 +289,54 @@ class RayEngine:
             for a in self.actors:
                 ray.kill(a)
 
+    def run_tasks(self, fn, specs: list[dict], on_done, progress, done: int = 0, total: int | None = None) -> None:
+        """Run ``fn(spec, threads, progress)`` for every spec as its own Ray task, each holding one
+        worker's resources (its CPUs, or its GPU), as many at once as there are workers: independent
+        work side by side, not one DDP job.  ``on_done(spec, result)`` runs in this process as each
+        task finishes (commit there; it must not report progress).  ``progress`` sees the phase with
+        ``done``/``total`` counting finished tasks (``done`` already finished before) and what each
+        running task last reported."""
+        run_cancellable(self._run_tasks, fn, specs, on_done, done, total or done + len(specs), progress=progress)
+
+    def _run_tasks(self, fn, specs, on_done, done, total, progress):
+        import ray
+        from ray.util.queue import Empty, Queue
+
+        queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
+        opts = {"num_cpus": self.threads, "max_retries": self.max_restarts}
+        if self.gpus_per_worker:
+            opts["num_gpus"] = self.gpus_per_worker
+        remote = ray.remote(**opts)(task_entry)
+        pending = {remote.remote(fn, spec, self.threads, queue): spec for spec in specs}
+        latest: dict[str, dict] = {}
+        phase = f"training on {self.workers} Ray workers"
+        progress(phase=phase, done=done, total=total)
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                while True:
+                    try:
+                        p = queue.get_nowait()
+                    except Empty:
+                        break
+                    latest[p.pop("task")] = p
+                for ref in ready:
+                    spec = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayError as e:
+                        raise EngineError(f"Ray task {spec.get('label', '')!r} failed: {type(e).__name__}: "
+                                          f"{str(e).splitlines()[0][:300]}") from None
+                    on_done(spec, result)
+                    latest.pop(spec.get("label"), None)
+                    done += 1
+                running = [f"{k} {v.get('done')}/{v.get('total')}" for k, v in latest.items() if v.get("total")]
+                progress(phase=phase, done=done, total=total, running="; ".join(running) or None,
+                         tokens_per_s=sum(v.get("tokens_per_s") or 0 for v in latest.values()) or None)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+
     def run_ddp(self, worker, config: dict, storage: Path, progress) -> None:
         """Run ``worker(config)`` on ``workers`` Ray Train processes under gloo (nccl on GPUs).
 
@@ -347,3 +395,13 @@ def live_workers(actors) -> int:
         n += bool(state) and state.get("State") in ("ALIVE", 2)
     return n
 
+
+def task_entry(fn, spec: dict, threads: int, queue):
+    """A Ray task: ``fn(spec, threads, progress)`` with its progress sent to the driver's queue."""
+    def progress(**p):
+        try:
+            queue.put_nowait({"task": spec.get("label"), **p})
+        except Exception:  # noqa: BLE001 - a full queue or a driver going away must not fail the work
+            pass
+
+    return fn(spec, threads, progress)

@@ -14,18 +14,24 @@ The other baselines ``validate`` trains, per domain of the selection, from the s
                     selection's: the fair comparison when a score prefers short or long answers
 ``longest``         the examples with the longest responses, as many as the selection
 ``full``            every eligible example: the ceiling
+``natural``         as many examples as the selection in all, a seeded uniform sample at the pool's
+                    natural domain proportions (whatever the selection's mix): what a mix is judged
+                    against; the same sample as the random baseline of a ``natural`` recipe of that size
 ==================  ===============================================================================
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
+from curation.selection.allocation import allocate
 from curation.selection.apply import SelectionResult, apply_recipe
 from curation.selection.pickers import DomainRows, domain_rng, random_k
 from curation.selection.recipe import Recipe, SelectionError
 
-BASELINES = ("random", "random-tokens", "longest", "full")
+BASELINES = ("random", "random-tokens", "longest", "full", "natural")
 
 
 def random_baseline(table, recipe: Recipe, run_kind: str | None = None) -> SelectionResult:
@@ -46,6 +52,9 @@ def baseline_ids(kind: str, table, eligible: np.ndarray, wanted: dict[str, tuple
     ids = df["example_id"].astype(str).to_numpy()
     domain = df["domain"].astype(str).to_numpy()
     resp = df["n_response_tokens"].fillna(0).astype(np.int64).to_numpy()
+    if kind == "natural":
+        wanted = natural_quota(domain, eligible, sum(n for n, _ in wanted.values()))
+        kind = "random"
     out: list[str] = []
     for d in sorted(wanted):
         where = np.flatnonzero(eligible & (domain == d))
@@ -53,6 +62,16 @@ def baseline_ids(kind: str, table, eligible: np.ndarray, wanted: dict[str, tuple
         n, tokens = wanted[d]
         out += ids[where[baseline_positions(kind, ids[where], resp[where], n, tokens, seed, d)]].tolist()
     return out
+
+
+def natural_quota(domain: np.ndarray, eligible: np.ndarray, n: int) -> dict[str, tuple[int, int]]:
+    """``n`` examples split over every pool domain by its share of the pool (largest remainder),
+    a domain short of eligible rows giving its rest to the others (as ``--fill`` does)."""
+    pool = sorted(set(domain.tolist()))
+    shares = {d: Fraction(int((domain == d).sum()), len(domain)) for d in pool}
+    capacity = {d: int((eligible & (domain == d)).sum()) for d in pool}
+    alloc, _, _ = allocate(n, shares, capacity, fill=True)
+    return {d: (alloc[d], 0) for d in pool if alloc[d] > 0}
 
 
 def baseline_positions(kind: str, ids: np.ndarray, resp: np.ndarray, n: int, tokens: int, seed: int,

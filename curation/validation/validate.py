@@ -16,7 +16,14 @@ the selection       its examples; only the training order changes with the seed
                     fair comparison when a score prefers short or long answers), a new sample per seed
 ``longest``         per domain, the examples with the longest responses, as many as the selection
 ``full``            every eligible example (one seed): the ceiling
+``natural``         as many examples as the selection, a random sample at the pool's natural domain
+                    proportions (whatever the selection's mix), a new sample per seed: what a mix
+                    change is judged against
 ==================  ===============================================================================
+
+Besides each eval domain, every comparison is also made on the ``--objective`` (the mean of the
+domains' NLL by default; ``worst``: the largest; or weights), so a mix that trades one domain
+for another gets one verdict too.
 
 Evaluation: the mean assistant-token NLL of every held-out eval example (``--eval DOMAIN=PATH``)
 under the base model and each trained model, through the score cache.  An eval example that is
@@ -29,35 +36,31 @@ VAL_DIR::
     curves.parquet    candidate, seed, step, loss, lr, tokens (each training's loss curve)
     report.json       every number: config, provenance, candidates, statistics, verdicts, lengths
     report.md         a short human summary
-    parts/            one committed part per finished (candidate, seed): a resumed job skips them
-    train/            trainings in progress (their checkpoints are removed once evaluated)
+    study.json, parts/, train/   the study folder (:mod:`curation.validation.proxy`): a folder
+                      holds one validation (other settings are refused); a resumed job skips the
+                      committed parts
 
-A (candidate, seed) whose training set, seed, model and settings were trained before, by this or
-another validation, is not trained again: its weights fingerprint and loss curve are kept in the
-score cache's ``trainings/`` folder, and its eval rows in the score cache itself.
+The trainings are :mod:`curation.validation.proxy`'s: a (candidate, seed) whose training set, seed,
+model and settings were trained before, by this or another validation or a mix study, is not
+trained again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from curation.config import ComputeConfig, check_positive, option, parse_pairs, project
+from curation.config import ComputeConfig, check_positive, option, parse_pairs, result_key
 from curation.progress import Progress, Reporter
 from curation.runs.training import TrainConfig
 from curation.selection.baselines import BASELINES
 from curation.selection.recipe import Recipe
-
-
-
-class ValidationError(ValueError):
-    """A validation that cannot run as asked (the message says what to change)."""
+from curation.validation.mixing_law import MixError, parse_objective
+from curation.validation.proxy import (EvalSets, Training, ValidationError, assemble, claim_study, evaluate_base,
+                                       file_fingerprints, open_proxy, run_trainings, slug, study_key)
 
 
 @dataclass(kw_only=True)
@@ -84,6 +87,8 @@ class ValidateConfig(TrainConfig, ComputeConfig):
                                              "an eval example (refused by default: they measure memorisation)")
     ngram: int = option(Recipe.ngram, "contamination check: consecutive words shared with an eval example that flag a "
                             "training example")
+    objective: str = option("mean", "also compare on one number over the eval domains: mean (of their NLL), "
+                                    "worst (the largest), or DOMAIN=W,... (weights)")
     keep_models: bool = option(False, "keep the trained models (else only their loss curves and eval results)",
                                result=False)
     epochs: int = option(3, "passes over each candidate's training set")
@@ -111,6 +116,10 @@ class ValidateConfig(TrainConfig, ComputeConfig):
         missing = [d for d in self.generate if d not in self.eval]
         if missing:
             raise ValueError(f"generate {missing}: no --eval set of that domain")
+        try:
+            parse_objective(self.objective, sorted(self.eval))
+        except MixError as e:
+            raise ValueError(str(e)) from None
 
     def baseline_list(self) -> list[str]:
         return [b.strip() for b in self.baselines.split(",") if b.strip()]
@@ -131,65 +140,47 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     """Run (or finish) a validation and return its folder (see the module docstring)."""
     from curation.atomic import write_json, write_parquet, write_text
     from curation.scoring.engine import open_engine
-    from curation.scoring.models import load_model
-    from curation.scoring.passes import PassSettings, score_pass
     from curation.validation.verdicts import build_report
 
     report, out, t0 = Reporter(progress), Path(cfg.out), time.time()
-    out.mkdir(parents=True, exist_ok=True)
     report(phase="reading selections", done=0, total=None)
     run, sels = read_selections(cfg.selections)
     meta, table = run.require_finished(), run.scores()
     candidates = build_candidates(cfg, sels, table, meta.get("kind"), run)
-
-    report(phase="loading model")
-    model = cfg.model or (meta["model"]["path"] if Path(meta["model"]["path"]).exists() else meta["model"]["spec"])
-    lm = load_model(model, device=cfg.device, dtype=cfg.dtype)
-    template = run_template(lm, meta)
-    settings = PassSettings.of(cfg, lm, template, meta["max_length"])
-    report(phase="loading eval sets")
-    evals = load_evals(cfg.eval, set(table["example_id"]), lm.tokenizer, template, meta["max_length"])
-    ev_ids = [e.example_id for e in evals.examples]
+    trainings = [Training(c.name, s, c.ids[s]) for c in candidates for s in c.seeds]
+    settings = {**result_key(cfg), "selections": [str(s.path.resolve()) for s in sels],
+                "eval_files": file_fingerprints(cfg.eval)}
+    claim_study(out, "validate", study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings]),
+                settings)
     if not cfg.allow_contaminated and not all(already_decontaminated(sel.recipe(), cfg.eval, cfg.ngram) for sel in sels):
         report(phase="checking contamination")
         check_contamination(run, candidates, cfg.eval, cfg.ngram)
-    pool = pool_encodings(run, meta, candidates, lm.tokenizer, template, report)
+    proxy = open_proxy(cfg, run, meta, table, set().union(*(t.ids for t in trainings)), report)
+    with open_engine(cfg) as proxy.settings.engine:  # this process, or Ray workers (--engine ray)
+        base = evaluate_base(proxy, report)
+        parts = run_trainings(cfg, proxy, trainings, out, report)
 
-    jobs = [(c, s) for c in candidates for s in c.seeds]
-    with open_engine(cfg) as settings.engine:  # this process, or Ray workers (--engine ray)
-        base_rows = score_pass(lm.source(), lm.fingerprint, ev_ids, evals.encoded, settings, report,
-                               "evaluating base model")
-        parts = [eval_rows("base", -1, evals, base_rows)]
-        for n, (cand, seed) in enumerate(jobs, start=1):
-            part = out / "parts" / f"{_slug(cand.name)}-seed{seed}.parquet"
-            if not part.is_file():
-                label = f"{cand.name} seed {cand.seeds.index(seed) + 1}/{len(cand.seeds)} ({n}/{len(jobs)})"
-                fp, curve = train_candidate(cfg, lm, pool, cand.ids[seed], seed, out / "train" / part.stem, settings,
-                                            ev_ids, evals, report, label)
-                rows = eval_rows(cand.name, seed, evals, settings.cache.load(settings.key(fp), set(ev_ids)))
-                write_json(part.with_suffix(".curve.json"), curve)
-                write_parquet(part, rows)  # the commit: a resumed validation skips this (candidate, seed)
-            parts.append(part)
-
-    report(phase="statistics", done=len(jobs), total=len(jobs))
-    results, curves = assemble(parts)
+    report(phase="statistics", done=len(trainings), total=len(trainings))
+    results, curves = assemble(base, parts)
     write_parquet(out / "results.parquet", results)
     write_parquet(out / "curves.parquet", curves)
-    stats = {m: build_report(results, metric=m, pairs=comparison_pairs(candidates), seed=cfg.seed)
+    objective = parse_objective(cfg.objective, sorted(cfg.eval))
+    stats = {m: build_report(results, metric=m, pairs=comparison_pairs(candidates), seed=cfg.seed, objective=objective)
              for m in ("token", "example")}
+    lm, template = proxy.lm, proxy.template
     rep = {
-        "kind": "validate", "config": {**_config_dict(cfg)}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kind": "validate", "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": run.provenance(), "model": lm.describe(), "template": {"name": template.name, "fingerprint": template.fingerprint},
         "selections": [{"name": s.name, "dir": str(s.path.resolve()), "recipe": s.recipe().to_dict()} for s in sels],
-        "eval": evals.provenance, "candidates": describe_candidates(candidates, table),
+        "eval": proxy.evals.provenance, "candidates": describe_candidates(candidates, table),
         "statistics": stats, "lengths": length_report(sels, candidates, table),
         "seconds": round(time.time() - t0, 1),
     }
     if cfg.generate:
-        rep["generation"] = generation_eval(cfg, lm, evals, candidates, out, report)
+        rep["generation"] = generation_eval(cfg, lm, proxy.evals, candidates, out, report)
     write_json(out / "report.json", rep)
     write_text(out / "report.md", report_markdown(rep))
-    report(phase="done", done=len(jobs), total=len(jobs))
+    report(phase="done", done=len(trainings), total=len(trainings))
     return out
 
 
@@ -329,135 +320,6 @@ def length_report(sels, candidates, table) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Data: the pool's training examples and the eval sets
-
-
-@dataclass
-class EvalSets:
-    examples: list  # curation.data.load.Example, in order
-    encoded: list  # curation.data.templates.Encoded, same order
-    provenance: list[dict]
-
-
-def run_template(lm, meta: dict):
-    """The run's template, checked against its recorded fingerprint (the eval and the training must
-    mask tokens exactly as the run did)."""
-    from curation.data.templates import resolve_template
-
-    template = resolve_template(lm.tokenizer, meta.get("config", {}).get("template", "auto"))
-    want = meta.get("template", {}).get("fingerprint")
-    if want and template.fingerprint != want:
-        raise ValidationError(f"the model's chat template ({template.fingerprint}) differs from the run's ({want}); "
-                              "validate with the run's model or give --model a model with the same template")
-    return template
-
-
-def load_evals(specs: dict[str, str], pool_ids: set[str], tokenizer, template, max_length: int) -> EvalSets:
-    """The eval sets, normalised like any source; refused if an example is also in the pool."""
-    from curation.data.load import RecordError, SourceSpec, load_sources
-    from curation.runs.folder import source_entries
-    from curation.data.templates import encode_many
-
-    data = load_sources([SourceSpec(path=p, domain=d) for d, p in specs.items()])
-    for e in data.examples:
-        if e.example_id in pool_ids:
-            raise ValidationError(f"eval example {e.source} #{e.source_index} (id {e.example_id}) is also in the pool the "
-                                  "selections were made from; it would measure memorisation, not learning. Remove it "
-                                  "from the eval file.")
-    examples, encoded = [], []
-    left_out = [{"source": r.source, "source_index": r.source_index, "reason": r.reason} for r in data.rejected]
-    for e, x in zip(data.examples, encode_many(tokenizer, template, [e.messages for e in data.examples], max_length)):
-        if isinstance(x, RecordError) or x.n_response_tokens == 0:
-            left_out.append({"source": e.source, "source_index": e.source_index,
-                             "reason": str(x) if isinstance(x, RecordError) else "no assistant token within max length"})
-        else:
-            examples.append(e)
-            encoded.append(x)
-    prov = source_entries(data.sources)
-    for p in prov:
-        p["left_out"] = [r for r in left_out if r["source"] == p["source"]]
-        p["n_evaluated"] = sum(e.source == p["source"] for e in examples)
-    return EvalSets(examples, encoded, prov)
-
-
-def pool_encodings(run, meta: dict, candidates, tokenizer, template, report) -> dict[str, object]:
-    """``{example_id: Encoded}`` of every pool example some candidate trains on, re-read from the
-    run's sources (refused if a source changed since the run)."""
-    from curation.runs.folder import read_examples
-    from curation.data.templates import encode_many
-
-    needed = set().union(*[set(i) for c in candidates for i in c.ids.values()])
-    table = run.scores()
-    rows = table[table["example_id"].isin(needed)][["source", "source_index", "example_id"]]
-    report(phase="reading training examples", done=0, total=len(rows))
-    records = read_examples(meta, rows.itertuples(index=False), check_fingerprints=True)
-    enc = encode_many(tokenizer, template, [m for _, m in records], meta["max_length"])
-    return dict(zip(rows["example_id"], enc))
-
-
-# ----------------------------------------------------------------------------------------------
-# Training and evaluation of one (candidate, seed)
-
-
-def train_candidate(cfg: ValidateConfig, lm, pool: dict, ids: list[str], seed: int, folder: Path, settings,
-                    ev_ids: list[str], evals: EvalSets, report, label: str) -> tuple[str, list[dict]]:
-    """Fine-tune the proxy on ``ids`` with ``seed`` and score it on the eval sets (unless a training
-    of exactly this set, seed and settings was done before); ``(weights fingerprint, loss curve)``."""
-    from curation.atomic import write_json
-    from curation.scoring.passes import score_pass
-    from curation.runs.training import checkpoint_model, train
-
-    tcfg = project(cfg, TrainConfig)
-    tcfg.seed = seed
-    key = hashlib.sha256(json.dumps({"model": lm.fingerprint, "train": tcfg.result_key(), "ids": sorted(ids),
-                                     "template": settings.template, "max_length": settings.max_length,
-                                     "device": settings.device.split(":")[0]}, sort_keys=True).encode()).hexdigest()[:24]
-    known = settings.cache.root / "trainings" / f"{key}.json"
-    if known.is_file():
-        info = json.loads(known.read_text())
-        if len(settings.cache.load(settings.key(info["fingerprint"]), set(ev_ids), columns=("n_tokens",))) == len(ev_ids):
-            report(phase=f"reusing the training of {label}", done=0, total=None)
-            return info["fingerprint"], info["loss_curve"]
-    res = train(lm.path, lm.tokenizer, [pool[i] for i in ids], tcfg, folder, 1, device=lm.device,
-                progress=report, phase=f"training {label}", engine=settings.engine)
-    fp, model = checkpoint_model(lm, res.checkpoints[-1], report)
-    score_pass(model, fp, ev_ids, evals.encoded, settings, report, f"evaluating {label}")
-    write_json(known, {"fingerprint": fp, "loss_curve": res.loss_curve, "tokens_trained": res.tokens_trained,
-                       "n_examples": len(ids)})
-    if not cfg.keep_models:
-        shutil.rmtree(folder, ignore_errors=True)
-    return fp, res.loss_curve
-
-
-def eval_rows(candidate: str, seed: int, evals: EvalSets, rows: dict[str, dict]):
-    """The results rows of one model: ``candidate, seed, domain, example_id, nll, n_tokens``."""
-    import pandas as pd
-
-    out = []
-    for e in evals.examples:
-        r = rows[e.example_id]
-        out.append({"candidate": candidate, "seed": seed, "domain": e.domain, "example_id": e.example_id,
-                    "nll": r["loss_sum"] / r["n_tokens"], "n_tokens": int(r["n_tokens"])})
-    return pd.DataFrame(out)
-
-
-def assemble(parts):
-    """``(results, curves)`` from the base rows and the committed parts (with their loss curves)."""
-    import pandas as pd
-
-    frames, curves = [], []
-    for p in parts:
-        df = p if isinstance(p, pd.DataFrame) else pd.read_parquet(p)
-        if not isinstance(p, pd.DataFrame):
-            cand, seed = df["candidate"].iloc[0], int(df["seed"].iloc[0])
-            curves += [{"candidate": cand, "seed": seed, **pt}
-                       for pt in json.loads(p.with_suffix(".curve.json").read_text())]
-        frames.append(df)
-    cols = ["candidate", "seed", "step", "loss", "lr", "tokens"]
-    return pd.concat(frames, ignore_index=True), pd.DataFrame(curves, columns=cols)
-
-
-# ----------------------------------------------------------------------------------------------
 # Optional: generation accuracy on math
 
 
@@ -481,7 +343,7 @@ def generation_eval(cfg: ValidateConfig, lm, evals: EvalSets, candidates, out: P
 
             for c in candidates:
                 for s in c.seeds:
-                    ckpt = out / "train" / f"{_slug(c.name)}-seed{s}" / "ckpt-1"
+                    ckpt = out / "train" / f"{slug(c.name)}-seed{s}" / "ckpt-1"
                     if not ckpt.is_dir():
                         continue
                     model = load_checkpoint(lm.path, ckpt, lm.device, lm.dtype)
@@ -542,13 +404,4 @@ def report_markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _slug(name: str) -> str:
-    import re
 
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-
-def _config_dict(cfg) -> dict:
-    from dataclasses import asdict
-
-    return asdict(cfg)

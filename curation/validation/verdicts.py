@@ -64,7 +64,8 @@ COLUMNS = ("candidate", "seed", "domain", "example_id", "nll", "n_tokens")
 METRICS = ("token", "example")
 METHODS = ("hybrid-t", "bootstrap")
 BASE = "base"
-BASELINES = ("random", "random-tokens")
+BASELINES = ("random", "random-tokens", "natural")
+OBJECTIVE = "objective"  # the pseudo-domain of the comparisons on the objective over the eval domains
 LEVEL = 0.95
 
 
@@ -230,12 +231,13 @@ def _align(c: _Arm, b: _Arm) -> tuple[np.ndarray, np.ndarray]:
 # The paired comparison
 
 
-@functools.lru_cache(maxsize=8)
-def _example_counts(seed: int, n_boot: int, n: int) -> np.ndarray:
+@functools.lru_cache(maxsize=16)
+def _example_counts(seed: int, n_boot: int, n: int, stream: int = 0) -> np.ndarray:
     """``C[b, e]``: how often example ``e`` is drawn in resample ``b`` (from an n_boot x n index
     matrix drawn with replacement).  Its own random stream, so every comparison of ``n``
-    examples uses the same resamples (cached; read-only)."""
-    rng = np.random.default_rng([seed, 0])
+    examples uses the same resamples (cached; read-only); ``stream`` gives the eval domains of an
+    objective independent resamples."""
+    rng = np.random.default_rng([seed, 0] if stream == 0 else [seed, 0, stream])
     idx = rng.integers(0, n, size=(n_boot, n), dtype=np.int64)
     flat = (idx + (np.arange(n_boot) * n)[:, None]).ravel()
     counts = np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
@@ -283,13 +285,48 @@ def _compare(arm_c: _Arm, arm_b: _Arm, metric: str, method: str, n_boot: int, se
     nll_b, w_b = _align(arm_c, arm_b)
     full_c = (w_c * nll_c).sum(1) / w_c.sum(1)  # per-seed values on the whole eval set
     full_b = (w_b * nll_b).sum(1) / w_b.sum(1)
-    value_c, value_b = float(full_c.mean()), float(full_b.mean())
-    diff = value_c - value_b
-    n_c, n_b, n_ex = len(full_c), len(full_b), nll_c.shape[1]
-
-    counts = _example_counts(seed, n_boot, n_ex)  # the same example resample for both arms
+    counts = _example_counts(seed, n_boot, nll_c.shape[1])  # the same example resample for both arms
     boot_c = _boot_seed_values(counts, nll_c, w_c)  # [n_boot, n_c]
     boot_b = _boot_seed_values(counts, nll_b, w_b)
+    return _interval(arm_c.candidate, arm_b.candidate, arm_c.domain, full_c, full_b, boot_c, boot_b,
+                     nll_c.shape[1], metric, method, n_boot, seed)
+
+
+def _compare_objective(arms_c: list[_Arm], arms_b: list[_Arm], objective: dict, metric: str, method: str,
+                       n_boot: int, seed: int) -> PairedDiff:
+    """The paired difference of the objective over eval domains (``mean``/weighted: a weighted mean
+    of the domain metrics; ``worst``: their largest), each domain resampled independently."""
+    full_c, full_b, boot_c, boot_b = [], [], [], []
+    for i, (c, b) in enumerate(zip(arms_c, arms_b), start=1):
+        if not np.array_equal(c.seeds, arms_c[0].seeds) or not np.array_equal(b.seeds, arms_b[0].seeds):
+            raise VerdictsError(f"{c.candidate!r} or {b.candidate!r} has other seeds in domain {c.domain!r} than in "
+                                f"{arms_c[0].domain!r}; the objective combines the domains seed by seed")
+        nll_b, w_b = _align(c, b)
+        full_c.append((c.w * c.nll).sum(1) / c.w.sum(1))
+        full_b.append((w_b * nll_b).sum(1) / w_b.sum(1))
+        counts = _example_counts(seed, n_boot, c.nll.shape[1], stream=i)
+        boot_c.append(_boot_seed_values(counts, c.nll, c.w))
+        boot_b.append(_boot_seed_values(counts, nll_b, w_b))
+
+    def combine(values: list[np.ndarray]) -> np.ndarray:
+        stack = np.stack(values, axis=-1)  # [..., domains]
+        if objective["kind"] == "worst":
+            return stack.max(axis=-1)
+        return stack @ np.array([objective["weights"][a.domain] for a in arms_c])
+
+    n_ex = sum(a.nll.shape[1] for a in arms_c)
+    return _interval(arms_c[0].candidate, arms_b[0].candidate, OBJECTIVE, combine(full_c), combine(full_b),
+                     combine(boot_c), combine(boot_b), n_ex, metric, method, n_boot, seed)
+
+
+def _interval(candidate: str, baseline: str, domain: str, full_c: np.ndarray, full_b: np.ndarray,
+              boot_c: np.ndarray, boot_b: np.ndarray, n_ex: int, metric: str, method: str, n_boot: int,
+              seed: int) -> PairedDiff:
+    """The difference of the per-seed values' means with its interval (see the module docstring):
+    ``full_*`` per seed on the whole eval set, ``boot_*`` per (example resample, seed)."""
+    value_c, value_b = float(full_c.mean()), float(full_b.mean())
+    diff = value_c - value_b
+    n_c, n_b = len(full_c), len(full_b)
     se_ex = float((boot_c.mean(1) - boot_b.mean(1)).std(ddof=1))
 
     var_c = float(full_c.var(ddof=1)) if n_c >= 2 else None
@@ -299,9 +336,9 @@ def _compare(arm_c: _Arm, arm_b: _Arm, metric: str, method: str, n_boot: int, se
     elif var_c is None and var_b is None:
         seed_note, var_c, var_b = "not estimated", 0.0, 0.0
     elif var_c is None:
-        seed_note, var_c = f"borrowed from {arm_b.candidate}", var_b
+        seed_note, var_c = f"borrowed from {baseline}", var_b
     else:
-        seed_note, var_b = f"borrowed from {arm_c.candidate}", var_c
+        seed_note, var_b = f"borrowed from {candidate}", var_c
     a, b = var_c / n_c, var_b / n_b
     se_seeds = math.sqrt(a + b)
 
@@ -329,7 +366,7 @@ def _compare(arm_c: _Arm, arm_b: _Arm, metric: str, method: str, n_boot: int, se
         lo, hi = (float(x) for x in np.percentile(d, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2]))
         df_out = None
     return PairedDiff(
-        candidate=arm_c.candidate, baseline=arm_b.candidate, domain=arm_c.domain, metric=metric,
+        candidate=candidate, baseline=baseline, domain=domain, metric=metric,
         method=method, diff=diff, lo=float(lo), hi=float(hi), candidate_value=value_c,
         baseline_value=value_b, n_examples=n_ex, n_seeds_candidate=n_c, n_seeds_baseline=n_b,
         se_examples=se_ex, se_seeds=se_seeds, df=df_out, seed_variance=seed_note, n_boot=n_boot,
@@ -352,7 +389,7 @@ def verdict(diff: float, lo: float, hi: float, baseline: str = "the baseline") -
 
 def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[str, ...] = BASELINES,
                  base: str = BASE, n_boot: int = 2000, seed: int = 0, method: str = "hybrid-t",
-                 pairs: list[tuple[str, str]] | None = None) -> dict:
+                 pairs: list[tuple[str, str]] | None = None, objective: dict | None = None) -> dict:
     """The validate report as a JSON-ready dict.
 
     ``rows``: one per (candidate, domain), the base model included (``is_base``): mean, sd, min,
@@ -360,6 +397,9 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
     ``comparisons``: one per (candidate, baseline present in the table, domain), every candidate but
     the base model and the baseline itself (or only the ``(candidate, baseline)`` ``pairs`` given):
     both means and sds, the paired difference, its interval, the verdict key and text.
+    With ``objective`` (``{"kind": "mean" | "weighted" | "worst", "weights": {domain: w}}``), each
+    pair also gets a comparison on it, with the domain :data:`OBJECTIVE`, when both were scored in
+    every eval domain.
     """
     _check_args(metric, method, n_boot)
     summary = summarize(results, metric)
@@ -397,18 +437,12 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
                 if (cand, dom) not in stats or (bl, dom) not in stats:
                     continue
                 p = _compare(arm(cand, dom), arm(bl, dom), metric, method, n_boot, seed)
-                v = verdict(p.diff, p.lo, p.hi, bl)
-                sc, sb = stats[(cand, dom)], stats[(bl, dom)]
-                comparisons.append({
-                    "candidate": cand, "baseline": bl, "domain": dom,
-                    "candidate_mean": _py(sc.mean), "candidate_sd": _py(sc.sd),
-                    "baseline_mean": _py(sb.mean), "baseline_sd": _py(sb.sd),
-                    "diff": p.diff, "lo": p.lo, "hi": p.hi,
-                    "verdict": v.key, "verdict_text": v.text,
-                    "n_examples": p.n_examples, "n_seeds_candidate": p.n_seeds_candidate,
-                    "n_seeds_baseline": p.n_seeds_baseline, "se_examples": p.se_examples,
-                    "se_seeds": p.se_seeds, "df": p.df, "seed_variance": p.seed_variance,
-                })
+                comparisons.append(_comparison(p, stats[(cand, dom)].sd, stats[(bl, dom)].sd))
+            if objective is not None and len(domains) > 1 and all(
+                    (cand, d) in stats and (bl, d) in stats for d in domains):
+                p = _compare_objective([arm(cand, d) for d in domains], [arm(bl, d) for d in domains], objective,
+                                       metric, method, n_boot, seed)
+                comparisons.append(_comparison(p, None, None))
     return {
         "metric": metric,
         "metric_text": ("token-weighted mean assistant-token NLL" if metric == "token"
@@ -418,9 +452,22 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
         "base": base if base in candidates else None,
         "baselines": present,
         "domains": domains,
+        "objective": objective,
         "rows": rows,
         "comparisons": comparisons,
     }
+
+
+def _comparison(p: PairedDiff, sd_c, sd_b) -> dict:
+    """A report's comparison row: both means and seed sds, the difference, its interval, the verdict."""
+    v = verdict(p.diff, p.lo, p.hi, p.baseline)
+    return {"candidate": p.candidate, "baseline": p.baseline, "domain": p.domain,
+            "candidate_mean": _py(p.candidate_value), "candidate_sd": _py(sd_c),
+            "baseline_mean": _py(p.baseline_value), "baseline_sd": _py(sd_b),
+            "diff": p.diff, "lo": p.lo, "hi": p.hi, "verdict": v.key, "verdict_text": v.text,
+            "n_examples": p.n_examples, "n_seeds_candidate": p.n_seeds_candidate,
+            "n_seeds_baseline": p.n_seeds_baseline, "se_examples": p.se_examples,
+            "se_seeds": p.se_seeds, "df": p.df, "seed_variance": p.seed_variance}
 
 
 def _py(v):

@@ -1,0 +1,446 @@
+"""The ``mix`` study: what a chat/math mix does to each eval set, the recommended mix, and the law.
+
+    read the run -> the design (mixes) -> per mix and seed a selection at the budget (random
+    inside each domain, or a score's top-k) -> train and evaluate each exactly as validate does
+    (curation.validation.proxy: same trainer, settings and training cache) -> per eval set, fit
+    the mixing law (curation.validation.mixing_law) with bootstrap intervals over seeds and eval
+    examples -> leave-one-mix-out errors beside linear interpolation -> the mix that minimises the
+    objective, its predicted losses, the Pareto front -> report
+
+Designs: two domains, ``--design N`` evenly spaced shares of the first domain over [0, 1] (ends
+included); more domains, ``--design simplex`` (vertices, edge midpoints, centroid) or
+``dirichlet:N`` (the vertices and N seeded Dirichlet draws), always with the pool's natural mix.
+Every mix trains on the same number of examples (``--budget``), drawn from the pool's eligible
+rows after leaving out the examples that share an ``--ngram``-word sequence with the eval sets.
+
+MIX_DIR::
+
+    results.parquet   candidate (the mix), seed, domain (eval set), example_id, nll, n_tokens
+    curves.parquet    every training's loss curve
+    report.json       design, measured losses, fitted laws with intervals, leave-one-out errors,
+                      the recommended mix and its predicted losses, the Pareto front, the bootstrap
+                      parameters (for predicting any mix: :class:`MixStudy`)
+    report.md         the findings in words, and the commands that validate the recommendation
+    study.json, parts/, train/   the study folder (curation.validation.proxy): resumable
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from curation.config import ComputeConfig, check_positive, option, parse_pairs, result_key
+from curation.progress import Progress, Reporter
+from curation.runs.training import TrainConfig
+from curation.scores import SCORES
+from curation.selection.recipe import Recipe
+from curation.validation.mixing_law import (Law, MixError, dirichlet_design, fit_law, grid, leave_one_out,
+                                            objective_values, pareto_front, parse_objective, recommend,
+                                            simplex_design, two_domain_design)
+from curation.validation.proxy import (Training, assemble, claim_study, evaluate_base,
+                                       file_fingerprints, open_proxy, run_trainings, study_key)
+
+MAX_SEEDS = 50
+MAX_POINTS = 64
+
+
+@dataclass(kw_only=True)
+class MixConfig(TrainConfig, ComputeConfig):
+    """Settings of a mix study (the CLI, the job store and the Mix page build this).  The training
+    settings are validate's: the same trainer, defaults and training cache."""
+
+    run: str = option(help="folder of a finished score or learn run (the pool)", positional=True, metavar="RUN_DIR")
+    out: str = option(help="study folder (report.json, report.md, results.parquet, curves.parquet)", result=False)
+    eval: dict[str, str] = option(help="held-out eval sets as NAME=PATH (any format the loader reads); repeatable",
+                                  default_factory=dict, metavar="NAME=PATH")
+    budget: str = option("10%", "examples per training: N, or P% of the pool (the same at every mix)")
+    design: str = option("auto", "the mixes: N evenly spaced shares over [0, 1] for two domains (auto: 5); "
+                                 "simplex (auto) or dirichlet:N for more domains")
+    seeds: int = option(2, "trainings per mix (seeds added to --seed): error bars and the bootstrap over seeds")
+    method: str = option("random", "how each mix picks inside a domain: random, or a ranking score (its top-k)")
+    objective: str = option("mean", "what the recommended mix minimises over the eval sets' NLL: mean, worst, "
+                                    "or NAME=W,... (weights)")
+    model: str | None = option(None, "the proxy model to fine-tune (default: the run's model)")
+    ngram: int = option(Recipe.ngram, "pool examples sharing this many consecutive words with an eval example are "
+                                      "left out of every mix")
+    bootstrap: int = option(400, "bootstrap resamples (over seeds and eval examples) for the intervals")
+    keep_models: bool = option(False, "keep the trained models (else only their loss curves and eval results)",
+                               result=False)
+    epochs: int = option(3, "passes over each mix's training set")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+
+    def __post_init__(self):
+        ComputeConfig.__post_init__(self)
+        TrainConfig.__post_init__(self)
+        self.eval = parse_pairs(self.eval, "NAME=PATH")
+        if not self.eval:
+            raise ValueError("give held-out eval sets with --eval NAME=PATH (the default workspace has "
+                             "workspace/eval/chat.jsonl and workspace/eval/math.jsonl)")
+        check_positive(self, "seeds", "ngram", "bootstrap")
+        if self.seeds > MAX_SEEDS:
+            raise ValueError(f"seeds {self.seeds}: at most {MAX_SEEDS} trainings per mix")
+        if self.bootstrap < 100:
+            raise ValueError(f"bootstrap {self.bootstrap}: use at least 100 resamples for a 95% interval")
+        if self.method not in SCORES or (self.method != "random" and not SCORES[self.method].ranks):
+            ranking = [n for n, s in SCORES.items() if s.ranks]
+            raise ValueError(f"method {self.method!r}: expected random or a ranking score ({', '.join(ranking)})")
+        budget = Recipe(method="random", budget=self.budget).budget_spec
+        if budget.kind == "tokens":
+            raise ValueError(f"budget {self.budget}: a mix study holds the number of examples fixed; give N or P%")
+        try:
+            parse_objective(self.objective, sorted(self.eval))
+        except MixError as e:
+            raise ValueError(str(e)) from None
+        parse_design(self.design, 2)  # the form; the domains are checked against the run
+
+
+# ----------------------------------------------------------------------------------------------
+# The study
+
+
+def run_mix(cfg: MixConfig, progress: Progress | None = None) -> Path:
+    """Run (or finish) a mix study and return its folder (see the module docstring)."""
+    from curation.atomic import write_json, write_parquet, write_text
+    from curation.runs.folder import Run
+    from curation.scoring.engine import open_engine
+
+    report, out, t0 = Reporter(progress), Path(cfg.out), time.time()
+    report(phase="reading the run", done=0, total=None)
+    run = Run(cfg.run)
+    meta, table = run.require_finished(), run.scores()
+    domains = sorted(table["domain"].astype(str).unique().tolist())
+    if len(domains) < 2:
+        raise MixError(f"{run.path} has one domain ({domains[0]}); a mix needs two or more")
+    counts = table["domain"].astype(str).value_counts()
+    natural = np.array([counts[d] / len(table) for d in domains])
+    mixes = design_points(cfg.design, domains, natural, cfg.seed)
+    if len(mixes) > MAX_POINTS:
+        raise MixError(f"design {cfg.design}: {len(mixes)} mixes; at most {MAX_POINTS}")
+    points, trainings = selections(cfg, run, table, meta, domains, mixes, report)
+
+    settings = {**result_key(cfg), "run": str(run.path.resolve()), "eval_files": file_fingerprints(cfg.eval)}
+    claim_study(out, "mix", study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings]),
+                settings)
+    proxy = open_proxy(cfg, run, meta, table, set().union(*(t.ids for t in trainings)), report)
+    with open_engine(cfg) as proxy.settings.engine:  # trainings one after another, or Ray tasks side by side
+        base = evaluate_base(proxy, report)
+        parts = run_trainings(cfg, proxy, trainings, out, report)
+    trained = time.time()
+
+    report(phase="fitting the mixing law", done=len(trainings), total=len(trainings))
+    results, curves = assemble(base, parts)
+    write_parquet(out / "results.parquet", results)
+    write_parquet(out / "curves.parquet", curves)
+    evals = sorted(cfg.eval)
+    objective = parse_objective(cfg.objective, evals)
+    fit = analyse(results, points, domains, evals, objective, natural, cfg.bootstrap, cfg.seed)
+    rep = {
+        "kind": "mix", "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run": run.provenance(), "model": proxy.lm.describe(), "eval": proxy.evals.provenance,
+        "domains": domains, "evals": evals, "natural": dict(zip(domains, natural.tolist())),
+        "objective": objective, "points": points, **fit,
+        "commands": commands(cfg, run, fit["recommended"]["mix"]),
+        "seconds": round(time.time() - t0, 1), "training_seconds": round(trained - t0, 1),
+    }
+    write_json(out / "report.json", rep)
+    write_text(out / "report.md", report_markdown(rep))
+    report(phase="done", done=len(trainings), total=len(trainings))
+    return out
+
+
+def parse_design(text: str, n_domains: int) -> tuple[str, int | None]:
+    """``auto`` -> two domains: ("even", 5), more: ("simplex", None); ``N`` -> ("even", N) (two
+    domains only); ``simplex``; ``dirichlet:N``."""
+    t = str(text).strip().lower()
+    if t == "auto":
+        return ("even", 5) if n_domains == 2 else ("simplex", None)
+    if re.fullmatch(r"\d+", t):
+        if n_domains != 2:
+            raise MixError(f"design {text}: N evenly spaced shares is a two-domain design; this pool has {n_domains} "
+                           "domains: use --design simplex or dirichlet:N")
+        if not 3 <= int(t) <= MAX_POINTS:
+            raise MixError(f"design {text}: use 3 to {MAX_POINTS} evenly spaced shares (5 is the usual)")
+        return "even", int(t)
+    if t == "simplex":
+        return "simplex", None
+    m = re.fullmatch(r"dirichlet:(\d+)", t)
+    if m and 1 <= int(m.group(1)) <= MAX_POINTS:
+        return "dirichlet", int(m.group(1))
+    raise MixError(f"design {text!r}: expected auto, N (two domains), simplex or dirichlet:N")
+
+
+def design_points(text: str, domains: list[str], natural: np.ndarray, seed: int) -> np.ndarray:
+    kind, n = parse_design(text, len(domains))
+    if kind == "even":
+        if len(domains) != 2:
+            raise MixError(f"design {text}: a two-domain design for {len(domains)} domains")
+        return two_domain_design(n)
+    if kind == "simplex":
+        return simplex_design(len(domains), natural)
+    return dirichlet_design(len(domains), n, seed, natural)
+
+
+def mix_label(domains: list[str], shares) -> str:
+    return ",".join(f"{d}={round(float(s), 4):g}" for d, s in zip(domains, shares))
+
+
+def selections(cfg: MixConfig, run, table, meta, domains: list[str], mixes: np.ndarray, report):
+    """Per mix and seed the selection at the budget: ``(points, trainings)``."""
+    from curation.selection.annotate import annotate
+    from curation.selection.apply import apply_recipe
+
+    report(phase="selecting the mixes' training sets", done=0, total=len(mixes))
+    base = Recipe(method=cfg.method, budget=cfg.budget, decontaminate=list(cfg.eval.values()), ngram=cfg.ngram)
+    annotated = annotate(run, table, base)
+    points, trainings = [], []
+    for m, shares in enumerate(mixes):
+        label = mix_label(domains, shares)
+        per_seed = []
+        for s in range(cfg.seeds):
+            recipe = Recipe(**{**base.to_dict(), "mix": dict(zip(domains, shares.tolist())), "seed": cfg.seed + s})
+            sel = apply_recipe(annotated, recipe, meta.get("kind"))
+            short = {d: p for d, p in sel.domains.items() if p.shortfall}
+            if short:
+                d, p = next(iter(short.items()))
+                raise MixError(f"mix {label}: domain {d} has {p.eligible} eligible examples for its {p.quota} of the "
+                               f"budget {cfg.budget}; lower --budget, or use a design without that mix")
+            per_seed.append(sel)
+            trainings.append(Training(label, cfg.seed + s, sel.rows["example_id"].tolist()))
+        first = per_seed[0]
+        points.append({"name": label, "mix": dict(zip(domains, shares.tolist())),
+                       "examples": {d: p.selected for d, p in first.domains.items()},
+                       "tokens": {d: p.tokens for d, p in first.domains.items()},
+                       "eligible": {d: p.eligible for d, p in first.domains.items()}})
+        report(done=m + 1)
+    return points, trainings
+
+
+# ----------------------------------------------------------------------------------------------
+# The analysis: measured values, fits, leave-one-out, bootstrap, recommendation
+
+
+def measured(results, points: list[dict], evals: list[str]) -> dict:
+    """``{eval: (n_points, n_seeds) array}`` of the token-weighted NLL of every training."""
+    from curation.validation.verdicts import seed_values
+
+    per_seed = seed_values(results[results["candidate"] != "base"], "token")
+    out = {}
+    for e in evals:
+        rows = []
+        for p in points:
+            v = per_seed[(per_seed["candidate"] == p["name"]) & (per_seed["domain"] == e)].sort_values("seed")
+            rows.append(v["value"].to_numpy(dtype=np.float64))
+        out[e] = np.array(rows)
+    return out
+
+
+def analyse(results, points: list[dict], domains: list[str], evals: list[str], objective: dict,
+            natural: np.ndarray, n_boot: int, seed: int) -> dict:
+    """Fits, intervals, leave-one-out checks and the recommendation, as a JSON-ready dict."""
+    x = np.array([[p["mix"][d] for d in domains] for p in points])
+    values = measured(results, points, evals)
+    laws = {e: fit_law(x, values[e].mean(axis=1)) for e in evals}
+    boot = bootstrap_laws(results, points, evals, x, laws, n_boot, seed)
+    cand = grid(len(domains))
+    best, pred = recommend([laws[e] for e in evals], objective, evals, cand)
+    rec_mix = cand[best]
+    boot_best = [cand[recommend(b, objective, evals, cand)[0]] for b in zip(*(boot[e] for e in evals))]
+    front = pareto_front(np.column_stack([laws[e].predict(cand) for e in evals]))
+    step = max(1, len(front) // 50)
+    plot = grid(len(domains), step=0.01) if len(domains) == 2 else x
+    fit = {}
+    for e in evals:
+        y = values[e].mean(axis=1)
+        loo = leave_one_out(x, y)
+        spread = float(np.ptp(y))
+        seed_sd = float(np.nanmean(values[e].std(axis=1, ddof=1))) if values[e].shape[1] > 1 else None
+        fit[e] = {"law": laws[e].as_dict(domains), "interval": param_intervals(boot[e], domains),
+                  "measured": [{"point": p["name"], "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1
+                                else None, "seeds": v.tolist()} for p, v in zip(points, values[e])],
+                  "fitted": laws[e].predict(x).tolist(), "loo": loo, "spread": spread, "seed_sd": seed_sd,
+                  "verdict": loo_verdict(e, loo, spread, seed_sd),
+                  "curve": {"mixes": plot.tolist(), "fit": laws[e].predict(plot).tolist(),
+                            **band([b.predict(plot) for b in boot[e]])}}
+    at_natural = {e: {"value": float(laws[e].predict(natural)[0]), **band([b.predict(natural)[0] for b in boot[e]])}
+                  for e in evals}
+    return {
+        "fit": fit,
+        "recommended": {
+            "mix": dict(zip(domains, rec_mix.tolist())),
+            "mix_interval": {d: [float(v) for v in np.percentile([b[i] for b in boot_best], [2.5, 97.5])]
+                             for i, d in enumerate(domains)},
+            "objective": float(objective_values(pred[None, :], objective, evals)[0]),
+            "predicted": {e: {"value": float(pred[i]), **band([b.predict(rec_mix)[0] for b in boot[e]])}
+                          for i, e in enumerate(evals)},
+            "on_front": bool(best in set(front.tolist())),
+        },
+        "at_natural": at_natural,
+        "pareto": [{"mix": dict(zip(domains, cand[i].tolist())),
+                    "predicted": {e: float(laws[e].predict(cand[i])[0]) for e in evals}} for i in front[::step]],
+        "bootstrap": {"n": n_boot, "params": {e: [[b.c, b.k, *b.t.tolist()] for b in boot[e]] for e in evals}},
+    }
+
+
+def bootstrap_laws(results, points, evals, x, laws, n_boot: int, seed: int) -> dict[str, list[Law]]:
+    """Per eval set, the law refitted to ``n_boot`` resamples: eval examples drawn with replacement
+    (the same draw at every mix: the comparison across mixes is paired) and each mix's seeds drawn
+    with replacement."""
+    rng = np.random.default_rng([seed, 2024])
+    out = {}
+    for e in evals:
+        rows = results[(results["domain"] == e) & (results["candidate"] != "base")]
+        ids = np.array(sorted(rows["example_id"].unique()))
+        counts = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=n_boot).astype(np.float64)  # (B, n)
+        boot_values = []
+        for p in points:
+            r = rows[rows["candidate"] == p["name"]]
+            nll = r.pivot(index="seed", columns="example_id", values="nll")[ids].to_numpy()  # (S, n)
+            w = r.pivot(index="seed", columns="example_id", values="n_tokens")[ids].to_numpy(dtype=np.float64)
+            per_seed = (counts @ (w * nll).T) / (counts @ w.T)  # (B, S)
+            pick = rng.integers(0, per_seed.shape[1], size=per_seed.shape)
+            boot_values.append(np.take_along_axis(per_seed, pick, axis=1).mean(axis=1))
+        y = np.column_stack(boot_values)  # (B, n_points)
+        out[e] = [fit_law(x, y[b], start=laws[e].t) for b in range(n_boot)]
+    return out
+
+
+def band(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    lo, hi = np.percentile(v, [2.5, 97.5], axis=0)
+    return {"lo": lo.tolist() if np.ndim(lo) else float(lo), "hi": hi.tolist() if np.ndim(hi) else float(hi)}
+
+
+def param_intervals(laws: list[Law], domains: list[str]) -> dict:
+    c = np.percentile([b.c for b in laws], [2.5, 97.5]).tolist()
+    k = np.percentile([b.k for b in laws], [2.5, 97.5]).tolist()
+    t = np.percentile(np.array([b.t for b in laws]), [2.5, 97.5], axis=0)  # (2, d-1)
+    return {"c": c, "k": k, "t": {d: [float(t[0, i]), float(t[1, i])] for i, d in enumerate(domains[:-1])}}
+
+
+def loo_verdict(e: str, loo: dict, spread: float, seed_sd: float | None) -> str:
+    law, lin = loo["law_mae"], loo["linear_mae"]
+    noise = f"; seed sd {seed_sd:.4f}" if seed_sd is not None else ""
+    tail = f" (the measured losses span {spread:.4f} nats across the mixes{noise})"
+    if law is None:
+        return f"{e}: too few mixes for a leave-one-out check of the law" + tail
+    if lin is not None and law >= lin:
+        return (f"{e}: the mixing law predicts a left-out mix no better than linear interpolation between the "
+                f"measured mixes (mean leave-one-out error {law:.4f} vs {lin:.4f} nats)" + tail)
+    return (f"{e}: the mixing law predicts a left-out mix better than linear interpolation (mean leave-one-out error "
+            f"{law:.4f} vs {lin if lin is not None else float('nan'):.4f} nats)" + tail)
+
+
+def commands(cfg: MixConfig, run, mix: dict[str, float]) -> dict:
+    """The commands that turn the recommendation into a selection and validate it against the
+    natural mix (shares rounded to 0.01, the last one completing 1)."""
+    names = list(mix)
+    rounded = [round(mix[d], 2) for d in names[:-1]]
+    rounded.append(round(1 - sum(rounded), 2))
+    text = ",".join(f"{d}={v:g}" for d, v in zip(names, rounded))
+    evals = " ".join(cfg.eval.values())
+    sel = "SEL_DIR"
+    return {
+        "mix": text,
+        "select": (f"python -m curation select {run.path} --method {cfg.method} --budget {cfg.budget} --mix {text} "
+                   f"--decontaminate {evals} --out {sel}"),
+        "validate": (f"python -m curation validate {sel} " + " ".join(f"--eval {k}={v}" for k, v in cfg.eval.items())
+                     + f" --baselines natural --seeds 3 --objective {cfg.objective} --out VAL_DIR"),
+    }
+
+
+def report_markdown(rep: dict) -> str:
+    """report.md: the design, the findings in words, the recommendation and what to run next."""
+    rec, evals = rep["recommended"], rep["evals"]
+    fmt = lambda m: ", ".join(f"{d} {v:.2f}" for d, v in m.items())  # noqa: E731
+    lines = [f"# Mix study of {Path(rep['run']['dir']).name}", "",
+             f"{len(rep['points'])} mixes x {rep['config']['seeds']} seeds at a budget of {rep['config']['budget']} "
+             f"({rep['config']['method']} inside each domain), {rep['config']['epochs']} epochs; eval sets: "
+             + ", ".join(evals) + f"; natural mix: {fmt(rep['natural'])}.", "", "## Measured held-out NLL", "",
+             "| mix | " + " | ".join(evals) + " |", "|---|" + "---|" * len(evals)]
+    for i, p in enumerate(rep["points"]):
+        cells = []
+        for e in evals:
+            m = rep["fit"][e]["measured"][i]
+            cells.append(f"{m['mean']:.4f}" + (f" (sd {m['sd']:.4f})" if m["sd"] is not None else ""))
+        lines.append(f"| {p['name']} | " + " | ".join(cells) + " |")
+    lines += ["", "## The mixing law, L(r) = c + k exp(sum_j t_j r_j)", ""]
+    for e in evals:
+        f = rep["fit"][e]
+        t = ", ".join(f"t_{d} = {v:+.3f} [{f['interval']['t'][d][0]:+.3f}, {f['interval']['t'][d][1]:+.3f}]"
+                      for d, v in f["law"]["t"].items())
+        lines.append(f"- **{e}**: c = {f['law']['c']:.4f}, k = {f['law']['k']:+.4f}, {t} "
+                     f"(t_{next(iter(f['law']['t_fixed']))} = 0)")
+        lines.append(f"  - {f['verdict']}.")
+    lines += ["", f"## Recommended mix ({rep['objective']['kind']} objective)", "",
+              f"**{fmt(rec['mix'])}** (95% interval of each share over the bootstrap: "
+              + ", ".join(f"{d} [{lo:.2f}, {hi:.2f}]" for d, (lo, hi) in rec["mix_interval"].items()) + ").", ""]
+    for e in evals:
+        pr, nat = rec["predicted"][e], rep["at_natural"][e]
+        lines.append(f"- {e}: predicted {pr['value']:.4f} [{pr['lo']:.4f}, {pr['hi']:.4f}] at the recommended mix, "
+                     f"{nat['value']:.4f} [{nat['lo']:.4f}, {nat['hi']:.4f}] at the natural mix")
+    lines += ["", "A prediction is not a measurement: validate the recommended mix against the natural mix "
+              "(random samples at the pool's proportions, same budget) before trusting it:", "", "```",
+              rep["commands"]["select"], rep["commands"]["validate"], "```", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a study (the Mix page, the Select page's live prediction)
+
+
+class MixStudy:
+    """A finished mix study's folder: its report, and the law's prediction for any mix."""
+
+    REPORT = "report.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def report(self) -> dict:
+        p = self.path / self.REPORT
+        try:
+            rep = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise MixError(f"{p}: not a readable mix report ({e})") from None
+        if not isinstance(rep, dict) or rep.get("kind") != "mix":
+            raise MixError(f"{p}: not a mix study's report")
+        return rep
+
+    def predict(self, mix: dict[str, float]) -> dict[str, dict]:
+        """Each eval set's predicted NLL at ``mix`` (``{domain: share}``) with its bootstrap interval."""
+        rep = self.report()
+        domains = rep["domains"]
+        r = np.array([[float(mix.get(d, 0.0)) for d in domains]])
+        out = {}
+        for e in rep["evals"]:
+            law = rep["fit"][e]["law"]
+            full = Law(law["c"], law["k"], np.array([law["t"][d] for d in domains[:-1]]), law["rss"])
+            boot = [Law(p[0], p[1], np.array(p[2:]), 0.0).predict(r)[0] for p in rep["bootstrap"]["params"][e]]
+            out[e] = {"value": float(full.predict(r)[0]), **band(boot)}
+        return out
+
+
+def latest_study(folder: str | Path, run_dir: str | Path) -> MixStudy | None:
+    """The newest finished mix study of ``run_dir`` among the sub-folders of ``folder``."""
+    found = []
+    target = str(Path(run_dir).resolve())
+    parent = Path(folder)
+    if not parent.is_dir():
+        return None
+    for p in parent.iterdir():
+        f = p / MixStudy.REPORT
+        if not f.is_file():
+            continue
+        try:
+            rep = json.loads(f.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(rep, dict) and rep.get("kind") == "mix" and rep.get("run", {}).get("dir") == target:
+            found.append((f.stat().st_mtime, p))
+    return MixStudy(max(found)[1]) if found else None
+

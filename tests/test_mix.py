@@ -1,0 +1,155 @@
+"""The mix study on the tiny model: design, one selection per mix and seed at the budget, trainings
+shared with validate, the fit and recommendation in the report, predictions for any mix, a killed
+study resumed with its finished trainings kept, and folders of other studies refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from curation.runs.score import ScoreConfig, run_score
+from curation.validation.mix import MixConfig, MixStudy, latest_study, run_mix
+from curation.validation.mixing_law import MixError
+from curation.validation.proxy import ValidationError
+from tests.conftest import write_jsonl
+
+FRUITS = ["apples", "pears", "plums", "figs", "dates", "limes"]
+
+
+def math_row(k: int) -> dict:
+    return {"question": f"What is {k} + {k}?", "answer": f"{k} + {k} = {2 * k}.\n#### {2 * k}"}
+
+
+def chat_row(k: int) -> dict:
+    fruit = FRUITS[k % len(FRUITS)]
+    return {"instruction": f"Tell me about the {fruit} in box {k}.", "input": "",
+            "output": f"The {fruit} in box {k} are sweet and ripe."}
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory, tiny_model_dir):
+    d = tmp_path_factory.mktemp("mix")
+    math = write_jsonl(d / "math.jsonl", [math_row(k) for k in range(30)])
+    chat = write_jsonl(d / "chat.jsonl", [chat_row(k) for k in range(40)])
+    ev = {"math": str(write_jsonl(d / "eval-math.jsonl", [math_row(k) for k in range(100, 110)])),
+          "chat": str(write_jsonl(d / "eval-chat.jsonl", [chat_row(k) for k in range(200, 210)]))}
+    run = run_score(ScoreConfig(sources=[f"math={math}", f"chat={chat}"], out=str(d / "run"), model=str(tiny_model_dir),
+                                max_length=64, cache=str(d / "cache")))
+    return {"dir": d, "run": run, "eval": ev}
+
+
+def mcfg(pool, out, **kw):
+    args = {"eval": pool["eval"], "out": str(out), "budget": "14", "design": "3", "seeds": 2, "lr": 3e-3, "epochs": 2,
+            "train_batch_tokens": 256, "bootstrap": 100, "cache": str(pool["dir"] / "cache")}
+    args.update(kw)
+    return MixConfig(run=str(pool["run"]), **args)
+
+
+def test_a_mix_study_fits_recommends_and_predicts(pool, capsys):
+    from curation.cli import main
+
+    out = pool["dir"] / "study"
+    argv = ["mix", str(pool["run"]), "--out", str(out), "--budget", "14", "--design", "3", "--seeds", "2",
+            "--lr", "3e-3", "--epochs", "2", "--train-batch-tokens", "256", "--bootstrap", "100",
+            "--cache", str(pool["dir"] / "cache")] + [a for k, v in pool["eval"].items() for a in ("--eval", f"{k}={v}")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "recommended mix (mean)" in printed and "--baselines natural" in printed
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["domains"] == ["chat", "math"] and rep["evals"] == ["chat", "math"]
+    # The design: chat share 0, 0.5, 1; every mix trains on the budget, split by its shares.
+    assert [p["mix"]["chat"] for p in rep["points"]] == [0.0, 0.5, 1.0]
+    assert [p["examples"] for p in rep["points"]] == [{"chat": 0, "math": 14}, {"chat": 7, "math": 7},
+                                                     {"chat": 14, "math": 0}]
+    res = pd.read_parquet(out / "results.parquet")
+    assert set(res["candidate"]) == {"base"} | {p["name"] for p in rep["points"]}
+    assert (res[res.candidate != "base"].groupby(["candidate", "seed"]).size() == 20).all()  # 10 + 10 eval examples
+    for e in rep["evals"]:
+        f = rep["fit"][e]
+        assert len(f["measured"]) == 3 and all(len(m["seeds"]) == 2 for m in f["measured"])
+        assert len(f["loo"]["law_error"]) == 3 and f["verdict"].startswith(e)
+        assert f["interval"]["c"][0] <= f["interval"]["c"][1]
+        assert len(rep["bootstrap"]["params"][e]) == 100
+    rec = rep["recommended"]
+    assert rec["on_front"] and abs(sum(rec["mix"].values()) - 1) < 1e-9
+    # The study predicts any mix; at the recommended one it gives the report's numbers.
+    pred = MixStudy(out).predict(rec["mix"])
+    for e in rep["evals"]:
+        assert pred[e]["value"] == pytest.approx(rec["predicted"][e]["value"], abs=1e-9)
+        assert pred[e]["lo"] <= pred[e]["value"] + 1e-9 or pred[e]["hi"] >= pred[e]["value"] - 1e-9
+    assert latest_study(pool["dir"], pool["run"]).path == out
+    md = (out / "report.md").read_text()
+    assert "Recommended mix" in md and "python -m curation validate SEL_DIR" in md and "--baselines natural" in md
+    # A second study with the same trainings trains nothing: they come from the training cache.
+    phases = []
+    run_mix(mcfg(pool, pool["dir"] / "again"), progress=lambda **p: phases.append(p.get("phase", "")))
+    assert not any(str(p).startswith("training") for p in phases)
+    assert sum(str(p).startswith("reusing the training") for p in set(phases)) == 6
+    again = json.loads((pool["dir"] / "again" / "report.json").read_text())
+    assert again["fit"]["math"]["law"] == rep["fit"]["math"]["law"]
+
+
+def test_a_mix_that_a_domain_cannot_fill_is_refused(pool):
+    with pytest.raises(MixError, match=r"mix chat=0,math=1: domain math has 30 eligible examples for its 40"):
+        run_mix(mcfg(pool, pool["dir"] / "short", budget="40"))
+
+
+def test_a_study_folder_of_other_settings_or_of_the_user_is_refused(pool):
+    out = pool["dir"] / "study"  # written by the first test with epochs 2
+    if not (out / "report.json").is_file():
+        run_mix(mcfg(pool, out))
+    with pytest.raises(ValidationError, match="holds a mix with other settings.*epochs: 2 there, 3 now"):
+        run_mix(mcfg(pool, out, epochs=3))
+    mine = pool["dir"] / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    with pytest.raises(ValidationError, match="is not empty and holds no mix study"):
+        run_mix(mcfg(pool, mine))
+    assert (mine / "report.md").read_text() == "my notes"
+
+
+def test_mix_config_says_what_to_change():
+    base = {"run": "r", "out": "o", "eval": {"chat": "c"}}
+    for kw, msg in [({"method": "s2l"}, "random or a ranking score"), ({"budget": "500tok"}, "give N or P%"),
+                    ({"objective": "code=1"}, "not eval sets"), ({"design": "dirichlet:x"}, "expected auto"),
+                    ({"seeds": 0}, "positive"), ({"eval": {}}, "--eval"), ({"bootstrap": 50}, "at least 100")]:
+        with pytest.raises(ValueError, match=msg):
+            MixConfig(**{**base, **kw})
+
+
+def test_a_killed_mix_study_resumes_with_its_finished_trainings_kept(pool, tmp_path, monkeypatch):
+    from curation.jobs import store as jobs
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ws, out = tmp_path / "ws", tmp_path / "ws" / "mixes" / "killed"
+    cfg = mcfg(pool, out, cache=str(tmp_path / "cache"), seeds=2, epochs=4)
+    job = jobs.submit("mix", cfg, workspace=ws)
+    parts = out / "parts"
+    t0 = time.time()
+    while len(list(parts.glob("*.parquet"))) < 2:
+        assert time.time() - t0 < 240, jobs.status(job, ws)
+        time.sleep(0.05)
+    os.kill(jobs.status(job, ws)["pid"], signal.SIGKILL)
+    while jobs.status(job, ws)["state"] == "running":
+        time.sleep(0.1)
+    kept = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.parquet")}
+    assert 2 <= len(kept) < 6 and not (out / "report.json").exists()
+    assert jobs.status(job, ws)["state"] == "interrupted"
+    jobs.resume(job, workspace=ws)
+    while jobs.status(job, ws)["state"] in ("queued", "running"):
+        assert time.time() - t0 < 600
+        time.sleep(0.2)
+    assert jobs.status(job, ws)["state"] == "succeeded", jobs.status(job, ws)
+    assert all(parts.joinpath(n).stat().st_mtime_ns == m for n, m in kept.items())  # not redone
+    assert len(list(parts.glob("*.parquet"))) == 6
+    # The resumed study equals one that ran without a kill (its own, empty training cache).
+    whole = run_mix(mcfg(pool, tmp_path / "whole", cache=str(tmp_path / "cache2"), seeds=2, epochs=4))
+    a = pd.read_parquet(out / "results.parquet").sort_values(["candidate", "seed", "example_id"])
+    b = pd.read_parquet(whole / "results.parquet").sort_values(["candidate", "seed", "example_id"])
+    assert np.allclose(a["nll"].to_numpy(), b["nll"].to_numpy(), atol=1e-5)
