@@ -9,7 +9,7 @@ import plotly.express as px
 import streamlit as st
 
 from curation.config import field_info
-from curation.jobs.workspace import list_data_files, new_folder_name, safe_name, selections_dir
+from curation.jobs.workspace import list_data_files, mixes_dir, new_folder_name, safe_name, selections_dir
 from curation.runs.folder import Run
 from curation.scores import METHODS, SCORES, run_columns
 from curation.selection.annotate import annotate, annotation_key
@@ -18,6 +18,8 @@ from curation.selection.baselines import random_baseline
 from curation.selection.folder import Selection
 from curation.selection.recipe import Recipe
 from curation.selection.summary import length_profile, pick_stability
+from curation.validation.mix import latest_study
+from curation.validation.mixing_law import MixError
 from curation.views import aggregate
 from pages.common import pick_run, workspace
 
@@ -57,7 +59,7 @@ seed = m3.number_input("Seed (random, s2l)", 0, 10**9, 0, key="sel_seed")
 mix = "natural"
 if not natural and len(domains) >= 2:
     if len(domains) == 2:
-        share = m2.slider(f"Share of {domains[0]} (rest: {domains[1]})", 0.0, 1.0, 0.5, 0.05, key="sel_share")
+        share = m2.slider(f"Share of {domains[0]} (rest: {domains[1]})", 0.0, 1.0, 0.5, 0.01, key="sel_share")
         mix = {domains[0]: round(share, 4), domains[1]: round(1 - share, 4)}
     else:
         cols = m2.columns(len(domains))
@@ -66,6 +68,35 @@ if not natural and len(domains) >= 2:
         tot = sum(raw.values()) or 1.0
         mix = {d: v / tot for d, v in raw.items()}
 fill = m2.checkbox("Fill: give a domain's shortfall to the others", value=False, key="sel_fill") if mix != "natural" else False
+
+
+def use_mix(shares: dict) -> None:
+    """Set the mix widgets to ``shares`` (a callback: it runs before the widgets are drawn again)."""
+    st.session_state["sel_natural"] = False
+    if len(domains) == 2:
+        st.session_state["sel_share"] = round(float(shares[domains[0]]), 2)
+    else:
+        for d in domains:
+            st.session_state[f"sel_w_{d}"] = round(float(shares[d]), 3)
+
+
+study = latest_study(mixes_dir(ws), info.path)
+if study is not None:
+    try:
+        srep = study.report()
+        if sorted(srep["domains"]) == domains:
+            at = mix if mix != "natural" else srep["natural"]
+            pred = study.predict(at)
+            m2.caption(f"Predicted held-out NLL at this mix (mix study `{study.path.name}`): " + " · ".join(
+                f"{e} {v['value']:.4f} [{v['lo']:.4f}, {v['hi']:.4f}]" for e, v in pred.items())
+                + ". A prediction of the fitted law, not a measurement.")
+            rec = srep["recommended"]["mix"]
+            m2.button("Use the recommended mix (" + ", ".join(f"{d} {v:.2f}" for d, v in rec.items()) + ")",
+                      key="sel_use_recommended", on_click=use_mix, args=(rec,),
+                      help=f"The mix that minimises the study's {srep['objective']['kind']} objective over its "
+                           "eval sets. Validate it against the natural mix (Validate page, baseline natural).")
+    except MixError as e:
+        m2.caption(f"The latest mix study of this run cannot be read: {e}")
 
 with st.expander("Thresholds (filter before ranking)", expanded=False):
     numeric = aggregate.numeric_columns(df)

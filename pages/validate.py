@@ -33,13 +33,15 @@ with st.form("validate"):
     baselines = st.multiselect("Baselines", list(BASELINES), default=["random", "random-tokens"],
                                help="random: same examples per domain; random-tokens: same assistant tokens per domain "
                                     "(fair when a score prefers short or long answers); longest: the longest responses; "
-                                    "full: the whole eligible pool, once (the ceiling).")
+                                    "full: the whole eligible pool, once (the ceiling); natural: as many examples at the "
+                                    "pool's domain proportions (judges a mix, e.g. one a Mix study recommended).")
     ev = st.multiselect("Held-out eval sets", [p.name for p in evals], default=[p.name for p in evals],
                         help="Files in WORKSPACE/eval (make setup writes the default pool's); the file name is the domain.")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     seeds = config_input(ValidateConfig, "seeds", "Seeds", c1, min_value=1, max_value=10)
     epochs = config_input(ValidateConfig, "epochs", "Epochs", c2, min_value=1, max_value=20)
-    lora = config_input(ValidateConfig, "lora", "LoRA instead of full fine-tuning", c3)
+    objective = config_input(ValidateConfig, "objective", "Objective over the domains", c3)
+    lora = config_input(ValidateConfig, "lora", "LoRA instead of full fine-tuning", c4)
     st.caption("Every candidate trains once per seed from the same model with the same settings, then each trained "
                "model is scored on the eval sets; on a CPU this takes a while (the job shows its progress and ETA; "
                "the README's benchmark gives measured times). Finished (candidate, seed) trainings survive a stop.")
@@ -57,7 +59,7 @@ if go_clicked:
         out = validations_dir(ws) / new_folder_name("validate-" + "-".join(chosen)[:60])
         cfg = ValidateConfig(selections=[str(selections_dir(ws) / n) for n in chosen], out=str(out),
                              eval={source_stem(n): str(ws / "eval" / n) for n in ev}, baselines=",".join(baselines),
-                             seeds=int(seeds), epochs=int(epochs), lora=bool(lora))
+                             seeds=int(seeds), epochs=int(epochs), lora=bool(lora), objective=str(objective))
         job = jobs.submit("validate", cfg, workspace=ws)
         st.session_state["validation_name"] = out.name
         st.success(f"Started job `{job}`; its report appears below when it finishes.")
@@ -86,6 +88,7 @@ verdicts = pd.DataFrame([{
 st.dataframe(verdicts, hide_index=True, width="stretch")
 st.caption("A negative difference means the candidate's model predicts the held-out answers better. Each "
            "selection is compared with its random baselines; longest and full with random (same examples). The "
+           "objective rows combine the domains (mean of their NLL, or as the validation was asked). The "
            "interval accounts for the eval sample (paired over examples) and for training noise (seeds); if it "
            "contains 0, this validation cannot tell the candidate from its baseline.")
 

@@ -24,7 +24,7 @@ from tests.ui_workspace import build_scored_workspace
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
 # A deep link first: a fresh server must route it through app.py's navigation too.
-PAGES = ["data", "", "score", "explore", "inspect", "select", "validate", "export"]
+PAGES = ["data", "", "score", "explore", "inspect", "mix", "select", "validate", "export"]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
@@ -130,7 +130,7 @@ def test_every_page_loads_without_an_exception(server, browser, path):
     assert page.locator("[data-testid='stException']").count() == 0, page.inner_text("body")[:2000]
     assert page.locator("h1").first.inner_text().strip()
     nav = page.inner_text("[data-testid='stSidebarNav']")
-    assert all(t in nav for t in ("Data", "Score", "Explore", "Inspect", "Select", "Validate", "Export")), nav
+    assert all(t in nav for t in ("Data", "Score", "Explore", "Inspect", "Mix", "Select", "Validate", "Export")), nav
     assert "common" not in nav  # the helper module is not a page
     # Everything the page loads (favicon, fonts, icons, scripts) comes from the server itself.
     outside = [u for u in requests if not u.startswith((url, "data:", "blob:", "about:"))]
@@ -245,4 +245,48 @@ def test_an_upload_is_saved_once_and_a_taken_name_is_never_overwritten(server, b
     page.get_by_text("Saved mine-2.jsonl").first.wait_for(timeout=60_000)
     _shot(page, "data-upload-keep-both.png")
     assert "2 + 2" in saved.read_text() and "3 + 3" in (ws / "data" / "mine-2.jsonl").read_text()
+    page.close()
+
+
+def test_the_mix_view_and_the_live_slider_prediction(server, browser):
+    """The Mix view draws the study (the law per eval set with the measured mixes, the Pareto front,
+    the recommendation); on Select, the recommended mix is one click and the predicted losses follow
+    the mix slider as it moves."""
+    import json
+    import re
+
+    url, ws = server
+    rep = json.loads((ws / "mixes" / "mix-fixture" / "report.json").read_text())
+    page = _open(browser, f"{url}/mix")
+    page.get_by_text("Recommended mix (mean)").first.wait_for(timeout=60_000)
+    page.get_by_text("Pareto front").first.wait_for(timeout=60_000)
+    assert page.locator("[data-testid='stPlotlyChart']").count() >= 2
+    body = page.inner_text("body")
+    assert rep["fit"]["chat"]["verdict"].split(" (")[0] in body and "--baselines natural" in body
+    assert page.locator("[data-testid='stException']").count() == 0
+    _shot(page, "mix-study.png")
+    page.close()
+
+    page = _open(browser, f"{url}/select")
+    caption = page.get_by_text(re.compile("^Predicted held-out NLL at this mix")).first
+    caption.wait_for(timeout=60_000)
+    at_natural = caption.inner_text()
+    page.get_by_role("button", name=re.compile("^Use the recommended mix")).click()
+    _idle(page)
+    want = round(rep["recommended"]["mix"]["chat"], 2)
+    # The slider's keyboard handle is a visually hidden range input.
+    thumb = page.locator("[data-testid='stSlider']").filter(has_text="Share of chat").locator("input[type='range']")
+    thumb.wait_for(state="attached", timeout=60_000)
+    assert float(thumb.input_value()) == pytest.approx(want)
+    at_recommended = page.get_by_text(re.compile("^Predicted held-out NLL at this mix")).first.inner_text()
+    _shot(page, "select-mix-prediction.png")
+    # Move the slider with the keyboard: the prediction follows.
+    thumb.focus()
+    for _ in range(20):
+        thumb.press("ArrowLeft" if want > 0.5 else "ArrowRight")
+    _idle(page)
+    moved = page.get_by_text(re.compile("^Predicted held-out NLL at this mix")).first.inner_text()
+    assert float(thumb.input_value()) == pytest.approx(want - 0.2 if want > 0.5 else want + 0.2)
+    assert moved != at_recommended and at_natural
+    assert page.locator("[data-testid='stException']").count() == 0
     page.close()

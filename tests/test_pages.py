@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import ROOT
 from tests.ui_workspace import build_scored_workspace
 
-PAGES = ["home", "data", "score", "explore", "inspect", "select", "validate", "export"]
+PAGES = ["home", "data", "score", "explore", "inspect", "mix", "select", "validate", "export"]
 
 
 def _page(name: str) -> AppTest:
@@ -296,3 +296,31 @@ def test_explore_page_draws_the_pool_map_with_escaped_previews(in_scored_ws, mon
     spec = _map_spec(at)
     assert not at.exception and '"heatmap"' in spec and "scattergl" not in spec
     assert "density grid computed on the server" in _texts(at)
+
+
+def test_mix_page_shows_the_law_the_recommendation_and_the_commands(in_scored_ws):
+    at = _page("mix")
+    assert not at.exception
+    text = _texts(at)
+    rep = json.loads((in_scored_ws / "mixes" / "mix-fixture" / "report.json").read_text())
+    assert rep["fit"]["chat"]["verdict"] in text and rep["fit"]["math"]["verdict"] in text
+    assert any(m.label.startswith("Recommended mix (mean)") for m in at.metric)
+    assert any("python -m curation validate SEL_DIR" in c.value and "--baselines natural" in c.value for c in at.code)
+    assert len(at.get("plotly_chart")) >= 2  # the law per eval set, the Pareto front
+    assert any(b.label == "Start mix study" for b in at.button)
+
+
+def test_select_page_predicts_the_mix_and_sets_the_recommended_one(in_scored_ws):
+    at = _page("select")
+    assert not at.exception
+    assert "Predicted held-out NLL at this mix (mix study `mix-fixture`)" in _texts(at)
+    rep = json.loads((in_scored_ws / "mixes" / "mix-fixture" / "report.json").read_text())
+    want = round(rep["recommended"]["mix"]["chat"], 2)
+    next(b for b in at.button if b.label.startswith("Use the recommended mix")).click().run()
+    assert not at.exception
+    assert at.toggle(key="sel_natural").value is False and at.slider(key="sel_share").value == pytest.approx(want)
+    # The prediction follows the slider: another share, another predicted loss.
+    before = next(c.value for c in at.caption if c.value.startswith("Predicted held-out NLL"))
+    at.slider(key="sel_share").set_value(0.0 if want > 0.5 else 1.0).run()
+    after = next(c.value for c in at.caption if c.value.startswith("Predicted held-out NLL"))
+    assert before != after

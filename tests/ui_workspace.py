@@ -51,7 +51,7 @@ def write_data(ws: Path) -> list[str]:
     with open(data / "math.jsonl", "w") as f:
         for q, a in MATH:
             f.write(json.dumps({"question": q, "answer": a}) + "\n")
-    for d in ("runs", "selections", "exports", "validations"):
+    for d in ("runs", "selections", "exports", "validations", "mixes"):
         (ws / d).mkdir(exist_ok=True)
     return [f"chat={data / 'chat.jsonl'}", f"math={data / 'math.jsonl'}"]
 
@@ -64,10 +64,12 @@ EVAL_MATH = [(f"What is {k} + {k + 1}?", f"{k} + {k + 1} = {2 * k + 1}\n#### {2 
 
 def build_scored_workspace(ws: Path, model_dir: Path) -> Path:
     """Data + eval sets + a finished learnability run with two reference runs (``runs/learn-fixture``),
-    a saved davir selection and a finished validation of it, all on the tiny model; returns the run."""
+    a saved davir selection and a finished validation of it, and a finished mix study of the run
+    (``mixes/mix-fixture``), all on the tiny model; returns the run."""
     from curation.runs.learn import LearnConfig, run_learn
     from curation.selection.folder import select_run
     from curation.selection.recipe import Recipe
+    from curation.validation.mix import MixConfig, run_mix
     from curation.validation.validate import ValidateConfig, run_validate
 
     sources = write_data(ws)
@@ -86,4 +88,7 @@ def build_scored_workspace(ws: Path, model_dir: Path) -> Path:
     run_validate(ValidateConfig(selections=[str(sel)], out=str(ws / "validations" / "validate-fixture"),
                                 eval={"chat": str(ws / "eval" / "chat.jsonl"), "math": str(ws / "eval" / "math.jsonl")},
                                 seeds=2, epochs=2, lr=1e-3, cache=str(ws / "score-cache"), device="cpu"))
+    run_mix(MixConfig(run=str(run), out=str(ws / "mixes" / "mix-fixture"), budget="8", design="3", seeds=2, epochs=2,
+                      lr=1e-3, bootstrap=100, cache=str(ws / "score-cache"), device="cpu",
+                      eval={"chat": str(ws / "eval" / "chat.jsonl"), "math": str(ws / "eval" / "math.jsonl")}))
     return run

@@ -375,6 +375,15 @@ def greedy_answers(lm, conversations, max_new_tokens: int, model=None) -> list[s
 # The human summary
 
 
+def objective_note(objective: dict | None) -> str:
+    if not objective:
+        return ""
+    if objective["kind"] == "worst":
+        return " The objective rows compare the largest of the domains' NLL."
+    w = ", ".join(f"{d} {v:.2f}" for d, v in objective["weights"].items())
+    return f" The objective rows compare the domains' NLL averaged with weights {w}."
+
+
 def report_markdown(rep: dict) -> str:
     """report.md: the verdicts per domain in words, with the numbers behind them."""
     st = rep["statistics"]["token"]
@@ -382,7 +391,8 @@ def report_markdown(rep: dict) -> str:
              f"Proxy model `{rep['model']['spec']}`, {rep['config']['epochs']} epochs, {rep['config']['seeds']} seeds; "
              "eval sets: " + ", ".join(f"{e['domain']} ({e['n_evaluated']} examples)" for e in rep["eval"]) + ".", "",
              f"Metric: {st['metric_text']} (lower is better); differences are candidate - baseline with a "
-             f"{int(st['interval']['level'] * 100)}% interval.", "", "## Verdicts", ""]
+             f"{int(st['interval']['level'] * 100)}% interval." + objective_note(st.get("objective")), "",
+             "## Verdicts", ""]
     for c in st["comparisons"]:
         lines.append(f"- **{c['candidate']}** vs {c['baseline']}, {c['domain']}: {c['verdict_text']} "
                      f"({c['diff']:+.4f} nats, interval [{c['lo']:+.4f}, {c['hi']:+.4f}]; "
