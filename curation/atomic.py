@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import uuid
 from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 
 from curation.system import pid_running
@@ -33,10 +34,18 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; the result is like any new file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -63,16 +72,21 @@ def write_parquet(path: str | os.PathLike, table) -> None:
 
 @contextmanager
 def atomic_dir(out: str | os.PathLike, marker: str | None = None, what: str = "folder", replace: bool = True,
-               cleaned: list | None = None):
+               cleaned: list | None = None, known: tuple[str, ...] | None = None):
     """Yield a temporary folder next to ``out``; when the block succeeds it becomes ``out``.
 
     ``out`` may be absent, or (with ``replace``) a previous ``what``, recognised by its ``marker``
     file, or an empty folder; anything else is refused so a typo cannot wipe an unrelated folder.
-    Between the two renames of a swap ``out`` is absent, never half written.  Temporary folders
-    left next to ``out`` by a killed writer (its pid is in their name and no longer runs) are
-    removed first; ``cleaned`` (a list) receives ``(path, bytes)`` of each.
+    With ``known`` (file name patterns), a previous ``what`` is replaced only if every entry in it
+    is one of those: a folder that also holds the user's files is refused, never deleted.  A
+    symbolic link is refused (replacing it would leave its target stale).  Between the two renames
+    of a swap ``out`` is absent, never half written.  Temporary folders left next to ``out`` by a
+    killed writer (its pid is in their name and no longer runs) are removed first; ``cleaned``
+    (a list) receives ``(path, bytes)`` of each.
     """
     out = Path(out)
+    if out.is_symlink():
+        raise AtomicError(f"{out} is a symbolic link (to {os.readlink(out)}); give the folder itself, or a new name")
     for stale, size in remove_stale(out):
         if cleaned is not None:
             cleaned.append((stale, size))
@@ -81,14 +95,18 @@ def atomic_dir(out: str | os.PathLike, marker: str | None = None, what: str = "f
             raise AtomicError(f"{out} exists and is a file; choose another --out")
         if not replace:
             raise AtomicError(f"{out} exists already")
-        if marker is not None and any(out.iterdir()) and not (out / marker).is_file():
+        entries = list(out.iterdir())
+        if marker is not None and entries and not (out / marker).is_file():
             raise AtomicError(f"{out} exists and does not hold a previous {what} (no {marker}); "
                               "choose a new --out or empty that folder")
+        foreign = sorted(e.name for e in entries if known is not None and not any(fnmatch(e.name, k) for k in known))
+        if foreign:
+            raise AtomicError(f"{out} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a {what} does not "
+                              f"write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}), which replacing it "
+                              "would delete; choose a new --out or move them away")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should be like any folder
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the result should be like any folder
     try:
         yield tmp
         if out.exists() and not replace:
@@ -114,9 +132,16 @@ def remove_stale(out: Path) -> list[tuple[Path, int]]:
     pattern = re.compile(rf"^\.{re.escape(out.name)}\.(\d+)-[^/]*\.(tmp|old)$")
     for p in out.parent.iterdir():
         m = pattern.match(p.name)
-        if not m or not p.is_dir() or int(m.group(1)) == os.getpid() or pid_running(int(m.group(1))):
+        if not m or int(m.group(1)) == os.getpid() or pid_running(int(m.group(1))):
             continue
-        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        if p.is_symlink():  # an earlier version renamed a linked --out aside: drop the link, never its target
+            p.unlink()
+            removed.append((p, 0))
+            continue
+        if not p.is_dir():
+            continue
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
         shutil.rmtree(p, ignore_errors=True)
-        removed.append((p, size))
+        if not p.exists():  # report only what is gone
+            removed.append((p, size))
     return removed

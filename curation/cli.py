@@ -110,7 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, ModelError, JobError, AtomicError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (| head): __main__ ends quietly
+        raise
+    except OSError as e:  # a folder that cannot be written, a file that cannot be read: one line, no traceback
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def os_error_line(e: OSError) -> str:
+    """``PATH: what the system said`` (and what to do for the usual causes)."""
+    where = e.filename or ""
+    what = e.strerror or str(e)
+    hint = {PermissionError: "; choose a folder you can write to", FileExistsError: "; choose another name",
+            IsADirectoryError: "; give a file", NotADirectoryError: "; a part of the path is a file"}.get(type(e), "")
+    return f"{where}: {what}{hint}" if where else f"{what}{hint}"
 
 
 def run_summary(out) -> None:
@@ -197,7 +211,18 @@ def add_jobs_parser(sub) -> None:
     q.add_argument("job_id")
     q = jobs_sub.add_parser("logs", parents=[ws], help="print a job's log")
     q.add_argument("job_id")
-    q.add_argument("--tail", type=int, default=None, help="only the last N lines")
+    q.add_argument("--tail", type=positive_int, default=None, help="only the last N lines")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text}")
+    return v
 
 
 def job_kind_parser(kind: str) -> argparse.ArgumentParser:

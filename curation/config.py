@@ -128,6 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, optional_out: bool = Fal
             kw["nargs"] = "+"
         elif typ in (int, float, str):
             kw["type"] = typ
+            kw["action"] = _OnceAction  # a second value would silently replace the first
         if m.get("choices"):
             kw["choices"] = list(m["choices"])
         if f.name == "out" and optional_out:
@@ -158,6 +159,15 @@ def check_positive(cfg, *names: str) -> None:
             raise ValueError(f"{name.replace('_', '-')} must be a positive whole number, got {v!r}")
 
 
+def check_at_most(cfg, **limits: int) -> None:
+    """Raise ValueError naming the first setting above its bound (every count a run multiplies
+    its work by is bounded, so a typo cannot start a job that never ends)."""
+    for name, limit in limits.items():
+        v = getattr(cfg, name)
+        if v is not None and not isinstance(v, bool) and v > limit:
+            raise ValueError(f"{name.replace('_', '-')} {v}: at most {limit:,}")
+
+
 @dataclass(kw_only=True)
 class ComputeConfig:
     """How a model runs: device, dtype, batching, commits and the score cache (every job kind)."""
@@ -179,10 +189,21 @@ class ComputeConfig:
 
     def __post_init__(self):
         check_positive(self, "batch_tokens", "chunk_examples", "workers")
+        check_at_most(self, batch_tokens=1 << 20, chunk_examples=1 << 20, workers=4096)
         if self.engine == "local" and (self.ray_address or self.workers or self.gpus_per_worker):
             raise ValueError("--ray-address, --workers and --gpus-per-worker apply to --engine ray")
         if self.gpus_per_worker < 0:
             raise ValueError(f"gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+
+
+class _OnceAction(argparse.Action):
+    """A single-valued option given twice is refused (the last one would silently win)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None and self.dest in vars(namespace):
+            raise argparse.ArgumentError(self, f"given twice ({getattr(namespace, self.dest)!r} and {values!r}); give it "
+                                               "once (a setting that takes several values says so in its help)")
+        setattr(namespace, self.dest, values)
 
 
 class _PairsAction(argparse.Action):

@@ -7,7 +7,7 @@ import streamlit as st
 
 from curation.data.default_data import N_CHAT, N_MATH, prepare_default_data
 from curation.data.load import SourceError, SourceSpec, check_domain, load_sources, source_stem
-from curation.jobs.workspace import UploadExists, data_dir, list_data_files, save_upload
+from curation.jobs.workspace import UploadExists, data_dir, list_data_files, outside_links, save_upload
 from curation.views import aggregate
 from pages.common import conversation, domain_colours, workspace
 
@@ -17,6 +17,9 @@ st.caption("The pool to curate: files in the workspace's data folder, each tagge
 
 ws = workspace()
 files = list_data_files(ws)
+for link in outside_links(ws):
+    st.warning(f"`{link.name}` in the data folder links to a place outside the workspace; it is not read. Copy the "
+               "file into the data folder instead.")
 
 with st.expander("Add data", expanded=not files):
     c1, c2 = st.columns(2)

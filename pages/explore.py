@@ -14,7 +14,7 @@ from curation.scores import LENGTH_COLUMNS, run_columns, score_columns
 from curation.selection import neardup
 from curation.selection.recipe import Recipe
 from curation.views import aggregate, pool_map
-from curation.views.render import preview
+from curation.views.render import hover_text, preview
 from pages.common import domain_colours, pick_run, score_picker
 
 st.title("Explore")
@@ -143,7 +143,7 @@ st.subheader("Map of the pool")
 @st.cache_data(show_spinner="Reading the examples for the hover previews...", max_entries=4)
 def _previews(run_dir: str, mtime: float) -> dict[str, str]:
     try:
-        return {i: preview(t, 120) for i, t in Run(run_dir).texts().items()}  # HTML-escaped
+        return {i: hover_text(t, 120) for i, t in Run(run_dir).texts().items()}  # markup escaped for plotly
     except (ValueError, OSError):
         return {}
 

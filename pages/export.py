@@ -1,54 +1,55 @@
 """Export: write a saved selection as a training file with its manifest, and download it."""
 
-import json
-
 import pandas as pd
 import streamlit as st
 
 from curation.export import writer as exp_mod
-from curation.export.writer import download_payload
+from curation.export.writer import download_payload, read_manifest
 from curation.jobs.workspace import exports_dir, list_folders, selections_dir
 from curation.selection.folder import Selection
 from pages.common import pick_folder, workspace
 
 st.title("Export")
 ws = workspace()
+def export_form(sel_dir) -> None:
+    """The chosen selection's numbers, the format and style, and the Export button."""
+    try:
+        summary = Selection(sel_dir).summary()
+    except ValueError as e:  # a damaged selection folder: say so, the others stay pickable
+        st.error(str(e))
+        return
+    r = summary.get("recipe", {})
+    st.caption(f"method **{r.get('method')}** ({r.get('order') or 'sampling'}), budget **{r.get('budget')}**, "
+               f"mix **{r.get('mix')}**, seed {r.get('seed')} · {summary.get('totals', {}).get('examples')} examples, "
+               f"{summary.get('totals', {}).get('tokens') or 0:,} tokens")
+    st.dataframe(pd.DataFrame(summary.get("domains", {})).T[["pool", "eligible", "selected", "tokens"]],
+                 width="stretch")
+    c1, c2, c3 = st.columns([1, 1, 2])
+    fmt = c1.selectbox("Format", list(exp_mod.EXPORT_FORMATS), key="exp_format",
+                       help="jsonl and parquet: one file; hf: a datasets save_to_disk folder (downloaded as a zip)")
+    style = c2.selectbox("Style", list(exp_mod.STYLES), index=list(exp_mod.STYLES).index("messages"), key="exp_style",
+                         help="messages: {\"messages\": [...]} rows for TRL / LLaMA-Factory; original: records as in "
+                              "their sources")
+    out = exports_dir(ws) / f"{sel_dir.name}-{fmt}-{style}"
+    c3.caption(f"Writes `{out}` (atomically: complete or absent).")
+    if st.button("Export", type="primary", key="exp_go"):
+        try:
+            with st.spinner("Reading the selected records from their sources..."):
+                notes: list[str] = []
+                exp_mod.export_selection(exp_mod.ExportConfig(selection=str(sel_dir), out=str(out), format=fmt,
+                                                              style=style), notes=notes)
+            for n in notes:
+                st.info(n[0].upper() + n[1:] + ".")
+            st.session_state["export_dir"] = str(out)
+            st.success(f"Exported to `{out}`.")
+        except (ValueError, OSError) as e:
+            st.error(str(e))
+
+
 sel_dir = pick_folder(selections_dir(ws), "summary.json", "Selection", "exp_sel", "selection_name",
                       "No saved selection yet: make one on the **Select** page and press *Save selection*.")
-if sel_dir is None:
-    st.stop()
-sel_name = sel_dir.name
-try:
-    summary = Selection(sel_dir).summary()
-except ValueError as e:  # a damaged selection folder: say so, the others stay pickable
-    st.error(str(e))
-    st.stop()
-r = summary.get("recipe", {})
-st.caption(f"method **{r.get('method')}** ({r.get('order') or 'sampling'}), budget **{r.get('budget')}**, "
-           f"mix **{r.get('mix')}**, seed {r.get('seed')} · {summary.get('totals', {}).get('examples')} examples, "
-           f"{summary.get('totals', {}).get('tokens'):,} tokens")
-st.dataframe(pd.DataFrame(summary.get("domains", {})).T[["pool", "eligible", "selected", "tokens"]],
-             width="stretch")
-
-c1, c2, c3 = st.columns([1, 1, 2])
-fmt = c1.selectbox("Format", list(exp_mod.EXPORT_FORMATS), key="exp_format",
-                   help="jsonl and parquet: one file; hf: a datasets save_to_disk folder (downloaded as a zip)")
-style = c2.selectbox("Style", list(exp_mod.STYLES), index=list(exp_mod.STYLES).index("messages"), key="exp_style",
-                     help="messages: {\"messages\": [...]} rows for TRL / LLaMA-Factory; original: records as in their sources")
-out = exports_dir(ws) / f"{sel_name}-{fmt}-{style}"
-c3.caption(f"Writes `{out}` (atomically: complete or absent).")
-if st.button("Export", type="primary", key="exp_go"):
-    try:
-        with st.spinner("Reading the selected records from their sources..."):
-            notes: list[str] = []
-            exp_mod.export_selection(exp_mod.ExportConfig(selection=str(sel_dir), out=str(out), format=fmt, style=style),
-                                     notes=notes)
-        for n in notes:
-            st.info(n[0].upper() + n[1:] + ".")
-        st.session_state["export_dir"] = str(out)
-        st.success(f"Exported to `{out}`.")
-    except (ValueError, OSError) as e:
-        st.error(str(e))
+if sel_dir is not None:
+    export_form(sel_dir)
 
 st.subheader("Exports")
 exports = list_folders(exports_dir(ws), "manifest.json")
@@ -60,8 +61,12 @@ cur = st.session_state.get("export_dir")
 default = enames.index(cur.rsplit("/", 1)[-1]) if cur and cur.rsplit("/", 1)[-1] in enames else 0
 ename = st.selectbox("Export", enames, index=default, key="exp_pick")
 edir = exports_dir(ws) / ename
-manifest = json.loads((edir / "manifest.json").read_text())
-payload, fname, mime = download_payload(edir)
+try:
+    manifest = read_manifest(edir)
+    payload, fname, mime = download_payload(edir)
+except ValueError as e:  # a damaged or foreign manifest: say so; the other exports stay listed above
+    st.error(str(e))
+    st.stop()
 st.download_button(f"Download {fname} ({len(payload) / 1e6:.2f} MB)", payload, file_name=fname, mime=mime,
                    type="primary", key="exp_download")
 st.markdown("**Manifest**")

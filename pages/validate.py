@@ -74,8 +74,13 @@ vdir = pick_folder(validations_dir(ws), "report.json", "Validation", "val_pick",
                    "No finished validation yet.")
 if vdir is None:
     st.stop()
-rep = json.loads((vdir / "report.json").read_text())
-stats = rep["statistics"]["token"]
+try:
+    rep = json.loads((vdir / "report.json").read_text())
+    stats = rep["statistics"]["token"]
+except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:  # the other validations stay listed
+    st.error(f"{vdir / 'report.json'} is not a readable validation report ({type(e).__name__}: {e}); pick another "
+             "validation above, or run this one again into a new folder")
+    st.stop()
 st.caption(f"{', '.join(s['name'] for s in rep['selections'])} · proxy `{rep['model']['spec']}` · "
            f"{rep['config']['epochs']} epochs · {rep['config']['seeds']} seeds · {stats['metric_text']} (lower is better)")
 

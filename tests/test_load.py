@@ -6,7 +6,7 @@ import json
 import pytest
 
 from curation.data.load import (
-    SourceError, SourceSpec, example_id, load_sources, normalise, parse_source_arg, read_record,
+    SourceError, SourceSpec, check_domain, example_id, is_hub_id, load_sources, normalise, parse_source_arg, read_record,
 )
 from tests.conftest import write_jsonl
 
@@ -166,3 +166,94 @@ def test_real_data_loads(shared_data):
     by = {s.source: (s.format, s.n_records) for s in res.sources}
     assert by == {"test.jsonl": ("gsm8k", 1319), "alpaca_en_demo.json": ("alpaca", 999)}
     assert len(res.examples) + len(res.rejected) == 1319 + 999
+
+
+# ----------------------------------------------------------------------------------------------
+# Bounded input: every row is accounted for, nothing large is kept
+
+
+def _accounted(res, n_in):
+    total = sum(s.n_records for s in res.sources)
+    assert total == n_in == len(res.examples) + len(res.rejected), (total, n_in, len(res.examples), len(res.rejected))
+
+
+def test_a_csv_field_beyond_the_csv_modules_limit_and_an_oversized_row_are_accounted_for(tmp_path):
+    import csv
+
+    rows = [{"question": f"What is {k} + 1?", "answer": f"{k + 1}"} for k in range(10)]
+    rows[1]["answer"] = "x" * 140_000  # beyond Python's csv field limit (131,072): read, it is under 1 MB
+    rows[4]["answer"] = "y" * 1_200_000  # beyond --max-record-bytes: one rejected row, named
+    path = tmp_path / "qa.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["question", "answer"])
+        w.writeheader()
+        w.writerows(rows)
+    res = load_sources([SourceSpec(str(path))])
+    _accounted(res, 10)
+    assert len(res.examples) == 9 and res.rejected[0].source_index == 4
+    assert "larger than the limit of 1,000,000 bytes" in res.rejected[0].reason
+    # A quoted field with line breaks still parses after the rejected row.
+    with path.open("a", newline="") as f:
+        csv.writer(f).writerow(["a\nmultiline question", "an\nanswer"])
+    res = load_sources([SourceSpec(str(path))])
+    _accounted(res, 11)
+    assert res.examples[-1].messages[0]["content"] == "a\nmultiline question"
+
+
+def test_a_huge_record_and_a_gzip_bomb_are_rejected_without_being_held(tmp_path):
+    import tracemalloc
+
+    big = tmp_path / "big.jsonl"
+    big.write_text(json.dumps({"question": "q", "answer": "a" * 5_000_000}) + "\n"
+                   + json.dumps({"question": "What is 1 + 1?", "answer": "2"}) + "\n")
+    bomb = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(bomb, "wb") as f:
+        for _ in range(64):
+            f.write(b"0" * (1 << 20))  # one 64 MiB line of zeros, ~64 KB compressed
+        f.write(b"\n" + json.dumps({"question": "What is 2 + 2?", "answer": "4"}).encode() + b"\n")
+    assert bomb.stat().st_size < 1_000_000
+    for path in (big, bomb):
+        tracemalloc.start()
+        res = load_sources([SourceSpec(str(path))])
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        _accounted(res, 2)
+        assert len(res.examples) == 1 and res.rejected[0].source_index == 0 and res.rejected[0].line == 1
+        assert "bytes is larger than the limit of 1,000,000 bytes (--max-record-bytes)" in res.rejected[0].reason
+        assert peak < 12_000_000, peak  # never the whole record, let alone the unpacked file
+    # The limit is a setting.
+    res = load_sources([SourceSpec(str(big), max_record_bytes=10_000_000)])
+    assert len(res.examples) == 2
+
+
+def test_a_pretty_printed_object_of_records_is_read_and_other_shapes_are_named(tmp_path):
+    p = tmp_path / "wrapped.json"
+    p.write_text(json.dumps({"version": 2, "data": [{"question": "What is 1 + 1?", "answer": "2"},
+                                                    {"question": "What is 2 + 2?", "answer": "4"}]}, indent=2))
+    res = load_sources([SourceSpec(str(p))])
+    assert len(res.examples) == 2 and res.sources[0].n_records == 2
+    p.write_text(json.dumps({"train": [{"question": "q", "answer": "a"}], "test": [{"question": "q2", "answer": "b"}]},
+                            indent=2))
+    with pytest.raises(SourceError, match="several lists of records \\(train, test\\)"):
+        load_sources([SourceSpec(str(p))])
+    p.write_text(json.dumps({"version": 2, "note": "x"}, indent=2))
+    with pytest.raises(SourceError, match="no list of records; expected a JSON array"):
+        load_sources([SourceSpec(str(p))])
+
+
+def test_a_mistyped_local_path_is_not_tried_on_the_hub(tmp_path):
+    import time
+
+    t0 = time.time()
+    with pytest.raises(SourceError, match="data/mth.jsonl: no such file or folder"):
+        load_sources([SourceSpec("data/mth.jsonl")])
+    assert time.time() - t0 < 2
+    assert is_hub_id("openai/gsm8k") and not is_hub_id("data/mth.jsonl") and not is_hub_id("data/x.csv.gz")
+
+
+def test_a_domain_taken_from_a_file_name_obeys_the_domain_rule(tmp_path):
+    p = write_jsonl(tmp_path / "<img src=x onerror=alert(1)>.jsonl", [{"question": "q", "answer": "a"}])
+    spec = parse_source_arg(str(p))
+    assert spec.domain == "img_src_x_onerror_alert_1" and check_domain(spec.domain) == spec.domain
+    assert parse_source_arg(str(write_jsonl(tmp_path / "my data.jsonl", [{"question": "q", "answer": "a"}]))).domain \
+        == "my_data"

@@ -104,7 +104,7 @@ def test_a_study_folder_of_other_settings_or_of_the_user_is_refused(pool):
     out = pool["dir"] / "study"  # written by the first test with epochs 2
     if not (out / "report.json").is_file():
         run_mix(mcfg(pool, out))
-    with pytest.raises(ValidationError, match="holds a mix with other settings.*epochs: 2 there, 3 now"):
+    with pytest.raises(ValidationError, match="holds a mix study with other settings.*epochs: 2 there, 3 now"):
         run_mix(mcfg(pool, out, epochs=3))
     mine = pool["dir"] / "mine"
     mine.mkdir()

@@ -287,6 +287,7 @@ def test_explore_page_draws_the_pool_map_with_escaped_previews(in_scored_ws, mon
     spec = _map_spec(at)
     assert "scattergl" in spec and "XSS-EXECUTED" in spec  # the probe's text is in the hover previews ...
     assert "<img src=x" not in spec and "&lt;img src=x" in spec  # ... escaped
+    assert "&quot;" not in spec and "&#x27;" not in spec  # quotes show as quotes (plotly does not decode them)
     assert "PCA layout" in _texts(at) and (in_scored_ws / "runs" / "learn-fixture" / "map-pca-s0.parquet").is_file()
     at.radio(key="map_colour").set_value("in the current selection").run()
     assert not at.exception and "not selected" in _map_spec(at)

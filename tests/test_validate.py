@@ -189,3 +189,20 @@ def test_training_examples_that_share_words_with_the_eval_sets_are_refused(setup
     with pytest.raises(ValidationError, match=r"share 13 consecutive words with the eval sets .*"
                                               r"select again with --decontaminate .*--allow-contaminated"):
         run_validate(vcfg(setup, [setup["dir"] / "planted"], setup["dir"] / "val-refused", allow_contaminated=False))
+
+
+def test_a_validation_folder_reused_with_other_settings_is_refused_not_mixed(setup):
+    """Issue 20, item 1: the second run with other epochs or another eval set used to report the first
+    run's NLLs under the new settings; now the folder's key refuses it."""
+    out = setup["dir"] / "val-reuse"
+    run_validate(vcfg(setup, [setup["dir"] / "planted"], out, seeds=1, epochs=1, baselines="random"))
+    first = (out / "report.json").read_text()
+    with pytest.raises(ValidationError, match="epochs: 1 there, 3 now"):
+        run_validate(vcfg(setup, [setup["dir"] / "planted"], out, seeds=1, epochs=3, baselines="random"))
+    with pytest.raises(ValidationError, match="holds a validation with other settings"):
+        run_validate(vcfg(setup, [setup["dir"] / "planted"], out, seeds=1, epochs=1, baselines="random",
+                          eval={"math": setup["eval"]["math"]}))
+    assert (out / "report.json").read_text() == first
+    # The same settings again: resumed, nothing retrained, the same report numbers.
+    run_validate(vcfg(setup, [setup["dir"] / "planted"], out, seeds=1, epochs=1, baselines="random"))
+    assert json.loads((out / "report.json").read_text())["statistics"] == json.loads(first)["statistics"]

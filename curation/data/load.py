@@ -16,7 +16,13 @@ prompt     ``prompt`` and ``response`` or ``completion``
 ========== =========================================================================
 
 Every record that cannot be used becomes a :class:`Rejected` row naming its source, position and
-reason; nothing is dropped silently.  Exact duplicates (same normalised messages) are kept once.
+reason; nothing is dropped silently (records in = accepted + rejected, in every format).  Exact
+duplicates (same normalised messages) are kept once.
+
+Input is bounded: a record larger than ``max_record_bytes`` (1 MB by default; ``--max-record-bytes``)
+is rejected by name without being kept in memory; line formats (JSONL, CSV, also gzipped) are read
+as a stream; a JSON array is read whole and must be under :data:`MAX_JSON_ARRAY_BYTES` after
+decompression (a larger one is refused with the advice to write it as JSONL).
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import io
 import json
 import re
 import zlib
@@ -33,6 +38,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 FORMATS = ("messages", "sharegpt", "alpaca", "gsm8k", "prompt")
+DEFAULT_MAX_RECORD_BYTES = 1_000_000  # a record's bytes as stored (a line, a CSV row, a JSON object)
+MAX_JSON_ARRAY_BYTES = 256_000_000  # a JSON array is parsed whole: larger files should be JSONL
+READ_CHUNK = 1 << 20
 
 # Speaker names seen in the wild, mapped to chat roles.
 ROLE_ALIASES = {
@@ -67,6 +75,7 @@ class SourceSpec:
     columns: dict[str, str] = field(default_factory=dict)
     format: str | None = None
     split: str | None = None
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
     def __post_init__(self):
         if self.format is not None and self.format not in FORMATS:
@@ -74,7 +83,10 @@ class SourceSpec:
                 f"{self.path}: unknown format {self.format!r}; expected one of {', '.join(FORMATS)}"
             )
         if self.domain is None:
-            self.domain = source_stem(self.path)
+            self.domain = safe_domain(source_stem(self.path))
+        if isinstance(self.max_record_bytes, bool) or not isinstance(self.max_record_bytes, int) \
+                or self.max_record_bytes < 1:
+            raise SourceError(f"max-record-bytes must be a positive number of bytes, got {self.max_record_bytes!r}")
 
 
 @dataclass
@@ -145,6 +157,13 @@ def check_domain(name: str) -> str:
         raise SourceError(f"domain {name!r}: use letters, digits, '.', '_' and '-' only (e.g. "
                           f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name or 'chat').strip('_') or 'chat'})")
     return name
+
+
+def safe_domain(name: str) -> str:
+    """A domain name derived from a file name: the characters ``check_domain`` refuses become
+    ``_`` (``my data`` -> ``my_data``), so a domain taken from a file obeys the same rule as one
+    given with ``DOMAIN=``."""
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("_.") or "data"
 
 
 def source_stem(path: str) -> str:
@@ -293,20 +312,20 @@ def iter_records(spec: SourceSpec) -> Iterator[tuple[int, int | None, dict | Rec
     path = Path(spec.path)
     name = path.name.lower()
     if path.is_dir():
-        yield from _iter_hf_disk(path, spec.split)
+        yield from _iter_hf_disk(path, spec.split, spec.max_record_bytes)
     elif not path.exists():
         if is_hub_id(spec.path):
-            yield from _iter_hub(spec.path, spec.split)
+            yield from _iter_hub(spec.path, spec.split, spec.max_record_bytes)
         else:
             raise SourceError(f"{spec.path}: no such file or folder")
     elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")):
-        yield from _iter_jsonl(path)
+        yield from _iter_jsonl(path, spec.max_record_bytes)
     elif name.endswith((".json", ".json.gz")):
-        yield from _iter_json(path)
+        yield from _iter_json(path, spec.max_record_bytes)
     elif name.endswith(".parquet"):
-        yield from _iter_parquet(path)
+        yield from _iter_parquet(path, spec.max_record_bytes)
     elif name.endswith((".csv", ".csv.gz")):
-        yield from _iter_csv(path)
+        yield from _iter_csv(path, spec.max_record_bytes)
     else:
         raise SourceError(
             f"{spec.path}: unsupported file type; expected .json, .jsonl, .parquet, .csv "
@@ -314,9 +333,14 @@ def iter_records(spec: SourceSpec) -> Iterator[tuple[int, int | None, dict | Rec
         )
 
 
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".gz", ".arrow")
+
+
 def is_hub_id(path: str) -> bool:
-    """Whether ``path`` (not an existing file) reads as a hub dataset id such as ``org/name``."""
-    return bool(re.match(r"^[\w.\-]+/[\w.\-]+$", path)) and not path.startswith(".") and not Path(path).exists()
+    """Whether ``path`` (not an existing file) reads as a hub dataset id such as ``org/name``: a
+    name with a data file's suffix (``data/mth.jsonl``) is a local path that does not exist."""
+    return (bool(re.match(r"^[\w.\-]+/[\w.\-]+$", path)) and not path.startswith(".") and not Path(path).exists()
+            and not path.lower().endswith(DATA_SUFFIXES))
 
 
 def read_record(spec: SourceSpec, source_index: int) -> dict:
@@ -328,22 +352,73 @@ def read_record(spec: SourceSpec, source_index: int) -> dict:
 # Readers
 
 
-def _open_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
+def _open_stream(path: Path):
+    """The file as a binary stream, decompressed on the fly for ``.gz``."""
     if path.name.lower().endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise SourceError(f"{path}: not a valid gzip file, or a truncated one ({type(e).__name__}: {e})") from None
-    return data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is not part of the first record
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
-def _iter_jsonl(path: Path):
+def _gzip_errors():
+    return (OSError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def too_large(n: int, limit: int, what: str = "record") -> RecordError:
+    return RecordError(f"{what} of {n:,}{'+' if n > limit else ''} bytes is larger than the limit of {limit:,} bytes "
+                       "(--max-record-bytes); it is not read")
+
+
+def _bounded_lines(path: Path, limit: int):
+    """``(line number, bytes or None, length)`` of every line, streamed: a line longer than
+    ``limit`` bytes is skipped to its end without being kept (``None``)."""
+    try:
+        with _open_stream(path) as f:
+            lineno, first = 0, True
+            while True:
+                raw = f.readline(limit + 1)
+                if not raw:
+                    return
+                lineno += 1
+                n = len(raw)
+                if not raw.endswith(b"\n") and n > limit:  # too long: skip the rest of the line in chunks
+                    while True:
+                        more = f.readline(READ_CHUNK)
+                        n += len(more)
+                        if not more or more.endswith(b"\n"):
+                            break
+                    yield lineno, None, n
+                    first = False
+                    continue
+                if first:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark is not part of the first record
+                    first = False
+                yield lineno, raw.removesuffix(b"\n").removesuffix(b"\r"), n
+    except _gzip_errors() as e:
+        raise SourceError(f"{path}: not a valid gzip file, or a truncated one ({type(e).__name__}: {e})") from None
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """The whole (decompressed) file, refused above ``limit`` bytes."""
+    try:
+        with _open_stream(path) as f:
+            data = f.read(limit + 1)
+    except _gzip_errors() as e:
+        raise SourceError(f"{path}: not a valid gzip file, or a truncated one ({type(e).__name__}: {e})") from None
+    if len(data) > limit:
+        raise SourceError(f"{path}: a JSON file larger than {limit:,} bytes (after decompression) is not read whole; "
+                          "write it as JSONL (one record per line), which is read record by record")
+    return data.removeprefix(b"\xef\xbb\xbf")
+
+
+def _iter_jsonl(path: Path, limit: int = DEFAULT_MAX_RECORD_BYTES):
     index = 0
     # Records end at "\n" only: U+2028/U+2029 are valid inside JSON strings (bytes.splitlines
     # keeps them, str.splitlines would not), and a "\r" before the "\n" is stripped.
-    for lineno, raw in enumerate(_open_bytes(path).split(b"\n"), start=1):
-        raw = raw.removesuffix(b"\r")
+    for lineno, raw, n in _bounded_lines(path, limit):
+        if raw is None:
+            yield index, lineno, too_large(n, limit)
+            index += 1
+            continue
         if not raw.strip():
             continue
         try:
@@ -367,16 +442,21 @@ def _parse_object(text: str) -> dict | RecordError:
     return obj
 
 
-def _iter_json(path: Path):
+def _iter_json(path: Path, limit: int = DEFAULT_MAX_RECORD_BYTES):
     # Decode with surrogateescape so one bad byte spoils one record, not the whole file.
-    text = _open_bytes(path).decode("utf-8", "surrogateescape")
+    text = _read_bounded(path, MAX_JSON_ARRAY_BYTES).decode("utf-8", "surrogateescape")
     start = _skip_ws(text, 0)
     if start < len(text) and text[start] == "{":
-        # A ".json" file of one object per line (JSONL by another name) is common.
-        yield from _iter_jsonl_text(text)
-        return
+        records = _records_in_object(text, path)
+        if records is not None:  # {"data": [...]}: the one list of records the object holds
+            text, start = records, 0
+        else:
+            # A ".json" file of one object per line (JSONL by another name) is common.
+            yield from _iter_jsonl_text(text, limit)
+            return
     if start >= len(text) or text[start] != "[":
-        raise SourceError(f"{path}: expected a JSON array of records")
+        raise SourceError(f"{path}: expected a JSON array of records, JSON lines (one object per line), or one "
+                          "object holding a list of records such as {\"data\": [...]}")
     decoder = json.JSONDecoder()
     pos = _skip_ws(text, start + 1)
     index = 0
@@ -407,6 +487,8 @@ def _iter_json(path: Path):
             bad_utf8 = None
         if bad_utf8 is None:
             pass
+        elif len(text[pos:end].encode("utf-8", "surrogateescape")) > limit:
+            yield index, line, too_large(len(text[pos:end].encode("utf-8", "surrogateescape")), limit)
         elif bad_utf8:
             yield index, line, RecordError("invalid UTF-8 in this record")
         elif not isinstance(obj, dict):
@@ -427,13 +509,36 @@ def _iter_json(path: Path):
         return
 
 
-def _iter_jsonl_text(text: str):
+def _records_in_object(text: str, path: Path) -> str | None:
+    """The records of a file that is one JSON object holding one list of objects (``{"data": [...]}``),
+    re-serialised as an array; None when the file is not one such object (JSON lines)."""
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    lists = [k for k, v in obj.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    if len(lists) == 1:
+        return json.dumps(obj[lists[0]], ensure_ascii=False)
+    if len(lists) > 1:
+        raise SourceError(f"{path}: one JSON object holding several lists of records ({', '.join(lists)}); save the "
+                          "one to use as its own file")
+    if any(k in obj for k in ("messages", "conversations", "instruction", "question", "prompt")):
+        return None  # a single record: JSON lines with one line
+    raise SourceError(f"{path}: one JSON object with the keys {sorted(obj)[:8]} and no list of records; expected a JSON "
+                      "array of records, JSON lines, or an object holding a list of records such as {\"data\": [...]}")
+
+
+def _iter_jsonl_text(text: str, limit: int = DEFAULT_MAX_RECORD_BYTES):
     index = 0
     for lineno, raw in enumerate(text.split("\n"), start=1):
         raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
-        if re.search(r"[\udc80-\udcff]", raw):
+        if len(raw.encode("utf-8", "surrogateescape")) > limit:
+            yield index, lineno, too_large(len(raw.encode("utf-8", "surrogateescape")), limit)
+        elif re.search(r"[\udc80-\udcff]", raw):
             yield index, lineno, RecordError("invalid UTF-8 in this line")
         else:
             yield index, lineno, _parse_object(raw)
@@ -456,19 +561,41 @@ def _has_surrogates(obj: Any) -> bool:
     return False
 
 
-def _iter_csv(path: Path):
-    text = _open_bytes(path).decode("utf-8", "surrogateescape")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+def _iter_csv(path: Path, limit: int = DEFAULT_MAX_RECORD_BYTES):
+    """Rows of a CSV file, streamed.  Lines are cut at ``limit`` bytes before the csv module sees
+    them (so no field can grow past it), and a row that was cut, or whose lines add up to more
+    than ``limit``, is rejected by name; the rows after it are read as usual."""
+    import sys
+
+    sizes = {"row": 0, "cut": False}
+
+    def lines():
+        for _, raw, n in _bounded_lines(path, limit):
+            sizes["row"] += n
+            if raw is None:  # too long: its content is dropped; a placeholder keeps the row (empty lines are skipped)
+                sizes["cut"] = True
+                raw = b"-"
+            yield raw.decode("utf-8", "surrogateescape") + "\n"
+
+    csv.field_size_limit(sys.maxsize)  # lines are bounded above; the csv module's own limit would stop the file
+    reader = csv.DictReader(lines())
+    try:
+        reader.fieldnames  # the header: read now, so its size is not counted in the first row's
+    except csv.Error as e:
+        raise SourceError(f"{path}: malformed CSV header ({e})") from None
     index = 0
     while True:
+        sizes["row"], sizes["cut"] = 0, False
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as e:
-            yield index, reader.line_num, RecordError(f"malformed CSV: {e}")
+            yield index, reader.line_num, RecordError(f"malformed CSV: {e}; the rest of the file could not be read")
             return
-        if _has_surrogates(row):
+        if sizes["cut"] or sizes["row"] > limit:
+            yield index, reader.line_num, too_large(sizes["row"], limit, "row")
+        elif _has_surrogates(row):
             yield index, reader.line_num, RecordError("invalid UTF-8 in this row")
         elif None in row:
             yield index, reader.line_num, RecordError("row has more fields than the header")
@@ -477,7 +604,7 @@ def _iter_csv(path: Path):
         index += 1
 
 
-def _iter_parquet(path: Path):
+def _iter_parquet(path: Path, limit: int = DEFAULT_MAX_RECORD_BYTES):
     import pyarrow.parquet as pq
 
     try:
@@ -485,13 +612,27 @@ def _iter_parquet(path: Path):
     except Exception as e:  # pyarrow raises several types for a broken file
         raise SourceError(f"{path}: not a readable Parquet file ({e})") from None
     index = 0
-    for batch in pf.iter_batches(batch_size=4096):
+    for batch in pf.iter_batches(batch_size=256):
         for row in batch.to_pylist():
-            yield index, None, row
+            n = _size(row)
+            yield index, None, (too_large(n, limit) if n > limit else row)
             index += 1
 
 
-def _iter_hf_disk(path: Path, split: str | None):
+def _size(obj) -> int:
+    """The bytes of a record's text (strings as UTF-8, other values by their decimal form)."""
+    if isinstance(obj, str):
+        return len(obj.encode("utf-8", "surrogateescape"))
+    if isinstance(obj, dict):
+        return sum(_size(k) + _size(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return sum(_size(v) for v in obj)
+    if isinstance(obj, bytes):
+        return len(obj)
+    return len(str(obj))
+
+
+def _iter_hf_disk(path: Path, split: str | None, limit: int = DEFAULT_MAX_RECORD_BYTES):
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is in requirements.txt
@@ -500,10 +641,10 @@ def _iter_hf_disk(path: Path, split: str | None):
         ds = datasets.load_from_disk(str(path))
     except Exception as e:
         raise SourceError(f"{path}: not a datasets save_to_disk folder ({e})") from None
-    yield from _iter_hf(ds, split, str(path))
+    yield from _iter_hf(ds, split, str(path), limit)
 
 
-def _iter_hub(name: str, split: str | None):
+def _iter_hub(name: str, split: str | None, limit: int = DEFAULT_MAX_RECORD_BYTES):
     import datasets
 
     try:
@@ -513,10 +654,10 @@ def _iter_hub(name: str, split: str | None):
             f"{name}: could not load this dataset from the Hugging Face hub ({type(e).__name__}: "
             f"{str(e)[:200]}); check the id and the network, or pass a local file"
         ) from None
-    yield from _iter_hf(ds, split, name)
+    yield from _iter_hf(ds, split, name, limit)
 
 
-def _iter_hf(ds, split: str | None, where: str):
+def _iter_hf(ds, split: str | None, where: str, limit: int = DEFAULT_MAX_RECORD_BYTES):
     import datasets
 
     if isinstance(ds, datasets.DatasetDict):
@@ -526,7 +667,8 @@ def _iter_hf(ds, split: str | None, where: str):
             raise SourceError(f"{where}: choose a split, one of {sorted(ds)}")
         ds = ds[split]
     for index, row in enumerate(ds):
-        yield index, None, row
+        n = _size(row)
+        yield index, None, (too_large(n, limit) if n > limit else row)
 
 
 def file_fingerprint(path: str) -> str | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from pathlib import Path
 from curation.atomic import AtomicError, atomic_dir
 from curation.config import option
 from curation.progress import Progress, Reporter
-from curation.runs.folder import RunError, read_examples
+from curation.runs.folder import Run, RunError, read_examples
 from curation.selection.folder import Selection
 from curation.selection.recipe import SelectionError
 from curation.system import PROJECT_ROOT
@@ -39,6 +40,8 @@ from curation.system import PROJECT_ROOT
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
 STYLES = ("original", "messages")
 DATA_NAMES = {"jsonl": "train.jsonl", "parquet": "train.parquet", "hf": "train"}
+MANIFEST = "manifest.json"
+EXPORT_FILES = (MANIFEST, *DATA_NAMES.values())  # what an export folder holds: all of it is replaced
 
 
 class ExportError(ValueError):
@@ -74,11 +77,13 @@ def export_selection(cfg: ExportConfig, progress: Progress | None = None, notes:
     try:
         sel = Selection(sel_dir)
         selected, summary = sel.rows(), sel.summary()
-    except SelectionError as e:
+        run = summary.get("run", {})
+        if run.get("dir") and (Path(run["dir"]) / Run.SCORES).is_file():  # the run is here: check against it
+            selected = sel.rows_in(Run(run["dir"]).scores())
+    except (SelectionError, RunError) as e:
         raise ExportError(str(e)) from None
     if len(selected) == 0:
         raise ExportError(f"{sel_dir}: the selection is empty")
-    run = summary.get("run", {})
     report(phase="reading sources", done=0, total=len(selected))
     try:
         records = read_examples(run, selected.itertuples(index=False), check_fingerprints=True,
@@ -93,8 +98,9 @@ def export_selection(cfg: ExportConfig, progress: Progress | None = None, notes:
     with _export_dir(out, cleaned) as tmp:
         data_name = DATA_NAMES[cfg.format]
         table = _arrow_table(rows, cfg.style)  # also proves the rows form one loadable table
+        non_finite = 0
         if cfg.format == "jsonl":
-            _write_jsonl(tmp / data_name, rows)
+            non_finite = write_jsonl(tmp / data_name, rows)
         elif cfg.format == "parquet":
             import pyarrow.parquet as pq
 
@@ -104,7 +110,15 @@ def export_selection(cfg: ExportConfig, progress: Progress | None = None, notes:
 
             datasets.Dataset(table).save_to_disk(str(tmp / data_name))
         manifest = _manifest(cfg, sel_dir, selected, summary, rows, data_name, __version__)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        if non_finite:
+            manifest["non_finite_values"] = {
+                "count": non_finite, "written_as": None,
+                "note": "NaN and infinite numbers of the source records are written as null: strict JSON has no "
+                        "NaN or Infinity (content_sha256 is of the records as read)"}
+            if notes is not None:
+                notes.append(f"{non_finite} NaN or infinite number(s) in the records were written as null "
+                             "(strict JSON has none); the manifest says so")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     if notes is not None:
         notes += [f"removed {p.name} ({size / 1e6:.1f} MB), a temporary folder left next to {out} by an export "
                   "that was killed" for p, size in cleaned]
@@ -117,8 +131,8 @@ def load_export(export_dir: str | os.PathLike):
     import datasets
 
     d = Path(export_dir)
-    manifest = json.loads((d / "manifest.json").read_text())
-    path = d / manifest["files"]["data"]
+    manifest = read_manifest(d)
+    path = data_path(d, manifest)
     if manifest["format"] == "hf":
         return datasets.load_from_disk(str(path))
     builder = "json" if manifest["format"] == "jsonl" else "parquet"
@@ -131,7 +145,7 @@ def load_export(export_dir: str | os.PathLike):
 @contextmanager
 def _export_dir(out: Path, cleaned: list):
     try:
-        with atomic_dir(out, marker="manifest.json", what="export", cleaned=cleaned) as tmp:
+        with atomic_dir(out, marker=MANIFEST, what="export", cleaned=cleaned, known=EXPORT_FILES) as tmp:
             yield tmp
     except AtomicError as e:
         raise ExportError(str(e)) from None
@@ -153,13 +167,29 @@ def _arrow_table(rows: list[dict], style: str):
         ) from None
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[dict]) -> int:
+    """Write strict JSON lines (NaN and infinities become null, which every JSON parser reads);
+    returns how many such numbers there were."""
+    replaced = 0
+
+    def finite(v):
+        nonlocal replaced
+        if isinstance(v, float) and not math.isfinite(v):
+            replaced += 1
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [finite(x) for x in v]
+        return v
+
     with path.open("w", encoding="utf-8") as f:
         for i, r in enumerate(rows):
             try:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            except TypeError as e:
+                f.write(json.dumps(finite(r), ensure_ascii=False, allow_nan=False) + "\n")
+            except (TypeError, ValueError) as e:
                 raise ExportError(f"row {i} has a value JSON cannot hold ({e}); use --format parquet or hf") from None
+    return replaced
 
 
 def _content_hash(row: dict) -> str:
@@ -207,21 +237,47 @@ def _manifest(cfg: ExportConfig, sel_dir: Path, selected, summary: dict, rows: l
     }
 
 
+def read_manifest(export_dir: str | os.PathLike) -> dict:
+    """An export's ``manifest.json``; :class:`ExportError` naming the file when it is unreadable."""
+    p = Path(export_dir) / MANIFEST
+    try:
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"{p}: not a readable manifest ({type(e).__name__}: {e}); export again into a new folder") from None
+    if not isinstance(m, dict) or not isinstance(m.get("files"), dict) or not isinstance(m["files"].get("data"), str) \
+            or m.get("format") not in EXPORT_FORMATS:
+        raise ExportError(f"{p}: not an export manifest (it needs format and files.data); export again into a new folder")
+    return m
+
+
+def data_path(export_dir: str | os.PathLike, manifest: dict) -> Path:
+    """The export's data file or folder: one of the names an export writes, inside the export folder
+    (resolved, links followed); anything else a manifest names is refused, never read or served."""
+    d = Path(export_dir).resolve()
+    name = manifest["files"]["data"]
+    path = (d / name).resolve()
+    if name not in DATA_NAMES.values() or path.parent != d or not path.exists():
+        raise ExportError(f"{d / MANIFEST}: files.data names {name!r}, which is not a data file of this export "
+                          f"({', '.join(DATA_NAMES.values())} inside {d}); it is not read")
+    return path
+
+
 def download_payload(export_dir: str | os.PathLike) -> tuple[bytes, str, str]:
     """``(bytes, file name, mime type)`` for downloading an export: its data file as is, or a zip
-    of the whole folder (data + manifest) when the data is a folder (``hf``)."""
+    of the whole folder (data + manifest) when the data is a folder (``hf``).  Only files inside
+    the export folder are served (:func:`data_path`; links inside it are skipped)."""
     import io
     import zipfile
 
     d = Path(export_dir)
-    manifest = json.loads((d / "manifest.json").read_text())
-    data = d / manifest["files"]["data"]
+    data = data_path(d, read_manifest(d))
+    root = d.resolve()
     if data.is_file():
         mime = "application/jsonl" if data.suffix == ".jsonl" else "application/octet-stream"
         return data.read_bytes(), f"{d.name}-{data.name}", mime
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for p in sorted(d.rglob("*")):
-            if p.is_file():
-                z.write(p, p.relative_to(d.parent))
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and not p.is_symlink() and p.resolve().is_relative_to(root):
+                z.write(p, p.relative_to(root.parent))
     return buf.getvalue(), f"{d.name}.zip", "application/zip"

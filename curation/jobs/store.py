@@ -121,7 +121,10 @@ def workspace_dir(workspace: str | os.PathLike | None = None) -> Path:
     ``./workspace``.  Absolute because workers run in other folders than their submitter."""
     from curation.jobs.workspace import workspace_root
 
-    return workspace_root(workspace).expanduser().resolve()
+    root = workspace_root(workspace).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise JobError(f"--workspace {root} is a file; give the workspace folder (it holds {DB_NAME})")
+    return root
 
 
 def submit(kind: str, config, workspace: str | os.PathLike | None = None) -> str:

@@ -88,7 +88,9 @@ def one_line_reason(e: BaseException) -> str:
     from curation.scoring.models import ModelError
 
     text = " ".join(str(e).split()) or type(e).__name__
-    if not isinstance(e, (SourceError, ModelError, ValueError, FileNotFoundError)):
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    elif not isinstance(e, (SourceError, ModelError, ValueError)):
         text = f"{type(e).__name__}: {text}"
     return text if len(text) <= 400 else text[:397] + "..."
 

@@ -30,6 +30,7 @@ from curation.atomic import atomic_path
 
 SUBDIRS = ("data", "eval", "runs", "selections", "exports", "validations", "mixes")
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz", ".parquet", ".csv", ".csv.gz")
+MAX_NAME = 120  # characters of a file or folder name made from user input
 
 
 
@@ -76,13 +77,31 @@ def exports_dir(workspace=None) -> Path:
     return workspace_root(workspace) / "exports"
 
 
+def leaves_workspace(path: Path, workspace=None) -> bool:
+    """Whether ``path`` (a link, or inside a linked folder) resolves to a place outside the workspace."""
+    root = workspace_root(workspace).resolve()
+    return not path.resolve().is_relative_to(root)
+
+
+def outside_links(workspace=None, folder: str = "data") -> list[Path]:
+    """Entries of the workspace's data (or eval) folder that link to places outside the workspace:
+    they are not listed, previewed or read (copy such a file into the folder instead)."""
+    d = workspace_root(workspace) / folder
+    if not d.is_dir():
+        return []
+    return [p for p in sorted(d.iterdir()) if leaves_workspace(p, workspace)]
+
+
 def list_data_files(workspace=None, folder: str = "data") -> list[Path]:
-    """Data files (and ``datasets`` save_to_disk folders) in the workspace's data (or eval) folder."""
+    """Data files (and ``datasets`` save_to_disk folders) in the workspace's data (or eval) folder;
+    links that leave the workspace are left out (:func:`outside_links`)."""
     d = workspace_root(workspace) / folder
     if not d.is_dir():
         return []
     out = []
     for p in sorted(d.iterdir()):
+        if leaves_workspace(p, workspace):
+            continue
         if p.is_file() and p.name.lower().endswith(DATA_SUFFIXES):
             out.append(p)
         elif p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file()):
@@ -146,6 +165,9 @@ def safe_name(name: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._\-]+", "_", name).strip("._")
     if not name:
         raise ValueError("the name is empty after removing unsafe characters")
+    if len(name) > MAX_NAME:  # a file system allows 255 bytes; keep the suffix, shorten the stem
+        suffix = next((s for s in sorted(DATA_SUFFIXES, key=len, reverse=True) if name.lower().endswith(s)), "")
+        name = name[: MAX_NAME - len(suffix)].rstrip("._") + suffix
     return name
 
 

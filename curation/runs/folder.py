@@ -164,7 +164,7 @@ def source_specs(prov: dict, check_fingerprints: bool = False) -> dict:
     the copy a selection carries).  The recorded path is tried first, then its absolute path (the
     run was started from another folder).  With ``check_fingerprints``, a file whose content
     changed since the run is refused."""
-    from curation.data.load import SourceSpec, file_fingerprint, is_hub_id
+    from curation.data.load import DEFAULT_MAX_RECORD_BYTES, SourceSpec, file_fingerprint, is_hub_id
 
     cfg = prov.get("config", {})
     out = {}
@@ -181,7 +181,8 @@ def source_specs(prov: dict, check_fingerprints: bool = False) -> dict:
             raise SourceChanged(f"source {entry.get('source')}: {path} changed since the run scored it "
                                 f"(fingerprint {file_fingerprint(path)} != {want}); re-run the scoring on the new file")
         out[entry["source"]] = SourceSpec(path=path, domain=entry.get("domain"), columns=cfg.get("columns") or {},
-                                          format=entry.get("format"), split=cfg.get("split"))
+                                          format=entry.get("format"), split=cfg.get("split"),
+                                          max_record_bytes=cfg.get("max_record_bytes") or DEFAULT_MAX_RECORD_BYTES)
     return out
 
 
@@ -305,7 +306,8 @@ class Run:
         prov = {k: run[k] for k in keep if k in run}
         cfg = run.get("config", {})
         prov["config"] = {k: cfg.get(k) for k in ("sources", "columns", "format", "limit", "model", "template",
-                                                  "max_length", "checkpoints", "seed", "lora", "epochs") if k in cfg}
+                                                  "max_length", "checkpoints", "seed", "lora", "epochs",
+                                                  "max_record_bytes") if k in cfg}
         prov["dir"] = str(self.path.resolve())
         sources = []
         for s in run.get("sources", []):

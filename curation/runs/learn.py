@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from curation.config import check_positive, field_info, option, project, result_key
+from curation.config import check_at_most, check_positive, field_info, option, project, result_key
 from curation.progress import Progress, Reporter
 from curation.runs.steps import RunConfig
 from curation.runs.training import TrainConfig
@@ -58,6 +58,7 @@ class LearnConfig(TrainConfig, RunConfig):
         RunConfig.__post_init__(self)
         TrainConfig.__post_init__(self)
         check_positive(self, "checkpoints", "n_clusters", "stability_runs")
+        check_at_most(self, checkpoints=100, n_clusters=100_000, stability_runs=20, heldout_folds=100)
         if self.heldout_folds == 1 or self.heldout_folds < 0:
             raise ValueError(f"heldout-folds must be 0 (off) or at least 2, got {self.heldout_folds}")
         if self.stability_runs > 1 and self.reference is not None:

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from curation.atomic import atomic_dir, write_json
-from curation.config import check_positive, option
+from curation.config import check_at_most, check_positive, option
 from curation.progress import Progress
 from curation.data.templates import Encoded, pack_encoded, unpack_encoded
 
@@ -68,6 +68,7 @@ class TrainConfig:
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_r
         check_positive(self, "epochs", "train_batch_tokens", "grad_accum", "lora_r", "lora_alpha")
+        check_at_most(self, epochs=1000, train_batch_tokens=1 << 20, grad_accum=1 << 16, lora_r=4096)
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:

@@ -100,6 +100,7 @@ def ray_instance(cfg):
     watchdog, temp_dir = None, None
     t0 = time.time()
     if cfg.ray_address:  # a cluster that outlives us: join it, do not own it
+        check_address(cfg.ray_address)
         try:
             ray.init(address=cfg.ray_address, runtime_env={"env_vars": env}, log_to_driver=False,
                      logging_level="WARNING")
@@ -145,6 +146,31 @@ def ray_instance(cfg):
                     watchdog.wait(timeout=40)
                 except subprocess.TimeoutExpired:
                     watchdog.kill()
+
+
+def check_address(address: str, timeout: float = 3.0) -> None:
+    """Fail at once, with one line, when nothing can answer at ``address`` (``ray.init`` would retry
+    for minutes), and when ``ray://`` needs Ray Client's packages that are not installed."""
+    import socket
+
+    if address == "auto":
+        return
+    if address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401 - Ray Client's transport
+        except ImportError:
+            raise EngineError(f"--ray-address {address}: Ray Client (ray://) needs pip install 'ray[client]', which this "
+                              "installation does not have; or run the job on a node of the cluster with "
+                              "--ray-address auto") from None
+        address = address[len("ray://"):]
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise EngineError(f"--ray-address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise EngineError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); start the cluster "
+                          f"(ray start --head --port={port}) or check the address") from None
 
 
 def run_cancellable(fn, *args, progress=None, poll_s: float = 0.5, **kwargs):

@@ -134,7 +134,7 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
     if recipe.fill and unfilled > 0:
         notes.append(f"--fill: no domain had room for the last {unfilled} {unit} of the budget")
     if len(out) == 0:
-        raise empty_selection(recipe, eligible, len(df))
+        raise empty_selection(recipe, eligible, details["eligibility"])
     return SelectionResult(rows=out, recipe=recipe, score_column=score_col, unit=unit, budget_units=budget_units,
                            domains=plans, unfilled=int(unfilled), warnings=notes, eligible_mask=eligible,
                            details=details)
@@ -171,27 +171,33 @@ def eligibility(df, recipe: Recipe, run_kind: str, score, ids: np.ndarray) -> tu
     """The rows a recipe may pick (scored, score known, thresholds passed, filters) and the
     filters' reports."""
     eligible = np.ones(len(df), dtype=bool)
+    steps = [{"step": "in the pool", "left": len(df)}]  # how many rows each step leaves (the summary's funnel)
     if "scored" in df.columns:
         eligible &= df["scored"].fillna(False).astype(bool).to_numpy()
     if score is not None:
         eligible &= ~np.isnan(score)
+    steps.append({"step": "scored, with the method's score", "left": int(eligible.sum())})
     for which, bounds in (("min", recipe.min), ("max", recipe.max)):
         for name, bound in bounds.items():
             values = threshold_values(df, name, which, run_kind)
             with np.errstate(invalid="ignore"):
                 ok = values >= bound if which == "min" else values <= bound
             eligible &= ok & ~np.isnan(values)
-    details: dict = {}
+            steps.append({"step": f"{name} {'>=' if which == 'min' else '<='} {bound:g}", "left": int(eligible.sum())})
+    details: dict = {"eligibility": steps}
     if recipe.decontaminate:
         details["contamination"] = drop_contaminated(df, recipe, eligible)
+        steps.append({"step": f"decontamination ({recipe.ngram}-word n-grams)", "left": int(eligible.sum())})
     if recipe.dedup:
         details["dedup"] = drop_near_duplicates(df, recipe, eligible, score, ids)
+        steps.append({"step": f"near-duplicates (threshold {recipe.near_dup_threshold:g})", "left": int(eligible.sum())})
     if recipe.diversity:
         embedding = annotation(df, "embedding")
         known = np.array([e is not None and bool(np.isfinite(e).all()) for e in embedding], dtype=bool)
         details["diversity"] = {"method": recipe.diversity, "eligible_without_embedding": int((eligible & ~known).sum()),
                                 "by_domain": {}}
         eligible &= known
+        steps.append({"step": "with an embedding", "left": int(eligible.sum())})
     return eligible, details
 
 
@@ -254,16 +260,15 @@ def domain_plans(out, shares, domain, eligible, quota, alloc, shortfall, capacit
     return plans, notes
 
 
-def empty_selection(recipe: Recipe, eligible: np.ndarray, n_pool: int) -> SelectionError:
+def empty_selection(recipe: Recipe, eligible: np.ndarray, steps: list[dict]) -> SelectionError:
     """The error for a recipe that selects nothing, saying which step left nothing."""
     n = int(eligible.sum())
     if n:
-        why = f"{n} example(s) are eligible but none fits the budget of {recipe.budget} per the mix {recipe.mix}"
-    else:
-        bounds = [f"{k}>={v:g}" for k, v in recipe.min.items()] + [f"{k}<={v:g}" for k, v in recipe.max.items()]
-        why = (f"no example is eligible ({n} of {n_pool} pass 'scored', the score and the thresholds "
-               f"{', '.join(bounds) or '(none)'})")
-    return SelectionError(f"empty selection: {why}")
+        return SelectionError(f"empty selection: {n} example(s) are eligible but none fits the budget of "
+                              f"{recipe.budget} per the mix {recipe.mix}")
+    funnel = "; ".join(f"{s['step']}: {s['left']}" for s in steps)
+    emptied = next((s["step"] for s in steps if s["left"] == 0), steps[-1]["step"])
+    return SelectionError(f"empty selection: no example is eligible, the step that left none is {emptied} ({funnel})")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -81,6 +81,20 @@ class Selection:
                                  f"({int(dup.sum())} duplicate row(s)); each example is selected once")
         return df
 
+    def rows_in(self, table):
+        """:meth:`rows`, checked against the run's score ``table``: every example must be one of its
+        rows (a hand-edited file may name others), and the selection must not be empty."""
+        df = self.rows()
+        p = self.path / self.ROWS
+        if len(df) == 0:
+            raise SelectionError(f"{p}: the selection is empty; select again")
+        unknown = sorted(set(df["example_id"].astype(str)) - set(table["example_id"].astype(str)))
+        if unknown:
+            raise SelectionError(f"{p}: {len(unknown)} example(s) (e.g. {unknown[0]}) are not in the run's score table "
+                                 f"({self.provenance().get('dir')}); the file was edited or comes from another run: "
+                                 "select again")
+        return df
+
     def provenance(self) -> dict:
         """The run's provenance the selection keeps (its folder, sources, models, template)."""
         return self.summary().get("run", {})
@@ -106,7 +120,7 @@ class Selection:
         summary["run"] = provenance
         summary["code_version"] = __version__
         # The folder is renamed into place as a whole, so plain writes inside it are atomic enough.
-        with atomic_dir(out, marker=cls.RECIPE, what="selection") as tmp:
+        with atomic_dir(out, marker=cls.RECIPE, what="selection", known=cls.FILES) as tmp:
             (tmp / cls.RECIPE).write_text(result.recipe.to_yaml())
             pq.write_table(pa.Table.from_pandas(result.rows, preserve_index=False), tmp / cls.ROWS)
             (tmp / cls.SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

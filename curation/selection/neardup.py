@@ -267,15 +267,16 @@ def group_texts(texts, ids, threshold: float = Recipe.near_dup_threshold, num_pe
             reps.append(i)
     reps = np.asarray(reps, dtype=np.int64)
     t1 = time.perf_counter()
-    sig = minhash_values(sets, reps, num_perm) if len(reps) else np.zeros((0, num_perm), np.uint32)
+    sig = minhash_values(sets, reps, num_perm) if len(reps) and threshold < 1 else np.zeros((0, num_perm), np.uint32)
     timing["minhash"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    bands, rows = lsh_params(threshold, num_perm)
-    lsh = MinHashLSH(num_perm=num_perm, params=(bands, rows))
-    template = MinHash(num_perm=num_perm, seed=1)
     n_cand = n_merged = n_numbers = 0
-    for r, i in enumerate(reps.tolist()):
+    # At threshold 1 only identical shingle sets are near-duplicates, and they are joined above.
+    bands, rows = lsh_params(threshold, num_perm) if threshold < 1 else (0, 0)
+    lsh = MinHashLSH(num_perm=num_perm, params=(bands, rows)) if threshold < 1 else None
+    template = MinHash(num_perm=num_perm, seed=1)
+    for r, i in enumerate(reps.tolist() if lsh is not None else []):
         mh = MinHash(seed=1, hashvalues=sig[r], permutations=template.permutations, scheme=template.scheme)
         for j in lsh.query(mh):
             if find(i) == find(j):

@@ -94,7 +94,8 @@ class Recipe:
                                      "(MinHash LSH over word shingles of the whole conversation; curation.selection.neardup)",
                                choices=DEDUPS)
     near_dup_threshold: float = option(0.8, "--dedup near: word-shingle Jaccard similarity from which two examples are "
-                                            "near-duplicates (their sets of numbers must agree as much)")
+                                            "near-duplicates (their sets of numbers must agree as much); 1: only "
+                                            "identical word sequences")
     decontaminate: list[str] = option(help="eval files (any format the loader reads): pool examples sharing an n-gram "
                                            "with one of their examples are not eligible", default_factory=list,
                                       metavar="PATH")
@@ -249,6 +250,8 @@ def _parse_mix(mix) -> dict[str, float] | str:
             if "=" not in pair:
                 raise SelectionError(f"mix {mix!r}: expected DOMAIN=SHARE pairs (e.g. chat=0.5,math=0.5) or natural")
             k, v = pair.split("=", 1)
+            if k.strip() in out:
+                raise SelectionError(f"mix {mix!r}: domain {k.strip()!r} is given twice; give each domain once")
             out[k.strip()] = v.strip()
         mix = out
     if not isinstance(mix, dict) or not mix:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.config import ComputeConfig, check_positive, option, parse_pairs, result_key
+from curation.config import ComputeConfig, check_at_most, check_positive, option, parse_pairs, result_key
 from curation.progress import Progress, Reporter
 from curation.runs.training import TrainConfig
 from curation.scores import SCORES
@@ -42,10 +42,9 @@ from curation.selection.recipe import Recipe
 from curation.validation.mixing_law import (Law, MixError, dirichlet_design, fit_law, grid, leave_one_out,
                                             objective_values, pareto_front, parse_objective, recommend,
                                             simplex_design, two_domain_design)
-from curation.validation.proxy import (Training, assemble, claim_study, evaluate_base,
+from curation.validation.proxy import (MAX_SEEDS, check_eval_files, Training, assemble, claim_study, evaluate_base,
                                        file_fingerprints, open_proxy, run_trainings, study_key)
 
-MAX_SEEDS = 50
 MAX_POINTS = 64
 
 
@@ -81,7 +80,9 @@ class MixConfig(TrainConfig, ComputeConfig):
         if not self.eval:
             raise ValueError("give held-out eval sets with --eval NAME=PATH (the default workspace has "
                              "workspace/eval/chat.jsonl and workspace/eval/math.jsonl)")
+        check_eval_files(self.eval)
         check_positive(self, "seeds", "ngram", "bootstrap")
+        check_at_most(self, bootstrap=100_000, ngram=1000)
         if self.seeds > MAX_SEEDS:
             raise ValueError(f"seeds {self.seeds}: at most {MAX_SEEDS} trainings per mix")
         if self.bootstrap < 100:

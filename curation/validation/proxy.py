@@ -35,6 +35,7 @@ from curation.config import project
 from curation.runs.training import TrainConfig
 
 STUDY = "study.json"
+MAX_SEEDS = 50  # trainings per candidate or mix: every seed is a whole fine-tuning
 
 
 class ValidationError(ValueError):
@@ -105,13 +106,26 @@ def claim_study(out: Path, kind: str, key: str, settings: dict) -> None:
                          if settings.get(k) != have.get("settings", {}).get(k))
         detail = "; ".join(f"{k}: {have.get('settings', {}).get(k)!r} there, {settings.get(k)!r} now"
                            for k in changed[:6]) or "its data or model changed"
-        raise ValidationError(f"{out} holds a {have.get('kind', 'study')} with other settings ({detail}); its results "
+        other = {"validate": "validation", "mix": "mix study"}.get(have.get("kind"), "study")
+        raise ValidationError(f"{out} holds a {other} with other settings ({detail}); its results "
                               f"would be mixed with these. Use a new --out folder (or delete that one)")
     if out.is_dir() and any(out.iterdir()):
         raise ValidationError(f"{out} is not empty and holds no {what} ({STUDY} is missing); use a new --out "
                               "folder or empty that one")
     out.mkdir(parents=True, exist_ok=True)
     write_json(marker, {"kind": kind, "key": key, "settings": settings})
+
+
+def check_eval_files(evals: dict[str, str]) -> None:
+    """Each eval set its own file: one file under two names would give the second no example (the
+    loader keeps one copy of each example), and its verdicts would silently be missing."""
+    seen: dict[str, str] = {}
+    for name, path in evals.items():
+        key = str(Path(path).resolve()) if Path(path).exists() else str(path)
+        if key in seen:
+            raise ValueError(f"--eval {seen[key]}={path} and --eval {name}={path} name the same file; give each eval "
+                             "set its own file")
+        seen[key] = name
 
 
 def study_key(*parts) -> str:

@@ -53,13 +53,13 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.config import ComputeConfig, check_positive, option, parse_pairs, result_key
+from curation.config import ComputeConfig, check_at_most, check_positive, option, parse_pairs, result_key
 from curation.progress import Progress, Reporter
 from curation.runs.training import TrainConfig
 from curation.selection.baselines import BASELINES
 from curation.selection.recipe import Recipe
 from curation.validation.mixing_law import MixError, parse_objective
-from curation.validation.proxy import (EvalSets, Training, ValidationError, assemble, claim_study, evaluate_base,
+from curation.validation.proxy import (MAX_SEEDS, check_eval_files, EvalSets, Training, ValidationError, assemble, claim_study, evaluate_base,
                                        file_fingerprints, open_proxy, run_trainings, slug, study_key)
 
 
@@ -105,6 +105,7 @@ class ValidateConfig(TrainConfig, ComputeConfig):
         if not self.eval:
             raise ValueError("give held-out eval sets with --eval DOMAIN=PATH (the default workspace has "
                              "workspace/eval/chat.jsonl and workspace/eval/math.jsonl)")
+        check_eval_files(self.eval)
         try:
             self.generate = {k: int(v) for k, v in parse_pairs(self.generate, "DOMAIN=N").items()}
         except ValueError:
@@ -113,6 +114,9 @@ class ValidateConfig(TrainConfig, ComputeConfig):
         if unknown:
             raise ValueError(f"baselines {unknown}: expected some of {', '.join(BASELINES)}")
         check_positive(self, "seeds", "max_new_tokens", "ngram")
+        check_at_most(self, seeds=MAX_SEEDS, max_new_tokens=8192, ngram=1000)
+        if any(n < 1 or n > 100_000 for n in self.generate.values()):
+            raise ValueError(f"generate {self.generate}: N must be between 1 and 100,000 problems")
         missing = [d for d in self.generate if d not in self.eval]
         if missing:
             raise ValueError(f"generate {missing}: no --eval set of that domain")
@@ -229,7 +233,7 @@ def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> li
     out: list[Candidate] = []
     single = len(sels) == 1
     for sel in sels:
-        rows, recipe = sel.rows(), sel.recipe()
+        rows, recipe = sel.rows_in(df), sel.recipe()
         out.append(Candidate(sel.name, "selection", sel.name, seeds, {s: rows["example_id"].tolist() for s in seeds}))
         # The eligible rows: thresholds, scored, and the recipe's dedup/decontamination if any.
         annotated = annotate(run, df, recipe) if run is not None else df

@@ -103,3 +103,10 @@ def preview(text: str, limit: int = 160, escape: bool = True) -> str:
     if len(one) > limit:
         one = one[: limit - 1].rstrip() + "\u2026"
     return html.escape(one) if escape else one
+
+
+def hover_text(text: str, limit: int = 120) -> str:
+    """A preview for a plotly hover label: ``<``, ``>`` and ``&`` escaped (so no markup of the data
+    becomes a tag), quotes left as they are (plotly decodes ``&lt;``/``&gt;``/``&amp;`` but shows
+    ``&quot;`` literally, so escaping them would show the entity)."""
+    return html.escape(preview(text, limit, escape=False), quote=False)
