@@ -35,11 +35,24 @@ def test_sizes_and_disjointness(written):
     _, loaded = written
     assert {k: len(v) for k, v in loaded.items()} == {
         ("data", "chat"): dd.N_CHAT, ("data", "math"): dd.N_MATH,
-        ("eval", "chat"): dd.N_EVAL_CHAT, ("eval", "math"): dd.N_EVAL_MATH}
+        ("eval", "chat"): dd.N_EVAL_CHAT, ("eval", "math"): dd.N_EVAL_MATH,
+        ("dev", "chat"): dd.N_DEV_CHAT, ("dev", "math"): dd.N_DEV_MATH}
     for dom in ("chat", "math"):
         pool = {e.example_id for e in loaded[("data", dom)]}
         held = {e.example_id for e in loaded[("eval", dom)]}
-        assert not pool & held, dom
+        dev = {e.example_id for e in loaded[("dev", dom)]}
+        assert not pool & held and not dev & (pool | held), dom
+
+
+def test_dev_sets_share_no_13_word_run_with_the_pool_or_the_eval_sets(written):
+    from curation.data.overlap import contaminated
+    from curation.data.textnorm import conversation_text
+
+    _, loaded = written
+    for dom in ("chat", "math"):
+        dev = [conversation_text(e.messages) for e in loaded[("dev", dom)]]
+        others = [conversation_text(e.messages) for e in loaded[("data", dom)] + loaded[("eval", dom)]]
+        assert not contaminated(dev, others).flags.any(), dom
 
 
 def test_chat_eval_same_filters_and_no_near_repeats(written):
@@ -63,7 +76,8 @@ def test_math_split_is_stratified_stable_and_covers_champ(written):
     assert cats == Counter({"Number-Theory": 15, "Inequality": 9, "Polynomial": 9, "Sequence": 9, "Combinatorics": 8})
     pool = [json.loads(x)["id"] for x in (ws / "data" / "math.jsonl").read_text().splitlines()]
     held = [json.loads(x)["id"] for x in (ws / "eval" / "math.jsonl").read_text().splitlines()]
-    assert sorted(pool + held) == sorted(problems) and set(held) == ids
+    dev = [json.loads(x)["id"] for x in (ws / "dev" / "math.jsonl").read_text().splitlines()]
+    assert sorted(pool + held + dev) == sorted(problems) and set(held) == ids and set(dev) == dd.champ_dev_ids()
     # Reordering the dataset does not change the split (a salted hash, not file positions).
     assert dd.champ_eval_ids(problems=dict(reversed(list(problems.items())))) == ids
 

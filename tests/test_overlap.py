@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation.selection.contamination import ContaminationError, contaminated
+from curation.data.overlap import ContaminationError, contaminated
 from curation.data.textnorm import words
 
 EVAL = [
