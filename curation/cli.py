@@ -371,7 +371,21 @@ def select_recipe(args) -> "Recipe":  # noqa: F821
     values.update(flags)
     if "method" not in values:
         raise SelectionError(f"give --method ({', '.join(METHODS)}) or --recipe")
+    if values["method"] == "target" and not values.get("target"):
+        values["target"] = default_targets()
     return Recipe.from_dict(values)
+
+
+def default_targets() -> dict[str, list[str]]:
+    """The workspace's dev sets as targets (``dev/DOMAIN.jsonl``...), when ``--target`` is not given."""
+    from curation.data.load import source_stem
+    from curation.jobs.workspace import list_data_files
+
+    files = list_data_files(folder="dev")
+    if files:
+        print("targets: " + ", ".join(f"{source_stem(p.name)}={p}" for p in files) + " (the workspace's dev sets)",
+              file=sys.stderr)
+    return {source_stem(p.name): [str(p)] for p in files}
 
 
 def select_export_command(args) -> int:
@@ -419,6 +433,12 @@ def select_export_command(args) -> int:
             if lq.get("random", {}).get("all"):
                 line += f", random {fmt(lq['random']['all'])}"
             print(line)
+        ts = summary["stats"]["selection"].get("target_sim")
+        if ts:
+            rnd = summary["stats"].get("random", {}).get("target_sim", {}).get("by_domain", {})
+            print("target similarity (RDS+ cosine, max over the domain's targets), mean: " + ", ".join(
+                f"{d} {v['mean']:.3f}" + (f" (random {rnd[d]['mean']:.3f})" if rnd.get(d, {}).get("count") else "")
+                for d, v in ts["by_domain"].items() if v.get("count")))
         if summary.get("pick_stability"):
             ps = summary["pick_stability"]
             parts = [f"{d} {v['share']:.0%} (Jaccard {v['jaccard_mean']:.2f})" for d, v in ps["by_domain"].items()]

@@ -122,7 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls, optional_out: bool = Fal
                 parser.add_argument(name, dest=f.name, action="store_true", default=argparse.SUPPRESS, **kw)
             continue
         if typing.get_origin(typ) is dict:  # KEY=VALUE[,KEY=VALUE]; repeatable
-            kw["action"] = _PairsAction
+            lists = typing.get_origin(typing.get_args(typ)[1]) is list  # KEY=V1 --flag KEY=V2: a list per key
+            kw["action"] = _ListPairsAction if lists else _PairsAction
             kw.setdefault("metavar", "KEY=VALUE")
         elif typing.get_origin(typ) is list:
             kw["nargs"] = "+"
@@ -207,7 +208,7 @@ class _OnceAction(argparse.Action):
 
 
 class _PairsAction(argparse.Action):
-    """``--flag a=1,b=2 --flag c=3`` -> ``{"a": "1", "b": "2", "c": "3"}``."""
+    """``--flag a=1,b=2 --flag c=3`` -> ``{"a": "1", "b": "2", "c": "3"}``; a key given twice is refused."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         try:
@@ -215,7 +216,26 @@ class _PairsAction(argparse.Action):
         except ValueError as e:
             raise argparse.ArgumentError(self, str(e)) from None
         current = getattr(namespace, self.dest, None)
-        setattr(namespace, self.dest, {**(current if isinstance(current, dict) else {}), **pairs})
+        current = current if isinstance(current, dict) else {}
+        twice = sorted(set(current) & set(pairs))
+        if twice:
+            raise argparse.ArgumentError(self, f"{twice[0]} is given twice ({current[twice[0]]!r} and "
+                                               f"{pairs[twice[0]]!r}); give each once")
+        setattr(namespace, self.dest, {**current, **pairs})
+
+
+class _ListPairsAction(argparse.Action):
+    """``--flag a=x --flag a=y,b=z`` -> ``{"a": ["x", "y"], "b": ["z"]}`` (several values per key)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        out = {k: list(v) for k, v in (current if isinstance(current, dict) else {}).items()}
+        for pair in filter(None, (p.strip() for p in str(values).split(","))):
+            if "=" not in pair:
+                raise argparse.ArgumentError(self, f"expected KEY=VALUE pairs, got {pair!r}")
+            k, v = pair.split("=", 1)
+            out.setdefault(k.strip(), []).append(v.strip())
+        setattr(namespace, self.dest, out)
 
 
 def _base_type(cls, f: dataclasses.Field):

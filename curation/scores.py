@@ -16,11 +16,12 @@ import re
 from dataclasses import dataclass
 
 # Which run writes a column (the run kind a method needs).
-SCORE_RUN, LEARN_RUN, HELDOUT_RUN = "score", "learn", "learn --heldout-folds"
+SCORE_RUN, LEARN_RUN, HELDOUT_RUN, TARGETS = "score", "learn", "learn --heldout-folds", "targets"
 RUN_HELP = {
     SCORE_RUN: "any score run (`python -m curation score ...` or `learn`)",
     LEARN_RUN: "a learnability run (`python -m curation learn ...`)",
     HELDOUT_RUN: "a learnability run with --heldout-folds N",
+    TARGETS: "select --target DOMAIN=PATH (from the run's RDS+ embeddings, at selection time)",
 }
 
 
@@ -31,7 +32,7 @@ class Score:
     name: str  # the method name (select --method NAME)
     column: str | None  # the column of a learn run's scores.parquet (None: a sampler)
     formula: str  # one line
-    written_by: str  # SCORE_RUN | LEARN_RUN | HELDOUT_RUN
+    written_by: str  # SCORE_RUN | LEARN_RUN | HELDOUT_RUN | TARGETS
     order: str | None  # "high" | "low": which end a selection keeps by default; None: it samples
     explanation: str  # for the dashboard and --help: what it means, known biases
     fallback: str | None = None  # a score run's column it is derived from when ``column`` is absent
@@ -60,6 +61,10 @@ SCORES: dict[str, Score] = {s.name: s for s in (
     Score("longest", "n_response_tokens", "assistant tokens of the example", SCORE_RUN, "high",
           "the longest answers first (a strong, cheap baseline for chat SFT that needs no model score); low = "
           "the shortest. Every loss-based score should be checked against it."),
+    Score("target", "target_sim", "max cosine of the RDS+ embedding to the domain's target examples", TARGETS, "high",
+          "how close an example is to the examples you want more of (RDS+: the position-weighted mean of the model's "
+          "final hidden states over the whole example); --method target takes them round-robin, each target its "
+          "most similar examples. Targets must never be the eval sets."),
     Score("s2l", "s2l_cluster", "K-means cluster of the loss trajectory L_0..L_K", LEARN_RUN, None,
           "SmallToLarge: balanced sampling across clusters of loss trajectories, smallest first, so rare "
           "learning patterns are kept.", ranks=False),
@@ -143,7 +148,7 @@ def available_methods(columns) -> dict[str, str | None]:
     out = {}
     for name, s in SCORES.items():
         needed = [c for c in (s.column, s.fallback) if c]
-        if not needed or any(c in cols for c in needed):
+        if s.written_by == TARGETS or not needed or any(c in cols for c in needed):
             out[name] = None
         else:
             out[name] = f"needs the column {s.column!r}, written by {RUN_HELP[s.written_by]}"

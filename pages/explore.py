@@ -8,14 +8,16 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from curation.config import field_info
+from curation.data.load import source_stem
 from curation.data.textnorm import conversation_text
+from curation.jobs.workspace import list_data_files
 from curation.runs.folder import Run, read_examples
 from curation.scores import LENGTH_COLUMNS, run_columns, score_columns
 from curation.selection import neardup
 from curation.selection.recipe import Recipe
 from curation.views import aggregate, pool_map
 from curation.views.render import hover_text, preview
-from pages.common import domain_colours, pick_run, score_picker
+from pages.common import domain_colours, pick_run, score_picker, workspace
 
 st.title("Explore")
 picked = pick_run("explore")
@@ -148,6 +150,22 @@ def _previews(run_dir: str, mtime: float) -> dict[str, str]:
         return {}
 
 
+@st.cache_data(show_spinner="Embedding the targets with the run's model...", max_entries=4)
+def _targets(run_dir: str, mtime: float, files: tuple[str, ...]) -> dict:
+    """The targets' similarity to every pool example, and what the map needs to draw them."""
+    from curation.selection.target import embed_targets, target_columns
+
+    run = Run(run_dir)
+    target: dict[str, list[str]] = {}
+    for f in files:
+        target.setdefault(source_stem(f), []).append(f)
+    got = embed_targets(run, target, set(df["example_id"].astype(str)))
+    sim = target_columns(run, df[["example_id", "domain"]], got)[["example_id", "target_sim"]]
+    return {"sim": sim, "embedding": np.vstack([t.embedding for t in got.values()]),
+            "labels": [x for t in got.values() for x in t.labels],
+            "domains": [t.domain for t in got.values() for _ in t.labels]}
+
+
 if not (info.path / Run.EMBEDDINGS).is_file():
     st.info("This run has no embeddings (embeddings.npy), so there is no map; score the data again into a new "
             "folder to get them.")
@@ -158,8 +176,23 @@ else:
                                 "neighbourhoods; the first one in a process also compiles UMAP), PCA alone above; "
                                 "pca: the two main directions of the embeddings, seconds at any size.")
     current = st.session_state.get("current_selection") or {}
+    dev_files = {p.name: str(p) for p in list_data_files(workspace(), folder="dev")}
+    picked_targets = st.multiselect("Targets (workspace/dev): mark them on the map, colour by similarity to them",
+                                    list(dev_files), default=[], key="map_targets",
+                                    disabled=not (info.path / Run.RDS).is_file(),
+                                    help="Examples of what you want more of; the Select page's target method takes "
+                                         "the pool examples most similar to them (RDS+).")
+    targets, target_error = None, None
+    if picked_targets:
+        try:
+            targets = _targets(str(info.path), info.mtime, tuple(sorted(dev_files[n] for n in picked_targets)))
+        except (ValueError, OSError) as e:
+            target_error = str(e)
+    if target_error:
+        st.error(target_error)
     colour_opts = ["domain", f"score ({score})"] + (["S2L cluster"] if "s2l_cluster" in df.columns else []) \
-        + (["in the current selection"] if current.get("run") == str(info.path) else [])
+        + (["in the current selection"] if current.get("run") == str(info.path) else []) \
+        + (["target similarity"] if targets is not None else [])
     colour_by = mc2.radio("Colour", colour_opts, horizontal=True, key="map_colour")
     cached_map = pool_map.cache_path(info.path, map_method).is_file()
     if cached_map or mc3.button("Compute the map", key="map_go"):
@@ -172,7 +205,11 @@ else:
         if lay is not None:
             cols = ["example_id", "domain", score] + (["s2l_cluster"] if "s2l_cluster" in df.columns else [])
             pts = lay.merge(df[list(dict.fromkeys(cols))], on="example_id", how="inner")
-            if colour_by == "in the current selection":
+            if targets is not None:
+                pts = pts.merge(targets["sim"], on="example_id", how="left")
+            if colour_by == "target similarity":
+                pts["colour"] = pts["target_sim"].astype("float64")
+            elif colour_by == "in the current selection":
                 pts["colour"] = pts["example_id"].isin(set(current.get("ids", []))).map({True: "selected", False: "not selected"})
             elif colour_by == "S2L cluster":
                 pts["colour"] = pts["s2l_cluster"].astype("Int64").astype(str)
@@ -192,6 +229,14 @@ else:
                 fig.update_traces(marker=dict(size=5),
                                   hovertemplate="<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]}<extra></extra>")
                 what = f"{len(pts):,} examples, one point each; hover for a preview"
+                if targets is not None:
+                    xy = pool_map.place_nearby(lay, Run(info.path), targets["embedding"])
+                    fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name="targets",
+                                             marker=dict(symbol="star", size=13, color="#111111",
+                                                         line=dict(width=1, color="white")),
+                                             customdata=np.column_stack([targets["labels"], targets["domains"]]),
+                                             hovertemplate="<b>target %{customdata[0]}</b> (%{customdata[1]})<extra></extra>"))
+                    what += "; stars: the targets, placed among their 5 nearest pool examples"
             else:
                 if colour_by.startswith("score"):
                     z, counts, xe, ye = pool_map.cell_means(pts["x"], pts["y"], pts[score], bins=128)

@@ -9,6 +9,7 @@ import plotly.express as px
 import streamlit as st
 
 from curation.config import field_info
+from curation.data.load import source_stem
 from curation.jobs.workspace import list_data_files, mixes_dir, new_folder_name, safe_name, selections_dir
 from curation.runs.folder import Run
 from curation.scores import METHODS, SCORES, run_columns
@@ -38,6 +39,22 @@ default_method = "davir" if "davir" in df.columns else "loss"
 method = c1.selectbox("Method", methods, index=methods.index(default_method), key="sel_method",
                       help="Defaults: davir, top 10%, natural mix: one click gives a first selection.")
 st.caption(f"**{method}**: {SCORES[method].explanation}")
+dev_files = {p.name: str(p) for p in list_data_files(ws, folder="dev")}
+has_rds = (info.path / Run.RDS).is_file()
+targets: dict[str, list[str]] = {}
+if method == "target" or st.session_state.get("sel_targets"):
+    t1, t2 = st.columns([3, 1])
+    chosen_targets = t1.multiselect("Targets: examples of what you want more of (workspace/dev; the file name is the "
+                                    "domain)", list(dev_files), default=list(dev_files) if method == "target" else [],
+                                    key="sel_targets", help=field_info(Recipe, "target")["help"])
+    for n in chosen_targets:
+        targets.setdefault(source_stem(n), []).append(dev_files[n])
+    if not has_rds:
+        t2.caption("This run has no RDS+ embeddings (rds_embeddings.npy): score the data again into a new folder to "
+                   "select toward targets.")
+    elif not dev_files:
+        t2.caption("No file in workspace/dev: put a few examples of what you want more of there (make setup writes "
+                   "the default pool's dev sets).")
 order = None
 if SCORES[method].order is not None:
     order = c2.radio("Keep", ["high", "low"], index=["high", "low"].index(SCORES[method].order),
@@ -169,7 +186,7 @@ try:
                             fill=bool(fill), seed=int(seed), aggregate=agg, stratify=stratify,
                             temperature=temperature, diversity=diversity, dedup=dedup, near_dup_threshold=float(near_t),
                             decontaminate=[eval_files[n] for n in decon], ngram=int(ngram),
-                            keep_contaminated=bool(keep_cont))
+                            keep_contaminated=bool(keep_cont), target=targets)
 except (ValueError, TypeError) as e:
     st.error(str(e))
     st.stop()
@@ -233,7 +250,15 @@ if stability:
         lambda d: f"{stability['by_domain'][d]['share']:.0%}" if d in stability["by_domain"] else "")
     counts["Jaccard vs each other run"] = counts["domain"].map(
         lambda d: round(stability["by_domain"][d]["jaccard_mean"], 2) if d in stability["by_domain"] else None)
+if "target_sim" in table.columns:
+    sim = table.set_index("example_id")["target_sim"]
+    for name, rows in (("selection: mean target similarity", sel.rows), ("random: mean target similarity", base.rows)):
+        means = sim.reindex(rows["example_id"]).groupby(rows.set_index("example_id")["domain"]).mean()
+        counts[name] = counts["domain"].map(lambda d: round(float(means[d]), 3) if d in means else None)
 st.dataframe(counts, hide_index=True, width="stretch")
+if "target_sim" in table.columns:
+    st.caption("Target similarity: the RDS+ cosine of an example to the most similar target of its domain (1: the "
+               "same representation). The random baseline shows what a selection not aimed at the targets reaches.")
 if stability:
     cols = st.columns(len(stability["by_domain"]) + 1)
     for c, (d, v) in zip(cols, stability["by_domain"].items()):

@@ -26,6 +26,19 @@ def hf_embedding(model, enc) -> np.ndarray:
     return hs[torch.from_numpy(enc.target)].float().mean(0).numpy()
 
 
+def hf_rds(model, enc) -> np.ndarray:
+    """RDS+'s definition: HF's hidden_states[-1] over every token, position t (1-based) weighted by t,
+    averaged, L2-normalised (weights arange(T) + 1, as the paper's code pools)."""
+    import torch
+
+    ids = torch.from_numpy(enc.input_ids.astype(np.int64))[None]
+    with torch.inference_mode():
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].float()  # (T, H)
+    w = torch.arange(1, hs.shape[0] + 1, dtype=torch.float32)
+    pooled = (w[:, None] * hs).sum(0) / w.sum()
+    return (pooled / pooled.norm()).numpy()
+
+
 @pytest.fixture(scope="module")
 def encoded(tiny_lm):
     t = resolve_template(tiny_lm.tokenizer)
@@ -44,6 +57,15 @@ def test_embeddings_equal_a_separate_forward_pass_and_losses_are_unchanged(tiny_
         assert res.embedding.dtype == np.float32 and res.embedding.shape == (tiny_lm.model.config.hidden_size,)
         np.testing.assert_allclose(res.embedding, hf_embedding(tiny_lm.model, enc), atol=1e-4)
         assert abs(res.loss - reference_loss(tiny_lm.model, enc)) < 1e-4
+
+
+@pytest.mark.parametrize("batch_tokens", [1, 300, 100000])
+def test_rds_embeddings_equal_position_weighted_pooling_of_hf_hidden_states(tiny_lm, encoded, batch_tokens):
+    """Every example, padded rows and a shared prefix (the system prompt of 10 of them) included."""
+    got = score_examples(tiny_lm.model, encoded, batch_tokens=batch_tokens)
+    for enc, res in zip(encoded, got):
+        assert res.rds.dtype == np.float32 and abs(np.linalg.norm(res.rds) - 1) < 1e-5
+        np.testing.assert_allclose(res.rds, hf_rds(tiny_lm.model, enc), atol=1e-4)
 
 
 def test_chunk_scorer_returns_the_embeddings(tiny_model_dir, tiny_lm, encoded):

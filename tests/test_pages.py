@@ -325,3 +325,29 @@ def test_select_page_predicts_the_mix_and_sets_the_recommended_one(in_scored_ws)
     at.slider(key="sel_share").set_value(0.0 if want > 0.5 else 1.0).run()
     after = next(c.value for c in at.caption if c.value.startswith("Predicted held-out NLL"))
     assert before != after
+
+
+def test_select_page_selects_toward_the_dev_targets(in_scored_ws):
+    at = _page("select")
+    at.selectbox(key="sel_method").set_value("target").run()
+    at.toggle(key="sel_natural").set_value(True).run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="sel_targets").value == ["chat.jsonl", "math.jsonl"]
+    counts = next(d.value for d in at.dataframe if "selection: mean target similarity" in d.value.columns)
+    assert counts["selection: mean target similarity"].notna().all()
+    assert counts["random: mean target similarity"].notna().all()  # the baseline's, beside it
+    assert "Target similarity: the RDS+ cosine" in _texts(at)
+
+
+def test_explore_map_marks_the_targets_and_colours_by_similarity(in_scored_ws):
+    at = _page("explore")
+    at.radio(key="map_method").set_value("pca").run()
+    if any(b.label == "Compute the map" for b in at.button):
+        next(b for b in at.button if b.label == "Compute the map").click().run()
+    at.multiselect(key="map_targets").set_value(["math.jsonl"]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.radio(key="map_colour").set_value("target similarity").run()
+    assert not at.exception
+    spec = _map_spec(at)
+    assert '"name":"targets"' in spec.replace(" ", "") and "target dev" not in spec
+    assert "stars: the targets" in _texts(at)

@@ -40,6 +40,10 @@ MATH = [
 ]
 
 
+DEV_MATH = [("What is 4 + 4?", "4 + 4 = 8\n#### 8"), ("What is 12 / 3?", "12 / 3 = 4\n#### 4")]
+DEV_CHAT = [("Name a vegetable.", "A carrot."), ("What is the capital of Spain?", "The capital of Spain is Madrid.")]
+
+
 def write_data(ws: Path) -> list[str]:
     """The workspace data files (ShareGPT chat with one XSS probe, GSM8K-style math) as sources."""
     data = ws / "data"
@@ -51,8 +55,14 @@ def write_data(ws: Path) -> list[str]:
     with open(data / "math.jsonl", "w") as f:
         for q, a in MATH:
             f.write(json.dumps({"question": q, "answer": a}) + "\n")
-    for d in ("runs", "selections", "exports", "validations", "mixes"):
+    for d in ("runs", "selections", "exports", "validations", "mixes", "dev"):
         (ws / d).mkdir(exist_ok=True)
+    with open(ws / "dev" / "math.jsonl", "w") as f:  # targets: like the pool's math, not in it
+        for q, a in DEV_MATH:
+            f.write(json.dumps({"question": q, "answer": a}) + "\n")
+    with open(ws / "dev" / "chat.jsonl", "w") as f:
+        for q, a in DEV_CHAT:
+            f.write(json.dumps({"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}) + "\n")
     return [f"chat={data / 'chat.jsonl'}", f"math={data / 'math.jsonl'}"]
 
 

@@ -11,7 +11,9 @@ Layout (``LAYOUT = 2``)::
     rejected.jsonl        every record not scored, with source, index, line and reason
     stability.json        a learn run's rank agreement between reference runs (--stability-runs)
     embeddings.npy        float16 (examples x hidden): each example's mean final hidden state over its
-    embeddings_ids.parquet  assistant tokens (NaN row: none), row i <-> example_id i of the ids table
+                          assistant tokens (NaN row: none), row i <-> example_id i of the ids table
+    rds_embeddings.npy    float16, the same rows: RDS+'s position-weighted mean over every token (unit norm)
+    embeddings_ids.parquet  the example ids of both matrices' rows
     near_dups-t*.parquet  near-duplicate groups per threshold (curation.selection.neardup), on demand
     train/, folds/,       a learn run's reference trainings (curation.runs.training)
     stability/
@@ -239,7 +241,7 @@ class Run:
 
     META, EXAMPLES, SCORES, TOKENS, REJECTED, STABILITY = (
         "run.json", "examples.parquet", "scores.parquet", "token_losses.parquet", "rejected.jsonl", "stability.json")
-    EMBEDDINGS, EMBEDDING_IDS = "embeddings.npy", "embeddings_ids.parquet"
+    EMBEDDINGS, EMBEDDING_IDS, RDS = "embeddings.npy", "embeddings_ids.parquet", "rds_embeddings.npy"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -362,32 +364,37 @@ class Run:
         return json.loads(p.read_text()) if p.is_file() else None
 
     def write_embeddings(self, ids: list[str], rows: dict[str, dict]) -> None:
-        """``embeddings.npy`` (float16, one row per id; NaN without an embedding) and its id index,
-        from a pass's cache rows (:func:`curation.scoring.passes.embedding_of`); each file atomic."""
+        """``embeddings.npy`` and ``rds_embeddings.npy`` (float16, one row per id; NaN without one)
+        and their id index, from a pass's cache rows (:func:`curation.scoring.passes.embedding_of`);
+        each file atomic."""
         import pandas as pd
 
         from curation.scoring.passes import embedding_of
 
-        vecs = [embedding_of(rows[i]) if i in rows else None for i in ids]
-        width = next((len(v) for v in vecs if v is not None), 0)
-        matrix = np.full((len(ids), width), np.nan, dtype=np.float16)
-        for j, v in enumerate(vecs):
-            if v is not None:
-                matrix[j] = v
-        with atomic_path(self.path / self.EMBEDDINGS) as tmp, open(tmp, "wb") as f:
-            np.save(f, matrix)
+        for name, kind in ((self.EMBEDDINGS, "embedding"), (self.RDS, "rds")):
+            vecs = [embedding_of(rows[i], kind) if i in rows else None for i in ids]
+            width = next((len(v) for v in vecs if v is not None), 0)
+            matrix = np.full((len(ids), width), np.nan, dtype=np.float16)
+            for j, v in enumerate(vecs):
+                if v is not None:
+                    matrix[j] = v
+            with atomic_path(self.path / name) as tmp, open(tmp, "wb") as f:
+                np.save(f, matrix)
         write_parquet(self.path / self.EMBEDDING_IDS, pd.DataFrame({"example_id": list(ids)}))
 
-    def embeddings(self):
-        """``(ids, float16 matrix)`` of the run's embeddings, or None when it has none."""
+    def embeddings(self, kind: str = "embedding"):
+        """``(ids, float16 matrix)`` of the run's embeddings (``kind``: ``embedding``, the mean over
+        the assistant tokens, or ``rds``, the position-weighted mean over every token), or None when
+        the run has none."""
         import pyarrow.parquet as pq
 
-        if not (self.path / self.EMBEDDINGS).is_file() or not (self.path / self.EMBEDDING_IDS).is_file():
+        name = {"embedding": self.EMBEDDINGS, "rds": self.RDS}[kind]
+        if not (self.path / name).is_file() or not (self.path / self.EMBEDDING_IDS).is_file():
             return None
         ids = pq.read_table(self.path / self.EMBEDDING_IDS).column("example_id").to_pylist()
-        matrix = np.load(self.path / self.EMBEDDINGS)
+        matrix = np.load(self.path / name)
         if len(ids) != len(matrix):
-            raise RunError(f"{self.path}: embeddings.npy has {len(matrix)} rows for {len(ids)} ids; the run folder "
+            raise RunError(f"{self.path}: {name} has {len(matrix)} rows for {len(ids)} ids; the run folder "
                            "is damaged: score the data again into a new folder")
         return ids, matrix
 

@@ -243,10 +243,11 @@ class ChunkScorer:
         for j, r in enumerate(res):
             if r.embedding is not None:
                 emb[j] = r.embedding
+        rds = np.stack([r.rds for r in res]).astype(np.float32) if res else np.zeros((0, 0), np.float32)
         return {"loss_sum": np.array([r.loss_sum for r in res], dtype=np.float64), "n_tokens": n, "offsets": offsets,
                 "token_losses": np.concatenate([r.token_losses for r in res]) if res else np.zeros(0, np.float32),
                 "positions": np.concatenate([r.positions for r in res]) if res else np.zeros(0, np.int32),
-                "embeddings": emb}
+                "embeddings": emb, "rds": rds}
 
 
 class RayEngine:
@@ -305,7 +306,8 @@ class RayEngine:
                 emb = out["embeddings"]
                 rows = cache_rows(ids, [ExampleLoss(float(out["loss_sum"][j]), int(out["n_tokens"][j]),
                                               out["token_losses"][o[j]:o[j + 1]], out["positions"][o[j]:o[j + 1]],
-                                              None if np.isnan(emb[j]).any() or not emb.shape[1] else emb[j])
+                                              None if np.isnan(emb[j]).any() or not emb.shape[1] else emb[j],
+                                              out["rds"][j])
                                         for j in range(len(ids))])
                 commit(rows)
                 committed += 1

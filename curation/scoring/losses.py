@@ -14,9 +14,13 @@ alone (mean NLL in nats over the target tokens), but computed for many examples 
   cross-entropy walks the vocabulary in tiles (``target_losses``), so peak memory does not grow
   with vocabulary x batch x length and the head's weight is read from cache, not memory.
 
-The same forward pass also gives each example's **embedding** for free: the mean, over its
-assistant (target) tokens, of the decoder's final hidden states (after the final norm, the
-``hidden_states[-1]`` HF returns with ``output_hidden_states=True``), in float32.
+The same forward pass also gives two embeddings of each example for free, from the decoder's final
+hidden states (after the final norm, the ``hidden_states[-1]`` HF returns with
+``output_hidden_states=True``), in float32:
+
+* ``embedding``: the mean over its assistant (target) tokens (the map, diversity);
+* ``rds``: RDS+ (Ivison et al., arXiv 2503.01807): the position-weighted mean over *every* token,
+  position t (1-based) weighted by t, L2-normalised (target-aware selection).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class ExampleLoss:
     token_losses: np.ndarray  # (n_tokens,) float32, in sequence order
     positions: np.ndarray  # (n_tokens,) int32, index of each target token in input_ids
     embedding: np.ndarray | None = None  # (hidden,) float32: mean final hidden state over the targets
+    rds: np.ndarray | None = None  # (hidden,) float32, unit norm: position-weighted mean over all tokens
 
     @property
     def loss(self) -> float | None:
@@ -125,13 +130,15 @@ def score_examples(
             ids = ids.to(device)
             # Not with compile: the cached second call recompiles for every new shape.
             P = min(shared_prefix(encoded, batch), T - 1) if share_prefix and B > 1 and not compile else 0
+            prefix = None  # (P, H): the shared prefix's hidden states, computed once
             if P:
-                cache = body(input_ids=ids[:1, :P], use_cache=True).past_key_values
+                first = body(input_ids=ids[:1, :P], use_cache=True)
+                cache, prefix = first.past_key_values, first.last_hidden_state[0]
                 cache.batch_repeat_interleave(B)
                 positions = torch.arange(P, T, device=device).expand(B, -1)
                 hidden = body(input_ids=ids[:, P:], past_key_values=cache, position_ids=positions,
                               use_cache=True).last_hidden_state  # (B, T - P, H)
-                del cache
+                del cache, first
             else:
                 hidden = body(input_ids=ids).last_hidden_state  # (B, T, H)
             # Position t-1 predicts token t: gather the hidden states before each target token.
@@ -145,6 +152,7 @@ def score_examples(
             h = hidden[rows_t, cols_t - 1 - P]  # (N, H); shared_prefix keeps every t-1 >= P
             labels = ids[rows_t, cols_t]  # (N,)
             embeddings = target_means(hidden[rows_t, cols_t - P], rows_t, B)  # (B, H) float32
+            rds = position_weighted_means(hidden, prefix, [lengths[i] for i in batch], P)  # (B, H) float32
             del hidden
             losses = target_losses(head, h, labels, softcap, vocab_tile, pos_chunk)
             losses_np = losses.cpu().numpy()
@@ -156,7 +164,7 @@ def score_examples(
                 results[i] = ExampleLoss(
                     loss_sum=float(tl.astype(np.float64).sum()), n_tokens=n,
                     token_losses=tl.copy(), positions=cols[row].astype(np.int32),
-                    embedding=embeddings[row].copy() if n else None,
+                    embedding=embeddings[row].copy() if n else None, rds=rds[row].copy(),
                 )
             if on_batch is not None:
                 on_batch(B, sum(lengths[i] for i in batch))
@@ -172,6 +180,25 @@ def target_means(h, rows, n_rows: int) -> np.ndarray:
     sums.index_add_(0, rows, h.float())
     counts = torch.bincount(rows, minlength=n_rows).clamp(min=1).to(torch.float32)
     return (sums / counts[:, None]).cpu().numpy()
+
+
+def position_weighted_means(hidden, prefix, lengths: list[int], P: int) -> np.ndarray:
+    """RDS+ embeddings ``(B, H)`` float32 of unit norm: per row, the mean of its final hidden states
+    at every real position t (0-based), weighted by t + 1.  ``hidden`` (B, T - P, H) holds positions
+    P.. of each row (right padding after ``lengths[row]``), ``prefix`` (P, H) the positions the
+    rows share (None when P == 0)."""
+    import torch
+
+    B, S, _ = hidden.shape
+    pos = torch.arange(P, P + S, device=hidden.device, dtype=torch.float32)  # (S,)
+    lens = torch.tensor(lengths, device=hidden.device, dtype=torch.float32)  # (B,)
+    w = (pos + 1)[None, :] * (pos[None, :] < lens[:, None])  # (B, S): t + 1 at real positions, 0 in padding
+    sums = torch.einsum("bs,bsh->bh", w, hidden.float())  # (B, H)
+    if prefix is not None:
+        wp = torch.arange(1, P + 1, device=hidden.device, dtype=torch.float32)  # (P,)
+        sums = sums + (wp[:, None] * prefix.float()).sum(0)[None, :]
+    means = sums / (lens * (lens + 1) / 2)[:, None]  # sum of the weights 1..L = L(L+1)/2
+    return torch.nn.functional.normalize(means, dim=1).cpu().numpy()
 
 
 def target_losses(head, h, labels, softcap=None, vocab_tile: int = 2048, pos_chunk: int = 4096):

@@ -28,10 +28,11 @@ from typing import Sequence
 from curation.atomic import write_json, write_parquet
 from curation.progress import Progress
 
-# A row of the cache: the example's summed loss, target count, per-token losses, and its embedding
-# (float16 bytes of the mean final hidden state over the targets; null without targets, and absent
-# from parts written before embeddings were kept).
-CACHE_COLUMNS = ("example_id", "loss_sum", "n_tokens", "positions", "token_losses", "embedding")
+# A row of the cache: the example's summed loss, target count, per-token losses, and its two
+# embeddings as float16 bytes (curation.scoring.losses): ``embedding``, the mean final hidden state
+# over the targets (null without targets), and ``rds``, the position-weighted mean over every token;
+# parts written before a column was kept lack it, and a pass that needs it scores those rows again.
+CACHE_COLUMNS = ("example_id", "loss_sum", "n_tokens", "positions", "token_losses", "embedding", "rds")
 
 
 def default_cache_dir() -> Path:
@@ -50,7 +51,7 @@ def cache_schema():
 
     return pa.schema([("example_id", pa.string()), ("loss_sum", pa.float64()), ("n_tokens", pa.int32()),
                       ("positions", pa.list_(pa.int32())), ("token_losses", pa.list_(pa.float32())),
-                      ("embedding", pa.binary())])
+                      ("embedding", pa.binary()), ("rds", pa.binary())])
 
 
 class ScoreCache:
@@ -180,20 +181,22 @@ def cache_rows(ids: list[str], results) -> list[dict]:
 
     return [{"example_id": i, "loss_sum": r.loss_sum, "n_tokens": r.n_tokens,
              "positions": r.positions.tolist(), "token_losses": r.token_losses.tolist(),
-             "embedding": None if r.embedding is None else np.asarray(r.embedding, dtype=np.float16).tobytes()}
+             "embedding": None if r.embedding is None else np.asarray(r.embedding, dtype=np.float16).tobytes(),
+             "rds": None if r.rds is None else np.asarray(r.rds, dtype=np.float16).tobytes()}
             for i, r in zip(ids, results)]
 
 
 def needs_embedding(row: dict) -> bool:
-    """A cached row with target tokens but no embedding (written before embeddings were kept)."""
-    return row.get("embedding") is None and bool(row.get("n_tokens"))
+    """A cached row without its embeddings (written before they were kept)."""
+    return (row.get("embedding") is None and bool(row.get("n_tokens"))) or row.get("rds") is None
 
 
-def embedding_of(row: dict):
-    """The float16 embedding vector of a cache row, or None (no target token, or an old row)."""
+def embedding_of(row: dict, kind: str = "embedding"):
+    """A cache row's float16 embedding vector (``kind``: ``embedding`` or ``rds``), or None (no
+    target token, or a row written before that embedding was kept)."""
     import numpy as np
 
-    b = row.get("embedding")
+    b = row.get(kind)
     return None if b is None else np.frombuffer(b, dtype=np.float16)
 
 

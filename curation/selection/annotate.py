@@ -4,7 +4,8 @@
 ``embedding`` (``--diversity``; the run's ``embeddings.npy``), ``near_dup_group`` (``--dedup near``;
 :func:`curation.selection.neardup.near_dup_groups`, cached in the run folder) and
 ``contaminated``/``contaminated_by`` (``--decontaminate``;
-:func:`curation.selection.contamination.flag_run`).  :func:`drop_contaminated` and
+:func:`curation.selection.contamination.flag_run`) and ``target_sim``/``target_sims``
+(``--target``; :mod:`curation.selection.target`).  :func:`drop_contaminated` and
 :func:`drop_near_duplicates` then take rows out of the eligible set, each returning its report for
 the summary (how many, which, why).
 """
@@ -16,21 +17,28 @@ import numpy as np
 from curation.progress import Progress
 from curation.selection.recipe import Recipe, SelectionError
 
-ANNOTATIONS = {"near_dup_group": "--dedup near", "contaminated": "--decontaminate", "embedding": "--diversity"}
+ANNOTATIONS = {"near_dup_group": "--dedup near", "contaminated": "--decontaminate", "embedding": "--diversity",
+               "target_sims": "--method target (with --target DOMAIN=PATH)"}
 
 
 def annotation_key(recipe: Recipe) -> tuple:
     """The recipe's settings that decide what :func:`annotate` adds (a cache key for callers that
     apply many recipes to one run)."""
     return (recipe.diversity is not None, recipe.near_dup_threshold if recipe.dedup else None,
-            tuple(recipe.decontaminate), recipe.ngram if recipe.decontaminate else None)
+            tuple(recipe.decontaminate), recipe.ngram if recipe.decontaminate else None,
+            tuple((d, tuple(p)) for d, p in recipe.target.items()))
 
 
 def annotate(run, table, recipe: Recipe, progress: Progress | None = None):
     """``table`` (the run's scores) with the columns the recipe's ``diversity``, ``dedup`` and
     ``decontaminate`` need (see the module docstring); ``run`` is a :class:`curation.runs.folder.Run`."""
     df = table.drop(columns=[c for c in ("near_dup_group", "group_size", "contaminated", "contaminated_by",
-                                         "embedding") if c in table.columns])
+                                         "embedding", "target_sims", "target_sim") if c in table.columns])
+    if recipe.target:
+        from curation.selection.target import embed_targets, target_columns
+
+        targets = embed_targets(run, recipe.target, set(df["example_id"].astype(str)), progress)
+        df = target_columns(run, df, targets)
     if recipe.diversity:
         got = run.embeddings()
         if got is None:

@@ -31,6 +31,7 @@ from curation.selection.diversity import clusters_k, coverage_report, kcenter_k
 from curation.selection.pickers import (DomainRows, Picker, domain_rng, gumbel_k, length_strata, random_k, s2l_k,
                                         take_stratified, top_k)
 from curation.selection.recipe import Recipe, SelectionError
+from curation.selection.target import target_k
 
 ID_COLUMNS = ["example_id", "source", "source_index", "domain"]
 TOKEN_COLUMNS = ["n_prompt_tokens", "n_response_tokens"]
@@ -91,6 +92,13 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
     unit = "tokens" if recipe.budget_spec.kind == "tokens" else "examples"
     shares = mix_shares(recipe, domain, tokens if unit == "tokens" else np.ones(len(df), dtype=np.int64))
 
+    if recipe.method == "target":
+        untargeted = [d for d, s in shares.items() if s > 0 and d not in recipe.target]
+        if untargeted:
+            d = untargeted[0]
+            raise SelectionError(f"--method target: no target examples for domain {d}, which the mix gives a share; "
+                                 f"give --target {d}=PATH, or a mix without {d} (e.g. --mix "
+                                 + ",".join(f"{x}={1 if x == next(iter(recipe.target)) else 0}" for x in shares) + ")")
     score_col, score = score_values(df, recipe.method, run_kind, recipe.aggregate)
     eligible, details = eligibility(df, recipe, run_kind, score, ids)
     labels = None
@@ -109,6 +117,7 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
 
     picker = picker_for(recipe)
     embedding = annotation(df, "embedding") if recipe.diversity else None
+    sims = annotation(df, "target_sims") if recipe.method == "target" else None
     resp_len = df["n_response_tokens"].fillna(0).astype(np.int64).to_numpy()
     picked_rows, ranks = [], []
     for d in shares:
@@ -118,7 +127,8 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
             continue
         rows = DomainRows(d, ids[where], None if score is None else score[where], tokens[where], resp_len[where],
                           labels=None if labels is None else labels[where],
-                          embeddings=None if embedding is None else np.stack(embedding[where]).astype(np.float32))
+                          embeddings=None if embedding is None else np.stack(embedding[where]).astype(np.float32),
+                          target_sims=None if sims is None else np.stack(sims[where]).astype(np.float32))
         positions = take(picker, rows, alloc[d], unit, recipe, details, domain_rng(recipe.seed, d))
         picked_rows.append(where[positions])
         ranks.append(np.arange(1, len(positions) + 1))
@@ -207,6 +217,8 @@ def picker_for(recipe: Recipe) -> Picker:
         return random_k
     if recipe.method == "s2l":
         return s2l_k
+    if recipe.method == "target":
+        return target_k
     if recipe.diversity == "kcenter":
         return kcenter_k(recipe.order)
     if recipe.diversity is not None:

@@ -34,6 +34,7 @@ class DomainRows:
     lengths: np.ndarray  # (n,) response tokens
     labels: np.ndarray | None = None  # (n,) S2L cluster labels
     embeddings: np.ndarray | None = None  # (n, d) float32, for the diversity pickers
+    target_sims: np.ndarray | None = None  # (n, m) float32: cosine to each target example (--method target)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -102,6 +102,10 @@ class Recipe:
                                       metavar="PATH")
     ngram: int = option(NGRAM, "--decontaminate: consecutive words of a shared n-gram that flags an example")
     keep_contaminated: bool = option(False, "--decontaminate: report the flagged examples but keep them eligible")
+    target: dict[str, list[str]] = option(help="examples of what you want more of, as DOMAIN=PATH (any format the loader "
+                                               "reads; repeat for several files): --method target selects toward them, "
+                                               "and any method can threshold target_sim (their RDS+ cosine)",
+                                          default_factory=dict, metavar="DOMAIN=PATH")
     budget_spec: Budget = field(init=False, repr=False, compare=False)  # the budget, parsed once
     strata: int | None = field(init=False, repr=False, compare=False, default=None)  # Q of ``stratify``
     diversity_clusters: int | None = field(init=False, repr=False, compare=False, default=None)  # N of clusters:N
@@ -181,6 +185,16 @@ class Recipe:
             raise SelectionError(f"keep_contaminated must be true or false, got {self.keep_contaminated!r}")
         if self.keep_contaminated and not self.decontaminate:
             raise SelectionError("--keep-contaminated applies with --decontaminate PATH ...")
+        self.target = _parse_target(self.target)
+        if self.method == "target":
+            if not self.target:
+                raise SelectionError("--method target needs the examples to select toward: --target DOMAIN=PATH "
+                                     "(the default workspace has workspace/dev/chat.jsonl and workspace/dev/math.jsonl)")
+            if self.order != "high":
+                raise SelectionError("--method target takes each target's most similar examples; --order low does not apply")
+            if self.strata is not None or self.temperature is not None or self.diversity is not None:
+                raise SelectionError("--method target picks round-robin over the targets by itself; leave out "
+                                     "--stratify, --temperature and --diversity")
 
     def to_dict(self) -> dict:
         """The normalised recipe as plain data (what recipe.yaml holds)."""
@@ -269,6 +283,21 @@ def _parse_mix(mix) -> dict[str, float] | str:
     if abs(total - 1) > 1e-6:
         raise SelectionError(f"impossible mix: shares sum to {total:g}; they must sum to 1 (e.g. chat=0.5,math=0.5)")
     return dict(sorted(shares.items()))
+
+
+def _parse_target(d) -> dict[str, list[str]]:
+    """``{DOMAIN: [PATH, ...]}`` from a mapping whose values are a path or a list of paths."""
+    if not d:
+        return {}
+    if not isinstance(d, dict):
+        raise SelectionError(f"target: expected DOMAIN=PATH pairs, got {d!r}")
+    out = {}
+    for domain, paths in d.items():
+        paths = [paths] if isinstance(paths, str) else paths
+        if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, str) and p for p in paths):
+            raise SelectionError(f"--target {domain}: expected one or more file paths, got {paths!r}")
+        out[str(domain)] = list(dict.fromkeys(paths))
+    return dict(sorted(out.items()))
 
 
 def _parse_thresholds(d, which: str) -> dict[str, float]:

@@ -156,6 +156,7 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
                 "eval_files": file_fingerprints(cfg.eval)}
     claim_study(out, "validate", study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings]),
                 settings)
+    check_targets(sels, cfg.eval, cfg.ngram)
     if not cfg.allow_contaminated and not all(already_decontaminated(sel.recipe(), cfg.eval, cfg.ngram) for sel in sels):
         report(phase="checking contamination")
         check_contamination(run, candidates, cfg.eval, cfg.ngram)
@@ -244,6 +245,43 @@ def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> li
             bseeds = seeds[:1] if b == "full" else seeds
             out.append(Candidate(name, b, sel.name, bseeds, {s: baseline_ids(b, df, eligible, wanted, s) for s in bseeds}))
     return out
+
+
+def check_targets(sels, eval_paths: dict[str, str], ngram: int) -> None:
+    """Refuse a selection made toward targets that overlap the eval sets (the same example, or
+    ``ngram`` shared consecutive words): it would be tuned to the test, and its verdict meaningless."""
+    from pathlib import Path
+
+    from curation.data.load import SourceSpec, load_sources
+    from curation.data.overlap import contaminated
+    from curation.data.textnorm import conversation_text
+
+    targeted = [(s, s.recipe().target) for s in sels if s.recipe().target]
+    if not targeted:
+        return
+    ev = load_sources([SourceSpec(path=p, domain=d) for d, p in eval_paths.items()]).examples
+    ev_ids = {e.example_id: e for e in ev}
+    ev_texts = [conversation_text(e.messages) for e in ev]
+    for sel, target in targeted:
+        paths = [p for ps in target.values() for p in ps]
+        same = sorted({str(Path(p).resolve()) for p in paths} & {str(Path(p).resolve()) for p in eval_paths.values()})
+        if same:
+            raise ValidationError(f"{sel.name} was selected toward {same[0]}, which is also an eval set here; targets "
+                                  "must never be the evaluation (the default workspace keeps them apart: dev/ and eval/)")
+        tg = load_sources([SourceSpec(path=p) for p in paths]).examples
+        for e in tg:
+            if e.example_id in ev_ids:
+                x = ev_ids[e.example_id]
+                raise ValidationError(f"{sel.name} was selected toward {e.source} #{e.source_index}, which is also eval "
+                                      f"example {x.source} #{x.source_index}; targets must never be the evaluation")
+        hit = contaminated([conversation_text(e.messages) for e in tg], ev_texts, ngram)
+        if hit.flags.any():
+            k = int(np.flatnonzero(hit.flags)[0])
+            x = ev[int(hit.eval_index[k])]
+            raise ValidationError(f"{sel.name} was selected toward {tg[k].source} #{tg[k].source_index}, which shares "
+                                  f"{ngram} consecutive words with eval example {x.source} #{x.source_index} "
+                                  f"({int(hit.flags.sum())} target example(s) in all); targets must never be the "
+                                  "evaluation: choose targets apart from the eval sets")
 
 
 def already_decontaminated(recipe, eval_paths: dict[str, str], ngram: int) -> bool:

@@ -213,8 +213,7 @@ def run_layout(run, method: str = "auto", seed: int = 0):
         return out
     got = run.embeddings()
     if got is None:
-        raise PoolMapError(f"{run.path} has no embeddings.npy (scored before the scoring pass kept them); "
-                           f"add them with: python -m curation embed {run.path}")
+        raise PoolMapError(f"{run.path} has no embeddings.npy; score the data again into a new folder for a map")
     ids, matrix = got
     ok = np.isfinite(matrix).all(axis=1) if matrix.size else np.zeros(len(ids), dtype=bool)
     if not ok.any():
@@ -229,3 +228,18 @@ def run_layout(run, method: str = "auto", seed: int = 0):
     write_parquet(path, table)
     out.attrs["method"] = lay.method
     return out
+
+
+def place_nearby(layout, run, vectors: np.ndarray, k: int = 5) -> np.ndarray:
+    """2-D positions ``(m, 2)`` for examples outside the pool (targets) in a pool's ``layout``: the
+    mean position of each one's ``k`` nearest pool examples by cosine of the same embedding (the
+    layout is not refitted, so the pool's map stays where it was)."""
+    ids, matrix = run.embeddings()
+    row_of = {i: j for j, i in enumerate(ids)}
+    keep = [row_of[i] for i in layout["example_id"]]
+    pool = _unit_rows(np.nan_to_num(matrix[keep].astype(np.float32)))  # (n, d) in the layout's row order
+    v = _unit_rows(np.nan_to_num(np.asarray(vectors, dtype=np.float32)))  # (m, d)
+    k = max(1, min(k, len(pool)))
+    near = np.argpartition(-(v @ pool.T), k - 1, axis=1)[:, :k]  # (m, k): the k most similar pool rows
+    xy = layout[["x", "y"]].to_numpy(dtype=np.float64)
+    return xy[near].mean(axis=1)
