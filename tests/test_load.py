@@ -156,8 +156,8 @@ def test_limit_and_domains(tmp_path):
 def test_the_embedded_default_pool_loads(default_pool):
     res = load_sources([SourceSpec(str(default_pool["math"]), "math"), SourceSpec(str(default_pool["chat"]), "chat")])
     by = {s.source: (s.format, s.n_records, s.n_accepted) for s in res.sources}
-    assert by == {"math.jsonl": ("gsm8k", 220, 220), "chat.jsonl": ("sharegpt", 300, 300)}
-    assert len(res.examples) + len(res.rejected) == 520
+    assert by == {"math.jsonl": ("gsm8k", 200, 200), "chat.jsonl": ("sharegpt", 300, 300)}
+    assert len(res.examples) + len(res.rejected) == 500
 
 
 def test_real_data_loads(shared_data):

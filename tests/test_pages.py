@@ -70,14 +70,14 @@ def test_prepare_default_pool_from_the_data_page(empty_ws):
     assert not at.exception
     chat = (empty_ws / "data" / "chat.jsonl").read_text().splitlines()
     math = (empty_ws / "data" / "math.jsonl").read_text().splitlines()
-    assert len(chat) == 300 and len(math) == 220  # 50 CHAMP problems are held out for validation
+    assert len(chat) == 300 and len(math) == 200  # 50 CHAMP problems are held out for validation, 20 are dev targets
     assert [len((empty_ws / "eval" / f).read_text().splitlines()) for f in ("chat.jsonl", "math.jsonl")] == [100, 50]
     assert "conversations" in json.loads(chat[0]) and {"question", "answer"} <= set(json.loads(math[0]))
     # The sources table shows each file with its detected format and counts.
     src = at.dataframe[0].value
     assert list(src["source"]) == ["chat.jsonl", "math.jsonl"]
     assert list(src["format"]) == ["sharegpt", "gsm8k"]
-    assert list(src["accepted"]) == [300, 220]
+    assert list(src["accepted"]) == [300, 200]
 
 
 @pytest.mark.parametrize("name", PAGES)
@@ -206,7 +206,7 @@ def test_validate_page_shows_verdicts_charts_and_lengths(in_scored_ws):
     text = _texts(at)
     assert "Verdicts" in text and "Length: what the selection picked" in text
     v = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
-    assert set(v["against"]) == {"random", "random-tokens"} and set(v["domain"]) == {"chat", "math"}
+    assert set(v["against"]) == {"random", "random-tokens"} and set(v["domain"]) == {"chat", "math", "objective"}
     assert all(t.startswith(("better than", "worse than", "no detectable difference")) for t in v["verdict"])
     assert len(at.get("plotly_chart")) >= 3  # NLL per domain, difference with interval, training curves
     # The form offers the workspace's selections and eval sets.

@@ -128,5 +128,5 @@ def test_run_layout_is_cached_in_the_run_folder(tmp_path):
     (run.path / "embeddings.npy").unlink()
     assert run_layout(run.path, method="pca").equals(lay)  # the cache answers
     cache_path(run.path, "pca").unlink()
-    with pytest.raises(PoolMapError, match="python -m curation embed"):
+    with pytest.raises(PoolMapError, match="score the data again into a new folder"):
         run_layout(run.path, method="pca")

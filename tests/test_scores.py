@@ -12,7 +12,7 @@ from tests.synthetic import LEARN_COLUMNS as SYNTHETIC_LEARN_COLUMNS
 
 def test_available_methods_follow_the_columns():
     plain = available_methods(SCORE_COLUMNS)
-    assert [m for m, why in plain.items() if why is None] == ["ppl", "loss", "longest", "random"]
+    assert [m for m, why in plain.items() if why is None] == ["ppl", "loss", "longest", "target", "random"]
     assert "learnability run" in plain["davir"]
     learn = available_methods(SCORE_COLUMNS + SYNTHETIC_LEARN_COLUMNS)
     assert all(learn[m] is None for m in ("davir", "rho", "ifd", "ppl", "loss", "s2l", "random"))
