@@ -11,6 +11,7 @@ pages = {
         st.Page("pages/score.py", title="Score", icon=":material/play_circle:", url_path="score"),
         st.Page("pages/explore.py", title="Explore", icon=":material/bar_chart:", url_path="explore"),
         st.Page("pages/inspect.py", title="Inspect", icon=":material/search:", url_path="inspect"),
+        st.Page("pages/decisions.py", title="Decisions", icon=":material/rule:", url_path="decisions"),
         st.Page("pages/mix.py", title="Mix", icon=":material/tune:", url_path="mix"),
         st.Page("pages/select.py", title="Select", icon=":material/filter_alt:", url_path="select"),
         st.Page("pages/validate.py", title="Validate", icon=":material/verified:", url_path="validate"),

@@ -57,7 +57,7 @@ def summary(study: Path) -> dict:
             "fit": {e: {"law_mae": f["loo"]["law_mae"], "linear_mae": f["loo"]["linear_mae"], "spread": f["spread"],
                         "seed_sd": f["seed_sd"], "law": f["law"]} for e, f in rep["fit"].items()},
             "recommended": rep["recommended"]["mix"], "predicted": rep["recommended"]["predicted"],
-            "natural": rep["natural"], "at_natural": rep["at_natural"]}
+            "natural": rep["natural"], "at_natural": rep["at_natural"], "vs_natural": rep.get("vs_natural", {})}
 
 
 def print_study(name: str, s: dict) -> None:
@@ -73,6 +73,9 @@ def print_study(name: str, s: dict) -> None:
     pred = ", ".join(f"{e} {v['value']:.4f} [{v['lo']:.4f}, {v['hi']:.4f}]" for e, v in s["predicted"].items())
     nat = ", ".join(f"{e} {v['value']:.4f}" for e, v in s["at_natural"].items())
     print(f"  recommended mix {rec}: predicted {pred}; at the natural mix {nat}")
+    if s["vs_natural"]:
+        print("  recommended - natural, paired: " + ", ".join(
+            f"{e} {v['value']:+.4f} [{v['lo']:+.4f}, {v['hi']:+.4f}]" for e, v in s["vs_natural"].items()))
 
 
 def main() -> None:

@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rewrite the files even if they exist")
     add_jobs_parser(sub)
     add_select_export_parsers(sub)
+    add_decisions_parser(sub)
+    from curation.data.canary import CanaryConfig
+
+    add_arguments(sub.add_parser("canary", help="write a copy of a pool with a share of known-bad examples (and the "
+                                                "truth beside it), to measure which score finds them"), CanaryConfig)
     return parser
 
 
@@ -97,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             return jobs_command(args)
         elif args.command in ("select", "export"):
             return select_export_command(args)
+        elif args.command == "decisions":
+            return decisions_command(args)
+        elif args.command == "canary":
+            return canary_command(args)
         elif args.command == "prepare-data":
             from curation.data.default_data import prepare_default_data
             from curation.jobs.workspace import workspace_root
@@ -174,6 +183,9 @@ def mix_summary(out) -> None:
     print(f"recommended mix ({rep['objective']['kind']}): {rep['commands']['mix']}; predicted "
           + ", ".join(f"{e} {v['value']:.4f} [{v['lo']:.4f}, {v['hi']:.4f}]" for e, v in rec["predicted"].items())
           + "; at the natural mix " + ", ".join(f"{e} {v['value']:.4f}" for e, v in rep["at_natural"].items()))
+    if rep.get("vs_natural"):
+        print("recommended - natural (paired over the bootstrap): " + ", ".join(
+            f"{e} {v['value']:+.4f} [{v['lo']:+.4f}, {v['hi']:+.4f}]" for e, v in rep["vs_natural"].items()))
     print(f"validate it against the natural mix:\n  {rep['commands']['select']}\n  {rep['commands']['validate']}")
     print(f"wrote {out}/report.md, {out}/report.json, {out}/results.parquet, {out}/curves.parquet "
           f"({rep['seconds']:.0f} s)")
@@ -364,7 +376,8 @@ def select_recipe(args) -> "Recipe":  # noqa: F821
     if args.recipe:
         if not Path(args.recipe).is_file():
             raise SelectionError(f"--recipe {args.recipe}: no such recipe file")
-        values = Recipe.from_yaml(Path(args.recipe).read_text(encoding="utf-8"), args.recipe).to_dict()
+        values = Recipe.from_yaml(Path(args.recipe).read_text(encoding="utf-8"), args.recipe,
+                                  base=Path(args.recipe).parent).to_dict()
     flags = {f.name: getattr(args, f.name) for f in fields(Recipe) if f.init and hasattr(args, f.name)}
     if flags.get("method") and flags["method"] != values.get("method"):
         values.pop("order", None)  # the old method's default order must not carry over
@@ -439,6 +452,17 @@ def select_export_command(args) -> int:
             print("target similarity (RDS+ cosine, max over the domain's targets), mean: " + ", ".join(
                 f"{d} {v['mean']:.3f}" + (f" (random {rnd[d]['mean']:.3f})" if rnd.get(d, {}).get("count") else "")
                 for d, v in ts["by_domain"].items() if v.get("count")))
+        if summary.get("canaries"):
+            c = summary["canaries"]
+            sc = c["selection"]
+            print(f"canaries: {sc['corrupted']} of the {sc['selected']} selected examples are planted defects (random "
+                  f"baseline {sc['random_corrupted']}, a uniform sample's expectation {sc['random_expected']:.1f}); "
+                  "AUROC of keeping clean before corrupted: " + ", ".join(
+                      f"{k} {v['all']:.3f}" for k, v in c["auroc"].items() if v["all"] is not None))
+        if summary.get("decisions"):
+            dd = summary["decisions"]
+            print(f"curator decisions ({dd.get('source')}): {dd['excluded']} excluded, {dd['kept_selected']} of "
+                  f"{dd['kept']} kept selected first; kept with the selection as {out}/decisions.jsonl")
         if summary.get("pick_stability"):
             ps = summary["pick_stability"]
             parts = [f"{d} {v['share']:.0%} (Jaccard {v['jaccard_mean']:.2f})" for d, v in ps["by_domain"].items()]
@@ -455,4 +479,138 @@ def select_export_command(args) -> int:
         by = ", ".join(f"{d} {c['examples']}" for d, c in m["counts"]["by_domain"].items())
         print(f"exported {m['counts']['examples']} examples ({by}) as {cfg.format}/{cfg.style} -> "
               f"{out}/{m['files']['data']}; manifest {out}/manifest.json")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m curation decisions add|remove|list|export|import|undo  (curation.selection.decisions)
+
+
+def add_decisions_parser(sub) -> None:
+    """The ``decisions`` command group: the curator's exclude / keep / tag decisions per example."""
+    p = sub.add_parser("decisions", help="exclude, keep or tag examples by id; every selection honours the decisions; "
+                                         "share them as a JSONL file")
+    dsub = p.add_subparsers(dest="decisions_command", required=True)
+    ws = argparse.ArgumentParser(add_help=False)
+    ws.add_argument("--workspace", default=None,
+                    help="workspace folder holding decisions.sqlite (default: $CURATION_WORKSPACE or ./workspace)")
+    a = dsub.add_parser("add", parents=[ws], help="record a decision, tags or a note for examples")
+    a.add_argument("ids", nargs="*", metavar="EXAMPLE_ID", help="example ids (as in a run's tables)")
+    a.add_argument("--ids-from", metavar="FILE", help="also the ids in FILE, one a line")
+    kind = a.add_mutually_exclusive_group()
+    kind.add_argument("--exclude", action="store_const", const="exclude", dest="decision",
+                      help="never select these examples")
+    kind.add_argument("--keep", action="store_const", const="keep", dest="decision",
+                      help="always select these examples (first in their domain, counted against its budget)")
+    kind.add_argument("--clear", action="store_const", const=None, dest="decision",
+                      help="remove the exclude/keep decision (tags and note stay)")
+    a.set_defaults(decision="")
+    a.add_argument("--tag", action="append", default=[], help="add a tag (repeatable)")
+    a.add_argument("--untag", action="append", default=[], help="remove a tag (repeatable)")
+    a.add_argument("--note", default=None, help="a note (replaces the example's note)")
+    a.add_argument("--allow-unknown", action="store_true",
+                   help="record ids that are in no run of the workspace (e.g. for a pool not scored yet)")
+    r = dsub.add_parser("remove", parents=[ws], help="forget every decision, tag and note of examples")
+    r.add_argument("ids", nargs="+", metavar="EXAMPLE_ID")
+    ls = dsub.add_parser("list", parents=[ws], help="the decisions, newest first")
+    ls.add_argument("--kind", choices=("exclude", "keep", "tagged", "all"), default="all")
+    ls.add_argument("--tag", default=None, help="only examples with this tag")
+    ls.add_argument("--run", metavar="RUN_DIR", default=None, help="say for each example whether this run holds it")
+    ls.add_argument("--json", action="store_true", help="one JSON object a line")
+    e = dsub.add_parser("export", parents=[ws], help="write every decision to a JSONL file (the import format)")
+    e.add_argument("file")
+    i = dsub.add_parser("import", parents=[ws], help="add the decisions of a JSONL file (a later line for an "
+                                                     "example replaces an earlier one)")
+    i.add_argument("file")
+    dsub.add_parser("undo", parents=[ws], help="undo the last change to the decisions")
+
+
+def decisions_command(args) -> int:
+    from pathlib import Path
+
+    from curation.jobs.workspace import list_runs
+    from curation.runs.folder import Run
+    from curation.selection.decisions import DecisionStore, check_ids, where_found
+
+    store = DecisionStore(args.workspace)
+    c = args.decisions_command
+    if c == "add":
+        ids = list(args.ids)
+        if args.ids_from:
+            try:
+                ids += [x.strip() for x in Path(args.ids_from).read_text(encoding="utf-8").splitlines() if x.strip()]
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"--ids-from {args.ids_from}: cannot read it ({e})") from None
+        if not ids:
+            raise ValueError("give example ids (or --ids-from FILE)")
+        if args.decision == "" and not args.tag and not args.untag and args.note is None:
+            raise ValueError("say what to record: --exclude, --keep, --clear, --tag, --untag or --note")
+        ids = check_ids(ids)
+        if not args.allow_unknown:
+            runs = [Run(r.path) for r in list_runs(store.ws)]
+            found = where_found(ids, runs)
+            unknown = [i for i in ids if not found[i]]
+            if unknown:
+                raise ValueError(f"example {unknown[0]} is in no run of {store.ws} ({len(runs)} run(s) searched"
+                                 + (f", {len(unknown)} unknown id(s) in all" if len(unknown) > 1 else "")
+                                 + "); check the id, or give --allow-unknown to record it anyway")
+        n = store.set(ids, decision=args.decision, add_tags=args.tag, remove_tags=args.untag, note=args.note,
+                      page="cli")
+        print(f"recorded for {n} example(s) in {store.path}: {store.can_undo()}")
+    elif c == "remove":
+        n = store.remove(args.ids, page="cli")
+        print(f"removed the decisions of {n} example(s)" + ("" if n == len(set(args.ids)) else
+                                                            f" ({len(set(args.ids)) - n} had none)"))
+    elif c == "list":
+        df = store.table()
+        if args.kind in ("exclude", "keep"):
+            df = df[df["decision"] == args.kind]
+        elif args.kind == "tagged":
+            df = df[df["tags"].map(bool)]
+        if args.tag:
+            df = df[df["tags"].map(lambda t: args.tag in t)]
+        found = where_found(df["example_id"].tolist(), [Run(args.run)]) if args.run else None
+        for r in df.itertuples(index=False):
+            where = None if found is None else (found[r.example_id][0][1] if found[r.example_id] else None)
+            if args.json:
+                obj = {"example_id": r.example_id, "decision": r.decision, "tags": r.tags, "note": r.note,
+                       "page": r.page, "updated": r.updated}
+                if found is not None:
+                    obj["in_run"], obj["domain"] = where is not None, where
+                print(json.dumps(obj, ensure_ascii=False))
+            else:
+                run_part = "" if found is None else ("  " + (f"in run ({where})" if where else "not in this run"))
+                print(f"{r.example_id}  {r.decision or '-':<7}  {','.join(r.tags) or '-'}{run_part}"
+                      + (f"  note: {r.note}" if r.note else ""))
+        if not args.json:
+            print(f"{len(df)} decision(s) in {store.path}", file=sys.stderr)
+    elif c == "export":
+        n = store.export_jsonl(args.file)
+        print(f"wrote {n} decision(s) to {args.file}")
+    elif c == "import":
+        n = store.import_jsonl(args.file, page="import")
+        print(f"imported {n} decision(s) from {args.file} into {store.path}")
+    elif c == "undo":
+        what = store.undo()
+        print(f"undid: {what}" if what else "nothing to undo")
+    return 0
+
+
+def canary_command(args) -> int:
+    """``python -m curation canary``: the corrupted copy, its counts, and the command that scores it."""
+    from curation.data.canary import MANIFEST, CanaryConfig, plant
+
+    out = plant(from_arguments(CanaryConfig, args), progress=TqdmProgress())
+    m = json.loads((out / MANIFEST).read_text())
+    for w in m["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    for s in m["sources"]:
+        if s["n_not_copied"]:
+            print(f"note: {s['source']}: {s['n_not_copied']} record(s) the loader rejects (or exact duplicates) are "
+                  "not in the copy", file=sys.stderr)
+    for d, c in m["counts"].items():
+        kinds = ", ".join(f"{k} {c[k]}" for k in m["kinds"] if c.get(k))
+        print(f"{d}: {c['corrupted']} of {c['examples']} examples corrupted ({kinds})")
+    print(f"wrote {out}/ ({', '.join(s['file'] for s in m['sources'])}, canary_truth.jsonl, canary.json); score it:\n"
+          f"  {m['learn_with']} --out RUN_DIR")
     return 0

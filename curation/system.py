@@ -1,5 +1,5 @@
-"""Facts about this installation and its processes: where the project lives, whether a pid runs,
-and when a process started.
+"""Facts about this installation and its processes: where the project and the workspace live,
+whether a pid runs, and when a process started.
 
 The one place that reads ``/proc/PID/stat``: the job store keeps a worker's start time beside its
 pid (so a recycled pid is never mistaken for the worker), the atomic writer asks whether the
@@ -15,6 +15,14 @@ from pathlib import Path
 # (``.cache``), and processes started by the library (job workers, Ray workers, the watchdog) get
 # it on their Python path.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def workspace_root(workspace: str | Path | None = None) -> Path:
+    """The workspace folder the dashboard, the jobs and the curator's decisions share: the argument,
+    else ``$CURATION_WORKSPACE``, else ``./workspace``."""
+    if workspace is not None:
+        return Path(workspace)
+    return Path(os.environ.get("CURATION_WORKSPACE") or "workspace")
 
 
 def pid_running(pid: int) -> bool:

@@ -216,3 +216,74 @@ def jobs_panel(ws: Path, key: str, kinds: tuple[str, ...] | None = None, empty: 
                 st.code(jobs.logs(failed[0]["id"], ws, tail=40) or "(empty log)")
 
     live()
+
+
+# ---- the curator's decisions (curation.selection.decisions) -------------------------------------
+
+
+def decision_store():
+    """The workspace's decisions (WORKSPACE/decisions.sqlite)."""
+    from curation.selection.decisions import DecisionStore
+
+    return DecisionStore(workspace())
+
+
+def decision_actions(ids: list[str], page: str, key: str, what: str = "this example", note_box: bool = False) -> None:
+    """Buttons that record a decision for ``ids`` (exclude, keep, clear, a tag; with ``note_box`` a
+    note too), the undo of the last action, and a line saying what happened.  Every selection (CLI,
+    Select page, validate's baselines, mix studies) honours the decisions."""
+    store = decision_store()
+    done = st.session_state.pop(f"{key}_done", None)
+    if done:
+        st.success(done)
+    if not ids:
+        return
+    n = len(ids)
+    c1, c2, c3, c4, c5 = st.columns([1, 1, 1, 2, 1])
+    tag = c4.text_input("Tag", key=f"{key}_tag", placeholder="e.g. wrong answer", label_visibility="collapsed")
+    note = (st.text_input("Note (saved with the next action)", key=f"{key}_note",
+                          placeholder="why: e.g. the final answer is wrong") or None) if note_box else None
+    actions = {"exclude": c1.button(f"Exclude {what}", key=f"{key}_exclude",
+                                    help="Never selected by any recipe, baseline or mix study (undo is one click)."),
+               "keep": c2.button(f"Keep {what}", key=f"{key}_keep",
+                                 help="Always selected: first in its domain, counted against the domain's budget."),
+               None: c3.button("Clear the decision", key=f"{key}_clear", help="Neither excluded nor kept (tags stay).")}
+    tag_it = c5.button(f"Tag {what}", key=f"{key}_tag_go", disabled=not tag.strip())
+    try:
+        for decision, pressed in actions.items():
+            if pressed:
+                store.set(ids, decision=decision, note=note, page=page)
+                st.session_state[f"{key}_done"] = f"{decision or 'cleared'}: {n:,} example(s). Every selection honours it."
+                st.rerun()
+        if tag_it:
+            store.set(ids, add_tags=[tag.strip()], note=note, page=page)
+            st.session_state[f"{key}_done"] = f"tagged {n:,} example(s) `{tag.strip()}`."
+            st.rerun()
+    except ValueError as e:  # DecisionError: a bad tag, an unreadable database
+        st.error(str(e))
+    undo_button(f"{key}_undo")
+
+
+def undo_button(key: str) -> None:
+    """'Undo: <the last action>' (decisions from any page or the CLI)."""
+    store = decision_store()
+    try:
+        last = store.can_undo()
+    except ValueError as e:
+        st.error(str(e))
+        return
+    if last and st.button(f"Undo: {last}", key=key):
+        store.undo()
+        st.session_state[f"{key}_undone"] = f"Undone: {last}."
+        st.rerun()
+    undone = st.session_state.pop(f"{key}_undone", None)
+    if undone:
+        st.info(undone)
+
+
+def with_decisions(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` (with ``example_id``) plus the workspace's ``decision`` and ``tags`` columns, for tables."""
+    snap = decision_store().snapshot()
+    ids = df["example_id"].astype(str)
+    return df.assign(decision=ids.map(lambda i: snap.rows.get(i, {}).get("decision")),
+                     tags=ids.map(lambda i: ", ".join(snap.rows.get(i, {}).get("tags", []))))

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from curation.config import field_info
+from curation.data import canary
 from curation.data.load import source_stem
 from curation.data.textnorm import conversation_text
 from curation.jobs.workspace import list_data_files
@@ -17,7 +18,7 @@ from curation.selection import neardup
 from curation.selection.recipe import Recipe
 from curation.views import aggregate, pool_map
 from curation.views.render import hover_text, preview
-from pages.common import domain_colours, pick_run, score_picker, workspace
+from pages.common import decision_actions, decision_store, domain_colours, pick_run, score_picker, undo_button, workspace
 
 st.title("Explore")
 picked = pick_run("explore")
@@ -192,7 +193,7 @@ else:
         st.error(target_error)
     colour_opts = ["domain", f"score ({score})"] + (["S2L cluster"] if "s2l_cluster" in df.columns else []) \
         + (["in the current selection"] if current.get("run") == str(info.path) else []) \
-        + (["target similarity"] if targets is not None else [])
+        + (["target similarity"] if targets is not None else []) + ["curator decision"]
     colour_by = mc2.radio("Colour", colour_opts, horizontal=True, key="map_colour")
     cached_map = pool_map.cache_path(info.path, map_method).is_file()
     if cached_map or mc3.button("Compute the map", key="map_go"):
@@ -207,7 +208,11 @@ else:
             pts = lay.merge(df[list(dict.fromkeys(cols))], on="example_id", how="inner")
             if targets is not None:
                 pts = pts.merge(targets["sim"], on="example_id", how="left")
-            if colour_by == "target similarity":
+            if colour_by == "curator decision":
+                snap = decision_store().snapshot()
+                pts["colour"] = pts["example_id"].map(lambda i: snap.rows.get(i, {}).get("decision")
+                                                      or ("tagged" if snap.rows.get(i, {}).get("tags") else "none"))
+            elif colour_by == "target similarity":
                 pts["colour"] = pts["target_sim"].astype("float64")
             elif colour_by == "in the current selection":
                 pts["colour"] = pts["example_id"].isin(set(current.get("ids", []))).map({True: "selected", False: "not selected"})
@@ -224,7 +229,9 @@ else:
                                  custom_data=["example_id", "domain", "preview"],
                                  color_discrete_map=colours if colour_by == "domain" else (
                                      {"selected": "#e07a5f", "not selected": "#c9ccd1"}
-                                     if colour_by == "in the current selection" else None),
+                                     if colour_by == "in the current selection" else
+                                     {"exclude": "#d62828", "keep": "#2a9d8f", "tagged": "#f4a261", "none": "#c9ccd1"}
+                                     if colour_by == "curator decision" else None),
                                  labels={"colour": colour_by})
                 fig.update_traces(marker=dict(size=5),
                                   hovertemplate="<b>%{customdata[0]}</b> (%{customdata[1]})<br>%{customdata[2]}<extra></extra>")
@@ -244,6 +251,9 @@ else:
                 elif colour_by == "in the current selection":
                     z, counts, xe, ye = pool_map.cell_means(pts["x"], pts["y"], pts["colour"] == "selected", bins=128)
                     ztitle = "share selected"
+                elif colour_by == "curator decision":
+                    z, counts, xe, ye = pool_map.cell_means(pts["x"], pts["y"], pts["colour"] == "exclude", bins=128)
+                    ztitle = "share excluded"
                 else:
                     counts, xe, ye = pool_map.density_grid(pts["x"], pts["y"], 128)
                     z, ztitle = np.where(counts > 0, np.log10(np.maximum(counts, 1)), np.nan), "log10 examples"
@@ -278,8 +288,36 @@ else:
                 if p2.button("Open them in Inspect", key="map_to_inspect", type="primary"):
                     st.session_state["map_pick"] = {"run": str(info.path), "ids": on_map}
                     st.switch_page("pages/inspect.py")
+                decision_actions(on_map, "explore", "map_decide", what=f"these {len(on_map):,}")
+            else:
+                undo_button("map_decide_undo")
     else:
         st.caption("A 2-D layout of the examples' embeddings, computed once and kept in the run folder.")
+
+# ---- planted defects ----------------------------------------------------------------------------
+try:
+    truth = canary.truth_for(Run(info.path).provenance())
+except ValueError as e:  # a damaged truth file: say which
+    st.error(str(e))
+    truth = None
+if truth is not None:
+    st.subheader("Planted defects (canaries)")
+    rep = canary.canary_report(df, truth)
+    st.caption(f"This run scored a canary pool: {rep['corrupted']:,} of {rep['examples']:,} examples carry a planted "
+               "defect (" + ", ".join(f"{k} {n}" for k, n in rep["by_kind"].items()) + "). AUROC: the chance that the "
+               "score, in its own direction, keeps a clean example before a corrupted one (1 = it finds every "
+               "defect, 0.5 = no better than random, below 0.5 = it prefers the defects).")
+    rows = []
+    for name, a in rep["auroc"].items():
+        rows.append({"score": name, "keeps": a["order"], "all": a["all"],
+                     **{f"{d}": v for d, v in a["by_domain"].items()}, **{f"{k}": v for k, v in a["by_kind"].items()}})
+    table = pd.DataFrame(rows)
+    fig = px.bar(table, x="score", y="all", range_y=[0, 1], labels={"all": "AUROC (clean before corrupted)"})
+    fig.add_hline(y=0.5, line_dash="dot", annotation_text="random")
+    fig.update_layout(height=280, margin=dict(t=10, b=10))
+    a1, a2 = st.columns([1, 2])
+    a1.plotly_chart(fig, width="stretch", key="canary_auroc")
+    a2.dataframe(table.round(3), hide_index=True, width="stretch")
 
 # ---- near-duplicates ---------------------------------------------------------------------------
 st.subheader("Near-duplicate groups")

@@ -22,14 +22,19 @@ def export_form(sel_dir) -> None:
     st.caption(f"method **{r.get('method')}** ({r.get('order') or 'sampling'}), budget **{r.get('budget')}**, "
                f"mix **{r.get('mix')}**, seed {r.get('seed')} · {summary.get('totals', {}).get('examples')} examples, "
                f"{summary.get('totals', {}).get('tokens') or 0:,} tokens")
-    st.dataframe(pd.DataFrame(summary.get("domains", {})).T[["pool", "eligible", "selected", "tokens"]],
-                 width="stretch")
+    st.dataframe(pd.DataFrame(summary.get("domains", {})).T.reindex(columns=["pool", "eligible", "selected", "kept",
+                                                                              "tokens"]), width="stretch")
+    dec = summary.get("decisions")
+    st.caption(f"Curator decisions applied: {dec.get('excluded', 0):,} excluded, {dec.get('kept_selected', 0):,} kept "
+               "example(s) selected first (a snapshot kept in the selection folder)." if dec else
+               "This selection was made without the curator's decisions.")
     c1, c2, c3 = st.columns([1, 1, 2])
     fmt = c1.selectbox("Format", list(exp_mod.EXPORT_FORMATS), key="exp_format",
                        help="jsonl and parquet: one file; hf: a datasets save_to_disk folder (downloaded as a zip)")
     style = c2.selectbox("Style", list(exp_mod.STYLES), index=list(exp_mod.STYLES).index("messages"), key="exp_style",
-                         help="messages: {\"messages\": [...]} rows for TRL / LLaMA-Factory; original: records as in "
-                              "their sources")
+                         help="messages: {\"messages\": [...]} rows for TRL / LLaMA-Factory; prompt-completion: "
+                              "TRL's {\"prompt\": [...], \"completion\": [last answer]} rows (TRL trains on the "
+                              "completion alone, whatever the chat template); original: records as in their sources")
     out = exports_dir(ws) / f"{sel_dir.name}-{fmt}-{style}"
     c3.caption(f"Writes `{out}` (atomically: complete or absent).")
     if st.button("Export", type="primary", key="exp_go"):
@@ -69,6 +74,14 @@ except ValueError as e:  # a damaged or foreign manifest: say so; the other expo
     st.stop()
 st.download_button(f"Download {fname} ({len(payload) / 1e6:.2f} MB)", payload, file_name=fname, mime=mime,
                    type="primary", key="exp_download")
+dec = (manifest.get("decisions") or {})
+if dec.get("excluded_since"):
+    st.warning(f"{len(dec['excluded_since'])} exported example(s) have been excluded since this selection was made "
+               "(Decisions page); select again and export to leave them out.")
+card = edir / exp_mod.CARD
+if card.is_file() and not card.is_symlink():
+    with st.expander("Dataset card (README.md)"):
+        st.code(card.read_text(encoding="utf-8", errors="replace")[:20_000], language="markdown")
 st.markdown("**Manifest**")
 small = {k: v for k, v in manifest.items() if not isinstance(v, list)}
 st.json(small, expanded=1)

@@ -1,4 +1,5 @@
-"""Inspect: filter and sort examples, read one with its tokens coloured by loss, and see where two
+"""Inspect: filter and sort examples, read one with its tokens coloured by loss, record the curator's
+decisions (exclude, keep, tag) on one example or on the rows picked in the table, and see where two
 methods disagree most.  All dataset text is escaped (curation.views.render.conversation_html)."""
 
 import numpy as np
@@ -7,7 +8,7 @@ import streamlit as st
 from curation.runs.folder import Run, RunError, SourceChanged
 from curation.scores import keeps_high, score_columns
 from curation.views import aggregate, render
-from pages.common import conversation, explain, pick_run, score_picker
+from pages.common import conversation, decision_actions, decision_store, explain, pick_run, score_picker, with_decisions
 
 st.title("Inspect")
 picked = pick_run("inspect")
@@ -59,12 +60,18 @@ sub = sub.sort_values(sort_by, ascending=not desc, na_position="last")
 st.caption(f"{len(sub):,} of {len(df):,} examples match" + (f"; the first {MAX_ROWS} are listed" if len(sub) > MAX_ROWS else ""))
 show_cols = [c for c in ["example_id", "domain", *scores, "n_response_tokens", "n_prompt_tokens", "truncated",
                          "source", "source_index"] if c in sub.columns]
-event = st.dataframe(sub[show_cols].head(MAX_ROWS), hide_index=True, width="stretch", height=280,
-                     on_select="rerun", selection_mode="single-row", key="inspect_table")
+listed = with_decisions(sub[show_cols].head(MAX_ROWS))
+event = st.dataframe(listed, hide_index=True, width="stretch", height=280,
+                     on_select="rerun", selection_mode="multi-row", key="inspect_table")
+rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
+if len(rows) > 1:
+    picked_ids = listed["example_id"].iloc[rows].tolist()
+    with st.container(border=True):
+        st.markdown(f"**{len(picked_ids)} rows picked in the table** (the first is shown below)")
+        decision_actions(picked_ids, "inspect", "inspect_multi", what=f"these {len(picked_ids)}")
 
 # ---- one example ------------------------------------------------------------------------------
 st.subheader("Example")
-rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
 default_id = sub["example_id"].iloc[rows[0]] if rows else (sub["example_id"].iloc[0] if len(sub) else "")
 eid = st.text_input("Example id (click a row above, or paste an id)", value=default_id, key=f"inspect_id_{default_id}")
 match = df[df["example_id"] == eid.strip()]
@@ -80,6 +87,13 @@ elif not match.empty:
     for c, name in zip(mcols[2:], scores):
         c.metric(name, "–" if row[name] is None or not np.isfinite(row[name]) else f"{row[name]:.3f}",
                  help=explain(name) or None)
+    with st.container(border=True):
+        mine = decision_store().snapshot().rows.get(str(row["example_id"])) or {}
+        st.markdown(f"**Curator decision**: `{mine.get('decision') or 'none'}`")
+        if mine.get("tags") or mine.get("note"):  # the curator's own text, shown as plain text
+            st.text(" · ".join(filter(None, ["tags: " + ", ".join(mine["tags"]) if mine.get("tags") else "",
+                                             "note: " + mine["note"] if mine.get("note") else ""])))
+        decision_actions([str(row["example_id"])], "inspect", "inspect_one", note_box=True)
 
     @st.cache_resource(show_spinner="Loading the tokenizer...")
     def _tokenizer(run_dir: str):

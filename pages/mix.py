@@ -42,7 +42,8 @@ with st.form("mix"):
     design = config_input(MixConfig, "design", "Design", c2)
     seeds = config_input(MixConfig, "seeds", "Seeds per mix", c3, min_value=1, max_value=10)
     epochs = config_input(MixConfig, "epochs", "Epochs", c4, min_value=1, max_value=20)
-    ok = [m for m, why in available_methods(df.columns).items() if why is None and (m == "random" or SCORES[m].ranks)]
+    ok = [m for m, why in available_methods(df.columns).items()
+          if why is None and m != "target" and (m == "random" or SCORES[m].ranks)]
     d1, d2, d3 = st.columns(3)
     method = d1.selectbox("Inside each domain", ok, index=ok.index("random"),
                           help=field_info(MixConfig, "method")["help"])
@@ -98,6 +99,8 @@ with m2:
                                                             f"[{rec['predicted'][e]['lo']:.4f}, {rec['predicted'][e]['hi']:.4f}]",
         "predicted at the natural mix": f"{rep['at_natural'][e]['value']:.4f} "
                                         f"[{rep['at_natural'][e]['lo']:.4f}, {rep['at_natural'][e]['hi']:.4f}]",
+        "recommended - natural (paired)": (f"{rep['vs_natural'][e]['value']:+.4f} [{rep['vs_natural'][e]['lo']:+.4f}, "
+                                           f"{rep['vs_natural'][e]['hi']:+.4f}]" if e in rep.get("vs_natural", {}) else ""),
     } for e in names]), hide_index=True, width="stretch")
 for e in names:
     st.info(rep["fit"][e]["verdict"] + ".")

@@ -16,6 +16,7 @@ from curation.scores import METHODS, SCORES, run_columns
 from curation.selection.annotate import annotate, annotation_key
 from curation.selection.apply import COVERAGE_CLUSTERS, apply_recipe
 from curation.selection.baselines import random_baseline
+from curation.selection.decisions import load_decisions
 from curation.selection.folder import Selection
 from curation.selection.recipe import Recipe
 from curation.selection.summary import length_profile, pick_stability
@@ -174,6 +175,8 @@ with st.expander("Near-duplicates and contamination", expanded=False):
     keep_cont = d2.checkbox("Keep flagged examples (report only)", value=False, key="sel_keep_cont",
                             disabled=not decon) and bool(decon)
 
+honour = st.toggle("Honour the curator's decisions (Decisions page)", value=True, key="sel_decisions",
+                   help=field_info(Recipe, "decisions")["help"])
 runs_of_score = run_columns(df.columns, SCORES[method].column or "")
 agg = None
 if len(runs_of_score) >= 2 and order is not None:
@@ -186,7 +189,8 @@ try:
                             fill=bool(fill), seed=int(seed), aggregate=agg, stratify=stratify,
                             temperature=temperature, diversity=diversity, dedup=dedup, near_dup_threshold=float(near_t),
                             decontaminate=[eval_files[n] for n in decon], ngram=int(ngram),
-                            keep_contaminated=bool(keep_cont), target=targets)
+                            keep_contaminated=bool(keep_cont), target=targets,
+                            decisions="current" if honour else "none")
 except (ValueError, TypeError) as e:
     st.error(str(e))
     st.stop()
@@ -194,19 +198,20 @@ except (ValueError, TypeError) as e:
 
 @st.cache_data(show_spinner="Reading the pool's texts (near-duplicates, contamination)...", max_entries=8)
 def _annotate(run_dir: str, mtime: float, key: tuple, _recipe: Recipe):  # cached by key only
-    return annotate(Run(run_dir), df, _recipe)
+    decisions = load_decisions(_recipe.decisions)  # the snapshot applied is the one saved with the selection
+    return annotate(Run(run_dir), df, _recipe, decisions=decisions), decisions
 
 
 @st.cache_data(show_spinner="Selecting...", max_entries=16)
-def _apply(run_dir: str, mtime: float, recipe: Recipe):
-    table = _annotate(run_dir, mtime, annotation_key(recipe), recipe)
+def _apply(run_dir: str, mtime: float, recipe: Recipe, key: tuple):  # key: what annotate adds, decisions included
+    table, decisions = _annotate(run_dir, mtime, key, recipe)
     sel = apply_recipe(table, recipe, run.get("kind"))
     base = sel if recipe.method == "random" else random_baseline(table, recipe, run.get("kind"))
-    return table, sel, base, pick_stability(table, sel, run.get("kind"))
+    return table, sel, base, pick_stability(table, sel, run.get("kind")), decisions
 
 
 try:
-    table, sel, base, stability = _apply(str(info.path), info.mtime, recipe)
+    table, sel, base, stability, decisions = _apply(str(info.path), info.mtime, recipe, annotation_key(recipe))
 except ValueError as e:  # SelectionError: a missing column, an impossible mix, ...
     st.error(str(e))
     st.stop()
@@ -222,6 +227,12 @@ tot1.metric("Selected", f"{len(sel.rows):,}", help="examples")
 tot2.metric("of the pool", f"{len(sel.rows) / max(len(df), 1):.1%}")
 tot3.metric("Tokens", f"{int(sel.rows['n_tokens'].sum()):,}")
 tot4.metric("Eligible after thresholds", f"{int(sel.eligible_mask.sum()):,}")
+if "decisions" in sel.details:
+    dd = sel.details["decisions"]
+    st.info(f"Curator decisions: {dd['excluded']:,} example(s) of this run excluded (never selected), "
+            f"{dd['kept_selected']:,} of {dd['kept']:,} kept example(s) selected first"
+            + (f"; {len(dd['kept_not_selectable'])} kept example(s) cannot be selected (see the warning)"
+               if dd["kept_not_selectable"] else "") + ". Manage them on the Decisions page.")
 if "contamination" in sel.details:
     c = sel.details["contamination"]
     st.info(f"Decontamination ({c['ngram']}-word n-grams): {c['flagged']} pool example(s) share an n-gram with the eval "
@@ -241,7 +252,7 @@ if "dedup" in sel.details:
             f"{d['rows_in_such_groups']} examples; {d['dropped']} eligible duplicate(s) left out (the best-ranked of "
             "each group stays). The groups are listed on the Explore page.")
 counts = pd.DataFrame([{
-    "domain": d, "pool": p.pool, "eligible": p.eligible, "selected": p.selected, "tokens": p.tokens,
+    "domain": d, "pool": p.pool, "eligible": p.eligible, "selected": p.selected, "kept": p.kept, "tokens": p.tokens,
     "random: selected": base.domains[d].selected if d in base.domains else 0,
     "random: tokens": base.domains[d].tokens if d in base.domains else 0,
 } for d, p in sel.domains.items()])
@@ -310,9 +321,10 @@ name = s1.text_input("Selection name", value=new_folder_name(prefix), key=f"sel_
 if s2.button("Save selection", type="primary", key="sel_save"):
     try:
         out = selections_dir(ws) / safe_name(name)
-        Selection.write(out, table, sel, base, Run(info.path).provenance())  # what is shown, as shown
+        Selection.write(out, table, sel, base, Run(info.path).provenance(), decisions)  # what is shown, as shown
         st.session_state["selection_name"] = out.name
-        st.success(f"Saved `{out}` (recipe.yaml, selected.parquet, summary.json). Export it on the Export page.")
+        st.success(f"Saved `{out}` (recipe.yaml, selected.parquet, summary.json"
+                   + (", decisions.jsonl" if decisions.source != "none" else "") + "). Export it on the Export page.")
     except (ValueError, OSError) as e:
         st.error(str(e))
 with st.expander("Recipe (recipe.yaml)"):

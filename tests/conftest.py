@@ -72,6 +72,13 @@ def private_score_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CURATION_SCORE_CACHE", str(tmp_path_factory.mktemp("score-cache")))
 
 
+@pytest.fixture(autouse=True)
+def private_workspace(tmp_path_factory, monkeypatch):
+    """Each test gets its own (empty) workspace unless it names one: the curator's decisions in
+    ./workspace must never change what a test selects."""
+    monkeypatch.setenv("CURATION_WORKSPACE", str(tmp_path_factory.mktemp("ws") / "workspace"))
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()

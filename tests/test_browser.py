@@ -24,7 +24,7 @@ from tests.ui_workspace import build_scored_workspace
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
 # A deep link first: a fresh server must route it through app.py's navigation too.
-PAGES = ["data", "", "score", "explore", "inspect", "mix", "select", "validate", "export"]
+PAGES = ["data", "", "score", "explore", "inspect", "decisions", "mix", "select", "validate", "export"]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
@@ -180,10 +180,10 @@ def test_validation_and_pick_stability_show_in_the_browser(server, browser, path
     page.close()
 
 
-def test_a_box_drawn_on_the_map_opens_those_examples_in_inspect(server, browser):
-    url, _ = server
-    page = _open(browser, f"{url}/explore")
-    page.get_by_text("pca", exact=True).first.click()  # PCA: no UMAP compile in the test
+def _box_on_the_map(page, right: float) -> None:
+    """Lay out the Explore map with PCA (no UMAP compile in a test) and drag a box over the left
+    ``right`` share of its plot area."""
+    page.get_by_text("pca", exact=True).first.click()
     _idle(page)
     go = page.get_by_role("button", name="Compute the map")
     if go.count():
@@ -195,9 +195,15 @@ def test_a_box_drawn_on_the_map_opens_those_examples_in_inspect(server, browser)
     assert box, "the map's plot area is not drawn"
     page.mouse.move(box["x"] + 2, box["y"] + 2)
     page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2, steps=8)
-    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] - 2, steps=8)  # the left 60%
+    page.mouse.move(box["x"] + box["width"] * right / 2, box["y"] + box["height"] / 2, steps=8)
+    page.mouse.move(box["x"] + box["width"] * right, box["y"] + box["height"] - 2, steps=8)
     page.mouse.up()
+
+
+def test_a_box_drawn_on_the_map_opens_those_examples_in_inspect(server, browser):
+    url, _ = server
+    page = _open(browser, f"{url}/explore")
+    _box_on_the_map(page, 0.6)  # the left 60%
     page.get_by_text("examples picked on the map").wait_for(timeout=60_000)
     body = page.inner_text("body")
     picked = int(body.split(" examples picked on the map")[0].split()[-1].replace(",", ""))
@@ -289,4 +295,83 @@ def test_the_mix_view_and_the_live_slider_prediction(server, browser):
     assert float(thumb.input_value()) == pytest.approx(want - 0.2 if want > 0.5 else want + 0.2)
     assert moved != at_recommended and at_natural
     assert page.locator("[data-testid='stException']").count() == 0
+    page.close()
+
+
+def test_decisions_made_on_inspect_and_the_map_show_and_every_selection_and_export_honours_them(server, browser):
+    """Exclude an example on Inspect, tag a box of examples on the map, see both on the Decisions
+    page, then a selection saved on Select and its export leave the excluded one out, keep its
+    decisions and carry the tags.  (Last in this module: it changes the shared workspace.)"""
+    import json
+    import re
+
+    import pandas as pd
+
+    url, ws = server
+    page = _open(browser, f"{url}/inspect")
+    page.get_by_role("button", name="Exclude this example").first.wait_for(timeout=60_000)
+    excluded = page.get_by_label("Example id (click a row above, or paste an id)").input_value()
+    page.get_by_role("button", name="Exclude this example").click()
+    page.get_by_text("exclude: 1 example(s). Every selection honours it.").wait_for(timeout=60_000)
+    _idle(page)
+    assert page.get_by_text("Curator decision: exclude").count() >= 1
+    assert page.get_by_role("button", name=re.compile("^Undo: exclude on 1 example")).count() >= 1
+    _shot(page, "inspect-decision.png")
+    page.close()
+
+    page = _open(browser, f"{url}/explore")
+    _box_on_the_map(page, 0.5)
+    page.get_by_text("examples picked on the map").wait_for(timeout=60_000)
+    body = page.inner_text("body")
+    boxed = int(body.split(" examples picked on the map")[0].split()[-1].replace(",", ""))
+    tag = page.get_by_placeholder("e.g. wrong answer").last
+    tag.fill("boxed")
+    tag.press("Enter")
+    _idle(page)
+    page.get_by_role("button", name=re.compile(r"^Tag these")).click()
+    page.get_by_text(f"tagged {boxed:,} example(s)").wait_for(timeout=60_000)
+    _shot(page, "explore-map-tagged.png")
+    page.close()
+
+    page = _open(browser, f"{url}/decisions")
+    page.get_by_text("In no run of this workspace").wait_for(timeout=60_000)
+    from curation.selection.decisions import DecisionStore
+
+    snap = DecisionStore(ws).snapshot()
+    assert snap.excluded() == {excluded} and len(snap.tags()) == boxed
+    metrics = page.locator("[data-testid='stMetric']").all_inner_texts()
+    assert any(t.startswith("Excluded") and t.strip().endswith("1") for t in metrics), metrics
+    assert any(t.startswith("Decisions") and t.strip().endswith(f"{len(snap.rows):,}") for t in metrics), metrics
+    assert page.locator("[data-testid='stException']").count() == 0
+    _shot(page, "decisions.png")
+    page.close()
+
+    page = _open(browser, f"{url}/select")
+    page.get_by_text(re.compile("^Curator decisions: 1 example")).first.wait_for(timeout=60_000)
+    name = page.get_by_label("Selection name")
+    name.fill("with-decisions")
+    name.press("Enter")
+    _idle(page)
+    page.get_by_role("button", name="Save selection").click()
+    page.get_by_text("Saved").first.wait_for(timeout=60_000)
+    sel = ws / "selections" / "with-decisions"
+    rows = pd.read_parquet(sel / "selected.parquet")
+    assert excluded not in set(rows["example_id"]) and (sel / "decisions.jsonl").is_file()
+    summary = json.loads((sel / "summary.json").read_text())
+    assert summary["decisions"]["excluded"] == 1 and summary["recipe"]["decisions"] == "decisions.jsonl"
+    page.close()
+
+    page = _open(browser, f"{url}/export")
+    page.get_by_text("Curator decisions applied: 1 excluded").first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Export", exact=True).click()
+    page.get_by_text("Exported to").first.wait_for(timeout=60_000)
+    _idle(page)
+    out = next(p for p in (ws / "exports").iterdir() if p.name.startswith("with-decisions"))
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["decisions"]["applied"]["excluded"] == 1 and excluded not in {e["example_id"] for e in m["examples"]}
+    tagged = {e["example_id"] for e in m["examples"] if e.get("tags") == ["boxed"]}
+    assert tagged == set(rows["example_id"]) & set(snap.tags())
+    assert "## Curator decisions" in (out / "README.md").read_text()
+    assert page.locator("[data-testid='stException']").count() == 0
+    _shot(page, "export-decisions.png")
     page.close()

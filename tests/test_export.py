@@ -117,7 +117,7 @@ def test_export_replaces_a_previous_export_atomically(selection, tmp_path):
     out = tmp_path / "exp"
     export_selection(ExportConfig(str(selection), str(out), "jsonl", "messages"))
     export_selection(ExportConfig(str(selection), str(out), "parquet", "messages"))
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "manifest.json", "train.parquet"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("x")
     with pytest.raises(ExportError, match="does not hold a previous export"):

@@ -408,7 +408,7 @@ def test_r2_05_export_and_select_never_delete_a_folder_holding_other_files(tmp_p
     # A folder that is entirely a previous export is replaced as before.
     assert cli("export", str(sel), "--out", str(tmp_path / "e")).returncode == 0
     assert cli("export", str(sel), "--out", str(tmp_path / "e"), "--format", "parquet").returncode == 0
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["manifest.json", "train.parquet"]
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["README.md", "manifest.json", "train.parquet"]
 
 
 def test_r2_06_validate_never_writes_into_a_folder_holding_the_users_files(tmp_path):

@@ -84,7 +84,16 @@ def test_a_mix_study_fits_recommends_and_predicts(pool, capsys):
         assert pred[e]["value"] == pytest.approx(rec["predicted"][e]["value"], abs=1e-9)
         assert pred[e]["lo"] <= pred[e]["value"] + 1e-9 or pred[e]["hi"] >= pred[e]["value"] - 1e-9
     assert latest_study(pool["dir"], pool["run"]).path == out
+    # Against the natural mix: the paired difference, equal to the two predictions' difference, and
+    # an objective row (the mean of the eval sets' differences).
+    for e in rep["evals"]:
+        d = rep["vs_natural"][e]
+        assert d["value"] == pytest.approx(rec["predicted"][e]["value"] - rep["at_natural"][e]["value"], abs=1e-9)
+        assert d["lo"] <= d["hi"]
+    assert rep["vs_natural"]["objective"]["value"] == pytest.approx(
+        np.mean([rep["vs_natural"][e]["value"] for e in rep["evals"]]), abs=1e-9)
     md = (out / "report.md").read_text()
+    assert "against the natural mix" in md
     assert "Recommended mix" in md and "python -m curation validate SEL_DIR" in md and "--baselines natural" in md
     # A second study with the same trainings trains nothing: they come from the training cache.
     phases = []
@@ -153,3 +162,14 @@ def test_a_killed_mix_study_resumes_with_its_finished_trainings_kept(pool, tmp_p
     a = pd.read_parquet(out / "results.parquet").sort_values(["candidate", "seed", "example_id"])
     b = pd.read_parquet(whole / "results.parquet").sort_values(["candidate", "seed", "example_id"])
     assert np.allclose(a["nll"].to_numpy(), b["nll"].to_numpy(), atol=1e-5)
+
+
+def test_the_law_is_called_better_than_interpolation_only_beyond_the_seed_noise():
+    from curation.validation.mix import loo_verdict
+
+    loo = {"law_mae": 0.0436, "linear_mae": 0.0447}
+    assert "no better than linear interpolation" in loo_verdict("math", loo, 0.31, seed_sd=0.0051)
+    assert "better than linear interpolation (mean" in loo_verdict("math", loo, 0.31, seed_sd=None)
+    assert "better than linear interpolation (mean" in loo_verdict("chat", {"law_mae": 0.0022, "linear_mae": 0.0084},
+                                                                   0.067, seed_sd=0.0016)
+    assert "too few mixes" in loo_verdict("chat", {"law_mae": None, "linear_mae": None}, 0.0, None)

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import ROOT
 from tests.ui_workspace import build_scored_workspace
 
-PAGES = ["home", "data", "score", "explore", "inspect", "mix", "select", "validate", "export"]
+PAGES = ["home", "data", "score", "explore", "inspect", "decisions", "mix", "select", "validate", "export"]
 
 
 def _page(name: str) -> AppTest:
@@ -351,3 +351,31 @@ def test_explore_map_marks_the_targets_and_colours_by_similarity(in_scored_ws):
     spec = _map_spec(at)
     assert '"name":"targets"' in spec.replace(" ", "") and "target dev" not in spec
     assert "stars: the targets" in _texts(at)
+
+
+def test_inspect_records_decisions_the_decisions_page_lists_them_and_select_honours_them(scored_ws, tmp_path,
+                                                                                      monkeypatch):
+    import shutil
+
+    from curation.selection.decisions import DecisionStore
+
+    ws = tmp_path / "ws"
+    shutil.copytree(scored_ws, ws)  # decisions change the workspace: a copy keeps the shared one clean
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = _page("inspect")
+    eid = next(t.value for t in at.text_input if t.label.startswith("Example id"))
+    next(b for b in at.button if b.label == "Exclude this example").click().run()
+    assert not at.exception
+    assert DecisionStore(ws).snapshot().excluded() == {eid}
+    assert any("exclude: 1 example(s)" in s.value for s in at.success)
+    assert any(b.label.startswith("Undo: exclude on 1 example") for b in at.button)
+    at = _page("decisions")
+    assert not at.exception
+    assert eid in set(at.dataframe[0].value["example_id"])
+    assert any(m.label == "Excluded" and m.value == "1" for m in at.metric)
+    at = _page("select")
+    assert not at.exception
+    assert any(i.value.startswith("Curator decisions: 1 example(s) of this run excluded") for i in at.info)
+    off = next(t for t in at.toggle if t.label.startswith("Honour the curator's decisions"))
+    off.set_value(False).run()
+    assert not any(i.value.startswith("Curator decisions") for i in at.info)

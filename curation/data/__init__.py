@@ -2,5 +2,7 @@
 
 ``load`` (files and datasets -> examples, with a reason for every rejected row), ``templates``
 (conversations -> tokens and the assistant-token mask), ``textnorm`` (words and hashes for
-near-duplicates and decontamination), ``default_data`` (the embedded default pool and eval sets).
+near-duplicates and decontamination), ``overlap`` (n-gram overlap with eval sets), ``default_data``
+(the embedded default pool, eval and dev sets), ``canary`` (known-bad examples planted in a copy of
+a pool, and how well a score finds them).
 """

@@ -303,6 +303,31 @@ def normalise(record: dict, fmt: str, columns: dict[str, str] | None = None) -> 
     return [{"role": role, "content": content} for role, content in turns]
 
 
+def with_last_answer(record: dict, fmt: str, text: str, columns: dict[str, str] | None = None) -> dict:
+    """A copy of ``record`` (format ``fmt``, source columns as in ``columns``) whose last assistant
+    turn says ``text``: the same record shape, so it loads as its source's other records do."""
+    import copy
+
+    columns = columns or {}
+    out = copy.deepcopy(record)
+    field_of = {"alpaca": "output", "gsm8k": "answer"}
+    if fmt in field_of:
+        out[columns.get(field_of[fmt], field_of[fmt])] = text
+        return out
+    if fmt == "prompt":
+        key = "response" if columns.get("response", "response") in record else "completion"
+        out[columns.get(key, key)] = text
+        return out
+    key, content_key = {"messages": ("messages", "content"), "sharegpt": ("conversations", "value")}[fmt]
+    turns = out[columns.get(key, key)]
+    for turn in reversed(turns):
+        role = turn.get("role", turn.get("from")) if isinstance(turn, dict) else None
+        if isinstance(role, str) and ROLE_ALIASES.get(role.lower()) == "assistant":
+            turn[next((k for k in (content_key, "content", "value") if k in turn), content_key)] = text
+            return out
+    raise RecordError("no assistant turn")
+
+
 def iter_records(spec: SourceSpec) -> Iterator[tuple[int, int | None, dict | RecordError]]:
     """Yield ``(source_index, line, record)`` for every record of a source, in order.
 

@@ -1,15 +1,21 @@
 """Export a selection as a training file, with a manifest that says exactly what it holds.
 
-``EXPORT_DIR`` holds the data and ``manifest.json``::
+``EXPORT_DIR`` holds the data, ``manifest.json`` and a dataset card::
 
     train.jsonl | train.parquet | train/ (datasets save_to_disk folder)
-    manifest.json   recipe, example ids + content hashes in file order, score provenance,
-                    counts and tokens per domain, code version, time
+    manifest.json   recipe, example ids + content hashes (and the curator's tags) in file order,
+                    score provenance, counts and tokens per domain, the decisions applied, code
+                    version, time
+    README.md       the dataset card: what it holds and how it was made, for people (and the Hub)
 
 Styles: ``original`` writes each selected record exactly as its source holds it (the same JSON
 object after re-parsing); ``messages`` writes ``{"messages": [{"role", "content"}, ...]}``, the
 conversational format TRL's SFTTrainer and LLaMA-Factory (``formatting: sharegpt`` with OpenAI
-tags) take as they are.  With ``original`` and sources of different shapes, the columnar formats
+tags) take as they are; ``prompt-completion`` writes TRL's conversational prompt/completion rows
+``{"prompt": [every turn before the last answer], "completion": [the last answer]}``, on which
+TRL's SFTTrainer trains the completion alone by default (``completion_only_loss``), whatever the
+chat template (the default model's has no generation markers, so ``assistant_only_loss`` cannot
+work with it); earlier answers of a multi-turn conversation are then context, not targets.  With ``original`` and sources of different shapes, the columnar formats
 (and ``datasets``' JSON loader) give each row every column of the file; the ones a record does not
 have load as null.
 
@@ -38,10 +44,10 @@ from curation.selection.recipe import SelectionError
 from curation.system import PROJECT_ROOT
 
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
-STYLES = ("original", "messages")
+STYLES = ("original", "messages", "prompt-completion")
 DATA_NAMES = {"jsonl": "train.jsonl", "parquet": "train.parquet", "hf": "train"}
-MANIFEST = "manifest.json"
-EXPORT_FILES = (MANIFEST, *DATA_NAMES.values())  # what an export folder holds: all of it is replaced
+MANIFEST, CARD = "manifest.json", "README.md"
+EXPORT_FILES = (MANIFEST, CARD, *DATA_NAMES.values())  # what an export folder holds: all of it is replaced
 
 
 class ExportError(ValueError):
@@ -57,7 +63,8 @@ class ExportConfig:
     out: str = option(help="export folder (data file + manifest.json; a previous export there is replaced)")
     format: str = option("jsonl", "jsonl | parquet | hf (a datasets save_to_disk folder)", choices=EXPORT_FORMATS)
     style: str = option("messages", "original: records as in their sources; messages: {'messages': [...]} "
-                                    "for TRL / LLaMA-Factory", choices=STYLES)
+                                    "for TRL / LLaMA-Factory; prompt-completion: {'prompt': [...], 'completion': "
+                                    "[last answer]} (TRL trains on the completion alone)", choices=STYLES)
 
     def __post_init__(self):
         if self.format not in EXPORT_FORMATS:
@@ -90,7 +97,12 @@ def export_selection(cfg: ExportConfig, progress: Progress | None = None, notes:
                                 progress=report)
     except RunError as e:
         raise ExportError(str(e)) from None
-    rows = [rec if cfg.style == "original" else {"messages": messages} for rec, messages in records]
+    rows = [styled(rec, messages, cfg.style, r.example_id) for (rec, messages), r in
+            zip(records, selected.itertuples(index=False))]
+    decisions = decisions_report(summary, selected)
+    for w in decisions.get("warnings", []):
+        if notes is not None:
+            notes.append(w)
 
     report(phase="writing", done=len(selected), total=len(selected))
     out = Path(cfg.out)
@@ -109,7 +121,7 @@ def export_selection(cfg: ExportConfig, progress: Progress | None = None, notes:
             import datasets
 
             datasets.Dataset(table).save_to_disk(str(tmp / data_name))
-        manifest = _manifest(cfg, sel_dir, selected, summary, rows, data_name, __version__)
+        manifest = _manifest(cfg, sel_dir, selected, summary, rows, data_name, __version__, decisions)
         if non_finite:
             manifest["non_finite_values"] = {
                 "count": non_finite, "written_as": None,
@@ -119,10 +131,48 @@ def export_selection(cfg: ExportConfig, progress: Progress | None = None, notes:
                 notes.append(f"{non_finite} NaN or infinite number(s) in the records were written as null "
                              "(strict JSON has none); the manifest says so")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        (tmp / CARD).write_text(dataset_card(manifest), encoding="utf-8")
     if notes is not None:
         notes += [f"removed {p.name} ({size / 1e6:.1f} MB), a temporary folder left next to {out} by an export "
                   "that was killed" for p, size in cleaned]
     report(phase="done", done=len(selected), total=len(selected))
+    return out
+
+
+def styled(record: dict, messages: list[dict], style: str, example_id: str) -> dict:
+    """One exported row in ``style`` (see the module docstring)."""
+    if style == "original":
+        return record
+    if style == "messages":
+        return {"messages": messages}
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None or last != len(messages) - 1:
+        raise ExportError(f"example {example_id} does not end with an answer (its last turn is "
+                          f"{messages[-1]['role'] if messages else 'missing'}), so it has no completion; export "
+                          "with --style messages")
+    return {"prompt": messages[:last], "completion": messages[last:]}
+
+
+def decisions_report(summary: dict, selected) -> dict:
+    """What the manifest says of the curator's decisions: those the selection applied (its
+    summary), each exported example's tags, and a warning when the workspace's decisions have
+    since excluded an exported example (the export ships the selection as it was made)."""
+    from curation.selection.decisions import DecisionStore
+
+    applied = summary.get("decisions") or {}
+    try:
+        now = DecisionStore().snapshot()
+    except ValueError:
+        now = None
+    out = {"applied": applied or None}
+    ids = set(selected["example_id"].astype(str))
+    if now is not None:
+        later = sorted(ids & now.excluded())
+        if later:
+            out["excluded_since"] = later
+            out["warnings"] = [f"{len(later)} exported example(s) (e.g. {later[0]}) are excluded by the workspace's "
+                               "current decisions, made after this selection; select again to leave them out"]
+        out["tags"] = {i: t for i, t in now.tags().items() if i in ids}
     return out
 
 
@@ -207,7 +257,7 @@ def _code_fingerprint() -> str:
 
 
 def _manifest(cfg: ExportConfig, sel_dir: Path, selected, summary: dict, rows: list[dict],
-              data_name: str, version: str) -> dict:
+              data_name: str, version: str, decisions: dict) -> dict:
     by_domain = {}
     for d, g in selected.groupby("domain", sort=True):
         by_domain[str(d)] = {"examples": int(len(g)), "tokens": int(g["n_tokens"].sum()) if "n_tokens" in g else None}
@@ -225,16 +275,73 @@ def _manifest(cfg: ExportConfig, sel_dir: Path, selected, summary: dict, rows: l
         "recipe": summary.get("recipe"),
         "score": summary.get("score"),
         "selection": {"dir": str(sel_dir.resolve()), "budget": summary.get("budget"),
-                      "warnings": summary.get("warnings", [])},
+                      "warnings": summary.get("warnings", []) + decisions.get("warnings", [])},
+        "decisions": {k: v for k, v in decisions.items() if k not in ("tags", "warnings")},
         "provenance": {k: v for k, v in run.items()},
         "counts": {"examples": len(rows), "tokens": int(selected["n_tokens"].sum()) if "n_tokens" in selected else None,
                    "by_domain": by_domain},
         "examples": [
             {"example_id": r.example_id, "domain": r.domain, "source": r.source,
-             "source_index": int(r.source_index), "rank": int(r.rank), "content_sha256": _content_hash(row)}
+             "source_index": int(r.source_index), "rank": int(r.rank), "content_sha256": _content_hash(row),
+             **({"kept": True} if getattr(r, "kept", False) else {}),
+             **({"tags": decisions["tags"][r.example_id]} if r.example_id in decisions.get("tags", {}) else {})}
             for r, row in zip(selected.itertuples(index=False), rows)
         ],
     }
+
+
+def dataset_card(m: dict) -> str:
+    """README.md of an export: the Hub's YAML header (the data file as the train split), then what
+    the dataset holds, how it was selected, the curator's decisions and the provenance, in words."""
+    import yaml
+
+    data = m["files"]["data"]
+    header = {"configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data if m["format"] != "hf"
+                                                                      else f"{data}/*.arrow"}]}],
+              "tags": ["sft", "curated"]}
+    r, c, prov = m.get("recipe") or {}, m["counts"], m.get("provenance") or {}
+    model = (prov.get("model") or {})
+    lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
+             f"# {Path(m['selection']['dir']).name}", "",
+             f"{c['examples']:,} supervised fine-tuning examples ({c['tokens'] or 0:,} prompt + response tokens), "
+             f"selected by `curation` {m['code_version']['curation']} and exported on {m['created_at']} as "
+             f"{m['format']} in the `{m['style']}` style.", "",
+             "## Load it", "", "```python", "import datasets", "", f"ds = {m['load_with']}", "```", ""]
+    if m["style"] == "prompt-completion":
+        lines += ["Rows are TRL's conversational prompt/completion format: TRL's `SFTTrainer` trains on the "
+                  "completion (the last answer) alone by default; earlier answers are context.", ""]
+    lines += ["## Per domain", "", "| domain | examples | tokens |", "|---|---|---|"]
+    lines += [f"| {d} | {v['examples']:,} | {v['tokens'] or 0:,} |" for d, v in c["by_domain"].items()]
+    lines += ["", "## How it was selected", "",
+              f"Method **{r.get('method')}**" + (f" ({r.get('order')} first)" if r.get("order") else "")
+              + f", budget **{r.get('budget')}**, mix **{r.get('mix')}**, seed {r.get('seed')}. "
+              "The recipe, as `curation select --recipe` takes it:", "", "```yaml",
+              yaml.safe_dump(r, sort_keys=False, allow_unicode=True).strip(), "```", ""]
+    for w in m["selection"].get("warnings") or []:
+        lines.append(f"- warning: {w}")
+    dec = (m.get("decisions") or {}).get("applied")
+    lines += ["", "## Curator decisions", ""]
+    if dec:
+        snap = dec.get("snapshot", {})
+        lines.append(f"The selection honoured {snap.get('decisions', 0):,} recorded decision(s) ({snap.get('exclude', 0):,} "
+                     f"exclude, {snap.get('keep', 0):,} keep, {snap.get('tagged', 0):,} tagged; source "
+                     f"`{dec.get('source')}`): {dec.get('excluded', 0):,} example(s) of the pool were excluded, and "
+                     f"{dec.get('kept_selected', 0):,} kept example(s) were selected first.")
+        tagged = sum(1 for e in m["examples"] if e.get("tags"))
+        if tagged:
+            lines.append(f"{tagged:,} exported example(s) carry tags (listed per example in manifest.json).")
+    else:
+        lines.append("None: the selection was made with `decisions: none`.")
+    lines += ["", "## Provenance", "",
+              f"- scores: run `{prov.get('dir')}` (key {prov.get('run_key')}), model `{model.get('spec') or model.get('path')}` "
+              f"(weights {model.get('fingerprint')}), template {(prov.get('template') or {}).get('name')}, "
+              f"max length {prov.get('max_length')}",
+              f"- score: {(m.get('score') or {}).get('method')} = {(m.get('score') or {}).get('formula')}"]
+    for s in prov.get("sources") or []:
+        lines.append(f"- source `{s.get('source')}` ({s.get('domain')}, {s.get('format')}): {s.get('path')}, "
+                     f"fingerprint {s.get('fingerprint')}")
+    lines += ["- every example's id and content hash, in file order: `manifest.json`", ""]
+    return "\n".join(lines)
 
 
 def read_manifest(export_dir: str | os.PathLike) -> dict:

@@ -578,6 +578,7 @@ def _launch(conn, ws: Path, row) -> None:
     package_root = str(PROJECT_ROOT)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env["CURATION_WORKSPACE"] = str(ws)  # the job's workspace: its curator decisions, its dev sets
     cwd = row["cwd"] if Path(row["cwd"]).is_dir() else str(ws)
     now = time.time()
     try:

@@ -21,25 +21,18 @@ The embedded default pool and its eval sets are written by :mod:`curation.data.d
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from curation.atomic import atomic_path
+from curation.system import workspace_root
 
 SUBDIRS = ("data", "eval", "dev", "runs", "selections", "exports", "validations", "mixes")
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz", ".parquet", ".csv", ".csv.gz")
 MAX_NAME = 120  # characters of a file or folder name made from user input
 
-
-
-def workspace_root(workspace: str | Path | None = None) -> Path:
-    """The workspace folder: the argument, else ``$CURATION_WORKSPACE``, else ``./workspace``."""
-    if workspace is not None:
-        return Path(workspace)
-    return Path(os.environ.get("CURATION_WORKSPACE") or "workspace")
 
 
 def ensure_layout(workspace: str | Path | None = None) -> Path:

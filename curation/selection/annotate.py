@@ -5,7 +5,10 @@
 :func:`curation.selection.neardup.near_dup_groups`, cached in the run folder) and
 ``contaminated``/``contaminated_by`` (``--decontaminate``;
 :func:`curation.selection.contamination.flag_run`) and ``target_sim``/``target_sims``
-(``--target``; :mod:`curation.selection.target`).  :func:`drop_contaminated` and
+(``--target``; :mod:`curation.selection.target`) and ``decision`` (the curator's ``exclude``/``keep``,
+from the snapshot the recipe's ``decisions`` names; :mod:`curation.selection.decisions`) and
+``canary_kind`` (a run over a canary pool: ``clean`` or the planted defect; :mod:`curation.data.canary`).
+:func:`drop_contaminated` and
 :func:`drop_near_duplicates` then take rows out of the eligible set, each returning its report for
 the summary (how many, which, why).
 """
@@ -22,18 +25,29 @@ ANNOTATIONS = {"near_dup_group": "--dedup near", "contaminated": "--decontaminat
 
 
 def annotation_key(recipe: Recipe) -> tuple:
-    """The recipe's settings that decide what :func:`annotate` adds (a cache key for callers that
-    apply many recipes to one run)."""
+    """The recipe's settings that decide what :func:`annotate` adds, and the state of the decisions
+    it names (a cache key for callers that apply many recipes to one run)."""
+    from curation.selection.decisions import state_key
+
     return (recipe.diversity is not None, recipe.near_dup_threshold if recipe.dedup else None,
             tuple(recipe.decontaminate), recipe.ngram if recipe.decontaminate else None,
-            tuple((d, tuple(p)) for d, p in recipe.target.items()))
+            tuple((d, tuple(p)) for d, p in recipe.target.items()), state_key(recipe.decisions))
 
 
-def annotate(run, table, recipe: Recipe, progress: Progress | None = None):
-    """``table`` (the run's scores) with the columns the recipe's ``diversity``, ``dedup`` and
-    ``decontaminate`` need (see the module docstring); ``run`` is a :class:`curation.runs.folder.Run`."""
+def annotate(run, table, recipe: Recipe, progress: Progress | None = None, decisions=None):
+    """``table`` (the run's scores) with the columns the recipe's ``diversity``, ``dedup``,
+    ``decontaminate``, ``target`` and ``decisions`` need (see the module docstring); ``run`` is a
+    :class:`curation.runs.folder.Run`.  ``decisions`` (a :class:`curation.selection.decisions.Decisions`)
+    is the snapshot to apply; by default the one ``recipe.decisions`` names is read."""
+    from curation.selection.decisions import load_decisions
+
     df = table.drop(columns=[c for c in ("near_dup_group", "group_size", "contaminated", "contaminated_by",
-                                         "embedding", "target_sims", "target_sim") if c in table.columns])
+                                         "embedding", "target_sims", "target_sim", "decision", "canary_kind")
+                            if c in table.columns])
+    snap = decisions if decisions is not None else load_decisions(recipe.decisions)
+    if snap.source != "none":
+        df["decision"] = df["example_id"].astype(str).map(lambda i: snap.rows.get(i, {}).get("decision"))
+    df = with_canaries(run, df)
     if recipe.target:
         from curation.selection.target import embed_targets, target_columns
 
@@ -64,6 +78,18 @@ def annotate(run, table, recipe: Recipe, progress: Progress | None = None):
                                  "sources; re-run the scoring on the current files")
         df = df.merge(flag_run(ids, [texts[i] for i in ids], recipe.decontaminate, recipe.ngram),
                       on="example_id", how="left")
+    return df
+
+
+def with_canaries(run, df):
+    """``df`` with ``canary_kind`` when the run was scored over a canary pool (the truth beside its
+    sources), so summaries can count the planted defects a selection holds."""
+    from curation.data.canary import truth_for
+
+    df = df.drop(columns=["canary_kind"], errors="ignore")
+    truth = truth_for(run.provenance()) if run is not None else None
+    if truth is not None:
+        df["canary_kind"] = df["example_id"].astype(str).map(truth)
     return df
 
 

@@ -3,9 +3,16 @@
 The same rows (in any order) and the same recipe give the same ids.  The steps, in order:
 
 1. **pool**: every row of the run's score table.  ``P%`` budgets and the ``natural`` mix refer to it.
-2. **eligible**: scored rows whose score is known and that pass every ``min``/``max`` threshold
-   (thresholds filter *before* ranking, so ``--max ifd=1`` never costs budget), then the filters
-   (``--decontaminate``, ``--dedup near``; :mod:`curation.selection.annotate`).
+2. **eligible**: rows the curator did not exclude, scored, whose score is known and that pass
+   every ``min``/``max`` threshold (thresholds filter *before* ranking, so ``--max ifd=1`` never
+   costs budget), then the filters (``--decontaminate``, ``--dedup near``;
+   :mod:`curation.selection.annotate`).
+2b. **kept**: rows the curator marked ``keep`` (the ``decision`` column that
+   :func:`curation.selection.annotate.annotate` adds from :mod:`curation.selection.decisions`) are
+   selected first in their domain, whatever the score, thresholds and near-duplicate filter say (a
+   curator's decision stands), and count against the domain's part of the budget; only a kept
+   row that cannot be trained on (not scored) or that shares words with the eval sets
+   (``--decontaminate``) is left out, with a warning.  A table without the column has no decisions.
 3. **allocation**: the budget (N examples, P% of the pool, or N tokens of prompt + response) is
    split over domains by the mix with the largest-remainder method, so the parts are exact and
    sum to the budget.  A domain with fewer eligible examples than its part gets them all and the
@@ -50,6 +57,7 @@ class DomainPlan:
     shortfall: int  # quota - what the domain could take
     selected: int = 0
     tokens: int = 0
+    kept: int = 0  # of ``selected``: the curator's keep decisions, taken first
 
 
 @dataclass
@@ -64,13 +72,15 @@ class SelectionResult:
     domains: dict[str, DomainPlan]
     unfilled: int  # budget no domain could take
     warnings: list[str]
-    eligible_mask: "object"  # numpy bool array over the input table
+    eligible_mask: "object"  # numpy bool array over the input table (kept rows included)
     details: dict = field(default_factory=dict)  # per-feature reports (strata, filters, ...) for the summary
+    kept_mask: "object" = None  # numpy bool array: the curator's kept rows the selection took first
 
 
 def select(table, recipe: Recipe):
     """The selected rows of ``table`` (a score table) under ``recipe``, with their ``rank``: the
-    1-based position within the row's domain, best first (for random and s2l: the sampling order)."""
+    1-based position within the row's domain, best first (for random and s2l: the sampling order;
+    kept rows first), and ``kept`` (a curator's keep decision put it there)."""
     return apply_recipe(table, recipe).rows
 
 
@@ -101,11 +111,14 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
                                  + ",".join(f"{x}={1 if x == next(iter(recipe.target)) else 0}" for x in shares) + ")")
     score_col, score = score_values(df, recipe.method, run_kind, recipe.aggregate)
     eligible, details = eligibility(df, recipe, run_kind, score, ids)
+    kept, notes = kept_rows(df, recipe, eligible, ids, details)
+    pickable = eligible & ~kept  # the recipe's picker chooses among these
     labels = None
     if recipe.method == "s2l":
-        labels = s2l_labels(df, recipe, eligible, domain, run_kind)
-        eligible &= labels >= 0  # rows without a cluster cannot be sampled
+        labels = s2l_labels(df, recipe, pickable, domain, run_kind)
+        pickable &= labels >= 0  # rows without a cluster cannot be sampled
         score = labels.astype(np.float64)
+    eligible = pickable | kept
 
     budget_units = recipe.budget_spec.units(len(df))
     if budget_units < 1:
@@ -120,34 +133,47 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
     sims = annotation(df, "target_sims") if recipe.method == "target" else None
     resp_len = df["n_response_tokens"].fillna(0).astype(np.int64).to_numpy()
     picked_rows, ranks = [], []
-    for d in shares:
-        where = np.flatnonzero(eligible & (domain == d))
+    for d in sorted(set(shares) | set(domain[kept].tolist())):
+        first = np.flatnonzero(kept & (domain == d))
+        first = first[np.argsort(ids[first], kind="stable")]  # kept rows first, by id
+        rest = max(int(alloc.get(d, 0)) - int(weight[first].sum()), 0)
+        if len(first) and weight[first].sum() > alloc.get(d, 0):
+            notes.append(f"domain {d}: {len(first)} kept example(s) take {int(weight[first].sum())} {unit}, more than "
+                         f"its part of the budget ({int(alloc.get(d, 0))}); all are selected, "
+                         f"{int(weight[first].sum()) - int(alloc.get(d, 0))} {unit} over the budget")
+        where = np.flatnonzero(pickable & (domain == d))
         where = where[np.argsort(ids[where], kind="stable")]  # canonical order: by id, not by table row
-        if alloc[d] == 0 or len(where) == 0:
-            continue
-        rows = DomainRows(d, ids[where], None if score is None else score[where], tokens[where], resp_len[where],
-                          labels=None if labels is None else labels[where],
-                          embeddings=None if embedding is None else np.stack(embedding[where]).astype(np.float32),
-                          target_sims=None if sims is None else np.stack(sims[where]).astype(np.float32))
-        positions = take(picker, rows, alloc[d], unit, recipe, details, domain_rng(recipe.seed, d))
-        picked_rows.append(where[positions])
-        ranks.append(np.arange(1, len(positions) + 1))
+        positions = np.zeros(0, dtype=np.int64)
+        if rest > 0 and len(where):
+            rows = DomainRows(d, ids[where], None if score is None else score[where], tokens[where], resp_len[where],
+                              labels=None if labels is None else labels[where],
+                              embeddings=None if embedding is None else np.stack(embedding[where]).astype(np.float32),
+                              target_sims=None if sims is None else np.stack(sims[where]).astype(np.float32))
+            positions = take(picker, rows, rest, unit, recipe, details, domain_rng(recipe.seed, d))
+        chosen = np.concatenate([first, where[positions]])
+        if len(chosen):
+            picked_rows.append(chosen)
+            ranks.append(np.arange(1, len(chosen) + 1))
     picked = np.concatenate(picked_rows) if picked_rows else np.zeros(0, dtype=np.int64)
 
     out = df.loc[picked, ID_COLUMNS].reset_index(drop=True)
     out["source_index"] = out["source_index"].astype(np.int64)
     out["rank"] = (np.concatenate(ranks) if ranks else np.zeros(0)).astype(np.int64)
     out["n_tokens"] = tokens[picked].astype(np.int64)
+    out["kept"] = kept[picked]
     if score_col is not None:
         out[score_col] = score[picked] if recipe.method != "s2l" else score[picked].astype(np.int64)
-    plans, notes = domain_plans(out, shares, domain, eligible, quota, alloc, shortfall, capacity, unit, recipe)
+    plans, plan_notes = domain_plans(out, shares, domain, eligible, quota, alloc, shortfall, capacity, unit, recipe)
+    notes += plan_notes
+    if "decisions" in details:
+        details["decisions"]["kept_selected"] = int(out["kept"].sum())
     if recipe.fill and unfilled > 0:
         notes.append(f"--fill: no domain had room for the last {unfilled} {unit} of the budget")
     if len(out) == 0:
         raise empty_selection(recipe, eligible, details["eligibility"])
     return SelectionResult(rows=out, recipe=recipe, score_column=score_col, unit=unit, budget_units=budget_units,
                            domains=plans, unfilled=int(unfilled), warnings=notes, eligible_mask=eligible,
-                           details=details)
+                           details=details, kept_mask=kept)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,6 +208,10 @@ def eligibility(df, recipe: Recipe, run_kind: str, score, ids: np.ndarray) -> tu
     filters' reports."""
     eligible = np.ones(len(df), dtype=bool)
     steps = [{"step": "in the pool", "left": len(df)}]  # how many rows each step leaves (the summary's funnel)
+    excluded, _ = decision_masks(df)
+    if "decision" in df.columns:
+        eligible &= ~excluded
+        steps.append({"step": "not excluded by the curator", "left": int(eligible.sum())})
     if "scored" in df.columns:
         eligible &= df["scored"].fillna(False).astype(bool).to_numpy()
     if score is not None:
@@ -209,6 +239,53 @@ def eligibility(df, recipe: Recipe, run_kind: str, score, ids: np.ndarray) -> tu
         eligible &= known
         steps.append({"step": "with an embedding", "left": int(eligible.sum())})
     return eligible, details
+
+
+def decision_masks(df) -> tuple[np.ndarray, np.ndarray]:
+    """``(excluded, kept)`` masks of the curator's decisions (the ``decision`` column; none without it)."""
+    if "decision" not in df.columns:
+        return np.zeros(len(df), dtype=bool), np.zeros(len(df), dtype=bool)
+    d = df["decision"].astype(object).to_numpy()
+    return d == "exclude", d == "keep"
+
+
+def kept_rows(df, recipe: Recipe, eligible: np.ndarray, ids: np.ndarray, details: dict) -> tuple[np.ndarray, list[str]]:
+    """The kept rows the selection takes first (see the module docstring), their report in
+    ``details["decisions"]`` and the warnings about kept rows it cannot take.  With ``--dedup
+    near``, eligible rows in a kept row's near-duplicate group are left out (the kept one stands for
+    the group)."""
+    excluded, kept = decision_masks(df)
+    notes: list[str] = []
+    if "decision" not in df.columns:
+        return kept, notes
+    blocked: dict[str, np.ndarray] = {}
+    if "scored" in df.columns:
+        blocked["not scored (no assistant token within the max length)"] = ~df["scored"].fillna(False).astype(bool).to_numpy()
+    if recipe.decontaminate and not recipe.keep_contaminated:
+        blocked["shares words with the eval sets (--decontaminate)"] = annotation(df, "contaminated").astype(bool)
+    out = kept.copy()
+    left_out = []
+    for reason, mask in blocked.items():
+        for i in np.flatnonzero(out & mask):
+            left_out.append({"example_id": str(ids[i]), "domain": str(df["domain"].iat[i]), "reason": reason})
+        out &= ~mask
+    if left_out:
+        notes.append(f"{len(left_out)} kept example(s) cannot be selected (e.g. {left_out[0]['example_id']}: "
+                     f"{left_out[0]['reason']})")
+    if recipe.dedup and out.any():
+        groups = annotation(df, "near_dup_group")
+        taken = set(groups[out].tolist())
+        same = eligible & ~out & np.isin(groups, list(taken))
+        eligible &= ~same
+        if same.any():
+            details.setdefault("dedup", {})["dropped_for_kept"] = int(same.sum())
+    dom = df["domain"].astype(str).to_numpy()
+    details["decisions"] = {
+        "excluded": int(excluded.sum()), "kept": int(kept.sum()), "kept_selectable": int(out.sum()),
+        "kept_not_selectable": left_out[:20],
+        "by_domain": {d: {"excluded": int((excluded & (dom == d)).sum()), "kept": int((kept & (dom == d)).sum())}
+                      for d in sorted(set(dom.tolist()))}}
+    return out, notes
 
 
 def picker_for(recipe: Recipe) -> Picker:
@@ -257,17 +334,19 @@ def take(picker: Picker, rows: DomainRows, budget: int, unit: str, recipe: Recip
 
 
 def domain_plans(out, shares, domain, eligible, quota, alloc, shortfall, capacity, unit: str, recipe: Recipe):
-    """``({domain: DomainPlan}, warnings)``: how each domain's share was spent."""
+    """``({domain: DomainPlan}, warnings)``: how each domain's share was spent (a domain outside
+    the mix appears when the curator kept some of its examples)."""
     plans, notes = {}, []
-    for d in shares:
+    for d in sorted(set(shares) | set(out["domain"].astype(str))):
         sel = out["domain"] == d
+        short = int(shortfall.get(d, 0))
         plans[d] = DomainPlan(
-            share=float(shares[d]), pool=int((domain == d).sum()), eligible=int((eligible & (domain == d)).sum()),
-            quota=int(quota[d]), allocated=int(alloc[d]), shortfall=int(shortfall[d]),
-            selected=int(sel.sum()), tokens=int(out.loc[sel, "n_tokens"].sum()))
-        if shortfall[d] > 0:
+            share=float(shares.get(d, 0)), pool=int((domain == d).sum()), eligible=int((eligible & (domain == d)).sum()),
+            quota=int(quota.get(d, 0)), allocated=int(alloc.get(d, 0)), shortfall=short,
+            selected=int(sel.sum()), tokens=int(out.loc[sel, "n_tokens"].sum()), kept=int(out.loc[sel, "kept"].sum()))
+        if short > 0:
             notes.append(f"domain {d}: {plans[d].eligible} eligible example(s) ({capacity[d]} {unit}) for a share "
-                         f"of {quota[d]} {unit}; {shortfall[d]} {unit} short"
+                         f"of {quota[d]} {unit}; {short} {unit} short"
                          + ("" if recipe.fill else "; use --fill to spread them over the other domains"))
     return plans, notes
 

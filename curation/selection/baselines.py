@@ -18,6 +18,9 @@ The other baselines ``validate`` trains, per domain of the selection, from the s
                     natural domain proportions (whatever the selection's mix): what a mix is judged
                     against; the same sample as the random baseline of a ``natural`` recipe of that size
 ==================  ===============================================================================
+
+Every baseline honours the curator's decisions as the selection did: excluded rows are not in the
+eligible mask, and kept rows (``kept``) are taken first in their domain, counted against its part.
 """
 
 from __future__ import annotations
@@ -42,25 +45,34 @@ def random_baseline(table, recipe: Recipe, run_kind: str | None = None) -> Selec
     return apply_recipe(table, Recipe.from_dict(d), run_kind)
 
 
-def baseline_ids(kind: str, table, eligible: np.ndarray, wanted: dict[str, tuple[int, int]], seed: int) -> list[str]:
+def baseline_ids(kind: str, table, eligible: np.ndarray, wanted: dict[str, tuple[int, int]], seed: int,
+                 kept: np.ndarray | None = None) -> list[str]:
     """The example ids baseline ``kind`` trains on with ``seed``: per domain of ``wanted``
     (``{domain: (examples, assistant tokens)}`` of the selection it is compared with), drawn from
-    the ``eligible`` rows of ``table`` (a score table; the mask is over its rows)."""
+    the ``eligible`` rows of ``table`` (a score table; the mask is over its rows).  ``kept`` (a mask
+    over the same rows, inside ``eligible``) are the curator's keep decisions: taken first, their
+    examples and tokens counted against the domain's part."""
     if kind not in BASELINES:
         raise SelectionError(f"unknown baseline {kind!r}; expected one of {', '.join(BASELINES)}")
     df = table.reset_index(drop=True)
     ids = df["example_id"].astype(str).to_numpy()
     domain = df["domain"].astype(str).to_numpy()
     resp = df["n_response_tokens"].fillna(0).astype(np.int64).to_numpy()
+    kept = np.zeros(len(df), dtype=bool) if kept is None else np.asarray(kept, dtype=bool) & eligible
     if kind == "natural":
         wanted = natural_quota(domain, eligible, sum(n for n, _ in wanted.values()))
         kind = "random"
     out: list[str] = []
-    for d in sorted(wanted):
-        where = np.flatnonzero(eligible & (domain == d))
+    for d in sorted(set(wanted) | set(domain[kept].tolist())):
+        first = np.flatnonzero(kept & (domain == d))
+        first = first[np.argsort(ids[first], kind="stable")]
+        where = np.flatnonzero(eligible & ~kept & (domain == d))
         where = where[np.argsort(ids[where], kind="stable")]  # canonical order, as apply_recipe's
-        n, tokens = wanted[d]
-        out += ids[where[baseline_positions(kind, ids[where], resp[where], n, tokens, seed, d)]].tolist()
+        n, tokens = wanted.get(d, (0, 0))
+        n, tokens = max(n - len(first), 0), max(tokens - int(resp[first].sum()), 0)
+        out += ids[first].tolist()
+        if kind == "full" or (tokens > 0 if kind == "random-tokens" else n > 0):
+            out += ids[where[baseline_positions(kind, ids[where], resp[where], n, tokens, seed, d)]].tolist()
     return out
 
 

@@ -2,10 +2,13 @@
 
 Layout::
 
-    recipe.yaml        the normalised recipe (re-applied to the same run it gives the same ids)
-    selected.parquet   example_id, source, source_index, domain, rank, n_tokens (+ the score)
-    summary.json       counts, allocations, statistics, the random baseline, and the run's provenance
-                       (so an export needs only this folder and the source files)
+    recipe.yaml        the normalised recipe (re-applied to the same run it gives the same ids: its
+                       ``decisions`` names decisions.jsonl, the curator's decisions as they were)
+    selected.parquet   example_id, source, source_index, domain, rank, n_tokens, kept (+ the score)
+    summary.json       counts, allocations, statistics, the random baseline, the decisions applied,
+                       and the run's provenance (so an export needs only this folder and the sources)
+    decisions.jsonl    the snapshot of the curator's decisions the selection honoured (absent with
+                       ``decisions: none``), in the ``decisions export`` format
 
 ``export``, ``validate``, ``mix``, the CLI and the dashboard read a selection through
 :class:`Selection`; :func:`select_run` applies a recipe to a run folder and writes one.
@@ -27,8 +30,9 @@ from curation.selection.summary import summarize
 class Selection:
     """A selection folder (see the module docstring)."""
 
-    RECIPE, ROWS, SUMMARY = "recipe.yaml", "selected.parquet", "summary.json"
-    FILES = (ROWS, SUMMARY, RECIPE)
+    RECIPE, ROWS, SUMMARY, DECISIONS = "recipe.yaml", "selected.parquet", "summary.json", "decisions.jsonl"
+    FILES = (ROWS, SUMMARY, RECIPE)  # what every selection has
+    KNOWN = (*FILES, DECISIONS)  # what a selection folder may hold: all of it is replaced
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -50,7 +54,7 @@ class Selection:
 
     def recipe(self) -> Recipe:
         p = self.require().path / self.RECIPE
-        return Recipe.from_yaml(p.read_text(encoding="utf-8"), str(p))
+        return Recipe.from_yaml(p.read_text(encoding="utf-8"), str(p), base=self.path)
 
     def summary(self) -> dict:
         p = self.require().path / self.SUMMARY
@@ -105,11 +109,22 @@ class Selection:
             raise SelectionError(f"{self.path / self.SUMMARY} does not name the run it was selected from")
         return Path(d)
 
+    def decisions(self):
+        """The decisions the selection honoured (:class:`curation.selection.decisions.Decisions`;
+        empty when it used none)."""
+        from curation.selection.decisions import Decisions, read_jsonl
+
+        p = self.require().path / self.DECISIONS
+        return read_jsonl(p) if p.is_file() else Decisions({}, "none")
+
     @classmethod
     def write(cls, out: str | Path, table, result: SelectionResult, baseline: SelectionResult | None,
-              provenance: dict) -> "Selection":
+              provenance: dict, decisions=None) -> "Selection":
         """Write ``result`` (a recipe applied to ``table``, as applied: nothing is recomputed) to
-        ``out/``, atomically, with the run's ``provenance``."""
+        ``out/``, atomically, with the run's ``provenance`` and the ``decisions`` snapshot it
+        honoured (kept as decisions.jsonl, which the written recipe names)."""
+        from dataclasses import replace
+
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -119,11 +134,19 @@ class Selection:
         summary = summarize(table, result, baseline)
         summary["run"] = provenance
         summary["code_version"] = __version__
+        recipe = result.recipe
+        used = decisions is not None and decisions.source != "none"
+        if used:
+            recipe = replace(recipe, decisions=cls.DECISIONS)
+            summary["recipe"]["decisions"] = cls.DECISIONS
+            summary["decisions"] = {**summary.get("decisions", {}), **decisions.describe(), "file": cls.DECISIONS}
         # The folder is renamed into place as a whole, so plain writes inside it are atomic enough.
-        with atomic_dir(out, marker=cls.RECIPE, what="selection", known=cls.FILES) as tmp:
-            (tmp / cls.RECIPE).write_text(result.recipe.to_yaml())
+        with atomic_dir(out, marker=cls.RECIPE, what="selection", known=cls.KNOWN) as tmp:
+            (tmp / cls.RECIPE).write_text(recipe.to_yaml())
             pq.write_table(pa.Table.from_pandas(result.rows, preserve_index=False), tmp / cls.ROWS)
             (tmp / cls.SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+            if used:
+                (tmp / cls.DECISIONS).write_text(decisions.to_jsonl(), encoding="utf-8")
         return cls(out)
 
 
@@ -131,15 +154,18 @@ def select_run(run_dir: str | Path, recipe: Recipe, out: str | Path, progress: P
     """Apply ``recipe`` to a finished run folder and write the selection folder ``out`` (returned)."""
     from curation.runs.folder import Run
 
+    from curation.selection.decisions import load_decisions
+
     report = Reporter(progress)
     report(phase="reading run", done=0, total=3)
     run = Run(run_dir)
     meta = run.require_finished()
-    table = annotate(run, run.scores(), recipe)
+    decisions = load_decisions(recipe.decisions)  # one snapshot: what is applied is what is kept
+    table = annotate(run, run.scores(), recipe, decisions=decisions)
     report(phase="selecting", done=1, total=3)
     result = apply_recipe(table, recipe, meta.get("kind"))
     base = result if recipe.method == "random" else random_baseline(table, recipe, meta.get("kind"))
     report(phase="writing", done=2, total=3)
-    Selection.write(out, table, result, base, run.provenance())
+    Selection.write(out, table, result, base, run.provenance(), decisions)
     report(phase="done", done=3, total=3)
     return Path(out)

@@ -106,6 +106,10 @@ class Recipe:
                                                "reads; repeat for several files): --method target selects toward them, "
                                                "and any method can threshold target_sim (their RDS+ cosine)",
                                           default_factory=dict, metavar="DOMAIN=PATH")
+    decisions: str = option("current", "the curator's decisions to honour (excluded examples are never selected, kept "
+                                       "ones are selected first): current (the workspace's), none, or a decisions "
+                                       "JSONL file (a selection keeps the one it used as decisions.jsonl)",
+                            metavar="none|current|FILE")
     budget_spec: Budget = field(init=False, repr=False, compare=False)  # the budget, parsed once
     strata: int | None = field(init=False, repr=False, compare=False, default=None)  # Q of ``stratify``
     diversity_clusters: int | None = field(init=False, repr=False, compare=False, default=None)  # N of clusters:N
@@ -185,6 +189,9 @@ class Recipe:
             raise SelectionError(f"keep_contaminated must be true or false, got {self.keep_contaminated!r}")
         if self.keep_contaminated and not self.decontaminate:
             raise SelectionError("--keep-contaminated applies with --decontaminate PATH ...")
+        if not isinstance(self.decisions, str) or not self.decisions.strip():
+            raise SelectionError(f"decisions: expected none, current or a decisions JSONL file, got {self.decisions!r}")
+        self.decisions = self.decisions.strip()
         self.target = _parse_target(self.target)
         if self.method == "target":
             if not self.target:
@@ -208,14 +215,19 @@ class Recipe:
         return head + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     @classmethod
-    def from_yaml(cls, text: str, where: str = "recipe") -> "Recipe":
-        """A recipe from YAML text; errors name ``where`` (the file)."""
+    def from_yaml(cls, text: str, where: str = "recipe", base=None) -> "Recipe":
+        """A recipe from YAML text; errors name ``where`` (the file).  A relative ``decisions`` file
+        is found beside the recipe (``base``: its folder), as a selection folder keeps it."""
         import yaml
+        from pathlib import Path
 
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise SelectionError(f"{where}: not valid YAML ({e})") from None
+        if base is not None and isinstance(data, dict) and isinstance(data.get("decisions"), str) \
+                and data["decisions"] not in ("none", "current") and not Path(data["decisions"]).is_absolute():
+            data = {**data, "decisions": str(Path(base) / data["decisions"])}
         try:
             return cls.from_dict(data)
         except SelectionError as e:

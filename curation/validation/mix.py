@@ -68,6 +68,9 @@ class MixConfig(TrainConfig, ComputeConfig):
     ngram: int = option(Recipe.ngram, "pool examples sharing this many consecutive words with an eval example are "
                                       "left out of every mix")
     bootstrap: int = option(400, "bootstrap resamples (over seeds and eval examples) for the intervals")
+    decisions: str = option(Recipe.decisions, "the curator's decisions every mix honours (excluded examples never "
+                                              "trained on, kept ones in every mix): current, none or a decisions "
+                                              "JSONL file", metavar="none|current|FILE")
     keep_models: bool = option(False, "keep the trained models (else only their loss curves and eval results)",
                                result=False)
     epochs: int = option(3, "passes over each mix's training set")
@@ -87,8 +90,8 @@ class MixConfig(TrainConfig, ComputeConfig):
             raise ValueError(f"seeds {self.seeds}: at most {MAX_SEEDS} trainings per mix")
         if self.bootstrap < 100:
             raise ValueError(f"bootstrap {self.bootstrap}: use at least 100 resamples for a 95% interval")
-        if self.method not in SCORES or (self.method != "random" and not SCORES[self.method].ranks):
-            ranking = [n for n, s in SCORES.items() if s.ranks]
+        if self.method not in SCORES or self.method == "target" or (self.method != "random" and not SCORES[self.method].ranks):
+            ranking = [n for n, s in SCORES.items() if s.ranks and n != "target"]
             raise ValueError(f"method {self.method!r}: expected random or a ranking score ({', '.join(ranking)})")
         budget = Recipe(method="random", budget=self.budget).budget_spec
         if budget.kind == "tokens":
@@ -122,7 +125,10 @@ def run_mix(cfg: MixConfig, progress: Progress | None = None) -> Path:
     mixes = design_points(cfg.design, domains, natural, cfg.seed)
     if len(mixes) > MAX_POINTS:
         raise MixError(f"design {cfg.design}: {len(mixes)} mixes; at most {MAX_POINTS}")
-    points, trainings = selections(cfg, run, table, meta, domains, mixes, report)
+    from curation.selection.decisions import load_decisions
+
+    decisions = load_decisions(cfg.decisions)  # one snapshot for every mix and seed
+    points, trainings = selections(cfg, run, table, meta, domains, mixes, report, decisions)
 
     settings = {**result_key(cfg), "run": str(run.path.resolve()), "eval_files": file_fingerprints(cfg.eval)}
     claim_study(out, "mix", study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings]),
@@ -144,7 +150,7 @@ def run_mix(cfg: MixConfig, progress: Progress | None = None) -> Path:
         "kind": "mix", "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": run.provenance(), "model": proxy.lm.describe(), "eval": proxy.evals.provenance,
         "domains": domains, "evals": evals, "natural": dict(zip(domains, natural.tolist())),
-        "objective": objective, "points": points, **fit,
+        "objective": objective, "points": points, "decisions": decisions.describe(), **fit,
         "commands": commands(cfg, run, fit["recommended"]["mix"]),
         "seconds": round(time.time() - t0, 1), "training_seconds": round(trained - t0, 1),
     }
@@ -190,14 +196,16 @@ def mix_label(domains: list[str], shares) -> str:
     return ",".join(f"{d}={round(float(s), 4):g}" for d, s in zip(domains, shares))
 
 
-def selections(cfg: MixConfig, run, table, meta, domains: list[str], mixes: np.ndarray, report):
-    """Per mix and seed the selection at the budget: ``(points, trainings)``."""
+def selections(cfg: MixConfig, run, table, meta, domains: list[str], mixes: np.ndarray, report, decisions=None):
+    """Per mix and seed the selection at the budget, honouring the curator's ``decisions``:
+    ``(points, trainings)``."""
     from curation.selection.annotate import annotate
     from curation.selection.apply import apply_recipe
 
     report(phase="selecting the mixes' training sets", done=0, total=len(mixes))
-    base = Recipe(method=cfg.method, budget=cfg.budget, decontaminate=list(cfg.eval.values()), ngram=cfg.ngram)
-    annotated = annotate(run, table, base)
+    base = Recipe(method=cfg.method, budget=cfg.budget, decontaminate=list(cfg.eval.values()), ngram=cfg.ngram,
+                  decisions=cfg.decisions)
+    annotated = annotate(run, table, base, decisions=decisions)
     points, trainings = [], []
     for m, shares in enumerate(mixes):
         label = mix_label(domains, shares)
@@ -269,6 +277,17 @@ def analyse(results, points: list[dict], domains: list[str], evals: list[str], o
                             **band([b.predict(plot) for b in boot[e]])}}
     at_natural = {e: {"value": float(laws[e].predict(natural)[0]), **band([b.predict(natural)[0] for b in boot[e]])}
                   for e in evals}
+    # What decides between mixes is the paired difference: every bootstrap resample draws the same
+    # eval examples for both mixes, so the level of the eval set (wide) cancels and its slope stays.
+    at_rec = np.column_stack([[b.predict(rec_mix)[0] for b in boot[e]] for e in evals])  # (B, n_evals)
+    at_nat = np.column_stack([[b.predict(natural)[0] for b in boot[e]] for e in evals])
+    vs_natural = {e: {"value": float(laws[e].predict(rec_mix)[0] - laws[e].predict(natural)[0]),
+                      **band(at_rec[:, i] - at_nat[:, i])} for i, e in enumerate(evals)}
+    point = lambda r: np.array([[laws[e].predict(r)[0] for e in evals]])  # noqa: E731
+    vs_natural["objective"] = {
+        "value": float(objective_values(point(rec_mix), objective, evals)[0]
+                       - objective_values(point(natural), objective, evals)[0]),
+        **band(objective_values(at_rec, objective, evals) - objective_values(at_nat, objective, evals))}
     return {
         "fit": fit,
         "recommended": {
@@ -281,6 +300,7 @@ def analyse(results, points: list[dict], domains: list[str], evals: list[str], o
             "on_front": bool(best in set(front.tolist())),
         },
         "at_natural": at_natural,
+        "vs_natural": vs_natural,
         "pareto": [{"mix": dict(zip(domains, cand[i].tolist())),
                     "predicted": {e: float(laws[e].predict(cand[i])[0]) for e in evals}} for i in front[::step]],
         "bootstrap": {"n": n_boot, "params": {e: [[b.c, b.k, *b.t.tolist()] for b in boot[e]] for e in evals}},
@@ -324,12 +344,14 @@ def param_intervals(laws: list[Law], domains: list[str]) -> dict:
 
 
 def loo_verdict(e: str, loo: dict, spread: float, seed_sd: float | None) -> str:
+    """The leave-one-out check in words: the law beats linear interpolation only by more than the
+    seed noise (a smaller gain is not a difference a second study would reproduce)."""
     law, lin = loo["law_mae"], loo["linear_mae"]
     noise = f"; seed sd {seed_sd:.4f}" if seed_sd is not None else ""
     tail = f" (the measured losses span {spread:.4f} nats across the mixes{noise})"
     if law is None:
         return f"{e}: too few mixes for a leave-one-out check of the law" + tail
-    if lin is not None and law >= lin:
+    if lin is not None and law >= lin - (seed_sd or 0.0):
         return (f"{e}: the mixing law predicts a left-out mix no better than linear interpolation between the "
                 f"measured mixes (mean leave-one-out error {law:.4f} vs {lin:.4f} nats)" + tail)
     return (f"{e}: the mixing law predicts a left-out mix better than linear interpolation (mean leave-one-out error "
@@ -382,8 +404,16 @@ def report_markdown(rep: dict) -> str:
               + ", ".join(f"{d} [{lo:.2f}, {hi:.2f}]" for d, (lo, hi) in rec["mix_interval"].items()) + ").", ""]
     for e in evals:
         pr, nat = rec["predicted"][e], rep["at_natural"][e]
+        dv = rep.get("vs_natural", {}).get(e)
         lines.append(f"- {e}: predicted {pr['value']:.4f} [{pr['lo']:.4f}, {pr['hi']:.4f}] at the recommended mix, "
-                     f"{nat['value']:.4f} [{nat['lo']:.4f}, {nat['hi']:.4f}] at the natural mix")
+                     f"{nat['value']:.4f} [{nat['lo']:.4f}, {nat['hi']:.4f}] at the natural mix"
+                     + (f"; the difference {dv['value']:+.4f} [{dv['lo']:+.4f}, {dv['hi']:+.4f}]" if dv else ""))
+    if "objective" in rep.get("vs_natural", {}):
+        dv = rep["vs_natural"]["objective"]
+        lines.append(f"- the objective: {dv['value']:+.4f} [{dv['lo']:+.4f}, {dv['hi']:+.4f}] against the natural mix")
+    lines += ["", "Each eval set's level is uncertain (the intervals of the predictions are wide: a resample of "
+              "its examples moves every mix alike); the differences are paired over the same resamples, so they "
+              "show what the mix changes."]
     lines += ["", "A prediction is not a measurement: validate the recommended mix against the natural mix "
               "(random samples at the pool's proportions, same budget) before trusting it:", "", "```",
               rep["commands"]["select"], rep["commands"]["validate"], "```", ""]

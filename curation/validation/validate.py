@@ -238,12 +238,13 @@ def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> li
         out.append(Candidate(sel.name, "selection", sel.name, seeds, {s: rows["example_id"].tolist() for s in seeds}))
         # The eligible rows: thresholds, scored, and the recipe's dedup/decontamination if any.
         annotated = annotate(run, df, recipe) if run is not None else df
-        eligible = random_baseline(annotated, recipe, run_kind).eligible_mask
+        base = random_baseline(annotated, recipe, run_kind)
+        eligible, kept = base.eligible_mask, base.kept_mask  # the curator's decisions, as the selection applied them
         wanted = {str(d): (len(g), int(resp.loc[g["example_id"]].sum())) for d, g in rows.groupby("domain")}
         for b in cfg.baseline_list():
             name = b if single else f"{b}@{sel.name}"
             bseeds = seeds[:1] if b == "full" else seeds
-            out.append(Candidate(name, b, sel.name, bseeds, {s: baseline_ids(b, df, eligible, wanted, s) for s in bseeds}))
+            out.append(Candidate(name, b, sel.name, bseeds, {s: baseline_ids(b, df, eligible, wanted, s, kept) for s in bseeds}))
     return out
 
 

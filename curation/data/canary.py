@@ -1,0 +1,456 @@
+"""Canaries: known-bad examples planted in a copy of a pool, so a score can be checked against the truth.
+
+    load the pool -> per domain, pick ``rate`` of its examples (seeded) and split them over the kinds
+    -> corrupt each one's last answer -> write the copy (one JSONL per source, same record shape)
+    + canary_truth.jsonl (every example: clean or its kind) + canary.json (settings, counts)
+
+Kinds (each changes the last assistant turn only, so every corrupted record still loads as a valid
+example of its source's format):
+
+==================  ===============================================================================
+``swap``            the answer of another corrupted example of the same domain (a cycle over the
+                    swapped ones, so none keeps its own)
+``truncate``        the answer cut after 20-50% of its words (seeded per example)
+``wrong-number``    the numbers of the final answer changed (``#### N``, ``\\boxed{...}`` or "the
+                    answer is ..."), so the reasoning no longer matches; math-like answers only
+``refusal``         the answer replaced by a refusal or boilerplate
+``shuffle-words``   the answer's words in a seeded random order
+==================  ===============================================================================
+
+A kind that cannot corrupt an example (no final-answer marker for ``wrong-number``, fewer than five
+words to truncate or three to shuffle, an answer another example also has for ``swap``) is not used
+on it; when a domain has too few such examples, the rest of that kind's part goes to the other
+kinds and ``canary.json`` says so.  The counts per domain are exact: round-half-up of ``rate``
+times the domain's examples, split over the kinds by the largest-remainder method.
+
+A run over the copy finds the truth beside its sources (:func:`truth_for`); :func:`canary_report`
+measures how well each score ranks corrupted examples below clean ones (AUROC, per domain and per
+kind), and :func:`selection_counts` how many a selection holds against random's expectation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from curation.config import check_at_most, check_positive, option, parse_pairs
+from curation.data.load import DEFAULT_MAX_RECORD_BYTES, FORMATS
+
+KINDS = ("swap", "truncate", "wrong-number", "refusal", "shuffle-words")
+TRUTH, MANIFEST = "canary_truth.jsonl", "canary.json"
+REFUSALS = (
+    "I'm sorry, but I can't help with that request.",
+    "As an AI language model, I cannot provide an answer to this question.",
+    "I am unable to assist with this. Please consult a qualified professional.",
+    "Thank you for your question! Unfortunately, I don't have enough information to answer it.",
+    "This content is not available. Please try again later.",
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt.",
+)
+# A number: thousands separators kept together, a sign only where no term precedes it (n-1: 1).
+_NUMBER = re.compile(r"(?<![\w.,])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])-?\d+(?:\.\d+)?|(?<=\w)\d+")
+_WORD = re.compile(r"\S+")
+
+
+class CanaryError(ValueError):
+    """A canary pool that cannot be written as asked (the message says what to change)."""
+
+
+@dataclass(kw_only=True)
+class CanaryConfig:
+    """Settings of ``python -m curation canary`` (the CLI is built from this)."""
+
+    sources: list[str] = option(help="the pool's data files, as for score/learn; DOMAIN= tags their examples",
+                                positional=True, metavar="[DOMAIN=]PATH")
+    out: str = option(help="folder for the corrupted copy (one JSONL per source), canary_truth.jsonl and canary.json")
+    rate: float = option(0.2, "share of each domain's examples to corrupt (0 < rate < 1)")
+    kinds: str = option(",".join(KINDS), f"comma-separated kinds of defect: {', '.join(KINDS)}")
+    seed: int = option(0, "seed of which examples are corrupted and how")
+    limit: int | None = option(None, "use the first N records of each source")
+    columns: dict[str, str] = option(help="map canonical fields to your columns, e.g. question=problem,answer=solution",
+                                     default_factory=dict)
+    format: str | None = option(None, "force the record shape instead of detecting it", choices=FORMATS)
+    max_record_bytes: int = option(DEFAULT_MAX_RECORD_BYTES, "a larger record is rejected by name without being read")
+
+    def __post_init__(self):
+        if isinstance(self.sources, str):
+            self.sources = [self.sources]
+        if not self.sources:
+            raise ValueError("give the pool's files: [DOMAIN=]PATH ...")
+        self.columns = parse_pairs(self.columns)
+        if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0 < self.rate < 1:
+            raise ValueError(f"rate must be a share between 0 and 1 (e.g. 0.2), got {self.rate!r}")
+        self.rate = float(self.rate)
+        check_positive(self, "limit", "max_record_bytes")
+        check_at_most(self, seed=2**63 - 1)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative whole number, got {self.seed!r}")
+        self.kind_list()  # validates
+
+    def kind_list(self) -> list[str]:
+        got = [k.strip() for k in str(self.kinds).split(",") if k.strip()]
+        unknown = [k for k in got if k not in KINDS]
+        if unknown or not got:
+            raise ValueError(f"kinds {self.kinds!r}: expected a comma-separated list of {', '.join(KINDS)}")
+        if len(set(got)) != len(got):
+            raise ValueError(f"kinds {self.kinds!r}: a kind is given twice")
+        return got
+
+    def source_specs(self):
+        from curation.data.load import parse_source_arg
+
+        return [parse_source_arg(s, columns=self.columns, format=self.format, max_record_bytes=self.max_record_bytes)
+                for s in self.sources]
+
+
+# ----------------------------------------------------------------------------------------------
+# Corrupting one answer
+
+
+def final_answer_span(text: str) -> tuple[int, int] | None:
+    """Where the final answer of a math-style solution is: after the last ``####``, inside the last
+    ``\\boxed{...}``, or after the last "the answer is"; None when there is no such marker."""
+    k = text.rfind("####")
+    if k >= 0:
+        return k + 4, len(text)
+    k = text.rfind("\\boxed{")
+    if k >= 0:
+        depth, i = 0, k + len("\\boxed{")
+        for j in range(i, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth < 0:
+                return i, j
+        return None
+    m = list(re.finditer(r"(?i)\bthe (?:final )?answer is\b", text))
+    return (m[-1].end(), len(text)) if m else None
+
+
+def wrong_numbers(text: str, rng: np.random.Generator) -> str | None:
+    """``text`` with every number of its final answer moved by a seeded non-zero amount (None when
+    the final answer has no number)."""
+    span = final_answer_span(text)
+    if span is None or not _NUMBER.search(text[span[0]:span[1]]):
+        return None
+
+    def moved(m: re.Match) -> str:
+        s = m.group(0)
+        delta = int(rng.choice([-3, -2, -1, 1, 2, 3, 5, 7]))
+        places = len(s.split(".")[1]) if "." in s else 0
+        v = float(s.replace(",", ""))
+        new = v + delta / 10 ** places
+        if v >= 0 > new:  # a positive answer stays positive: it should look plausible, only be wrong
+            new = v + abs(delta) / 10 ** places
+        return f"{new:,.{places}f}" if "," in s else f"{new:.{places}f}"
+
+    a, b = span
+    return text[:a] + _NUMBER.sub(moved, text[a:b]) + text[b:]
+
+
+def truncated(text: str, rng: np.random.Generator) -> str | None:
+    """``text`` cut after 20-50% of its words (None below five words)."""
+    words = list(_WORD.finditer(text))
+    if len(words) < 5:
+        return None
+    keep = max(1, int(len(words) * rng.uniform(0.2, 0.5)))
+    return text[: words[keep - 1].end()]
+
+
+def shuffled(text: str, rng: np.random.Generator) -> str | None:
+    """The words of ``text`` in a seeded random order, joined by spaces (None below three distinct words)."""
+    words = text.split()
+    if len(set(words)) < 3:
+        return None
+    for _ in range(10):
+        order = rng.permutation(len(words))
+        out = " ".join(words[i] for i in order)
+        if out != " ".join(words):
+            return out
+    return None
+
+
+def applicable(kind: str, text: str) -> bool:
+    """Whether ``kind`` can corrupt an answer (``swap`` is decided over the domain: distinct answers)."""
+    if kind == "truncate":
+        return len(_WORD.findall(text)) >= 5
+    if kind == "wrong-number":
+        span = final_answer_span(text)
+        return span is not None and bool(_NUMBER.search(text[span[0]:span[1]]))
+    if kind == "shuffle-words":
+        return len(set(text.split())) >= 3
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Planting
+
+
+def split_counts(n: int, kinds: list[str]) -> dict[str, int]:
+    """``n`` split over ``kinds`` as evenly as possible (largest remainder, ties in kind order)."""
+    base, rest = divmod(n, len(kinds))
+    return {k: base + (1 if i < rest else 0) for i, k in enumerate(kinds)}
+
+
+def assign_kinds(domain_of: dict[str, str], answer: dict[str, str], kinds: list[str], rate: float,
+                 seed: int) -> tuple[dict[str, str], dict[str, dict[str, int]], list[str]]:
+    """Which examples get which kind: ``(plan {example_id: kind}, counts per domain, warnings)``.
+    Per domain, round-half-up of ``rate`` times its examples, split evenly over the kinds, each
+    taking examples it can corrupt in a seeded order (drawn over the domain's ids sorted)."""
+    from collections import Counter
+
+    plan: dict[str, str] = {}
+    counts: dict[str, dict[str, int]] = {}
+    warnings: list[str] = []
+    for domain in sorted(set(domain_of.values())):
+        ids = sorted(i for i, d in domain_of.items() if d == domain)
+        rng = np.random.default_rng([seed, *domain.encode()])
+        n = int(Fraction(rate).limit_denominator(10**6) * len(ids) + Fraction(1, 2))
+        order = [ids[i] for i in rng.permutation(len(ids))]
+        seen = Counter(answer[i] for i in ids)
+        want = split_counts(n, kinds)
+        got = {k: 0 for k in kinds}
+
+        def take(k: str, need: int) -> int:
+            """Give kind ``k`` up to ``need`` more examples it can corrupt; returns what it could not take."""
+            for i in order:
+                if need == 0:
+                    break
+                if i not in plan and (seen[answer[i]] == 1 if k == "swap" else applicable(k, answer[i])):
+                    plan[i] = k
+                    got[k] += 1
+                    need -= 1
+            return need
+
+        short = sum(take(k, want[k]) for k in kinds)
+        while short:  # what a kind could not take goes to the others, one at a time in kind order
+            gave = 0
+            for k in kinds:
+                if short and take(k, 1) == 0:
+                    short, gave = short - 1, gave + 1
+            if not gave:
+                break
+        if got.get("swap") == 1:  # a swap needs a partner: give the lone one another kind
+            lone = next(i for i in order if plan.get(i) == "swap")
+            other = next((k for k in kinds if k != "swap" and applicable(k, answer[lone])), None)
+            got["swap"] -= 1
+            if other is None:
+                del plan[lone]
+            else:
+                plan[lone] = other
+                got[other] += 1
+        for k in kinds:
+            if got[k] < want[k]:
+                warnings.append(f"{domain}: {k} could corrupt {got[k]} of its {want[k]} example(s) (too few answers it "
+                                "applies to); the other kinds took the rest")
+        if sum(got.values()) != n:
+            warnings.append(f"{domain}: {sum(got.values())} of the {n} examples asked for could be corrupted")
+        counts[domain] = {"examples": len(ids), "corrupted": sum(got.values()), **got}
+    return plan, counts, warnings
+
+
+def corrupt_answers(plan: dict[str, str], answer: dict[str, str], domain_of: dict[str, str],
+                    seed: int) -> tuple[dict[str, str], dict[str, str]]:
+    """The new answer of every planned example and a line saying what was done (seeded per example)."""
+    new_answer: dict[str, str] = {}
+    detail: dict[str, str] = {}
+    for domain in sorted(set(domain_of.values())):
+        swap = [i for i in sorted(plan) if plan[i] == "swap" and domain_of[i] == domain]
+        for a, b in zip(swap, swap[1:] + swap[:1]):  # a cycle: nobody keeps its own answer
+            new_answer[a], detail[a] = answer[b], f"the answer of example {b}"
+    for i, k in sorted(plan.items()):
+        rng = np.random.default_rng([seed, *i.encode()])
+        text = answer[i]
+        if k == "truncate":
+            new_answer[i] = truncated(text, rng)
+            detail[i] = f"cut after {len(_WORD.findall(new_answer[i]))} of {len(_WORD.findall(text))} words"
+        elif k == "wrong-number":
+            new_answer[i] = wrong_numbers(text, rng)
+            a, b = final_answer_span(text)
+            detail[i] = f"final answer {text[a:b].strip()[:60]!r} changed"
+        elif k == "refusal":
+            new_answer[i] = REFUSALS[int(rng.integers(len(REFUSALS)))]
+            detail[i] = "a refusal / boilerplate answer"
+        elif k == "shuffle-words":
+            new_answer[i] = shuffled(text, rng)
+            detail[i] = "words shuffled"
+    return new_answer, detail
+
+
+def plant(cfg: CanaryConfig, progress=None) -> Path:
+    """Write the corrupted copy of ``cfg.sources`` into ``cfg.out`` (see the module docstring); the
+    folder is written next to its place and renamed into it (complete or absent)."""
+    import time
+
+    from curation.atomic import AtomicError, atomic_dir
+    from curation.data.load import example_id, load_sources, normalise, read_records, with_last_answer
+    from curation.progress import Reporter
+
+    report = Reporter(progress)
+    kinds = cfg.kind_list()
+    specs = cfg.source_specs()
+    report(phase="loading the pool", done=0, total=None)
+    data = load_sources(specs, limit=cfg.limit)
+    spec_of = {r.source: s for r, s in zip(data.sources, specs)}
+    fmt_of = {r.source: r.format for r in data.sources}
+    raw: dict[tuple[str, int], dict] = {}
+    for name, spec in spec_of.items():
+        idx = [e.source_index for e in data.examples if e.source == name]
+        raw.update({(name, i): r for i, r in read_records(spec, idx).items()})
+
+    answer = {e.example_id: next(m["content"] for m in reversed(e.messages) if m["role"] == "assistant")
+              for e in data.examples}
+    domain_of = {e.example_id: e.domain for e in data.examples}
+    plan, counts, warnings = assign_kinds(domain_of, answer, kinds, cfg.rate, cfg.seed)
+    new_answer, detail = corrupt_answers(plan, answer, domain_of, cfg.seed)
+
+    # Write the copy: every loaded example, in source order, one JSONL per source.
+    out = Path(cfg.out)
+    names: dict[str, str] = {}
+    for r in data.sources:
+        stem = re.sub(r"\.(jsonl|ndjson|json|parquet|csv)(\.gz)?$", "", r.source) or "data"
+        name = f"{stem}.jsonl"
+        while name in names.values() or name in (TRUTH, MANIFEST):
+            name = f"{stem}-{len(names)}.jsonl"
+        names[r.source] = name
+    truth, ids = [], set()
+    report(phase="writing the canary pool", done=0, total=len(data.examples))
+    try:
+        with atomic_dir(out, marker=MANIFEST, what="canary pool", known=(MANIFEST, TRUTH, "*.jsonl")) as tmp:
+            files = {name: (tmp / fname).open("w", encoding="utf-8") for name, fname in names.items()}
+            index = {name: 0 for name in names}
+            try:
+                for e in data.examples:
+                    rec = raw[(e.source, e.source_index)]
+                    kind = plan.get(e.example_id, "clean")
+                    if kind != "clean":
+                        rec = with_last_answer(rec, fmt_of[e.source], new_answer[e.example_id], cfg.columns)
+                    messages = normalise(rec, fmt_of[e.source], cfg.columns)  # it still loads
+                    new_id = example_id(messages)
+                    if new_id in ids or (kind != "clean" and new_id == e.example_id):
+                        raise CanaryError(f"{e.source} #{e.source_index}: the {kind} canary gives a record equal to "
+                                          "another one; use another --seed")
+                    ids.add(new_id)
+                    files[e.source].write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    truth.append({"example_id": new_id, "source": names[e.source], "source_index": index[e.source],
+                                  "domain": e.domain, "kind": kind, "original_example_id": e.example_id,
+                                  **({"detail": detail[e.example_id]} if kind != "clean" else {})})
+                    index[e.source] += 1
+            finally:
+                for f in files.values():
+                    f.close()
+            (tmp / TRUTH).write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in truth), encoding="utf-8")
+            not_copied = {r.source: r.n_records - sum(1 for e in data.examples if e.source == r.source)
+                          for r in data.sources}
+            manifest = {
+                "kind": "canary", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "rate": cfg.rate, "kinds": kinds, "seed": cfg.seed,
+                "sources": [{"source": r.source, "path": r.path, "fingerprint": r.fingerprint, "domain": r.domain,
+                             "format": r.format, "file": names[r.source], "n_records": r.n_records,
+                             "n_copied": index[r.source], "n_not_copied": not_copied[r.source]} for r in data.sources],
+                "counts": counts, "warnings": warnings,
+                "learn_with": "python -m curation learn " + " ".join(
+                    f"{r.domain}={out / names[r.source]}" for r in data.sources),
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except AtomicError as e:
+        raise CanaryError(str(e)) from None
+    report(phase="done", done=len(data.examples), total=len(data.examples))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the truth, measuring scores against it
+
+
+def read_truth(folder: str | Path):
+    """``canary_truth.jsonl`` of a canary pool as a DataFrame (example_id, source, source_index,
+    domain, kind, original_example_id, detail)."""
+    import pandas as pd
+
+    p = Path(folder) / TRUTH
+    try:
+        rows = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CanaryError(f"{p}: not a readable canary truth file ({e})") from None
+    return pd.DataFrame(rows, columns=["example_id", "source", "source_index", "domain", "kind",
+                                       "original_example_id", "detail"])
+
+
+def truth_for(provenance: dict):
+    """The canary truth of a run over a canary pool (``{example_id: kind}`` as a Series), found
+    beside its sources; None when no source folder holds a truth file."""
+    import pandas as pd
+
+    folders = []
+    for s in provenance.get("sources", []):
+        for p in (s.get("abs_path"), s.get("path")):
+            if p and (Path(p).parent / TRUTH).is_file():
+                folders.append(Path(p).parent.resolve())
+                break
+    if not folders:
+        return None
+    parts = [read_truth(f) for f in dict.fromkeys(folders)]
+    truth = pd.concat(parts, ignore_index=True).drop_duplicates("example_id")
+    return truth.set_index("example_id")["kind"]
+
+
+def oriented(values: np.ndarray, order: str) -> np.ndarray:
+    """Scores turned so that higher = kept first (``order`` is the score's own: high or low)."""
+    return values if order == "high" else -values
+
+
+def auroc(clean_scores: np.ndarray, bad_scores: np.ndarray) -> float | None:
+    """P(a clean example ranks above a corrupted one), ties counting half: 1.0 when the score keeps
+    every clean example before every corrupted one, 0.5 for a random ranking (None without both)."""
+    from scipy.stats import mannwhitneyu
+
+    c, b = clean_scores[np.isfinite(clean_scores)], bad_scores[np.isfinite(bad_scores)]
+    if len(c) == 0 or len(b) == 0:
+        return None
+    return float(mannwhitneyu(c, b, alternative="two-sided").statistic / (len(c) * len(b)))
+
+
+def canary_report(table, kind) -> dict:
+    """For every ranking score of ``table`` (a run's scores with ``example_id`` and ``domain``):
+    the AUROC of keeping clean examples before corrupted ones (in the score's own direction:
+    davir high, ppl low, ...), overall, per domain and per kind.  ``kind`` maps example ids to
+    ``clean`` or a kind (:func:`truth_for`)."""
+    from curation.scores import SCORES
+
+    k = table["example_id"].astype(str).map(kind)
+    known = k.notna().to_numpy()
+    df = table[known].reset_index(drop=True)
+    k = k[known].astype(str).to_numpy()
+    dom = df["domain"].astype(str).to_numpy()
+    bad = k != "clean"
+    out = {"examples": int(len(df)), "corrupted": int(bad.sum()),
+           "by_domain": {d: {"examples": int((dom == d).sum()), "corrupted": int((bad & (dom == d)).sum())}
+                         for d in sorted(set(dom))},
+           "by_kind": {x: int((k == x).sum()) for x in sorted(set(k)) if x != "clean"}, "auroc": {}}
+    for s in SCORES.values():
+        col = s.column if s.column in df.columns else s.fallback if s.fallback in (df.columns if s.fallback else ()) else None
+        if not s.ranks or col is None:
+            continue
+        v = df[col].astype("float64").to_numpy()
+        if s.name == "ppl" and col != s.column:
+            v = np.exp(v)
+        v = oriented(v, s.order)
+        entry = {"column": col, "order": s.order, "all": auroc(v[~bad], v[bad]),
+                 "by_domain": {d: auroc(v[~bad & (dom == d)], v[bad & (dom == d)]) for d in sorted(set(dom))},
+                 "by_kind": {x: auroc(v[k == "clean"], v[k == x]) for x in sorted(set(k)) if x != "clean"}}
+        out["auroc"][s.name] = entry
+    return out
+
+
+def selection_counts(kind_of_selected, kind_of_random, eligible_bad_share: dict[str, float],
+                     selected_per_domain: dict[str, int]) -> dict:
+    """How many corrupted examples a selection holds, beside its random baseline's and the
+    expectation of a uniform sample of the same size per domain from the eligible rows."""
+    sel = np.asarray([k != "clean" for k in kind_of_selected], dtype=bool)
+    rnd = np.asarray([k != "clean" for k in kind_of_random], dtype=bool)
+    expected = sum(selected_per_domain[d] * eligible_bad_share.get(d, 0.0) for d in selected_per_domain)
+    return {"selected": int(len(sel)), "corrupted": int(sel.sum()),
+            "random_corrupted": int(rnd.sum()) if len(rnd) else None, "random_expected": float(expected)}

@@ -1,0 +1,156 @@
+"""Canaries: planted defects with known truth, and how well a score ranks them below clean examples."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from curation.data.canary import (KINDS, REFUSALS, CanaryConfig, auroc, canary_report, final_answer_span, plant,
+                                  read_truth, split_counts, truth_for)
+from curation.data.load import load_sources, parse_source_arg
+from tests.conftest import write_jsonl
+
+
+@pytest.fixture
+def pool(tmp_path):
+    math = write_jsonl(tmp_path / "math.jsonl", [
+        {"question": f"Tom has {k} apples and buys {k + 3} more. How many apples does he have now?",
+         "answer": f"He starts with {k} apples.\nHe buys {k + 3} more, so {k} + {k + 3} = {2 * k + 3}.\n#### {2 * k + 3}"}
+        for k in range(50)])
+    chat = tmp_path / "chat.json"  # another file type and record shape: the copy keeps the shape
+    chat.write_text(json.dumps([
+        {"instruction": f"Write a sentence about fox number {k}.", "input": "",
+         "output": f"Fox number {k} is a quick brown fox that jumps over the lazy dog every morning."} for k in range(40)]))
+    conv = write_jsonl(tmp_path / "conv.jsonl", [
+        {"messages": [{"role": "user", "content": f"Hi {k}"}, {"role": "assistant", "content": f"Hello {k}, how are you today?"},
+                      {"role": "user", "content": "Tell me a fact."},
+                      {"role": "assistant", "content": f"Octopuses have three hearts and {k} arms in this story."}]}
+        for k in range(30)])
+    return [f"math={math}", f"chat={chat}", f"conv={conv}"]
+
+
+def _answers(folder, truth):
+    """The last answer of every record of the canary pool, by its example id."""
+    files = sorted({s for s in truth["source"]})
+    data = load_sources([parse_source_arg(str(folder / f)) for f in files])
+    return {e.example_id: [m["content"] for m in e.messages if m["role"] == "assistant"][-1] for e in data.examples}, data
+
+
+def test_each_kind_corrupts_exactly_its_share_per_domain_reproducibly(tmp_path, pool):
+    out = plant(CanaryConfig(sources=pool, out=str(tmp_path / "c1"), rate=0.2, seed=3))
+    m = json.loads((out / "canary.json").read_text())
+    truth = read_truth(out)
+    for domain, n in (("math", 50), ("chat", 40), ("conv", 30)):
+        t = truth[truth["domain"] == domain]
+        assert len(t) == n and (t["kind"] != "clean").sum() == round(0.2 * n) == m["counts"][domain]["corrupted"]
+    # Math answers all have a final answer: every kind takes exactly its part (10 = 2 per kind).
+    got = truth[truth["domain"] == "math"]["kind"].value_counts().to_dict()
+    assert {k: got.get(k, 0) for k in KINDS} == split_counts(10, list(KINDS)) == {k: 2 for k in KINDS}
+    # Chat answers have no final-answer marker: wrong-number corrupts none, the others take its part.
+    chat = truth[truth["domain"] == "chat"]["kind"].value_counts().to_dict()
+    assert chat.get("wrong-number", 0) == 0 and sum(v for k, v in chat.items() if k != "clean") == 8
+    assert any("chat: wrong-number could corrupt 0 of its 2" in w for w in m["warnings"])
+    # The same seed gives the same files; another seed other picks.
+    again = plant(CanaryConfig(sources=pool, out=str(tmp_path / "c2"), rate=0.2, seed=3))
+    for f in ("math.jsonl", "chat.jsonl", "conv.jsonl", "canary_truth.jsonl"):
+        assert (out / f).read_bytes() == (again / f).read_bytes()
+    other = read_truth(plant(CanaryConfig(sources=pool, out=str(tmp_path / "c3"), rate=0.2, seed=4)))
+    assert set(other.loc[other["kind"] != "clean", "original_example_id"]) != \
+        set(truth.loc[truth["kind"] != "clean", "original_example_id"])
+    # Only the kinds asked for are planted.
+    few = read_truth(plant(CanaryConfig(sources=pool, out=str(tmp_path / "c4"), rate=0.1, kinds="refusal,swap")))
+    assert set(few["kind"]) == {"clean", "refusal", "swap"}
+
+
+def test_the_truth_file_matches_the_records_and_every_record_still_loads(tmp_path, pool):
+    before = load_sources([parse_source_arg(s) for s in pool])
+    original = {e.example_id: [m["content"] for m in e.messages if m["role"] == "assistant"][-1] for e in before.examples}
+    first_turns = {e.example_id: e.messages[:-1] for e in before.examples}
+    out = plant(CanaryConfig(sources=pool, out=str(tmp_path / "c"), rate=0.3, seed=0))
+    truth = read_truth(out)
+    answers, data = _answers(out, truth)
+    assert not data.rejected and len(data.examples) == len(before.examples) == len(truth)
+    assert [s.format for s in data.sources] == ["alpaca", "messages", "gsm8k"]  # chat.json -> chat.jsonl, same shape
+    by_id = {e.example_id: e for e in data.examples}
+    for t in truth.itertuples():
+        new, old = answers[t.example_id], original[t.original_example_id]
+        assert by_id[t.example_id].messages[:-1] == first_turns[t.original_example_id]  # only the last answer changes
+        if t.kind == "clean":
+            assert t.example_id == t.original_example_id and new == old
+            continue
+        assert t.example_id != t.original_example_id and new != old
+        if t.kind == "truncate":
+            kept, words = len(new.split()), len(old.split())
+            assert old.startswith(new) and 0.2 * words - 1 <= kept <= 0.5 * words
+        elif t.kind == "swap":
+            partner = t.detail.split()[-1]
+            assert new == original[partner] and truth.set_index("original_example_id").loc[partner, "domain"] == t.domain
+        elif t.kind == "wrong-number":
+            a, _ = final_answer_span(old)
+            assert new[:a] == old[:a] and new[a:] != old[a:]  # the reasoning is kept, the final answer is not
+        elif t.kind == "refusal":
+            assert new in REFUSALS
+        elif t.kind == "shuffle-words":
+            assert sorted(new.split()) == sorted(old.split())
+
+
+def test_auroc_is_one_for_a_perfect_score_and_about_a_half_for_a_random_one():
+    rng = np.random.default_rng(0)
+    n = 600
+    kind = np.where(rng.random(n) < 0.2, rng.choice(["swap", "refusal"], n), "clean")
+    ids = [f"{i:016x}" for i in range(n)]
+    clean = kind == "clean"
+    table = pd.DataFrame({"example_id": ids, "domain": np.where(np.arange(n) % 2, "chat", "math"),
+                          "davir": np.where(clean, rng.uniform(0.5, 1, n), rng.uniform(0, 0.49, n)),  # keeps high
+                          "loss": np.where(clean, rng.uniform(0, 1, n), rng.uniform(1.01, 2, n)),  # high = corrupted
+                          "n_response_tokens": rng.integers(1, 100, n)})
+    rep = canary_report(table, pd.Series(kind, index=ids))
+    assert rep["auroc"]["davir"]["all"] == 1.0 and set(rep["auroc"]["davir"]["by_kind"].values()) == {1.0}
+    assert rep["auroc"]["loss"]["all"] == 0.0  # loss keeps the highest: it picks every defect first
+    assert rep["auroc"]["ppl"]["all"] == 1.0  # ppl = exp(loss), kept low: the defects last
+    assert abs(rep["auroc"]["longest"]["all"] - 0.5) < 0.1  # length is unrelated here
+    assert rep["corrupted"] == int((~clean).sum()) and rep["by_kind"] == {k: int((kind == k).sum()) for k in ("refusal", "swap")}
+    assert auroc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5  # ties count half
+    assert auroc(np.array([]), np.array([1.0])) is None
+
+
+def test_a_selection_over_a_canary_pool_counts_its_defects_against_random(tmp_path, pool):
+    from curation.selection.folder import Selection, select_run
+    from curation.selection.recipe import Recipe
+    from tests.synthetic import make_run
+
+    out = plant(CanaryConfig(sources=pool[:2], out=str(tmp_path / "c"), rate=0.3, seed=1))
+    truth = read_truth(out)
+    bad = set(truth.loc[truth["kind"] != "clean", "example_id"])
+    good_davir = lambda t: t.assign(davir=np.where(t["example_id"].isin(bad), 0.01, 0.9))  # noqa: E731 - a perfect filter
+    run = make_run(tmp_path / "run", [f"math={out / 'math.jsonl'}", f"chat={out / 'chat.jsonl'}"], table_fn=good_davir)
+    assert truth_for(json.loads((run / "run.json").read_text()) | {"sources": [
+        {"path": str(out / "math.jsonl")}]}) is not None
+    s = Selection(select_run(run, Recipe(method="davir", budget="20", decisions="none"), tmp_path / "sel")).summary()
+    c = s["canaries"]
+    assert c["auroc"]["davir"]["all"] == 1.0 and c["selection"]["corrupted"] == 0
+    assert c["selection"]["random_corrupted"] is not None and c["selection"]["random_expected"] == pytest.approx(20 * 0.3, abs=1)
+    assert sum(c["selection"]["by_kind"].values()) == 0
+    r = Selection(select_run(run, Recipe(method="random", budget="40", decisions="none"), tmp_path / "r")).summary()
+    assert r["canaries"]["selection"]["corrupted"] == r["canaries"]["selection"]["random_corrupted"]
+
+
+def test_bad_settings_get_one_clear_line(tmp_path, pool, capsys):
+    from curation.cli import main
+
+    for args, msg in ((["--rate", "1.5"], "rate must be a share between 0 and 1"),
+                      (["--kinds", "swap,typo"], "kinds 'swap,typo': expected a comma-separated list of swap")):
+        assert main(["canary", *pool, "--out", str(tmp_path / "x"), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and msg in err, err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["canary", *pool, "--out", str(tmp_path / "mine")]) == 2
+    assert "does not hold a previous canary pool" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert main(["canary", *pool, "--out", str(tmp_path / "ok")]) == 0
+    out = capsys.readouterr().out
+    assert "math: 10 of 50 examples corrupted" in out and "python -m curation learn math=" in out
