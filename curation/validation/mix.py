@@ -70,7 +70,8 @@ class MixConfig(TrainConfig, ComputeConfig):
     bootstrap: int = option(400, "bootstrap resamples (over seeds and eval examples) for the intervals")
     decisions: str = option(Recipe.decisions, "the curator's decisions every mix honours (excluded examples never "
                                               "trained on, kept ones in every mix): current, none or a decisions "
-                                              "JSONL file", metavar="none|current|FILE")
+                                              "JSONL file (what they change shows in the trainings' examples, which "
+                                              "the study's key holds)", metavar="none|current|FILE", result=False)
     keep_models: bool = option(False, "keep the trained models (else only their loss curves and eval results)",
                                result=False)
     epochs: int = option(3, "passes over each mix's training set")
