@@ -459,7 +459,7 @@ def select_export_command(args) -> int:
                   f"baseline {sc['random_corrupted']}, a uniform sample's expectation {sc['random_expected']:.1f}); "
                   "AUROC of keeping clean before corrupted: " + ", ".join(
                       f"{k} {v['all']:.3f}" for k, v in c["auroc"].items() if v["all"] is not None))
-        if summary.get("decisions"):
+        if summary.get("decisions") and (summary["decisions"]["excluded"] or summary["decisions"]["kept"]):
             dd = summary["decisions"]
             print(f"curator decisions ({dd.get('source')}): {dd['excluded']} excluded, {dd['kept_selected']} of "
                   f"{dd['kept']} kept selected first; kept with the selection as {out}/decisions.jsonl")

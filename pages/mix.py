@@ -86,7 +86,9 @@ rec, natural = rep["recommended"], rep["natural"]
 fmt = lambda m: ", ".join(f"{d} {v:.2f}" for d, v in m.items())  # noqa: E731
 st.caption(f"Run `{html.escape(str(rep['run'].get('dir')))}` · {len(rep['points'])} mixes × {cfg['seeds']} seeds · "
            f"budget {cfg['budget']} ({cfg['method']} inside each domain) · {cfg['epochs']} epochs · natural mix "
-           f"{fmt(natural)} · {rep['seconds'] / 60:.0f} min")
+           f"{fmt(natural)} · this run of the study {rep['seconds'] / 60:.0f} min"
+           + (f", its {rep['trainings']['timed']} trainings {rep['trainings']['seconds'] / 60:.0f} min of their own"
+              if rep.get("trainings", {}).get("timed") else ""))
 
 m1, m2 = st.columns([1, 2])
 with m1:
@@ -128,6 +130,9 @@ if len(domains) == 2:
         fig.update_yaxes(title_text="held-out NLL (nats)" if col == 1 else None, row=1, col=col)
     fig.update_layout(height=380, margin=dict(t=40, b=10), legend=dict(orientation="h", y=-0.25))
     st.plotly_chart(fig, width="stretch")
+    st.caption("The band is the 95% bootstrap band over the eval examples and the seeds: mostly the eval set's own "
+               "level, which a resample of its examples moves at every mix alike. What a change of mix does is "
+               "the paired difference in the table above (recommended - natural), which that level cancels.")
 elif len(domains) == 3:
     pts = pd.DataFrame([{**p["mix"], "mix": p["name"],
                          **{e: rep["fit"][e]["measured"][i]["mean"] for e in names}} for i, p in enumerate(rep["points"])])

@@ -101,6 +101,9 @@ def test_a_mix_study_fits_recommends_and_predicts(pool, capsys):
     assert not any(str(p).startswith("training") for p in phases)
     assert sum(str(p).startswith("reusing the training") for p in set(phases)) == 6
     again = json.loads((pool["dir"] / "again" / "report.json").read_text())
+    # What the trainings cost is kept per part: timed in the first study, from the cache in the second.
+    assert rep["trainings"]["timed"] == 6 and rep["trainings"]["seconds"] > 0 and rep["trainings"]["reused"] == 0
+    assert again["trainings"]["reused"] == 6 and again["trainings"]["timed"] == 0
     assert again["fit"]["math"]["law"] == rep["fit"]["math"]["law"]
 
 

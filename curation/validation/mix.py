@@ -17,7 +17,8 @@ MIX_DIR::
 
     results.parquet   candidate (the mix), seed, domain (eval set), example_id, nll, n_tokens
     curves.parquet    every training's loss curve
-    report.json       design, measured losses, fitted laws with intervals, leave-one-out errors,
+    report.json       design, measured losses, fitted laws with intervals, leave-one-out errors, what
+                      the trainings cost (``trainings``: their own wall seconds summed over resumes),
                       the recommended mix and its predicted losses, the Pareto front, the bootstrap
                       parameters (for predicting any mix: :class:`MixStudy`)
     report.md         the findings in words, and the commands that validate the recommendation
@@ -43,7 +44,7 @@ from curation.validation.mixing_law import (Law, MixError, dirichlet_design, fit
                                             objective_values, pareto_front, parse_objective, recommend,
                                             simplex_design, two_domain_design)
 from curation.validation.proxy import (MAX_SEEDS, check_eval_files, Training, assemble, claim_study, evaluate_base,
-                                       file_fingerprints, open_proxy, run_trainings, study_key)
+                                       file_fingerprints, open_proxy, run_trainings, study_key, training_seconds)
 
 MAX_POINTS = 64
 
@@ -154,6 +155,7 @@ def run_mix(cfg: MixConfig, progress: Progress | None = None) -> Path:
         "objective": objective, "points": points, "decisions": decisions.describe(), **fit,
         "commands": commands(cfg, run, fit["recommended"]["mix"]),
         "seconds": round(time.time() - t0, 1), "training_seconds": round(trained - t0, 1),
+        "trainings": training_seconds(parts),
     }
     write_json(out / "report.json", rep)
     write_text(out / "report.md", report_markdown(rep))

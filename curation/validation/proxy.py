@@ -18,7 +18,7 @@ evaluate exactly alike and share their trainings:
 Study folder::
 
     study.json                  kind, key and settings of the study that owns the folder
-    parts/NAME-seedS.parquet    one committed part per finished training (+ .curve.json): resume skips them
+    parts/NAME-seedS.parquet    one committed part per finished training (+ .curve.json, .time.json): resume skips them
     train/                      trainings in progress (removed once evaluated, unless --keep-models)
 """
 
@@ -28,6 +28,7 @@ import hashlib
 import json
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,15 +244,17 @@ def run_trainings(cfg, proxy: Proxy, trainings: list[Training], out: Path, repor
         def finished(spec, result):  # in the engine's work thread: commits only, no progress calls
             t = by_part[spec["part"]]
             commit_training(cfg, proxy, t, parts[t.part], result["fingerprint"], result["loss_curve"],
-                            result["tokens_trained"], rows=unpack_rows(proxy.evals.ids, result["rows"]))
+                            result["tokens_trained"], rows=unpack_rows(proxy.evals.ids, result["rows"]),
+                            seconds=result.get("seconds"))
 
         engine.run_tasks(train_task, [task_spec(cfg, proxy, t, out / "train" / t.part) for t in todo], finished,
                          report, done=done, total=len(trainings))
         return list(parts.values())
     for n, t in enumerate(todo, start=done + 1):
         label = f"{t.name} seed {t.seed} ({n}/{len(trainings)})"
+        t0 = time.time()
         fp, curve, tokens = train_locally(cfg, proxy, t, out / "train" / t.part, report, label)
-        commit_training(cfg, proxy, t, parts[t.part], fp, curve, tokens)
+        commit_training(cfg, proxy, t, parts[t.part], fp, curve, tokens, seconds=time.time() - t0)
     return list(parts.values())
 
 
@@ -281,7 +284,7 @@ def reuse_training(cfg, proxy: Proxy, t: Training, part: Path, report) -> bool:
     if len(rows) != len(proxy.evals.ids):
         return False
     report(phase=f"reusing the training of {t.name} seed {t.seed}", done=0, total=None)
-    write_part(proxy, t, part, rows, info["loss_curve"])
+    write_part(proxy, t, part, rows, info["loss_curve"], {"seconds": info.get("seconds"), "reused": True})
     return True
 
 
@@ -300,7 +303,7 @@ def train_locally(cfg, proxy: Proxy, t: Training, folder: Path, report, label: s
 
 
 def commit_training(cfg, proxy: Proxy, t: Training, part: Path, fp: str, curve: list, tokens: int,
-                    rows: dict | None = None) -> None:
+                    rows: dict | None = None, seconds: float | None = None) -> None:
     """Record a finished training: its eval rows in the score cache (when they come from elsewhere),
     the training cache entry, then the study's part (the commit a resume skips)."""
     from curation.atomic import write_json
@@ -310,18 +313,37 @@ def commit_training(cfg, proxy: Proxy, t: Training, part: Path, fp: str, curve: 
         s.cache.put(s.key(fp), list(rows.values()), {"model": fp, "variant": "full", "template": s.template,
                                                      "max_length": s.max_length, "dtype": s.dtype, "device": s.device})
     rows = s.cache.load(s.key(fp), set(proxy.evals.ids))
+    secs = None if seconds is None else round(float(seconds), 1)
     write_json(s.cache.root / "trainings" / f"{training_key(cfg, proxy, t)}.json",
-               {"fingerprint": fp, "loss_curve": curve, "tokens_trained": tokens, "n_examples": len(t.ids)})
-    write_part(proxy, t, part, rows, curve)
+               {"fingerprint": fp, "loss_curve": curve, "tokens_trained": tokens, "n_examples": len(t.ids),
+                "seconds": secs})
+    write_part(proxy, t, part, rows, curve, {"seconds": secs, "reused": False})
     if not cfg.keep_models:
         shutil.rmtree(part.parent.parent / "train" / t.part, ignore_errors=True)
 
 
-def write_part(proxy: Proxy, t: Training, part: Path, rows: dict, curve: list) -> None:
+def write_part(proxy: Proxy, t: Training, part: Path, rows: dict, curve: list, timing: dict | None = None) -> None:
+    """One finished training's part: its loss curve, its timing (the wall seconds of its training and
+    eval; whether it came from the training cache) and its eval rows, the last being the commit."""
     from curation.atomic import write_json, write_parquet
 
     write_json(part.with_suffix(".curve.json"), curve)
+    write_json(part.with_suffix(".time.json"), timing or {})
     write_parquet(part, eval_rows(t.name, t.seed, proxy.evals, rows))  # the commit
+
+
+def training_seconds(parts: list[Path]) -> dict:
+    """What the committed trainings of a study cost: the sum of their own wall seconds (however many
+    runs, resumes or Ray workers made them), how many were timed, and how many came from the cache."""
+    total, timed, reused = 0.0, 0, 0
+    for p in parts:
+        f = p.with_suffix(".time.json")
+        info = json.loads(f.read_text()) if f.is_file() else {}
+        if info.get("reused"):
+            reused += 1
+        elif info.get("seconds") is not None:
+            total, timed = total + float(info["seconds"]), timed + 1
+    return {"seconds": round(total, 1), "timed": timed, "reused": reused, "trainings": len(parts)}
 
 
 def eval_rows(candidate: str, seed: int, evals: EvalSets, rows: dict[str, dict]):
@@ -377,6 +399,7 @@ def train_task(spec: dict, threads: int, progress) -> dict:
     from curation.scoring.losses import score_examples
     from curation.scoring.models import load_checkpoint, weights_fingerprint
 
+    t0 = time.time()
     torch.set_num_threads(threads)
     device = spec["device"] if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(spec["model_path"])
@@ -391,7 +414,8 @@ def train_task(spec: dict, threads: int, progress) -> dict:
     rows = {"loss_sum": np.array([r.loss_sum for r in losses]), "n_tokens": n, "offsets": offsets,
             "token_losses": np.concatenate([r.token_losses for r in losses]),
             "positions": np.concatenate([r.positions for r in losses])}
-    return {"fingerprint": fp, "loss_curve": res.loss_curve, "tokens_trained": res.tokens_trained, "rows": rows}
+    return {"fingerprint": fp, "loss_curve": res.loss_curve, "tokens_trained": res.tokens_trained, "rows": rows,
+            "seconds": time.time() - t0}
 
 
 def unpack_rows(ids: list[str], packed: dict) -> dict[str, dict]:

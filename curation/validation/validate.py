@@ -60,7 +60,8 @@ from curation.selection.baselines import BASELINES
 from curation.selection.recipe import Recipe
 from curation.validation.mixing_law import MixError, parse_objective
 from curation.validation.proxy import (MAX_SEEDS, check_eval_files, EvalSets, Training, ValidationError, assemble, claim_study, evaluate_base,
-                                       file_fingerprints, open_proxy, run_trainings, slug, study_key)
+                                       file_fingerprints, open_proxy, run_trainings, slug, study_key,
+                                       training_seconds)
 
 
 @dataclass(kw_only=True)
@@ -179,7 +180,7 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
         "selections": [{"name": s.name, "dir": str(s.path.resolve()), "recipe": s.recipe().to_dict()} for s in sels],
         "eval": proxy.evals.provenance, "candidates": describe_candidates(candidates, table),
         "statistics": stats, "lengths": length_report(sels, candidates, table),
-        "seconds": round(time.time() - t0, 1),
+        "seconds": round(time.time() - t0, 1), "trainings": training_seconds(parts),
     }
     if cfg.generate:
         rep["generation"] = generation_eval(cfg, lm, proxy.evals, candidates, out, report)
