@@ -153,6 +153,15 @@ def test_paths_the_library_derives_from_its_own_place_are_the_projects():
         assert models.cache_dir() == ROOT / ".cache"
 
 
+def test_every_library_folder_is_a_package():
+    """Each stage folder has its ``__init__.py`` (its one-paragraph map): without one it still
+    imports as a namespace package, silently, which is how ``curation/runs/`` lost its marker when
+    a .gitignore pattern hid it."""
+    folders = {p.parent for p in (ROOT / "curation").rglob("*.py") if "__pycache__" not in p.parts}
+    missing = sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file())
+    assert not missing, f"library folders without __init__.py: {missing}"
+
+
 def test_no_source_file_is_hidden_from_git():
     """Every source file of the project is one git would commit: a .gitignore pattern such as
     ``runs/`` once matched ``curation/runs/`` too, so a new module there was never committed and a
@@ -166,7 +175,8 @@ def test_no_source_file_is_hidden_from_git():
         pytest.skip("not a git checkout (no .git folder or no git): nothing can be hidden from git")
     hidden = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", "*.py", "*.toml",
                              "*.txt", "*.md", "Makefile"], cwd=ROOT, capture_output=True, text=True, check=True)
-    ours = [p for p in hidden.stdout.splitlines() if not p.startswith((".venv/", ".cache/", "workspace/", "bench/results/"))]
+    generated = (".venv/", ".cache/", "workspace/", "bench/results/", ".pytest_cache/", ".hypothesis/", "test-artifacts/")
+    ours = [p for p in hidden.stdout.splitlines() if not p.startswith(generated)]
     assert not ours, f"files a .gitignore pattern hides from git (they would be missing on a clean clone): {ours}"
     # The check can fail: a planted .py under a folder the old pattern named is reported as hidden.
     probe = subprocess.run(["git", "check-ignore", "--no-index", "-q", "runs/x.py"], cwd=ROOT)
