@@ -300,7 +300,7 @@ class RayEngine:
                     out = ray.get(ready[0])  # raises once the chunk's retries are spent
                 except ray.exceptions.RayError as e:
                     raise EngineError(f"a Ray worker failed on chunk {n} after {self.max_restarts} retries: "
-                                      f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+                                      f"{type(e).__name__}: {ray_cause(e)[:300]}") from None
                 submit()
                 o = out["offsets"]
                 emb = out["embeddings"]
@@ -335,7 +335,18 @@ class RayEngine:
         if self.gpus_per_worker:
             opts["num_gpus"] = self.gpus_per_worker
         remote = ray.remote(**opts)(task_entry)
-        pending = {remote.remote(fn, spec, self.threads, queue): spec for spec in specs}
+        # At most `workers` tasks are submitted at a time: Ray lends a task's CPU to the next queued
+        # task while the first blocks in a Ray call (its progress reports are such calls), so handing
+        # Ray every task at once ran more trainings than cores side by side, each far slower.
+        waiting = list(specs)
+        pending = {}
+
+        def submit():
+            while waiting and len(pending) < self.workers:
+                spec = waiting.pop(0)
+                pending[remote.remote(fn, spec, self.threads, queue)] = spec
+
+        submit()
         latest: dict[str, dict] = {}
         phase = f"training on {self.workers} Ray workers"
         progress(phase=phase, done=done, total=total)
@@ -354,10 +365,11 @@ class RayEngine:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as e:
                         raise EngineError(f"Ray task {spec.get('label', '')!r} failed: {type(e).__name__}: "
-                                          f"{str(e).splitlines()[0][:300]}") from None
+                                          f"{ray_cause(e)[:300]}") from None
                     on_done(spec, result)
                     latest.pop(spec.get("label"), None)
                     done += 1
+                submit()
                 running = [f"{k} {v.get('done')}/{v.get('total')}" for k, v in latest.items() if v.get("total")]
                 progress(phase=phase, done=done, total=total, running="; ".join(running) or None,
                          tokens_per_s=sum(v.get("tokens_per_s") or 0 for v in latest.values()) or None)
@@ -404,7 +416,7 @@ class RayEngine:
             trainer.fit()
         except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error
             raise EngineError(f"training on {self.workers} Ray workers failed: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:400]}") from None
+                              f"{ray_cause(e)[:400]}") from None
         finally:
             stop.set()
             drain.join(timeout=5)
@@ -422,6 +434,13 @@ def live_workers(actors) -> int:
             continue
         n += bool(state) and state.get("State") in ("ALIVE", 2)
     return n
+
+
+def ray_cause(e: Exception) -> str:
+    """The line of a Ray error that says what went wrong: its last line (the exception), not the
+    first (``ray::task_entry() (pid=..., ip=...)``)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 def task_entry(fn, spec: dict, threads: int, queue):
