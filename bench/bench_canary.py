@@ -4,7 +4,8 @@
 
 1. ``canary``: the embedded default pool (workspace/data) with ``--rate`` of each domain's examples
    corrupted (swap, truncate, wrong-number, refusal, shuffle-words), truth beside it;
-2. ``learn`` over it (the default settings, a fresh score cache), unless ``--run`` names one;
+2. ``learn`` over it (the default settings, a fresh score cache), unless ``--run`` names one (a
+   plain ``score`` run over the canary pool gives the table for loss and ppl only);
 3. the AUROC of keeping clean examples before corrupted ones for loss, ppl, ifd, davir and rho
    (overall, per domain, per kind), and for every method (s2l and random included) the corrupted
    examples in a 10% selection beside a uniform sample's expectation;
@@ -86,6 +87,7 @@ def main() -> None:
     from curation.data.canary import CanaryConfig, canary_report, plant, truth_for
     from curation.runs.folder import Run
     from curation.runs.learn import LearnConfig, run_learn
+    from curation.scores import available_methods
     from curation.selection.folder import Selection, select_run
     from curation.selection.recipe import Recipe
     from curation.validation.validate import ValidateConfig, run_validate
@@ -131,7 +133,11 @@ def main() -> None:
 
     print(f"\ncorrupted examples in a {args.budget} selection (decontaminated), beside a uniform sample's expectation:")
     counts = {}
+    why_not = available_methods(table.columns)
     for m in METHODS:
+        if why_not.get(m):
+            print(f"  {m:<8} not in this run: {why_not[m]}")
+            continue
         sel = select_run(run, Recipe(method=m, budget=args.budget, decontaminate=list(evals.values()), decisions="none"),
                          out / "selections" / f"{m}-{args.budget.replace('%', 'pct')}")
         c = Selection(sel).summary()["canaries"]["selection"]
@@ -144,6 +150,9 @@ def main() -> None:
         return
 
     for m in ("davir", "rho"):
+        if why_not.get(m):
+            print(f"  no validation of {m}: {why_not[m]}")
+            continue
         sel = out / "selections" / f"{m}-{args.budget.replace('%', 'pct')}"
         log(f"validating {m} against random and random-tokens, {args.seeds} seeds")
         t0 = time.time()
