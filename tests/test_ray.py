@@ -283,6 +283,20 @@ def test_the_score_page_starts_a_ray_job_equal_to_the_local_run(tmp_path, tiny_m
     same_tables(local, ws / "runs" / job)
 
 
+def task_engine(workers: int):
+    """A local Ray engine for tasks defined in this file (pytest imports it as a top-level module
+    that a Ray worker cannot import, so its functions travel by value)."""
+    import sys
+    from types import SimpleNamespace
+
+    from ray import cloudpickle
+
+    from curation.scoring.engine import open_engine
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return open_engine(SimpleNamespace(engine="ray", workers=workers, ray_address=None, gpus_per_worker=0.0))
+
+
 def _busy_task(spec: dict, threads: int, progress) -> dict:
     """A task that reports progress often (each report is a small Ray call inside the task)."""
     folder = spec["folder"]
@@ -300,19 +314,9 @@ def test_independent_ray_tasks_never_run_more_at_once_than_workers(tmp_path):
     """Ray lends a task's CPU to the next task while the first blocks in a Ray call (a progress
     report is one), so submitting every task at once ran 3 trainings on 2 one-core workers (seen
     in a mix study: 3 processes at 64% CPU each, 4 GB each). At most ``workers`` may run at once."""
-    import sys
-    from types import SimpleNamespace
-
-    from ray import cloudpickle
-
-    from curation.scoring.engine import open_engine
-
-    # pytest imports this file as a top-level module that a Ray worker cannot import: send it by value.
-    cloudpickle.register_pickle_by_value(sys.modules[_busy_task.__module__])
-    cfg = SimpleNamespace(engine="ray", workers=2, ray_address=None, gpus_per_worker=0.0)
     specs = [{"label": f"t{i}", "folder": str(tmp_path)} for i in range(6)]
     finished = []
-    with open_engine(cfg) as engine:
+    with task_engine(workers=2) as engine:
         engine.run_tasks(_busy_task, specs, lambda spec, result: finished.append((spec["label"], result)),
                          lambda **p: None)
     assert sorted(f for f, _ in finished) == [s["label"] for s in specs]
@@ -329,14 +333,7 @@ def _failing_task(spec: dict, threads: int, progress) -> dict:
 
 def test_a_failed_ray_task_says_why(tmp_path):
     """The error names the task's own exception (the last line of Ray's), not Ray's header line."""
-    import sys
-    from types import SimpleNamespace
+    from curation.scoring.engine import EngineError
 
-    from ray import cloudpickle
-
-    from curation.scoring.engine import EngineError, open_engine
-
-    cloudpickle.register_pickle_by_value(sys.modules[_failing_task.__module__])
-    cfg = SimpleNamespace(engine="ray", workers=1, ray_address=None, gpus_per_worker=0.0)
-    with open_engine(cfg) as engine, pytest.raises(EngineError, match="Ray task 'x' failed: .*ValueError: no rows in x"):
+    with task_engine(workers=1) as engine, pytest.raises(EngineError, match="Ray task 'x' failed: .*ValueError: no rows in x"):
         engine.run_tasks(_failing_task, [{"label": "x"}], lambda spec, result: None, lambda **p: None)
