@@ -16,7 +16,8 @@ from curation.runs.score import ScoreConfig, run_score
 from curation.selection.apply import apply_recipe
 from curation.selection.folder import Selection, select_run
 from curation.selection.recipe import Recipe
-from curation.validation.validate import Candidate, ValidateConfig, ValidationError, comparison_pairs, run_validate
+from curation.validation.validate import (Candidate, ValidateConfig, ValidationError, build_candidates, comparison_pairs,
+                                         read_selections, run_validate)
 from tests.conftest import write_jsonl
 
 FRUITS = ["apples", "pears", "plums", "figs", "dates", "limes", "kiwis", "grapes", "melons", "berries"]
@@ -206,3 +207,21 @@ def test_a_validation_folder_reused_with_other_settings_is_refused_not_mixed(set
     # The same settings again: resumed, nothing retrained, the same report numbers.
     run_validate(vcfg(setup, [setup["dir"] / "planted"], out, seeds=1, epochs=1, baselines="random"))
     assert json.loads((out / "report.json").read_text())["statistics"] == json.loads(first)["statistics"]
+
+
+def test_two_selections_share_one_training_of_their_common_random_baseline(setup, tmp_path):
+    """Two selections of one run with the same examples per domain get the same ``random`` baseline
+    (same eligible rows, counts and seeds): it is trained once and the twin committed from the
+    training cache, with the same eval results."""
+    other = tmp_path / "other"
+    select_run(setup["run"], Recipe("random", budget="24", mix="chat=0.5,math=0.5", seed=7), other)
+    cfg = vcfg(setup, [setup["dir"] / "planted", other], tmp_path / "val", seeds=1, epochs=1, baselines="random",
+               cache=str(tmp_path / "cache"))
+    run, sels = read_selections(cfg.selections)
+    ids = {c.name: c.ids for c in build_candidates(cfg, sels, run.scores(), "score", run)}
+    assert ids["random@planted"] == ids["random@other"] != ids["other"]  # the premise: one training set
+    out = run_validate(cfg)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["trainings"]["timed"] == 3 and rep["trainings"]["reused"] == 1, rep["trainings"]
+    res = pd.read_parquet(out / "results.parquet").set_index(["candidate", "example_id"])["nll"]
+    pd.testing.assert_series_equal(res["random@planted"], res["random@other"])

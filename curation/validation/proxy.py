@@ -232,13 +232,30 @@ def run_trainings(cfg, proxy: Proxy, trainings: list[Training], out: Path, repor
     """Train and evaluate every training whose part is not committed yet; return every part's path.
 
     Locally they run one after another; on a Ray engine (``proxy.settings.engine``) each is a Ray
-    task (its own worker's CPUs or GPU), as many at once as there are workers."""
+    task (its own worker's CPUs or GPU), as many at once as there are workers.  A training asked
+    twice in one study (two selections of one run share their ``random`` baseline: the same
+    examples, seed and settings) is trained once; its twin is committed from the training cache."""
     parts = {t.part: out / "parts" / f"{t.part}.parquet" for t in trainings}
     todo = [t for t in trainings if not parts[t.part].is_file()]
     todo = [t for t in todo if not reuse_training(cfg, proxy, t, parts[t.part], report)]
-    done = len(trainings) - len(todo)
+    first: dict[str, Training] = {}
+    for t in todo:
+        first.setdefault(training_key(cfg, proxy, t), t)
+    twins = [t for t in todo if first[training_key(cfg, proxy, t)] is not t]
+    train_each(cfg, proxy, list(first.values()), out, report, done=len(trainings) - len(first), total=len(trainings))
+    left = [t for t in twins if not reuse_training(cfg, proxy, t, parts[t.part], report)]
+    train_each(cfg, proxy, left, out, report, done=len(trainings) - len(left), total=len(trainings))  # cache cleared meanwhile
+    return list(parts.values())
+
+
+def train_each(cfg, proxy: Proxy, todo: list[Training], out: Path, report, done: int, total: int) -> None:
+    """Train, evaluate and commit each of ``todo`` into the study folder ``out`` (progress counts
+    from ``done`` of ``total``)."""
+    if not todo:
+        return
+    parts = {t.part: out / "parts" / f"{t.part}.parquet" for t in todo}
     engine = proxy.settings.engine
-    if engine is not None and todo:
+    if engine is not None:
         by_part = {t.part: t for t in todo}
 
         def finished(spec, result):  # in the engine's work thread: commits only, no progress calls
@@ -248,14 +265,13 @@ def run_trainings(cfg, proxy: Proxy, trainings: list[Training], out: Path, repor
                             seconds=result.get("seconds"))
 
         engine.run_tasks(train_task, [task_spec(cfg, proxy, t, out / "train" / t.part) for t in todo], finished,
-                         report, done=done, total=len(trainings))
-        return list(parts.values())
+                         report, done=done, total=total)
+        return
     for n, t in enumerate(todo, start=done + 1):
-        label = f"{t.name} seed {t.seed} ({n}/{len(trainings)})"
+        label = f"{t.name} seed {t.seed} ({n}/{total})"
         t0 = time.time()
         fp, curve, tokens = train_locally(cfg, proxy, t, out / "train" / t.part, report, label)
         commit_training(cfg, proxy, t, parts[t.part], fp, curve, tokens, seconds=time.time() - t0)
-    return list(parts.values())
 
 
 def train_config(cfg, seed: int) -> TrainConfig:
