@@ -1,6 +1,7 @@
 """Canary benchmark: which score finds planted defects, and does removing them train better?
 
     .venv/bin/python bench/bench_canary.py [--rate 0.2] [--seed 0] [--out DIR] [--run RUN_DIR] [--seeds 3]
+                                           [--no-validate] [--engine ray --workers 2]
 
 1. ``canary``: the embedded default pool (workspace/data) with ``--rate`` of each domain's examples
    corrupted (swap, truncate, wrong-number, refusal, shuffle-words), truth beside it;
@@ -9,8 +10,9 @@
 3. the AUROC of keeping clean examples before corrupted ones for loss, ppl, ifd, davir and rho
    (overall, per domain, per kind), and for every method (s2l and random included) the corrupted
    examples in a 10% selection beside a uniform sample's expectation;
-4. ``validate`` of a 10% davir and a 10% rho selection (decontaminated against the eval sets)
-   against random at equal examples and at equal tokens, ``--seeds`` seeds, the default eval sets.
+4. one ``validate`` of a 10% davir and a 10% rho selection (decontaminated against the eval sets)
+   against random at equal examples and at equal tokens, ``--seeds`` seeds, the default eval sets,
+   in this process or on Ray workers (``--engine ray``).
 
 Printed as tables and JSON; the AUROC plot is written as an SVG (``--plot``, default
 docs/canary-auroc.svg) for the README.  Steps 2 and 4 are full fine-tunings of the default model:
@@ -62,7 +64,8 @@ def svg_plot(rep: dict, path: Path) -> None:
                 continue
             out.append(f'<rect x="{x0 + j * bar:.1f}" y="{y(v):.1f}" width="{bar - 1:.1f}" height="{y(0) - y(v):.1f}" '
                        f'fill="{colours[j % len(colours)]}"><title>{s} {k}: {v:.3f}</title></rect>')
-        out.append(f'<text x="{x0 + group * 0.4:.1f}" y="{h - bottom + 16}" text-anchor="middle">{html.escape(s)}</text>')
+        label = f"{s} (keeps {a['order']})"
+        out.append(f'<text x="{x0 + group * 0.4:.1f}" y="{h - bottom + 16}" text-anchor="middle">{html.escape(label)}</text>')
     for j, k in enumerate(kinds):
         out.append(f'<rect x="{left + j * 105}" y="{h + 8}" width="10" height="10" fill="{colours[j % len(colours)]}"/>'
                    f'<text x="{left + j * 105 + 14}" y="{h + 17}">{html.escape(k)}</text>')
@@ -82,6 +85,8 @@ def main() -> None:
     ap.add_argument("--run", help="a finished learn run over the canary pool (skips steps 1-2)")
     ap.add_argument("--no-validate", action="store_true", help="stop after the AUROC table")
     ap.add_argument("--plot", default=str(ROOT / "docs" / "canary-auroc.svg"))
+    ap.add_argument("--engine", default="local", choices=("local", "ray"), help="where the validation trains")
+    ap.add_argument("--workers", type=int, help="--engine ray: how many workers (default: one per CPU)")
     args = ap.parse_args()
 
     from curation.data.canary import CanaryConfig, canary_report, plant, truth_for
@@ -149,23 +154,29 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
 
+    sels = []
     for m in ("davir", "rho"):
         if why_not.get(m):
             print(f"  no validation of {m}: {why_not[m]}")
-            continue
-        sel = out / "selections" / f"{m}-{args.budget.replace('%', 'pct')}"
-        log(f"validating {m} against random and random-tokens, {args.seeds} seeds")
+        else:
+            sels.append(str(out / "selections" / f"{m}-{args.budget.replace('%', 'pct')}"))
+    if sels:
+        # One validation of both: they share their random baseline (the same examples per domain),
+        # which is trained once.
+        log(f"validating {', '.join(Path(s).name for s in sels)} against random and random-tokens, {args.seeds} seeds"
+            + (f", {args.workers or 'all'} Ray workers" if args.engine == "ray" else ""))
         t0 = time.time()
-        vdir = run_validate(ValidateConfig(selections=[str(sel)], out=str(out / "validations" / m), eval=evals,
-                                           baselines="random,random-tokens", seeds=args.seeds, cache=str(out / "cache")))
+        vdir = run_validate(ValidateConfig(selections=sels, out=str(out / "validation"), eval=evals,
+                                           baselines="random,random-tokens", seeds=args.seeds, cache=str(out / "cache"),
+                                           engine=args.engine, workers=args.workers))
         vrep = json.loads((vdir / "report.json").read_text())
-        result.setdefault("validate_s", {})[m] = round(time.time() - t0, 1)
-        result.setdefault("verdicts", {})[m] = [
-            {k: c[k] for k in ("candidate", "baseline", "domain", "diff", "lo", "hi", "verdict_text")}
-            for c in vrep["statistics"]["token"]["comparisons"]]
-        result.setdefault("nll", {})[m] = [{k: x[k] for k in ("candidate", "domain", "mean", "sd")}
-                                            for x in vrep["statistics"]["token"]["rows"]]
-        for c in result["verdicts"][m]:
+        result["validate_s"] = round(time.time() - t0, 1)
+        result["trainings"] = vrep["trainings"]
+        result["verdicts"] = [{k: c[k] for k in ("candidate", "baseline", "domain", "diff", "lo", "hi", "verdict_text")}
+                              for c in vrep["statistics"]["token"]["comparisons"]]
+        result["nll"] = [{k: x[k] for k in ("candidate", "domain", "mean", "sd")}
+                         for x in vrep["statistics"]["token"]["rows"]]
+        for c in result["verdicts"]:
             print(f"  {c['candidate']} vs {c['baseline']}, {c['domain']}: {c['diff']:+.4f} [{c['lo']:+.4f}, "
                   f"{c['hi']:+.4f}] {c['verdict_text']}")
     print(json.dumps(result, indent=2))
