@@ -55,9 +55,10 @@ bench-mix: setup
 	$(PY) bench/bench_mix.py
 
 # The default pool with 20% planted defects: a learn run, every score's AUROC (and docs/canary-auroc.svg), and 10%
-# davir and rho selections validated against random at equal examples and tokens, 3 seeds (2-3 hours on 2 CPU cores).
+# davir and rho selections validated against random at equal examples and tokens, 3 seeds (on 2 CPU cores: the learn
+# run about 35 minutes, the validation about 54 on 2 Ray workers with ARGS="--engine ray --workers 2", longer locally).
 bench-canary: setup
-	$(PY) bench/bench_canary.py
+	$(PY) bench/bench_canary.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
