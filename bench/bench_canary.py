@@ -89,9 +89,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, help="--engine ray: how many workers (default: one per CPU)")
     args = ap.parse_args()
 
-    from curation.data.canary import CanaryConfig, canary_report, plant, truth_for
+    from curation.data.canary import CanaryConfig, plant, truth_for
     from curation.runs.folder import Run
     from curation.runs.learn import LearnConfig, run_learn
+    from curation.selection.canaries import canary_report
     from curation.scores import available_methods
     from curation.selection.folder import Selection, select_run
     from curation.selection.recipe import Recipe

@@ -37,6 +37,35 @@ class Score:
     explanation: str  # for the dashboard and --help: what it means, known biases
     fallback: str | None = None  # a score run's column it is derived from when ``column`` is absent
     ranks: bool = True  # False for samplers (random, s2l)
+    derive: str | None = None  # how the fallback column becomes this score: "exp" (ppl = exp(loss)); None: as is
+
+    def source_column(self, columns) -> str | None:
+        """The column of a table with ``columns`` that this score is read from: its own column, else
+        its fallback (a plain score run), else None (the table cannot give it)."""
+        cols = set(columns)
+        if self.column is not None and self.column in cols:
+            return self.column
+        return self.fallback if self.fallback is not None and self.fallback in cols else None
+
+    def value_column(self, columns) -> str | None:
+        """The name the score's values go by in a table with ``columns``: the column read, or the
+        score's own name when they are derived (``ppl`` from a score run's ``loss``)."""
+        col = self.source_column(columns)
+        return self.name if col is not None and col != self.column and self.derive else col
+
+    def values(self, df):
+        """The value of this score for every row of ``df`` (float64), from its column or derived
+        from its fallback (ppl = exp(loss)); None when ``df`` has neither."""
+        import numpy as np
+
+        col = self.source_column(df.columns)
+        if col is None:
+            return None
+        v = df[col].astype("float64").to_numpy()
+        if col != self.column and self.derive == "exp":
+            with np.errstate(over="ignore"):
+                return np.exp(v)
+        return v
 
 
 SCORES: dict[str, Score] = {s.name: s for s in (
@@ -53,7 +82,7 @@ SCORES: dict[str, Score] = {s.name: s for s in (
     Score("ppl", "ppl_base", "exp(L_base)", SCORE_RUN, "low",
           "perplexity of the answers under the base model; low = what the model already predicts well "
           "(perplexity filtering). Known bias: mean per-token loss usually falls as answers get longer and more "
-          "formulaic, so low ppl leans to long, templated answers.", fallback="loss"),
+          "formulaic, so low ppl leans to long, templated answers.", fallback="loss", derive="exp"),
     Score("loss", "loss_base", "L_base: mean NLL per assistant token, base model", SCORE_RUN, "high",
           "high = hardest for the model (the 'high loss' baseline: the same ranking as ppl, reversed). Known "
           "biases: mean per-token loss falls as answers get longer, so high loss leans to short answers; it also "

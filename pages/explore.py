@@ -15,6 +15,7 @@ from curation.jobs.workspace import list_data_files
 from curation.runs.folder import Run, read_examples
 from curation.scores import LENGTH_COLUMNS, run_columns, score_columns
 from curation.selection import neardup
+from curation.selection.canaries import canary_report
 from curation.selection.recipe import Recipe
 from curation.views import aggregate, pool_map
 from curation.views.render import hover_text, preview
@@ -302,7 +303,7 @@ except ValueError as e:  # a damaged truth file: say which
     truth = None
 if truth is not None:
     st.subheader("Planted defects (canaries)")
-    rep = canary.canary_report(df, truth)
+    rep = canary_report(df, truth)
     st.caption(f"This run scored a canary pool: {rep['corrupted']:,} of {rep['examples']:,} examples carry a planted "
                "defect (" + ", ".join(f"{k} {n}" for k, n in rep["by_kind"].items()) + "). AUROC: the chance that the "
                "score, in its own direction, keeps a clean example before a corrupted one (1 = it finds every "

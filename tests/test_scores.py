@@ -58,3 +58,18 @@ def test_directions_come_from_the_registry():
             assert keeps_high(name) == (info.order == "high"), name
             assert keeps_high(info.column) == (info.order == "high"), info.column
     assert keeps_high("loss") and keeps_high("ifd") and not keeps_high("ppl_base") and not keeps_high("ppl")
+
+
+def test_a_score_value_comes_from_its_column_or_is_derived_from_its_fallback():
+    import math
+
+    import pandas as pd
+
+    score_run = pd.DataFrame({"loss": [0.0, 1.0], "n_response_tokens": [3, 4]})
+    learn_run = score_run.assign(ppl_base=[5.0, 6.0], loss_base=[0.5, 0.25])
+    assert SCORES["ppl"].value_column(score_run.columns) == "ppl" and SCORES["ppl"].source_column(score_run.columns) == "loss"
+    assert list(SCORES["ppl"].values(score_run)) == [1.0, math.exp(1.0)]  # ppl = exp(loss) in a score run
+    assert list(SCORES["ppl"].values(learn_run)) == [5.0, 6.0] and SCORES["ppl"].value_column(learn_run.columns) == "ppl_base"
+    assert list(SCORES["loss"].values(score_run)) == [0.0, 1.0] and SCORES["loss"].value_column(score_run.columns) == "loss"
+    assert list(SCORES["loss"].values(learn_run)) == [0.5, 0.25]
+    assert SCORES["davir"].values(score_run) is None and SCORES["davir"].value_column(score_run.columns) is None

@@ -23,9 +23,9 @@ on it; when a domain has too few such examples, the rest of that kind's part goe
 kinds and ``canary.json`` says so.  The counts per domain are exact: round-half-up of ``rate``
 times the domain's examples, split over the kinds by the largest-remainder method.
 
-A run over the copy finds the truth beside its sources (:func:`truth_for`); :func:`canary_report`
-measures how well each score ranks corrupted examples below clean ones (AUROC, per domain and per
-kind), and :func:`selection_counts` how many a selection holds against random's expectation.
+A run over the copy finds the truth beside its sources (:func:`truth_for`); how well each score
+ranks corrupted examples below clean ones (AUROC) and how many a selection holds is measured in
+:mod:`curation.selection.canaries`, next to the selection summary that reports it.
 """
 
 from __future__ import annotations
@@ -362,7 +362,7 @@ def plant(cfg: CanaryConfig, progress=None) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading the truth, measuring scores against it
+# Reading the truth
 
 
 def read_truth(folder: str | Path):
@@ -395,62 +395,3 @@ def truth_for(provenance: dict):
     parts = [read_truth(f) for f in dict.fromkeys(folders)]
     truth = pd.concat(parts, ignore_index=True).drop_duplicates("example_id")
     return truth.set_index("example_id")["kind"]
-
-
-def oriented(values: np.ndarray, order: str) -> np.ndarray:
-    """Scores turned so that higher = kept first (``order`` is the score's own: high or low)."""
-    return values if order == "high" else -values
-
-
-def auroc(clean_scores: np.ndarray, bad_scores: np.ndarray) -> float | None:
-    """P(a clean example ranks above a corrupted one), ties counting half: 1.0 when the score keeps
-    every clean example before every corrupted one, 0.5 for a random ranking (None without both)."""
-    from scipy.stats import mannwhitneyu
-
-    c, b = clean_scores[np.isfinite(clean_scores)], bad_scores[np.isfinite(bad_scores)]
-    if len(c) == 0 or len(b) == 0:
-        return None
-    return float(mannwhitneyu(c, b, alternative="two-sided").statistic / (len(c) * len(b)))
-
-
-def canary_report(table, kind) -> dict:
-    """For every ranking score of ``table`` (a run's scores with ``example_id`` and ``domain``):
-    the AUROC of keeping clean examples before corrupted ones (in the score's own direction:
-    davir high, ppl low, ...), overall, per domain and per kind.  ``kind`` maps example ids to
-    ``clean`` or a kind (:func:`truth_for`)."""
-    from curation.scores import SCORES
-
-    k = table["example_id"].astype(str).map(kind)
-    known = k.notna().to_numpy()
-    df = table[known].reset_index(drop=True)
-    k = k[known].astype(str).to_numpy()
-    dom = df["domain"].astype(str).to_numpy()
-    bad = k != "clean"
-    out = {"examples": int(len(df)), "corrupted": int(bad.sum()),
-           "by_domain": {d: {"examples": int((dom == d).sum()), "corrupted": int((bad & (dom == d)).sum())}
-                         for d in sorted(set(dom))},
-           "by_kind": {x: int((k == x).sum()) for x in sorted(set(k)) if x != "clean"}, "auroc": {}}
-    for s in SCORES.values():
-        col = s.column if s.column in df.columns else s.fallback if s.fallback in (df.columns if s.fallback else ()) else None
-        if not s.ranks or col is None:
-            continue
-        v = df[col].astype("float64").to_numpy()
-        if s.name == "ppl" and col != s.column:
-            v = np.exp(v)
-        v = oriented(v, s.order)
-        entry = {"column": col, "order": s.order, "all": auroc(v[~bad], v[bad]),
-                 "by_domain": {d: auroc(v[~bad & (dom == d)], v[bad & (dom == d)]) for d in sorted(set(dom))},
-                 "by_kind": {x: auroc(v[k == "clean"], v[k == x]) for x in sorted(set(k)) if x != "clean"}}
-        out["auroc"][s.name] = entry
-    return out
-
-
-def selection_counts(kind_of_selected, kind_of_random, eligible_bad_share: dict[str, float],
-                     selected_per_domain: dict[str, int]) -> dict:
-    """How many corrupted examples a selection holds, beside its random baseline's and the
-    expectation of a uniform sample of the same size per domain from the eligible rows."""
-    sel = np.asarray([k != "clean" for k in kind_of_selected], dtype=bool)
-    rnd = np.asarray([k != "clean" for k in kind_of_random], dtype=bool)
-    expected = sum(selected_per_domain[d] * eligible_bad_share.get(d, 0.0) for d in selected_per_domain)
-    return {"selected": int(len(sel)), "corrupted": int(sel.sum()),
-            "random_corrupted": int(rnd.sum()) if len(rnd) else None, "random_expected": float(expected)}

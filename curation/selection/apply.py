@@ -390,14 +390,9 @@ def score_values(df, method: str, run_kind: str | None, aggregate: str | None = 
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN (not eligible)
             values = np.nanmean(m, axis=1) if aggregate == "mean" else np.nanmedian(m, axis=1)
         return f"{info.column}_{aggregate}", values
-    if info.column in df.columns:
-        return info.column, df[info.column].astype("float64").to_numpy()
-    if info.fallback is not None and info.fallback in df.columns:
-        values = df[info.fallback].astype("float64").to_numpy()
-        if method == "ppl":
-            with np.errstate(over="ignore"):
-                return "ppl", np.exp(values)
-        return info.fallback, values
+    values = info.values(df)  # the registry's value: the column, or ppl = exp(loss) in a score run
+    if values is not None:
+        return info.value_column(df.columns), values
     raise missing_column(info.column, f"--method {method}", RUN_HELP[info.written_by], run_kind)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from curation.scores import LENGTH_COLUMNS, SCORES, run_columns
 from curation.selection.apply import SelectionResult, apply_recipe, score_values
+from curation.selection.canaries import canary_summary
 
 
 def stat_columns(columns) -> list[str]:
@@ -42,9 +43,7 @@ def summarize(table, selection: SelectionResult, baseline: SelectionResult | Non
     if selection.score_column and selection.score_column != "s2l_cluster":
         cols.append(selection.score_column)
     cols += [c for c in stat_columns(df.columns) if c not in cols]
-    if selection.score_column == "ppl" and "ppl" not in df.columns:
-        df = df.assign(ppl=np.exp(df["loss"].astype("float64")))
-    if selection.recipe.aggregate and selection.score_column not in df.columns:  # the ensemble score
+    if selection.score_column and selection.score_column not in df.columns:  # ppl = exp(loss), an ensemble
         df = df.assign(**{selection.score_column: score_values(df, selection.recipe.method, None,
                                                                selection.recipe.aggregate)[1]})
     by_id = df.set_index("example_id")
@@ -154,29 +153,6 @@ def pick_stability(table, selection: SelectionResult, run_kind: str | None = Non
     k = sum(v["kept_by_every_run"] for v in out["by_domain"].values())
     out["all"] = {"selected": n, "kept_by_every_run": k, "share": k / n if n else None}
     return out
-
-
-def canary_summary(df, selection: SelectionResult, baseline: SelectionResult | None) -> dict:
-    """A run over a canary pool: every score's AUROC of keeping clean examples before the planted
-    defects (:func:`curation.data.canary.canary_report`), and the corrupted examples the selection
-    holds, beside its random baseline's and a uniform sample's expectation (per domain, from the
-    eligible rows)."""
-    from curation.data.canary import canary_report, selection_counts
-
-    kind = df.set_index("example_id")["canary_kind"]
-    rep = canary_report(df, kind)
-    dom = df["domain"].astype(str).to_numpy()
-    bad = (df["canary_kind"].fillna("clean") != "clean").to_numpy()
-    elig = np.asarray(selection.eligible_mask, dtype=bool)
-    share = {d: float(bad[elig & (dom == d)].mean()) if (elig & (dom == d)).any() else 0.0 for d in sorted(set(dom))}
-    per_domain = selection.rows["domain"].astype(str).value_counts().to_dict()
-    of = lambda rows: kind.reindex(rows["example_id"]).fillna("clean").tolist()  # noqa: E731
-    rep["selection"] = selection_counts(of(selection.rows), of(baseline.rows) if baseline is not None else [],
-                                        share, per_domain)
-    rep["selection"]["by_kind"] = {k: int(sum(x == k for x in of(selection.rows))) for k in rep["by_kind"]}
-    if baseline is not None:
-        rep["selection"]["random_by_kind"] = {k: int(sum(x == k for x in of(baseline.rows))) for k in rep["by_kind"]}
-    return rep
 
 
 def score_meta(selection: SelectionResult) -> dict:

@@ -1,0 +1,54 @@
+"""The canary measurement: each score's AUROC against planted defects, and the defects a selection holds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from curation.data.canary import CanaryConfig, plant, read_truth, truth_for
+from curation.selection.canaries import auroc, canary_report
+from tests.test_canary import pool  # noqa: F401 - the canary pool fixture
+
+
+def test_auroc_is_one_for_a_perfect_score_and_about_a_half_for_a_random_one():
+    rng = np.random.default_rng(0)
+    n = 600
+    kind = np.where(rng.random(n) < 0.2, rng.choice(["swap", "refusal"], n), "clean")
+    ids = [f"{i:016x}" for i in range(n)]
+    clean = kind == "clean"
+    table = pd.DataFrame({"example_id": ids, "domain": np.where(np.arange(n) % 2, "chat", "math"),
+                          "davir": np.where(clean, rng.uniform(0.5, 1, n), rng.uniform(0, 0.49, n)),  # keeps high
+                          "loss": np.where(clean, rng.uniform(0, 1, n), rng.uniform(1.01, 2, n)),  # high = corrupted
+                          "n_response_tokens": rng.integers(1, 100, n)})
+    rep = canary_report(table, pd.Series(kind, index=ids))
+    assert rep["auroc"]["davir"]["all"] == 1.0 and set(rep["auroc"]["davir"]["by_kind"].values()) == {1.0}
+    assert rep["auroc"]["loss"]["all"] == 0.0  # loss keeps the highest: it picks every defect first
+    assert rep["auroc"]["ppl"]["all"] == 1.0  # ppl = exp(loss), kept low: the defects last
+    assert abs(rep["auroc"]["longest"]["all"] - 0.5) < 0.1  # length is unrelated here
+    assert rep["corrupted"] == int((~clean).sum()) and rep["by_kind"] == {k: int((kind == k).sum()) for k in ("refusal", "swap")}
+    assert auroc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5  # ties count half
+    assert auroc(np.array([]), np.array([1.0])) is None
+
+
+def test_a_selection_over_a_canary_pool_counts_its_defects_against_random(tmp_path, pool):
+    from curation.selection.folder import Selection, select_run
+    from curation.selection.recipe import Recipe
+    from tests.synthetic import make_run
+
+    out = plant(CanaryConfig(sources=pool[:2], out=str(tmp_path / "c"), rate=0.3, seed=1))
+    truth = read_truth(out)
+    bad = set(truth.loc[truth["kind"] != "clean", "example_id"])
+    good_davir = lambda t: t.assign(davir=np.where(t["example_id"].isin(bad), 0.01, 0.9))  # noqa: E731 - a perfect filter
+    run = make_run(tmp_path / "run", [f"math={out / 'math.jsonl'}", f"chat={out / 'chat.jsonl'}"], table_fn=good_davir)
+    assert truth_for(json.loads((run / "run.json").read_text()) | {"sources": [
+        {"path": str(out / "math.jsonl")}]}) is not None
+    s = Selection(select_run(run, Recipe(method="davir", budget="20", decisions="none"), tmp_path / "sel")).summary()
+    c = s["canaries"]
+    assert c["auroc"]["davir"]["all"] == 1.0 and c["selection"]["corrupted"] == 0
+    assert c["selection"]["random_corrupted"] is not None and c["selection"]["random_expected"] == pytest.approx(20 * 0.3, abs=1)
+    assert sum(c["selection"]["by_kind"].values()) == 0
+    r = Selection(select_run(run, Recipe(method="random", budget="40", decisions="none"), tmp_path / "r")).summary()
+    assert r["canaries"]["selection"]["corrupted"] == r["canaries"]["selection"]["random_corrupted"]
