@@ -285,7 +285,8 @@ def plant(cfg: CanaryConfig, progress=None) -> Path:
     import time
 
     from curation.atomic import AtomicError, atomic_dir
-    from curation.data.load import example_id, load_sources, normalise, read_records, with_last_answer
+    from curation.data.load import example_id, load_sources, normalise, with_last_answer
+    from curation.data.readers import read_records
     from curation.progress import Reporter
 
     report = Reporter(progress)

