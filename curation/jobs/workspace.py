@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curation.atomic import atomic_path
+from curation.data.readers import DATA_SUFFIXES
 from curation.system import workspace_root
 
 SUBDIRS = ("data", "eval", "dev", "runs", "selections", "exports", "validations", "mixes")
-DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json", ".json.gz", ".parquet", ".csv", ".csv.gz")
 MAX_NAME = 120  # characters of a file or folder name made from user input
 
 
@@ -84,6 +84,15 @@ def outside_links(workspace=None, folder: str = "data") -> list[Path]:
     if not d.is_dir():
         return []
     return [p for p in sorted(d.iterdir()) if leaves_workspace(p, workspace)]
+
+
+def dev_targets(workspace=None, names=None) -> dict[str, list[str]]:
+    """The workspace's dev sets as selection targets, ``{DOMAIN: [PATH, ...]}`` (``dev/math.jsonl``
+    -> math): every file of ``dev/``, or those whose names are in ``names``."""
+    from curation.selection.recipe import targets_from_files
+
+    files = list_data_files(workspace, folder="dev")
+    return targets_from_files(p for p in files if names is None or p.name in names)
 
 
 def list_data_files(workspace=None, folder: str = "data") -> list[Path]:
