@@ -51,18 +51,32 @@ def option(default: Any = _UNSET, help: str = "", *, flag: str | None = None, ne
     return field(default=default, metadata=meta)
 
 
-def parse_pairs(text: str | dict | None, what: str = "FIELD=COLUMN") -> dict[str, str]:
-    """``a=b,c=d`` -> ``{"a": "b", "c": "d"}`` (a dict passes through)."""
+def split_pairs(text, what: str = "KEY=VALUE") -> list[tuple[str, str]]:
+    """``a=b,c=d`` (or a list of such strings, as repeated flags give) -> ``[("a", "b"), ("c", "d")]``,
+    keys and values stripped, in order; a piece without ``=`` or with an empty key is refused."""
+    out = []
+    for part in ([text] if isinstance(text, str) else list(text)):
+        for pair in filter(None, (p.strip() for p in str(part).split(","))):
+            k, eq, v = pair.partition("=")
+            if not eq or not k.strip():
+                raise ValueError(f"expected {what} pairs separated by commas, got {pair!r}")
+            out.append((k.strip(), v.strip()))
+    return out
+
+
+def parse_pairs(text: str | dict | list | None, what: str = "FIELD=COLUMN") -> dict[str, str]:
+    """``a=b,c=d`` -> ``{"a": "b", "c": "d"}``: THE parser of ``KEY=VALUE`` settings (a list of such
+    strings, e.g. repeated flags, and a dict are read the same way).  A key given twice is refused,
+    whatever the input, never silently replaced by the last."""
     if text is None:
         return {}
-    if isinstance(text, dict):
-        return {str(k): str(v) for k, v in text.items()}
-    out = {}
-    for pair in filter(None, (p.strip() for p in str(text).split(","))):
-        if "=" not in pair:
-            raise ValueError(f"expected {what} pairs separated by commas, got {pair!r}")
-        k, v = pair.split("=", 1)
-        out[k.strip()] = v.strip()
+    items = ([(str(k).strip(), str(v)) for k, v in text.items()] if isinstance(text, dict)
+             else split_pairs(text, what))
+    out: dict[str, str] = {}
+    for k, v in items:
+        if k in out:
+            raise ValueError(f"{what.split('=')[0].lower()} {k!r} is given twice ({out[k]!r} and {v!r}); give each once")
+        out[k] = v
     return out
 
 
@@ -211,17 +225,12 @@ class _PairsAction(argparse.Action):
     """``--flag a=1,b=2 --flag c=3`` -> ``{"a": "1", "b": "2", "c": "3"}``; a key given twice is refused."""
 
     def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        given = [f"{k}={v}" for k, v in (current if isinstance(current, dict) else {}).items()]
         try:
-            pairs = parse_pairs(values)
+            setattr(namespace, self.dest, parse_pairs([*given, values]))
         except ValueError as e:
             raise argparse.ArgumentError(self, str(e)) from None
-        current = getattr(namespace, self.dest, None)
-        current = current if isinstance(current, dict) else {}
-        twice = sorted(set(current) & set(pairs))
-        if twice:
-            raise argparse.ArgumentError(self, f"{twice[0]} is given twice ({current[twice[0]]!r} and "
-                                               f"{pairs[twice[0]]!r}); give each once")
-        setattr(namespace, self.dest, {**current, **pairs})
 
 
 class _ListPairsAction(argparse.Action):
@@ -230,11 +239,12 @@ class _ListPairsAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         current = getattr(namespace, self.dest, None)
         out = {k: list(v) for k, v in (current if isinstance(current, dict) else {}).items()}
-        for pair in filter(None, (p.strip() for p in str(values).split(","))):
-            if "=" not in pair:
-                raise argparse.ArgumentError(self, f"expected KEY=VALUE pairs, got {pair!r}")
-            k, v = pair.split("=", 1)
-            out.setdefault(k.strip(), []).append(v.strip())
+        try:
+            pairs = split_pairs(values)
+        except ValueError as e:
+            raise argparse.ArgumentError(self, str(e)) from None
+        for k, v in pairs:
+            out.setdefault(k, []).append(v)
         setattr(namespace, self.dest, out)
 
 

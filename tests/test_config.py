@@ -74,3 +74,18 @@ def test_each_default_lives_in_its_field():
     assert field_info(ScoreConfig, "limit")["type"] is int  # `int | None`: the form shows a number
     with pytest.raises(KeyError, match="no setting"):
         field_info(ScoreConfig, "nope")
+
+
+def test_parse_pairs_refuses_a_repeated_key_in_every_input(capsys):
+    from curation.config import parse_pairs
+
+    assert parse_pairs("a=1, b = 2") == {"a": "1", "b": "2"} and parse_pairs(["a=1", "b=2,c=3"]) == {"a": "1", "b": "2", "c": "3"}
+    assert parse_pairs({"a": 1}) == {"a": "1"} and parse_pairs(None) == {}
+    for given in ("a=1,a=2", ["a=1", "a=2"], {"a": 1, " a": 2}):
+        with pytest.raises(ValueError, match="field 'a' is given twice"):
+            parse_pairs(given)
+    with pytest.raises(ValueError, match="expected DOMAIN=PATH pairs"):
+        parse_pairs("=x", "DOMAIN=PATH")
+    with pytest.raises(SystemExit):
+        _parse("score", "x", "--out", "o", "--columns", "a=b", "--columns", "a=c")
+    assert "field 'a' is given twice ('b' and 'c')" in capsys.readouterr().err

@@ -67,3 +67,29 @@ def test_new_recipe_fields_validate_and_round_trip(tmp_path):
         Recipe("random", stratify="length:3")
     with pytest.raises(SelectionError, match="ranking method"):
         Recipe("s2l", temperature=1.0)
+
+
+def test_recipe_mini_syntax_is_built_by_the_library_as_the_parsers_read_it(tmp_path):
+    from curation.selection.recipe import (Budget, budget_text, diversity_text, parse_diversity, parse_stratify,
+                                           stratify_text, targets_from_files)
+
+    assert [budget_text(10.0, "percent"), budget_text(2.5, "percent"), budget_text(200.0, "count"),
+            budget_text(25000.0, "tokens")] == ["10%", "2.5%", "200", "25000tok"]
+    assert str(Budget.parse(budget_text(2.5, "percent"))) == "2.5%"
+    assert stratify_text(5) == "length:5" and parse_stratify(stratify_text(5)) == 5 and stratify_text(1) is None
+    assert diversity_text("off", 20) is None and diversity_text("kcenter", 20) == "kcenter"
+    assert parse_diversity(diversity_text("clusters", 20)) == ("clusters:20", 20)
+    assert targets_from_files([tmp_path / "math.jsonl", tmp_path / "chat.json", tmp_path / "math.parquet"]) == {
+        "math": [str(tmp_path / "math.jsonl"), str(tmp_path / "math.parquet")], "chat": [str(tmp_path / "chat.json")]}
+
+
+def test_a_repeated_key_is_refused_in_thresholds_mixes_and_recipe_files():
+    with pytest.raises(SelectionError, match="score 'ifd' is given twice"):
+        Recipe(method="davir", budget="10", max=["ifd=1", "ifd=2"])
+    with pytest.raises(SelectionError, match="domain 'chat' is given twice"):
+        Recipe(method="davir", budget="10", mix="chat=0.5,chat=0.5")
+    with pytest.raises(SelectionError, match="r.yaml: not valid YAML .*'budget' is given twice"):
+        Recipe.from_yaml("method: davir\nbudget: 10\nbudget: 20\n", "r.yaml")
+    with pytest.raises(SelectionError, match="'ifd' is given twice"):
+        Recipe.from_yaml("method: davir\nbudget: 10\nmax:\n  ifd: 1\n  ifd: 2\n", "r.yaml")
+    assert Recipe.from_yaml("method: davir\nbudget: 10\nmax:\n  ifd: 1\n").max == {"ifd": 1.0}

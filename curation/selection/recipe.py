@@ -11,13 +11,17 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
+from pathlib import Path
 
-from curation.config import option
+from curation.config import option, parse_pairs
 from curation.data.overlap import NGRAM
 from curation.scores import METHODS, ORDERS, SCORES
 
 AGGREGATES = ("mean", "median")
 DEDUPS = ("near",)
+
+
+MAX_RECIPE_BYTES = 1_000_000  # a recipe file is a few lines (its targets and thresholds included)
 
 
 class SelectionError(ValueError):
@@ -219,10 +223,20 @@ class Recipe:
         """A recipe from YAML text; errors name ``where`` (the file).  A relative ``decisions`` file
         is found beside the recipe (``base``: its folder), as a selection folder keeps it."""
         import yaml
-        from pathlib import Path
+
+        class Loader(yaml.SafeLoader):
+            """A YAML mapping that names a key twice is refused (PyYAML keeps the last silently)."""
+
+            def construct_mapping(self, node, deep=False):
+                keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+                twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+                if twice is not None:
+                    raise yaml.constructor.ConstructorError(None, None, f"{twice!r} is given twice; give it once",
+                                                            node.start_mark)
+                return super().construct_mapping(node, deep=deep)
 
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as e:
             raise SelectionError(f"{where}: not valid YAML ({e})") from None
         if base is not None and isinstance(data, dict) and isinstance(data.get("decisions"), str) \
@@ -232,6 +246,21 @@ class Recipe:
             return cls.from_dict(data)
         except SelectionError as e:
             raise SelectionError(f"{where}: {e}") from None
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Recipe":
+        """The recipe of a YAML file (a regular file of at most :data:`MAX_RECIPE_BYTES`), its
+        relative ``decisions`` file found beside it."""
+        p = Path(path)
+        if not p.is_file():
+            raise SelectionError(f"{p}: no such recipe file" if not p.exists() else f"{p}: not a regular file")
+        if p.stat().st_size > MAX_RECIPE_BYTES:
+            raise SelectionError(f"{p}: larger than a recipe may be ({MAX_RECIPE_BYTES:,} bytes); is this the right file?")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SelectionError(f"{p}: cannot read the recipe ({e})") from None
+        return cls.from_yaml(text, str(p), base=p.parent)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
@@ -245,6 +274,39 @@ class Recipe:
         if "method" not in d:
             raise SelectionError("a recipe needs a method")
         return cls(**d)
+
+
+def budget_text(amount: float, kind: str) -> str:
+    """The budget ``amount`` of ``kind`` (``percent``, ``count`` or ``tokens``) as :meth:`Budget.parse`
+    reads it: ``10%``, ``200``, ``25000tok`` (counts and tokens are whole)."""
+    if kind == "percent":
+        return f"{amount:g}%"
+    if kind not in ("count", "tokens"):
+        raise SelectionError(f"budget unit {kind!r}: expected percent, count or tokens")
+    return f"{int(amount)}" + ("tok" if kind == "tokens" else "")
+
+
+def stratify_text(strata: int) -> str | None:
+    """``length:Q`` for ``strata`` response-length strata (:func:`parse_stratify`); None (off) below 2."""
+    return f"length:{int(strata)}" if strata >= 2 else None
+
+
+def diversity_text(kind: str, clusters: int | None = None) -> str | None:
+    """``kcenter``, ``clusters:N`` or None (``off``), as :func:`parse_diversity` reads it."""
+    if kind == "off":
+        return None
+    return parse_diversity("kcenter" if kind == "kcenter" else f"clusters:{int(clusters)}")[0]
+
+
+def targets_from_files(paths) -> dict[str, list[str]]:
+    """``{DOMAIN: [PATH, ...]}`` for ``recipe.target`` from files named after their domain
+    (``dev/math.jsonl`` -> math), in the order given."""
+    from curation.data.load import source_stem
+
+    out: dict[str, list[str]] = {}
+    for p in paths:
+        out.setdefault(source_stem(str(p)), []).append(str(p))
+    return out
 
 
 def parse_stratify(text) -> int | None:
@@ -272,15 +334,10 @@ def _parse_mix(mix) -> dict[str, float] | str:
     if mix is None or (isinstance(mix, str) and mix.strip() == "natural"):
         return "natural"
     if isinstance(mix, str):
-        out = {}
-        for pair in filter(None, (p.strip() for p in mix.split(","))):
-            if "=" not in pair:
-                raise SelectionError(f"mix {mix!r}: expected DOMAIN=SHARE pairs (e.g. chat=0.5,math=0.5) or natural")
-            k, v = pair.split("=", 1)
-            if k.strip() in out:
-                raise SelectionError(f"mix {mix!r}: domain {k.strip()!r} is given twice; give each domain once")
-            out[k.strip()] = v.strip()
-        mix = out
+        try:
+            mix = parse_pairs(mix, "DOMAIN=SHARE")
+        except ValueError as e:
+            raise SelectionError(f"mix {mix!r}: {e} (e.g. chat=0.5,math=0.5, or natural)") from None
     if not isinstance(mix, dict) or not mix:
         raise SelectionError(f"mix {mix!r}: expected DOMAIN=SHARE pairs (e.g. chat=0.5,math=0.5) or natural")
     shares = {}
@@ -315,14 +372,11 @@ def _parse_target(d) -> dict[str, list[str]]:
 def _parse_thresholds(d, which: str) -> dict[str, float]:
     if d is None:
         return {}
-    if isinstance(d, (list, tuple)):  # ["ifd=1", ...] as given on the command line
-        pairs = {}
-        for item in d:
-            if "=" not in str(item):
-                raise SelectionError(f"--{which} {item!r}: expected SCORE=VALUE, e.g. ifd=1")
-            k, v = str(item).split("=", 1)
-            pairs[k.strip()] = v.strip()
-        d = pairs
+    if isinstance(d, (list, tuple, str)):  # ["ifd=1", ...] as given on the command line
+        try:
+            d = parse_pairs(d, "SCORE=VALUE")
+        except ValueError as e:
+            raise SelectionError(f"--{which}: {e}, e.g. ifd=1") from None
     if not isinstance(d, dict):
         raise SelectionError(f"{which}: expected SCORE=VALUE thresholds, got {d!r}")
     out = {}
