@@ -74,3 +74,20 @@ def test_cli_select_with_stratify_and_temperature(run_dir, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["length"]) >= {"pool", "eligible", "selection", "random"}
     assert len(summary["length"]["selection"]["all"]) == 5 and summary["strata"]["chat"]["selected"]
+
+
+def test_the_cli_and_the_page_say_a_selections_filters_in_the_same_words(run_dir, tmp_path):
+    from curation.selection.summary import detail_lines, summary_lines
+
+    out = select_run(run_dir, Recipe(method="davir", budget="10", decisions="none"), tmp_path / "sel")
+    summary = Selection(out).summary()
+    lines = summary_lines(summary, out)
+    assert lines[0] == (f"selected 10 of {summary['budget']['pool_examples']} examples ({summary['totals']['tokens']} "
+                        f"tokens; {summary['totals']['eligible']} eligible) -> {out}/selected.parquet")
+    details = {"dedup": {"threshold": 0.8, "groups_with_duplicates": 2, "rows_in_such_groups": 5, "dropped": 3},
+               "contamination": {"ngram": 13, "eval_sets": ["e"], "flagged": 1, "excluded": True,
+                                 "first": [{"example_id": "ab", "eval_example": "<b>"}]}}
+    plain, md = detail_lines(details), detail_lines(details, markup=True)
+    assert plain["dedup"] == md["dedup"] == ("Near-duplicates (threshold 0.8): 2 group(s) holding 5 examples; 3 "
+                                             "eligible duplicate(s) left out (the best-ranked of each group stays).")
+    assert plain["contamination"].endswith("First: ab (<b>)") and md["contamination"].endswith("First: `ab` (&lt;b&gt;)")

@@ -53,8 +53,7 @@ class Selection:
         return self
 
     def recipe(self) -> Recipe:
-        p = self.require().path / self.RECIPE
-        return Recipe.from_yaml(p.read_text(encoding="utf-8"), str(p), base=self.path)
+        return Recipe.read(self.require().path / self.RECIPE)
 
     def summary(self) -> dict:
         p = self.require().path / self.SUMMARY
@@ -150,21 +149,34 @@ class Selection:
         return cls(out)
 
 
+def prepare_table(run, table, recipe: Recipe):
+    """``(table, decisions)``: ``table`` (a run's scores) with what ``recipe`` needs beside the
+    scores (:func:`curation.selection.annotate.annotate`), and the snapshot of the decisions it
+    names (one snapshot: what is applied is what a saved selection keeps)."""
+    from curation.selection.decisions import load_decisions
+
+    decisions = load_decisions(recipe.decisions)
+    return annotate(run, table, recipe, decisions=decisions), decisions
+
+
+def apply_with_baseline(table, recipe: Recipe, run_kind: str | None):
+    """``(selection, random baseline)`` of ``recipe`` over a prepared ``table`` (the random
+    baseline at the same budget and mix; a random recipe is its own)."""
+    result = apply_recipe(table, recipe, run_kind)
+    return result, (result if recipe.method == "random" else random_baseline(table, recipe, run_kind))
+
+
 def select_run(run_dir: str | Path, recipe: Recipe, out: str | Path, progress: Progress | None = None) -> Path:
     """Apply ``recipe`` to a finished run folder and write the selection folder ``out`` (returned)."""
     from curation.runs.folder import Run
-
-    from curation.selection.decisions import load_decisions
 
     report = Reporter(progress)
     report(phase="reading run", done=0, total=3)
     run = Run(run_dir)
     meta = run.require_finished()
-    decisions = load_decisions(recipe.decisions)  # one snapshot: what is applied is what is kept
-    table = annotate(run, run.scores(), recipe, decisions=decisions)
+    table, decisions = prepare_table(run, run.scores(), recipe)
     report(phase="selecting", done=1, total=3)
-    result = apply_recipe(table, recipe, meta.get("kind"))
-    base = result if recipe.method == "random" else random_baseline(table, recipe, meta.get("kind"))
+    result, base = apply_with_baseline(table, recipe, meta.get("kind"))
     report(phase="writing", done=2, total=3)
     Selection.write(out, table, result, base, run.provenance(), decisions)
     report(phase="done", done=3, total=3)

@@ -159,3 +159,95 @@ def score_meta(selection: SelectionResult) -> dict:
     info = SCORES[selection.recipe.method]
     return {"method": info.name, "column": selection.score_column, "order": selection.recipe.order,
             "formula": info.formula, "explanation": info.explanation}
+
+
+# ----------------------------------------------------------------------------------------------
+# A selection in words: the lines ``select`` prints and the Select page shows
+
+
+def detail_lines(details: dict, markup: bool = False) -> dict[str, str]:
+    """One line per filter a selection applied (``contamination``, ``diversity``, ``dedup``,
+    ``decisions``; the keys of ``details`` or of a summary that holds them).  ``markup``: ids as
+    code and eval texts escaped, for Markdown."""
+    import html
+
+    code = (lambda x: f"`{x}`") if markup else str  # noqa: E731
+    text = html.escape if markup else str
+    out = {}
+    if details.get("contamination"):
+        c = details["contamination"]
+        out["contamination"] = (
+            f"Decontamination ({c['ngram']}-word n-grams): {c['flagged']} pool example(s) share an n-gram with the "
+            f"{len(c['eval_sets'])} eval set(s), {'excluded' if c['excluded'] else 'kept (report only)'}."
+            + (" First: " + ", ".join(f"{code(f['example_id'])} ({text(str(f['eval_example']))})" for f in c["first"])
+               if c["first"] else ""))
+    if details.get("diversity"):
+        dv = details["diversity"]
+        out["diversity"] = f"Diversity {dv['method']}: embedding clusters covered " + ", ".join(
+            f"{d} {v['coverage']:.0%} of {v['clusters']} (top-k {v['top_k_coverage']:.0%})"
+            for d, v in dv["by_domain"].items())
+    if details.get("dedup"):
+        d = details["dedup"]
+        out["dedup"] = (f"Near-duplicates (threshold {d['threshold']:g}): {d['groups_with_duplicates']} group(s) "
+                        f"holding {d['rows_in_such_groups']} examples; {d['dropped']} eligible duplicate(s) left out "
+                        "(the best-ranked of each group stays).")
+    if details.get("decisions"):
+        dd = details["decisions"]
+        out["decisions"] = (
+            f"Curator decisions: {dd['excluded']:,} example(s) of this run excluded (never selected), "
+            f"{dd['kept_selected']:,} of {dd['kept']:,} kept example(s) selected first"
+            + (f"; {len(dd['kept_not_selectable'])} kept example(s) cannot be selected (see the warning)"
+               if dd.get("kept_not_selectable") else "") + ".")
+    return out
+
+
+def summary_lines(summary: dict, out) -> list[str]:
+    """What ``select`` prints of a written selection's summary (the folder ``out``): its filters,
+    totals, per-domain counts and mean score beside the random baseline's, lengths, target
+    similarity, canaries, decisions and pick stability."""
+    details = detail_lines(summary)
+    lines = [details[k] for k in ("contamination", "diversity", "dedup") if k in details]
+    t = summary["totals"]
+    lines.append(f"selected {t['examples']} of {summary['budget']['pool_examples']} examples "
+                 f"({t['tokens']} tokens; {t['eligible']} eligible) -> {out}/selected.parquet")
+    col = summary["score"]["column"]
+    for d, p in summary["domains"].items():
+        line = f"  {d}: {p['selected']} examples, {p['tokens']} tokens (share {p['share']:.3g})"
+        if col and col in summary["stats"]["selection"] and col != "s2l_cluster":
+            sel = summary["stats"]["selection"][col]["by_domain"].get(d, {})
+            rnd = summary["stats"].get("random", {}).get(col, {}).get("by_domain", {}).get(d, {})
+            if sel.get("count"):
+                line += f"; mean {col} {sel['mean']:.4g}"
+                if rnd.get("count"):
+                    line += f" (random baseline {rnd['mean']:.4g})"
+        lines.append(line)
+    lq = summary["length"]
+    if lq["selection"]["all"]:
+        fmt = lambda q: "/".join(f"{v:.0f}" for v in q)  # noqa: E731
+        line = (f"response length p10/p25/p50/p75/p90: eligible {fmt(lq['eligible']['all'])}, "
+                f"selection {fmt(lq['selection']['all'])}")
+        if lq.get("random", {}).get("all"):
+            line += f", random {fmt(lq['random']['all'])}"
+        lines.append(line)
+    ts = summary["stats"]["selection"].get("target_sim")
+    if ts:
+        rnd = summary["stats"].get("random", {}).get("target_sim", {}).get("by_domain", {})
+        lines.append("target similarity (RDS+ cosine, max over the domain's targets), mean: " + ", ".join(
+            f"{d} {v['mean']:.3f}" + (f" (random {rnd[d]['mean']:.3f})" if rnd.get(d, {}).get("count") else "")
+            for d, v in ts["by_domain"].items() if v.get("count")))
+    if summary.get("canaries"):
+        c = summary["canaries"]
+        sc = c["selection"]
+        lines.append(f"canaries: {sc['corrupted']} of the {sc['selected']} selected examples are planted defects "
+                     f"(random baseline {sc['random_corrupted']}, a uniform sample's expectation "
+                     f"{sc['random_expected']:.1f}); AUROC of keeping clean before corrupted: " + ", ".join(
+                         f"{k} {v['all']:.3f}" for k, v in c["auroc"].items() if v["all"] is not None))
+    dd = summary.get("decisions")
+    if dd and (dd["excluded"] or dd["kept"]):
+        lines.append(details["decisions"] + f" ({dd.get('source')}; kept with the selection as {out}/decisions.jsonl)")
+    if summary.get("pick_stability"):
+        ps = summary["pick_stability"]
+        parts = [f"{d} {v['share']:.0%} (Jaccard {v['jaccard_mean']:.2f})" for d, v in ps["by_domain"].items()]
+        lines.append(f"pick stability over {ps['runs']} reference runs (share of picks every other run makes; "
+                     "Jaccard with each): " + ", ".join(parts))
+    return lines
