@@ -2,10 +2,11 @@
 
 A run function takes ``progress``, a callable called with keyword fields::
 
-    progress(phase="scoring", done=120, total=520, tokens=31_000, tokens_per_s=612.0, eta_s=650.0)
+    progress(phase="scoring", done=120, total=520, unit="examples", tokens=31_000, tokens_per_s=612.0, eta_s=650.0)
 
-``phase`` names the step; ``done``/``total`` count its units (examples, optimizer steps, trainings);
-the other fields are optional (``tokens``, ``tokens_per_s``, ``eta_s``, ``train_loss``, ``lr``,
+``phase`` names the step; ``done``/``total`` count its units, which ``unit`` names where the work
+is reported (``examples`` for a scoring pass, ``steps`` (optimizer steps) for a training,
+``trainings``, ...; the CLI's bars show it); the other fields are optional (``tokens``, ``tokens_per_s``, ``eta_s``, ``train_loss``, ``lr``,
 ``committed``, ``workers``, ...).  The CLI draws them as tqdm bars, the job worker writes them into
 the job store, the dashboard shows the store.  :class:`Reporter` keeps the current state, so a
 consumer always receives the whole picture (the phase with its latest numbers), not a fragment.
@@ -18,7 +19,7 @@ from typing import Callable
 Progress = Callable[..., None]
 
 # Fields that belong to one phase and are dropped when the next phase starts.
-PHASE_FIELDS = ("committed", "eta_s", "cached")
+PHASE_FIELDS = ("committed", "eta_s", "cached", "unit")
 
 
 def silent(**fields) -> None:

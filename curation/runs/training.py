@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
@@ -267,7 +268,7 @@ def run_training(model_path: str, tokenizer, plan: TrainPlan, cfg: TrainConfig, 
         state = {k: saved[k] for k in ("step", "loss_curve", "tokens_trained", "seconds")}
     model.train()
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else _null()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else nullcontext()
     t_session, t_mark, last_save = time.time(), time.time(), time.time()
     tok_session, steps_session = 0, 0
     for s, (epoch, micro) in enumerate(plan.steps):
@@ -300,7 +301,7 @@ def run_training(model_path: str, tokenizer, plan: TrainPlan, cfg: TrainConfig, 
                                     "tokens": state["tokens_trained"]})
         elapsed = max(time.time() - t_session, 1e-9)
         if progress is not None and rank == 0:
-            progress(phase=phase, done=step, total=total, tokens=state["tokens_trained"],
+            progress(phase=phase, done=step, total=total, unit="steps", tokens=state["tokens_trained"],
                      tokens_per_s=tok_session / elapsed, eta_s=(total - step) * elapsed / steps_session,
                      train_loss=loss_total / n_step, lr=lr, epoch=epoch)
         if rank != 0:
@@ -464,14 +465,6 @@ def _check_state(where: Path, state: dict, expect: dict) -> None:
     if state.get("total_steps") != expect["total_steps"] or state.get("config") != expect["config"]:
         raise ValueError(f"{where} belongs to another training run (other data or settings); "
                          "delete the folder or use another --out")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _base_model(model):

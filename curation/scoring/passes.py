@@ -138,7 +138,7 @@ def score_pass(model, fingerprint: str, ids: list[str], encoded: Sequence, setti
     have = settings.cache.load(key, set(ids))
     todo = [j for j, i in enumerate(ids) if i not in have or (embed and needs_embedding(have[i]))]
     total, done = len(ids), len(ids) - len(todo)
-    report(phase=phase, done=done, total=total, tokens=0, tokens_per_s=None, eta_s=None, cached=done)
+    report(phase=phase, done=done, total=total, unit="examples", tokens=0, tokens_per_s=None, eta_s=None, cached=done)
     if not todo:
         return have
     meta = {"model": fingerprint, "variant": variant, "template": settings.template,
