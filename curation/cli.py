@@ -45,8 +45,11 @@ def config_class(kind: str):
 
 
 class TqdmProgress:
-    """Shows a run's progress reports (:mod:`curation.progress`) as tqdm bars: examples while scoring, optimizer steps (with the
-    training loss) while training, and a line for every other phase."""
+    """Shows a run's progress reports (:mod:`curation.progress`) as tqdm bars: a bar for every phase
+    that counts done of a total in a unit (examples while scoring or evaluating, optimizer steps,
+    with the training loss, while training, ...), and a line for every other phase."""
+
+    SHORT = {"examples": "ex", "steps": "step"}  # tqdm shows the unit per second: ex/s, step/s
 
     def __init__(self):
         self.bar = None
@@ -56,19 +59,19 @@ class TqdmProgress:
         from tqdm import tqdm
 
         phase = str(p.get("phase") or "")
-        training = phase.startswith("training")
         if phase != self.phase:
             self.phase = phase
             self.close()
-            if phase.startswith("scoring") or training:
-                self.bar = tqdm(total=p.get("total"), initial=p.get("done") or 0, unit="step" if training else "ex",
-                                desc=phase, file=sys.stderr, dynamic_ncols=True)
-            else:
+            if not p.get("unit"):
                 print(f"[{phase}]", file=sys.stderr, flush=True)
+        if self.bar is None and p.get("unit") and p.get("total") is not None:  # a unit is reported with the work
+            unit = str(p["unit"])
+            self.bar = tqdm(total=p["total"], initial=p.get("done") or 0, unit=self.SHORT.get(unit, unit),
+                            desc=phase, file=sys.stderr, dynamic_ncols=True)
         if self.bar is None or p.get("done") is None:
             return
         self.bar.n = p["done"]
-        if training and p.get("train_loss") is not None:
+        if p.get("train_loss") is not None:
             self.bar.set_postfix_str(f"loss {p['train_loss']:.4f} {p.get('tokens_per_s') or 0:.0f} tok/s",
                                      refresh=False)
         elif p.get("tokens_per_s"):
@@ -367,17 +370,15 @@ def select_recipe(args) -> "Recipe":  # noqa: F821
     """The recipe from ``--recipe`` (if any) with the flags given on the command line on top."""
     from dataclasses import fields
 
-    from pathlib import Path
-
     from curation.scores import METHODS
     from curation.selection.recipe import Recipe, SelectionError
 
     values = {}
     if args.recipe:
-        if not Path(args.recipe).is_file():
-            raise SelectionError(f"--recipe {args.recipe}: no such recipe file")
-        values = Recipe.from_yaml(Path(args.recipe).read_text(encoding="utf-8"), args.recipe,
-                                  base=Path(args.recipe).parent).to_dict()
+        try:
+            values = Recipe.read(args.recipe).to_dict()
+        except SelectionError as e:
+            raise SelectionError(f"--recipe {e}") from None
     flags = {f.name: getattr(args, f.name) for f in fields(Recipe) if f.init and hasattr(args, f.name)}
     if flags.get("method") and flags["method"] != values.get("method"):
         values.pop("order", None)  # the old method's default order must not carry over
@@ -391,82 +392,26 @@ def select_recipe(args) -> "Recipe":  # noqa: F821
 
 def default_targets() -> dict[str, list[str]]:
     """The workspace's dev sets as targets (``dev/DOMAIN.jsonl``...), when ``--target`` is not given."""
-    from curation.data.load import source_stem
-    from curation.jobs.workspace import list_data_files
+    from curation.jobs.workspace import dev_targets
 
-    files = list_data_files(folder="dev")
-    if files:
-        print("targets: " + ", ".join(f"{source_stem(p.name)}={p}" for p in files) + " (the workspace's dev sets)",
-              file=sys.stderr)
-    return {source_stem(p.name): [str(p)] for p in files}
+    targets = dev_targets()
+    if targets:
+        print("targets: " + ", ".join(f"{d}={p}" for d, paths in targets.items() for p in paths)
+              + " (the workspace's dev sets)", file=sys.stderr)
+    return targets
 
 
 def select_export_command(args) -> int:
     if args.command == "select":
         from curation.selection.folder import Selection, select_run
+        from curation.selection.summary import summary_lines
 
         out = select_run(args.run, select_recipe(args), args.out)
         summary = Selection(out).summary()
         for w in summary["warnings"]:
             print(f"warning: {w}", file=sys.stderr)
-        if summary.get("contamination"):
-            c = summary["contamination"]
-            first = ", ".join(f"{f['example_id']} ({f['eval_example']})" for f in c["first"])
-            print(f"decontamination ({c['ngram']}-word n-grams, {len(c['eval_sets'])} eval set(s)): {c['flagged']} "
-                  f"flagged, {'excluded' if c['excluded'] else 'kept (--keep-contaminated)'}"
-                  + (f"; first: {first}" if first else ""))
-        if summary.get("diversity"):
-            dv = summary["diversity"]
-            print(f"diversity {dv['method']}: embedding clusters covered " + ", ".join(
-                f"{d} {v['coverage']:.0%} of {v['clusters']} (top-k {v['top_k_coverage']:.0%})"
-                for d, v in dv["by_domain"].items()))
-        if summary.get("dedup"):
-            d = summary["dedup"]
-            print(f"near-duplicates (threshold {d['threshold']:g}): {d['groups_with_duplicates']} group(s) of "
-                  f"{d['rows_in_such_groups']} examples; {d['dropped']} eligible duplicate(s) dropped")
-        t = summary["totals"]
-        print(f"selected {t['examples']} of {summary['budget']['pool_examples']} examples "
-              f"({t['tokens']} tokens; {t['eligible']} eligible) -> {out}/selected.parquet")
-        col = summary["score"]["column"]
-        for d, p in summary["domains"].items():
-            line = f"  {d}: {p['selected']} examples, {p['tokens']} tokens (share {p['share']:.3g})"
-            if col and col in summary["stats"]["selection"] and col != "s2l_cluster":
-                sel = summary["stats"]["selection"][col]["by_domain"].get(d, {})
-                rnd = summary["stats"].get("random", {}).get(col, {}).get("by_domain", {}).get(d, {})
-                if sel.get("count"):
-                    line += f"; mean {col} {sel['mean']:.4g}"
-                    if rnd.get("count"):
-                        line += f" (random baseline {rnd['mean']:.4g})"
+        for line in summary_lines(summary, out):
             print(line)
-        lq = summary["length"]
-        if lq["selection"]["all"]:
-            fmt = lambda q: "/".join(f"{v:.0f}" for v in q)  # noqa: E731
-            line = (f"response length p10/p25/p50/p75/p90: eligible {fmt(lq['eligible']['all'])}, "
-                    f"selection {fmt(lq['selection']['all'])}")
-            if lq.get("random", {}).get("all"):
-                line += f", random {fmt(lq['random']['all'])}"
-            print(line)
-        ts = summary["stats"]["selection"].get("target_sim")
-        if ts:
-            rnd = summary["stats"].get("random", {}).get("target_sim", {}).get("by_domain", {})
-            print("target similarity (RDS+ cosine, max over the domain's targets), mean: " + ", ".join(
-                f"{d} {v['mean']:.3f}" + (f" (random {rnd[d]['mean']:.3f})" if rnd.get(d, {}).get("count") else "")
-                for d, v in ts["by_domain"].items() if v.get("count")))
-        if summary.get("canaries"):
-            c = summary["canaries"]
-            sc = c["selection"]
-            print(f"canaries: {sc['corrupted']} of the {sc['selected']} selected examples are planted defects (random "
-                  f"baseline {sc['random_corrupted']}, a uniform sample's expectation {sc['random_expected']:.1f}); "
-                  "AUROC of keeping clean before corrupted: " + ", ".join(
-                      f"{k} {v['all']:.3f}" for k, v in c["auroc"].items() if v["all"] is not None))
-        if summary.get("decisions") and (summary["decisions"]["excluded"] or summary["decisions"]["kept"]):
-            dd = summary["decisions"]
-            print(f"curator decisions ({dd.get('source')}): {dd['excluded']} excluded, {dd['kept_selected']} of "
-                  f"{dd['kept']} kept selected first; kept with the selection as {out}/decisions.jsonl")
-        if summary.get("pick_stability"):
-            ps = summary["pick_stability"]
-            parts = [f"{d} {v['share']:.0%} (Jaccard {v['jaccard_mean']:.2f})" for d, v in ps["by_domain"].items()]
-            print(f"pick stability over {ps['runs']} reference runs (share of picks every other run makes; Jaccard with each): " + ", ".join(parts))
     else:
         from curation.export.writer import ExportConfig, export_selection
 
@@ -526,11 +471,9 @@ def add_decisions_parser(sub) -> None:
 
 
 def decisions_command(args) -> int:
-    from pathlib import Path
-
     from curation.jobs.workspace import list_runs
     from curation.runs.folder import Run
-    from curation.selection.decisions import DecisionStore, check_ids, where_found
+    from curation.selection.decisions import DecisionStore, check_ids, filter_decisions, read_ids, where_found
 
     store = DecisionStore(args.workspace)
     c = args.decisions_command
@@ -538,9 +481,9 @@ def decisions_command(args) -> int:
         ids = list(args.ids)
         if args.ids_from:
             try:
-                ids += [x.strip() for x in Path(args.ids_from).read_text(encoding="utf-8").splitlines() if x.strip()]
-            except (OSError, UnicodeDecodeError) as e:
-                raise ValueError(f"--ids-from {args.ids_from}: cannot read it ({e})") from None
+                ids += read_ids(args.ids_from)
+            except ValueError as e:
+                raise ValueError(f"--ids-from {e}") from None
         if not ids:
             raise ValueError("give example ids (or --ids-from FILE)")
         if args.decision == "" and not args.tag and not args.untag and args.note is None:
@@ -562,13 +505,8 @@ def decisions_command(args) -> int:
         print(f"removed the decisions of {n} example(s)" + ("" if n == len(set(args.ids)) else
                                                             f" ({len(set(args.ids)) - n} had none)"))
     elif c == "list":
-        df = store.table()
-        if args.kind in ("exclude", "keep"):
-            df = df[df["decision"] == args.kind]
-        elif args.kind == "tagged":
-            df = df[df["tags"].map(bool)]
-        if args.tag:
-            df = df[df["tags"].map(lambda t: args.tag in t)]
+        df = filter_decisions(store.table(), kinds=[args.kind] if args.kind in ("exclude", "keep") else (),
+                              tagged=args.kind == "tagged", tags=[args.tag] if args.tag else ())
         found = where_found(df["example_id"].tolist(), [Run(args.run)]) if args.run else None
         for r in df.itertuples(index=False):
             where = None if found is None else (found[r.example_id][0][1] if found[r.example_id] else None)

@@ -9,7 +9,7 @@ import streamlit as st
 
 from curation.jobs.workspace import list_runs
 from curation.runs.folder import Run
-from curation.selection.decisions import where_found
+from curation.selection.decisions import filter_decisions, where_found
 from pages.common import decision_actions, decision_store, undo_button, workspace
 
 st.title("Decisions")
@@ -42,17 +42,8 @@ else:
     doms = f3.multiselect("Domain", domains, default=[], key="dec_domains", placeholder="any domain")
     run_names = sorted({r for v in found.values() for r, _ in v})
     run_pick = f4.selectbox("Run", ["any run", "in no run", *run_names], key="dec_run")
-    sub = table
-    if kinds:
-        sub = sub[sub["kind"].isin(kinds)]
-    if tags:
-        sub = sub[sub["tags"].map(lambda ts: bool(set(ts) & set(tags)))]
-    if doms:
-        sub = sub[sub["example_id"].map(lambda i: bool({d for _, d in found[i]} & set(doms)))]
-    if run_pick == "in no run":
-        sub = sub[sub["runs"] == "in no run"]
-    elif run_pick != "any run":
-        sub = sub[sub["example_id"].map(lambda i: run_pick in {r for r, _ in found[i]})]
+    sub = filter_decisions(table, kinds=kinds, tags=tags, found=found, domains=doms,
+                           run=None if run_pick == "any run" else run_pick)
     counts = table["kind"].value_counts()
     m = st.columns(4)
     m[0].metric("Decisions", f"{len(table):,}")

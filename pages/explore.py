@@ -9,14 +9,13 @@ import streamlit as st
 
 from curation.config import field_info
 from curation.data import canary
-from curation.data.load import source_stem
 from curation.data.textnorm import conversation_text
 from curation.jobs.workspace import list_data_files
 from curation.runs.folder import Run, read_examples
 from curation.scores import LENGTH_COLUMNS, run_columns, score_columns
 from curation.selection import neardup
 from curation.selection.canaries import canary_report
-from curation.selection.recipe import Recipe
+from curation.selection.recipe import Recipe, targets_from_files
 from curation.views import aggregate, pool_map
 from curation.views.render import hover_text, preview
 from pages.common import decision_actions, decision_store, domain_colours, pick_run, score_picker, undo_button, workspace
@@ -158,10 +157,7 @@ def _targets(run_dir: str, mtime: float, files: tuple[str, ...]) -> dict:
     from curation.selection.target import embed_targets, target_columns
 
     run = Run(run_dir)
-    target: dict[str, list[str]] = {}
-    for f in files:
-        target.setdefault(source_stem(f), []).append(f)
-    got = embed_targets(run, target, set(df["example_id"].astype(str)))
+    got = embed_targets(run, targets_from_files(files), set(df["example_id"].astype(str)))
     sim = target_columns(run, df[["example_id", "domain"]], got)[["example_id", "target_sim"]]
     return {"sim": sim, "embedding": np.vstack([t.embedding for t in got.values()]),
             "labels": [x for t in got.values() for x in t.labels],

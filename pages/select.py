@@ -1,7 +1,6 @@
 """Select: method, order, budget, domain mix and thresholds -> a selection with live counts, beside
 the random baseline at the same budget and mix; save it as a re-appliable recipe."""
 
-import html
 
 import numpy as np
 import pandas as pd
@@ -9,17 +8,14 @@ import plotly.express as px
 import streamlit as st
 
 from curation.config import field_info
-from curation.data.load import source_stem
-from curation.jobs.workspace import list_data_files, mixes_dir, new_folder_name, safe_name, selections_dir
+from curation.jobs.workspace import dev_targets, list_data_files, mixes_dir, new_folder_name, safe_name, selections_dir
 from curation.runs.folder import Run
 from curation.scores import METHODS, SCORES, run_columns
-from curation.selection.annotate import annotate, annotation_key
-from curation.selection.apply import COVERAGE_CLUSTERS, apply_recipe
-from curation.selection.baselines import random_baseline
-from curation.selection.decisions import load_decisions
-from curation.selection.folder import Selection
-from curation.selection.recipe import Recipe
-from curation.selection.summary import length_profile, pick_stability
+from curation.selection.annotate import annotation_key
+from curation.selection.apply import COVERAGE_CLUSTERS
+from curation.selection.folder import Selection, apply_with_baseline, prepare_table
+from curation.selection.recipe import Recipe, budget_text, diversity_text, stratify_text
+from curation.selection.summary import detail_lines, length_profile, pick_stability
 from curation.validation.mix import latest_study
 from curation.validation.mixing_law import MixError
 from curation.views import aggregate
@@ -48,8 +44,7 @@ if method == "target" or st.session_state.get("sel_targets"):
     chosen_targets = t1.multiselect("Targets: examples of what you want more of (workspace/dev; the file name is the "
                                     "domain)", list(dev_files), default=list(dev_files) if method == "target" else [],
                                     key="sel_targets", help=field_info(Recipe, "target")["help"])
-    for n in chosen_targets:
-        targets.setdefault(source_stem(n), []).append(dev_files[n])
+    targets = dev_targets(ws, chosen_targets)
     if not has_rds:
         t2.caption("This run has no RDS+ embeddings (rds_embeddings.npy): score the data again into a new folder to "
                    "select toward targets.")
@@ -68,7 +63,7 @@ with c3:
     amount = b2.number_input("Budget", min_value=0.1 if unit == "% of pool" else 1.0,
                              max_value=100.0 if unit == "% of pool" else None,
                              value=defaults[unit], step=1.0, key=f"sel_amount_{unit}")
-budget = {"% of pool": f"{amount:g}%", "examples": f"{int(amount)}", "tokens": f"{int(amount)}tok"}[unit]
+budget = budget_text(amount, {"% of pool": "percent", "examples": "count", "tokens": "tokens"}[unit])
 
 m1, m2, m3 = st.columns([1, 3, 1])
 natural = m1.toggle("Natural mix", value=True, key="sel_natural",
@@ -140,7 +135,7 @@ if order is not None:
     k1, k2 = st.columns(2)
     q = k1.number_input("Length strata (0: off)", 0, 20, 0, key="sel_strata",
                         help=field_info(Recipe, "stratify")["help"])
-    stratify = f"length:{int(q)}" if q >= 2 else None
+    stratify = stratify_text(int(q))
     t = k2.number_input("Temperature (0: plain top-k)", 0.0, 100.0, 0.0, 0.1, key="sel_temperature",
                         help=field_info(Recipe, "temperature")["help"] + "; uses the seed")
     temperature = float(t) if t > 0 else None
@@ -153,7 +148,7 @@ if order is not None:
                    disabled=not has_emb, help=field_info(Recipe, "diversity")["help"])
     n_cl = v2.number_input("Clusters", 2, 1000, COVERAGE_CLUSTERS, key="sel_div_clusters",
                            disabled=div != "clusters")
-    diversity = None if div == "off" or not has_emb else "kcenter" if div == "kcenter" else f"clusters:{int(n_cl)}"
+    diversity = diversity_text(div if has_emb else "off", int(n_cl))
     if not has_emb:
         st.caption("This run has no embeddings (embeddings.npy): score the data again into a new folder to pick "
                    "for diversity.")
@@ -198,15 +193,13 @@ except (ValueError, TypeError) as e:
 
 @st.cache_data(show_spinner="Reading the pool's texts (near-duplicates, contamination)...", max_entries=8)
 def _annotate(run_dir: str, mtime: float, key: tuple, _recipe: Recipe):  # cached by key only
-    decisions = load_decisions(_recipe.decisions)  # the snapshot applied is the one saved with the selection
-    return annotate(Run(run_dir), df, _recipe, decisions=decisions), decisions
+    return prepare_table(Run(run_dir), df, _recipe)  # the decisions applied are the ones saved with the selection
 
 
 @st.cache_data(show_spinner="Selecting...", max_entries=16)
 def _apply(run_dir: str, mtime: float, recipe: Recipe, key: tuple):  # key: what annotate adds, decisions included
     table, decisions = _annotate(run_dir, mtime, key, recipe)
-    sel = apply_recipe(table, recipe, run.get("kind"))
-    base = sel if recipe.method == "random" else random_baseline(table, recipe, run.get("kind"))
+    sel, base = apply_with_baseline(table, recipe, run.get("kind"))
     return table, sel, base, pick_stability(table, sel, run.get("kind")), decisions
 
 
@@ -227,18 +220,11 @@ tot1.metric("Selected", f"{len(sel.rows):,}", help="examples")
 tot2.metric("of the pool", f"{len(sel.rows) / max(len(df), 1):.1%}")
 tot3.metric("Tokens", f"{int(sel.rows['n_tokens'].sum()):,}")
 tot4.metric("Eligible after thresholds", f"{int(sel.eligible_mask.sum()):,}")
-if "decisions" in sel.details:
-    dd = sel.details["decisions"]
-    st.info(f"Curator decisions: {dd['excluded']:,} example(s) of this run excluded (never selected), "
-            f"{dd['kept_selected']:,} of {dd['kept']:,} kept example(s) selected first"
-            + (f"; {len(dd['kept_not_selectable'])} kept example(s) cannot be selected (see the warning)"
-               if dd["kept_not_selectable"] else "") + ". Manage them on the Decisions page.")
-if "contamination" in sel.details:
-    c = sel.details["contamination"]
-    st.info(f"Decontamination ({c['ngram']}-word n-grams): {c['flagged']} pool example(s) share an n-gram with the eval "
-            f"set(s), {'excluded' if c['excluded'] else 'kept (report only)'}."
-            + (" First: " + ", ".join(f"`{f['example_id']}` ({html.escape(str(f['eval_example']))})" for f in c["first"])
-               if c["first"] else ""))
+notes = detail_lines(sel.details, markup=True)
+if "decisions" in notes:
+    st.info(notes["decisions"] + " Manage them on the Decisions page.")
+if "contamination" in notes:
+    st.info(notes["contamination"])
 if "diversity" in sel.details:
     dv = sel.details["diversity"]
     st.dataframe(pd.DataFrame([{"domain": d, "embedding clusters": v["clusters"], "covered by the selection": f"{v['coverage']:.0%}",
@@ -246,11 +232,8 @@ if "diversity" in sel.details:
                  hide_index=True, width="stretch")
     st.caption(f"Coverage: the share of each domain's k-means clusters of the embeddings that the selection touches "
                f"({dv['method']}), beside plain top-k at the same budget.")
-if "dedup" in sel.details:
-    d = sel.details["dedup"]
-    st.info(f"Near-duplicates (threshold {d['threshold']:g}): {d['groups_with_duplicates']} group(s) holding "
-            f"{d['rows_in_such_groups']} examples; {d['dropped']} eligible duplicate(s) left out (the best-ranked of "
-            "each group stays). The groups are listed on the Explore page.")
+if "dedup" in notes:
+    st.info(notes["dedup"] + " The groups are listed on the Explore page.")
 counts = pd.DataFrame([{
     "domain": d, "pool": p.pool, "eligible": p.eligible, "selected": p.selected, "kept": p.kept, "tokens": p.tokens,
     "random: selected": base.domains[d].selected if d in base.domains else 0,

@@ -326,3 +326,53 @@ def test_prompt_completion_export_loads_and_trains_in_trl_on_the_completion_only
         assert ex["labels"][: len(ex["labels"]) - len(labelled)] == [-100] * (len(ex["labels"]) - len(labelled))
     result = trainer.train()
     assert np.isfinite(result.training_loss)
+
+
+def test_decision_filters_by_kind_tag_domain_and_run(tmp_path):
+    from curation.selection.decisions import filter_decisions
+
+    store = DecisionStore(tmp_path)
+    a, b, c = "a" * 16, "b" * 16, "c" * 16
+    store.set([a], decision="exclude", add_tags=["typo"])
+    store.set([b], decision="keep")
+    store.set([c], add_tags=["long"])
+    table = store.table()
+    ids = lambda t: sorted(t["example_id"])  # noqa: E731
+    assert ids(filter_decisions(table)) == [a, b, c]
+    assert ids(filter_decisions(table, kinds=["tag only"])) == [c]
+    assert ids(filter_decisions(table, kinds=["exclude", "keep"])) == [a, b]
+    assert ids(filter_decisions(table, tagged=True)) == [a, c]
+    assert ids(filter_decisions(table, tags=["long", "other"])) == [c]
+    found = {a: [("run1", "math")], b: [("run2", "chat")], c: []}
+    assert ids(filter_decisions(table, found=found, domains=["chat"])) == [b]
+    assert ids(filter_decisions(table, found=found, run="in no run")) == [c]
+    assert ids(filter_decisions(table, found=found, run="run1", tagged=True)) == [a]
+
+
+def test_decisions_and_id_files_are_read_bounded_on_every_path(tmp_path, monkeypatch, capsys):
+    """Issue 30 #2: a decisions or id file is read like the loader reads records (regular files only,
+    a size limit, bounded lines), by import, --ids-from and a recipe's --decisions FILE alike."""
+    from curation.cli import main
+    from curation.selection import decisions as dec
+
+    long_line = tmp_path / "long.jsonl"
+    long_line.write_text(json.dumps({"example_id": "a" * 16, "decision": "exclude", "note": "x" * 100}) + "\n")
+    monkeypatch.setattr(dec, "MAX_LINE_BYTES", 50)
+    with pytest.raises(DecisionError, match=r"long.jsonl line 1: \d+ bytes, longer than a line"):
+        DecisionStore(tmp_path / "ws").import_jsonl(long_line)
+    with pytest.raises(DecisionError, match="line 1: .* longer than a line of a decisions file"):
+        load_decisions(str(long_line))  # a recipe's decisions: FILE
+    monkeypatch.setattr(dec, "MAX_LINE_BYTES", 64_000)
+    monkeypatch.setattr(dec, "MAX_FILE_BYTES", 100)
+    big = tmp_path / "ids.txt"
+    big.write_text(("a" * 16 + "\n") * 10)
+    assert main(["decisions", "add", "--ids-from", str(big), "--exclude", "--allow-unknown",
+                 "--workspace", str(tmp_path / "ws")]) == 2
+    assert "--ids-from " + str(big) + ": 170 bytes, more than a file of ids may have (100); split it" in capsys.readouterr().err
+    for special in ("/dev/zero", str(tmp_path)):  # a device, a folder: refused unread
+        assert main(["decisions", "import", special, "--workspace", str(tmp_path / "ws")]) == 2
+        assert f"{special}: not a regular file" in capsys.readouterr().err
+        assert main(["decisions", "add", "--ids-from", special, "--exclude", "--workspace", str(tmp_path / "ws")]) == 2
+        assert "not a regular file" in capsys.readouterr().err
+    monkeypatch.setattr(dec, "MAX_FILE_BYTES", 1000)
+    assert dec.read_ids(big) == ["a" * 16] * 10

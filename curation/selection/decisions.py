@@ -34,7 +34,9 @@ DB_NAME = "decisions.sqlite"
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
 MAX_TAGS, MAX_TAG, MAX_NOTE = 50, 80, 2000
 MAX_ACTIONS = 200  # undo depth
-MAX_IDS = 1_000_000  # examples one action may touch
+MAX_IDS = 1_000_000  # examples one action may touch (and decisions one file may hold)
+MAX_FILE_BYTES = 256_000_000  # a decisions or id file larger than this is refused unread
+MAX_LINE_BYTES = 64_000  # one decision (at most 50 tags and a 2,000-character note) fits many times over
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -131,18 +133,51 @@ def check_ids(ids) -> list[str]:
     return ids
 
 
+def file_lines(path: str | Path, what: str = "decisions file"):
+    """``(line number, text)`` of every non-empty line of a decisions or id file, read the way the
+    loader reads records (:func:`curation.data.readers.bounded_lines`): a regular file only (not a
+    folder, a device such as /dev/zero or a pipe), at most :data:`MAX_FILE_BYTES`, streamed line by
+    line with each line at most :data:`MAX_LINE_BYTES`, and at most :data:`MAX_IDS` lines."""
+    from curation.data.readers import bounded_lines
+
+    p = Path(path)
+    if not p.exists():
+        raise DecisionError(f"{p}: no such {what}")
+    if not p.is_file():
+        raise DecisionError(f"{p}: not a regular file; give a {what} (one entry a line)")
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise DecisionError(f"{p}: {size:,} bytes, more than a {what} may have ({MAX_FILE_BYTES:,}); split it")
+    count = 0
+    try:
+        for n, raw, length in bounded_lines(p, MAX_LINE_BYTES):
+            if raw is None:
+                raise DecisionError(f"{p} line {n}: {length:,} bytes, longer than a line of a {what} may be "
+                                    f"({MAX_LINE_BYTES:,}); is this the right file?")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DecisionError(f"{p} line {n}: not UTF-8 text; is this the right file?") from None
+            if text.strip():
+                count += 1
+                if count > MAX_IDS:
+                    raise DecisionError(f"{p}: more than {MAX_IDS:,} entries in one {what}; split it")
+                yield n, text
+    except OSError as e:
+        raise DecisionError(f"{p}: cannot read the {what} ({e})") from None
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """The example ids of a file, one a line (blank lines skipped), read bounded (:func:`file_lines`)."""
+    return [text.strip() for _, text in file_lines(path, "file of ids")]
+
+
 def read_jsonl(path: str | Path) -> Decisions:
     """A decisions file (one object a line, see the module docstring); every line is checked first,
-    and a malformed one is refused by its line number."""
+    and a malformed one is refused by its line number.  Read bounded (:func:`file_lines`)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DecisionError(f"{p}: cannot read the decisions file ({e})") from None
     rows: dict[str, dict] = {}
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for n, line in file_lines(p):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
@@ -357,6 +392,30 @@ def where_found(ids, runs) -> dict[str, list[tuple[str, str]]]:
         for i, d in zip(hit["example_id"].astype(str), hit["domain"].astype(str)):
             out[i].append((run.name, d))
     return out
+
+
+def filter_decisions(table, kinds=(), tags=(), tagged: bool = False, found=None, domains=(), run: str | None = None):
+    """The rows of a decisions table (:meth:`DecisionStore.table`) that pass every filter given:
+    ``kinds`` (any of exclude, keep, ``tag only``), ``tagged`` (any tag at all), ``tags`` (any of
+    them); with ``found`` (:func:`where_found` of the table's ids): ``domains`` (held in a run under
+    any of them) and ``run`` (a run's name, or ``"in no run"``)."""
+    import pandas as pd
+
+    ids = table["example_id"]
+    keep = pd.Series(True, index=table.index, dtype=bool)
+    if kinds:
+        keep &= table["decision"].fillna("tag only").isin(list(kinds))
+    if tagged:
+        keep &= table["tags"].map(bool).astype(bool)
+    if tags:
+        keep &= table["tags"].map(lambda ts: bool(set(ts) & set(tags))).astype(bool)
+    if domains:
+        keep &= ids.map(lambda i: bool({d for _, d in found[i]} & set(domains))).astype(bool)
+    if run == "in no run":
+        keep &= ids.map(lambda i: not found[i]).astype(bool)
+    elif run is not None:
+        keep &= ids.map(lambda i: run in {r for r, _ in found[i]}).astype(bool)
+    return table[keep]
 
 
 def load_decisions(spec: str, workspace: str | Path | None = None) -> Decisions:
