@@ -12,6 +12,7 @@ import sys
 
 from curation import __version__
 from curation.config import add_arguments, from_arguments
+from curation.progress import format_duration
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,13 +299,6 @@ def _fmt_time(ts) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
-def _fmt_duration(s) -> str:
-    if s is None:
-        return "-"
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def _fmt_progress(st: dict) -> str:
     if st["total"] is None:
         return "-"
@@ -320,13 +314,13 @@ def _print_job(st: dict, ws_flag: str = "") -> None:
     if st["tokens_per_s"]:
         line += f", {st['tokens_per_s']:.0f} tok/s"
     if st["eta_s"] is not None and st["state"] == "running":
-        line += f", ETA {_fmt_duration(st['eta_s'])}"
+        line += f", ETA {format_duration(st['eta_s'])}"
     print(line)
     print(f"  device    {st['device']}, worker pid {st['pid'] or '-'}, attempt {st['attempts']}"
           + (f", heartbeat {st['heartbeat_age_s']:.0f}s ago" if st["heartbeat_age_s"] is not None else "")
           + (f", position {st['queue_position']} in queue" if st["queue_position"] else ""))
     print(f"  times     created {_fmt_time(st['created'])}, started {_fmt_time(st['started'])}, "
-          f"finished {_fmt_time(st['finished'])}, elapsed {_fmt_duration(st['elapsed_s'])}")
+          f"finished {_fmt_time(st['finished'])}, elapsed {format_duration(st['elapsed_s'])}")
     print(f"  out       {st['out']}")
     print(f"  log       {st['log']}")
     if st["error"]:
@@ -342,7 +336,7 @@ def _print_job_table(rows: list[dict]) -> None:
     cols = [("ID", lambda r: r["id"]), ("KIND", lambda r: r["kind"]), ("STATE", lambda r: r["state"]),
             ("PROGRESS", _fmt_progress), ("PHASE", lambda r: r["phase"] or "-"),
             ("DEVICE", lambda r: r["device"]), ("CREATED", lambda r: _fmt_time(r["created"])),
-            ("ELAPSED", lambda r: _fmt_duration(r["elapsed_s"]))]
+            ("ELAPSED", lambda r: format_duration(r["elapsed_s"]))]
     table = [[h for h, _ in cols]] + [[str(f(r)) for _, f in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     for row in table:

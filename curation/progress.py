@@ -22,6 +22,15 @@ Progress = Callable[..., None]
 PHASE_FIELDS = ("committed", "eta_s", "cached", "unit")
 
 
+def format_duration(seconds, missing: str = "-") -> str:
+    """An ETA or an elapsed time for people: ``1h 02m``, ``3m 05s``, ``42s`` (``missing`` when
+    unknown: None or NaN).  The CLI's job tables and the dashboard's job panel both show it."""
+    if seconds is None or seconds != seconds:  # None or NaN
+        return missing
+    s = int(round(seconds))
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 def silent(**fields) -> None:
     """A progress callback that discards every report."""
 

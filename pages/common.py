@@ -14,6 +14,7 @@ import streamlit as st
 from curation.config import field_info
 from curation.jobs import store as jobs
 from curation.jobs.workspace import ensure_layout, list_folders, list_runs
+from curation.progress import format_duration
 from curation.runs.folder import Run
 from curation.scores import SCORES
 from curation.views import render
@@ -147,13 +148,6 @@ def conversation(messages, **kw) -> None:
     st.html(render.conversation_html(messages, **kw))
 
 
-def fmt_duration(s) -> str:
-    if s is None or pd.isna(s):
-        return "–"
-    s = int(s)
-    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
-
-
 def jobs_panel(ws: Path, key: str, kinds: tuple[str, ...] | None = None, empty: str = "No job yet.") -> None:
     """The live job list (polled every 2 s in a fragment: only it reruns): progress, tokens/s, ETA,
     cancel; the history with states and errors; resume; the log of the last failure."""
@@ -180,8 +174,8 @@ def jobs_panel(ws: Path, key: str, kinds: tuple[str, ...] | None = None, empty: 
                 cols = st.columns(5 if workers is not None else 4)
                 cols[0].metric("Tokens", f"{j.get('tokens') or 0:,}")
                 cols[1].metric("Tokens/s", f"{j['tokens_per_s']:.0f}" if j.get("tokens_per_s") else "–")
-                cols[2].metric("ETA (phase)", fmt_duration(j.get("eta_s")))
-                cols[3].metric("Elapsed", fmt_duration(j.get("elapsed_s")))
+                cols[2].metric("ETA (phase)", format_duration(j.get("eta_s"), "–"))
+                cols[3].metric("Elapsed", format_duration(j.get("elapsed_s"), "–"))
                 if workers is not None:
                     cols[4].metric("Ray workers alive", workers)
                 if j["state"] == "queued" and j.get("queue_position"):
@@ -197,7 +191,7 @@ def jobs_panel(ws: Path, key: str, kinds: tuple[str, ...] | None = None, empty: 
             "job": j["id"], "kind": j["kind"], "state": j["state"], "phase": j.get("phase"),
             "done": f"{j.get('done') or 0}/{j.get('total') or '?'}",
             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(j["started"])) if j.get("started") else "",
-            "elapsed": fmt_duration(j.get("elapsed_s")), "error": j.get("error") or "", "output": j.get("out"),
+            "elapsed": format_duration(j.get("elapsed_s"), "–"), "error": j.get("error") or "", "output": j.get("out"),
         } for j in all_jobs]), hide_index=True, width="stretch")
         resumable = [j["id"] for j in all_jobs if j["state"] in jobs.RESUMABLE_STATES]
         if resumable:

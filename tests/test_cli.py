@@ -23,3 +23,4 @@ def test_every_phase_that_counts_done_of_a_total_gets_a_bar_in_its_unit(capsys):
     bars.close()
     err = capsys.readouterr().err
     assert "[loading data]" in err and "[writing tables]" in err and "[evaluating" not in err
+
