@@ -18,11 +18,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def workspace_root(workspace: str | Path | None = None) -> Path:
-    """The workspace folder the dashboard, the jobs and the curator's decisions share: the argument,
-    else ``$CURATION_WORKSPACE``, else ``./workspace``."""
-    if workspace is not None:
-        return Path(workspace)
-    return Path(os.environ.get("CURATION_WORKSPACE") or "workspace")
+    """THE workspace folder the dashboard, the jobs and the curator's decisions share: the argument,
+    else ``$CURATION_WORKSPACE``, else ``./workspace``; absolute (workers run in other folders than
+    their submitter).  A file there is refused (one line naming it)."""
+    root = Path(workspace if workspace is not None else os.environ.get("CURATION_WORKSPACE") or "workspace")
+    root = root.expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--workspace {root} is a file; give the workspace folder (it holds the data, the runs, "
+                         "jobs.sqlite and decisions.sqlite)")
+    return root
 
 
 def pid_running(pid: int) -> bool:

@@ -46,7 +46,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from curation.atomic import write_json
-from curation.system import PROJECT_ROOT, process_alive, process_start_time
+from curation.system import PROJECT_ROOT, process_alive, process_start_time, workspace_root
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -116,17 +116,6 @@ class JobCancelled(BaseException):
 # public API
 
 
-def workspace_dir(workspace: str | os.PathLike | None = None) -> Path:
-    """The workspace folder as an absolute path: the argument, ``$CURATION_WORKSPACE`` or
-    ``./workspace``.  Absolute because workers run in other folders than their submitter."""
-    from curation.jobs.workspace import workspace_root
-
-    root = workspace_root(workspace).expanduser().resolve()
-    if root.exists() and not root.is_dir():
-        raise JobError(f"--workspace {root} is a file; give the workspace folder (it holds {DB_NAME})")
-    return root
-
-
 def submit(kind: str, config, workspace: str | os.PathLike | None = None) -> str:
     """Queue a ``kind`` job with ``config`` and return its id (see :meth:`JobStore.submit`)."""
     return JobStore(workspace).submit(kind, config)
@@ -186,7 +175,7 @@ class JobStore:
     """
 
     def __init__(self, workspace: str | os.PathLike | None = None, keep_open: bool = False):
-        self.ws = workspace_dir(workspace)
+        self.ws = workspace_root(workspace)
         self.path = self.ws / DB_NAME
         self._conn = None if not keep_open else connect(self.ws)  # a worker writes often: one connection
 

@@ -73,7 +73,7 @@ def exports_dir(workspace=None) -> Path:
 
 def leaves_workspace(path: Path, workspace=None) -> bool:
     """Whether ``path`` (a link, or inside a linked folder) resolves to a place outside the workspace."""
-    root = workspace_root(workspace).resolve()
+    root = workspace_root(workspace)
     return not path.resolve().is_relative_to(root)
 
 

@@ -193,7 +193,7 @@ class DecisionStore:
     def __init__(self, workspace: str | Path | None = None):
         from curation.system import workspace_root
 
-        self.ws = workspace_root(workspace).expanduser().resolve()
+        self.ws = workspace_root(workspace)
         if self.ws.exists() and not self.ws.is_dir():
             raise DecisionError(f"--workspace {self.ws} is a file; give the workspace folder")
         self.path = self.ws / DB_NAME
