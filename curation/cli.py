@@ -509,7 +509,7 @@ def decisions_command(args) -> int:
                        "page": r.page, "updated": r.updated}
                 if found is not None:
                     obj["in_run"], obj["domain"] = where is not None, where
-                print(json.dumps(obj, ensure_ascii=False))
+                print(json.dumps(obj, ensure_ascii=False, allow_nan=False))
             else:
                 run_part = "" if found is None else ("  " + (f"in run ({where})" if where else "not in this run"))
                 print(f"{r.example_id}  {r.decision or '-':<7}  {','.join(r.tags) or '-'}{run_part}"

@@ -376,3 +376,24 @@ def test_decisions_and_id_files_are_read_bounded_on_every_path(tmp_path, monkeyp
         assert "not a regular file" in capsys.readouterr().err
     monkeypatch.setattr(dec, "MAX_FILE_BYTES", 1000)
     assert dec.read_ids(big) == ["a" * 16] * 10
+
+
+def test_a_tag_only_decision_is_listed_as_valid_json_with_no_decision(tmp_path, capsys):
+    """Issue 30 #5: decisions list --json wrote NaN (invalid JSON) for a tag-only decision; the text said nan."""
+    from curation.cli import main
+
+    ws = str(tmp_path / "ws")
+    assert main(["decisions", "add", "a" * 16, "--tag", "typo", "--allow-unknown", "--workspace", ws]) == 0
+    assert main(["decisions", "add", "b" * 16, "--exclude", "--allow-unknown", "--workspace", ws]) == 0
+    capsys.readouterr()
+    assert main(["decisions", "list", "--json", "--workspace", ws]) == 0
+
+    def refuse(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    rows = [json.loads(x, parse_constant=refuse) for x in capsys.readouterr().out.splitlines()]
+    assert {r["example_id"][0]: r["decision"] for r in rows} == {"a": None, "b": "exclude"}
+    assert DecisionStore(ws).table()["decision"].tolist().count(None) == 1
+    assert main(["decisions", "list", "--workspace", ws]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and f"{'a' * 16}  -        typo" in out

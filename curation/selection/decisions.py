@@ -234,7 +234,8 @@ class DecisionStore:
         return Decisions(rows, str(self.path))
 
     def table(self):
-        """Every decision with its time and page, newest first (a DataFrame)."""
+        """Every decision with its time and page, newest first (a DataFrame; ``decision`` is
+        exclude, keep or None for a tag-only one)."""
         import pandas as pd
 
         cols = ["example_id", "decision", "tags", "note", "page", "created", "updated"]
@@ -244,6 +245,8 @@ class DecisionStore:
             rows = [dict(r) for r in conn.execute("SELECT * FROM decisions ORDER BY updated DESC, example_id")]
         df = pd.DataFrame(rows, columns=cols)
         df["tags"] = df["tags"].map(json.loads)
+        # A tag-only decision has no decision: None, as in the file format (pandas would make it NaN).
+        df["decision"] = df["decision"].astype(object).where(df["decision"].notna(), None)
         return df
 
     def can_undo(self) -> str | None:
