@@ -118,8 +118,6 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
     ``progress`` receives dicts with ``phase, done, total`` and, where known, ``tokens,
     tokens_per_s, eta_s`` (and ``train_loss, lr`` while training).
     """
-    from curation.runs.formulas import (derived_columns, heldout_agreement, heldout_columns, s2l_clusters,
-                                   stability_columns, stability_summary)
     from curation.scoring.engine import open_engine
     from curation.data.load import RecordError
     from curation.runs.steps import claim, load_inputs, tokenise, write_tables
@@ -184,23 +182,12 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
 
         with timings("cluster_and_assemble"):
             report(phase="clustering trajectories (S2L)", done=0, total=None)
-            L = np.stack([losses_of(p, ids) for p in passes], axis=1)  # (n_examples, K+1)
-            columns = {f"loss_ckpt_{k}": L[:, k] for k in range(K + 1)}
-            columns.update(derived_columns(L))
-            ifd, mismatches = ifd_column(ids, encoded, passes[0], alone, alone_rows)
-            columns["ifd"] = ifd
-            clusters = s2l_clusters(L, cfg.n_clusters, cfg.seed)
-            if folds is not None:
-                columns["fold"] = folds
-                columns.update(heldout_columns(L[:, 0], heldout))
-                meta["heldout_agreement"] = heldout_agreement(columns, table.column("domain").to_pylist())
-            if extra_refs:
-                columns.update(stability_columns(L[:, 0], [L[:, -1], *extra_refs]))
-                meta["stability"] = stability_summary(columns, table.column("domain").to_pylist(),
-                                                      runs=cfg.stability_runs, settings=[
-                                                          cfg.train_config().result_key(),
-                                                          *[t.result_key() for t in cfg.stability_settings()]])
-                run.write_stability(meta["stability"])
+            columns, clusters, mismatches, found = assemble_columns(
+                cfg, ids, encoded, passes, (alone, alone_rows), table.column("domain").to_pylist(),
+                folds, heldout, extra_refs)
+            meta.update(found)
+            if "stability" in found:
+                run.write_stability(found["stability"])
         report(phase="writing tables")
         scores = write_tables(run, table, encoded, passes[0], rejected, ref_rows=passes[-1],
                               extra_columns=arrow_columns(columns, clusters))
@@ -215,6 +202,33 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
         run.finish(meta)
         report(phase="done", done=len(examples), total=len(examples))
     return run.path
+
+
+def assemble_columns(cfg: LearnConfig, ids, encoded, passes, ifd_passes, domains, folds, heldout, extra_refs):
+    """The columns a learn run adds to its table, from its passes: the trajectory
+    ``loss_ckpt_0..K`` (one pass per checkpoint), davir/rho/ppl (:func:`derived_columns`), ifd (the
+    base pass and the responses alone, ``ifd_passes``), the folds' held-out scores and the
+    stability runs' columns.  Returns ``(columns, s2l clusters, ifd token mismatches, meta)``, where
+    ``meta`` holds the held-out agreement and the stability summary when there are folds or runs."""
+    from curation.runs.formulas import (derived_columns, heldout_agreement, heldout_columns, s2l_clusters,
+                                        stability_columns, stability_summary)
+
+    K = len(passes) - 1
+    L = np.stack([losses_of(p, ids) for p in passes], axis=1)  # (n_examples, K+1)
+    columns = {f"loss_ckpt_{k}": L[:, k] for k in range(K + 1)}
+    columns.update(derived_columns(L))
+    columns["ifd"], mismatches = ifd_column(ids, encoded, passes[0], *ifd_passes)
+    clusters = s2l_clusters(L, cfg.n_clusters, cfg.seed)
+    meta = {}
+    if folds is not None:
+        columns["fold"] = folds
+        columns.update(heldout_columns(L[:, 0], heldout))
+        meta["heldout_agreement"] = heldout_agreement(columns, domains)
+    if extra_refs:
+        columns.update(stability_columns(L[:, 0], [L[:, -1], *extra_refs]))
+        meta["stability"] = stability_summary(columns, domains, runs=cfg.stability_runs, settings=[
+            cfg.train_config().result_key(), *[t.result_key() for t in cfg.stability_settings()]])
+    return columns, clusters, mismatches, meta
 
 
 # ----------------------------------------------------------------------------------------------
