@@ -300,6 +300,9 @@ except ValueError as e:  # a damaged truth file: say which
 if truth is not None:
     st.subheader("Planted defects (canaries)")
     rep = canary_report(df, truth)
+    if rep.get("warning"):
+        st.warning(rep["warning"][0].upper() + rep["warning"][1:] + ".")
+if truth is not None and rep["covered"]:
     st.caption(f"This run scored a canary pool: {rep['corrupted']:,} of {rep['examples']:,} examples carry a planted "
                "defect (" + ", ".join(f"{k} {n}" for k, n in rep["by_kind"].items()) + "). AUROC: the chance that the "
                "score, in its own direction, keeps a clean example before a corrupted one (1 = it finds every "

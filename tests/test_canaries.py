@@ -52,3 +52,28 @@ def test_a_selection_over_a_canary_pool_counts_its_defects_against_random(tmp_pa
     assert sum(c["selection"]["by_kind"].values()) == 0
     r = Selection(select_run(run, Recipe(method="random", budget="40", decisions="none"), tmp_path / "r")).summary()
     assert r["canaries"]["selection"]["corrupted"] == r["canaries"]["selection"]["random_corrupted"]
+
+
+def test_a_truth_that_does_not_cover_the_run_is_said_never_used_silently(tmp_path, pool):
+    """Issue 30 #6: a truth covering part of the run (or none of it) gave '0 planted selected' and blank
+    AUROCs without a word: the summary says how much it covers, and counts the covered examples only."""
+    from curation.selection.folder import Selection, select_run
+    from curation.selection.recipe import Recipe
+    from tests.synthetic import make_run
+
+    out = plant(CanaryConfig(sources=pool[:2], out=str(tmp_path / "c"), rate=0.3, seed=1))
+    run = make_run(tmp_path / "run", [f"math={out / 'math.jsonl'}", f"chat={out / 'chat.jsonl'}"])
+    lines = (out / "canary_truth.jsonl").read_text().splitlines()
+    n = len(lines)
+    part = [x for x in lines if json.loads(x)["domain"] == "math"]
+    (out / "canary_truth.jsonl").write_text("\n".join(part) + "\n")  # the truth of the math source only
+    s = Selection(select_run(run, Recipe(method="random", budget=str(n), decisions="none"), tmp_path / "s1")).summary()
+    assert s["canaries"]["covered"] == len(part) and s["canaries"]["run_examples"] == n
+    assert any(f"covers {len(part)} of its {n} examples" in w for w in s["warnings"])
+    planted = sum(json.loads(x)["kind"] != "clean" for x in part)
+    assert s["canaries"]["selection"]["corrupted"] == planted and s["canaries"]["selection"]["not_covered"] == n - len(part)
+    stale = [json.dumps({**json.loads(x), "example_id": f"{i:016x}"}) for i, x in enumerate(lines)]
+    (out / "canary_truth.jsonl").write_text("\n".join(stale) + "\n")  # another pool's truth: covers none
+    s = Selection(select_run(run, Recipe(method="random", budget="10", decisions="none"), tmp_path / "s2")).summary()
+    assert "canaries" not in s and any(f"covers none of its {n} examples" in w for w in s["warnings"])
+    assert canary_report(pd.DataFrame({"example_id": ["a"], "domain": ["x"]}), pd.Series({"b": "clean"}))["warning"]

@@ -40,6 +40,7 @@ def canary_report(table, kind) -> dict:
     ``clean`` or a kind (:func:`curation.data.canary.truth_for`)."""
     k = table["example_id"].astype(str).map(kind)
     known = k.notna().to_numpy()
+    coverage = truth_coverage(int(known.sum()), len(table))
     df = table[known].reset_index(drop=True)
     k = k[known].astype(str).to_numpy()
     dom = df["domain"].astype(str).to_numpy()
@@ -47,7 +48,7 @@ def canary_report(table, kind) -> dict:
     out = {"examples": int(len(df)), "corrupted": int(bad.sum()),
            "by_domain": {d: {"examples": int((dom == d).sum()), "corrupted": int((bad & (dom == d)).sum())}
                          for d in sorted(set(dom))},
-           "by_kind": {x: int((k == x).sum()) for x in sorted(set(k)) if x != "clean"}, "auroc": {}}
+           "by_kind": {x: int((k == x).sum()) for x in sorted(set(k)) if x != "clean"}, "auroc": {}, **coverage}
     for s in SCORES.values():
         col = s.source_column(df.columns)
         if not s.ranks or col is None:
@@ -60,14 +61,30 @@ def canary_report(table, kind) -> dict:
     return out
 
 
+def truth_coverage(covered: int, run_examples: int) -> dict:
+    """How much of a run the canary truth covers: ``covered``, ``run_examples`` and, when it is not
+    all of it, a ``warning`` saying what the numbers then mean."""
+    out = {"covered": covered, "run_examples": run_examples}
+    if covered == 0:
+        out["warning"] = (f"the canary truth beside the run's sources covers none of its {run_examples} examples: it "
+                          "is not this run's truth (was the canary pool written again after the run was scored?); "
+                          "no canary numbers are reported")
+    elif covered < run_examples:
+        out["warning"] = (f"the canary truth beside the run's sources covers {covered} of its {run_examples} "
+                          "examples; the canary numbers count the covered examples only (score the canary pool "
+                          "alone, or plant canaries in the whole pool, to cover them all)")
+    return out
+
+
 def selection_counts(kind_of_selected, kind_of_random, eligible_bad_share: dict[str, float],
                      selected_per_domain: dict[str, int]) -> dict:
     """How many corrupted examples a selection holds, beside its random baseline's and the
     expectation of a uniform sample of the same size per domain from the eligible rows."""
-    sel = np.asarray([k != "clean" for k in kind_of_selected], dtype=bool)
-    rnd = np.asarray([k != "clean" for k in kind_of_random], dtype=bool)
+    sel = np.asarray([k not in ("clean", None) for k in kind_of_selected], dtype=bool)  # None: not in the truth
+    rnd = np.asarray([k not in ("clean", None) for k in kind_of_random], dtype=bool)
     expected = sum(selected_per_domain[d] * eligible_bad_share.get(d, 0.0) for d in selected_per_domain)
     return {"selected": int(len(sel)), "corrupted": int(sel.sum()),
+            "not_covered": int(sum(k is None for k in kind_of_selected)),
             "random_corrupted": int(rnd.sum()) if len(rnd) else None, "random_expected": float(expected)}
 
 
@@ -75,15 +92,22 @@ def canary_summary(df, selection: SelectionResult, baseline: SelectionResult | N
     """A run over a canary pool: every score's AUROC of keeping clean examples before the planted
     defects (:func:`canary_report`), and the corrupted examples the selection
     holds, beside its random baseline's and a uniform sample's expectation (per domain, from the
-    eligible rows)."""
+    eligible rows the truth covers).  Examples the truth does not cover count as neither (the
+    report's ``covered`` and ``warning`` say how many); with none covered, only the report."""
     kind = df.set_index("example_id")["canary_kind"]
     rep = canary_report(df, kind)
+    if not rep["covered"]:
+        return rep
     dom = df["domain"].astype(str).to_numpy()
     bad = (df["canary_kind"].fillna("clean") != "clean").to_numpy()
-    elig = np.asarray(selection.eligible_mask, dtype=bool)
+    elig = np.asarray(selection.eligible_mask, dtype=bool) & df["canary_kind"].notna().to_numpy()
     share = {d: float(bad[elig & (dom == d)].mean()) if (elig & (dom == d)).any() else 0.0 for d in sorted(set(dom))}
     per_domain = selection.rows["domain"].astype(str).value_counts().to_dict()
-    of = lambda rows: kind.reindex(rows["example_id"]).fillna("clean").tolist()  # noqa: E731
+
+    def of(rows) -> list:  # the kind of each row, None where the truth does not cover it
+        k = kind.reindex(rows["example_id"])
+        return k.astype(object).where(k.notna(), None).tolist()
+
     rep["selection"] = selection_counts(of(selection.rows), of(baseline.rows) if baseline is not None else [],
                                         share, per_domain)
     rep["selection"]["by_kind"] = {k: int(sum(x == k for x in of(selection.rows))) for k in rep["by_kind"]}

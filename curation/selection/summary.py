@@ -67,7 +67,7 @@ def summarize(table, selection: SelectionResult, baseline: SelectionResult | Non
         "domains": {d: asdict(p) for d, p in selection.domains.items()},
         "totals": {"examples": int(len(selection.rows)), "tokens": int(selection.rows["n_tokens"].sum()),
                    "eligible": int(selection.eligible_mask.sum()), "unfilled": selection.unfilled},
-        "warnings": selection.warnings,
+        "warnings": list(selection.warnings),
         "stats": {
             "pool": stats(df),
             "eligible": stats(df[selection.eligible_mask]),
@@ -77,7 +77,11 @@ def summarize(table, selection: SelectionResult, baseline: SelectionResult | Non
     summary["length"] = length_profile(df, selection, baseline)
     summary.update(selection.details)
     if "canary_kind" in df.columns:
-        summary["canaries"] = canary_summary(df, selection, baseline)
+        canaries = canary_summary(df, selection, baseline)
+        if canaries.get("warning"):  # a truth that does not cover the run: said, never silent
+            summary["warnings"].append(canaries["warning"])
+        if canaries["covered"]:
+            summary["canaries"] = canaries
     stability = pick_stability(table, selection)
     if stability is not None:
         summary["pick_stability"] = stability
