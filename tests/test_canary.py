@@ -110,3 +110,17 @@ def test_bad_settings_get_one_clear_line(tmp_path, pool, capsys):
     assert main(["canary", *pool, "--out", str(tmp_path / "ok")]) == 0
     out = capsys.readouterr().out
     assert "math: 10 of 50 examples corrupted" in out and "python -m curation learn math=" in out
+
+
+def test_a_canary_pool_is_never_written_over_its_own_source(tmp_path, pool, capsys):
+    """Issue 30 #10: canary c/math.jsonl --out c replaced its input and the earlier truth (its defects
+    became 'clean')."""
+    from curation.cli import main
+
+    out = plant(CanaryConfig(sources=pool[:2], out=str(tmp_path / "c"), rate=0.2, seed=1))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for out_arg in (str(out), str(out / "."), str(tmp_path)):
+        assert main(["canary", f"math={out / 'math.jsonl'}", "--out", out_arg, "--seed", "2"]) == 2
+        err = capsys.readouterr().err
+        assert "math.jsonl is inside --out" in err and "would replace its own source" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

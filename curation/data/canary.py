@@ -292,6 +292,12 @@ def plant(cfg: CanaryConfig, progress=None) -> Path:
     report = Reporter(progress)
     kinds = cfg.kind_list()
     specs = cfg.source_specs()
+    out = Path(cfg.out)
+    for s in specs:  # the copy replaces --out as a whole: a source there would be overwritten by its own copy
+        src = Path(s.path).resolve()
+        if Path(s.path).exists() and (src == out.resolve() or out.resolve() in src.parents):
+            raise CanaryError(f"{s.path} is inside --out {cfg.out}: the canary pool would replace its own source "
+                              "(and an earlier truth); give another --out")
     report(phase="loading the pool", done=0, total=None)
     data = load_sources(specs, limit=cfg.limit)
     spec_of = {r.source: s for r, s in zip(data.sources, specs)}
@@ -308,7 +314,6 @@ def plant(cfg: CanaryConfig, progress=None) -> Path:
     new_answer, detail = corrupt_answers(plan, answer, domain_of, cfg.seed)
 
     # Write the copy: every loaded example, in source order, one JSONL per source.
-    out = Path(cfg.out)
     names: dict[str, str] = {}
     for r in data.sources:
         stem = re.sub(r"\.(jsonl|ndjson|json|parquet|csv)(\.gz)?$", "", r.source) or "data"
