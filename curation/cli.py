@@ -543,6 +543,7 @@ def canary_command(args) -> int:
     for d, c in m["counts"].items():
         kinds = ", ".join(f"{k} {c[k]}" for k in m["kinds"] if c.get(k))
         print(f"{d}: {c['corrupted']} of {c['examples']} examples corrupted ({kinds})")
-    print(f"wrote {out}/ ({', '.join(s['file'] for s in m['sources'])}, canary_truth.jsonl, canary.json); score it:\n"
+    print(f"wrote {out}/ ({', '.join(s['file'] for s in m['sources'] if s['file'])}, canary_truth.jsonl, canary.json); "
+          "score it:\n"
           f"  {m['learn_with']} --out RUN_DIR")
     return 0

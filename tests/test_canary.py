@@ -124,3 +124,21 @@ def test_a_canary_pool_is_never_written_over_its_own_source(tmp_path, pool, caps
         err = capsys.readouterr().err
         assert "math.jsonl is inside --out" in err and "would replace its own source" in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_source_whose_rows_all_duplicate_another_gets_no_empty_copy_nor_a_place_in_learn(tmp_path, pool, capsys):
+    """Issue 30 #11: such a source was written as an empty file, and the printed learn command failed on it."""
+    from curation.cli import main
+
+    math = pool[0].split("=", 1)[1]
+    again = tmp_path / "again.jsonl"
+    again.write_bytes(open(math, "rb").read())  # every row a duplicate of math.jsonl's
+    assert main(["canary", pool[0], f"again={again}", "--out", str(tmp_path / "c")]) == 0
+    out, err = capsys.readouterr()
+    assert "again.jsonl: none of its 50 record(s) is in the pool" in err
+    assert not (tmp_path / "c" / "again.jsonl").exists()
+    m = json.loads((tmp_path / "c" / "canary.json").read_text())
+    assert [s["file"] for s in m["sources"]] == ["math.jsonl", None] and "again" not in m["learn_with"]
+    learn_sources = m["learn_with"].split()[4:]  # python -m curation learn DOMAIN=PATH ...
+    assert learn_sources and all(load_sources([parse_source_arg(s)]).examples for s in learn_sources)
+    assert "again" not in out.split("score it:")[1]

@@ -313,9 +313,18 @@ def plant(cfg: CanaryConfig, progress=None) -> Path:
     plan, counts, warnings = assign_kinds(domain_of, answer, kinds, cfg.rate, cfg.seed)
     new_answer, detail = corrupt_answers(plan, answer, domain_of, cfg.seed)
 
-    # Write the copy: every loaded example, in source order, one JSONL per source.
+    # Write the copy: every loaded example, in source order, one JSONL per source that has any (a
+    # source whose records all duplicate another's, or are rejected, gets no file and no place in learn_with).
+    copied = {e.source for e in data.examples}
+    for r in data.sources:
+        if r.source not in copied:
+            warnings.append(f"{r.source}: none of its {r.n_records} record(s) is in the pool (each is rejected or "
+                            "duplicates a record of another source), so it has no copy and is left out of the learn "
+                            "command")
     names: dict[str, str] = {}
     for r in data.sources:
+        if r.source not in copied:
+            continue
         stem = re.sub(r"\.(jsonl|ndjson|json|parquet|csv)(\.gz)?$", "", r.source) or "data"
         name = f"{stem}.jsonl"
         while name in names.values() or name in (TRUTH, MANIFEST):
@@ -354,11 +363,12 @@ def plant(cfg: CanaryConfig, progress=None) -> Path:
                 "kind": "canary", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "rate": cfg.rate, "kinds": kinds, "seed": cfg.seed,
                 "sources": [{"source": r.source, "path": r.path, "fingerprint": r.fingerprint, "domain": r.domain,
-                             "format": r.format, "file": names[r.source], "n_records": r.n_records,
-                             "n_copied": index[r.source], "n_not_copied": not_copied[r.source]} for r in data.sources],
+                             "format": r.format, "file": names.get(r.source), "n_records": r.n_records,
+                             "n_copied": index.get(r.source, 0), "n_not_copied": not_copied[r.source]}
+                            for r in data.sources],
                 "counts": counts, "warnings": warnings,
                 "learn_with": "python -m curation learn " + " ".join(
-                    f"{r.domain}={out / names[r.source]}" for r in data.sources),
+                    f"{r.domain}={out / names[r.source]}" for r in data.sources if r.source in names),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     except AtomicError as e:
