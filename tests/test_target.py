@@ -143,3 +143,24 @@ def test_validate_refuses_targets_that_overlap_its_eval_sets(scored, tmp_path):
     with pytest.raises(ValidationError, match="shares 13 consecutive words with eval example"):
         run_validate(ValidateConfig(selections=[str(sel)], out=str(tmp_path / "v2"), eval={"math": str(reworded)},
                                     cache=str(scored["dir"] / "cache")))
+
+
+def test_a_target_for_a_domain_the_run_lacks_is_refused_not_ignored(scored, tmp_path, capsys):
+    """Issue 30 #12: --target code=PATH on a chat+math run was ignored, yet written into recipe.yaml."""
+    from curation.cli import main
+
+    run = Run(scored["run"])
+    for method in ("davir", "target"):  # a target as a side annotation, or the method itself
+        recipe = Recipe(method, budget="3", mix="math=1,chat=0", target={"math": [scored["targets"]],
+                                                                         "code": [scored["targets"]]})
+        with pytest.raises(SelectionError, match=r"--target code: the run has no domain 'code' \(its domains: chat, math\)"):
+            annotate(run, run.scores(), recipe)
+    table = annotate(run, run.scores(), Recipe("target", budget="3", mix="math=1,chat=0",
+                                               target={"math": [scored["targets"]]}))
+    with pytest.raises(SelectionError, match="--target code: the run has no domain"):  # the pure step too
+        apply_recipe(table, Recipe("target", budget="3", mix="math=1,chat=0",
+                                   target={"math": [scored["targets"]], "code": [scored["targets"]]}))
+    assert main(["select", str(scored["run"]), "--method", "target", "--budget", "3", "--mix", "math=1,chat=0",
+                 "--target", f"math={scored['targets']}", "--target", f"code={scored['targets']}",
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "--target code: the run has no domain" in capsys.readouterr().err and not (tmp_path / "s").exists()

@@ -51,6 +51,7 @@ def annotate(run, table, recipe: Recipe, progress: Progress | None = None, decis
     if recipe.target:
         from curation.selection.target import embed_targets, target_columns
 
+        check_target_domains(recipe, df["domain"].astype(str).unique())  # before any embedding
         targets = embed_targets(run, recipe.target, set(df["example_id"].astype(str)), progress)
         df = target_columns(run, df, targets)
     if recipe.diversity:
@@ -91,6 +92,17 @@ def with_canaries(run, df):
     if truth is not None:
         df["canary_kind"] = df["example_id"].astype(str).map(truth)
     return df
+
+
+def check_target_domains(recipe: Recipe, domains) -> None:
+    """Refuse a ``--target`` domain the run does not have (its targets would be ignored, yet the
+    recipe would say they were used)."""
+    have = sorted({str(d) for d in domains})
+    unknown = [d for d in recipe.target if d not in have]
+    if unknown:
+        raise SelectionError(f"--target {unknown[0]}: the run has no domain {unknown[0]!r} (its domains: "
+                             f"{', '.join(have)}); give --target DOMAIN=PATH with one of them (a dev file is named "
+                             "after its domain)")
 
 
 def annotation(df, column: str) -> np.ndarray:

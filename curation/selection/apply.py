@@ -33,7 +33,7 @@ import numpy as np
 
 from curation.scores import RUN_HELP, SCORES, run_columns, run_kind, trajectory_columns
 from curation.selection.allocation import allocate, largest_remainder
-from curation.selection.annotate import annotation, drop_contaminated, drop_near_duplicates
+from curation.selection.annotate import annotation, check_target_domains, drop_contaminated, drop_near_duplicates
 from curation.selection.diversity import clusters_k, coverage_report, kcenter_k
 from curation.selection.pickers import (DomainRows, Picker, domain_rng, gumbel_k, length_strata, random_k, s2l_k,
                                         take_stratified, top_k)
@@ -102,6 +102,7 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
     unit = "tokens" if recipe.budget_spec.kind == "tokens" else "examples"
     shares = mix_shares(recipe, domain, tokens if unit == "tokens" else np.ones(len(df), dtype=np.int64))
 
+    check_target_domains(recipe, domain)
     if recipe.method == "target":
         untargeted = [d for d, s in shares.items() if s > 0 and d not in recipe.target]
         if untargeted:
