@@ -501,6 +501,8 @@ def decisions_command(args) -> int:
     elif c == "list":
         df = filter_decisions(store.table(), kinds=[args.kind] if args.kind in ("exclude", "keep") else (),
                               tagged=args.kind == "tagged", tags=[args.tag] if args.tag else ())
+        if args.run:  # a folder that is not a finished run would mark every decision "not in this run"
+            Run(args.run).require_finished()
         found = where_found(df["example_id"].tolist(), [Run(args.run)]) if args.run else None
         for r in df.itertuples(index=False):
             where = None if found is None else (found[r.example_id][0][1] if found[r.example_id] else None)

@@ -397,3 +397,20 @@ def test_a_tag_only_decision_is_listed_as_valid_json_with_no_decision(tmp_path, 
     assert main(["decisions", "list", "--workspace", ws]) == 0
     out = capsys.readouterr().out
     assert "nan" not in out and f"{'a' * 16}  -        typo" in out
+
+
+def test_decisions_list_refuses_a_run_folder_that_is_not_a_run(tmp_path, run_dir, capsys):
+    """Issue 30 #13: decisions list --run NOT_A_RUN marked every decision 'not in this run'."""
+    from curation.cli import main
+
+    ws = str(tmp_path / "ws")
+    eid = str(pd.read_parquet(run_dir / "scores.parquet")["example_id"].iloc[0])
+    assert main(["decisions", "add", eid, "--exclude", "--allow-unknown", "--workspace", ws]) == 0
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "missing"):
+        capsys.readouterr()
+        assert main(["decisions", "list", "--run", str(folder), "--workspace", ws]) == 2
+        out, err = capsys.readouterr()
+        assert "not in this run" not in out and str(folder) in err and ("not a finished run" in err or "no such run" in err)
+    assert main(["decisions", "list", "--run", str(run_dir), "--workspace", ws]) == 0
+    assert "in run (" in capsys.readouterr().out
