@@ -101,7 +101,8 @@ def atomic_dir(out: str | os.PathLike, marker: str | None = None, what: str = "f
                               "choose a new --out or empty that folder")
         foreign = sorted(e.name for e in entries if known is not None and not any(fnmatch(e.name, k) for k in known))
         if foreign:
-            raise AtomicError(f"{out} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} a {what} does not "
+            a = "an" if what[:1].lower() in "aeiou" else "a"  # an export, a selection
+            raise AtomicError(f"{out} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} {a} {what} does not "
                               f"write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}), which replacing it "
                               "would delete; choose a new --out or move them away")
     out.parent.mkdir(parents=True, exist_ok=True)
