@@ -2,8 +2,11 @@
 
 Per domain: shares, eligible rows, allocation, shortfall, counts and tokens; score statistics of
 the pool, the eligible rows, the selection and the random baseline at the same budget and mix;
-response-length quantiles of each (a length-biased score shows as a shift); and the pick stability
-across a learn run's reference trainings.
+response-length quantiles of each (a length-biased score shows as a shift); the pick stability
+across a learn run's reference trainings; over a canary pool, the planted defects
+(:mod:`curation.selection.canaries`).  And the same in words, once for both faces:
+:func:`detail_lines` (the filters a selection applied, as the Select page and ``select`` say them)
+and :func:`summary_lines` (what ``select`` prints).
 """
 
 from __future__ import annotations
