@@ -1,7 +1,6 @@
 """Select: method, order, budget, domain mix and thresholds -> a selection with live counts, beside
 the random baseline at the same budget and mix; save it as a re-appliable recipe."""
 
-
 import numpy as np
 import pandas as pd
 import plotly.express as px
