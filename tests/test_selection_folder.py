@@ -89,5 +89,7 @@ def test_the_cli_and_the_page_say_a_selections_filters_in_the_same_words(run_dir
                                  "first": [{"example_id": "ab", "eval_example": "<b>"}]}}
     plain, md = detail_lines(details), detail_lines(details, markup=True)
     assert plain["dedup"] == md["dedup"] == ("Near-duplicates (threshold 0.8): 2 group(s) holding 5 examples; 3 "
-                                             "eligible duplicate(s) left out (the best-ranked of each group stays).")
+                                             "eligible near-duplicates left out (the best-ranked of each group stays).")
+    assert plain["contamination"].startswith("Decontamination (13-word n-grams): 1 flagged (pool examples that share "
+                                             "an n-gram with the 1 eval set(s)), excluded.")
     assert plain["contamination"].endswith("First: ab (<b>)") and md["contamination"].endswith("First: `ab` (&lt;b&gt;)")

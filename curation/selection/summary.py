@@ -184,8 +184,8 @@ def detail_lines(details: dict, markup: bool = False) -> dict[str, str]:
     if details.get("contamination"):
         c = details["contamination"]
         out["contamination"] = (
-            f"Decontamination ({c['ngram']}-word n-grams): {c['flagged']} pool example(s) share an n-gram with the "
-            f"{len(c['eval_sets'])} eval set(s), {'excluded' if c['excluded'] else 'kept (report only)'}."
+            f"Decontamination ({c['ngram']}-word n-grams): {c['flagged']} flagged (pool examples that share an n-gram "
+            f"with the {len(c['eval_sets'])} eval set(s)), {'excluded' if c['excluded'] else 'kept (report only)'}."
             + (" First: " + ", ".join(f"{code(f['example_id'])} ({text(str(f['eval_example']))})" for f in c["first"])
                if c["first"] else ""))
     if details.get("diversity"):
@@ -196,7 +196,7 @@ def detail_lines(details: dict, markup: bool = False) -> dict[str, str]:
     if details.get("dedup"):
         d = details["dedup"]
         out["dedup"] = (f"Near-duplicates (threshold {d['threshold']:g}): {d['groups_with_duplicates']} group(s) "
-                        f"holding {d['rows_in_such_groups']} examples; {d['dropped']} eligible duplicate(s) left out "
+                        f"holding {d['rows_in_such_groups']} examples; {d['dropped']} eligible near-duplicates left out "
                         "(the best-ranked of each group stays).")
     if details.get("decisions"):
         dd = details["decisions"]
