@@ -150,6 +150,16 @@ def test_exact_duplicate_pairs_are_rejected_naming_the_kept_copy(tmp_path):
     assert res.sources[0].fingerprint.startswith("sha256:") and res.rejected_rows()[0]["reason"].startswith("exact")
 
 
+def test_limit_keeps_the_first_records_of_each_source(tmp_path):
+    rows = [{"prompt": f"q{k}", "chosen": "yes", "rejected": "no"} for k in range(5)]
+    a, b = write_jsonl(tmp_path / "a.jsonl", rows), write_jsonl(tmp_path / "b.jsonl", rows[::-1])
+    res = load_pairs([SourceSpec(str(a)), SourceSpec(str(b))], limit=2)
+    assert [(p.source, p.prompt[0]["content"]) for p in res.pairs] == [
+        ("a.jsonl", "q0"), ("a.jsonl", "q1"), ("b.jsonl", "q4"), ("b.jsonl", "q3")]
+    with pytest.raises(SourceError, match="--limit must be a positive number"):
+        load_pairs([SourceSpec(str(a))], limit=0)
+
+
 def test_a_source_with_no_usable_pair_is_refused(tmp_path):
     f = write_jsonl(tmp_path / "p.jsonl", [{**GOOD, "rejected": GOOD["chosen"]}])
     with pytest.raises(SourceError, match=r"p.jsonl: no usable pair among 1 record\(s\); first problem: chosen equals"):
@@ -166,6 +176,9 @@ def test_columns_rename_and_a_forced_format(tmp_path):
     assert res.pairs[0].prompt == msgs(("user", "2+2?")) and (res.pairs[0].chosen, res.pairs[0].rejected) == ("4", "5")
     with pytest.raises(SourceError, match="no column 'answer'"):
         load_pairs([SourceSpec(str(f), columns={"chosen": "answer"})])
+    assert source_kind(SourceSpec(str(f), columns={"chosen": "good", "rejected": "bad"})) == "pairs"
+    with pytest.raises(SourceError, match="none of its first 1 readable record"):  # without the mapping: neither kind
+        source_kind(SourceSpec(str(f)))
     # Forced: an UltraFeedback row read as trl-implicit ignores its prompt string (as TRL does).
     _, uf, *_ = SHAPES[-1]
     g = write_jsonl(tmp_path / "uf.jsonl", [{**uf, "prompt": "something else"}])

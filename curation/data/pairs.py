@@ -165,6 +165,8 @@ def source_kind(spec: SourceSpec, n_records: int = KIND_RECORDS) -> str:
 
 def run_kind(specs: list[SourceSpec]) -> str:
     """The one kind of data all sources hold; refuses sources that disagree (one line naming them)."""
+    if not specs:
+        raise SourceError("no source given")
     kinds = {spec.path: source_kind(spec) for spec in specs}
     if len(set(kinds.values())) > 1:
         pairs = [p for p, k in kinds.items() if k == "pairs"]
