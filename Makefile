@@ -21,7 +21,8 @@ $(STAMP): requirements.txt Makefile
 	# Dequantise the default GGUF model once into a safetensors cache (.cache/models).
 	$(PY) -m curation prepare-model
 	# The embedded default pool (300 ShareGPT chat + 200 CHAMP math) in workspace/data, held-out eval sets in workspace/eval,
-	# dev sets (targets of select --method target) in workspace/dev.
+	# dev sets (targets of select --method target) in workspace/dev; CHAMP preference pairs (336, TRL conversational) in
+	# workspace/pairs and the pair eval set (108 pairs of the eval and dev problems) in workspace/pairs-eval.
 	$(PY) -m curation prepare-data
 	touch $(STAMP)
 

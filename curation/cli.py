@@ -111,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "canary":
             return canary_command(args)
         elif args.command == "prepare-data":
-            from curation.data.default_data import prepare_default_data
+            from curation.data.default_data import PAIR_FOLDERS, prepare_default_data
             from curation.jobs.workspace import workspace_root
 
             for path in prepare_default_data(workspace_root(args.workspace), force=args.force):
-                print(f"default data: {path} ({sum(1 for _ in path.open())} records)")
+                unit = "pairs" if path.parent.name in PAIR_FOLDERS else "records"
+                print(f"default data: {path} ({sum(1 for _ in path.open())} {unit})")
         elif args.command == "prepare-model":
             from curation.scoring.models import resolve_model
 

@@ -16,18 +16,20 @@ pytest.importorskip("champ_dataset", reason="the embedded pool needs the champ-d
 
 from curation.data import default_data as dd  # noqa: E402
 from curation.data.load import SourceSpec, load_sources  # noqa: E402
+from curation.data.pairs import load_pairs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
-    """The four files as `make setup` writes them, read back with the product's own loader."""
+    """The files as `make setup` writes them, read back with the product's own loaders (SFT
+    examples, and pairs from the pair folders)."""
     ws = tmp_path_factory.mktemp("default-ws")
     paths = dd.prepare_default_data(ws)
     loaded = {}
     for p in paths:
-        res = load_sources([SourceSpec(str(p), domain=p.stem)])
+        res = (load_pairs if p.parent.name in dd.PAIR_FOLDERS else load_sources)([SourceSpec(str(p), domain=p.stem)])
         assert not res.rejected, (p, res.rejected[:3])
-        loaded[(p.parent.name, p.stem)] = res.examples
+        loaded[(p.parent.name, p.stem)] = getattr(res, "pairs", None) or res.examples
     return ws, loaded
 
 
@@ -36,7 +38,8 @@ def test_sizes_and_disjointness(written):
     assert {k: len(v) for k, v in loaded.items()} == {
         ("data", "chat"): dd.N_CHAT, ("data", "math"): dd.N_MATH,
         ("eval", "chat"): dd.N_EVAL_CHAT, ("eval", "math"): dd.N_EVAL_MATH,
-        ("dev", "chat"): dd.N_DEV_CHAT, ("dev", "math"): dd.N_DEV_MATH}
+        ("dev", "chat"): dd.N_DEV_CHAT, ("dev", "math"): dd.N_DEV_MATH,
+        ("pairs", "math"): 336, ("pairs-eval", "math"): 108}
     for dom in ("chat", "math"):
         pool = {e.example_id for e in loaded[("data", dom)]}
         held = {e.example_id for e in loaded[("eval", dom)]}
@@ -88,3 +91,60 @@ def test_prepare_is_idempotent_and_keeps_edited_files(written):
     f.write_text(f.read_text() + "\n")
     dd.prepare_default_data(ws)
     assert f.read_text().endswith("\n\n")  # kept, not rewritten
+
+
+def _rows(ws, folder):
+    return [json.loads(x) for x in (ws / folder / "math.jsonl").read_text().splitlines()]
+
+
+def test_math_pairs_one_per_annotated_wrong_solution_outside_the_sft_eval_and_dev_problems(written):
+    ws, loaded = written
+    problems = dd.champ_problems()
+    wrong = {(pid, key) for pid, p in problems.items() for key, a in p["fws_annotations"].items()
+             if a["start_idx"] is not None}
+    assert len(wrong) == 444 and len({pid for pid, _ in wrong}) == 243  # the issue's counts of CHAMP
+    pool, held = _rows(ws, "pairs"), _rows(ws, "pairs-eval")
+    assert sorted((r["problem_id"], r["rejected_by"]) for r in pool + held) == sorted(wrong)
+    sft_held = dd.champ_eval_ids() | dd.champ_dev_ids()
+    assert not {r["problem_id"] for r in pool} & sft_held and {r["problem_id"] for r in held} <= sft_held
+    # Disjoint by prompt, and every pair's prompt is the SFT math pool's (or eval/dev set's) user turn.
+    prompts = {tag: {json.dumps(p.prompt) for p in loaded[(tag, "math")]} for tag in ("pairs", "pairs-eval")}
+    assert not prompts["pairs"] & prompts["pairs-eval"]
+    sft_user = {json.dumps(e.messages[:1]) for d in ("data", "eval", "dev") for e in loaded[(d, "math")]}
+    assert prompts["pairs"] | prompts["pairs-eval"] <= sft_user
+    assert len({r["problem_id"] for r in pool}) == 183 and len({r["problem_id"] for r in held}) == 60
+
+
+def test_math_pair_chosen_is_the_correct_solution(written):
+    ws, loaded = written
+    problems = dd.champ_problems()
+    rows = _rows(ws, "pairs") + _rows(ws, "pairs-eval")
+    pairs = loaded[("pairs", "math")] + loaded[("pairs-eval", "math")]
+    sft = {e.example_id for e in loaded[("data", "math")] + loaded[("eval", "math")] + loaded[("dev", "math")]}
+    for row, pair in zip(rows, pairs):
+        notes = problems[row["problem_id"]]["fws_annotations"]
+        assert notes[row["rejected_by"]]["start_idx"] is not None
+        assert pair.rejected == notes[row["rejected_by"]]["text"].strip()
+        if row["chosen_by"] == "reference":  # no correct model solution: the reference, as the SFT example
+            assert all(a["start_idx"] is not None for a in notes.values())
+            assert pair.sft_id("chosen") in sft
+        else:
+            assert notes[row["chosen_by"]]["start_idx"] is None
+            assert pair.chosen == notes[row["chosen_by"]]["text"].strip()
+    assert sum(r["chosen_by"] != "reference" for r in rows) == 42
+
+
+def test_math_pairs_are_deterministic(written):
+    ws, _ = written
+    assert dd.math_pair_records() == _rows(ws, "pairs") and dd.math_pair_eval_records() == _rows(ws, "pairs-eval")
+
+
+def test_prepare_data_command_counts_each_file(written, capsys):
+    from curation.cli import main
+
+    ws, _ = written
+    assert main(["prepare-data", "--workspace", str(ws)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"default data: {ws / 'pairs' / 'math.jsonl'} (336 pairs)" in out
+    assert f"default data: {ws / 'pairs-eval' / 'math.jsonl'} (108 pairs)" in out
+    assert f"default data: {ws / 'eval' / 'math.jsonl'} (50 records)" in out

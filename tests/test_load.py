@@ -35,6 +35,16 @@ def test_gsm8k_prompt_sharegpt_messages():
     assert normalise(m, "messages") == msgs(("user", "u"), ("assistant", "a"))
 
 
+def test_format_accepts_the_pair_shapes_and_an_unknown_one_names_both_lists():
+    from curation.data.load import FORMATS, PAIR_FORMATS, SOURCE_FORMATS
+
+    assert SOURCE_FORMATS == FORMATS + PAIR_FORMATS and len(set(SOURCE_FORMATS)) == 12
+    assert SourceSpec("x.jsonl", format="anthropic-hh").format == "anthropic-hh"
+    with pytest.raises(SourceError, match=r"x.jsonl: unknown format 'dpo'; expected one of messages, .*prompt \(SFT "
+                                          r"examples\) or trl-standard, .*ultrafeedback \(preference pairs\)"):
+        SourceSpec("x.jsonl", format="dpo")
+
+
 def test_column_mapping_overrides_detection(tmp_path):
     f = write_jsonl(tmp_path / "x.jsonl", [{"problem": "1+1?", "solution": "2"}])
     res = load_sources([SourceSpec(str(f), columns={"question": "problem", "answer": "solution"})])

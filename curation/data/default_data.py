@@ -8,6 +8,8 @@
     WORKSPACE/eval/math.jsonl   50 CHAMP problems (held out)
     WORKSPACE/dev/chat.jsonl    30 more ShareGPT conversations (targets for select --method target)
     WORKSPACE/dev/math.jsonl    20 more CHAMP problems (targets)
+    WORKSPACE/pairs/math.jsonl       336 preference pairs over the 183 pool problems that have a wrong solution
+    WORKSPACE/pairs-eval/math.jsonl  108 pairs over 60 eval and dev problems (the pair eval set)
 
 This is the pool's second version: the first kept all 220 non-eval CHAMP problems in the pool; 20
 of them are now the math dev set, so targets are never pool examples (measurements in the README
@@ -25,6 +27,24 @@ name the version they used).
   so the split does not depend on the file's order.  DeepMind's ``mathematics-dataset`` generator
   was the other candidate; it does not import with current sympy and its answers are bare results
   without reasoning.  No other PyPI wheel ships math word problems with worked solutions as data.
+
+- math pairs: CHAMP also holds, for each problem, two model solutions (GPT-3.5, GPT-4, GPT-4 Turbo
+  or PaLM 2 Medium, one model per problem, prompted two ways) with a human first-wrong-step
+  annotation (``fws_annotations``; ``start_idx`` None: no wrong step): 444 annotated-wrong
+  solutions over 243 problems, 96 correct ones.  One pair per annotated-wrong solution: the prompt
+  is the SFT math pool's user turn of the problem (so chosen and rejected are prompted the same
+  way, whatever prompt the model saw: CHAMP's prompts add a system turn, and some add hints), the
+  chosen response the problem's annotated-correct solution where it has one (42 pairs; the first
+  in the file's order), else CHAMP's reference solution exactly as the SFT pool's answer (so that
+  response is the pool's own example and shares its example id), the rejected response the wrong
+  one.  A model solution is rendered as the annotated text itself, trimmed of surrounding
+  whitespace: it is the model's first reply in its CHAMP conversation (the turn the annotators
+  marked; the follow-up "summarize the answer" turn is left out).  Six of the wrong replies were
+  cut at the model's length limit (CHAMP's ``LENGTH_CURRENT``); they stay, as rejected responses.
+  The SFT eval and dev problems stay out of the pair pool; their pairs are the pair eval set.
+  Written as TRL conversational rows (:func:`curation.data.pairs.trl_row`) with the provenance
+  columns ``problem_id``, ``category``, ``chosen_by`` and ``rejected_by`` (CHAMP's annotation key,
+  e.g. ``GPT-4|No C w/o H``, or ``reference``).
 
 The dev sets (what a curator shows ``select --method target`` as "more like these") come from the
 same sources and are disjoint from the pool and the eval sets by example id and by the 13-word rule
@@ -267,16 +287,51 @@ def math_pool_records(n_eval: int = N_EVAL_MATH) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
+# math pairs
+
+
+def champ_pair_rows(pid: str, p: dict) -> list[dict]:
+    """The preference pairs of one CHAMP problem as TRL conversational rows, one per annotated-wrong
+    model solution (the rules of the module docstring), in the file's order."""
+    from curation.data.load import normalise
+    from curation.data.pairs import trl_row
+
+    *prompt, reference = normalise(_champ_record(pid, p), "gsm8k")  # the SFT pool's user turn and answer
+    notes = p.get("fws_annotations") or {}
+    correct = [key for key, a in notes.items() if a["start_idx"] is None]
+    chosen_by = correct[0] if correct else "reference"
+    chosen = notes[chosen_by]["text"].strip() if correct else reference["content"]
+    return [{**trl_row(prompt, chosen, a["text"].strip()), "problem_id": pid, "category": p["category"],
+             "chosen_by": chosen_by, "rejected_by": key}
+            for key, a in notes.items() if a["start_idx"] is not None]
+
+
+def math_pair_records(held_out: bool = False) -> list[dict]:
+    """The math pair pool (pairs of the SFT pool's problems), or with ``held_out`` the pair eval set
+    (pairs of the SFT eval and dev problems), in file order."""
+    problems = champ_problems()
+    held = champ_eval_ids(N_EVAL_MATH, problems) | champ_dev_ids(N_DEV_MATH, problems)
+    return [row for pid, p in problems.items() if (pid in held) == held_out for row in champ_pair_rows(pid, p)]
+
+
+def math_pair_eval_records() -> list[dict]:
+    return math_pair_records(held_out=True)
+
+
+# ----------------------------------------------------------------------------------------------
 # writing them into a workspace
 
+PAIR_FOLDERS = ("pairs", "pairs-eval")  # files of preference pairs (the others hold SFT records)
 FILES = {("data", "chat.jsonl"): chat_pool_records, ("data", "math.jsonl"): math_pool_records,
          ("eval", "chat.jsonl"): chat_eval_records, ("eval", "math.jsonl"): math_eval_records,
-         ("dev", "chat.jsonl"): chat_dev_records, ("dev", "math.jsonl"): math_dev_records}
+         ("dev", "chat.jsonl"): chat_dev_records, ("dev", "math.jsonl"): math_dev_records,
+         ("pairs", "math.jsonl"): math_pair_records, ("pairs-eval", "math.jsonl"): math_pair_eval_records}
 
 
 def prepare_default_data(workspace: str | Path, force: bool = False) -> list[Path]:
-    """Write the pool into ``WORKSPACE/data`` and its eval sets into ``WORKSPACE/eval`` (file names
-    are the domains).  Idempotent: existing files are kept unless ``force``."""
+    """Write the pool into ``WORKSPACE/data``, its eval sets into ``WORKSPACE/eval``, its dev sets into
+    ``WORKSPACE/dev`` and the math pairs into ``WORKSPACE/pairs`` and ``WORKSPACE/pairs-eval`` (file
+    names are the domains).  Idempotent: existing files are kept unless ``force``."""
     root = Path(workspace)
     written = []
     for (folder, name), make in FILES.items():

@@ -36,6 +36,10 @@ from pathlib import Path
 from curation.data.readers import DEFAULT_MAX_RECORD_BYTES, RecordError, SourceError, file_fingerprint, iter_records
 
 FORMATS = ("messages", "sharegpt", "alpaca", "gsm8k", "prompt")
+# Preference-pair shapes, read by curation.data.pairs (described in curation/data/pair_formats.py).
+PAIR_FORMATS = ("trl-standard", "trl-conversational", "trl-implicit", "anthropic-hh", "llamafactory-ranking",
+                "alpaca-ranking", "ultrafeedback")
+SOURCE_FORMATS = FORMATS + PAIR_FORMATS  # what --format accepts
 
 # Speaker names seen in the wild, mapped to chat roles.
 ROLE_ALIASES = {
@@ -65,10 +69,9 @@ class SourceSpec:
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
     def __post_init__(self):
-        if self.format is not None and self.format not in FORMATS:
-            raise SourceError(
-                f"{self.path}: unknown format {self.format!r}; expected one of {', '.join(FORMATS)}"
-            )
+        if self.format is not None and self.format not in SOURCE_FORMATS:
+            raise SourceError(f"{self.path}: unknown format {self.format!r}; expected one of {', '.join(FORMATS)} "
+                              f"(SFT examples) or {', '.join(PAIR_FORMATS)} (preference pairs)")
         if self.domain is None:
             self.domain = safe_domain(source_stem(self.path))
         if isinstance(self.max_record_bytes, bool) or not isinstance(self.max_record_bytes, int) \
@@ -178,7 +181,7 @@ def load_sources(specs: list[SourceSpec], limit: int | None = None) -> LoadResul
     """
     if limit is not None and limit < 1:
         raise SourceError(f"--limit must be a positive number of rows, got {limit}")
-    names = _source_names(specs)
+    names = source_names(specs)
     examples: list[Example] = []
     rejected: list[Rejected] = []
     reports: list[SourceReport] = []
@@ -315,7 +318,7 @@ def with_last_answer(record: dict, fmt: str, text: str, columns: dict[str, str] 
     raise RecordError("no assistant turn")
 
 
-def _source_names(specs: list[SourceSpec]) -> list[str]:
+def source_names(specs: list[SourceSpec]) -> list[str]:
     """File names (or dataset ids) as source names, made unique with their parent folders."""
     names = [Path(s.path.rstrip("/")).name if Path(s.path).exists() else s.path for s in specs]
     for i, spec in enumerate(specs):

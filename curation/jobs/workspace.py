@@ -6,6 +6,8 @@ Layout::
       data/         input files (the embedded default pool: chat.jsonl, math.jsonl; uploads)
       eval/         held-out eval sets for `validate` (the default pool's: chat.jsonl, math.jsonl)
       dev/          dev sets: examples of what a curator wants more of (select --method target)
+      pairs/        preference pairs (the default pool's: math.jsonl, CHAMP pairs, TRL conversational)
+      pairs-eval/   held-out preference pairs (the default pool's: math.jsonl)
       runs/         score and learnability runs (one folder each, see curation.runs.folder)
       selections/   selection folders (recipe.yaml, selected.parquet, summary.json)
       exports/      export folders (data files + manifest.json)
