@@ -1,0 +1,71 @@
+"""The study runner on the tiny model: trainings in rounds that see the results so far, a twin
+trained once, a resumed study that replays its rounds without training again; the study folder."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from curation.progress import Reporter
+from curation.runs.folder import Run
+from curation.runs.score import ScoreConfig, run_score
+from curation.validation.proxy import ProxyConfig, Training, ValidationError
+from curation.validation.study import claim_study, run_study
+from tests.conftest import write_jsonl
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory, tiny_model_dir):
+    d = tmp_path_factory.mktemp("study")
+    math = write_jsonl(d / "math.jsonl", [{"question": f"What is {k} + {k}?", "answer": f"{k} + {k} = {2 * k}."}
+                                          for k in range(12)])
+    chat = write_jsonl(d / "chat.jsonl", [{"instruction": f"Name the fruit in box {k}.", "input": "",
+                                           "output": f"Box {k} holds a plum."} for k in range(12)])
+    ev = {"math": str(write_jsonl(d / "em.jsonl", [{"question": f"What is {k} + {k}?", "answer": f"{k} + {k} = {2 * k}."}
+                                                   for k in range(50, 54)]))}
+    run = run_score(ScoreConfig(sources=[f"math={math}", f"chat={chat}"], out=str(d / "run"), model=str(tiny_model_dir),
+                                max_length=48, cache=str(d / "cache")))
+    return {"dir": d, "run": Run(run), "eval": ev}
+
+
+def cfg_of(pool, out, **kw) -> ProxyConfig:
+    return ProxyConfig(**{"out": str(out), "eval": pool["eval"], "epochs": 1, "lr": 3e-3, "train_batch_tokens": 256,
+                          "cache": str(pool["dir"] / "cache"), **kw})
+
+
+def test_rounds_see_the_results_so_far_and_a_resumed_study_replays_them_without_training(pool, tmp_path):
+    run = pool["run"]
+    meta, table = run.require_finished(), run.scores()
+    ids = sorted(table["example_id"])
+    seen = []
+
+    def rounds(study):
+        yield [Training("a", 0, ids[:6])]
+        results, curves = study.assemble()  # what the first round gave, before the second is asked
+        seen.append((sorted(set(results["candidate"])), sorted(set(curves["candidate"]))))
+        yield [Training("b", 1, ids[6:12]), Training("a twin", 0, ids[:6])]  # the twin: the same training as a
+
+    phases: list[str] = []
+    cfg = cfg_of(pool, tmp_path / "s", cache=str(tmp_path / "cache"))
+    study = run_study(cfg, "validate", "k", {}, run, meta, table, rounds, Reporter(lambda **p: phases.append(p.get("phase"))))
+    assert seen == [(["a", "base"], ["a"])]
+    assert sorted(study.parts) == ["a-seed0", "a_twin-seed0", "b-seed1"]
+    assert study.seconds() == {**study.seconds(), "timed": 2, "reused": 1, "trainings": 3}  # the twin trained once
+    res = study.results.set_index(["candidate", "example_id"])["nll"]
+    pd.testing.assert_series_equal(res["a"], res["a twin"])
+    assert sum(str(p).startswith("training ") for p in set(phases)) == 2
+    again: list[str] = []
+    seen.clear()
+    resumed = run_study(cfg, "validate", "k", {}, run, meta, table, rounds, Reporter(lambda **p: again.append(p.get("phase"))))
+    assert seen == [(["a", "base"], ["a"])] and not any(str(p).startswith(("training", "reusing")) for p in again)
+    pd.testing.assert_frame_equal(resumed.results, study.results)
+
+
+def test_a_study_folder_is_claimed_once_and_refused_to_other_settings(tmp_path):
+    out = tmp_path / "s"
+    claim_study(out, "validate", "k1", {"epochs": 1}, check_only=True)
+    assert not out.exists()  # a check writes nothing
+    claim_study(out, "validate", "k1", {"epochs": 1})
+    claim_study(out, "validate", "k1", {"epochs": 1})  # the same study: resumed
+    with pytest.raises(ValidationError, match=r"holds a validation with other settings \(epochs: 1 there, 2 now\)"):
+        claim_study(out, "validate", "k2", {"epochs": 2}, check_only=True)
