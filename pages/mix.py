@@ -179,4 +179,4 @@ st.caption("Leave-one-out: each mix predicted from the others, by the law and by
 st.markdown("**Validate the recommendation against the natural mix**")
 st.code(rep["commands"]["select"] + "\n" + rep["commands"]["validate"], language="bash")
 with st.expander("report.md"):
-    st.markdown((mdir / "report.md").read_text())
+    st.markdown(study.markdown())

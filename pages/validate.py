@@ -2,8 +2,6 @@
 Start a validation job (a proxy fine-tuned on each selection and baseline, several seeds), then read
 the held-out NLL per domain, the differences with their intervals, the verdicts and the lengths."""
 
-import json
-
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -13,7 +11,7 @@ from curation.data.load import source_stem
 from curation.jobs import store as jobs
 from curation.jobs.workspace import list_data_files, list_folders, new_folder_name, selections_dir, validations_dir
 from curation.selection.baselines import BASELINES
-from curation.validation.validate import ValidateConfig
+from curation.validation.validate import ValidateConfig, Validation
 from pages.common import config_input, jobs_panel, pick_folder, workspace
 
 st.title("Validate")
@@ -74,12 +72,13 @@ vdir = pick_folder(validations_dir(ws), "report.json", "Validation", "val_pick",
                    "No finished validation yet.")
 if vdir is None:
     st.stop()
+validation = Validation(vdir)
 try:
-    rep = json.loads((vdir / "report.json").read_text())
+    rep = validation.report()
     stats = rep["statistics"]["token"]
-except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:  # the other validations stay listed
-    st.error(f"{vdir / 'report.json'} is not a readable validation report ({type(e).__name__}: {e}); pick another "
-             "validation above, or run this one again into a new folder")
+except (ValueError, KeyError, TypeError) as e:  # the other validations stay listed
+    st.error(f"{vdir / 'report.json'} cannot be read ({type(e).__name__}: {e}); pick another validation above, or "
+             "run this one again into a new folder")
     st.stop()
 st.caption(f"{', '.join(s['name'] for s in rep['selections'])} · proxy `{rep['model']['spec']}` · "
            f"{rep['config']['epochs']} epochs · {rep['config']['seeds']} seeds · {stats['metric_text']} (lower is better)")
@@ -137,9 +136,8 @@ cands = pd.DataFrame([{"candidate": c["name"], "seed": c["seeds"][k], "examples"
 with st.expander("Training sets per candidate and seed"):
     st.dataframe(cands, hide_index=True, width="stretch")
 
-curves_file = vdir / "curves.parquet"
-if curves_file.is_file():
-    curves = pd.read_parquet(curves_file)
+curves = validation.curves()
+if curves is not None:
     if not curves.empty:
         curves["run"] = curves["candidate"] + " seed " + curves["seed"].astype(str)
         fig = px.line(curves, x="step", y="loss", color="candidate", line_group="run",
@@ -147,4 +145,4 @@ if curves_file.is_file():
         fig.update_layout(height=320, margin=dict(t=30, b=10), title="Training curves")
         st.plotly_chart(fig, width="stretch")
 with st.expander("report.md"):
-    st.markdown((vdir / "report.md").read_text())
+    st.markdown(validation.markdown())
