@@ -225,3 +225,18 @@ def test_two_selections_share_one_training_of_their_common_random_baseline(setup
     assert rep["trainings"]["timed"] == 3 and rep["trainings"]["reused"] == 1, rep["trainings"]
     res = pd.read_parquet(out / "results.parquet").set_index(["candidate", "example_id"])["nll"]
     pd.testing.assert_series_equal(res["random@planted"], res["random@other"])
+
+
+def test_a_refused_validation_claims_nothing_so_the_corrected_command_can_use_its_folder(setup, tmp_path):
+    """Issue 30, item 9: a validation refused by a check (contamination, an eval example in the pool)
+    claimed its folder first, so the corrected command was refused as "other settings"."""
+    out = tmp_path / "val"
+    quick = {"seeds": 1, "epochs": 1, "baselines": "random"}
+    with pytest.raises(ValidationError, match="share 13 consecutive words with the eval sets"):
+        run_validate(vcfg(setup, [setup["dir"] / "planted"], out, allow_contaminated=False, **quick))
+    with pytest.raises(ValidationError, match="also in the pool"):
+        run_validate(vcfg(setup, [setup["dir"] / "planted"], out, eval={"math": str(setup["dir"] / "math.jsonl")},
+                          **quick))
+    assert not (out / "study.json").exists()
+    run_validate(vcfg(setup, [setup["dir"] / "planted"], out, **quick))  # the corrected command
+    assert (out / "report.json").is_file()

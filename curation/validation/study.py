@@ -15,7 +15,8 @@ What every study gets from it:
 
 * the study folder (:func:`claim_study`): ``study.json`` holds the study's kind, key and settings;
   a folder holding another study, or anything else, is refused, never mixed.  It is checked
-  first and claimed only once the study's inputs were accepted (a refused study claims nothing);
+  first and claimed only once the study's inputs were accepted (a refused study claims nothing,
+  so the corrected command can use the same folder);
 * the training cache: a training of exactly this set, seed, model and settings, by any study, is
   not done again (``SCORE_CACHE/trainings/KEY.json`` holds its weights fingerprint and loss curve;
   its eval rows are in the score cache under that fingerprint);
@@ -254,8 +255,9 @@ def run_study(cfg: ProxyConfig, kind: str, key: str, settings: dict, run, meta: 
     from curation.scoring.engine import open_engine
 
     out = Path(cfg.out)
-    claim_study(out, kind, key, settings)
+    claim_study(out, kind, key, settings, check_only=True)  # a folder of another study: refused before any work
     study = Study(cfg, out, open_proxy(cfg, run, meta, table, report), report)
+    claim_study(out, kind, key, settings)  # claimed once the eval sets were accepted
     with open_engine(cfg) as study.proxy.settings.engine:  # this process, or Ray workers (--engine ray)
         study.base = evaluate_base(study.proxy, report)
         for trainings in rounds(study):

@@ -136,7 +136,7 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     settings = {**result_key(cfg), "selections": [str(s.path.resolve()) for s in sels],
                 "eval_files": file_fingerprints(cfg.eval)}
     key = study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings])
-    claim_study(Path(cfg.out), "validate", key, settings)
+    claim_study(Path(cfg.out), "validate", key, settings, check_only=True)  # claimed once every check passed
     check_targets(sels, cfg.eval, cfg.ngram)
     if not cfg.allow_contaminated and not all(already_decontaminated(sel.recipe(), cfg.eval, cfg.ngram) for sel in sels):
         report(phase="checking contamination")
