@@ -126,6 +126,22 @@ def test_a_study_folder_of_other_settings_or_of_the_user_is_refused(pool):
     assert (mine / "report.md").read_text() == "my notes"
 
 
+def test_a_study_whose_decisions_changed_its_training_sets_says_so(pool, tmp_path):
+    """Issue 30, item 15: the same command after the curator excluded an example (another training
+    set, the same settings) was refused as "its data or model changed"."""
+    from curation.runs.folder import Run
+
+    out = pool["dir"] / "study"
+    if not (out / "report.json").is_file():
+        run_mix(mcfg(pool, out))
+    table = Run(pool["run"]).scores()
+    chat = sorted(table.loc[table["domain"] == "chat", "example_id"])
+    decisions = write_jsonl(tmp_path / "decisions.jsonl", [{"example_id": i, "decision": "exclude"} for i in chat[:3]])
+    with pytest.raises(ValidationError, match=r"the curator's decisions changed since: .* there, 3 \(3 excluded, 0 kept\) "
+                                              r"now, which changes \d+ training set"):
+        run_mix(mcfg(pool, out, decisions=str(decisions)))
+
+
 def test_mix_config_says_what_to_change():
     base = {"run": "r", "out": "o", "eval": {"chat": "c"}}
     for kw, msg in [({"method": "s2l"}, "random or a ranking score"), ({"budget": "500tok"}, "give N or P%"),

@@ -47,7 +47,7 @@ def test_rounds_see_the_results_so_far_and_a_resumed_study_replays_them_without_
 
     phases: list[str] = []
     cfg = cfg_of(pool, tmp_path / "s", cache=str(tmp_path / "cache"))
-    study = run_study(cfg, "validate", "k", {}, run, meta, table, rounds, Reporter(lambda **p: phases.append(p.get("phase"))))
+    study = run_study(cfg, "validate", "k", {}, {}, run, meta, table, rounds, Reporter(lambda **p: phases.append(p.get("phase"))))
     assert seen == [(["a", "base"], ["a"])]
     assert sorted(study.parts) == ["a-seed0", "a_twin-seed0", "b-seed1"]
     assert study.seconds() == {**study.seconds(), "timed": 2, "reused": 1, "trainings": 3}  # the twin trained once
@@ -56,7 +56,7 @@ def test_rounds_see_the_results_so_far_and_a_resumed_study_replays_them_without_
     assert sum(str(p).startswith("training ") for p in set(phases)) == 2
     again: list[str] = []
     seen.clear()
-    resumed = run_study(cfg, "validate", "k", {}, run, meta, table, rounds, Reporter(lambda **p: again.append(p.get("phase"))))
+    resumed = run_study(cfg, "validate", "k", {}, {}, run, meta, table, rounds, Reporter(lambda **p: again.append(p.get("phase"))))
     assert seen == [(["a", "base"], ["a"])] and not any(str(p).startswith(("training", "reusing")) for p in again)
     pd.testing.assert_frame_equal(resumed.results, study.results)
 
@@ -69,3 +69,27 @@ def test_a_study_folder_is_claimed_once_and_refused_to_other_settings(tmp_path):
     claim_study(out, "validate", "k1", {"epochs": 1})  # the same study: resumed
     with pytest.raises(ValidationError, match=r"holds a validation with other settings \(epochs: 1 there, 2 now\)"):
         claim_study(out, "validate", "k2", {"epochs": 2}, check_only=True)
+
+
+def test_a_refused_study_folder_names_what_differs(tmp_path):
+    """Issue 30, item 15: a folder of the other kind of study, or a study whose decisions changed its
+    training sets, listed unrelated settings or said "its data or model changed"."""
+    from curation.selection.decisions import Decisions
+    from curation.validation.study import study_identity
+
+    out = tmp_path / "s"
+    trainings = [Training("chat=0.5,math=0.5", 0, ["a", "b"]), Training("chat=1,math=0", 0, ["a", "c"])]
+    claim_study(out, "validate", "k1", {"epochs": 1}, study_identity("run1", trainings))
+    with pytest.raises(ValidationError, match=r"holds a validation, not a mix study; use a new --out folder"):
+        claim_study(out, "mix", "k2", {"epochs": 2, "budget": "10"})
+    mix = tmp_path / "m"
+    kept = Decisions({"a" * 16: {"decision": "keep", "tags": [], "note": ""}}, "d.jsonl")
+    claim_study(mix, "mix", "k1", {"epochs": 1}, study_identity("run1", trainings, Decisions()))
+    changed = [Training("chat=0.5,math=0.5", 0, ["a" * 16, "b"]), trainings[1]]
+    with pytest.raises(ValidationError, match=r"the curator's decisions changed since: 0 \(0 excluded, 0 kept\) there, "
+                                              r"1 \(0 excluded, 1 kept\) now, which changes 1 training set"):
+        claim_study(mix, "mix", "k2", {"epochs": 1}, study_identity("run1", changed, kept))
+    with pytest.raises(ValidationError, match=r"the run was scored again since"):
+        claim_study(mix, "mix", "k3", {"epochs": 1}, study_identity("run2", trainings, Decisions()))
+    with pytest.raises(ValidationError, match=r"1 training set\(s\) differ \(e.g. chat=0.5,math=0.5 seed 0\)"):
+        claim_study(out, "validate", "k4", {"epochs": 1}, study_identity("run1", changed))

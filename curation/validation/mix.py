@@ -100,7 +100,7 @@ def run_mix(cfg: MixConfig, progress: Progress | None = None) -> Path:
     """Run (or finish) a mix study and return its folder (see the module docstring)."""
     from curation.runs.folder import Run
     from curation.selection.decisions import load_decisions
-    from curation.validation.study import file_fingerprints, run_study, study_key
+    from curation.validation.study import file_fingerprints, run_study, study_identity, study_key
 
     report, t0 = Reporter(progress), time.time()
     report(phase="reading the run", done=0, total=None)
@@ -119,7 +119,8 @@ def run_mix(cfg: MixConfig, progress: Progress | None = None) -> Path:
 
     settings = {**result_key(cfg), "run": str(run.path.resolve()), "eval_files": file_fingerprints(cfg.eval)}
     key = study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings])
-    study = run_study(cfg, "mix", key, settings, run, meta, table, lambda study: [trainings], report)
+    identity = study_identity(meta.get("run_key"), trainings, decisions)
+    study = run_study(cfg, "mix", key, settings, identity, run, meta, table, lambda study: [trainings], report)
     trained = time.time()
 
     report(phase="fitting the mixing law", done=len(trainings), total=len(trainings))

@@ -30,7 +30,7 @@ What every study gets from it:
 
 Study folder::
 
-    study.json                  kind, key and settings of the study that owns the folder
+    study.json                  kind, key, settings and identity (run, decisions, training sets) of its study
     parts/NAME-seedS.parquet    one committed part per finished training (+ .curve.json, .time.json): resume skips them
     train/NAME-seedS/           trainings in progress (removed once evaluated, unless --keep-models)
     results.parquet, curves.parquet   every model's eval rows and loss curves, assembled from the parts
@@ -57,24 +57,54 @@ KIND_NAMES = {"validate": "validation", "mix": "mix study"}
 # The study folder
 
 
-def claim_study(out: Path, kind: str, key: str, settings: dict, check_only: bool = False) -> None:
-    """Make ``out`` this study's folder, or refuse: a folder holding another study (other settings),
-    or anything that is not a study, is never written into (``check_only``: refuse, or write
-    nothing)."""
+def claim_study(out: Path, kind: str, key: str, settings: dict, identity: dict | None = None,
+                check_only: bool = False) -> None:
+    """Make ``out`` this study's folder, or refuse: a folder holding another study, or anything that
+    is not a study, is never written into (``check_only``: refuse, or write nothing).  ``key``
+    decides; ``settings`` and ``identity`` (:func:`study_identity`) are kept beside it so that a
+    refusal names what differs: the kind of study, the settings, the run, the curator's decisions
+    or the training sets."""
     from curation.runs.folder import claim_folder
 
     what = KIND_NAMES.get(kind, kind)
+    record = {"kind": kind, "key": key, "settings": settings, "identity": identity or {}}
+    claim_folder(out, STUDY, what, lambda have: have.get("kind") == kind and have.get("key") == key,
+                 lambda have: study_mismatch(out, have, record), {**record}, ValidationError, check_only)
 
-    def other(have: dict) -> str:
-        theirs = have.get("settings", {})
-        changed = sorted(k for k in set(settings) | set(theirs) if settings.get(k) != theirs.get(k))
-        detail = "; ".join(f"{k}: {theirs.get(k)!r} there, {settings.get(k)!r} now"
-                           for k in changed[:6]) or "its data or model changed"
-        return (f"{out} holds a {KIND_NAMES.get(have.get('kind'), 'study')} with other settings ({detail}); its "
-                "results would be mixed with these. Use a new --out folder (or delete that one)")
 
-    claim_folder(out, STUDY, what, lambda have: have.get("kind") == kind and have.get("key") == key, other,
-                 {"kind": kind, "key": key, "settings": settings}, ValidationError, check_only)
+def study_identity(run_key: str | None, trainings: list[Training], decisions=None) -> dict:
+    """What a study was made of besides its settings, kept in ``study.json`` to explain a refusal:
+    the run's key, the curator's decisions (a snapshot's description) and each training's examples."""
+    return {"run": run_key, "decisions": None if decisions is None else decisions.describe(),
+            "trainings": {f"{t.name} seed {t.seed}": study_key(sorted(t.ids)) for t in trainings}}
+
+
+def study_mismatch(out: Path, have: dict, now: dict) -> str:
+    """Why the study in ``out`` (its ``study.json``: ``have``) is not the one asked (``now``), in one line."""
+    what, theirs = KIND_NAMES.get(now["kind"], now["kind"]), KIND_NAMES.get(have.get("kind"), "study")
+    if have.get("kind") != now["kind"]:
+        return f"{out} holds a {theirs}, not a {what}; use a new --out folder for this {what} (or delete that one)"
+    old, new = have.get("settings") or {}, now["settings"]
+    changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
+    detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed[:6])
+    if not detail:
+        a, b = have.get("identity") or {}, now["identity"]
+        diff = [t for t in set(a.get("trainings", {})) | set(b.get("trainings", {}))
+                if a.get("trainings", {}).get(t) != b.get("trainings", {}).get(t)]
+        decided = lambda d: "none" if not d else "{decisions} ({exclude} excluded, {keep} kept)".format(  # noqa: E731
+            **d["snapshot"]) if d.get("snapshot") else str(d.get("fingerprint"))
+        if not a:
+            detail = "its data, model or training sets changed"
+        elif a.get("run") != b.get("run"):
+            detail = "the run was scored again since: its data or model changed"
+        elif (a.get("decisions") or {}).get("fingerprint") != (b.get("decisions") or {}).get("fingerprint"):
+            detail = (f"the curator's decisions changed since: {decided(a.get('decisions'))} there, "
+                      f"{decided(b.get('decisions'))} now, which changes {len(diff)} training set(s)")
+        else:
+            detail = (f"{len(diff)} training set(s) differ (e.g. {sorted(diff)[0] if diff else '?'}): the selections "
+                      "or the curator's decisions changed since")
+    return (f"{out} holds a {theirs} with other settings ({detail}); its results would be mixed with these. Use a "
+            "new --out folder (or delete that one)")
 
 
 def study_key(*parts) -> str:
@@ -244,10 +274,11 @@ class Study:
         write_text(self.out / "report.md", markdown)
 
 
-def run_study(cfg: ProxyConfig, kind: str, key: str, settings: dict, run, meta: dict, table, rounds,
+def run_study(cfg: ProxyConfig, kind: str, key: str, settings: dict, identity: dict, run, meta: dict, table, rounds,
               report) -> Study:
     """Run (or resume) a study into ``cfg.out`` (see the module docstring): ``key`` is everything
-    that decides its results, ``settings`` the ones a refusal lists; ``rounds(study)`` yields each
+    that decides its results, ``settings`` and ``identity`` what a refusal names (:func:`claim_study`);
+    ``rounds(study)`` yields each
     round's trainings.  Returns the study with its assembled ``results`` and ``curves`` (written
     to ``results.parquet`` and ``curves.parquet``); the caller analyses them and :meth:`Study.write`\\ s
     its report."""
@@ -255,9 +286,9 @@ def run_study(cfg: ProxyConfig, kind: str, key: str, settings: dict, run, meta: 
     from curation.scoring.engine import open_engine
 
     out = Path(cfg.out)
-    claim_study(out, kind, key, settings, check_only=True)  # a folder of another study: refused before any work
+    claim_study(out, kind, key, settings, identity, check_only=True)  # another study's folder: refused before any work
     study = Study(cfg, out, open_proxy(cfg, run, meta, table, report), report)
-    claim_study(out, kind, key, settings)  # claimed once the eval sets were accepted
+    claim_study(out, kind, key, settings, identity)  # claimed once the eval sets were accepted
     with open_engine(cfg) as study.proxy.settings.engine:  # this process, or Ray workers (--engine ray)
         study.base = evaluate_base(study.proxy, report)
         for trainings in rounds(study):

@@ -124,7 +124,7 @@ class Candidate:
 
 def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     """Run (or finish) a validation and return its folder (see the module docstring)."""
-    from curation.validation.study import claim_study, file_fingerprints, run_study, study_key
+    from curation.validation.study import claim_study, file_fingerprints, run_study, study_identity, study_key
     from curation.validation.verdicts import build_report
 
     report, t0 = Reporter(progress), time.time()
@@ -136,12 +136,13 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     settings = {**result_key(cfg), "selections": [str(s.path.resolve()) for s in sels],
                 "eval_files": file_fingerprints(cfg.eval)}
     key = study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings])
-    claim_study(Path(cfg.out), "validate", key, settings, check_only=True)  # claimed once every check passed
+    identity = study_identity(meta.get("run_key"), trainings)
+    claim_study(Path(cfg.out), "validate", key, settings, identity, check_only=True)  # claimed once every check passed
     check_targets(sels, cfg.eval, cfg.ngram)
     if not cfg.allow_contaminated and not all(already_decontaminated(sel.recipe(), cfg.eval, cfg.ngram) for sel in sels):
         report(phase="checking contamination")
         check_contamination(run, candidates, cfg.eval, cfg.ngram)
-    study = run_study(cfg, "validate", key, settings, run, meta, table, lambda study: [trainings], report)
+    study = run_study(cfg, "validate", key, settings, identity, run, meta, table, lambda study: [trainings], report)
 
     report(phase="statistics", done=len(trainings), total=len(trainings))
     objective = parse_objective(cfg.objective, sorted(cfg.eval))
