@@ -61,6 +61,34 @@ def test_rounds_see_the_results_so_far_and_a_resumed_study_replays_them_without_
     pd.testing.assert_frame_equal(resumed.results, study.results)
 
 
+@pytest.mark.parametrize("damage", ["garbage", "other columns", "curve"])
+def test_a_damaged_part_is_named_and_deleting_it_trains_it_again(pool, tmp_path, damage):
+    """Issue 30, item 15: a corrupt parts/*.parquet on resume gave a pyarrow error that did not say
+    that deleting the part re-trains it."""
+    run = pool["run"]
+    meta, table = run.require_finished(), run.scores()
+    cfg = cfg_of(pool, tmp_path / "s", cache=str(tmp_path / "cache"))
+    trainings = [Training("a", 0, sorted(table["example_id"])[:6])]
+    first = run_study(cfg, "validate", "k", {}, {}, run, meta, table, lambda study: [trainings], Reporter(None))
+    part = first.parts["a-seed0"]
+    if damage == "garbage":
+        part.write_bytes(b"PAR1 not a parquet file")
+    elif damage == "other columns":
+        pd.DataFrame({"x": [1]}).to_parquet(part)
+    else:
+        part.with_suffix(".curve.json").write_text("[{")
+    with pytest.raises(ValidationError, match=r"a-seed0.parquet cannot be read .*; delete it \(and its .curve.json and "
+                                              r".time.json\) and run the same command again: that training is trained "
+                                              r"again"):
+        run_study(cfg, "validate", "k", {}, {}, run, meta, table, lambda study: [trainings], Reporter(None))
+    for p in (part, part.with_suffix(".curve.json"), part.with_suffix(".time.json")):
+        p.unlink()
+    (tmp_path / "cache" / "trainings").rename(tmp_path / "gone")  # not from the training cache: trained again
+    again = run_study(cfg, "validate", "k", {}, {}, run, meta, table, lambda study: [trainings], Reporter(None))
+    assert again.seconds()["timed"] == 1
+    pd.testing.assert_frame_equal(again.results, first.results)
+
+
 def test_a_study_folder_is_claimed_once_and_refused_to_other_settings(tmp_path):
     out = tmp_path / "s"
     claim_study(out, "validate", "k1", {"epochs": 1}, check_only=True)

@@ -151,6 +151,8 @@ class Study:
         names) is trained once; its twin is committed from the training cache."""
         for t in trainings:
             self.parts[t.part] = self.part_path(t)
+            if self.parts[t.part].is_file():
+                self.read_part(self.parts[t.part])  # a damaged part is named now, not after the other trainings
         self.proxy.encode(set().union(*(t.ids for t in trainings)) if trainings else set(), self.report)
         todo = [t for t in trainings if not self.part_path(t).is_file()]
         todo = [t for t in todo if not self.reuse(t)]
@@ -244,14 +246,31 @@ class Study:
 
         frames, curves = [self.base], []
         for p in self.parts.values():
-            if not p.is_file():
-                continue
-            df = pd.read_parquet(p)
-            cand, seed = df["candidate"].iloc[0], int(df["seed"].iloc[0])
-            curves += [{"candidate": cand, "seed": seed, **pt} for pt in json.loads(p.with_suffix(".curve.json").read_text())]
-            frames.append(df)
+            if p.is_file():
+                df, curve = self.read_part(p)
+                cand, seed = df["candidate"].iloc[0], int(df["seed"].iloc[0])
+                curves += [{"candidate": cand, "seed": seed, **pt} for pt in curve]
+                frames.append(df)
         cols = ["candidate", "seed", "step", "loss", "lr", "tokens"]
         return pd.concat(frames, ignore_index=True), pd.DataFrame(curves, columns=cols)
+
+    def read_part(self, p: Path):
+        """``(eval rows, loss curve)`` of a committed part; one line when it cannot be used (a kill
+        cannot damage one, a disk or a hand can), saying that deleting it trains it again."""
+        import pandas as pd
+
+        try:
+            df = pd.read_parquet(p)
+            curve = json.loads(p.with_suffix(".curve.json").read_text())
+            missing = sorted(set(self.base.columns) - set(df.columns))
+            if missing or len(df) != len(self.base) or df["candidate"].nunique() != 1 or not isinstance(curve, list):
+                raise ValueError(f"not one model's {len(self.base)} eval rows and loss curve"
+                                 + (f" (no column {', '.join(missing)})" if missing else ""))
+        except (OSError, ValueError, UnicodeDecodeError) as e:  # pyarrow's errors are ValueErrors or OSErrors
+            raise ValidationError(f"{p} cannot be read ({type(e).__name__}: {str(e)[:200]}); delete it (and its "
+                                  ".curve.json and .time.json) and run the same command again: that training is "
+                                  "trained again, the others are kept") from None
+        return df, curve
 
     def seconds(self) -> dict:
         """What the committed trainings cost: the sum of their own wall seconds (however many runs,
