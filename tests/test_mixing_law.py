@@ -123,3 +123,16 @@ def test_objectives_parse_and_say_what_is_wrong():
                      ("chat=0,math=0", "sum to 0"), ("chat=1,chat=2", "twice")]:
         with pytest.raises(MixError, match=msg):
             parse_objective(bad, evals)
+
+
+def test_objective_weights_are_normalised_without_overflow_and_every_eval_set_needs_one():
+    """Issue 30, item 8: chat=1e308,math=1e308 summed to inf (weights 0/0, an objective always 0),
+    and --objective chat=0.3 silently gave math the weight 0."""
+    assert parse_objective("chat=1e308,math=1e308", ["chat", "math"])["weights"] == {"chat": 0.5, "math": 0.5}
+    small = parse_objective("chat=5e-324,math=1e-323", ["chat", "math"])["weights"]
+    assert small == pytest.approx({"chat": 1 / 3, "math": 2 / 3})
+    assert parse_objective("chat=1,math=0", ["chat", "math"])["weights"] == {"chat": 1.0, "math": 0.0}
+    with pytest.raises(MixError, match=r"give every eval set a weight \(math has none; math=0 leaves it out\)"):
+        parse_objective("chat=0.3", ["chat", "math"])
+    with pytest.raises(MixError, match="sum to 0"):
+        parse_objective("chat=0,math=0", ["chat", "math"])

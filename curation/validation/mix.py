@@ -62,7 +62,7 @@ class MixConfig(ProxyConfig):
     seeds: int = option(2, "trainings per mix (seeds added to --seed): error bars and the bootstrap over seeds")
     method: str = option("random", "how each mix picks inside a domain: random, or a ranking score (its top-k)")
     objective: str = option("mean", "what the recommended mix minimises over the eval sets' NLL: mean, worst, "
-                                    "or NAME=W,... (weights)")
+                                    "or NAME=W,... (a weight for every eval set)")
     ngram: int = option(Recipe.ngram, "pool examples sharing this many consecutive words with an eval example are "
                                       "left out of every mix")
     bootstrap: int = option(400, "bootstrap resamples (over seeds and eval examples) for the intervals")

@@ -206,7 +206,8 @@ OBJECTIVES = ("mean", "worst")
 
 
 def parse_objective(text: str, evals: list[str]) -> dict:
-    """``mean`` (equal weights), ``worst`` (the largest loss) or ``EVAL=W,...`` (weights, normalised)."""
+    """``mean`` (equal weights), ``worst`` (the largest loss) or ``EVAL=W,...`` (a weight for every
+    eval set, normalised to sum to 1)."""
     text = str(text).strip()
     if text in OBJECTIVES:
         return {"kind": text, "weights": {e: 1.0 / len(evals) for e in evals}}
@@ -226,10 +227,17 @@ def parse_objective(text: str, evals: list[str]) -> dict:
     unknown = sorted(set(weights) - set(evals))
     if unknown:
         raise MixError(f"objective {text!r}: {unknown} are not eval sets of the study ({', '.join(evals)})")
-    total = sum(weights.values())
-    if total <= 0:
+    missing = [e for e in evals if e not in weights]
+    if missing:
+        raise MixError(f"objective {text!r}: give every eval set a weight ({', '.join(missing)} has none; "
+                       f"{missing[0]}=0 leaves it out)")
+    top = max(weights.values())
+    if top <= 0:
         raise MixError(f"objective {text!r}: the weights sum to 0")
-    return {"kind": "weighted", "weights": {e: weights.get(e, 0.0) / total for e in evals}}
+    if not math.isfinite(sum(weights.values())):  # huge weights: scaled into [0, 1] first, so the sum is finite
+        weights = {e: w / top for e, w in weights.items()}
+    total = sum(weights.values())
+    return {"kind": "weighted", "weights": {e: weights[e] / total for e in evals}}
 
 
 def objective_values(predictions: np.ndarray, objective: dict, evals: list[str]) -> np.ndarray:

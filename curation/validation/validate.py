@@ -80,7 +80,7 @@ class ValidateConfig(ProxyConfig):
     ngram: int = option(Recipe.ngram, "contamination check: consecutive words shared with an eval example that flag a "
                             "training example")
     objective: str = option("mean", "also compare on one number over the eval domains: mean (of their NLL), "
-                                    "worst (the largest), or DOMAIN=W,... (weights)")
+                                    "worst (the largest), or DOMAIN=W,... (a weight for every eval set)")
 
     def __post_init__(self):
         if isinstance(self.selections, str):
