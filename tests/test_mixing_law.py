@@ -26,16 +26,25 @@ def test_two_domain_design_is_evenly_spaced_with_both_ends():
 
 
 @settings(max_examples=50, deadline=None)
-@given(n=st.integers(3, 6), seed=st.integers(0, 1000), raw=st.lists(st.floats(0.01, 1), min_size=6, max_size=6))
+@given(n=st.integers(2, 6), seed=st.integers(0, 1000), raw=st.lists(st.floats(0.01, 1), min_size=6, max_size=6))
 def test_n_domain_designs_sum_to_one_and_contain_the_natural_mix(n, seed, raw):
     natural = np.array(raw[:n]) / sum(raw[:n])
     for design in (simplex_design(n, natural), dirichlet_design(n, 7, seed, natural)):
         assert np.allclose(design.sum(axis=1), 1) and (design >= 0).all()
         assert np.any(np.all(np.isclose(design, natural), axis=1))
         assert all(np.any(np.all(np.isclose(design, np.eye(n)[i]), axis=1)) for i in range(n))  # the vertices
+        assert len(np.unique(design.round(9), axis=0)) == len(design)  # distinct mixes only
     # Vertices, edge midpoints, centroid, and the natural mix unless it is one of them already.
     assert len(simplex_design(3, np.array([0.5, 0.3, 0.2]))) == 3 + 3 + 1 + 1
     assert len(simplex_design(3, np.full(3, 1 / 3))) == 7
+
+
+def test_the_two_domain_simplex_trains_each_mix_once():
+    """Issue 30, item 7: with two domains the edge midpoint is the centroid; it was trained twice,
+    and the twins' leave-one-out errors were 0."""
+    for natural, n in ((np.array([0.6, 0.4]), 4), (np.array([0.5, 0.5]), 3)):
+        design = simplex_design(2, natural)
+        assert len(design) == n and len(np.unique(design.round(9), axis=0)) == n
 
 
 def test_a_planted_law_is_recovered():

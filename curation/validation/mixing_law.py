@@ -52,7 +52,7 @@ def simplex_design(n_domains: int, natural: np.ndarray) -> np.ndarray:
     eye = np.eye(n_domains)
     points = [eye[i] for i in range(n_domains)]
     points += [(eye[i] + eye[j]) / 2 for i, j in itertools.combinations(range(n_domains), 2)]
-    points.append(np.full(n_domains, 1.0 / n_domains))
+    points.append(np.full(n_domains, 1.0 / n_domains))  # (two domains: the edge midpoint again, dropped)
     return _with_natural(np.array(points), natural)
 
 
@@ -64,10 +64,17 @@ def dirichlet_design(n_domains: int, n: int, seed: int, natural: np.ndarray) -> 
 
 
 def _with_natural(points: np.ndarray, natural: np.ndarray) -> np.ndarray:
-    natural = np.asarray(natural, dtype=np.float64)
-    if not np.any(np.all(np.isclose(points, natural, atol=1e-9), axis=1)):
-        points = np.vstack([points, natural])
-    return points
+    return distinct_mixes(np.vstack([points, np.asarray(natural, dtype=np.float64)]))
+
+
+def distinct_mixes(points: np.ndarray) -> np.ndarray:
+    """The rows of ``points`` without repeats (equal within 1e-9), in their first order: a mix
+    trained twice under two names would count as two measurements of the law."""
+    keep: list[int] = []
+    for i in range(len(points)):
+        if not any(np.allclose(points[i], points[j], atol=1e-9, rtol=0) for j in keep):
+            keep.append(i)
+    return points[keep]
 
 
 # ----------------------------------------------------------------------------------------------
