@@ -7,10 +7,10 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from curation.data.load import source_stem
 from curation.jobs import store as jobs
 from curation.jobs.workspace import list_data_files, list_folders, new_folder_name, selections_dir, validations_dir
 from curation.selection.baselines import BASELINES
+from curation.validation.proxy import eval_files
 from curation.validation.validate import ValidateConfig, Validation
 from pages.common import config_input, jobs_panel, pick_folder, workspace
 
@@ -56,7 +56,7 @@ if go_clicked:
             raise ValueError("choose at least one selection")
         out = validations_dir(ws) / new_folder_name("validate-" + "-".join(chosen)[:60])
         cfg = ValidateConfig(selections=[str(selections_dir(ws) / n) for n in chosen], out=str(out),
-                             eval={source_stem(n): str(ws / "eval" / n) for n in ev}, baselines=",".join(baselines),
+                             eval=eval_files(ws / "eval" / n for n in ev), baselines=",".join(baselines),
                              seeds=int(seeds), epochs=int(epochs), lora=bool(lora), objective=str(objective))
         job = jobs.submit("validate", cfg, workspace=ws)
         st.session_state["validation_name"] = out.name

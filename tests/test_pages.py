@@ -311,6 +311,22 @@ def test_mix_page_shows_the_law_the_recommendation_and_the_commands(in_scored_ws
     assert any(b.label == "Start mix study" for b in at.button)
 
 
+def test_mix_page_refuses_two_eval_files_of_one_name(scored_ws, tmp_path, monkeypatch):
+    """Issue 30, item 14: math.json beside math.jsonl became one eval set (one was silently dropped)."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(scored_ws, ws)
+    (ws / "eval" / "math.json").write_text(json.dumps([{"question": "What is 70 + 70?", "answer": "140"}]))
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = _page("mix")
+    next(b for b in at.button if b.label == "Start mix study").click().run()
+    assert not at.exception
+    assert any("eval files math.json and math.jsonl would both be the eval set 'math'" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    assert "No mix study job yet." in _texts(at)  # nothing started
+
+
 def test_select_page_predicts_the_mix_and_sets_the_recommended_one(in_scored_ws):
     at = _page("select")
     assert not at.exception

@@ -132,6 +132,22 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
+def eval_files(paths) -> dict[str, str]:
+    """``{name: path}`` of eval files named by their file names without extensions (the pages' eval
+    sets); two files of one name (``math.json`` and ``math.jsonl``) are refused, as ``--eval``
+    given twice is: the second would silently replace the first."""
+    from curation.data.load import source_stem
+
+    out: dict[str, str] = {}
+    for p in map(str, paths):
+        name = source_stem(p)
+        if name in out:
+            raise ValueError(f"eval files {Path(out[name]).name} and {Path(p).name} would both be the eval set "
+                             f"{name!r}; choose one of them, or rename one")
+        out[name] = p
+    return out
+
+
 def check_eval_files(evals: dict[str, str]) -> None:
     """Each eval set its own file: one file under two names would give the second no example (the
     loader keeps one copy of each example), and its verdicts would silently be missing."""
