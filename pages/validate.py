@@ -75,11 +75,10 @@ if vdir is None:
 validation = Validation(vdir)
 try:
     rep = validation.report()
-    stats = rep["statistics"]["token"]
-except (ValueError, KeyError, TypeError) as e:  # the other validations stay listed
-    st.error(f"{vdir / 'report.json'} cannot be read ({type(e).__name__}: {e}); pick another validation above, or "
-             "run this one again into a new folder")
+except ValueError as e:  # the reader says what is wrong with it; the other validations stay listed
+    st.error(f"{e}. Pick another validation above.")
     st.stop()
+stats = rep["statistics"]["token"]
 st.caption(f"{', '.join(s['name'] for s in rep['selections'])} · proxy `{rep['model']['spec']}` · "
            f"{rep['config']['epochs']} epochs · {rep['config']['seeds']} seeds · {stats['metric_text']} (lower is better)")
 

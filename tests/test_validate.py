@@ -240,3 +240,39 @@ def test_a_refused_validation_claims_nothing_so_the_corrected_command_can_use_it
     assert not (out / "study.json").exists()
     run_validate(vcfg(setup, [setup["dir"] / "planted"], out, **quick))  # the corrected command
     assert (out / "report.json").is_file()
+
+
+def a_report(**change) -> dict:
+    """The smallest validation report of the shape the Validate page and the CLI read."""
+    rep = {"kind": "validate", "config": {"epochs": 1, "seeds": 1}, "model": {"spec": "m"}, "seconds": 1.0,
+           "selections": [{"name": "sel"}],
+           "statistics": {"token": {"metric_text": "t", "rows": [{"candidate": "sel", "domain": "math", "mean": 1.0,
+                                                                   "sd": None}],
+                                    "comparisons": [{"candidate": "sel", "baseline": "random", "domain": "math",
+                                                     "verdict_text": "v", "diff": 0.1, "lo": -0.1, "hi": 0.3,
+                                                     "candidate_mean": 1.0, "baseline_mean": 0.9}]}},
+           "lengths": {"sel": {"score": None, "by_domain": {"math": {"selection_mean_response_tokens": None,
+                                                                      "pool_mean_response_tokens": 9.0}}}},
+           "candidates": [{"name": "sel", "seeds": [0], "per_seed": [{"examples": 3, "response_tokens": 30}]}]}
+    rep.update(change)
+    return rep
+
+
+def test_a_validation_report_of_the_wrong_shape_is_refused_with_one_line(tmp_path):
+    """Issue 30, item 3 (the validation's share): valid JSON of the wrong shape gave the Validate page
+    a KeyError; the reader names what is wrong."""
+    from curation.validation.validate import Validation
+
+    (tmp_path / "report.json").write_text(json.dumps(a_report()))
+    assert Validation(tmp_path).report()["kind"] == "validate"
+    for change, where in [({"statistics": {}}, "statistics: 'token' is a required property"),
+                          ({"statistics": {"token": {"metric_text": "t", "rows": [], "comparisons": [{}]}}},
+                           "statistics.token.comparisons.0: 'candidate' is a required property"),
+                          ({"selections": "sel"}, "selections: 'sel' is not of type 'array'"),
+                          ({"candidates": [{"name": "sel", "seeds": [0, 1], "per_seed": []}]},
+                           "candidate sel has 0 training sets for 2 seeds")]:
+        (tmp_path / "report.json").write_text(json.dumps(a_report(**change)))
+        with pytest.raises(ValidationError) as e:
+            Validation(tmp_path).report()
+        assert str(e.value) == (f"{tmp_path / 'report.json'}: not a readable validation report ({where}); run the "
+                                "validation again into a new folder"), str(e.value)

@@ -44,7 +44,7 @@ from curation.validation.mixing_law import (Law, MixError, dirichlet_design, fit
                                             objective_values, pareto_front, parse_objective, recommend,
                                             simplex_design, two_domain_design)
 from curation.validation.proxy import MAX_SEEDS, ProxyConfig, Training
-from curation.validation.study import StudyReader
+from curation.validation.study import NUMBER, NUMBER_OR_NULL, TEXT, WHOLE, StudyReader, each, items, obj
 
 MAX_POINTS = 64
 
@@ -405,11 +405,46 @@ def report_markdown(rep: dict) -> str:
 # Reading a study (the Mix page, the Select page's live prediction)
 
 
+BAND = obj(value=NUMBER, lo=NUMBER, hi=NUMBER)
+
+
 class MixStudy(StudyReader):
     """A finished mix study's folder: its report, and the law's prediction for any mix."""
 
     KIND = "mix"
     error = MixError
+    SCHEMA = obj(
+        config=obj(seeds=WHOLE, budget=TEXT, method=TEXT, epochs=WHOLE), run=obj(dir=TEXT), seconds=NUMBER,
+        domains=items(TEXT, minItems=2), evals=items(TEXT, minItems=1), natural=each(NUMBER), objective=obj(kind=TEXT),
+        points=items(obj(name=TEXT, mix=each(NUMBER), examples=each(WHOLE)), minItems=1),
+        fit=each(obj(verdict=TEXT, law=obj(c=NUMBER, k=NUMBER, t=each(NUMBER), rss=NUMBER), spread=NUMBER,
+                     seed_sd=NUMBER_OR_NULL, measured=items(obj(mean=NUMBER, sd=NUMBER_OR_NULL)),
+                     loo=obj(law_prediction=items(NUMBER_OR_NULL), law_mae=NUMBER_OR_NULL, linear_mae=NUMBER_OR_NULL),
+                     curve=obj(mixes=items(items(NUMBER)), fit=items(NUMBER), lo=items(NUMBER), hi=items(NUMBER)))),
+        recommended=obj(mix=each(NUMBER), mix_interval=each(items(NUMBER, minItems=2, maxItems=2)), predicted=each(BAND)),
+        at_natural=each(BAND), pareto=items(obj(mix=each(NUMBER), predicted=each(NUMBER))),
+        commands=obj(mix=TEXT, select=TEXT, validate=TEXT),
+        bootstrap=obj(params=each(items(items(NUMBER, minItems=3), minItems=1))))
+
+    def inconsistency(self, rep: dict) -> str | None:
+        domains, evals, n = rep["domains"], rep["evals"], len(rep["points"])
+        for name, part in (("fit", rep["fit"]), ("recommended.predicted", rep["recommended"]["predicted"]),
+                           ("at_natural", rep["at_natural"]), ("bootstrap.params", rep["bootstrap"]["params"])):
+            if missing := [e for e in evals if e not in part]:
+                return f"{name} lacks the eval set(s) {', '.join(missing)}"
+        for e in evals:
+            f = rep["fit"][e]
+            if len(f["measured"]) != n or len(f["loo"]["law_prediction"]) != n:
+                return f"fit.{e} measures {len(f['measured'])} mixes, not the {n} of its design"
+            if missing := [d for d in domains[:-1] if d not in f["law"]["t"]]:
+                return f"fit.{e}.law.t lacks the domain(s) {', '.join(missing)}"
+            if any(len(p) != len(domains) + 1 for p in rep["bootstrap"]["params"][e]):
+                return f"bootstrap.params.{e} does not hold c, k and a t per domain"
+        for key in ("natural", "recommended.mix"):
+            shares = rep["natural"] if key == "natural" else rep["recommended"]["mix"]
+            if missing := [d for d in domains if d not in shares]:
+                return f"{key} lacks the domain(s) {', '.join(missing)}"
+        return None
 
     def predict(self, mix: dict[str, float]) -> dict[str, dict]:
         """Each eval set's predicted NLL at ``mix`` (``{domain: share}``) with its bootstrap interval."""
@@ -426,8 +461,9 @@ class MixStudy(StudyReader):
 
 
 def latest_study(folder: str | Path, run_dir: str | Path) -> MixStudy | None:
-    """The newest finished mix study of ``run_dir`` among the sub-folders of ``folder`` (a report
-    that cannot be read is passed over)."""
+    """The newest finished mix study of ``run_dir`` among the sub-folders of ``folder`` (a report that
+    does not say which run it studied is passed over; one of the run that cannot be read is found,
+    and its reader says what is wrong with it)."""
     found = []
     target = str(Path(run_dir).resolve())
     parent = Path(folder)
@@ -441,6 +477,7 @@ def latest_study(folder: str | Path, run_dir: str | Path) -> MixStudy | None:
             rep = json.loads(f.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if isinstance(rep, dict) and rep.get("kind") == "mix" and (rep.get("run") or {}).get("dir") == target:
+        of_run = isinstance(rep, dict) and isinstance(rep.get("run"), dict) and rep["run"].get("dir") == target
+        if of_run and rep.get("kind") == "mix":
             found.append((f.stat().st_mtime, p))
     return MixStudy(max(found)[1]) if found else None

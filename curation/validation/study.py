@@ -324,25 +324,61 @@ def run_study(cfg: ProxyConfig, kind: str, key: str, settings: dict, identity: d
 # Reading a finished study (the pages, the CLI)
 
 
+def obj(**props) -> dict:
+    """A JSON Schema: an object that has (at least) these properties."""
+    return {"type": "object", "required": list(props), "properties": props}
+
+
+def each(schema: dict) -> dict:
+    """A JSON Schema: an object whose every value is ``schema`` (a mapping such as domain -> share)."""
+    return {"type": "object", "additionalProperties": schema}
+
+
+def items(schema: dict, **extra) -> dict:
+    """A JSON Schema: a list of ``schema``."""
+    return {"type": "array", "items": schema, **extra}
+
+
+NUMBER, NUMBER_OR_NULL = {"type": "number"}, {"type": ["number", "null"]}
+TEXT, WHOLE = {"type": "string"}, {"type": "integer"}
+TEXT_OR_NULL = {"type": ["string", "null"]}
+
+
 class StudyReader:
     """A finished study's folder, read: its report (refused, with one line, unless it is a report of
-    this kind), its loss curves and its summary in words.  ``Validation`` and ``MixStudy`` extend it."""
+    this kind and of the shape its readers use: :attr:`SCHEMA`, a JSON Schema, and
+    :meth:`inconsistency`), its loss curves and its summary in words.  ``Validation`` and
+    ``MixStudy`` extend it."""
 
     KIND = ""
     REPORT = "report.json"
+    SCHEMA: dict = {"type": "object"}
     error = ValidationError  # what a report that cannot be read raises
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def report(self) -> dict:
+        import jsonschema
+
         from curation.runs.folder import read_json_object
 
         p, what = self.path / self.REPORT, KIND_NAMES.get(self.KIND, self.KIND)
         rep = read_json_object(p, f"{what} report", self.error)
         if rep.get("kind") != self.KIND:
             raise self.error(f"{p}: not a {what}'s report")
+        wrong = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(self.SCHEMA).iter_errors(rep))
+        where = ".".join(map(str, wrong.absolute_path)) if wrong is not None else None
+        problem = (f"{where or 'the report'}: {wrong.message[:200]}" if wrong is not None
+                   else self.inconsistency(rep))
+        if problem:
+            raise self.error(f"{p}: not a readable {what} report ({problem}); run the {what} again into a new folder")
         return rep
+
+    def inconsistency(self, rep: dict) -> str | None:
+        """What in a report of the right shape does not fit together (its parts name other eval sets,
+        lists of other lengths), or None."""
+        return None
 
     def markdown(self) -> str:
         """``report.md`` ('' when it is missing)."""

@@ -59,7 +59,7 @@ from curation.selection.baselines import BASELINES
 from curation.selection.recipe import Recipe
 from curation.validation.mixing_law import MixError, parse_objective
 from curation.validation.proxy import MAX_SEEDS, ProxyConfig, Training, ValidationError
-from curation.validation.study import StudyReader
+from curation.validation.study import NUMBER, NUMBER_OR_NULL, TEXT, TEXT_OR_NULL, WHOLE, StudyReader, each, items, obj
 
 
 @dataclass(kw_only=True)
@@ -169,6 +169,23 @@ class Validation(StudyReader):
     curves and summary."""
 
     KIND = "validate"
+    SCHEMA = obj(
+        config=obj(epochs=WHOLE, seeds=WHOLE), model=obj(spec=TEXT), selections=items(obj(name=TEXT)),
+        seconds=NUMBER,
+        statistics=obj(token=obj(
+            metric_text=TEXT,
+            comparisons=items(obj(candidate=TEXT, baseline=TEXT, domain=TEXT, verdict_text=TEXT, diff=NUMBER, lo=NUMBER,
+                                  hi=NUMBER, candidate_mean=NUMBER, baseline_mean=NUMBER)),
+            rows=items(obj(candidate=TEXT, domain=TEXT, mean=NUMBER, sd=NUMBER_OR_NULL)))),
+        lengths=each(obj(score=TEXT_OR_NULL, by_domain=each(obj(selection_mean_response_tokens=NUMBER_OR_NULL,
+                                                                pool_mean_response_tokens=NUMBER)))),
+        candidates=items(obj(name=TEXT, seeds=items(WHOLE), per_seed=items(obj(examples=WHOLE, response_tokens=WHOLE)))))
+
+    def inconsistency(self, rep: dict) -> str | None:
+        for c in rep["candidates"]:
+            if len(c["per_seed"]) != len(c["seeds"]):
+                return f"candidate {c['name']} has {len(c['per_seed'])} training sets for {len(c['seeds'])} seeds"
+        return None
 
 
 # ----------------------------------------------------------------------------------------------
