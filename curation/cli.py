@@ -172,6 +172,8 @@ def validate_summary(out) -> None:
     for c in rep["statistics"]["token"]["comparisons"]:
         print(f"{c['candidate']} vs {c['baseline']}, {c['domain']}: {c['verdict_text']} "
               f"({c['diff']:+.4f} nats [{c['lo']:+.4f}, {c['hi']:+.4f}])")
+    for note in rep.get("notes", []):
+        print(f"note: {note}")
     print(f"wrote {out}/report.md, {out}/report.json, {out}/results.parquet, {out}/curves.parquet "
           f"({rep['seconds']:.0f} s)")
 

@@ -83,6 +83,8 @@ st.caption(f"{', '.join(s['name'] for s in rep['selections'])} · proxy `{rep['m
            f"{rep['config']['epochs']} epochs · {rep['config']['seeds']} seeds · {stats['metric_text']} (lower is better)")
 
 st.markdown("**Verdicts**")
+for note in rep.get("notes", []):  # a baseline drawn again, or one that could not be compared
+    st.warning(note)
 verdicts = pd.DataFrame([{
     "candidate": c["candidate"], "against": c["baseline"], "domain": c["domain"], "verdict": c["verdict_text"],
     "difference (nats)": round(c["diff"], 4), "95% interval": f"[{c['lo']:+.4f}, {c['hi']:+.4f}]",

@@ -276,3 +276,27 @@ def test_a_validation_report_of_the_wrong_shape_is_refused_with_one_line(tmp_pat
             Validation(tmp_path).report()
         assert str(e.value) == (f"{tmp_path / 'report.json'}: not a readable validation report ({where}); run the "
                                 "validation again into a new folder"), str(e.value)
+
+
+def test_a_baseline_draw_that_is_the_selection_itself_is_drawn_again_or_said_to_be_empty(setup, tmp_path):
+    """Issue 30, item 4: a random selection at the natural mix with seed 0, validated against natural
+    or random with seeds from 0, was compared with itself ("no detectable difference (+0.0000
+    [+0.0000, +0.0000])")."""
+    sel = select_run(setup["run"], Recipe("random", budget="20", mix="natural", seed=0), tmp_path / "rnd")
+    cfg = vcfg(setup, [sel], tmp_path / "v", seeds=3, baselines="random,natural,random-tokens", seed=0)
+    run, sels = read_selections(cfg.selections)
+    cands = {c.name: c for c in build_candidates(cfg, sels, run.scores(), "score", run)}
+    own = set(cands["rnd"].ids[0])
+    for b in ("random", "natural"):
+        assert cands[b].seeds == [1, 2, 3] and all(set(ids) != own for ids in cands[b].ids.values()), b
+        assert cands[b].note.startswith(f"{b}: the draw of seed(s) 0 is rnd's own examples"), cands[b].note
+    assert cands["random-tokens"].seeds == [0, 1, 2] and cands["random-tokens"].note is None
+    # A selection of every eligible example: every random draw is the selection; nothing to compare.
+    everything = select_run(setup["run"], Recipe("random", budget="100%"), tmp_path / "all")
+    out = run_validate(vcfg(setup, [everything], tmp_path / "v-all", seeds=1, epochs=1, baselines="random"))
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["statistics"]["token"]["comparisons"] == [] and [c["name"] for c in rep["candidates"]] == ["all", "random"]
+    assert rep["notes"] == [f"random: every draw (21 seeds) is all's own examples (its eligible rows hold no other sample "
+                            "of its size), so all cannot be compared with it; no comparison is made"]
+    md = (out / "report.md").read_text()
+    assert "- none: no baseline could be compared (see the notes)" in md and "## Notes" in md

@@ -324,9 +324,9 @@ def run_study(cfg: ProxyConfig, kind: str, key: str, settings: dict, identity: d
 # Reading a finished study (the pages, the CLI)
 
 
-def obj(**props) -> dict:
-    """A JSON Schema: an object that has (at least) these properties."""
-    return {"type": "object", "required": list(props), "properties": props}
+def obj(optional: dict | None = None, **props) -> dict:
+    """A JSON Schema: an object that has (at least) these properties, and may have the ``optional`` ones."""
+    return {"type": "object", "required": list(props), "properties": {**props, **(optional or {})}}
 
 
 def each(schema: dict) -> dict:

@@ -111,6 +111,9 @@ class ValidateConfig(ProxyConfig):
         return [b.strip() for b in self.baselines.split(",") if b.strip()]
 
 
+MAX_REDRAWS = 20  # seeds a random baseline tries beyond its own when its draws are the selection itself
+
+
 @dataclass
 class Candidate:
     """A training set to validate: a selection or a baseline, with its examples per seed."""
@@ -120,6 +123,7 @@ class Candidate:
     selection: str  # the selection it belongs to (its own name for a selection)
     seeds: list[int]
     ids: dict[int, list[str]] = field(default_factory=dict)  # seed -> training example ids
+    note: str | None = None  # what the report must say about it (seeds drawn again, no comparison)
 
 
 def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
@@ -155,6 +159,7 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
         "selections": [{"name": s.name, "dir": str(s.path.resolve()), "recipe": s.recipe().to_dict()} for s in sels],
         "eval": study.proxy.evals.provenance, "candidates": describe_candidates(candidates, table),
         "statistics": stats, "lengths": length_report(sels, candidates, table),
+        "notes": [c.note for c in candidates if c.note],
         "seconds": round(time.time() - t0, 1), "trainings": study.seconds(),
     }
     if cfg.generate:
@@ -170,7 +175,7 @@ class Validation(StudyReader):
 
     KIND = "validate"
     SCHEMA = obj(
-        config=obj(epochs=WHOLE, seeds=WHOLE), model=obj(spec=TEXT), selections=items(obj(name=TEXT)),
+        optional={"notes": items(TEXT)}, config=obj(epochs=WHOLE, seeds=WHOLE), model=obj(spec=TEXT), selections=items(obj(name=TEXT)),
         seconds=NUMBER,
         statistics=obj(token=obj(
             metric_text=TEXT,
@@ -217,7 +222,7 @@ def comparison_pairs(candidates: list[Candidate]) -> list[tuple[str, str]]:
 
     against = {"selection": RANDOM_BASELINES, "longest": ("random",), "full": ("random",)}
     return [(c.name, b.name) for c in candidates for b in candidates
-            if b.selection == c.selection and b.kind in against.get(c.kind, ())]
+            if b.selection == c.selection and b.kind in against.get(c.kind, ()) and b.seeds]
 
 
 def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> list[Candidate]:
@@ -226,6 +231,7 @@ def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> li
     contaminated examples)."""
     from curation.selection.annotate import annotate
     from curation.selection.baselines import baseline_ids, random_baseline
+    from curation.validation.verdicts import RANDOM_BASELINES
 
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
     df = table.reset_index(drop=True)
@@ -242,9 +248,38 @@ def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> li
         wanted = {str(d): (len(g), int(resp.loc[g["example_id"]].sum())) for d, g in rows.groupby("domain")}
         for b in cfg.baseline_list():
             name = b if single else f"{b}@{sel.name}"
-            bseeds = seeds[:1] if b == "full" else seeds
-            out.append(Candidate(name, b, sel.name, bseeds, {s: baseline_ids(b, df, eligible, wanted, s, kept) for s in bseeds}))
+            draw = lambda s, b=b: baseline_ids(b, df, eligible, wanted, s, kept)  # noqa: E731
+            if b in RANDOM_BASELINES:
+                out.append(distinct_draws(Candidate(name, b, sel.name, []), draw, set(rows["example_id"]), seeds))
+            else:
+                bseeds = seeds[:1] if b == "full" else seeds
+                out.append(Candidate(name, b, sel.name, bseeds, {s: draw(s) for s in bseeds}))
     return out
+
+
+def distinct_draws(c: Candidate, draw, own: set[str], seeds: list[int]) -> Candidate:
+    """``c`` (a random baseline) with a draw per seed that is not the selection's ``own`` examples:
+    a draw that is the selection itself (a random selection is such a draw, of its recipe's seed)
+    would compare the selection with itself, so its seed is passed over for the next one.  When no
+    draw differs (the eligible rows hold no other sample of the selection's size), the baseline has
+    no seed, and its note says that the comparison is empty."""
+    tries = len(seeds) + MAX_REDRAWS
+    for s in range(seeds[0], seeds[0] + tries):
+        if len(c.seeds) == len(seeds):
+            break
+        ids = draw(s)
+        if set(ids) != own:
+            c.seeds.append(s)
+            c.ids[s] = ids
+    if not c.seeds:
+        c.note = (f"{c.name}: every draw ({tries} seeds) is {c.selection}'s own examples (its eligible rows hold no "
+                  f"other sample of its size), so {c.selection} cannot be compared with it; no comparison is made")
+    elif c.seeds != seeds[:len(c.seeds)]:
+        c.note = (f"{c.name}: the draw of seed(s) {', '.join(str(s) for s in seeds if s not in c.seeds)} is "
+                  f"{c.selection}'s own examples (comparing it with itself), so seeds "
+                  f"{', '.join(map(str, c.seeds))} were drawn instead"
+                  + (f"; only {len(c.seeds)} draws differ from it" if len(c.seeds) < len(seeds) else ""))
+    return c
 
 
 def check_targets(sels, eval_paths: dict[str, str], ngram: int) -> None:
@@ -440,6 +475,10 @@ def report_markdown(rep: dict) -> str:
         lines.append(f"- **{c['candidate']}** vs {c['baseline']}, {c['domain']}: {c['verdict_text']} "
                      f"({c['diff']:+.4f} nats, interval [{c['lo']:+.4f}, {c['hi']:+.4f}]; "
                      f"{c['candidate_mean']:.4f} vs {c['baseline_mean']:.4f})")
+    if not st["comparisons"]:
+        lines.append("- none: no baseline could be compared (see the notes)")
+    if rep.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in rep["notes"]]
     lines += ["", "## Held-out NLL per candidate", "", "| candidate | domain | mean | sd over seeds | vs base |",
               "|---|---|---|---|---|"]
     for r in st["rows"]:
