@@ -171,17 +171,23 @@ def run_summary(out) -> None:
 
 def validate_summary(out) -> None:
     """The verdicts of a finished validation, one line per comparison, and where the report is."""
-    rep = json.loads((out / "report.json").read_text())
+    from curation.validation.validate import Validation
+
+    rep = Validation(out).report()
     for c in rep["statistics"]["token"]["comparisons"]:
         print(f"{c['candidate']} vs {c['baseline']}, {c['domain']}: {c['verdict_text']} "
               f"({c['diff']:+.4f} nats [{c['lo']:+.4f}, {c['hi']:+.4f}])")
+    for note in rep.get("notes", []):
+        print(f"note: {note}")
     print(f"wrote {out}/report.md, {out}/report.json, {out}/results.parquet, {out}/curves.parquet "
           f"({rep['seconds']:.0f} s)")
 
 
 def mix_summary(out) -> None:
     """A finished mix study: the law's check per eval set, the recommended mix, what to run next."""
-    rep = json.loads((out / "report.json").read_text())
+    from curation.validation.mix import MixStudy
+
+    rep = MixStudy(out).report()
     for e in rep["evals"]:
         print(rep["fit"][e]["verdict"])
     rec = rep["recommended"]

@@ -12,12 +12,12 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from curation.config import field_info
-from curation.data.load import source_stem
 from curation.jobs import store as jobs
 from curation.jobs.workspace import list_data_files, mixes_dir, new_folder_name
 from curation.scores import SCORES, available_methods
 from curation.validation.mix import MixConfig, MixStudy
 from curation.validation.mixing_law import MixError
+from curation.validation.proxy import eval_files
 from pages.common import config_input, jobs_panel, pick_folder, pick_run, workspace
 
 st.title("Mix")
@@ -59,7 +59,7 @@ if not evals:
 if start:
     try:
         out = mixes_dir(ws) / new_folder_name(f"mix-{info.name}")
-        cfg = MixConfig(run=str(info.path), out=str(out), eval={source_stem(n): str(ws / "eval" / n) for n in ev},
+        cfg = MixConfig(run=str(info.path), out=str(out), eval=eval_files(ws / "eval" / n for n in ev),
                         budget=str(budget), design=str(design), seeds=int(seeds), epochs=int(epochs), method=method,
                         objective=objective, lora=bool(lora))
         job = jobs.submit("mix", cfg, workspace=ws)
@@ -179,4 +179,4 @@ st.caption("Leave-one-out: each mix predicted from the others, by the law and by
 st.markdown("**Validate the recommendation against the natural mix**")
 st.code(rep["commands"]["select"] + "\n" + rep["commands"]["validate"], language="bash")
 with st.expander("report.md"):
-    st.markdown((mdir / "report.md").read_text())
+    st.markdown(study.markdown())

@@ -2,18 +2,16 @@
 Start a validation job (a proxy fine-tuned on each selection and baseline, several seeds), then read
 the held-out NLL per domain, the differences with their intervals, the verdicts and the lengths."""
 
-import json
-
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from curation.data.load import source_stem
 from curation.jobs import store as jobs
 from curation.jobs.workspace import list_data_files, list_folders, new_folder_name, selections_dir, validations_dir
 from curation.selection.baselines import BASELINES
-from curation.validation.validate import ValidateConfig
+from curation.validation.proxy import eval_files
+from curation.validation.validate import ValidateConfig, Validation
 from pages.common import config_input, jobs_panel, pick_folder, workspace
 
 st.title("Validate")
@@ -58,7 +56,7 @@ if go_clicked:
             raise ValueError("choose at least one selection")
         out = validations_dir(ws) / new_folder_name("validate-" + "-".join(chosen)[:60])
         cfg = ValidateConfig(selections=[str(selections_dir(ws) / n) for n in chosen], out=str(out),
-                             eval={source_stem(n): str(ws / "eval" / n) for n in ev}, baselines=",".join(baselines),
+                             eval=eval_files(ws / "eval" / n for n in ev), baselines=",".join(baselines),
                              seeds=int(seeds), epochs=int(epochs), lora=bool(lora), objective=str(objective))
         job = jobs.submit("validate", cfg, workspace=ws)
         st.session_state["validation_name"] = out.name
@@ -74,17 +72,19 @@ vdir = pick_folder(validations_dir(ws), "report.json", "Validation", "val_pick",
                    "No finished validation yet.")
 if vdir is None:
     st.stop()
+validation = Validation(vdir)
 try:
-    rep = json.loads((vdir / "report.json").read_text())
-    stats = rep["statistics"]["token"]
-except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:  # the other validations stay listed
-    st.error(f"{vdir / 'report.json'} is not a readable validation report ({type(e).__name__}: {e}); pick another "
-             "validation above, or run this one again into a new folder")
+    rep = validation.report()
+except ValueError as e:  # the reader says what is wrong with it; the other validations stay listed
+    st.error(f"{e}. Pick another validation above.")
     st.stop()
+stats = rep["statistics"]["token"]
 st.caption(f"{', '.join(s['name'] for s in rep['selections'])} · proxy `{rep['model']['spec']}` · "
            f"{rep['config']['epochs']} epochs · {rep['config']['seeds']} seeds · {stats['metric_text']} (lower is better)")
 
 st.markdown("**Verdicts**")
+for note in rep.get("notes", []):  # a baseline drawn again, or one that could not be compared
+    st.warning(note)
 verdicts = pd.DataFrame([{
     "candidate": c["candidate"], "against": c["baseline"], "domain": c["domain"], "verdict": c["verdict_text"],
     "difference (nats)": round(c["diff"], 4), "95% interval": f"[{c['lo']:+.4f}, {c['hi']:+.4f}]",
@@ -137,9 +137,8 @@ cands = pd.DataFrame([{"candidate": c["name"], "seed": c["seeds"][k], "examples"
 with st.expander("Training sets per candidate and seed"):
     st.dataframe(cands, hide_index=True, width="stretch")
 
-curves_file = vdir / "curves.parquet"
-if curves_file.is_file():
-    curves = pd.read_parquet(curves_file)
+curves = validation.curves()
+if curves is not None:
     if not curves.empty:
         curves["run"] = curves["candidate"] + " seed " + curves["seed"].astype(str)
         fig = px.line(curves, x="step", y="loss", color="candidate", line_group="run",
@@ -147,4 +146,4 @@ if curves_file.is_file():
         fig.update_layout(height=320, margin=dict(t=30, b=10), title="Training curves")
         st.plotly_chart(fig, width="stretch")
 with st.expander("report.md"):
-    st.markdown((vdir / "report.md").read_text())
+    st.markdown(validation.markdown())

@@ -344,7 +344,8 @@ def _selection(tmp_path):
 
 def test_r2_01_a_validation_folder_of_other_settings_is_refused(tmp_path):
     """Item 1: a study folder carries the key of its settings; another epochs or eval set is refused."""
-    from curation.validation.proxy import ValidationError, claim_study
+    from curation.validation.proxy import ValidationError
+    from curation.validation.study import claim_study
 
     out = tmp_path / "val"
     claim_study(out, "validate", "k1", {"epochs": 1, "eval": {"chat": "c.jsonl"}})

@@ -126,6 +126,67 @@ def test_a_study_folder_of_other_settings_or_of_the_user_is_refused(pool):
     assert (mine / "report.md").read_text() == "my notes"
 
 
+def test_a_study_whose_decisions_changed_its_training_sets_says_so(pool, tmp_path):
+    """Issue 30, item 15: the same command after the curator excluded an example (another training
+    set, the same settings) was refused as "its data or model changed"."""
+    from curation.runs.folder import Run
+
+    out = pool["dir"] / "study"
+    if not (out / "report.json").is_file():
+        run_mix(mcfg(pool, out))
+    table = Run(pool["run"]).scores()
+    chat = sorted(table.loc[table["domain"] == "chat", "example_id"])
+    decisions = write_jsonl(tmp_path / "decisions.jsonl", [{"example_id": i, "decision": "exclude"} for i in chat[:3]])
+    with pytest.raises(ValidationError, match=r"the curator's decisions changed since: .* there, 3 \(3 excluded, 0 kept\) "
+                                              r"now, which changes \d+ training set"):
+        run_mix(mcfg(pool, out, decisions=str(decisions)))
+
+
+def test_a_mix_report_of_the_wrong_shape_is_refused_with_one_line(pool, tmp_path):
+    """Issue 30, item 3: a newest study whose report.json is valid JSON of the wrong shape gave the
+    Select page a KeyError ('fit') and the Mix page an AttributeError; the reader names what is wrong."""
+    import copy
+
+    out = pool["dir"] / "study"
+    if not (out / "report.json").is_file():
+        run_mix(mcfg(pool, out))
+    good = json.loads((out / "report.json").read_text())
+
+    def drop(path):
+        def edit(rep):
+            *parents, last = path
+            node = rep
+            for k in parents:
+                node = node[k]
+            del node[last]
+        return edit
+
+    variants = {"only the kind": lambda rep: [rep.pop(k) for k in list(rep) if k != "kind"],
+                "no fit": drop(["fit"]), "no law": drop(["fit", "chat", "law"]),
+                "fit a list": lambda rep: rep.update(fit=[]), "run a list": lambda rep: rep.update(run=[]),
+                "one point": lambda rep: rep.update(points=rep["points"][:1]),
+                "short params": lambda rep: rep["bootstrap"]["params"].update(chat=[[1.0]]),
+                "another eval": lambda rep: rep.update(evals=["chat", "code"]),
+                "no share": drop(["recommended", "mix", "math"]), "text share": lambda rep: rep["natural"].update(chat="x")}
+    for name, edit in variants.items():
+        rep = copy.deepcopy(good)
+        edit(rep)
+        folder = tmp_path / "mixes" / name.replace(" ", "-")
+        folder.mkdir(parents=True)
+        (folder / "report.json").write_text(json.dumps(rep))
+        with pytest.raises(MixError) as e:
+            MixStudy(folder).report()
+        msg = str(e.value)
+        assert msg.startswith(f"{folder / 'report.json'}: not a readable mix study report (") and "\n" not in msg, msg
+        assert msg.endswith("; run the mix study again into a new folder"), msg
+        newest = latest_study(tmp_path / "mixes", pool["run"])
+        assert newest is None if name in ("only the kind", "run a list") else newest.path == folder, name
+        if newest is not None:
+            with pytest.raises(MixError):
+                newest.predict({"chat": 0.5, "math": 0.5})
+        (folder / "report.json").unlink()
+
+
 def test_mix_config_says_what_to_change():
     base = {"run": "r", "out": "o", "eval": {"chat": "c"}}
     for kw, msg in [({"method": "s2l"}, "random or a ranking score"), ({"budget": "500tok"}, "give N or P%"),

@@ -26,16 +26,25 @@ def test_two_domain_design_is_evenly_spaced_with_both_ends():
 
 
 @settings(max_examples=50, deadline=None)
-@given(n=st.integers(3, 6), seed=st.integers(0, 1000), raw=st.lists(st.floats(0.01, 1), min_size=6, max_size=6))
+@given(n=st.integers(2, 6), seed=st.integers(0, 1000), raw=st.lists(st.floats(0.01, 1), min_size=6, max_size=6))
 def test_n_domain_designs_sum_to_one_and_contain_the_natural_mix(n, seed, raw):
     natural = np.array(raw[:n]) / sum(raw[:n])
     for design in (simplex_design(n, natural), dirichlet_design(n, 7, seed, natural)):
         assert np.allclose(design.sum(axis=1), 1) and (design >= 0).all()
         assert np.any(np.all(np.isclose(design, natural), axis=1))
         assert all(np.any(np.all(np.isclose(design, np.eye(n)[i]), axis=1)) for i in range(n))  # the vertices
+        assert len(np.unique(design.round(9), axis=0)) == len(design)  # distinct mixes only
     # Vertices, edge midpoints, centroid, and the natural mix unless it is one of them already.
     assert len(simplex_design(3, np.array([0.5, 0.3, 0.2]))) == 3 + 3 + 1 + 1
     assert len(simplex_design(3, np.full(3, 1 / 3))) == 7
+
+
+def test_the_two_domain_simplex_trains_each_mix_once():
+    """Issue 30, item 7: with two domains the edge midpoint is the centroid; it was trained twice,
+    and the twins' leave-one-out errors were 0."""
+    for natural, n in ((np.array([0.6, 0.4]), 4), (np.array([0.5, 0.5]), 3)):
+        design = simplex_design(2, natural)
+        assert len(design) == n and len(np.unique(design.round(9), axis=0)) == n
 
 
 def test_a_planted_law_is_recovered():
@@ -123,3 +132,16 @@ def test_objectives_parse_and_say_what_is_wrong():
                      ("chat=0,math=0", "sum to 0"), ("chat=1,chat=2", "twice")]:
         with pytest.raises(MixError, match=msg):
             parse_objective(bad, evals)
+
+
+def test_objective_weights_are_normalised_without_overflow_and_every_eval_set_needs_one():
+    """Issue 30, item 8: chat=1e308,math=1e308 summed to inf (weights 0/0, an objective always 0),
+    and --objective chat=0.3 silently gave math the weight 0."""
+    assert parse_objective("chat=1e308,math=1e308", ["chat", "math"])["weights"] == {"chat": 0.5, "math": 0.5}
+    small = parse_objective("chat=5e-324,math=1e-323", ["chat", "math"])["weights"]
+    assert small == pytest.approx({"chat": 1 / 3, "math": 2 / 3})
+    assert parse_objective("chat=1,math=0", ["chat", "math"])["weights"] == {"chat": 1.0, "math": 0.0}
+    with pytest.raises(MixError, match=r"give every eval set a weight \(math has none; math=0 leaves it out\)"):
+        parse_objective("chat=0.3", ["chat", "math"])
+    with pytest.raises(MixError, match="sum to 0"):
+        parse_objective("chat=0,math=0", ["chat", "math"])

@@ -311,6 +311,57 @@ def test_mix_page_shows_the_law_the_recommendation_and_the_commands(in_scored_ws
     assert any(b.label == "Start mix study" for b in at.button)
 
 
+def test_mix_page_refuses_two_eval_files_of_one_name(scored_ws, tmp_path, monkeypatch):
+    """Issue 30, item 14: math.json beside math.jsonl became one eval set (one was silently dropped)."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(scored_ws, ws)
+    (ws / "eval" / "math.json").write_text(json.dumps([{"question": "What is 70 + 70?", "answer": "140"}]))
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = _page("mix")
+    next(b for b in at.button if b.label == "Start mix study").click().run()
+    assert not at.exception
+    assert any("eval files math.json and math.jsonl would both be the eval set 'math'" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    assert "No mix study job yet." in _texts(at)  # nothing started
+
+
+def test_a_malformed_newest_mix_study_is_named_on_the_select_and_mix_pages(scored_ws, tmp_path, monkeypatch):
+    """Issue 30, item 3: valid JSON of the wrong shape as the newest study's report gave the Select
+    page a KeyError (everything below it gone, no selection possible) and the Mix page an
+    AttributeError."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(scored_ws, ws)
+    run = {"dir": str((ws / "runs" / "learn-fixture").resolve())}  # the copy's run
+    (ws / "mixes" / "mix-new").mkdir()
+    (ws / "mixes" / "mix-new" / "report.json").write_text(json.dumps({"kind": "mix", "run": run, "points": 3}))
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = _page("select")
+    assert not at.exception, at.exception
+    assert any(c.value.startswith("The latest mix study of this run cannot be read:") and "mix-new" in c.value
+               for c in at.caption), [c.value for c in at.caption]
+    assert any(b.label == "Save selection" for b in at.button)  # the rest of the page is there
+    at = _page("mix")
+    assert not at.exception, at.exception
+    assert any("mix-new" in e.value and "not a readable mix study report" in e.value for e in at.error)
+
+
+def test_a_validation_report_of_the_wrong_shape_is_named_on_the_validate_page(scored_ws, tmp_path, monkeypatch):
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(scored_ws, ws)
+    (ws / "validations" / "validate-new").mkdir()
+    (ws / "validations" / "validate-new" / "report.json").write_text(json.dumps({"kind": "validate", "statistics": {}}))
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = _page("validate")
+    assert not at.exception, at.exception
+    assert any("validate-new" in e.value and "not a readable validation report" in e.value for e in at.error)
+
+
 def test_select_page_predicts_the_mix_and_sets_the_recommended_one(in_scored_ws):
     at = _page("select")
     assert not at.exception

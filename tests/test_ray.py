@@ -297,6 +297,29 @@ def task_engine(workers: int):
     return open_engine(SimpleNamespace(engine="ray", workers=workers, ray_address=None, gpus_per_worker=0.0))
 
 
+def test_packed_losses_come_back_as_they_were_scored(tiny_lm):
+    """What a Ray worker sends back (pack_losses) unpacks to the losses it scored: sums, counts,
+    token losses, positions, and the embeddings when they travel (NaN row: none)."""
+    from curation.data.templates import encode_many, resolve_template
+    from curation.scoring.engine import pack_losses, unpack_losses
+    from curation.scoring.losses import score_examples
+
+    tok = tiny_lm.tokenizer
+    convs = [[{"role": "user", "content": f"What is {k} + 1?"}, {"role": "assistant", "content": f"{k + 1}."}]
+             for k in range(3)]
+    res = score_examples(tiny_lm.model, encode_many(tok, resolve_template(tok), convs, 64), 256)
+    for embeddings in (True, False):
+        back = unpack_losses(pack_losses(res, embeddings=embeddings))
+        assert [(b.loss_sum, b.n_tokens) for b in back] == [(r.loss_sum, r.n_tokens) for r in res]
+        for b, r in zip(back, res):
+            np.testing.assert_array_equal(b.token_losses, r.token_losses)
+            np.testing.assert_array_equal(b.positions, r.positions)
+            assert (b.embedding is None) != embeddings and (b.rds is None) != embeddings
+            if embeddings:
+                np.testing.assert_array_equal(b.embedding, r.embedding)
+    assert unpack_losses(pack_losses([])) == []
+
+
 def _busy_task(spec: dict, threads: int, progress) -> dict:
     """A task that reports progress often (each report is a small Ray call inside the task)."""
     folder = spec["folder"]

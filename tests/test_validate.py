@@ -225,3 +225,78 @@ def test_two_selections_share_one_training_of_their_common_random_baseline(setup
     assert rep["trainings"]["timed"] == 3 and rep["trainings"]["reused"] == 1, rep["trainings"]
     res = pd.read_parquet(out / "results.parquet").set_index(["candidate", "example_id"])["nll"]
     pd.testing.assert_series_equal(res["random@planted"], res["random@other"])
+
+
+def test_a_refused_validation_claims_nothing_so_the_corrected_command_can_use_its_folder(setup, tmp_path):
+    """Issue 30, item 9: a validation refused by a check (contamination, an eval example in the pool)
+    claimed its folder first, so the corrected command was refused as "other settings"."""
+    out = tmp_path / "val"
+    quick = {"seeds": 1, "epochs": 1, "baselines": "random"}
+    with pytest.raises(ValidationError, match="share 13 consecutive words with the eval sets"):
+        run_validate(vcfg(setup, [setup["dir"] / "planted"], out, allow_contaminated=False, **quick))
+    with pytest.raises(ValidationError, match="also in the pool"):
+        run_validate(vcfg(setup, [setup["dir"] / "planted"], out, eval={"math": str(setup["dir"] / "math.jsonl")},
+                          **quick))
+    assert not (out / "study.json").exists()
+    run_validate(vcfg(setup, [setup["dir"] / "planted"], out, **quick))  # the corrected command
+    assert (out / "report.json").is_file()
+
+
+def a_report(**change) -> dict:
+    """The smallest validation report of the shape the Validate page and the CLI read."""
+    rep = {"kind": "validate", "config": {"epochs": 1, "seeds": 1}, "model": {"spec": "m"}, "seconds": 1.0,
+           "selections": [{"name": "sel"}],
+           "statistics": {"token": {"metric_text": "t", "rows": [{"candidate": "sel", "domain": "math", "mean": 1.0,
+                                                                   "sd": None}],
+                                    "comparisons": [{"candidate": "sel", "baseline": "random", "domain": "math",
+                                                     "verdict_text": "v", "diff": 0.1, "lo": -0.1, "hi": 0.3,
+                                                     "candidate_mean": 1.0, "baseline_mean": 0.9}]}},
+           "lengths": {"sel": {"score": None, "by_domain": {"math": {"selection_mean_response_tokens": None,
+                                                                      "pool_mean_response_tokens": 9.0}}}},
+           "candidates": [{"name": "sel", "seeds": [0], "per_seed": [{"examples": 3, "response_tokens": 30}]}]}
+    rep.update(change)
+    return rep
+
+
+def test_a_validation_report_of_the_wrong_shape_is_refused_with_one_line(tmp_path):
+    """Issue 30, item 3 (the validation's share): valid JSON of the wrong shape gave the Validate page
+    a KeyError; the reader names what is wrong."""
+    from curation.validation.validate import Validation
+
+    (tmp_path / "report.json").write_text(json.dumps(a_report()))
+    assert Validation(tmp_path).report()["kind"] == "validate"
+    for change, where in [({"statistics": {}}, "statistics: 'token' is a required property"),
+                          ({"statistics": {"token": {"metric_text": "t", "rows": [], "comparisons": [{}]}}},
+                           "statistics.token.comparisons.0: 'candidate' is a required property"),
+                          ({"selections": "sel"}, "selections: 'sel' is not of type 'array'"),
+                          ({"candidates": [{"name": "sel", "seeds": [0, 1], "per_seed": []}]},
+                           "candidate sel has 0 training sets for 2 seeds")]:
+        (tmp_path / "report.json").write_text(json.dumps(a_report(**change)))
+        with pytest.raises(ValidationError) as e:
+            Validation(tmp_path).report()
+        assert str(e.value) == (f"{tmp_path / 'report.json'}: not a readable validation report ({where}); run the "
+                                "validation again into a new folder"), str(e.value)
+
+
+def test_a_baseline_draw_that_is_the_selection_itself_is_drawn_again_or_said_to_be_empty(setup, tmp_path):
+    """Issue 30, item 4: a random selection at the natural mix with seed 0, validated against natural
+    or random with seeds from 0, was compared with itself ("no detectable difference (+0.0000
+    [+0.0000, +0.0000])")."""
+    sel = select_run(setup["run"], Recipe("random", budget="20", mix="natural", seed=0), tmp_path / "rnd")
+    cfg = vcfg(setup, [sel], tmp_path / "v", seeds=3, baselines="random,natural,random-tokens", seed=0)
+    run, sels = read_selections(cfg.selections)
+    cands = {c.name: c for c in build_candidates(cfg, sels, run.scores(), "score", run)}
+    own = set(cands["rnd"].ids[0])
+    for b in ("random", "natural"):
+        assert cands[b].seeds == [1, 2, 3] and all(set(ids) != own for ids in cands[b].ids.values()), b
+        assert cands[b].note.startswith(f"{b}: the draw of seed(s) 0 is rnd's own examples"), cands[b].note
+    assert cands["random-tokens"].seeds == [0, 1, 2] and cands["random-tokens"].note is None
+    # A selection of every eligible example: every random draw is the selection; nothing to compare.
+    everything = select_run(setup["run"], Recipe("random", budget="100%"), tmp_path / "all")
+    out = run_validate(vcfg(setup, [everything], tmp_path / "v-all", seeds=1, epochs=1, baselines="random"))
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["statistics"]["token"]["comparisons"] == [] and [c["name"] for c in rep["candidates"]] == ["all", "random"]
+    assert rep["notes"] == [f"random: every draw (21 seeds) is all's own examples (its eligible rows hold no other sample "
+                            "of its size), so all cannot be compared with it; no comparison is made"]
+    md = (out / "report.md").read_text()
+    assert "- none: no baseline could be compared (see the notes)" in md and "## Notes" in md

@@ -24,7 +24,8 @@ the run's base pass, so the dashboard shows scores as they arrive.  A folder wri
 layout is refused with one line that says to score the data again into a new folder.
 
 A run folder belongs to one run: :meth:`Run.claim` refuses a folder whose run key (a hash of
-everything that determines the results) differs, so two runs never mix.
+everything that determines the results) differs, so two runs never mix.  :func:`claim_folder` is
+that rule for any keyed folder (a validation's or a mix study's folder claims with it too).
 """
 
 from __future__ import annotations
@@ -260,15 +261,7 @@ class Run:
     def meta(self) -> dict:
         """``run.json`` ({} when absent); a broken file is refused with its name."""
         p = self.path / self.META
-        if not p.is_file():
-            return {}
-        try:
-            meta = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RunError(f"{p}: not valid JSON ({e})") from None
-        if not isinstance(meta, dict):
-            raise RunError(f"{p}: expected a JSON object")
-        return meta
+        return read_json_object(p, "run record") if p.is_file() else {}
 
     @property
     def finished(self) -> bool:
@@ -328,25 +321,18 @@ class Run:
     def claim(self, meta: dict) -> None:
         """Mark the folder as the run ``meta["run_key"]``'s, or refuse if it holds another run."""
         key = meta["run_key"]
-        if self.path.exists() and not self.path.is_dir():
-            raise RunError(f"--out {self.path} is a file; give a folder (new or holding this run)")
-        self.path.mkdir(parents=True, exist_ok=True)
-        existing = self.meta() if (self.path / self.META).is_file() else None
-        if existing is not None:
-            if existing.get("run_key") == key:
-                if not existing.get("finished"):
-                    write_json(self.path / self.META, {**existing, **meta, "finished": False})
-                return
+
+        def other(existing: dict) -> str:
             if existing.get("layout") != LAYOUT:
-                raise RunMismatch(f"{self.path} holds a run written by an earlier version of curation; score the "
-                                  "data again into a new --out folder")
-            raise RunMismatch(
-                f"{self.path} holds another run (key {existing.get('run_key')}, this one {key}): different data, "
-                "model or settings. Use a new --out folder or delete that one.")
-        elif any(self.path.iterdir()):
-            raise RunMismatch(f"{self.path} is not empty and holds no run (no run.json); "
-                              "use a new --out folder or empty that one")
-        write_json(self.path / self.META, {**meta, "layout": LAYOUT, "finished": False})
+                return (f"{self.path} holds a run written by an earlier version of curation; score the data again "
+                        "into a new --out folder")
+            return (f"{self.path} holds another run (key {existing.get('run_key')}, this one {key}): different data, "
+                    "model or settings. Use a new --out folder or delete that one.")
+
+        existing = claim_folder(self.path, self.META, "run", lambda m: m.get("run_key") == key, other,
+                                {**meta, "layout": LAYOUT, "finished": False}, RunMismatch)
+        if existing is not None and not existing.get("finished"):
+            write_json(self.path / self.META, {**existing, **meta, "finished": False})
 
     def write_examples(self, table) -> None:
         write_parquet(self.path / self.EXAMPLES, table)
@@ -533,6 +519,44 @@ class Run:
 
         ids = set(pq.read_table(self.path / self.EXAMPLES, columns=["example_id"]).column(0).to_pylist())
         return ScoreCache(base["cache"]).load(base["key"], ids, columns=("loss_sum", "n_tokens"))
+
+
+def read_json_object(path: Path, what: str, error=RunError, fix: str = "") -> dict:
+    """The JSON object in ``path`` (a ``what``), or ``error`` with one line naming the file, what is
+    wrong with it and ``fix`` (what to do)."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: not a readable {what} ({e}){fix}") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path}: not a readable {what} (expected a JSON object){fix}")
+    return obj
+
+
+def claim_folder(path: Path, marker: str, what: str, same, other, record: dict, error=RunError,
+                 check_only: bool = False) -> dict | None:
+    """Make ``path`` the folder of one owner (a run, a study), or refuse: the one rule for a keyed
+    folder.  ``marker`` (a JSON file in it) names the owner; ``same(marker's content)`` says
+    whether it is this one, and then the folder is this owner's (its content is returned: the
+    caller resumes); else ``other(content)`` is the one-line refusal, raised as ``error``.  A file,
+    an unreadable marker, or a folder with other entries and no marker are refused too; anything
+    else (new or empty) is claimed by writing ``record`` as the marker (not with ``check_only``,
+    which only says whether the claim would succeed).  ``what`` names the owner in messages."""
+    if path.exists() and not path.is_dir():
+        raise error(f"--out {path} is a file; give a folder (new, or holding this {what})")
+    mark = path / marker
+    if mark.is_file():
+        have = read_json_object(mark, f"{what}'s record", error, "; use a new --out folder")
+        if same(have):
+            return have
+        raise error(other(have))
+    if path.is_dir() and any(path.iterdir()):
+        raise error(f"{path} is not empty and holds no {what} ({marker} is missing); use a new --out folder or "
+                    "empty that one")
+    if not check_only:
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(mark, record)
+    return None
 
 
 def is_run_folder(path: Path) -> bool:

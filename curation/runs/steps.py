@@ -6,6 +6,11 @@ ends with.
 
 ``score`` (:mod:`curation.runs.score`) and ``learn`` (:mod:`curation.runs.learn`) call these in
 this order; the run folder they write is described in :mod:`curation.runs.folder`.
+
+What comes after a run (validation's proxy trainings and eval sets, selection's targets) reopens
+its model context with :func:`reopen`: the run's template checked against its fingerprint, its max
+length, the pass settings, and :meth:`RunContext.encode` (the one encoding that drops and names
+the examples that cannot be used).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import asdict, dataclass
 from curation import __version__
 from curation.config import ComputeConfig, check_at_most, check_positive, option, parse_pairs, result_key
 from curation.data.load import DEFAULT_MAX_RECORD_BYTES, FORMATS
-from curation.runs.folder import Run, example_table, run_key, score_table, source_entries, token_table
+from curation.runs.folder import Run, RunError, example_table, run_key, score_table, source_entries, token_table
 
 DEFAULT_MAX_LENGTH = 2048  # tokens per example, unless the model's context is shorter
 
@@ -111,11 +116,13 @@ def claim(kind: str, cfg, data, lm, template, settings, reference=None, extra: d
     return run, meta
 
 
-def encode_examples(data, tokenizer, template, max_length: int):
+def encode_examples(data, tokenizer, template, max_length: int, need_response: bool = False):
     """Tokenise every example and mark its assistant tokens (no side effect).
 
-    Returns ``(examples, encoded, rejected rows)``: examples the template cannot render are
-    rejected with their reason (after the records the loader rejected)."""
+    Returns ``(examples, encoded, rejected rows)``: the loader's rejected records, then the
+    examples the template cannot render, each with its reason (and, with ``need_response``, the
+    examples with no assistant token within ``max_length``: nothing of them can be trained on or
+    evaluated)."""
     from curation.data.load import RecordError, Rejected
     from curation.data.templates import encode_many
 
@@ -123,12 +130,53 @@ def encode_examples(data, tokenizer, template, max_length: int):
     examples, encoded = [], []
     for ex, enc in zip(data.examples, encode_many(tokenizer, template, [e.messages for e in data.examples],
                                                   max_length)):
-        if isinstance(enc, RecordError):
-            rejected.append(asdict(Rejected(ex.source, ex.source_index, None, str(enc), ex.example_id)))
+        why = str(enc) if isinstance(enc, RecordError) else (
+            "no assistant token within max length" if need_response and enc.n_response_tokens == 0 else None)
+        if why is not None:
+            rejected.append(asdict(Rejected(ex.source, ex.source_index, None, why, ex.example_id)))
         else:
             examples.append(ex)
             encoded.append(enc)
     return examples, encoded, rejected
+
+
+@dataclass
+class RunContext:
+    """A finished run's model context, reopened: the tokenizer, the run's template (checked against
+    the fingerprint it recorded), its max length and the settings of passes through the score
+    cache, so that more examples (eval sets, targets, training sets) are encoded, masked and scored
+    exactly as the run's own were."""
+
+    tokenizer: object
+    template: object  # curation.data.templates.Template
+    max_length: int
+    settings: object  # curation.scoring.passes.PassSettings
+
+    def encode(self, data, need_response: bool = False):
+        """:func:`encode_examples` of a loader result with the run's template and max length."""
+        return encode_examples(data, self.tokenizer, self.template, self.max_length, need_response)
+
+
+def reopen(meta: dict, tokenizer, dtype: str, device: str, fix: str, cache: str | None = None,
+           compute: ComputeConfig | None = None) -> RunContext:
+    """The :class:`RunContext` of the run ``meta`` (its run.json) for a model whose ``tokenizer``
+    runs on ``device`` in ``dtype``; the pass settings commit into ``cache`` (None: the default
+    score cache) and batch as ``compute`` says (None: the defaults of :class:`ComputeConfig`).
+    A template that renders otherwise than the run's is refused (:class:`RunError`), with ``fix``:
+    what the user can do about it."""
+    from curation.data.templates import resolve_template
+    from curation.scoring.passes import PassSettings, ScoreCache
+
+    template = resolve_template(tokenizer, meta.get("config", {}).get("template", "auto"))
+    want = meta.get("template", {}).get("fingerprint")
+    if want and template.fingerprint != want:
+        raise RunError(f"the model's chat template ({template.fingerprint}) differs from the run's ({want}): its "
+                       f"examples would be masked otherwise than the run's; {fix}")
+    batch_tokens, chunk_examples = ((compute.batch_tokens, compute.chunk_examples) if compute is not None
+                                    else (ComputeConfig.batch_tokens, ComputeConfig.chunk_examples))
+    settings = PassSettings(ScoreCache(cache), template.fingerprint, meta["max_length"], dtype, device, batch_tokens,
+                            chunk_examples)
+    return RunContext(tokenizer, template, meta["max_length"], settings)
 
 
 def tokenise(run: Run, data, tokenizer, template, max_length: int, report):

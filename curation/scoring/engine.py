@@ -234,20 +234,39 @@ class ChunkScorer:
     def score(self, packed: dict) -> dict:
         from curation.scoring.losses import score_examples
 
-        res = score_examples(self.model, unpack_encoded(packed), self.batch_tokens)
-        n = np.array([r.n_tokens for r in res], dtype=np.int64)
-        offsets = np.zeros(len(res) + 1, dtype=np.int64)
-        np.cumsum(n, out=offsets[1:])
-        width = next((len(r.embedding) for r in res if r.embedding is not None), 0)
-        emb = np.full((len(res), width), np.nan, dtype=np.float32)  # NaN row: no target token
-        for j, r in enumerate(res):
+        return pack_losses(score_examples(self.model, unpack_encoded(packed), self.batch_tokens))
+
+
+def pack_losses(results, embeddings: bool = True) -> dict:
+    """Example losses (:class:`curation.scoring.losses.ExampleLoss`) as flat arrays: the sums and
+    counts, each example's token losses and positions end to end with their ``offsets``, and (with
+    ``embeddings``) the embedding rows (NaN: none) and RDS+ rows: a compact message from a Ray
+    worker, the inverse of :func:`unpack_losses`."""
+    n = np.array([r.n_tokens for r in results], dtype=np.int64)
+    offsets = np.zeros(len(results) + 1, dtype=np.int64)
+    np.cumsum(n, out=offsets[1:])
+    out = {"loss_sum": np.array([r.loss_sum for r in results], dtype=np.float64), "n_tokens": n, "offsets": offsets,
+           "token_losses": np.concatenate([r.token_losses for r in results]) if results else np.zeros(0, np.float32),
+           "positions": np.concatenate([r.positions for r in results]) if results else np.zeros(0, np.int32)}
+    if embeddings:
+        width = next((len(r.embedding) for r in results if r.embedding is not None), 0)
+        emb = np.full((len(results), width), np.nan, dtype=np.float32)  # NaN row: no target token
+        for j, r in enumerate(results):
             if r.embedding is not None:
                 emb[j] = r.embedding
-        rds = np.stack([r.rds for r in res]).astype(np.float32) if res else np.zeros((0, 0), np.float32)
-        return {"loss_sum": np.array([r.loss_sum for r in res], dtype=np.float64), "n_tokens": n, "offsets": offsets,
-                "token_losses": np.concatenate([r.token_losses for r in res]) if res else np.zeros(0, np.float32),
-                "positions": np.concatenate([r.positions for r in res]) if res else np.zeros(0, np.int32),
-                "embeddings": emb, "rds": rds}
+        out["embeddings"] = emb
+        out["rds"] = np.stack([r.rds for r in results]).astype(np.float32) if results else np.zeros((0, 0), np.float32)
+    return out
+
+
+def unpack_losses(packed: dict) -> list[ExampleLoss]:
+    """The example losses :func:`pack_losses` packed (without embeddings when it left them out)."""
+    o, emb, rds = packed["offsets"], packed.get("embeddings"), packed.get("rds")
+    return [ExampleLoss(float(packed["loss_sum"][j]), int(packed["n_tokens"][j]),
+                        packed["token_losses"][o[j]:o[j + 1]], packed["positions"][o[j]:o[j + 1]],
+                        None if emb is None or not emb.shape[1] or np.isnan(emb[j]).any() else emb[j],
+                        None if rds is None else rds[j])
+            for j in range(len(o) - 1)]
 
 
 class RayEngine:
@@ -302,13 +321,7 @@ class RayEngine:
                     raise EngineError(f"a Ray worker failed on chunk {n} after {self.max_restarts} retries: "
                                       f"{type(e).__name__}: {ray_cause(e)[:300]}") from None
                 submit()
-                o = out["offsets"]
-                emb = out["embeddings"]
-                rows = cache_rows(ids, [ExampleLoss(float(out["loss_sum"][j]), int(out["n_tokens"][j]),
-                                              out["token_losses"][o[j]:o[j + 1]], out["positions"][o[j]:o[j + 1]],
-                                              None if np.isnan(emb[j]).any() or not emb.shape[1] else emb[j],
-                                              out["rds"][j])
-                                        for j in range(len(ids))])
+                rows = cache_rows(ids, unpack_losses(out))
                 commit(rows)
                 committed += 1
                 progress(n_ex=len(ids), n_tok=sum(len(e.input_ids) for e in encs), committed=committed,

@@ -69,39 +69,28 @@ def load_targets(target: dict[str, list[str]], pool_ids: set[str]) -> dict[str, 
 
 def embed_targets(run, target: dict[str, list[str]], pool_ids: set[str], progress=None) -> dict[str, Targets]:
     """Embed each domain's target examples with the run's model and settings (see the module doc)."""
-    from curation.data.load import RecordError
-    from curation.data.templates import encode_many, resolve_template
     from curation.progress import Reporter
+    from curation.runs.steps import reopen
     from curation.scoring.models import ModelSource, load_tokenizer
-    from curation.scoring.passes import PassSettings, ScoreCache, embedding_of, score_pass
+    from curation.scoring.passes import embedding_of, score_pass
 
     report = Reporter(progress)
     meta = run.require_finished()
     model, base = meta["model"], meta.get("base_pass") or {}
     loaded = load_targets(target, pool_ids)
-    tokenizer = load_tokenizer(model["path"])
-    template = resolve_template(tokenizer, meta.get("config", {}).get("template", "auto"))
-    if template.fingerprint != meta.get("template", {}).get("fingerprint"):
-        raise SelectionError("the run's model folder renders conversations with another template than the run did; "
-                             "score the data again to select toward targets")
-    settings = PassSettings(ScoreCache(base.get("cache")), template.fingerprint, meta["max_length"], model["dtype"],
-                            model["device"], 1024, 256)
-    if base and settings.key(model["fingerprint"]) != base.get("key"):
+    ctx = reopen(meta, load_tokenizer(model["path"]), model["dtype"], model["device"],
+                 "score the data again to select toward targets", cache=base.get("cache"))
+    if base and ctx.settings.key(model["fingerprint"]) != base.get("key"):
         raise SelectionError("the run's score cache settings cannot be rebuilt on this machine (another device?); "
                              "score the data again here to select toward targets")
     out = {}
     for domain, data in loaded.items():
-        examples, encoded = [], []
-        for e, x in zip(data.examples, encode_many(tokenizer, template, [e.messages for e in data.examples],
-                                                   meta["max_length"])):
-            if not isinstance(x, RecordError):
-                examples.append(e)
-                encoded.append(x)
+        examples, encoded, _ = ctx.encode(data)  # a target the template cannot render is not one to select toward
         if not examples:
             raise SelectionError(f"--target {domain}: no usable target example in {', '.join(target[domain])}")
         ids = [e.example_id for e in examples]
         source = ModelSource(model["path"], model["device"], model["dtype"])  # loaded only if the cache lacks one
-        rows = score_pass(source, model["fingerprint"], ids, encoded, settings, report,
+        rows = score_pass(source, model["fingerprint"], ids, encoded, ctx.settings, report,
                           f"embedding the {domain} targets", embed=True)
         rds = np.stack([embedding_of(rows[i], "rds").astype(np.float32) for i in ids])
         width = rds.shape[1]

@@ -2,7 +2,7 @@
 
     read the run -> the design (mixes) -> per mix and seed a selection at the budget (random
     inside each domain, or a score's top-k) -> train and evaluate each exactly as validate does
-    (curation.validation.proxy: same trainer, settings and training cache) -> per eval set, fit
+    (curation.validation.study: same runner, trainer, settings and training cache) -> per eval set, fit
     the mixing law (curation.validation.mixing_law) with bootstrap intervals over seeds and eval
     examples -> leave-one-mix-out errors beside linear interpolation -> the mix that minimises the
     objective, its predicted losses, the Pareto front -> report
@@ -22,7 +22,8 @@ MIX_DIR::
                       the recommended mix and its predicted losses, the Pareto front, the bootstrap
                       parameters (for predicting any mix: :class:`MixStudy`)
     report.md         the findings in words, and the commands that validate the recommendation
-    study.json, parts/, train/   the study folder (curation.validation.proxy): resumable
+    study.json, parts/, train/   the study folder (curation.validation.study, the runner validate
+                      uses too): resumable
 """
 
 from __future__ import annotations
@@ -35,37 +36,33 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.config import ComputeConfig, check_at_most, check_positive, option, parse_pairs, result_key
+from curation.config import check_at_most, check_positive, option, result_key
 from curation.progress import Progress, Reporter
-from curation.runs.training import TrainConfig
 from curation.scores import SCORES
 from curation.selection.recipe import Recipe
 from curation.validation.mixing_law import (Law, MixError, dirichlet_design, fit_law, grid, leave_one_out,
                                             objective_values, pareto_front, parse_objective, recommend,
                                             simplex_design, two_domain_design)
-from curation.validation.proxy import (MAX_SEEDS, check_eval_files, Training, assemble, claim_study, evaluate_base,
-                                       file_fingerprints, open_proxy, run_trainings, study_key, training_seconds)
+from curation.validation.proxy import MAX_SEEDS, ProxyConfig, Training
+from curation.validation.study import NUMBER, NUMBER_OR_NULL, TEXT, WHOLE, StudyReader, each, items, obj
 
 MAX_POINTS = 64
 
 
 @dataclass(kw_only=True)
-class MixConfig(TrainConfig, ComputeConfig):
-    """Settings of a mix study (the CLI, the job store and the Mix page build this).  The training
-    settings are validate's: the same trainer, defaults and training cache."""
+class MixConfig(ProxyConfig):
+    """Settings of a mix study (the CLI, the job store and the Mix page build this); the proxy and
+    its training settings are ProxyConfig's, as validate's: the same trainer, defaults and training
+    cache."""
 
     run: str = option(help="folder of a finished score or learn run (the pool)", positional=True, metavar="RUN_DIR")
-    out: str = option(help="study folder (report.json, report.md, results.parquet, curves.parquet)", result=False)
-    eval: dict[str, str] = option(help="held-out eval sets as NAME=PATH (any format the loader reads); repeatable",
-                                  default_factory=dict, metavar="NAME=PATH")
     budget: str = option("10%", "examples per training: N, or P% of the pool (the same at every mix)")
     design: str = option("auto", "the mixes: N evenly spaced shares over [0, 1] for two domains (auto: 5); "
                                  "simplex (auto) or dirichlet:N for more domains")
     seeds: int = option(2, "trainings per mix (seeds added to --seed): error bars and the bootstrap over seeds")
     method: str = option("random", "how each mix picks inside a domain: random, or a ranking score (its top-k)")
     objective: str = option("mean", "what the recommended mix minimises over the eval sets' NLL: mean, worst, "
-                                    "or NAME=W,... (weights)")
-    model: str | None = option(None, "the proxy model to fine-tune (default: the run's model)")
+                                    "or NAME=W,... (a weight for every eval set)")
     ngram: int = option(Recipe.ngram, "pool examples sharing this many consecutive words with an eval example are "
                                       "left out of every mix")
     bootstrap: int = option(400, "bootstrap resamples (over seeds and eval examples) for the intervals")
@@ -73,19 +70,9 @@ class MixConfig(TrainConfig, ComputeConfig):
                                               "trained on, kept ones in every mix): current, none or a decisions "
                                               "JSONL file (what they change shows in the trainings' examples, which "
                                               "the study's key holds)", metavar="none|current|FILE", result=False)
-    keep_models: bool = option(False, "keep the trained models (else only their loss curves and eval results)",
-                               result=False)
-    epochs: int = option(3, "passes over each mix's training set")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
 
     def __post_init__(self):
-        ComputeConfig.__post_init__(self)
-        TrainConfig.__post_init__(self)
-        self.eval = parse_pairs(self.eval, "NAME=PATH")
-        if not self.eval:
-            raise ValueError("give held-out eval sets with --eval NAME=PATH (the default workspace has "
-                             "workspace/eval/chat.jsonl and workspace/eval/math.jsonl)")
-        check_eval_files(self.eval)
+        ProxyConfig.__post_init__(self)
         check_positive(self, "seeds", "ngram", "bootstrap")
         check_at_most(self, bootstrap=100_000, ngram=1000)
         if self.seeds > MAX_SEEDS:
@@ -111,11 +98,11 @@ class MixConfig(TrainConfig, ComputeConfig):
 
 def run_mix(cfg: MixConfig, progress: Progress | None = None) -> Path:
     """Run (or finish) a mix study and return its folder (see the module docstring)."""
-    from curation.atomic import write_json, write_parquet, write_text
     from curation.runs.folder import Run
-    from curation.scoring.engine import open_engine
+    from curation.selection.decisions import load_decisions
+    from curation.validation.study import file_fingerprints, run_study, study_identity, study_key
 
-    report, out, t0 = Reporter(progress), Path(cfg.out), time.time()
+    report, t0 = Reporter(progress), time.time()
     report(phase="reading the run", done=0, total=None)
     run = Run(cfg.run)
     meta, table = run.require_finished(), run.scores()
@@ -127,40 +114,31 @@ def run_mix(cfg: MixConfig, progress: Progress | None = None) -> Path:
     mixes = design_points(cfg.design, domains, natural, cfg.seed)
     if len(mixes) > MAX_POINTS:
         raise MixError(f"design {cfg.design}: {len(mixes)} mixes; at most {MAX_POINTS}")
-    from curation.selection.decisions import load_decisions
-
     decisions = load_decisions(cfg.decisions)  # one snapshot for every mix and seed
     points, trainings = selections(cfg, run, table, meta, domains, mixes, report, decisions)
 
     settings = {**result_key(cfg), "run": str(run.path.resolve()), "eval_files": file_fingerprints(cfg.eval)}
-    claim_study(out, "mix", study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings]),
-                settings)
-    proxy = open_proxy(cfg, run, meta, table, set().union(*(t.ids for t in trainings)), report)
-    with open_engine(cfg) as proxy.settings.engine:  # trainings one after another, or Ray tasks side by side
-        base = evaluate_base(proxy, report)
-        parts = run_trainings(cfg, proxy, trainings, out, report)
+    key = study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings])
+    identity = study_identity(meta.get("run_key"), trainings, decisions)
+    study = run_study(cfg, "mix", key, settings, identity, run, meta, table, lambda study: [trainings], report)
     trained = time.time()
 
     report(phase="fitting the mixing law", done=len(trainings), total=len(trainings))
-    results, curves = assemble(base, parts)
-    write_parquet(out / "results.parquet", results)
-    write_parquet(out / "curves.parquet", curves)
     evals = sorted(cfg.eval)
     objective = parse_objective(cfg.objective, evals)
-    fit = analyse(results, points, domains, evals, objective, natural, cfg.bootstrap, cfg.seed)
+    fit = analyse(study.results, points, domains, evals, objective, natural, cfg.bootstrap, cfg.seed)
     rep = {
         "kind": "mix", "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "run": run.provenance(), "model": proxy.lm.describe(), "eval": proxy.evals.provenance,
+        "run": run.provenance(), "model": study.proxy.lm.describe(), "eval": study.proxy.evals.provenance,
         "domains": domains, "evals": evals, "natural": dict(zip(domains, natural.tolist())),
         "objective": objective, "points": points, "decisions": decisions.describe(), **fit,
         "commands": commands(cfg, run, fit["recommended"]["mix"]),
         "seconds": round(time.time() - t0, 1), "training_seconds": round(trained - t0, 1),
-        "trainings": training_seconds(parts),
+        "trainings": study.seconds(),
     }
-    write_json(out / "report.json", rep)
-    write_text(out / "report.md", report_markdown(rep))
+    study.write(rep, report_markdown(rep))
     report(phase="done", done=len(trainings), total=len(trainings))
-    return out
+    return study.out
 
 
 def parse_design(text: str, n_domains: int) -> tuple[str, int | None]:
@@ -427,23 +405,46 @@ def report_markdown(rep: dict) -> str:
 # Reading a study (the Mix page, the Select page's live prediction)
 
 
-class MixStudy:
+BAND = obj(value=NUMBER, lo=NUMBER, hi=NUMBER)
+
+
+class MixStudy(StudyReader):
     """A finished mix study's folder: its report, and the law's prediction for any mix."""
 
-    REPORT = "report.json"
+    KIND = "mix"
+    error = MixError
+    SCHEMA = obj(
+        config=obj(seeds=WHOLE, budget=TEXT, method=TEXT, epochs=WHOLE), run=obj(dir=TEXT), seconds=NUMBER,
+        domains=items(TEXT, minItems=2), evals=items(TEXT, minItems=1), natural=each(NUMBER), objective=obj(kind=TEXT),
+        points=items(obj(name=TEXT, mix=each(NUMBER), examples=each(WHOLE)), minItems=1),
+        fit=each(obj(verdict=TEXT, law=obj(c=NUMBER, k=NUMBER, t=each(NUMBER), rss=NUMBER), spread=NUMBER,
+                     seed_sd=NUMBER_OR_NULL, measured=items(obj(mean=NUMBER, sd=NUMBER_OR_NULL)),
+                     loo=obj(law_prediction=items(NUMBER_OR_NULL), law_mae=NUMBER_OR_NULL, linear_mae=NUMBER_OR_NULL),
+                     curve=obj(mixes=items(items(NUMBER)), fit=items(NUMBER), lo=items(NUMBER), hi=items(NUMBER)))),
+        recommended=obj(mix=each(NUMBER), mix_interval=each(items(NUMBER, minItems=2, maxItems=2)), predicted=each(BAND)),
+        at_natural=each(BAND), pareto=items(obj(mix=each(NUMBER), predicted=each(NUMBER))),
+        commands=obj(mix=TEXT, select=TEXT, validate=TEXT),
+        bootstrap=obj(params=each(items(items(NUMBER, minItems=3), minItems=1))))
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def report(self) -> dict:
-        p = self.path / self.REPORT
-        try:
-            rep = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MixError(f"{p}: not a readable mix report ({e})") from None
-        if not isinstance(rep, dict) or rep.get("kind") != "mix":
-            raise MixError(f"{p}: not a mix study's report")
-        return rep
+    def inconsistency(self, rep: dict) -> str | None:
+        domains, evals, n = rep["domains"], rep["evals"], len(rep["points"])
+        for name, part in (("fit", rep["fit"]), ("recommended.predicted", rep["recommended"]["predicted"]),
+                           ("at_natural", rep["at_natural"]), ("bootstrap.params", rep["bootstrap"]["params"])):
+            if missing := [e for e in evals if e not in part]:
+                return f"{name} lacks the eval set(s) {', '.join(missing)}"
+        for e in evals:
+            f = rep["fit"][e]
+            if len(f["measured"]) != n or len(f["loo"]["law_prediction"]) != n:
+                return f"fit.{e} measures {len(f['measured'])} mixes, not the {n} of its design"
+            if missing := [d for d in domains[:-1] if d not in f["law"]["t"]]:
+                return f"fit.{e}.law.t lacks the domain(s) {', '.join(missing)}"
+            if any(len(p) != len(domains) + 1 for p in rep["bootstrap"]["params"][e]):
+                return f"bootstrap.params.{e} does not hold c, k and a t per domain"
+        for key in ("natural", "recommended.mix"):
+            shares = rep["natural"] if key == "natural" else rep["recommended"]["mix"]
+            if missing := [d for d in domains if d not in shares]:
+                return f"{key} lacks the domain(s) {', '.join(missing)}"
+        return None
 
     def predict(self, mix: dict[str, float]) -> dict[str, dict]:
         """Each eval set's predicted NLL at ``mix`` (``{domain: share}``) with its bootstrap interval."""
@@ -460,7 +461,9 @@ class MixStudy:
 
 
 def latest_study(folder: str | Path, run_dir: str | Path) -> MixStudy | None:
-    """The newest finished mix study of ``run_dir`` among the sub-folders of ``folder``."""
+    """The newest finished mix study of ``run_dir`` among the sub-folders of ``folder`` (a report that
+    does not say which run it studied is passed over; one of the run that cannot be read is found,
+    and its reader says what is wrong with it)."""
     found = []
     target = str(Path(run_dir).resolve())
     parent = Path(folder)
@@ -474,7 +477,7 @@ def latest_study(folder: str | Path, run_dir: str | Path) -> MixStudy | None:
             rep = json.loads(f.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if isinstance(rep, dict) and rep.get("kind") == "mix" and rep.get("run", {}).get("dir") == target:
+        of_run = isinstance(rep, dict) and isinstance(rep.get("run"), dict) and rep["run"].get("dir") == target
+        if of_run and rep.get("kind") == "mix":
             found.append((f.stat().st_mtime, p))
     return MixStudy(max(found)[1]) if found else None
-

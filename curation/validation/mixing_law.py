@@ -52,7 +52,7 @@ def simplex_design(n_domains: int, natural: np.ndarray) -> np.ndarray:
     eye = np.eye(n_domains)
     points = [eye[i] for i in range(n_domains)]
     points += [(eye[i] + eye[j]) / 2 for i, j in itertools.combinations(range(n_domains), 2)]
-    points.append(np.full(n_domains, 1.0 / n_domains))
+    points.append(np.full(n_domains, 1.0 / n_domains))  # (two domains: the edge midpoint again, dropped)
     return _with_natural(np.array(points), natural)
 
 
@@ -64,10 +64,17 @@ def dirichlet_design(n_domains: int, n: int, seed: int, natural: np.ndarray) -> 
 
 
 def _with_natural(points: np.ndarray, natural: np.ndarray) -> np.ndarray:
-    natural = np.asarray(natural, dtype=np.float64)
-    if not np.any(np.all(np.isclose(points, natural, atol=1e-9), axis=1)):
-        points = np.vstack([points, natural])
-    return points
+    return distinct_mixes(np.vstack([points, np.asarray(natural, dtype=np.float64)]))
+
+
+def distinct_mixes(points: np.ndarray) -> np.ndarray:
+    """The rows of ``points`` without repeats (equal within 1e-9), in their first order: a mix
+    trained twice under two names would count as two measurements of the law."""
+    keep: list[int] = []
+    for i in range(len(points)):
+        if not any(np.allclose(points[i], points[j], atol=1e-9, rtol=0) for j in keep):
+            keep.append(i)
+    return points[keep]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,7 +213,8 @@ OBJECTIVES = ("mean", "worst")
 
 
 def parse_objective(text: str, evals: list[str]) -> dict:
-    """``mean`` (equal weights), ``worst`` (the largest loss) or ``EVAL=W,...`` (weights, normalised)."""
+    """``mean`` (equal weights), ``worst`` (the largest loss) or ``EVAL=W,...`` (a weight for every
+    eval set, normalised to sum to 1)."""
     text = str(text).strip()
     if text in OBJECTIVES:
         return {"kind": text, "weights": {e: 1.0 / len(evals) for e in evals}}
@@ -226,10 +234,17 @@ def parse_objective(text: str, evals: list[str]) -> dict:
     unknown = sorted(set(weights) - set(evals))
     if unknown:
         raise MixError(f"objective {text!r}: {unknown} are not eval sets of the study ({', '.join(evals)})")
-    total = sum(weights.values())
-    if total <= 0:
+    missing = [e for e in evals if e not in weights]
+    if missing:
+        raise MixError(f"objective {text!r}: give every eval set a weight ({', '.join(missing)} has none; "
+                       f"{missing[0]}=0 leaves it out)")
+    top = max(weights.values())
+    if top <= 0:
         raise MixError(f"objective {text!r}: the weights sum to 0")
-    return {"kind": "weighted", "weights": {e: weights.get(e, 0.0) / total for e in evals}}
+    if not math.isfinite(sum(weights.values())):  # huge weights: scaled into [0, 1] first, so the sum is finite
+        weights = {e: w / top for e, w in weights.items()}
+    total = sum(weights.values())
+    return {"kind": "weighted", "weights": {e: weights[e] / total for e in evals}}
 
 
 def objective_values(predictions: np.ndarray, objective: dict, evals: list[str]) -> np.ndarray:

@@ -1,46 +1,66 @@
-"""Proxy trainings: fine-tune the proxy model on a training set and score it on held-out eval sets.
+"""Proxy trainings: what every training of a study shares, and the one train-then-evaluate.
 
-One home for what ``validate`` and ``mix`` share, so a mix study and a validation train and
-evaluate exactly alike and share their trainings:
+A study (``validate``, ``mix``; :mod:`curation.validation.study` runs them) fine-tunes a small proxy
+model on several training sets and measures each trained model on held-out eval sets.  Here:
 
-* :class:`Training`: a name (a candidate, a mix point), a seed and the training example ids;
-* :func:`open_proxy`: the proxy model, the run's template (checked), the score-cache settings,
-  the eval sets (refused when an example is also in the pool) and the training examples' encodings;
-* :func:`run_trainings`: every training not committed yet, then its eval pass; locally one after
-  another, with ``--engine ray`` each training is its own Ray task holding one worker's resources
-  (one GPU, or its share of the CPUs), several side by side;
-* the training cache: a training of exactly this set, seed, model and settings, by any study, is
-  not done again (``SCORE_CACHE/trainings/KEY.json`` holds its weights fingerprint and loss curve;
-  its eval rows are in the score cache under that fingerprint);
-* the study folder (:func:`claim_study`): ``study.json`` holds the key of every setting that decides
-  the results; a folder holding another study, or anything else, is refused, never mixed.
-
-Study folder::
-
-    study.json                  kind, key and settings of the study that owns the folder
-    parts/NAME-seedS.parquet    one committed part per finished training (+ .curve.json, .time.json): resume skips them
-    train/                      trainings in progress (removed once evaluated, unless --keep-models)
+* :class:`ProxyConfig`: the settings every study's trainings share (the proxy model, the eval sets,
+  the trainer's settings with a study's defaults, whether the trained models are kept); the
+  validate and mix configs extend it;
+* :class:`Training`: one training of a study (a name: a candidate or a mix point; a seed; the
+  training example ids);
+* :func:`open_proxy`: the proxy model, the run's model context reopened
+  (:func:`curation.runs.steps.reopen`: template checked, pass settings), the eval sets (refused
+  when an example is also in the pool); :meth:`Proxy.encode` encodes the training examples a
+  round of trainings needs;
+* :func:`training_spec` and :func:`train_and_evaluate`: one training as plain data (what to train
+  and how to evaluate it, packed arrays) and the one function that trains and evaluates it,
+  returning plain data: in this process, or as a Ray task on a worker (the same function);
+* the held-out NLL evaluation (:func:`evaluate_base`, :func:`eval_rows`): every eval example's
+  mean assistant-token loss, one row per model and example.  A study kind that evaluates
+  otherwise (preference pairs) names another ``eval`` kind in the spec and its own rows.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from curation.config import project
+from curation.config import ComputeConfig, option, parse_pairs, project
 from curation.runs.training import TrainConfig
 
-STUDY = "study.json"
 MAX_SEEDS = 50  # trainings per candidate or mix: every seed is a whole fine-tuning
 
 
 class ValidationError(ValueError):
     """A validation or mix study that cannot run as asked (the message says what to change)."""
+
+
+@dataclass(kw_only=True)
+class ProxyConfig(TrainConfig, ComputeConfig):
+    """What every study's trainings share (ValidateConfig and MixConfig extend it): the proxy model,
+    the eval sets, one set of training settings for every training (TrainConfig's, with a study's
+    defaults: three epochs and one micro-batch per step, since the training sets are small)."""
+
+    out: str = option(help="study folder (report.json, report.md, results.parquet, curves.parquet); a resumed "
+                           "study skips its finished trainings", result=False)
+    eval: dict[str, str] = option(help="held-out eval sets as NAME=PATH (any format the loader reads; name them by "
+                                       "domain); repeatable", default_factory=dict, metavar="NAME=PATH")
+    model: str | None = option(None, "the proxy model to fine-tune (default: the run's model)")
+    keep_models: bool = option(False, "keep the trained models (else only their loss curves and eval results)",
+                               result=False)
+    epochs: int = option(3, "passes over each training set")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+
+    def __post_init__(self):
+        ComputeConfig.__post_init__(self)
+        TrainConfig.__post_init__(self)
+        self.eval = parse_pairs(self.eval, "NAME=PATH")
+        if not self.eval:
+            raise ValueError("give held-out eval sets with --eval NAME=PATH (the default workspace has "
+                             "workspace/eval/chat.jsonl and workspace/eval/math.jsonl)")
+        check_eval_files(self.eval)
 
 
 @dataclass
@@ -53,6 +73,7 @@ class Training:
 
     @property
     def part(self) -> str:
+        """Its name in the study folder (``parts/PART.parquet``, ``train/PART/``)."""
         return f"{slug(self.name)}-seed{self.seed}"
 
 
@@ -69,13 +90,41 @@ class EvalSets:
 
 @dataclass
 class Proxy:
-    """What every training of a study needs: the model, template, pass settings, evals, examples."""
+    """What every training of a study needs: the model, the run's context, the eval sets, and the
+    encodings of the training examples encoded so far."""
 
     lm: object  # curation.scoring.models.LoadedModel
-    template: object
-    settings: object  # curation.scoring.passes.PassSettings
+    context: object  # curation.runs.steps.RunContext
     evals: EvalSets
-    pool: dict  # {example_id: Encoded} of every example some training uses
+    run: object  # curation.runs.folder.Run: the pool's sources
+    table: object  # the run's score table
+    pool: dict  # {example_id: Encoded} of the training examples encoded so far
+
+    @property
+    def settings(self):
+        """The score-cache pass settings (curation.scoring.passes.PassSettings; ``engine`` is set
+        while a study runs)."""
+        return self.context.settings
+
+    @property
+    def template(self):
+        return self.context.template
+
+    def encode(self, ids: set[str], report) -> None:
+        """Encode the training examples ``ids`` not encoded yet, re-read from the run's sources
+        (refused if a source changed since the run)."""
+        from curation.data.templates import encode_many
+        from curation.runs.folder import read_examples
+
+        t = self.table
+        rows = t[t["example_id"].isin(set(ids) - set(self.pool))][["source", "source_index", "example_id"]]
+        if not len(rows):
+            return
+        report(phase="reading training examples", done=0, total=len(rows))
+        records = read_examples(self.run.meta(), rows.itertuples(index=False), check_fingerprints=True)
+        ctx = self.context
+        self.pool.update(zip(rows["example_id"], encode_many(ctx.tokenizer, ctx.template, [m for _, m in records],
+                                                             ctx.max_length)))
 
 
 def slug(name: str) -> str:
@@ -83,38 +132,20 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-# ----------------------------------------------------------------------------------------------
-# The study folder
+def eval_files(paths) -> dict[str, str]:
+    """``{name: path}`` of eval files named by their file names without extensions (the pages' eval
+    sets); two files of one name (``math.json`` and ``math.jsonl``) are refused, as ``--eval``
+    given twice is: the second would silently replace the first."""
+    from curation.data.load import source_stem
 
-
-def claim_study(out: Path, kind: str, key: str, settings: dict) -> None:
-    """Make ``out`` this study's folder, or refuse: a folder holding another study (other settings),
-    or anything that is not a study, is never written into."""
-    from curation.atomic import write_json
-
-    what = {"validate": "validation", "mix": "mix study"}.get(kind, kind)
-    if out.exists() and not out.is_dir():
-        raise ValidationError(f"--out {out} is a file; give a folder (new, or holding this {what})")
-    marker = out / STUDY
-    if marker.is_file():
-        try:
-            have = json.loads(marker.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValidationError(f"{marker} is unreadable ({e}); use a new --out folder") from None
-        if have.get("kind") == kind and have.get("key") == key:
-            return
-        changed = sorted(k for k in set(settings) | set(have.get("settings", {}))
-                         if settings.get(k) != have.get("settings", {}).get(k))
-        detail = "; ".join(f"{k}: {have.get('settings', {}).get(k)!r} there, {settings.get(k)!r} now"
-                           for k in changed[:6]) or "its data or model changed"
-        other = {"validate": "validation", "mix": "mix study"}.get(have.get("kind"), "study")
-        raise ValidationError(f"{out} holds a {other} with other settings ({detail}); its results "
-                              f"would be mixed with these. Use a new --out folder (or delete that one)")
-    if out.is_dir() and any(out.iterdir()):
-        raise ValidationError(f"{out} is not empty and holds no {what} ({STUDY} is missing); use a new --out "
-                              "folder or empty that one")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"kind": kind, "key": key, "settings": settings})
+    out: dict[str, str] = {}
+    for p in map(str, paths):
+        name = source_stem(p)
+        if name in out:
+            raise ValueError(f"eval files {Path(out[name]).name} and {Path(p).name} would both be the eval set "
+                             f"{name!r}; choose one of them, or rename one")
+        out[name] = p
+    return out
 
 
 def check_eval_files(evals: dict[str, str]) -> None:
@@ -129,55 +160,29 @@ def check_eval_files(evals: dict[str, str]) -> None:
         seen[key] = name
 
 
-def study_key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def file_fingerprints(paths: dict[str, str]) -> dict[str, str]:
-    """Each eval file's content fingerprint (a study's results depend on what the files hold)."""
-    from curation.data.load import file_fingerprint
-
-    return {d: file_fingerprint(p) if Path(p).is_file() else str(p) for d, p in sorted(paths.items())}
-
-
 # ----------------------------------------------------------------------------------------------
-# The proxy: model, template, eval sets, training examples
+# The proxy: model, the run's context, eval sets
 
 
-def open_proxy(cfg, run, meta: dict, table, needed: set[str], report) -> Proxy:
-    """Load the proxy model (``cfg.model`` or the run's), the run's template, the eval sets
-    (``cfg.eval``) and the encodings of the ``needed`` pool examples."""
+def open_proxy(cfg: ProxyConfig, run, meta: dict, table, report) -> Proxy:
+    """Load the proxy model (``cfg.model`` or the run's), reopen the run's context with it and
+    load the eval sets (``cfg.eval``)."""
+    from curation.runs.steps import reopen
     from curation.scoring.models import load_model
-    from curation.scoring.passes import PassSettings
 
     report(phase="loading model", done=0, total=None)
     model = cfg.model or (meta["model"]["path"] if Path(meta["model"]["path"]).exists() else meta["model"]["spec"])
     lm = load_model(model, device=cfg.device, dtype=cfg.dtype)
-    template = run_template(lm, meta)
-    settings = PassSettings.of(cfg, lm, template, meta["max_length"])
+    context = reopen(meta, lm.tokenizer, lm.dtype, lm.device, "use the run's model or give --model a model with the "
+                     "same template", cache=cfg.cache, compute=cfg)
     report(phase="loading eval sets")
-    evals = load_evals(cfg.eval, set(table["example_id"]), lm.tokenizer, template, meta["max_length"])
-    pool = pool_encodings(run, meta, table, needed, lm.tokenizer, template, report)
-    return Proxy(lm, template, settings, evals, pool)
+    evals = load_evals(cfg.eval, set(table["example_id"]), context)
+    return Proxy(lm, context, evals, run, table, {})
 
 
-def run_template(lm, meta: dict):
-    """The run's template, checked against its recorded fingerprint (the eval and the training must
-    mask tokens exactly as the run did)."""
-    from curation.data.templates import resolve_template
-
-    template = resolve_template(lm.tokenizer, meta.get("config", {}).get("template", "auto"))
-    want = meta.get("template", {}).get("fingerprint")
-    if want and template.fingerprint != want:
-        raise ValidationError(f"the model's chat template ({template.fingerprint}) differs from the run's ({want}); "
-                              "use the run's model or give --model a model with the same template")
-    return template
-
-
-def load_evals(specs: dict[str, str], pool_ids: set[str], tokenizer, template, max_length: int) -> EvalSets:
+def load_evals(specs: dict[str, str], pool_ids: set[str], context) -> EvalSets:
     """The eval sets, normalised like any source; refused if an example is also in the pool."""
-    from curation.data.load import RecordError, SourceSpec, load_sources
-    from curation.data.templates import encode_many
+    from curation.data.load import SourceSpec, load_sources
     from curation.runs.folder import source_entries
 
     data = load_sources([SourceSpec(path=p, domain=d) for d, p in specs.items()])
@@ -186,15 +191,8 @@ def load_evals(specs: dict[str, str], pool_ids: set[str], tokenizer, template, m
             raise ValidationError(f"eval example {e.source} #{e.source_index} (id {e.example_id}) is also in the pool "
                                   "the training sets come from; it would measure memorisation, not learning. Remove "
                                   "it from the eval file.")
-    examples, encoded = [], []
-    left_out = [{"source": r.source, "source_index": r.source_index, "reason": r.reason} for r in data.rejected]
-    for e, x in zip(data.examples, encode_many(tokenizer, template, [e.messages for e in data.examples], max_length)):
-        if isinstance(x, RecordError) or x.n_response_tokens == 0:
-            left_out.append({"source": e.source, "source_index": e.source_index,
-                             "reason": str(x) if isinstance(x, RecordError) else "no assistant token within max length"})
-        else:
-            examples.append(e)
-            encoded.append(x)
+    examples, encoded, rejected = context.encode(data, need_response=True)
+    left_out = [{"source": r["source"], "source_index": r["source_index"], "reason": r["reason"]} for r in rejected]
     prov = source_entries(data.sources)
     for p in prov:
         p["left_out"] = [r for r in left_out if r["source"] == p["source"]]
@@ -202,164 +200,18 @@ def load_evals(specs: dict[str, str], pool_ids: set[str], tokenizer, template, m
     return EvalSets(examples, encoded, prov)
 
 
-def pool_encodings(run, meta: dict, table, needed: set[str], tokenizer, template, report) -> dict:
-    """``{example_id: Encoded}`` of the ``needed`` pool examples, re-read from the run's sources
-    (refused if a source changed since the run)."""
-    from curation.data.templates import encode_many
-    from curation.runs.folder import read_examples
-
-    rows = table[table["example_id"].isin(needed)][["source", "source_index", "example_id"]]
-    report(phase="reading training examples", done=0, total=len(rows))
-    records = read_examples(meta, rows.itertuples(index=False), check_fingerprints=True)
-    enc = encode_many(tokenizer, template, [m for _, m in records], meta["max_length"])
-    return dict(zip(rows["example_id"], enc))
-
-
 # ----------------------------------------------------------------------------------------------
-# Running the trainings
+# The held-out NLL evaluation
 
 
 def evaluate_base(proxy: Proxy, report):
-    """The base model's eval rows (``candidate`` = ``base``, seed -1)."""
+    """The base model's eval rows (``candidate`` = ``base``, seed -1), through the score cache (its
+    chunks on the Ray workers with ``--engine ray``)."""
     from curation.scoring.passes import score_pass
 
     lm, ev = proxy.lm, proxy.evals
     rows = score_pass(lm.source(), lm.fingerprint, ev.ids, ev.encoded, proxy.settings, report, "evaluating base model")
     return eval_rows("base", -1, ev, rows)
-
-
-def run_trainings(cfg, proxy: Proxy, trainings: list[Training], out: Path, report) -> list[Path]:
-    """Train and evaluate every training whose part is not committed yet; return every part's path.
-
-    Locally they run one after another; on a Ray engine (``proxy.settings.engine``) each is a Ray
-    task (its own worker's CPUs or GPU), as many at once as there are workers.  A training asked
-    twice in one study (two selections of one run share their ``random`` baseline: the same
-    examples, seed and settings) is trained once; its twin is committed from the training cache."""
-    parts = {t.part: out / "parts" / f"{t.part}.parquet" for t in trainings}
-    todo = [t for t in trainings if not parts[t.part].is_file()]
-    todo = [t for t in todo if not reuse_training(cfg, proxy, t, parts[t.part], report)]
-    first: dict[str, Training] = {}
-    for t in todo:
-        first.setdefault(training_key(cfg, proxy, t), t)
-    twins = [t for t in todo if first[training_key(cfg, proxy, t)] is not t]
-    train_each(cfg, proxy, list(first.values()), out, report, done=len(trainings) - len(first), total=len(trainings))
-    left = [t for t in twins if not reuse_training(cfg, proxy, t, parts[t.part], report)]
-    train_each(cfg, proxy, left, out, report, done=len(trainings) - len(left), total=len(trainings))  # cache cleared meanwhile
-    return list(parts.values())
-
-
-def train_each(cfg, proxy: Proxy, todo: list[Training], out: Path, report, done: int, total: int) -> None:
-    """Train, evaluate and commit each of ``todo`` into the study folder ``out`` (progress counts
-    from ``done`` of ``total``)."""
-    if not todo:
-        return
-    parts = {t.part: out / "parts" / f"{t.part}.parquet" for t in todo}
-    engine = proxy.settings.engine
-    if engine is not None:
-        by_part = {t.part: t for t in todo}
-
-        def finished(spec, result):  # in the engine's work thread: commits only, no progress calls
-            t = by_part[spec["part"]]
-            commit_training(cfg, proxy, t, parts[t.part], result["fingerprint"], result["loss_curve"],
-                            result["tokens_trained"], rows=unpack_rows(proxy.evals.ids, result["rows"]),
-                            seconds=result.get("seconds"))
-
-        engine.run_tasks(train_task, [task_spec(cfg, proxy, t, out / "train" / t.part) for t in todo], finished,
-                         report, done=done, total=total)
-        return
-    for n, t in enumerate(todo, start=done + 1):
-        label = f"{t.name} seed {t.seed} ({n}/{total})"
-        t0 = time.time()
-        fp, curve, tokens = train_locally(cfg, proxy, t, out / "train" / t.part, report, label)
-        commit_training(cfg, proxy, t, parts[t.part], fp, curve, tokens, seconds=time.time() - t0)
-
-
-def train_config(cfg, seed: int) -> TrainConfig:
-    tcfg = project(cfg, TrainConfig)
-    tcfg.seed = seed
-    return tcfg
-
-
-def training_key(cfg, proxy: Proxy, t: Training) -> str:
-    """What decides a training's weights: the model, the training settings with the seed, the
-    examples, the template, the max length and the device kind."""
-    s = proxy.settings
-    return hashlib.sha256(json.dumps({"model": proxy.lm.fingerprint, "train": train_config(cfg, t.seed).result_key(),
-                                      "ids": sorted(t.ids), "template": s.template, "max_length": s.max_length,
-                                      "device": s.device.split(":")[0]}, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def reuse_training(cfg, proxy: Proxy, t: Training, part: Path, report) -> bool:
-    """Commit ``t`` from the training cache when this exact training was evaluated before."""
-    s = proxy.settings
-    known = s.cache.root / "trainings" / f"{training_key(cfg, proxy, t)}.json"
-    if not known.is_file():
-        return False
-    info = json.loads(known.read_text())
-    rows = s.cache.load(s.key(info["fingerprint"]), set(proxy.evals.ids))
-    if len(rows) != len(proxy.evals.ids):
-        return False
-    report(phase=f"reusing the training of {t.name} seed {t.seed}", done=0, total=None)
-    write_part(proxy, t, part, rows, info["loss_curve"], {"seconds": info.get("seconds"), "reused": True})
-    return True
-
-
-def train_locally(cfg, proxy: Proxy, t: Training, folder: Path, report, label: str):
-    """Fine-tune the proxy on ``t`` in this process and score it on the eval sets (through the
-    score cache): ``(weights fingerprint, loss curve, tokens trained)``."""
-    from curation.runs.training import checkpoint_model, train
-    from curation.scoring.passes import score_pass
-
-    lm = proxy.lm
-    res = train(lm.path, lm.tokenizer, [proxy.pool[i] for i in t.ids], train_config(cfg, t.seed), folder, 1,
-                device=lm.device, progress=report, phase=f"training {label}")
-    fp, model = checkpoint_model(lm, res.checkpoints[-1], report)
-    score_pass(model, fp, proxy.evals.ids, proxy.evals.encoded, proxy.settings, report, f"evaluating {label}")
-    return fp, res.loss_curve, res.tokens_trained
-
-
-def commit_training(cfg, proxy: Proxy, t: Training, part: Path, fp: str, curve: list, tokens: int,
-                    rows: dict | None = None, seconds: float | None = None) -> None:
-    """Record a finished training: its eval rows in the score cache (when they come from elsewhere),
-    the training cache entry, then the study's part (the commit a resume skips)."""
-    from curation.atomic import write_json
-
-    s = proxy.settings
-    if rows is not None:
-        s.cache.put(s.key(fp), list(rows.values()), {"model": fp, "variant": "full", "template": s.template,
-                                                     "max_length": s.max_length, "dtype": s.dtype, "device": s.device})
-    rows = s.cache.load(s.key(fp), set(proxy.evals.ids))
-    secs = None if seconds is None else round(float(seconds), 1)
-    write_json(s.cache.root / "trainings" / f"{training_key(cfg, proxy, t)}.json",
-               {"fingerprint": fp, "loss_curve": curve, "tokens_trained": tokens, "n_examples": len(t.ids),
-                "seconds": secs})
-    write_part(proxy, t, part, rows, curve, {"seconds": secs, "reused": False})
-    if not cfg.keep_models:
-        shutil.rmtree(part.parent.parent / "train" / t.part, ignore_errors=True)
-
-
-def write_part(proxy: Proxy, t: Training, part: Path, rows: dict, curve: list, timing: dict | None = None) -> None:
-    """One finished training's part: its loss curve, its timing (the wall seconds of its training and
-    eval; whether it came from the training cache) and its eval rows, the last being the commit."""
-    from curation.atomic import write_json, write_parquet
-
-    write_json(part.with_suffix(".curve.json"), curve)
-    write_json(part.with_suffix(".time.json"), timing or {})
-    write_parquet(part, eval_rows(t.name, t.seed, proxy.evals, rows))  # the commit
-
-
-def training_seconds(parts: list[Path]) -> dict:
-    """What the committed trainings of a study cost: the sum of their own wall seconds (however many
-    runs, resumes or Ray workers made them), how many were timed, and how many came from the cache."""
-    total, timed, reused = 0.0, 0, 0
-    for p in parts:
-        f = p.with_suffix(".time.json")
-        info = json.loads(f.read_text()) if f.is_file() else {}
-        if info.get("reused"):
-            reused += 1
-        elif info.get("seconds") is not None:
-            total, timed = total + float(info["seconds"]), timed + 1
-    return {"seconds": round(total, 1), "timed": timed, "reused": reused, "trainings": len(parts)}
 
 
 def eval_rows(candidate: str, seed: int, evals: EvalSets, rows: dict[str, dict]):
@@ -374,73 +226,79 @@ def eval_rows(candidate: str, seed: int, evals: EvalSets, rows: dict[str, dict])
     return pd.DataFrame(out)
 
 
-def assemble(base_rows, parts: list[Path]):
-    """``(results, curves)`` from the base rows and the committed parts (with their loss curves)."""
-    import pandas as pd
-
-    frames, curves = [base_rows], []
-    for p in parts:
-        df = pd.read_parquet(p)
-        cand, seed = df["candidate"].iloc[0], int(df["seed"].iloc[0])
-        curves += [{"candidate": cand, "seed": seed, **pt} for pt in json.loads(p.with_suffix(".curve.json").read_text())]
-        frames.append(df)
-    cols = ["candidate", "seed", "step", "loss", "lr", "tokens"]
-    return pd.concat(frames, ignore_index=True), pd.DataFrame(curves, columns=cols)
-
-
 # ----------------------------------------------------------------------------------------------
-# A training as a Ray task
+# One training as plain data, trained and evaluated here or in a Ray worker
 
 
-def task_spec(cfg, proxy: Proxy, t: Training, folder: Path) -> dict:
-    """Everything a Ray task needs to train and evaluate ``t`` by itself (plain data, packed arrays)."""
+def train_config(cfg: ProxyConfig, seed: int) -> TrainConfig:
+    tcfg = project(cfg, TrainConfig)
+    tcfg.seed = seed
+    return tcfg
+
+
+def training_spec(cfg: ProxyConfig, proxy: Proxy, t: Training, folder: Path, label: str) -> dict:
+    """Everything :func:`train_and_evaluate` needs for ``t``, as plain data (settings as dicts,
+    examples as packed arrays), so that a Ray task can run it by itself: the model (by path), what
+    to train (``train``: kind ``sft``, the settings, the examples, the folder) and how to evaluate
+    the trained model (``eval``: kind ``nll``, the eval examples, the batching)."""
     from curation.data.templates import pack_encoded
 
     lm, s = proxy.lm, proxy.settings
-    return {"part": t.part, "label": f"{t.name} seed {t.seed}", "model_path": lm.path, "device": lm.device,
-            "dtype": lm.dtype, "train": train_config(cfg, t.seed), "folder": str(folder),
-            "examples": pack_encoded([proxy.pool[i] for i in t.ids]), "evals": pack_encoded(proxy.evals.encoded),
-            "batch_tokens": s.batch_tokens}
+    return {"part": t.part, "label": label,
+            "model": {"path": lm.path, "device": lm.device, "dtype": lm.dtype},
+            "train": {"kind": "sft", "config": asdict(train_config(cfg, t.seed)), "folder": str(folder),
+                      "examples": pack_encoded([proxy.pool[i] for i in t.ids])},
+            "eval": {"kind": "nll", "examples": pack_encoded(proxy.evals.encoded), "batch_tokens": s.batch_tokens,
+                     "chunk_examples": s.chunk_examples}}
 
 
-def train_task(spec: dict, threads: int, progress) -> dict:
-    """One training in a Ray worker: fine-tune, then score the eval sets; returns the weights
-    fingerprint, the loss curve and the packed eval results (the driver commits them)."""
-    import numpy as np
+def train_and_evaluate(spec: dict, threads: int | None, progress) -> dict:
+    """Train what ``spec["train"]`` names, then evaluate the trained model as ``spec["eval"]`` says
+    (see :func:`training_spec`); ``threads``: torch threads (a Ray worker's share; None: leave them).
+    Returns plain data: the weights fingerprint, the loss curve, the tokens trained, the packed
+    eval results and the wall seconds of both (the driver commits them)."""
     import torch
-    from transformers import AutoTokenizer
 
-    from curation.data.templates import unpack_encoded
-    from curation.runs.training import train
-    from curation.scoring.losses import score_examples
     from curation.scoring.models import load_checkpoint, weights_fingerprint
 
     t0 = time.time()
-    torch.set_num_threads(threads)
-    device = spec["device"] if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(spec["model_path"])
-    res = train(spec["model_path"], tokenizer, unpack_encoded(spec["examples"]), spec["train"], spec["folder"], 1,
-                device=device, progress=progress, phase=f"training {spec['label']}")
-    model = load_checkpoint(spec["model_path"], res.checkpoints[-1], device, spec["dtype"])
-    fp = weights_fingerprint(model)
-    losses = score_examples(model, unpack_encoded(spec["evals"]), spec["batch_tokens"])
-    n = np.array([r.n_tokens for r in losses], dtype=np.int64)
-    offsets = np.zeros(len(losses) + 1, dtype=np.int64)
-    np.cumsum(n, out=offsets[1:])
-    rows = {"loss_sum": np.array([r.loss_sum for r in losses]), "n_tokens": n, "offsets": offsets,
-            "token_losses": np.concatenate([r.token_losses for r in losses]),
-            "positions": np.concatenate([r.positions for r in losses])}
-    return {"fingerprint": fp, "loss_curve": res.loss_curve, "tokens_trained": res.tokens_trained, "rows": rows,
-            "seconds": time.time() - t0}
+    if threads is not None:
+        torch.set_num_threads(threads)
+    m = spec["model"]
+    device = "cpu" if m["device"].startswith("cuda") and not torch.cuda.is_available() else m["device"]
+    trained = TRAINERS[spec["train"]["kind"]](m["path"], spec["train"], device, progress, spec["label"])
+    model = load_checkpoint(m["path"], trained.checkpoints[-1], device, m["dtype"])
+    packed = EVALUATORS[spec["eval"]["kind"]](model, spec["eval"], progress, spec["label"])
+    return {"fingerprint": weights_fingerprint(model), "loss_curve": trained.loss_curve,
+            "tokens_trained": trained.tokens_trained, "eval": packed, "seconds": time.time() - t0}
 
 
-def unpack_rows(ids: list[str], packed: dict) -> dict[str, dict]:
-    """Score-cache rows of a task's packed eval results (no embeddings: an eval needs none)."""
-    from curation.scoring.losses import ExampleLoss
-    from curation.scoring.passes import cache_rows
+def train_sft(model_path: str, spec: dict, device: str, progress, label: str):
+    """Supervised fine-tuning of the model at ``model_path`` on the packed examples: the project's
+    trainer (:func:`curation.runs.training.train`), one checkpoint at the end."""
+    from curation.data.templates import unpack_encoded
+    from curation.runs.training import train
+    from curation.scoring.models import load_tokenizer
 
-    o = packed["offsets"]
-    results = [ExampleLoss(float(packed["loss_sum"][j]), int(packed["n_tokens"][j]),
-                           packed["token_losses"][o[j]:o[j + 1]], packed["positions"][o[j]:o[j + 1]])
-               for j in range(len(ids))]
-    return {r["example_id"]: r for r in cache_rows(ids, results)}
+    return train(model_path, load_tokenizer(model_path), unpack_encoded(spec["examples"]), TrainConfig(**spec["config"]),
+                 spec["folder"], 1, device=device, progress=progress, phase=f"training {label}")
+
+
+def evaluate_nll(model, spec: dict, progress, label: str) -> dict:
+    """The assistant-token losses of the packed eval examples, scored in the chunks a scoring pass
+    commits (the same batches, so the same numbers as a pass), packed without embeddings."""
+    from curation.data.templates import unpack_encoded
+    from curation.scoring.engine import pack_losses
+    from curation.scoring.losses import score_examples
+
+    encoded, chunk = unpack_encoded(spec["examples"]), spec["chunk_examples"]
+    results: list = []
+    progress(phase=f"evaluating {label}", done=0, total=len(encoded))
+    for c in range(0, len(encoded), chunk):
+        results += score_examples(model, encoded[c:c + chunk], spec["batch_tokens"])
+        progress(phase=f"evaluating {label}", done=len(results), total=len(encoded))
+    return pack_losses(results, embeddings=False)
+
+
+TRAINERS = {"sft": train_sft}  # spec["train"]["kind"] -> (model path, spec, device, progress, label) -> TrainResult
+EVALUATORS = {"nll": evaluate_nll}  # spec["eval"]["kind"] -> (model, spec, progress, label) -> packed results

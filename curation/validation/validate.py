@@ -36,13 +36,13 @@ VAL_DIR::
     curves.parquet    candidate, seed, step, loss, lr, tokens (each training's loss curve)
     report.json       every number: config, provenance, candidates, statistics, verdicts, lengths
     report.md         a short human summary
-    study.json, parts/, train/   the study folder (:mod:`curation.validation.proxy`): a folder
+    study.json, parts/, train/   the study folder (:mod:`curation.validation.study`): a folder
                       holds one validation (other settings are refused); a resumed job skips the
                       committed parts
 
-The trainings are :mod:`curation.validation.proxy`'s: a (candidate, seed) whose training set, seed,
-model and settings were trained before, by this or another validation or a mix study, is not
-trained again.
+The trainings are run by :mod:`curation.validation.study` (the runner the mix study uses too): a
+(candidate, seed) whose training set, seed, model and settings were trained before, by this or
+another validation or a mix study, is not trained again.
 """
 
 from __future__ import annotations
@@ -53,33 +53,24 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.config import ComputeConfig, check_at_most, check_positive, option, parse_pairs, result_key
+from curation.config import check_at_most, check_positive, option, parse_pairs, result_key
 from curation.progress import Progress, Reporter
-from curation.runs.training import TrainConfig
 from curation.selection.baselines import BASELINES
 from curation.selection.recipe import Recipe
 from curation.validation.mixing_law import MixError, parse_objective
-from curation.validation.proxy import (MAX_SEEDS, check_eval_files, EvalSets, Training, ValidationError, assemble, claim_study, evaluate_base,
-                                       file_fingerprints, open_proxy, run_trainings, slug, study_key,
-                                       training_seconds)
+from curation.validation.proxy import MAX_SEEDS, ProxyConfig, Training, ValidationError
+from curation.validation.study import NUMBER, NUMBER_OR_NULL, TEXT, TEXT_OR_NULL, WHOLE, StudyReader, each, items, obj
 
 
 @dataclass(kw_only=True)
-class ValidateConfig(TrainConfig, ComputeConfig):
-    """Settings of a validation (the CLI, the job store and the Validate page build this).
-
-    The training settings are TrainConfig's (one set for every candidate); the defaults differ
-    from a reference training's: three epochs and one micro-batch per step, since a selection is
-    small."""
+class ValidateConfig(ProxyConfig):
+    """Settings of a validation (the CLI, the job store and the Validate page build this); the
+    proxy and its training settings are ProxyConfig's (one set for every candidate)."""
 
     selections: list[str] = option(help="selection folders written by `select` (all from the same run)",
                                    positional=True, metavar="SEL_DIR")
-    out: str = option(help="validation folder (results.parquet, report.json, report.md, curves.parquet)", result=False)
-    eval: dict[str, str] = option(help="held-out eval sets as DOMAIN=PATH (any format the loader reads); repeatable",
-                                  default_factory=dict, metavar="DOMAIN=PATH")
     baselines: str = option("random,random-tokens", f"comma-separated baselines: {', '.join(BASELINES)}")
     seeds: int = option(3, "trainings per candidate (seeds 0..N-1 added to --seed); the full pool trains once")
-    model: str | None = option(None, "the proxy model to fine-tune (default: the run's model)")
     generate: dict[str, str] = option(help="DOMAIN=N: also greedy-decode the first N eval problems of a math domain "
                                            "and compare final answers (slow on a CPU); repeatable",
                                       default_factory=dict, metavar="DOMAIN=N")
@@ -89,24 +80,14 @@ class ValidateConfig(TrainConfig, ComputeConfig):
     ngram: int = option(Recipe.ngram, "contamination check: consecutive words shared with an eval example that flag a "
                             "training example")
     objective: str = option("mean", "also compare on one number over the eval domains: mean (of their NLL), "
-                                    "worst (the largest), or DOMAIN=W,... (weights)")
-    keep_models: bool = option(False, "keep the trained models (else only their loss curves and eval results)",
-                               result=False)
-    epochs: int = option(3, "passes over each candidate's training set")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
+                                    "worst (the largest), or DOMAIN=W,... (a weight for every eval set)")
 
     def __post_init__(self):
-        ComputeConfig.__post_init__(self)
-        TrainConfig.__post_init__(self)
         if isinstance(self.selections, str):
             self.selections = [self.selections]
         if not self.selections:
             raise ValueError("give at least one selection folder (SEL_DIR)")
-        self.eval = parse_pairs(self.eval, "DOMAIN=PATH")
-        if not self.eval:
-            raise ValueError("give held-out eval sets with --eval DOMAIN=PATH (the default workspace has "
-                             "workspace/eval/chat.jsonl and workspace/eval/math.jsonl)")
-        check_eval_files(self.eval)
+        ProxyConfig.__post_init__(self)
         try:
             self.generate = {k: int(v) for k, v in parse_pairs(self.generate, "DOMAIN=N").items()}
         except ValueError:
@@ -130,6 +111,9 @@ class ValidateConfig(TrainConfig, ComputeConfig):
         return [b.strip() for b in self.baselines.split(",") if b.strip()]
 
 
+MAX_REDRAWS = 20  # seeds a random baseline tries beyond its own when its draws are the selection itself
+
+
 @dataclass
 class Candidate:
     """A training set to validate: a selection or a baseline, with its examples per seed."""
@@ -139,15 +123,15 @@ class Candidate:
     selection: str  # the selection it belongs to (its own name for a selection)
     seeds: list[int]
     ids: dict[int, list[str]] = field(default_factory=dict)  # seed -> training example ids
+    note: str | None = None  # what the report must say about it (seeds drawn again, no comparison)
 
 
 def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     """Run (or finish) a validation and return its folder (see the module docstring)."""
-    from curation.atomic import write_json, write_parquet, write_text
-    from curation.scoring.engine import open_engine
+    from curation.validation.study import claim_study, file_fingerprints, run_study, study_identity, study_key
     from curation.validation.verdicts import build_report
 
-    report, out, t0 = Reporter(progress), Path(cfg.out), time.time()
+    report, t0 = Reporter(progress), time.time()
     report(phase="reading selections", done=0, total=None)
     run, sels = read_selections(cfg.selections)
     meta, table = run.require_finished(), run.scores()
@@ -155,39 +139,58 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     trainings = [Training(c.name, s, c.ids[s]) for c in candidates for s in c.seeds]
     settings = {**result_key(cfg), "selections": [str(s.path.resolve()) for s in sels],
                 "eval_files": file_fingerprints(cfg.eval)}
-    claim_study(out, "validate", study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings]),
-                settings)
+    key = study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings])
+    identity = study_identity(meta.get("run_key"), trainings)
+    claim_study(Path(cfg.out), "validate", key, settings, identity, check_only=True)  # claimed once every check passed
     check_targets(sels, cfg.eval, cfg.ngram)
     if not cfg.allow_contaminated and not all(already_decontaminated(sel.recipe(), cfg.eval, cfg.ngram) for sel in sels):
         report(phase="checking contamination")
         check_contamination(run, candidates, cfg.eval, cfg.ngram)
-    proxy = open_proxy(cfg, run, meta, table, set().union(*(t.ids for t in trainings)), report)
-    with open_engine(cfg) as proxy.settings.engine:  # this process, or Ray workers (--engine ray)
-        base = evaluate_base(proxy, report)
-        parts = run_trainings(cfg, proxy, trainings, out, report)
+    study = run_study(cfg, "validate", key, settings, identity, run, meta, table, lambda study: [trainings], report)
 
     report(phase="statistics", done=len(trainings), total=len(trainings))
-    results, curves = assemble(base, parts)
-    write_parquet(out / "results.parquet", results)
-    write_parquet(out / "curves.parquet", curves)
     objective = parse_objective(cfg.objective, sorted(cfg.eval))
-    stats = {m: build_report(results, metric=m, pairs=comparison_pairs(candidates), seed=cfg.seed, objective=objective)
-             for m in ("token", "example")}
-    lm, template = proxy.lm, proxy.template
+    stats = {m: build_report(study.results, metric=m, pairs=comparison_pairs(candidates), seed=cfg.seed,
+                             objective=objective) for m in ("token", "example")}
+    lm, template = study.proxy.lm, study.proxy.template
     rep = {
         "kind": "validate", "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": run.provenance(), "model": lm.describe(), "template": {"name": template.name, "fingerprint": template.fingerprint},
         "selections": [{"name": s.name, "dir": str(s.path.resolve()), "recipe": s.recipe().to_dict()} for s in sels],
-        "eval": proxy.evals.provenance, "candidates": describe_candidates(candidates, table),
+        "eval": study.proxy.evals.provenance, "candidates": describe_candidates(candidates, table),
         "statistics": stats, "lengths": length_report(sels, candidates, table),
-        "seconds": round(time.time() - t0, 1), "trainings": training_seconds(parts),
+        "notes": [c.note for c in candidates if c.note],
+        "seconds": round(time.time() - t0, 1), "trainings": study.seconds(),
     }
     if cfg.generate:
-        rep["generation"] = generation_eval(cfg, lm, proxy.evals, candidates, out, report)
-    write_json(out / "report.json", rep)
-    write_text(out / "report.md", report_markdown(rep))
+        rep["generation"] = generation_eval(cfg, study, candidates, report)
+    study.write(rep, report_markdown(rep))
     report(phase="done", done=len(trainings), total=len(trainings))
-    return out
+    return study.out
+
+
+class Validation(StudyReader):
+    """A finished validation's folder (the Validate page and the CLI read it): its report, loss
+    curves and summary."""
+
+    KIND = "validate"
+    SCHEMA = obj(
+        optional={"notes": items(TEXT)}, config=obj(epochs=WHOLE, seeds=WHOLE), model=obj(spec=TEXT), selections=items(obj(name=TEXT)),
+        seconds=NUMBER,
+        statistics=obj(token=obj(
+            metric_text=TEXT,
+            comparisons=items(obj(candidate=TEXT, baseline=TEXT, domain=TEXT, verdict_text=TEXT, diff=NUMBER, lo=NUMBER,
+                                  hi=NUMBER, candidate_mean=NUMBER, baseline_mean=NUMBER)),
+            rows=items(obj(candidate=TEXT, domain=TEXT, mean=NUMBER, sd=NUMBER_OR_NULL)))),
+        lengths=each(obj(score=TEXT_OR_NULL, by_domain=each(obj(selection_mean_response_tokens=NUMBER_OR_NULL,
+                                                                pool_mean_response_tokens=NUMBER)))),
+        candidates=items(obj(name=TEXT, seeds=items(WHOLE), per_seed=items(obj(examples=WHOLE, response_tokens=WHOLE)))))
+
+    def inconsistency(self, rep: dict) -> str | None:
+        for c in rep["candidates"]:
+            if len(c["per_seed"]) != len(c["seeds"]):
+                return f"candidate {c['name']} has {len(c['per_seed'])} training sets for {len(c['seeds'])} seeds"
+        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,15 +214,15 @@ def read_selections(folders: list[str]):
 
 def comparison_pairs(candidates: list[Candidate]) -> list[tuple[str, str]]:
     """``(candidate, baseline)`` pairs the report compares, always with baselines built for the same
-    selection: every selection against the random baselines (:data:`curation.validation.verdicts.BASELINES`);
+    selection: every selection against the random baselines (:data:`curation.validation.verdicts.RANDOM_BASELINES`);
     ``longest`` and ``full`` against ``random`` only (same examples per domain: is "long is more"
     true on this pool, how far is the ceiling?), since ``random-tokens`` matches the selection's
     tokens, not theirs."""
-    from curation.validation.verdicts import BASELINES as RANDOM_BASELINES
+    from curation.validation.verdicts import RANDOM_BASELINES
 
     against = {"selection": RANDOM_BASELINES, "longest": ("random",), "full": ("random",)}
     return [(c.name, b.name) for c in candidates for b in candidates
-            if b.selection == c.selection and b.kind in against.get(c.kind, ())]
+            if b.selection == c.selection and b.kind in against.get(c.kind, ()) and b.seeds]
 
 
 def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> list[Candidate]:
@@ -228,6 +231,7 @@ def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> li
     contaminated examples)."""
     from curation.selection.annotate import annotate
     from curation.selection.baselines import baseline_ids, random_baseline
+    from curation.validation.verdicts import RANDOM_BASELINES
 
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
     df = table.reset_index(drop=True)
@@ -244,9 +248,38 @@ def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> li
         wanted = {str(d): (len(g), int(resp.loc[g["example_id"]].sum())) for d, g in rows.groupby("domain")}
         for b in cfg.baseline_list():
             name = b if single else f"{b}@{sel.name}"
-            bseeds = seeds[:1] if b == "full" else seeds
-            out.append(Candidate(name, b, sel.name, bseeds, {s: baseline_ids(b, df, eligible, wanted, s, kept) for s in bseeds}))
+            draw = lambda s, b=b: baseline_ids(b, df, eligible, wanted, s, kept)  # noqa: E731
+            if b in RANDOM_BASELINES:
+                out.append(distinct_draws(Candidate(name, b, sel.name, []), draw, set(rows["example_id"]), seeds))
+            else:
+                bseeds = seeds[:1] if b == "full" else seeds
+                out.append(Candidate(name, b, sel.name, bseeds, {s: draw(s) for s in bseeds}))
     return out
+
+
+def distinct_draws(c: Candidate, draw, own: set[str], seeds: list[int]) -> Candidate:
+    """``c`` (a random baseline) with a draw per seed that is not the selection's ``own`` examples:
+    a draw that is the selection itself (a random selection is such a draw, of its recipe's seed)
+    would compare the selection with itself, so its seed is passed over for the next one.  When no
+    draw differs (the eligible rows hold no other sample of the selection's size), the baseline has
+    no seed, and its note says that the comparison is empty."""
+    tries = len(seeds) + MAX_REDRAWS
+    for s in range(seeds[0], seeds[0] + tries):
+        if len(c.seeds) == len(seeds):
+            break
+        ids = draw(s)
+        if set(ids) != own:
+            c.seeds.append(s)
+            c.ids[s] = ids
+    if not c.seeds:
+        c.note = (f"{c.name}: every draw ({tries} seeds) is {c.selection}'s own examples (its eligible rows hold no "
+                  f"other sample of its size), so {c.selection} cannot be compared with it; no comparison is made")
+    elif c.seeds != seeds[:len(c.seeds)]:
+        c.note = (f"{c.name}: the draw of seed(s) {', '.join(str(s) for s in seeds if s not in c.seeds)} is "
+                  f"{c.selection}'s own examples (comparing it with itself), so seeds "
+                  f"{', '.join(map(str, c.seeds))} were drawn instead"
+                  + (f"; only {len(c.seeds)} draws differ from it" if len(c.seeds) < len(seeds) else ""))
+    return c
 
 
 def check_targets(sels, eval_paths: dict[str, str], ngram: int) -> None:
@@ -367,11 +400,12 @@ def length_report(sels, candidates, table) -> dict:
 # Optional: generation accuracy on math
 
 
-def generation_eval(cfg: ValidateConfig, lm, evals: EvalSets, candidates, out: Path, report) -> dict:
+def generation_eval(cfg: ValidateConfig, study, candidates, report) -> dict:
     """Greedy decoding of the first N eval problems of each ``--generate`` domain, under the base
     model and (if kept) the trained models; final answers compared exactly (curation.validation.answers)."""
     from curation.validation.answers import answers_match, extract_answer
 
+    lm, evals = study.proxy.lm, study.proxy.evals
     result = {}
     for domain, n in cfg.generate.items():
         probs = [(e, x) for e, x in zip(evals.examples, evals.encoded) if e.domain == domain][:n]
@@ -387,7 +421,7 @@ def generation_eval(cfg: ValidateConfig, lm, evals: EvalSets, candidates, out: P
 
             for c in candidates:
                 for s in c.seeds:
-                    ckpt = out / "train" / f"{slug(c.name)}-seed{s}" / "ckpt-1"
+                    ckpt = study.train_folder(Training(c.name, s, c.ids[s])) / "ckpt-1"
                     if not ckpt.is_dir():
                         continue
                     model = load_checkpoint(lm.path, ckpt, lm.device, lm.dtype)
@@ -441,6 +475,10 @@ def report_markdown(rep: dict) -> str:
         lines.append(f"- **{c['candidate']}** vs {c['baseline']}, {c['domain']}: {c['verdict_text']} "
                      f"({c['diff']:+.4f} nats, interval [{c['lo']:+.4f}, {c['hi']:+.4f}]; "
                      f"{c['candidate_mean']:.4f} vs {c['baseline_mean']:.4f})")
+    if not st["comparisons"]:
+        lines.append("- none: no baseline could be compared (see the notes)")
+    if rep.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in rep["notes"]]
     lines += ["", "## Held-out NLL per candidate", "", "| candidate | domain | mean | sd over seeds | vs base |",
               "|---|---|---|---|---|"]
     for r in st["rows"]:

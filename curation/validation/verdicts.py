@@ -64,7 +64,7 @@ COLUMNS = ("candidate", "seed", "domain", "example_id", "nll", "n_tokens")
 METRICS = ("token", "example")
 METHODS = ("hybrid-t", "bootstrap")
 BASE = "base"
-BASELINES = ("random", "random-tokens", "natural")
+RANDOM_BASELINES = ("random", "random-tokens", "natural")  # the baselines a selection is compared with
 OBJECTIVE = "objective"  # the pseudo-domain of the comparisons on the objective over the eval domains
 LEVEL = 0.95
 
@@ -387,7 +387,7 @@ def verdict(diff: float, lo: float, hi: float, baseline: str = "the baseline") -
 # The whole report
 
 
-def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[str, ...] = BASELINES,
+def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[str, ...] = RANDOM_BASELINES,
                  base: str = BASE, n_boot: int = 2000, seed: int = 0, method: str = "hybrid-t",
                  pairs: list[tuple[str, str]] | None = None, objective: dict | None = None) -> dict:
     """The validate report as a JSON-ready dict.
