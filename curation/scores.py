@@ -17,12 +17,18 @@ from dataclasses import dataclass
 
 # Which run writes a column (the run kind a method needs).
 SCORE_RUN, LEARN_RUN, HELDOUT_RUN, TARGETS = "score", "learn", "learn --heldout-folds", "targets"
+PAIR_SCORE_RUN, PAIR_LEARN_RUN, RATINGS = "score (pairs)", "learn (pairs)", "ratings"
 RUN_HELP = {
     SCORE_RUN: "any score run (`python -m curation score ...` or `learn`)",
     LEARN_RUN: "a learnability run (`python -m curation learn ...`)",
     HELDOUT_RUN: "a learnability run with --heldout-folds N",
     TARGETS: "select --target DOMAIN=PATH (from the run's RDS+ embeddings, at selection time)",
+    PAIR_SCORE_RUN: "any score run over preference pairs (`python -m curation score PAIRS ...` or `learn`)",
+    PAIR_LEARN_RUN: "a learnability run over preference pairs (`python -m curation learn PAIRS ...`)",
+    RATINGS: "a pair source with ratings (score_chosen / score_rejected, as UltraFeedback-binarized)",
 }
+# What a run holds (run.json ``data``): SFT examples or preference pairs; a score serves one or both.
+SFT, PAIRS, BOTH = "sft", "pairs", "both"
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class Score:
     fallback: str | None = None  # a score run's column it is derived from when ``column`` is absent
     ranks: bool = True  # False for samplers (random, s2l)
     derive: str | None = None  # how the fallback column becomes this score: "exp" (ppl = exp(loss)); None: as is
+    data: str = SFT  # the data it scores: SFT examples, preference pairs, or both (a sampler, a length)
 
     def source_column(self, columns) -> str | None:
         """The column of a table with ``columns`` that this score is read from: its own column, else
@@ -87,9 +94,9 @@ SCORES: dict[str, Score] = {s.name: s for s in (
           "high = hardest for the model (the 'high loss' baseline: the same ranking as ppl, reversed). Known "
           "biases: mean per-token loss falls as answers get longer, so high loss leans to short answers; it also "
           "picks noisy or unlearnable examples.", fallback="loss"),
-    Score("longest", "n_response_tokens", "assistant tokens of the example", SCORE_RUN, "high",
-          "the longest answers first (a strong, cheap baseline for chat SFT that needs no model score); low = "
-          "the shortest. Every loss-based score should be checked against it."),
+    Score("longest", "n_response_tokens", "assistant tokens of the example (of a pair: chosen + rejected)", SCORE_RUN,
+          "high", "the longest answers first (a strong, cheap baseline for chat SFT that needs no model score); low = "
+          "the shortest. Every loss-based score should be checked against it.", data=BOTH),
     Score("target", "target_sim", "max cosine of the RDS+ embedding to the domain's target examples", TARGETS, "high",
           "how close an example is to the examples you want more of (RDS+: the position-weighted mean of the model's "
           "final hidden states over the whole example); --method target takes them round-robin, each target its "
@@ -102,8 +109,36 @@ SCORES: dict[str, Score] = {s.name: s for s in (
           "inflate it; higher = more learnable (generalisable)."),
     Score("rho_heldout", "rho_heldout", "L_base - L_ref_heldout", HELDOUT_RUN, "high",
           "rho with a held-out L_ref (k-fold). Known bias: like rho, favours long answers."),
+    # Preference pairs (a pair run's scores.parquet; log p summed over a response's assistant tokens).
+    Score("margin_sum", "margin_sum", "log p_base(chosen | x) - log p_base(rejected | x), summed", PAIR_SCORE_RUN, "low",
+          "how much more the base model prefers the chosen response; low (the default) = pairs it gets most wrong, "
+          "the most to learn or a wrong label ('difficult' pairs); high = what it already prefers. Known bias: a "
+          "sum over tokens, so it follows the length difference (a long response has a low log-prob): check it "
+          "against len_diff.", data=PAIRS),
+    Score("margin_mean", "margin_mean", "loss_rejected - loss_chosen (mean NLL per token, base model)", PAIR_SCORE_RUN,
+          "low", "margin_sum per token: low (the default) = the base model prefers the rejected response per token. "
+          "Less tied to the length difference than margin_sum, but a short response's mean is noisy.", data=PAIRS),
+    Score("loss_chosen", "loss_chosen", "L_base of the chosen response (mean NLL per token)", PAIR_SCORE_RUN, "high",
+          "high = the preferred response is hardest for the base model. Known bias: as loss, leans to short "
+          "responses.", data=PAIRS),
+    Score("loss_rejected", "loss_rejected", "L_base of the rejected response (mean NLL per token)", PAIR_SCORE_RUN,
+          "high", "high = the base model finds the rejected response unlikely (an easy pair to get right). Known "
+          "bias: as loss, leans to short responses.", data=PAIRS),
+    Score("reward_margin", "reward_margin", "beta * [(lp_ref - lp_base)(chosen) - (lp_ref - lp_base)(rejected)]",
+          PAIR_LEARN_RUN, "high", "DPO's implicit reward margin of the reference trained on the pool (the base as "
+          "DPO's reference policy); highest first (keep the largest margins, 2502.14560; --order low keeps the "
+          "'difficult' smallest, 2508.04149). Known bias: summed log-ratios follow the length difference (DavIR-DPO "
+          "reports 0.38 for vanilla DPO).", data=PAIRS),
+    Score("davir_margin", "davir_margin", "davir_chosen - davir_rejected, davir = (L_base - L_ref) / L_base (summed NLL)",
+          PAIR_LEARN_RUN, "high", "how much more of the chosen response's loss than of the rejected one's the "
+          "training removed (DavIR relative to the base, as DavIR-DPO normalises); highest first. Relative, so less "
+          "tied to length than reward_margin.", data=PAIRS),
+    Score("rating_margin", "rating_margin", "rating_chosen - rating_rejected (the source's ratings)", RATINGS, "high",
+          "how much the source's raters preferred the chosen response (UltraFeedback-binarized's score_chosen - "
+          "score_rejected); highest first. Not a model score: compare the implicit margins with it.", data=PAIRS),
     Score("random", None, "a seeded uniform sample", SCORE_RUN, None,
-          "a seeded uniform sample at the same budget and mix: the baseline every method must beat.", ranks=False),
+          "a seeded uniform sample at the same budget and mix: the baseline every method must beat.", ranks=False,
+          data=BOTH),
 )}
 
 METHODS = tuple(SCORES)
@@ -121,8 +156,37 @@ LEARN_COLUMNS = {
 }
 HELDOUT_COLUMNS = {"loss_ref_heldout": "L under the model trained without the example's fold",
                    "davir_heldout": SCORES["davir_heldout"].formula, "rho_heldout": SCORES["rho_heldout"].formula}
+# A pair run's per-response columns beside its margins (the pair learn run's and the source's).
+PAIR_SIDE_COLUMNS = ("reward_chosen", "reward_rejected", "davir_chosen", "davir_rejected", "rating_chosen",
+                     "rating_rejected")
 STABILITY_SCORES = ("davir", "rho")  # per reference run: {score}_r{i}, spread {score}_sd
-LENGTH_COLUMNS = ("n_response_tokens", "n_prompt_tokens", "n_tokens_full")
+LENGTH_COLUMNS = ("n_response_tokens", "n_prompt_tokens", "n_tokens_full", "len_diff", "n_chosen_tokens",
+                  "n_rejected_tokens")
+
+
+def data_of(columns) -> str:
+    """``pairs`` for a pair run's score table (it has ``pair_id``), else ``sft``."""
+    return PAIRS if "pair_id" in set(columns) else SFT
+
+
+def length_column(columns) -> str:
+    """The length a table's length strata and length profile follow: a pair's ``len_diff``
+    (chosen - rejected tokens, the length bias DavIR-DPO targets), an example's response tokens."""
+    return "len_diff" if data_of(columns) == PAIRS else "n_response_tokens"
+
+
+def methods_for(columns) -> list[str]:
+    """The methods that select from a table of this data (SFT examples or preference pairs)."""
+    data = data_of(columns)
+    return [n for n, s in SCORES.items() if s.data in (data, BOTH)]
+
+
+def default_method(columns) -> str:
+    """The method a form preselects: the learnability score when the table has it, else the base loss
+    (for pairs: davir_margin, else margin_sum)."""
+    ok = available_methods(columns)
+    prefer = ("davir_margin", "margin_sum") if data_of(columns) == PAIRS else ("davir", "loss")
+    return next((m for m in prefer if ok.get(m) is None), "random")
 
 
 def trajectory_columns(columns) -> list[str]:
@@ -151,7 +215,7 @@ def score_columns(columns) -> list[str]:
     the trajectory."""
     cols = set(columns)
     ranked = [s.column for s in SCORES.values() if s.ranks and s.column and s.column not in LENGTH_COLUMNS]
-    extra = [c for c in (*LEARN_COLUMNS, *HELDOUT_COLUMNS, "loss") if c not in ranked]
+    extra = [c for c in (*LEARN_COLUMNS, *HELDOUT_COLUMNS, "loss", *PAIR_SIDE_COLUMNS) if c not in ranked]
     spreads = [f"{s}_sd" for s in STABILITY_SCORES]
     seen, out = set(), []
     for c in [*ranked, *extra, *spreads, *trajectory_columns(columns)]:
@@ -187,6 +251,6 @@ def available_methods(columns) -> dict[str, str | None]:
 def run_kind(columns) -> str:
     """``learn`` when a table has a learn run's columns, ``score`` when it has scores, else ``unknown``."""
     cols = set(columns)
-    if cols & set(LEARN_COLUMNS):
+    if cols & {*LEARN_COLUMNS, "reward_margin", "davir_margin"}:
         return "learn"
-    return "score" if "loss" in cols else "unknown"
+    return "score" if cols & {"loss", "margin_sum"} else "unknown"

@@ -23,6 +23,13 @@ run is scoring, :meth:`Run.scores` joins ``examples.parquet`` with the committed
 the run's base pass, so the dashboard shows scores as they arrive.  A folder written by an earlier
 layout is refused with one line that says to score the data again into a new folder.
 
+A pair run (run.json ``"data": "pairs"``) holds preference pairs instead: one row per pair in
+examples.parquet, scores.parquet and the embeddings (keyed by ``pair_id``; the prompt's embedding),
+one row per response in token_losses.parquet (keyed by the response's SFT id, with ``pair_id`` and
+``side``).  :meth:`Run.scores` adds the generic ``example_id`` and ``n_response_tokens``
+(:func:`pair_aliases`), :meth:`Run.texts` gives prompts, :func:`read_pairs` re-reads pairs checked
+against their ids.
+
 A run folder belongs to one run: :meth:`Run.claim` refuses a folder whose run key (a hash of
 everything that determines the results) differs, so two runs never mix.  :func:`claim_folder` is
 that rule for any keyed folder (a validation's or a mix study's folder claims with it too).
@@ -45,6 +52,7 @@ LAYOUT = 2
 EXAMPLE_COLUMNS = ["example_id", "source", "source_index", "domain", "n_prompt_tokens", "n_response_tokens",
                    "n_tokens_full", "truncated"]
 SCORE_COLUMNS = EXAMPLE_COLUMNS + ["scored", "loss", "loss_sum"]
+PAIRS = "pairs"  # run.json's ``data`` of a run over preference pairs
 
 
 class RunError(ValueError):
@@ -132,6 +140,19 @@ def token_table(examples, encoded, rows: dict[str, dict], ref_rows: dict[str, di
     return pa.table(cols)
 
 
+def pair_aliases(df):
+    """A pair run's score table with the two generic columns the rest of the library keys on:
+    ``example_id`` (= ``pair_id``: selection, decisions and canaries treat a pair as the row) and
+    ``n_response_tokens`` (= ``n_chosen_tokens + n_rejected_tokens``: token budgets and the
+    random-tokens baseline count both responses).  Columns already there are left as they are."""
+    df = df.copy()
+    if "example_id" not in df.columns and "pair_id" in df.columns:
+        df.insert(0, "example_id", df["pair_id"])
+    if "n_response_tokens" not in df.columns and {"n_chosen_tokens", "n_rejected_tokens"} <= set(df.columns):
+        df["n_response_tokens"] = (df["n_chosen_tokens"].astype("int64") + df["n_rejected_tokens"].astype("int64"))
+    return df
+
+
 def run_key(kind: str, result_settings: dict, model: dict, template: dict, sources: list[dict],
             reference: dict | None = None) -> str:
     """Hash of everything that determines a run's results: its settings, the model's weights, the
@@ -190,18 +211,13 @@ def source_specs(prov: dict, check_fingerprints: bool = False) -> dict:
     return out
 
 
-def read_examples(prov: dict, rows, check_fingerprints: bool = True, progress=None) -> list[tuple[dict, list[dict]]]:
-    """``[(original record, normalised messages)]`` of ``rows`` (objects or dicts with ``source,
-    source_index, example_id``), in order, each checked against its example id.
-
-    Raises :class:`SourceChanged` when a record no longer has the content the run scored (the
-    source was edited after scoring), so nothing is ever shown or exported next to the wrong
-    scores."""
-    from curation.data.load import example_id, normalise
+def source_records(prov: dict, rows, check_fingerprints: bool = True, progress=None):
+    """``(items, specs, records)``: ``rows`` (objects or dicts with ``source, source_index``) as
+    dicts, the run's source specs, and ``{(source, source_index): original record}``, each source
+    read once.  What :func:`read_examples` and :func:`read_pairs` check against the run's ids."""
     from curation.data.readers import RecordError, read_records
 
     specs = source_specs(prov, check_fingerprints)
-    cfg = prov.get("config", {})
     wanted: dict[str, list[int]] = {}
     items = [r if isinstance(r, dict) else r._asdict() if hasattr(r, "_asdict") else vars(r) for r in rows]
     for r in items:
@@ -219,6 +235,21 @@ def read_examples(prov: dict, rows, check_fingerprints: bool = True, progress=No
         done += len(indices)
         if progress is not None:
             progress(done=done)
+    return items, specs, records
+
+
+def read_examples(prov: dict, rows, check_fingerprints: bool = True, progress=None) -> list[tuple[dict, list[dict]]]:
+    """``[(original record, normalised messages)]`` of ``rows`` (objects or dicts with ``source,
+    source_index, example_id``), in order, each checked against its example id.
+
+    Raises :class:`SourceChanged` when a record no longer has the content the run scored (the
+    source was edited after scoring), so nothing is ever shown or exported next to the wrong
+    scores."""
+    from curation.data.load import example_id, normalise
+    from curation.data.readers import RecordError
+
+    items, specs, records = source_records(prov, rows, check_fingerprints, progress)
+    cfg = prov.get("config", {})
     out = []
     for r in items:
         rec = records[(r["source"], int(r["source_index"]))]
@@ -232,6 +263,32 @@ def read_examples(prov: dict, rows, check_fingerprints: bool = True, progress=No
             raise SourceChanged(f"{r['source']} #{r['source_index']}: its content no longer matches example "
                                 f"{r['example_id']}; the source changed since the run, re-run the scoring")
         out.append((rec, messages))
+    return out
+
+
+def read_pairs(prov: dict, rows, check_fingerprints: bool = True, progress=None) -> list[tuple[dict, "Pair"]]:  # noqa: F821
+    """``[(original record, Pair)]`` of ``rows`` of a pair run (objects or dicts with ``source,
+    source_index`` and ``pair_id`` or ``example_id``), in order, each checked against its pair id
+    (:class:`SourceChanged` when the source was edited since the run, as :func:`read_examples`)."""
+    from curation.data.pair_formats import read_pair
+    from curation.data.pairs import Pair, pair_id
+    from curation.data.readers import RecordError
+
+    items, specs, records = source_records(prov, rows, check_fingerprints, progress)
+    cfg = prov.get("config", {})
+    out = []
+    for r in items:
+        rec = records[(r["source"], int(r["source_index"]))]
+        spec, want = specs[r["source"]], r.get("pair_id") or r["example_id"]
+        try:
+            parts = read_pair(rec, spec.format, cfg.get("columns") or {}) if spec.format else None
+        except RecordError as e:
+            raise SourceChanged(f"{r['source']} #{r['source_index']}: no longer a usable pair ({e}); "
+                                "the source changed since the run") from None
+        if parts is None or pair_id(parts.prompt, parts.chosen, parts.rejected) != want:
+            raise SourceChanged(f"{r['source']} #{r['source_index']}: its content no longer matches pair {want}; "
+                                "the source changed since the run, re-run the scoring")
+        out.append((rec, Pair(want, r["source"], int(r["source_index"]), r.get("domain") or spec.domain, *parts)))
     return out
 
 
@@ -272,6 +329,11 @@ class Run:
         """``score`` or ``learn`` (from run.json), ``unknown`` for a folder without one."""
         return self.meta().get("kind") or "unknown"
 
+    @property
+    def pairs(self) -> bool:
+        """Whether the run holds preference pairs (run.json ``"data": "pairs"``) rather than SFT examples."""
+        return self.meta().get("data") == PAIRS
+
     def check_layout(self) -> None:
         """Refuse a folder written by an earlier version of curation (another layout)."""
         meta = self.meta()
@@ -298,7 +360,7 @@ class Run:
         """What a selection and an export must know about the run: its folder, sources (with
         absolute paths), models, template, settings."""
         run = self.meta()
-        keep = ("kind", "run_key", "code_version", "model", "reference", "training", "checkpoint_fingerprints",
+        keep = ("kind", "data", "run_key", "code_version", "model", "reference", "training", "checkpoint_fingerprints",
                 "template", "max_length", "checkpoints", "seed", "n_clusters", "heldout_folds")
         prov = {k: run[k] for k in keep if k in run}
         cfg = run.get("config", {})
@@ -428,7 +490,8 @@ class Run:
 
         self.check_layout()
         if (self.path / self.SCORES).is_file():
-            return pd.read_parquet(self.path / self.SCORES)
+            df = pd.read_parquet(self.path / self.SCORES)
+            return pair_aliases(df) if self.pairs else df
         base = self.meta().get("base_pass")
         if base and (self.path / self.EXAMPLES).is_file():
             import pyarrow.parquet as pq
@@ -462,6 +525,24 @@ class Run:
         t = ds.dataset(path).to_table(filter=ds.field("example_id") == example_id)
         return t.slice(0, 1).to_pylist()[0] if t.num_rows else None
 
+    def pair_token_losses(self, pair_id: str) -> dict[str, dict]:
+        """A pair run's per-token records of one pair, ``{side: record}`` (a side without one is
+        absent): token_losses.parquet holds one row per response, keyed by its SFT id, with
+        ``pair_id`` and ``side``."""
+        import pyarrow.dataset as ds
+
+        path = self.path / self.TOKENS
+        if not path.is_file():
+            return {}
+        t = ds.dataset(path).to_table(filter=ds.field("pair_id") == pair_id)
+        return {r["side"]: r for r in t.to_pylist()}
+
+    def pair(self, source: str, source_index: int, pair_id: str):
+        """One pair of a pair run (:class:`curation.data.pairs.Pair`), re-read from its source and
+        checked against its id (:class:`SourceChanged` when the source was edited since scoring)."""
+        row = {"source": source, "source_index": int(source_index), "pair_id": pair_id}
+        return read_pairs(self.meta(), [row], check_fingerprints=False)[0][1]
+
     def example(self, source: str, source_index: int, example_id: str) -> list[dict]:
         """One example's normalised messages, re-read from its source and checked against its id
         (:class:`SourceChanged` when the source was edited since scoring)."""
@@ -472,14 +553,20 @@ class Run:
         """Ids of the run's examples whose messages contain ``text`` (case-insensitive); one scan
         of the sources."""
         needle = text.lower()
+        if self.pairs:  # a pair's prompt and both responses
+            return {p.pair_id for p in self.load_pairs(max_source_bytes, "text search")
+                    if any(needle in t.lower() for t in (*(m["content"] for m in p.prompt), p.chosen, p.rejected))}
         return {e.example_id for e in self.load_examples(max_source_bytes, "text search")
                 if any(needle in m["content"].lower() for m in e.messages)}
 
     def texts(self) -> dict[str, str]:
         """``{example_id: the whole conversation as one string}`` for every example the run's
-        sources hold (one scan; :func:`curation.data.textnorm.conversation_text`)."""
+        sources hold (one scan; :func:`curation.data.textnorm.conversation_text`); for a pair
+        run ``{pair_id: its prompt}`` (near-duplicates and decontamination work on prompts)."""
         from curation.data.textnorm import conversation_text
 
+        if self.pairs:
+            return {p.pair_id: conversation_text(p.prompt) for p in self.load_pairs()}
         return {e.example_id: conversation_text(e.messages) for e in self.load_examples()}
 
     def load_examples(self, max_source_bytes: int | None = None, what: str = "reading"):
@@ -487,12 +574,22 @@ class Run:
         read them (same limit); sources larger than ``max_source_bytes`` are refused."""
         from curation.data.load import load_sources
 
+        return load_sources(self._specs(max_source_bytes, what), limit=self.meta().get("config", {}).get("limit")).examples
+
+    def load_pairs(self, max_source_bytes: int | None = None, what: str = "reading"):
+        """A pair run's pairs (``curation.data.pairs.Pair``), loaded again from its sources as the
+        run read them (same limit); sources larger than ``max_source_bytes`` are refused."""
+        from curation.data.pairs import load_pairs
+
+        return load_pairs(self._specs(max_source_bytes, what), limit=self.meta().get("config", {}).get("limit")).pairs
+
+    def _specs(self, max_source_bytes: int | None, what: str) -> list:
         specs = list(source_specs(self.meta()).values())
         for s in specs:
             p = Path(s.path)
             if max_source_bytes is not None and p.is_file() and p.stat().st_size > max_source_bytes:
                 raise RunError(f"{p} is larger than {max_source_bytes // 1_000_000} MB; {what} is off for it")
-        return load_sources(specs, limit=self.meta().get("config", {}).get("limit")).examples
+        return specs
 
     def tokenizer(self):
         """The tokenizer of the run's model (for showing tokens); no weights are loaded."""
