@@ -254,3 +254,55 @@ def test_temperature_is_seeded_reproducible_and_tends_to_top_k():
     assert set(select(t, Recipe("davir", budget="40", temperature=1e-300, seed=5))["example_id"]) == top
     low_top = set(select(t, Recipe("davir", budget="40", order="low"))["example_id"])
     assert set(select(t, Recipe("davir", budget="40", order="low", temperature=1e-9))["example_id"]) == low_top
+
+
+# ----------------------------------------------------------------------------------------------
+# Preference pairs: the same pipeline over a pair run's generic columns
+
+
+@pytest.fixture
+def pair_table(tmp_path):
+    from curation.runs.folder import Run
+    from tests.synthetic import make_pair_run, write_pair_sources
+
+    return Run(make_pair_run(tmp_path / "pairs", write_pair_sources(tmp_path / "src"))).scores()
+
+
+def test_a_pair_score_keeps_its_registry_end_and_order_takes_the_other(pair_table):
+    math = pair_table[pair_table["domain"] == "math"]
+    for method, order, want in (("margin_sum", None, math.nsmallest(5, "margin_sum")),  # the registry's low
+                                ("margin_sum", "high", math.nlargest(5, "margin_sum")),
+                                ("reward_margin", None, math.nlargest(5, "reward_margin")),  # highest first
+                                ("davir_margin", "low", math.nsmallest(5, "davir_margin"))):
+        got = select(pair_table, Recipe(method, budget="5", order=order, mix="math=1,chat=0", decisions="none"))
+        assert list(got["example_id"]) == list(want["pair_id"]), (method, order)
+
+
+def test_a_pair_token_budget_counts_the_prompt_and_both_responses(pair_table):
+    result = apply_recipe(pair_table, Recipe("random", budget="400tok", decisions="none"))
+    rows = pair_table.set_index("pair_id").loc[result.rows["example_id"]]
+    both = rows["n_prompt_tokens"] + rows["n_chosen_tokens"] + rows["n_rejected_tokens"]
+    assert list(result.rows["n_tokens"]) == list(both) and 0 < both.sum() <= 400
+
+
+def test_length_strata_of_a_pair_run_follow_len_diff(pair_table):
+    from curation.selection.pickers import length_strata
+
+    result = apply_recipe(pair_table, Recipe("margin_sum", budget="9", stratify="length:3", mix="math=1,chat=0",
+                                             decisions="none"))
+    math = pair_table[pair_table["domain"] == "math"].sort_values("pair_id")
+    strata = length_strata(math["len_diff"].to_numpy(), math["pair_id"].to_numpy(), 3)
+    report = result.details["strata"]["math"]
+    assert report["edges"] == [float(math["len_diff"].to_numpy()[strata == s].max()) for s in range(3)]
+    assert report["selected"] == [3, 3, 3]
+    by_stratum = dict(zip(math["pair_id"], strata))
+    assert sorted(by_stratum[i] for i in result.rows["example_id"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_a_method_for_the_other_kind_of_data_is_refused_in_one_line(pair_table, run_dir):
+    with pytest.raises(SelectionError, match="--method davir scores SFT examples; this run holds preference pairs: "
+                                             "use one of longest, margin_sum"):
+        select(pair_table, Recipe("davir", budget="5", decisions="none"))
+    with pytest.raises(SelectionError, match="--method reward_margin scores preference pairs; this run holds SFT "
+                                             "examples: use one of davir"):
+        select(table_of(run_dir), Recipe("reward_margin", budget="5", decisions="none"))

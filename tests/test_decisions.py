@@ -414,3 +414,30 @@ def test_decisions_list_refuses_a_run_folder_that_is_not_a_run(tmp_path, run_dir
         assert "not in this run" not in out and str(folder) in err and ("not a finished run" in err or "no such run" in err)
     assert main(["decisions", "list", "--run", str(run_dir), "--workspace", ws]) == 0
     assert "in run (" in capsys.readouterr().out
+
+
+def test_decisions_on_pair_ids_are_found_in_the_workspaces_pair_runs_and_selections_honour_them(tmp_path, capsys):
+    from curation.cli import main
+    from tests.synthetic import make_pair_run, write_pair_sources
+
+    ws = tmp_path / "ws"
+    run = make_pair_run(ws / "runs" / "pairs", write_pair_sources(tmp_path / "src"))
+    pair_ids = sorted(table_of(run)["pair_id"])
+    out, kept = pair_ids[0], pair_ids[1]
+    assert main(["decisions", "add", out, "--exclude", "--workspace", str(ws)]) == 0
+    assert main(["decisions", "add", kept, "--keep", "--tag", "gold", "--workspace", str(ws)]) == 0
+    capsys.readouterr()
+    assert main(["decisions", "list", "--run", str(run), "--json", "--workspace", str(ws)]) == 0
+    listed = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert {(d["example_id"], d["in_run"]) for d in listed} == {(out, True), (kept, True)}
+    store = DecisionStore(ws)
+    sel = select_run(run, Recipe("margin_sum", budget="100%", decisions=str(_write(tmp_path, store))), tmp_path / "sel")
+    rows = Selection(sel).rows()
+    assert out not in set(rows["example_id"]) and len(rows) == len(pair_ids) - 1
+    assert rows.set_index("example_id").loc[kept, "kept"] and rows.set_index("example_id").loc[kept, "rank"] == 1
+
+
+def _write(tmp_path, store) -> object:
+    path = tmp_path / "decisions.jsonl"
+    store.export_jsonl(path)
+    return path

@@ -93,3 +93,52 @@ def test_the_cli_and_the_page_say_a_selections_filters_in_the_same_words(run_dir
     assert plain["contamination"].startswith("Decontamination (13-word n-grams): 1 flagged (pool examples that share "
                                              "an n-gram with the 1 eval set(s)), excluded.")
     assert plain["contamination"].endswith("First: ab (<b>)") and md["contamination"].endswith("First: `ab` (&lt;b&gt;)")
+
+
+# ----------------------------------------------------------------------------------------------
+# A pair run
+
+
+@pytest.fixture
+def pair_run(tmp_path):
+    from tests.synthetic import make_pair_run, write_pair_sources
+
+    return make_pair_run(tmp_path / "pairs", write_pair_sources(tmp_path / "src"))
+
+
+def test_a_pair_selection_says_pairs_tokens_the_end_kept_and_its_means_beside_randoms(pair_run, tmp_path):
+    from curation.selection.summary import summary_lines
+
+    out = select_run(pair_run, Recipe("reward_margin", budget="10", order="low", decisions="none"), tmp_path / "sel")
+    summary = Selection(out).summary()
+    assert summary["data"] == "pairs" and summary["length"]["column"] == "len_diff"
+    lines = summary_lines(summary, out)
+    t = summary["totals"]
+    assert lines[0] == (f"selected 10 of 54 pairs ({t['tokens']} prompt + chosen + rejected tokens; 54 eligible) "
+                        f"-> {out}/selected.parquet")
+    assert lines[1] == "kept the lowest reward_margin first (the other end: the score's default is highest)"
+    assert all(f"  {d}: {p['selected']} pairs, {p['tokens']} tokens" in "\n".join(lines)
+               for d, p in summary["domains"].items())
+    sel, rnd = summary["stats"]["selection"], summary["stats"]["random"]
+    means = next(x for x in lines if x.startswith("mean per pair: "))
+    for c in ("len_diff", "margin_sum", "reward_margin", "davir_margin", "rating_margin"):
+        assert f"{c} {sel[c]['all']['mean']:.4g} (random {rnd[c]['all']['mean']:.4g})" in means
+    assert any(x.startswith("len_diff (chosen - rejected tokens) p10/p25/p50/p75/p90: eligible ") for x in lines)
+
+
+def test_near_duplicates_and_decontamination_of_a_pair_run_compare_prompts(pair_run, tmp_path):
+    from curation.runs.folder import Run
+
+    run = Run(pair_run)
+    pairs = {(p.source, p.source_index): p for p in run.load_pairs()}
+    chat0, chat1, chat4, chat5 = (pairs[("chat_pairs.jsonl", k)] for k in (0, 1, 4, 5))
+    evals = tmp_path / "eval.jsonl"  # chat prompt 5, and pair 4's chosen response (not a prompt: not compared)
+    evals.write_text(json.dumps({"prompt": chat5.prompt[0]["content"], "response": "whatever"}) + "\n"
+                     + json.dumps({"prompt": "Solve it.", "response": chat4.chosen}) + "\n")
+    recipe = Recipe("margin_sum", budget="100%", dedup="near", decontaminate=[str(evals)], decisions="none")
+    out = select_run(pair_run, recipe, tmp_path / "sel")
+    summary = Selection(out).summary()
+    assert summary["contamination"]["flagged"] == 1 and summary["contamination"]["first"][0]["example_id"] == chat5.pair_id
+    assert summary["dedup"]["groups_with_duplicates"] == 1 and summary["dedup"]["dropped"] == 1  # prompts 0 and 1
+    ids = set(Selection(out).rows()["example_id"])
+    assert chat5.pair_id not in ids and chat4.pair_id in ids and len(ids & {chat0.pair_id, chat1.pair_id}) == 1

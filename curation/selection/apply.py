@@ -31,7 +31,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from curation.scores import RUN_HELP, SCORES, run_columns, run_kind, trajectory_columns
+from curation.scores import (BOTH, RUN_HELP, SCORES, data_of, length_column, methods_for, run_columns, run_kind,
+                             trajectory_columns)
 from curation.selection.allocation import allocate, largest_remainder
 from curation.selection.annotate import annotation, check_target_domains, drop_contaminated, drop_near_duplicates
 from curation.selection.diversity import clusters_k, coverage_report, kcenter_k
@@ -95,6 +96,7 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
     if len(df) == 0:
         raise SelectionError("empty selection: the run's score table has no rows")
     run_kind = run_kind or run_kind_of(df)
+    check_data(df, recipe)
     domain = df["domain"].astype(str).to_numpy()
     ids = df["example_id"].astype(str).to_numpy()
     tokens = (df["n_prompt_tokens"].fillna(0).astype(np.int64)
@@ -132,7 +134,7 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
     picker = picker_for(recipe)
     embedding = annotation(df, "embedding") if recipe.diversity else None
     sims = annotation(df, "target_sims") if recipe.method == "target" else None
-    resp_len = df["n_response_tokens"].fillna(0).astype(np.int64).to_numpy()
+    resp_len = df[length_column(df.columns)].fillna(0).astype(np.int64).to_numpy()  # what length strata follow
     picked_rows, ranks = [], []
     for d in sorted(set(shares) | set(domain[kept].tolist())):
         first = np.flatnonzero(kept & (domain == d))
@@ -184,6 +186,16 @@ def apply_recipe(table, recipe: Recipe, run_kind: str | None = None) -> Selectio
 def run_kind_of(df) -> str:
     """The kind of run a table comes from (for messages): ``learn`` when it has trajectories."""
     return "learn" if trajectory_columns(df.columns) else run_kind(df.columns)
+
+
+def check_data(df, recipe: Recipe) -> None:
+    """Refuse a method made for the other kind of data (an SFT score on a pair run, a pair score on
+    an SFT run), naming the methods that apply."""
+    data, info = data_of(df.columns), SCORES[recipe.method]
+    if info.data not in (data, BOTH):
+        what = "preference pairs" if data == "pairs" else "SFT examples"
+        raise SelectionError(f"--method {recipe.method} scores {'SFT examples' if info.data == 'sft' else 'preference pairs'}"
+                             f"; this run holds {what}: use one of {', '.join(methods_for(df.columns))}")
 
 
 def mix_shares(recipe: Recipe, domain: np.ndarray, weight: np.ndarray) -> dict[str, Fraction]:

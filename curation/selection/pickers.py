@@ -31,7 +31,7 @@ class DomainRows:
     ids: np.ndarray  # (n,) example ids
     scores: np.ndarray | None  # (n,) the ranking score (None for samplers)
     tokens: np.ndarray  # (n,) prompt + response tokens
-    lengths: np.ndarray  # (n,) response tokens
+    lengths: np.ndarray  # (n,) what length strata follow: response tokens (a pair's len_diff)
     labels: np.ndarray | None = None  # (n,) S2L cluster labels
     embeddings: np.ndarray | None = None  # (n, d) float32, for the diversity pickers
     target_sims: np.ndarray | None = None  # (n, m) float32: cosine to each target example (--method target)

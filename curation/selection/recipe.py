@@ -71,8 +71,8 @@ class Recipe:
 
     method: str = option(help=f"the score to rank by, or a sampler: {' | '.join(METHODS)}")
     budget: str = option("10%", "N examples, P% of the pool, or Ntok (prompt + response tokens)")
-    order: str | None = option(None, "keep the highest or lowest scores (default: the method's own)",
-                               choices=ORDERS)
+    order: str | None = option(None, "keep the highest or lowest scores (default: the method's own; the other "
+                                     "takes the other end)", choices=ORDERS)
     mix: dict[str, float] | str = option("natural", "DOMAIN=SHARE,... summing to 1 (e.g. chat=0.5,math=0.5), "
                                                     "or natural (the pool's proportions)")
     min: dict[str, float] = option(help="keep rows with SCORE >= VALUE (a score or any numeric column); repeatable",
@@ -86,8 +86,9 @@ class Recipe:
     aggregate: str | None = option(None, "rank by the score averaged over the reference runs of a learn run with "
                                          "--stability-runs N (an ensemble): mean or median", choices=AGGREGATES)
     stratify: str | None = option(None, "length:Q: pick within Q response-length quantile strata of each domain's "
-                                        "eligible rows, the budget split by stratum size, so the selection's length "
-                                        "distribution is the eligible pool's", metavar="length:Q")
+                                        "eligible rows (of a pair run: len_diff, chosen - rejected tokens), the budget "
+                                        "split by stratum size, so the selection's length distribution is the "
+                                        "eligible pool's", metavar="length:Q")
     temperature: float | None = option(None, "soft selection: a seeded sample without replacement with probability "
                                              "proportional to exp(z / T), z the score standardised within the domain "
                                              "(small T: top-k; large T: random)", metavar="T")

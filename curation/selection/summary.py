@@ -2,7 +2,8 @@
 
 Per domain: shares, eligible rows, allocation, shortfall, counts and tokens; score statistics of
 the pool, the eligible rows, the selection and the random baseline at the same budget and mix;
-response-length quantiles of each (a length-biased score shows as a shift); the pick stability
+response-length quantiles of each (a length-biased score shows as a shift; for preference pairs
+``len_diff``, and the mean margins and len_diff beside random's in words); the pick stability
 across a learn run's reference trainings; over a canary pool, the planted defects
 (:mod:`curation.selection.canaries`).  And the same in words, once for both faces:
 :func:`detail_lines` (the filters a selection applied, as the Select page and ``select`` say them)
@@ -15,7 +16,7 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
-from curation.scores import LENGTH_COLUMNS, SCORES, run_columns
+from curation.scores import LENGTH_COLUMNS, PAIRS, SCORES, data_of, length_column, run_columns
 from curation.selection.apply import SelectionResult, apply_recipe, score_values
 from curation.selection.canaries import canary_summary
 
@@ -24,7 +25,7 @@ def stat_columns(columns) -> list[str]:
     """The columns a summary describes: the ranking scores a table has, its loss, its lengths."""
     cols = set(columns)
     ranked = [s.column for s in SCORES.values() if s.ranks and s.column in cols and s.column not in LENGTH_COLUMNS]
-    return ranked + [c for c in ("loss", "n_response_tokens", "n_prompt_tokens") if c in cols]
+    return ranked + [c for c in ("loss", "len_diff", "n_response_tokens", "n_prompt_tokens") if c in cols]
 
 
 def describe(values) -> dict:
@@ -63,6 +64,7 @@ def summarize(table, selection: SelectionResult, baseline: SelectionResult | Non
         return {d: {"examples": p.selected, "tokens": p.tokens} for d, p in sel.domains.items()}
 
     summary = {
+        "data": data_of(df.columns),
         "recipe": selection.recipe.to_dict(),
         "score": score_meta(selection),
         "budget": {"spec": selection.recipe.budget, "unit": selection.unit, "units": selection.budget_units,
@@ -108,17 +110,19 @@ def length_quantiles(values) -> list[float] | None:
 
 
 def length_profile(table, selection: SelectionResult, baseline: SelectionResult | None = None) -> dict:
-    """Response-length (``n_response_tokens``) quantiles of the pool, the eligible rows, the
-    selection and the random baseline, overall and per domain: what a length-biased score does
-    to the selection shows as a shift of the selection's quantiles from the eligible rows'."""
+    """Response-length (``n_response_tokens``; a pair's ``len_diff``, :func:`curation.scores.length_column`)
+    quantiles of the pool, the eligible rows, the selection and the random baseline, overall and per
+    domain: what a length-biased score does to the selection shows as a shift of the selection's
+    quantiles from the eligible rows'."""
     df = table.reset_index(drop=True)
     groups = {"pool": np.ones(len(df), dtype=bool), "eligible": np.asarray(selection.eligible_mask, dtype=bool),
               "selection": df["example_id"].isin(set(selection.rows["example_id"])).to_numpy()}
     if baseline is not None:
         groups["random"] = df["example_id"].isin(set(baseline.rows["example_id"])).to_numpy()
-    length = df["n_response_tokens"].astype("float64").to_numpy()
+    column = length_column(df.columns)
+    length = df[column].astype("float64").to_numpy()
     domain = df["domain"].astype(str).to_numpy()
-    out: dict = {"column": "n_response_tokens", "quantiles": list(LENGTH_QUANTILES)}
+    out: dict = {"column": column, "quantiles": list(LENGTH_QUANTILES)}
     for name, mask in groups.items():
         out[name] = {"all": length_quantiles(length[mask]),
                      "by_domain": {d: length_quantiles(length[mask & (domain == d)]) for d in sorted(set(domain))}}
@@ -165,7 +169,35 @@ def pick_stability(table, selection: SelectionResult, run_kind: str | None = Non
 def score_meta(selection: SelectionResult) -> dict:
     info = SCORES[selection.recipe.method]
     return {"method": info.name, "column": selection.score_column, "order": selection.recipe.order,
-            "formula": info.formula, "explanation": info.explanation}
+            "default_order": info.order, "formula": info.formula, "explanation": info.explanation}
+
+
+def kept_end(score: dict) -> str | None:
+    """Which end of its score a selection kept, in words (None for a sampler)."""
+    order = score.get("order")
+    if order is None or not score.get("column"):
+        return None
+    default = score.get("default_order")
+    return (f"kept the {order}est {score['column']} first ("
+            + (f"the score's default; --order {'low' if order == 'high' else 'high'} takes the other end)"
+               if order == default or default is None else f"the other end: the score's default is {default}est)"))
+
+
+PAIR_MEANS = ("len_diff", "margin_sum", "margin_mean", "reward_margin", "davir_margin", "rating_margin")
+
+
+def pair_means_line(summary: dict) -> str | None:
+    """A pair selection's mean len_diff and margins beside the random baseline's (None for SFT)."""
+    if summary.get("data") != PAIRS:
+        return None
+    sel, rnd = summary["stats"]["selection"], summary["stats"].get("random", {})
+    parts = []
+    for c in PAIR_MEANS:
+        mine = sel.get(c, {}).get("all", {})
+        if mine.get("count"):
+            theirs = rnd.get(c, {}).get("all", {})
+            parts.append(f"{c} {mine['mean']:.4g}" + (f" (random {theirs['mean']:.4g})" if theirs.get("count") else ""))
+    return "mean per pair: " + ", ".join(parts) if parts else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,11 +247,16 @@ def summary_lines(summary: dict, out) -> list[str]:
     details = detail_lines(summary)
     lines = [details[k] for k in ("contamination", "diversity", "dedup") if k in details]
     t = summary["totals"]
-    lines.append(f"selected {t['examples']} of {summary['budget']['pool_examples']} examples "
-                 f"({t['tokens']} tokens; {t['eligible']} eligible) -> {out}/selected.parquet")
+    unit = "pairs" if summary.get("data") == PAIRS else "examples"
+    tokens = "prompt + chosen + rejected tokens" if unit == "pairs" else "tokens"
+    lines.append(f"selected {t['examples']} of {summary['budget']['pool_examples']} {unit} "
+                 f"({t['tokens']} {tokens}; {t['eligible']} eligible) -> {out}/selected.parquet")
+    end = kept_end(summary["score"])
+    if end:
+        lines.append(end)
     col = summary["score"]["column"]
     for d, p in summary["domains"].items():
-        line = f"  {d}: {p['selected']} examples, {p['tokens']} tokens (share {p['share']:.3g})"
+        line = f"  {d}: {p['selected']} {unit}, {p['tokens']} tokens (share {p['share']:.3g})"
         if col and col in summary["stats"]["selection"] and col != "s2l_cluster":
             sel = summary["stats"]["selection"][col]["by_domain"].get(d, {})
             rnd = summary["stats"].get("random", {}).get(col, {}).get("by_domain", {}).get(d, {})
@@ -228,10 +265,14 @@ def summary_lines(summary: dict, out) -> list[str]:
                 if rnd.get("count"):
                     line += f" (random baseline {rnd['mean']:.4g})"
         lines.append(line)
+    pair_line = pair_means_line(summary)
+    if pair_line:
+        lines.append(pair_line)
     lq = summary["length"]
     if lq["selection"]["all"]:
         fmt = lambda q: "/".join(f"{v:.0f}" for v in q)  # noqa: E731
-        line = (f"response length p10/p25/p50/p75/p90: eligible {fmt(lq['eligible']['all'])}, "
+        what = "len_diff (chosen - rejected tokens)" if lq.get("column") == "len_diff" else "response length"
+        line = (f"{what} p10/p25/p50/p75/p90: eligible {fmt(lq['eligible']['all'])}, "
                 f"selection {fmt(lq['selection']['all'])}")
         if lq.get("random", {}).get("all"):
             line += f", random {fmt(lq['random']['all'])}"
