@@ -423,7 +423,8 @@ def select_export_command(args) -> int:
             print(f"note: {n}", file=sys.stderr)
         m = json.loads((out / "manifest.json").read_text())
         by = ", ".join(f"{d} {c['examples']}" for d, c in m["counts"]["by_domain"].items())
-        print(f"exported {m['counts']['examples']} examples ({by}) as {cfg.format}/{cfg.style} -> "
+        unit = "pairs" if m.get("data") == "pairs" else "examples"
+        print(f"exported {m['counts']['examples']} {unit} ({by}) as {cfg.format}/{m['style']} -> "
               f"{out}/{m['files']['data']}; manifest {out}/manifest.json")
     return 0
 

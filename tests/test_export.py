@@ -179,3 +179,98 @@ def test_cli_export_errors(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not a selection folder" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------
+# Preference pairs: --style dpo (TRL DPOTrainer's rows) and original
+
+
+@pytest.fixture(scope="module")
+def pair_selection(tmp_path_factory):
+    from tests.synthetic import make_pair_run, write_pair_sources
+
+    d = tmp_path_factory.mktemp("pairsel")
+    run = make_pair_run(d / "run", write_pair_sources(d / "src"))
+    return select_run(run, Recipe("reward_margin", budget="40%", decisions="none"), d / "sel")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "hf"])
+def test_a_dpo_export_loads_back_as_exactly_the_selected_pairs(pair_selection, tmp_path, fmt):
+    from curation.data.pairs import pair_id
+
+    out = export_selection(ExportConfig(str(pair_selection), str(tmp_path / "exp"), fmt))  # dpo: a pair's default
+    selected = pd.read_parquet(pair_selection / "selected.parquet")
+    ds = load_export(out)
+    assert set(ds.column_names) == {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"}
+    ids = [pair_id(r["prompt"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in ds]
+    assert ids == selected["example_id"].tolist()
+    assert all(r["chosen"][0]["role"] == r["rejected"][0]["role"] == "assistant" and r["prompt"][-1]["role"] == "user"
+               for r in ds)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["data"] == "pairs" and m["style"] == "dpo" and m["counts"]["examples"] == len(selected)
+    assert m["counts"]["tokens"] == int(selected["n_tokens"].sum())
+    card = (out / "README.md").read_text()
+    assert f"{len(selected)} preference pairs" in card and "- dpo" in card and "| domain | pairs | tokens |" in card
+    assert "TRL's `DPOTrainer` takes them as they are" in card and "Method **reward_margin** (high first)" in card
+
+
+def test_a_dpo_jsonl_is_read_by_datasets_and_by_the_pair_loader_as_the_same_pairs(pair_selection, tmp_path):
+    import datasets
+
+    from curation.data.load import SourceSpec
+    from curation.data.pairs import load_pairs
+
+    out = export_selection(ExportConfig(str(pair_selection), str(tmp_path / "exp"), "jsonl", "dpo"))
+    ds = datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))
+    selected = pd.read_parquet(pair_selection / "selected.parquet")
+    again = load_pairs([SourceSpec(str(out / "train.jsonl"), domain="x")])
+    assert [p.pair_id for p in again.pairs] == selected["example_id"].tolist() and not again.rejected
+    assert len(ds) == len(selected) and ds[0]["chosen"] == [{"role": "assistant", "content": again.pairs[0].chosen}]
+
+
+def test_a_pair_selection_exports_its_source_rows_as_they_were(pair_selection, tmp_path):
+    with pytest.raises(ExportError, match="different types in different sources; export with --style dpo"):
+        export_selection(ExportConfig(str(pair_selection), str(tmp_path / "exp"), "jsonl", "original"))
+    run = json.loads((pair_selection / "summary.json").read_text())["run"]["dir"]
+    chat = select_run(run, Recipe("reward_margin", budget="10", mix="chat=1,math=0", decisions="none"), tmp_path / "sel")
+    out = export_selection(ExportConfig(str(chat), str(tmp_path / "exp"), "jsonl", "original"))
+    selected = pd.read_parquet(chat / "selected.parquet")
+    src = json.loads((chat / "summary.json").read_text())["run"]["sources"]
+    files = {s["source"]: s["abs_path"] for s in src}
+    want = [json.loads(open(files[r.source]).read().splitlines()[r.source_index]) for r in selected.itertuples()]
+    assert [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()] == want
+
+
+def test_sft_styles_on_pairs_and_dpo_on_sft_examples_are_refused_in_one_line(pair_selection, selection, tmp_path):
+    for style in ("messages", "prompt-completion"):
+        with pytest.raises(ExportError, match=f"holds preference pairs; --style {style} writes SFT examples: use "
+                                              "--style dpo or original"):
+            export_selection(ExportConfig(str(pair_selection), str(tmp_path / "exp"), "jsonl", style))
+    with pytest.raises(ExportError, match="holds SFT examples; --style dpo writes preference pairs: use --style "
+                                          "messages or prompt-completion or original"):
+        export_selection(ExportConfig(str(selection), str(tmp_path / "exp"), "jsonl", "dpo"))
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.integration
+def test_trls_dpo_trainer_loads_a_dpo_export_and_trains_a_tiny_model_a_step(pair_selection, tmp_path, tiny_model_dir):
+    """The export is DPOTrainer's own format: trl (1.16, requirements.txt) tokenizes it with the chat
+    template and takes an optimizer step on the tiny fixture model, without any conversion."""
+    import numpy as np
+
+    pytest.importorskip("trl", reason="TRL is a test dependency (requirements.txt); make setup installs it")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    ds = load_export(export_selection(ExportConfig(str(pair_selection), str(tmp_path / "exp"), "jsonl", "dpo")))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=2, report_to=[],
+                     logging_steps=1, save_strategy="no", use_cpu=True, learning_rate=1e-3, dataloader_num_workers=0,
+                     beta=0.1)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    before = next(model.parameters()).detach().clone()
+    result = trainer.train()
+    assert result.global_step == 1 and np.isfinite(result.training_loss)
+    assert not next(model.parameters()).detach().equal(before)  # the step changed the weights

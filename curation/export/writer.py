@@ -15,11 +15,16 @@ tags) take as they are; ``prompt-completion`` writes TRL's conversational prompt
 ``{"prompt": [every turn before the last answer], "completion": [the last answer]}``, on which
 TRL's SFTTrainer trains the completion alone by default (``completion_only_loss``), whatever the
 chat template (the default model's has no generation markers, so ``assistant_only_loss`` cannot
-work with it); earlier answers of a multi-turn conversation are then context, not targets.  With ``original`` and sources of different shapes, the columnar formats
+work with it); earlier answers of a multi-turn conversation are then context, not targets.  A selection of
+preference pairs (from a pair run) exports as ``dpo``: TRL DPOTrainer's conversational rows
+``{"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}`` (with the
+source's ratings as ``score_chosen`` / ``score_rejected``), which load back as the same pairs with
+the same ids (:meth:`curation.data.pairs.Pair.trl_row`), or as ``original``; the SFT styles are
+refused for pairs and ``dpo`` for SFT examples, in one line.  With ``original`` and sources of different shapes, the columnar formats
 (and ``datasets``' JSON loader) give each row every column of the file; the ones a record does not
 have load as null.
 
-Every record is re-normalised and its content hash compared with the selected example id, so an
+Every record is re-normalised and its content hash compared with the selected example (or pair) id, so an
 export can never silently ship rows of a source file that changed after scoring.  The folder is
 written next to its destination and renamed into place: it is complete or absent.
 """
@@ -32,19 +37,21 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from curation.atomic import AtomicError, atomic_dir
 from curation.config import option
 from curation.progress import Progress, Reporter
-from curation.runs.folder import Run, RunError, read_examples
+from curation.runs.folder import PAIRS, Run, RunError, read_examples, read_pairs
 from curation.selection.folder import Selection
 from curation.selection.recipe import SelectionError
 from curation.system import PROJECT_ROOT
 
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
-STYLES = ("original", "messages", "prompt-completion")
+STYLES = ("original", "messages", "prompt-completion", "dpo")
+PAIR_STYLES = ("dpo", "original")  # what a selection of preference pairs exports as (the first: the default)
+SFT_STYLES = ("messages", "prompt-completion", "original")
 DATA_NAMES = {"jsonl": "train.jsonl", "parquet": "train.parquet", "hf": "train"}
 MANIFEST, CARD = "manifest.json", "README.md"
 EXPORT_FILES = (MANIFEST, CARD, *DATA_NAMES.values())  # what an export folder holds: all of it is replaced
@@ -62,14 +69,16 @@ class ExportConfig:
                             positional=True, metavar="SEL_DIR")
     out: str = option(help="export folder (data file + manifest.json; a previous export there is replaced)")
     format: str = option("jsonl", "jsonl | parquet | hf (a datasets save_to_disk folder)", choices=EXPORT_FORMATS)
-    style: str = option("messages", "original: records as in their sources; messages: {'messages': [...]} "
-                                    "for TRL / LLaMA-Factory; prompt-completion: {'prompt': [...], 'completion': "
-                                    "[last answer]} (TRL trains on the completion alone)", choices=STYLES)
+    style: str | None = option(None, "original: records as in their sources; messages: {'messages': [...]} "
+                                     "for TRL / LLaMA-Factory; prompt-completion: {'prompt': [...], 'completion': "
+                                     "[last answer]} (TRL trains on the completion alone); dpo (preference pairs): "
+                                     "TRL DPOTrainer's {'prompt': [...], 'chosen': [...], 'rejected': [...]}. "
+                                     "Default: messages for SFT examples, dpo for pairs", choices=STYLES)
 
     def __post_init__(self):
         if self.format not in EXPORT_FORMATS:
             raise ExportError(f"format {self.format!r}: expected one of {', '.join(EXPORT_FORMATS)}")
-        if self.style not in STYLES:
+        if self.style is not None and self.style not in STYLES:
             raise ExportError(f"style {self.style!r}: expected one of {', '.join(STYLES)}")
 
 
@@ -91,13 +100,15 @@ def export_selection(cfg: ExportConfig, progress: Progress | None = None, notes:
         raise ExportError(str(e)) from None
     if len(selected) == 0:
         raise ExportError(f"{sel_dir}: the selection is empty")
+    pairs = run.get("data") == PAIRS
+    cfg = replace(cfg, style=style_for(cfg.style, pairs, sel_dir))
     report(phase="reading sources", done=0, total=len(selected))
     try:
-        records = read_examples(run, selected.itertuples(index=False), check_fingerprints=True,
-                                progress=report)
+        records = (read_pairs if pairs else read_examples)(run, selected.itertuples(index=False),
+                                                           check_fingerprints=True, progress=report)
     except RunError as e:
         raise ExportError(str(e)) from None
-    rows = [styled(rec, messages, cfg.style, r.example_id) for (rec, messages), r in
+    rows = [styled(rec, item, cfg.style, r.example_id) for (rec, item), r in
             zip(records, selected.itertuples(index=False))]
     decisions = decisions_report(summary, selected)
     for w in decisions.get("warnings", []):
@@ -109,7 +120,7 @@ def export_selection(cfg: ExportConfig, progress: Progress | None = None, notes:
     cleaned: list = []
     with _export_dir(out, cleaned) as tmp:
         data_name = DATA_NAMES[cfg.format]
-        table = _arrow_table(rows, cfg.style)  # also proves the rows form one loadable table
+        table = _arrow_table(rows, "dpo" if pairs else "messages")  # also proves the rows form one loadable table
         non_finite = 0
         if cfg.format == "jsonl":
             non_finite = write_jsonl(tmp / data_name, rows)
@@ -139,10 +150,27 @@ def export_selection(cfg: ExportConfig, progress: Progress | None = None, notes:
     return out
 
 
-def styled(record: dict, messages: list[dict], style: str, example_id: str) -> dict:
-    """One exported row in ``style`` (see the module docstring)."""
+def style_for(style: str | None, pairs: bool, where) -> str:
+    """The style a selection exports in: ``style``, or the data's default (messages; dpo for pairs);
+    a style for the other kind of data is refused in one line naming ``where`` (the selection)."""
+    allowed = PAIR_STYLES if pairs else SFT_STYLES
+    if style is None:
+        return allowed[0]
+    if style not in allowed:
+        what = "preference pairs" if pairs else "SFT examples"
+        raise ExportError(f"{where} holds {what}; --style {style} writes "
+                          f"{'SFT examples' if pairs else 'preference pairs'}: use --style {' or '.join(allowed)}")
+    return style
+
+
+def styled(record: dict, item, style: str, example_id: str) -> dict:
+    """One exported row in ``style`` (see the module docstring); ``item`` is the record read as the
+    run scored it: the normalised messages, or the :class:`curation.data.pairs.Pair`."""
     if style == "original":
         return record
+    if style == "dpo":
+        return item.trl_row()
+    messages = item
     if style == "messages":
         return {"messages": messages}
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
@@ -201,8 +229,9 @@ def _export_dir(out: Path, cleaned: list):
         raise ExportError(str(e)) from None
 
 
-def _arrow_table(rows: list[dict], style: str):
-    """One Arrow table over every key of every row (keys a row lacks are null)."""
+def _arrow_table(rows: list[dict], one_shape: str):
+    """One Arrow table over every key of every row (keys a row lacks are null); ``one_shape``: the
+    style the refusal suggests (one shape for every source)."""
     import pyarrow as pa
 
     keys: dict[str, None] = {}
@@ -213,7 +242,7 @@ def _arrow_table(rows: list[dict], style: str):
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise ExportError(
             f"the selected records do not fit one table ({e}): a column holds different types in "
-            "different sources; export with --style messages, which has one shape for every source"
+            f"different sources; export with --style {one_shape}, which has one shape for every source"
         ) from None
 
 
@@ -266,6 +295,7 @@ def _manifest(cfg: ExportConfig, sel_dir: Path, selected, summary: dict, rows: l
         "kind": "export",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code_version": {"curation": version, "source_fingerprint": _code_fingerprint()},
+        "data": run.get("data") or "sft",
         "format": cfg.format,
         "style": cfg.style,
         "files": {"data": data_name},
@@ -298,19 +328,26 @@ def dataset_card(m: dict) -> str:
     data = m["files"]["data"]
     header = {"configs": [{"config_name": "default", "data_files": [{"split": "train", "path": data if m["format"] != "hf"
                                                                       else f"{data}/*.arrow"}]}],
-              "tags": ["sft", "curated"]}
+              "tags": ["dpo", "preference", "curated"] if m.get("data") == PAIRS else ["sft", "curated"]}
     r, c, prov = m.get("recipe") or {}, m["counts"], m.get("provenance") or {}
     model = (prov.get("model") or {})
+    unit = "pairs" if m.get("data") == PAIRS else "examples"
+    what = (f"{c['examples']:,} preference pairs (a prompt, a chosen and a rejected response; {c['tokens'] or 0:,} "
+            "prompt + chosen + rejected tokens)" if unit == "pairs" else
+            f"{c['examples']:,} supervised fine-tuning examples ({c['tokens'] or 0:,} prompt + response tokens)")
     lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
              f"# {Path(m['selection']['dir']).name}", "",
-             f"{c['examples']:,} supervised fine-tuning examples ({c['tokens'] or 0:,} prompt + response tokens), "
-             f"selected by `curation` {m['code_version']['curation']} and exported on {m['created_at']} as "
+             f"{what}, selected by `curation` {m['code_version']['curation']} and exported on {m['created_at']} as "
              f"{m['format']} in the `{m['style']}` style.", "",
              "## Load it", "", "```python", "import datasets", "", f"ds = {m['load_with']}", "```", ""]
     if m["style"] == "prompt-completion":
         lines += ["Rows are TRL's conversational prompt/completion format: TRL's `SFTTrainer` trains on the "
                   "completion (the last answer) alone by default; earlier answers are context.", ""]
-    lines += ["## Per domain", "", "| domain | examples | tokens |", "|---|---|---|"]
+    if m["style"] == "dpo":
+        lines += ["Rows are TRL's conversational preference format (`prompt`, `chosen`, `rejected` message lists; "
+                  "`score_chosen` / `score_rejected` when the source rated the responses): TRL's `DPOTrainer` takes "
+                  "them as they are, `DPOTrainer(model, args=DPOConfig(...), train_dataset=ds)`.", ""]
+    lines += ["## Per domain", "", f"| domain | {unit} | tokens |", "|---|---|---|"]
     lines += [f"| {d} | {v['examples']:,} | {v['tokens'] or 0:,} |" for d, v in c["by_domain"].items()]
     lines += ["", "## How it was selected", "",
               f"Method **{r.get('method')}**" + (f" ({r.get('order')} first)" if r.get("order") else "")
