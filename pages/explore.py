@@ -1,5 +1,6 @@
 """Explore: score distributions per domain, loss_base vs loss_ref, score vs length, S2L clusters,
-a summary per domain.  Everything plotted is aggregated by curation.views.aggregate (bins, samples)."""
+a summary per domain; on a pair run chosen vs rejected loss, each margin against len_diff, ratings
+against the implicit margins, the map over prompts.  Everything plotted is aggregated by curation.views.aggregate (bins, samples)."""
 
 import numpy as np
 import pandas as pd
@@ -11,12 +12,13 @@ from curation.config import field_info
 from curation.data import canary
 from curation.data.textnorm import conversation_text
 from curation.jobs.workspace import list_data_files
-from curation.runs.folder import Run, read_examples
+from curation.runs.folder import Run, read_examples, read_pairs
 from curation.scores import LENGTH_COLUMNS, run_columns, score_columns
 from curation.selection import neardup
 from curation.selection.canaries import canary_report
 from curation.selection.recipe import Recipe, targets_from_files
 from curation.views import aggregate, pool_map
+from curation.views import pair_margins as pair_views
 from curation.views.render import hover_text, preview
 from pages.common import decision_actions, decision_store, domain_colours, pick_run, score_picker, undo_button, workspace
 
@@ -25,12 +27,13 @@ picked = pick_run("explore")
 if picked is None:
     st.stop()
 info, df, run = picked
+pairs = run.get("data") == "pairs"
 scores = score_columns(df.columns)
 if not scores:
     st.error(f"{info.path}/scores.parquet has no score column (expected loss, davir, ...).")
     st.stop()
 colours = domain_colours(df["domain"].unique()) if "domain" in df else {}
-st.caption(f"{len(df):,} examples · {df['domain'].nunique() if 'domain' in df else 1} domain(s) · "
+st.caption(f"{len(df):,} {'pairs' if pairs else 'examples'} · {df['domain'].nunique() if 'domain' in df else 1} domain(s) · "
            f"model `{run.get('model', {}).get('spec', 'in run.json when the run finishes')}` · run `{info.name}`")
 
 # ---- histogram ------------------------------------------------------------------------------
@@ -61,83 +64,128 @@ if th.get("min") or th.get("max"):
 
 # ---- scatter plots (a bounded sample) ------------------------------------------------------
 N_POINTS = 4000
-left, right = st.columns(2)
-with left:
-    st.subheader("Base vs reference loss")
-    if {"loss_base", "loss_ref"} <= set(df.columns):
-        s = aggregate.sample_rows(df, N_POINTS, columns=["loss_base", "loss_ref", "domain", "example_id"])
-        fig = px.scatter(s, x="loss_base", y="loss_ref", color="domain", opacity=0.5,
-                         color_discrete_map=colours, hover_data=["example_id"])
-        lo = float(min(s["loss_base"].min(), s["loss_ref"].min()))
-        hi = float(max(s["loss_base"].max(), s["loss_ref"].max()))
-        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="grey", dash="dash"),
-                                 name="no change"))
+
+
+def diagonal_scatter(x: str, y: str, line: str):
+    """A sampled scatter of two losses coloured by domain, with the diagonal x = y (named ``line``)."""
+    s = aggregate.sample_rows(df, N_POINTS, columns=[x, y, "domain", "example_id"])
+    fig = px.scatter(s, x=x, y=y, color="domain", opacity=0.5, color_discrete_map=colours, hover_data=["example_id"])
+    lo, hi = float(min(s[x].min(), s[y].min())), float(max(s[x].max(), s[y].max()))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="grey", dash="dash"), name=line))
+    fig.update_layout(height=380, margin=dict(t=10, b=10))
+    return fig
+
+
+def pair_sections() -> None:
+    """A pair run: chosen vs rejected loss, each margin against len_diff (the length bias), ratings."""
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Chosen vs rejected loss")
+        st.plotly_chart(diagonal_scatter("loss_rejected", "loss_chosen", "equal"), width="stretch", key="pair_losses")
+        st.dataframe(pair_views.prefers_chosen(df).round(3), hide_index=True, width="stretch")
+        st.caption("Base model's mean loss per token of each response. Below the diagonal the chosen response is the "
+                   "likelier one per token; the table counts pairs whose summed log-probability already prefers "
+                   f"chosen (margin_sum > 0). {min(len(df), N_POINTS):,} of {len(df):,} pairs shown.")
+    with right:
+        st.subheader("Margin vs length difference")
+        margins = pair_views.margin_columns(df)
+        margin = st.selectbox("Margin", margins, key="pair_margin")
+        s = aggregate.sample_rows(df, N_POINTS, columns=["len_diff", margin, "domain", "example_id"])
+        fig = px.scatter(s, x="len_diff", y=margin, color="domain", opacity=0.5, color_discrete_map=colours,
+                         hover_data=["example_id"])
+        fig.update_layout(height=330, margin=dict(t=10, b=10))
+        st.plotly_chart(fig, width="stretch", key="pair_len_diff")
+        st.dataframe(pair_views.length_bias(df).round(3), hide_index=True, width="stretch")
+        st.caption("len_diff = chosen - rejected tokens. A margin summed over tokens follows it (DavIR-DPO reports a "
+                   "correlation of 0.38 for vanilla DPO's margin and 0.07 for its normalised one): a large |spearman| "
+                   "means a selection by that margin is partly a selection by length.")
+    if "rating_margin" in df.columns and df["rating_margin"].notna().any():
+        st.subheader("Rating margin vs implicit margin")
+        r1, r2 = st.columns([2, 1])
+        implicit = r2.selectbox("Implicit margin", margins, key="pair_rating_margin")
+        rated = df[df["rating_margin"].notna()]
+        s = aggregate.sample_rows(rated, N_POINTS, columns=["rating_margin", implicit, "domain", "example_id"])
+        fig = px.scatter(s, x="rating_margin", y=implicit, color="domain", opacity=0.5, color_discrete_map=colours,
+                         hover_data=["example_id"])
+        fig.update_layout(height=330, margin=dict(t=10, b=10))
+        r1.plotly_chart(fig, width="stretch", key="pair_ratings")
+        r2.dataframe(aggregate.correlation(rated, "rating_margin", implicit).round(3), hide_index=True, width="stretch")
+        r2.caption(f"The source's raters (rating_chosen - rating_rejected) against the model's {implicit}, on the "
+                   f"{len(rated):,} rated pairs: do the raters and the model agree on which pairs are clear?")
+
+
+if pairs:
+    pair_sections()
+else:
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Base vs reference loss")
+        if {"loss_base", "loss_ref"} <= set(df.columns):
+            st.plotly_chart(diagonal_scatter("loss_base", "loss_ref", "no change"), width="stretch")
+            st.caption(f"Below the diagonal the reference model learned the example (davir > 0). "
+                       f"{min(len(df), N_POINTS):,} of {len(df):,} points shown (random sample).")
+        else:
+            st.info("This run has only the base model's loss. A learnability run (Score page) adds "
+                    "the reference loss and the scores built on it.")
+    with right:
+        st.subheader("Score vs length")
+        lengths = [c for c in LENGTH_COLUMNS if c in df.columns]
+        lc1, lc2 = st.columns(2)
+        yscore = lc1.selectbox("Score", scores, index=scores.index(score), key="explore_len_score")
+        xlen = lc2.selectbox("Length", lengths, key="explore_len_col")
+        s = aggregate.sample_rows(df, N_POINTS, columns=[xlen, yscore, "domain", "example_id"])
+        fig = px.scatter(s, x=xlen, y=yscore, color="domain", opacity=0.5, color_discrete_map=colours,
+                         hover_data=["example_id"], log_x=True)
+        fig.update_layout(height=330, margin=dict(t=10, b=10))
+        st.plotly_chart(fig, width="stretch")
+        corr = aggregate.correlation(df, xlen, yscore)
+        st.dataframe(corr.round(3), hide_index=True, width="stretch")
+        st.caption("Correlation with length, on all rows. Loss-based scores are known to favour long "
+                   "answers (rho most); a large |spearman| means the score partly measures length.")
+
+    # ---- S2L ---------------------------------------------------------------------------------------
+    st.subheader("S2L: loss trajectories per cluster")
+    if "s2l_cluster" in df.columns and any(c.startswith("loss_ckpt_") for c in df.columns):
+        traj, sizes = aggregate.cluster_means(df)
+        top = len(sizes) if len(sizes) <= 2 else st.slider("Clusters shown (largest first)", 1, len(sizes),
+                                                             min(12, len(sizes)), key="s2l_top")
+        shown = sizes["cluster"].head(top).tolist()
+        t1, t2 = st.columns([3, 2])
+        fig = px.line(traj[traj["cluster"].isin(shown)], x="checkpoint", y="loss", color="cluster", markers=True)
+        fig.update_layout(height=360, margin=dict(t=10, b=10))
+        t1.plotly_chart(fig, width="stretch")
+        dom_cols = [c for c in sizes.columns if c not in ("cluster", "size")]
+        fig = px.bar(sizes.head(top).astype({"cluster": str}), x="cluster", y=dom_cols or "size",
+                     color_discrete_map=colours, labels={"value": "examples", "variable": "domain"})
+        fig.update_layout(height=360, margin=dict(t=10, b=10))
+        t2.plotly_chart(fig, width="stretch")
+        st.caption(f"{len(sizes)} clusters; S2L samples from the smallest cluster first, so rare "
+                   "trajectory shapes are not crowded out by the common ones.")
+    else:
+        st.info("No S2L clusters in this run: they come from a learnability run with K checkpoints.")
+
+    # ---- stability across reference runs -----------------------------------------------------------
+    st.subheader("Stability: does the ranking survive another reference training?")
+    stab_scores = [s for s in ("davir", "rho") if len(run_columns(df.columns, s)) >= 2]
+    if stab_scores:
+        s1, s2, s3 = st.columns(3)
+        sscore = s1.selectbox("Score", stab_scores, key="stab_score")
+        cols = run_columns(df.columns, sscore)
+        ra = s2.selectbox("Run", cols, index=0, key="stab_a")
+        rb = s3.selectbox("against run", cols, index=1, key="stab_b")
+        smp = aggregate.sample_rows(df, N_POINTS, columns=[ra, rb, "domain", "example_id"])
+        fig = px.scatter(smp, x=ra, y=rb, color="domain", opacity=0.5, color_discrete_map=colours,
+                         hover_data=["example_id"])
         fig.update_layout(height=380, margin=dict(t=10, b=10))
         st.plotly_chart(fig, width="stretch")
-        st.caption(f"Below the diagonal the reference model learned the example (davir > 0). "
-                   f"{min(len(df), N_POINTS):,} of {len(df):,} points shown (random sample).")
+        agree = aggregate.rank_agreement_by_domain(df, ra, rb)
+        st.dataframe(agree.round(3), hide_index=True, width="stretch")
+        st.caption(f"Each point is an example's {sscore} under two reference trainings that differ only by seed (or the "
+                   f"varied setting). Spearman near 1: the ranking is stable and a threshold means something; low: the "
+                   f"cut-off is partly chance. `{sscore}_sd` (the spread across runs) is a column on the Inspect page.")
     else:
-        st.info("This run has only the base model's loss. A learnability run (Score page) adds "
-                "the reference loss and the scores built on it.")
-with right:
-    st.subheader("Score vs length")
-    lengths = [c for c in LENGTH_COLUMNS if c in df.columns]
-    lc1, lc2 = st.columns(2)
-    yscore = lc1.selectbox("Score", scores, index=scores.index(score), key="explore_len_score")
-    xlen = lc2.selectbox("Length", lengths, key="explore_len_col")
-    s = aggregate.sample_rows(df, N_POINTS, columns=[xlen, yscore, "domain", "example_id"])
-    fig = px.scatter(s, x=xlen, y=yscore, color="domain", opacity=0.5, color_discrete_map=colours,
-                     hover_data=["example_id"], log_x=True)
-    fig.update_layout(height=330, margin=dict(t=10, b=10))
-    st.plotly_chart(fig, width="stretch")
-    corr = aggregate.correlation(df, xlen, yscore)
-    st.dataframe(corr.round(3), hide_index=True, width="stretch")
-    st.caption("Correlation with length, on all rows. Loss-based scores are known to favour long "
-               "answers (rho most); a large |spearman| means the score partly measures length.")
-
-# ---- S2L ---------------------------------------------------------------------------------------
-st.subheader("S2L: loss trajectories per cluster")
-if "s2l_cluster" in df.columns and any(c.startswith("loss_ckpt_") for c in df.columns):
-    traj, sizes = aggregate.cluster_means(df)
-    top = len(sizes) if len(sizes) <= 2 else st.slider("Clusters shown (largest first)", 1, len(sizes),
-                                                         min(12, len(sizes)), key="s2l_top")
-    shown = sizes["cluster"].head(top).tolist()
-    t1, t2 = st.columns([3, 2])
-    fig = px.line(traj[traj["cluster"].isin(shown)], x="checkpoint", y="loss", color="cluster", markers=True)
-    fig.update_layout(height=360, margin=dict(t=10, b=10))
-    t1.plotly_chart(fig, width="stretch")
-    dom_cols = [c for c in sizes.columns if c not in ("cluster", "size")]
-    fig = px.bar(sizes.head(top).astype({"cluster": str}), x="cluster", y=dom_cols or "size",
-                 color_discrete_map=colours, labels={"value": "examples", "variable": "domain"})
-    fig.update_layout(height=360, margin=dict(t=10, b=10))
-    t2.plotly_chart(fig, width="stretch")
-    st.caption(f"{len(sizes)} clusters; S2L samples from the smallest cluster first, so rare "
-               "trajectory shapes are not crowded out by the common ones.")
-else:
-    st.info("No S2L clusters in this run: they come from a learnability run with K checkpoints.")
-
-# ---- stability across reference runs -----------------------------------------------------------
-st.subheader("Stability: does the ranking survive another reference training?")
-stab_scores = [s for s in ("davir", "rho") if len(run_columns(df.columns, s)) >= 2]
-if stab_scores:
-    s1, s2, s3 = st.columns(3)
-    sscore = s1.selectbox("Score", stab_scores, key="stab_score")
-    cols = run_columns(df.columns, sscore)
-    ra = s2.selectbox("Run", cols, index=0, key="stab_a")
-    rb = s3.selectbox("against run", cols, index=1, key="stab_b")
-    smp = aggregate.sample_rows(df, N_POINTS, columns=[ra, rb, "domain", "example_id"])
-    fig = px.scatter(smp, x=ra, y=rb, color="domain", opacity=0.5, color_discrete_map=colours,
-                     hover_data=["example_id"])
-    fig.update_layout(height=380, margin=dict(t=10, b=10))
-    st.plotly_chart(fig, width="stretch")
-    agree = aggregate.rank_agreement_by_domain(df, ra, rb)
-    st.dataframe(agree.round(3), hide_index=True, width="stretch")
-    st.caption(f"Each point is an example's {sscore} under two reference trainings that differ only by seed (or the "
-               f"varied setting). Spearman near 1: the ranking is stable and a threshold means something; low: the "
-               f"cut-off is partly chance. `{sscore}_sd` (the spread across runs) is a column on the Inspect page.")
-else:
-    st.info("One reference training gives one ranking. A learnability run with `--stability-runs 2` (or more) trains "
-            "extra references and shows here how much the ranking depends on the run.")
+        st.info("One reference training gives one ranking. A learnability run with `--stability-runs 2` (or more) trains "
+                "extra references and shows here how much the ranking depends on the run.")
 
 # ---- map of the pool ---------------------------------------------------------------------------
 st.subheader("Map of the pool")
@@ -177,7 +225,7 @@ else:
     dev_files = {p.name: str(p) for p in list_data_files(workspace(), folder="dev")}
     picked_targets = st.multiselect("Targets (workspace/dev): mark them on the map, colour by similarity to them",
                                     list(dev_files), default=[], key="map_targets",
-                                    disabled=not (info.path / Run.RDS).is_file(),
+                                    disabled=pairs or not (info.path / Run.RDS).is_file(),
                                     help="Examples of what you want more of; the Select page's target method takes "
                                          "the pool examples most similar to them (RDS+).")
     targets, target_error = None, None
@@ -272,8 +320,10 @@ else:
             else:
                 st.plotly_chart(fig, width="stretch", key="pool_map_grid")
                 on_map = []
-            st.caption(f"{lay.attrs.get('method', map_method).upper()} layout of the embeddings (each example's mean final "
-                       f"hidden state over its answer); {what}. Nearby points: examples the model represents alike."
+            st.caption(f"{lay.attrs.get('method', map_method).upper()} layout of the embeddings ("
+                       + ("each pair's prompt: RDS+'s position-weighted mean of the final hidden states over it" if pairs
+                          else "each example's mean final hidden state over its answer")
+                       + f"); {what}. Nearby points: examples the model represents alike."
                        + (" Drag a box (or pick the lasso in the chart's toolbar) to pick examples and read them "
                           "in Inspect." if len(pts) <= pool_map.POINTS_MAX_ROWS else ""))
             if on_map:
@@ -345,8 +395,9 @@ if cached or g2.button("Find near-duplicate groups", key="explore_near_go",
             rows = [{"example_id": i, "source": keyed.at[i, "source"], "source_index": int(keyed.at[i, "source_index"])}
                     for pair in firsts for i in pair]
             try:
-                texts = {r["example_id"]: conversation_text(m) for r, (_, m) in
-                         zip(rows, read_examples(run, rows, check_fingerprints=False))}
+                read = read_pairs if pairs else read_examples  # a pair's prompt, an example's conversation
+                texts = {r["example_id"]: conversation_text(m.prompt if pairs else m) for r, (_, m) in
+                         zip(rows, read(run, rows, check_fingerprints=False))}
             except (ValueError, OSError):
                 texts = {}
             table = pd.DataFrame({

@@ -19,8 +19,10 @@ def export_form(sel_dir) -> None:
         st.error(str(e))
         return
     r = summary.get("recipe", {})
+    pairs = (summary.get("run") or {}).get("data") == "pairs"
     st.caption(f"method **{r.get('method')}** ({r.get('order') or 'sampling'}), budget **{r.get('budget')}**, "
-               f"mix **{r.get('mix')}**, seed {r.get('seed')} · {summary.get('totals', {}).get('examples')} examples, "
+               f"mix **{r.get('mix')}**, seed {r.get('seed')} · {summary.get('totals', {}).get('examples')} "
+               f"{'preference pairs' if pairs else 'examples'}, "
                f"{summary.get('totals', {}).get('tokens') or 0:,} tokens")
     st.dataframe(pd.DataFrame(summary.get("domains", {})).T.reindex(columns=["pool", "eligible", "selected", "kept",
                                                                               "tokens"]), width="stretch")
@@ -31,10 +33,13 @@ def export_form(sel_dir) -> None:
     c1, c2, c3 = st.columns([1, 1, 2])
     fmt = c1.selectbox("Format", list(exp_mod.EXPORT_FORMATS), key="exp_format",
                        help="jsonl and parquet: one file; hf: a datasets save_to_disk folder (downloaded as a zip)")
-    style = c2.selectbox("Style", list(exp_mod.STYLES), index=list(exp_mod.STYLES).index("messages"), key="exp_style",
-                         help="messages: {\"messages\": [...]} rows for TRL / LLaMA-Factory; prompt-completion: "
-                              "TRL's {\"prompt\": [...], \"completion\": [last answer]} rows (TRL trains on the "
-                              "completion alone, whatever the chat template); original: records as in their sources")
+    styles = list(exp_mod.PAIR_STYLES if pairs else exp_mod.SFT_STYLES)  # the first: the data's default
+    style = c2.selectbox("Style", styles, key=f"exp_style{'_pairs' if pairs else ''}",
+                         help="dpo: TRL DPOTrainer's {\"prompt\": [...], \"chosen\": [...], \"rejected\": [...]} "
+                              "rows; original: records as in their sources" if pairs else
+                         "messages: {\"messages\": [...]} rows for TRL / LLaMA-Factory; prompt-completion: "
+                         "TRL's {\"prompt\": [...], \"completion\": [last answer]} rows (TRL trains on the "
+                         "completion alone, whatever the chat template); original: records as in their sources")
     out = exports_dir(ws) / f"{sel_dir.name}-{fmt}-{style}"
     c3.caption(f"Writes `{out}` (atomically: complete or absent).")
     if st.button("Export", type="primary", key="exp_go"):

@@ -1,5 +1,6 @@
 """Select: method, order, budget, domain mix and thresholds -> a selection with live counts, beside
-the random baseline at the same budget and mix; save it as a re-appliable recipe."""
+the random baseline at the same budget and mix; save it as a re-appliable recipe.  On a pair run the
+pair scores, len_diff's strata, and the selection's mean len_diff and margins beside random's."""
 
 import numpy as np
 import pandas as pd
@@ -9,15 +10,16 @@ import streamlit as st
 from curation.config import field_info
 from curation.jobs.workspace import dev_targets, list_data_files, mixes_dir, new_folder_name, safe_name, selections_dir
 from curation.runs.folder import Run
-from curation.scores import METHODS, SCORES, run_columns
+from curation.scores import SCORES, default_method, methods_for, run_columns
 from curation.selection.annotate import annotation_key
 from curation.selection.apply import COVERAGE_CLUSTERS
 from curation.selection.folder import Selection, apply_with_baseline, prepare_table
 from curation.selection.recipe import Recipe, budget_text, diversity_text, stratify_text
-from curation.selection.summary import detail_lines, length_profile, pick_stability
+from curation.selection.summary import PAIR_MEANS, detail_lines, kept_end, length_profile, pick_stability, score_meta
 from curation.validation.mix import latest_study
 from curation.validation.mixing_law import MixError
 from curation.views import aggregate
+from curation.views import pair_margins as pair_views
 from pages.common import pick_run, workspace
 
 st.title("Select")
@@ -25,15 +27,17 @@ picked = pick_run("select", finished_only=True)
 if picked is None:
     st.stop()
 info, df, run = picked
+pairs = run.get("data") == "pairs"
+unit_name = "pairs" if pairs else "examples"
 ws = workspace()
 domains = sorted(df["domain"].astype(str).unique())
 
 # ---- the recipe ------------------------------------------------------------------------------
 c1, c2, c3 = st.columns([2, 1, 2])
-methods = list(METHODS)
-default_method = "davir" if "davir" in df.columns else "loss"
-method = c1.selectbox("Method", methods, index=methods.index(default_method), key="sel_method",
-                      help="Defaults: davir, top 10%, natural mix: one click gives a first selection.")
+methods = methods_for(df.columns)
+method = c1.selectbox("Method", methods, index=methods.index(default_method(df.columns)), key="sel_method",
+                      help="Defaults: davir (on pairs davir_margin, else margin_sum), top 10%, natural mix: one click "
+                           "gives a first selection.")
 st.caption(f"**{method}**: {SCORES[method].explanation}")
 dev_files = {p.name: str(p) for p in list_data_files(ws, folder="dev")}
 has_rds = (info.path / Run.RDS).is_file()
@@ -56,13 +60,14 @@ if SCORES[method].order is not None:
                      key=f"sel_order_{method}", horizontal=True, format_func=lambda o: f"{o}est")
 with c3:
     b1, b2 = st.columns([1, 1])
-    unit = b1.selectbox("Budget in", ["% of pool", "examples", "tokens"], key="sel_unit")
-    defaults = {"% of pool": 10.0, "examples": float(max(1, len(df) // 10)),
-                "tokens": float(max(1, int(df.get("n_tokens_full", pd.Series([0])).sum() // 10)))}
+    unit = b1.selectbox("Budget in", ["% of pool", unit_name, "tokens"], key="sel_unit")
+    all_tokens = df["n_tokens_full"] if "n_tokens_full" in df else df["n_prompt_tokens"] + df["n_response_tokens"]
+    defaults = {"% of pool": 10.0, unit_name: float(max(1, len(df) // 10)),
+                "tokens": float(max(1, int(all_tokens.sum() // 10)))}
     amount = b2.number_input("Budget", min_value=0.1 if unit == "% of pool" else 1.0,
                              max_value=100.0 if unit == "% of pool" else None,
                              value=defaults[unit], step=1.0, key=f"sel_amount_{unit}")
-budget = budget_text(amount, {"% of pool": "percent", "examples": "count", "tokens": "tokens"}[unit])
+budget = budget_text(amount, {"% of pool": "percent", unit_name: "count", "tokens": "tokens"}[unit])
 
 m1, m2, m3 = st.columns([1, 3, 1])
 natural = m1.toggle("Natural mix", value=True, key="sel_natural",
@@ -215,7 +220,7 @@ st.subheader("Result")
 for w in sel.warnings:
     st.warning(w)
 tot1, tot2, tot3, tot4 = st.columns(4)
-tot1.metric("Selected", f"{len(sel.rows):,}", help="examples")
+tot1.metric("Selected", f"{len(sel.rows):,}", help=unit_name)
 tot2.metric("of the pool", f"{len(sel.rows) / max(len(df), 1):.1%}")
 tot3.metric("Tokens", f"{int(sel.rows['n_tokens'].sum()):,}")
 tot4.metric("Eligible after thresholds", f"{int(sel.eligible_mask.sum()):,}")
@@ -270,20 +275,30 @@ in_rand = df["example_id"].isin(set(base.rows["example_id"]))
 groups = {"pool": pd.Series(True, index=df.index), "selection": in_sel, "random baseline": in_rand}
 palette = {"pool": "#b0b0b0", "selection": "#2a6f97", "random baseline": "#e07a5f"}
 h1, h2 = st.columns(2)
-plot_cols = ([score_col] if score_col else []) + [c for c in ("n_response_tokens",) if c in df.columns and c != score_col]
+lengths = length_profile(df, sel, base)
+plot_cols = ([score_col] if score_col else []) + [c for c in (lengths["column"],) if c in df.columns and c != score_col]
 for holder, col in zip((h1, h2), plot_cols):
     h = aggregate.compare_histograms(df, col, groups)
     fig = px.line(h, x="mid", y="share", color="group", line_shape="hvh", color_discrete_map=palette,
                   labels={"mid": col, "share": "share of rows"})
     fig.update_layout(height=300, margin=dict(t=30, b=10), title=f"{col}: pool vs selection vs random")
     holder.plotly_chart(fig, width="stretch")
-lengths = length_profile(df, sel, base)
 qnames = [f"p{round(100 * q)}" for q in lengths["quantiles"]]
 st.dataframe(pd.DataFrame([{"rows": g, **dict(zip(qnames, lengths[g]["all"] or []))}
                            for g in ("pool", "eligible", "selection", "random") if g in lengths]),
              hide_index=True, width="stretch")
-st.caption("Response length (n_response_tokens) quantiles. A score that tracks length moves the selection's "
-           "quantiles away from the eligible rows'; length strata keep them together.")
+st.caption(("len_diff (chosen - rejected tokens)" if pairs else "Response length (n_response_tokens)")
+           + " quantiles. A score that tracks length moves the selection's quantiles away from the eligible rows'; "
+           "length strata keep them together.")
+if pairs:
+    st.dataframe(pair_views.means_beside(df, {"pool": df["example_id"], "selection": sel.rows["example_id"],
+                                              "random baseline": base.rows["example_id"]}, PAIR_MEANS).round(4),
+                 hide_index=True, width="stretch")
+    st.caption("Mean per pair of len_diff and of each margin: the selection beside the random baseline at the same "
+               "budget and mix.")
+end = kept_end(score_meta(sel))
+if end:
+    st.caption(end[0].upper() + end[1:] + ".")
 st.caption("Shares, so the pool and a 10% selection compare. The random baseline uses the same "
            "budget, mix and thresholds: what the method changes is the gap between blue and orange.")
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -430,3 +431,97 @@ def test_inspect_records_decisions_the_decisions_page_lists_them_and_select_hono
     off = next(t for t in at.toggle if t.label.startswith("Honour the curator's decisions"))
     off.set_value(False).run()
     assert not any(i.value.startswith("Curator decisions") for i in at.info)
+
+
+# ----------------------------------------------------------------------------------------------
+# A pair run (tests.ui_workspace.build_pair_workspace): Data, Explore, Inspect, Select, Export
+
+
+PAIR_PAGES = ["data", "explore", "inspect", "decisions", "select", "export"]
+
+
+@pytest.fixture(scope="module")
+def pair_ws(tmp_path_factory, tiny_model_dir):
+    from tests.ui_workspace import build_pair_workspace
+
+    ws = tmp_path_factory.mktemp("pair-ws")
+    build_pair_workspace(ws, tiny_model_dir)
+    return ws
+
+
+@pytest.fixture
+def in_pair_ws(pair_ws, monkeypatch):
+    monkeypatch.setenv("CURATION_WORKSPACE", str(pair_ws))
+    return pair_ws
+
+
+@pytest.mark.parametrize("name", PAIR_PAGES)
+def test_page_renders_on_a_pair_workspace(in_pair_ws, name):
+    at = _page(name)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_data_page_recognises_pair_sources_in_the_pairs_folder(in_pair_ws):
+    at = _page("data")
+    src = at.dataframe[0].value
+    assert list(src["source"]) == ["chat_pairs.jsonl", "math_pairs.jsonl"]
+    assert list(src["format"]) == ["trl-conversational", "alpaca-ranking"]
+    assert any(m.label == "Preference pairs" and m.value == "24" for m in at.metric)
+    assert at.multiselect(key="sources_chosen").value == ["pairs/chat_pairs.jsonl", "pairs/math_pairs.jsonl"]
+    assert at.radio(key="len_col_pairs").value == "len_diff"
+    assert "a preference pair: the prompt, then the chosen and the rejected response" in _texts(at)
+
+
+def test_explore_page_on_a_pair_run_shows_losses_length_bias_and_ratings(in_pair_ws):
+    from curation.runs.folder import Run
+    from curation.views.pair_margins import length_bias
+
+    at = _page("explore")
+    assert at.selectbox(key="explore_score").value == "margin_sum" and "gets most wrong" in _texts(at)
+    assert "24 pairs" in _texts(at)
+    assert len(at.get("plotly_chart")) >= 4  # distribution, chosen vs rejected, margin vs len_diff, ratings
+    bias = next(d.value for d in at.dataframe if "margin" in d.value.columns and "spearman" in d.value.columns)
+    want = length_bias(Run(in_pair_ws / "runs" / "pairs-fixture").scores()).round(3)
+    pd.testing.assert_frame_equal(bias.reset_index(drop=True), want.reset_index(drop=True))
+    assert set(bias["margin"]) == {"margin_sum", "margin_mean", "reward_margin", "davir_margin"}
+    assert "Rating margin vs implicit margin" in [s.value for s in at.subheader]
+    assert "S2L" not in " ".join(s.value for s in at.subheader)  # SFT-only sections are not drawn
+
+
+def test_inspect_page_shows_a_pair_side_by_side_escaped_with_coloured_tokens(in_pair_ws):
+    at = _page("inspect")
+    at.text_input(key="inspect_text").input("onerror").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.dataframe[0].value.shape[0] == 1 and "1 of 24 pairs match" in _texts(at)
+    html = "".join(str(h.proto.body) for h in at.get("html"))
+    assert html.count("Is this safe? &lt;img src=x onerror=") == 1  # the prompt once, escaped
+    text = re.sub(r"</?span[^>]*>", "", html)  # the responses' tokens joined again
+    assert "It is shown as text: &lt;img src=x" in text and "Run it: &lt;img src=x" in text
+    assert "<img src=x" not in html and "<script>" not in html
+    assert "**Chosen**" in _texts(at) and "**Rejected**" in _texts(at)
+    assert "background:#" in html and 'title="' in html  # tokens coloured, their loss on hover
+    assert at.radio(key="inspect_colour").options == ["base loss", "reference loss", "drop (base - reference)"]
+    at.radio(key="inspect_colour").set_value("drop (base - reference)").run()
+    assert not at.exception and "drop (nats)" in "".join(str(h.proto.body) for h in at.get("html"))
+
+
+def test_select_then_export_a_pair_selection_as_dpo_rows(in_pair_ws):
+    at = _page("select")
+    assert at.selectbox(key="sel_method").value == "davir_margin"
+    assert "davir" not in at.selectbox(key="sel_method").options  # SFT scores are not offered for pairs
+    means = next(d.value for d in at.dataframe if "len_diff" in d.value.columns).set_index("rows")
+    assert list(means.index) == ["pool", "selection", "random baseline"] and "reward_margin" in means.columns
+    assert "Kept the highest davir_margin first" in _texts(at)
+    next(t for t in at.text_input if t.label == "Selection name").input("pairs-top").run()
+    next(b for b in at.button if b.label == "Save selection").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.switch_page("pages/export.py").run()
+    assert at.selectbox(key="exp_sel").value == "pairs-top"
+    assert at.selectbox(key="exp_style_pairs").value == "dpo" and at.selectbox(key="exp_style_pairs").options == ["dpo", "original"]
+    assert "preference pairs" in _texts(at)
+    next(b for b in at.button if b.label == "Export").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    rows = [json.loads(x) for x in (in_pair_ws / "exports" / "pairs-top-jsonl-dpo" / "train.jsonl").read_text().splitlines()]
+    selected = pd.read_parquet(in_pair_ws / "selections" / "pairs-top" / "selected.parquet")
+    assert len(rows) == len(selected) and all(set(r) >= {"prompt", "chosen", "rejected"} for r in rows)

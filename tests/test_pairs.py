@@ -330,3 +330,28 @@ def test_every_format_reads_real_pairs_back_to_the_same_ids(tmp_path, fmt):
     res = load_pairs([SourceSpec(str(write_jsonl(tmp_path / "x.jsonl", [r for _, r in rows])))])
     assert res.sources[0].format == fmt and not res.rejected
     assert [p.pair_id for p in res.pairs] == [p.pair_id for p, _ in rows]
+
+
+def test_load_data_tells_pairs_from_sft_and_counts_each_responses_tokens(tmp_path, tiny_tokenizer):
+    from curation.data.load import SourceSpec
+    from curation.data.pairs import load_data, pair_token_lengths
+    from curation.data.templates import resolve_template, token_lengths
+    from tests.synthetic import write_pair_sources
+
+    chat, _ = (SourceSpec(s.split("=", 1)[1], domain=s.split("=", 1)[0]) for s in write_pair_sources(tmp_path, 4, 4))
+    kind, res = load_data([chat])
+    assert kind == "pairs" and len(res.pairs) == 4
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text('{"question": "What is 1 + 1?", "answer": "2"}\n')
+    assert load_data([SourceSpec(str(sft), domain="math")])[0] == "sft"
+    template = resolve_template(tiny_tokenizer, "auto")
+    got = pair_token_lengths(tiny_tokenizer, template, res.pairs)
+    p = res.pairs[0]
+    want = {s: token_lengths(tiny_tokenizer, template, [type("E", (), {"example_id": p.sft_id(s), "domain": "chat",
+                                                                        "messages": p.sft_messages(s)})])
+            for s in ("chosen", "rejected")}
+    row = got.set_index("pair_id").loc[p.pair_id]
+    assert row["n_chosen_tokens"] == want["chosen"]["n_response_tokens"].item()
+    assert row["n_rejected_tokens"] == want["rejected"]["n_response_tokens"].item()
+    assert row["len_diff"] == row["n_chosen_tokens"] - row["n_rejected_tokens"]
+    assert row["n_prompt_tokens"] == want["chosen"]["n_prompt_tokens"].item()

@@ -102,3 +102,17 @@ def build_scored_workspace(ws: Path, model_dir: Path) -> Path:
                       lr=1e-3, bootstrap=100, cache=str(ws / "score-cache"), device="cpu",
                       eval={"chat": str(ws / "eval" / "chat.jsonl"), "math": str(ws / "eval" / "math.jsonl")}))
     return run
+
+
+def build_pair_workspace(ws: Path, model_dir: Path) -> Path:
+    """A workspace with preference pairs in ``pairs/`` (chat with ratings and an XSS probe in one
+    pair's prompt and responses, math) and a finished pair run ``runs/pairs-fixture`` over them;
+    returns the run.  The run is synthetic (tests.synthetic.make_pair_run, the design's layout, the
+    tiny model's tokenizer) until the pair score run lands: swapping in the real one is the one line
+    marked below."""
+    from tests.synthetic import make_pair_run, write_pair_sources
+
+    for d in ("data", "runs", "selections", "exports", "validations", "mixes", "dev", "eval"):
+        (ws / d).mkdir(parents=True, exist_ok=True)
+    sources = write_pair_sources(ws / "pairs", n_chat=12, n_math=12)
+    return make_pair_run(ws / "runs" / "pairs-fixture", sources, model_dir=model_dir)  # the real run: swap this line

@@ -251,3 +251,41 @@ def _read_source(spec: SourceSpec, name: str, report: SourceReport,
             continue
         yield index, line, Pair(pair_id(parts.prompt, parts.chosen, parts.rejected), name, index, spec.domain,
                                 parts.prompt, parts.chosen, parts.rejected, parts.rating_chosen, parts.rating_rejected)
+
+
+def load_data(specs: list[SourceSpec], limit: int | None = None):
+    """``(kind, result)``: what the sources hold, ``"pairs"`` (a :class:`PairLoadResult`) or ``"sft"``
+    (a :class:`curation.data.load.LoadResult`), loaded as a run reads them; sources that disagree
+    are refused in one line (:func:`run_kind`)."""
+    from curation.data.load import load_sources
+
+    kind = run_kind(specs)
+    return kind, (load_pairs(specs, limit) if kind == "pairs" else load_sources(specs, limit=limit))
+
+
+@dataclass
+class _Side:
+    """One response of a pair as the SFT example it is scored as (what token_lengths reads)."""
+
+    example_id: str
+    domain: str
+    messages: list[dict[str, str]]
+
+
+def pair_token_lengths(tokenizer, template, pairs: list[Pair]):
+    """``pair_id, domain, n_prompt_tokens, n_chosen_tokens, n_rejected_tokens, len_diff`` of ``pairs``
+    (no truncation), each response counted as the SFT example it is scored as
+    (:func:`curation.data.templates.token_lengths`): what the Data page plots before scoring."""
+    import pandas as pd
+
+    from curation.data.templates import token_lengths
+
+    sides = {side: token_lengths(tokenizer, template, [_Side(p.pair_id, p.domain, p.sft_messages(side)) for p in pairs])
+             .set_index("example_id") for side in SIDES}
+    ok = [p for p in pairs if all(p.pair_id in sides[s].index for s in SIDES)]
+    out = pd.DataFrame({"pair_id": [p.pair_id for p in ok], "domain": [p.domain for p in ok],
+                        "n_prompt_tokens": [int(sides["chosen"].at[p.pair_id, "n_prompt_tokens"]) for p in ok],
+                        **{f"n_{s}_tokens": [int(sides[s].at[p.pair_id, "n_response_tokens"]) for p in ok]
+                           for s in SIDES}})
+    out["len_diff"] = out["n_chosen_tokens"] - out["n_rejected_tokens"]
+    return out

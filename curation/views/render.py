@@ -96,6 +96,27 @@ def conversation_html(messages: list[dict], pieces: list[str] | None = None,
     return "".join(parts)
 
 
+TOKEN_MODES = ("base loss", "reference loss", "drop (base - reference)")
+
+
+def token_modes(record: dict | None) -> list[str]:
+    """The ways a token-loss record can colour its tokens (the reference's need ``token_losses_ref``)."""
+    if record and record.get("token_losses_ref") is not None:
+        return list(TOKEN_MODES)
+    return list(TOKEN_MODES[:1])
+
+
+def token_values(record: dict, mode: str) -> tuple[np.ndarray, bool]:
+    """``(value per token, signed)`` of a token-loss record (:meth:`curation.runs.folder.Run.token_losses`)
+    in a :data:`TOKEN_MODES` mode: the base loss, the reference loss, or the drop base - reference
+    (signed: blue where the reference got worse)."""
+    base = np.asarray(record["token_losses"], dtype=float)
+    if mode == TOKEN_MODES[0]:
+        return base, False
+    ref = np.asarray(record["token_losses_ref"], dtype=float)
+    return (ref, False) if mode == TOKEN_MODES[1] else (base - ref, True)
+
+
 def preview(text: str, limit: int = 160, escape: bool = True) -> str:
     """A one-line preview of dataset text: whitespace collapsed, cut at ``limit`` characters with
     an ellipsis, and HTML-escaped (``escape=False`` only for widgets that show plain text)."""
