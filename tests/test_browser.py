@@ -41,6 +41,21 @@ def _free_port() -> int:
 def server(tmp_path_factory, tiny_model_dir):
     ws = tmp_path_factory.mktemp("browser-ws")
     build_scored_workspace(ws, tiny_model_dir)
+    yield from _serve(ws)
+
+
+@pytest.fixture(scope="module")
+def pair_server(tmp_path_factory, tiny_model_dir):
+    """The dashboard over a workspace holding a pair run (tests.ui_workspace.build_pair_workspace)."""
+    from tests.ui_workspace import build_pair_workspace
+
+    ws = tmp_path_factory.mktemp("browser-pair-ws")
+    build_pair_workspace(ws, tiny_model_dir)
+    yield from _serve(ws)
+
+
+def _serve(ws: Path):
+    """``streamlit run app.py`` over the workspace ``ws`` on a free port: yields ``(url, ws)``."""
     port = _free_port()
     env = {**os.environ, "CURATION_WORKSPACE": str(ws)}
     log = open(ws / "streamlit.log", "w")
@@ -374,4 +389,86 @@ def test_decisions_made_on_inspect_and_the_map_show_and_every_selection_and_expo
     assert "## Curator decisions" in (out / "README.md").read_text()
     assert page.locator("[data-testid='stException']").count() == 0
     _shot(page, "export-decisions.png")
+    page.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# A pair run: Explore, Inspect, Select and Export in a real browser
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path,expected", [
+    ("explore", ["Chosen vs rejected loss", "Margin vs length difference", "Rating margin vs implicit margin"]),
+    ("inspect", ["1 of 24 pairs match", "Is this safe?"]),
+    ("select", ["davir_margin", "random baseline"]),
+    ("export", ["No saved selection yet"]),
+])
+def test_pair_pages_load_without_an_exception(pair_server, browser, path, expected):
+    url, _ = pair_server
+    page = _open(browser, f"{url}/{path}")
+    if path == "inspect":  # the XSS probe's pair, found by a word of its markup
+        box = page.get_by_label("Text search (in the prompts and responses)")
+        box.fill("onerror")
+        box.press("Enter")
+        _idle(page)
+    for t in expected:
+        page.get_by_text(t).first.wait_for(timeout=60_000)
+    _shot(page, f"pairs-{path}.png")
+    assert page.locator("[data-testid='stException']").count() == 0, page.inner_text("body")[:2000]
+    if path == "explore":
+        assert page.locator("[data-testid='stPlotlyChart']").count() >= 4
+    page.close()
+
+
+@pytest.mark.integration
+def test_a_pairs_xss_probe_shows_as_text_in_its_prompt_and_both_responses(pair_server, browser):
+    url, _ = pair_server
+    page = _open(browser, f"{url}/inspect")
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    box = page.get_by_label("Text search (in the prompts and responses)")
+    box.fill("onerror")
+    box.press("Enter")
+    _idle(page)
+    page.get_by_text("1 of 24 pairs match").wait_for(timeout=60_000)
+    _shot(page, "pairs-inspect-xss-probe.png")
+    body = page.inner_text("body")
+    probe = '<img src=x onerror="document.title='
+    assert f"Is this safe? {probe}" in body  # the prompt, as text
+    assert f"It is shown as text: {probe}" in body and f"Run it: {probe}" in body  # both responses, as text
+    assert page.title() != "XSS-EXECUTED" and page.evaluate("() => document.title") != "XSS-EXECUTED"
+    assert page.locator("img[src='x']").count() == 0 and not dialogs
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()
+
+
+@pytest.mark.integration
+def test_a_pair_selection_saved_on_select_exports_as_dpo_rows(pair_server, browser):
+    import json
+
+    import pandas as pd
+
+    url, ws = pair_server
+    page = _open(browser, f"{url}/select")
+    name = page.get_by_label("Selection name")
+    name.fill("pairs-browser")
+    name.press("Enter")
+    _idle(page)
+    page.get_by_role("button", name="Save selection").click()
+    page.get_by_text("Saved").first.wait_for(timeout=60_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()
+
+    page = _open(browser, f"{url}/export")
+    page.get_by_text("preference pairs").first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Export", exact=True).click()
+    page.get_by_text("Exported to").first.wait_for(timeout=60_000)
+    _idle(page)
+    _shot(page, "pairs-export.png")
+    out = ws / "exports" / "pairs-browser-jsonl-dpo"
+    rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    selected = pd.read_parquet(ws / "selections" / "pairs-browser" / "selected.parquet")
+    assert len(rows) == len(selected) and all(r["chosen"][0]["role"] == "assistant" for r in rows)
+    assert json.loads((out / "manifest.json").read_text())["data"] == "pairs"
+    assert page.locator("[data-testid='stException']").count() == 0
     page.close()
