@@ -115,6 +115,14 @@ def _idle(page, timeout: int = 120_000) -> None:
     page.wait_for_timeout(1000)
 
 
+def _search(page, label: str, needle: str) -> None:
+    """Type ``needle`` into the text box ``label`` and wait for the rerun."""
+    box = page.get_by_label(label)
+    box.fill(needle)
+    box.press("Enter")
+    _idle(page)
+
+
 def _shot(page, name: str) -> None:
     """Screenshot of the whole page: Streamlit scrolls inside its main container, so the viewport
     is grown to the container's height first."""
@@ -158,11 +166,7 @@ def test_xss_probe_shows_as_text_on_inspect(server, browser):
     page = _open(browser, f"{url}/inspect")
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    # Find the probe with the text search, then open it.
-    box = page.get_by_label("Text search (in the conversations)")
-    box.fill("onerror")
-    box.press("Enter")
-    _idle(page)
+    _search(page, "Text search (in the conversations)", "onerror")  # find the probe, then open it
     _shot(page, "inspect-xss-probe.png")
     body = page.inner_text("body")
     assert "1 of 24 examples match" in body
@@ -407,10 +411,7 @@ def test_pair_pages_load_without_an_exception(pair_server, browser, path, expect
     url, _ = pair_server
     page = _open(browser, f"{url}/{path}")
     if path == "inspect":  # the XSS probe's pair, found by a word of its markup
-        box = page.get_by_label("Text search (in the prompts and responses)")
-        box.fill("onerror")
-        box.press("Enter")
-        _idle(page)
+        _search(page, "Text search (in the prompts and responses)", "onerror")
     for t in expected:
         page.get_by_text(t).first.wait_for(timeout=60_000)
     _shot(page, f"pairs-{path}.png")
@@ -426,10 +427,7 @@ def test_a_pairs_xss_probe_shows_as_text_in_its_prompt_and_both_responses(pair_s
     page = _open(browser, f"{url}/inspect")
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    box = page.get_by_label("Text search (in the prompts and responses)")
-    box.fill("onerror")
-    box.press("Enter")
-    _idle(page)
+    _search(page, "Text search (in the prompts and responses)", "onerror")
     page.get_by_text("1 of 24 pairs match").wait_for(timeout=60_000)
     _shot(page, "pairs-inspect-xss-probe.png")
     body = page.inner_text("body")
