@@ -242,6 +242,17 @@ def test_a_pair_selection_exports_its_source_rows_as_they_were(pair_selection, t
     assert [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()] == want
 
 
+def test_cli_export_of_a_pair_selection_says_pairs_and_dpo(pair_selection, tmp_path, capsys):
+    from curation.cli import main
+
+    assert main(["export", str(pair_selection), "--out", str(tmp_path / "exp")]) == 0
+    n = len(pd.read_parquet(pair_selection / "selected.parquet"))
+    assert capsys.readouterr().out.startswith(f"exported {n} pairs (chat ")
+    assert main(["export", str(pair_selection), "--style", "messages", "--out", str(tmp_path / "exp2")]) == 2
+    err = capsys.readouterr().err
+    assert "holds preference pairs; --style messages writes SFT examples" in err and "Traceback" not in err
+
+
 def test_sft_styles_on_pairs_and_dpo_on_sft_examples_are_refused_in_one_line(pair_selection, selection, tmp_path):
     for style in ("messages", "prompt-completion"):
         with pytest.raises(ExportError, match=f"holds preference pairs; --style {style} writes SFT examples: use "

@@ -73,3 +73,24 @@ def test_a_score_value_comes_from_its_column_or_is_derived_from_its_fallback():
     assert list(SCORES["loss"].values(score_run)) == [0.0, 1.0] and SCORES["loss"].value_column(score_run.columns) == "loss"
     assert list(SCORES["loss"].values(learn_run)) == [0.5, 0.25]
     assert SCORES["davir"].values(score_run) is None and SCORES["davir"].value_column(score_run.columns) is None
+
+
+def test_pair_scores_have_their_directions_and_serve_pair_runs_only():
+    from curation.scores import data_of, default_method, length_column, methods_for
+    from tests.synthetic import PAIR_LEARN_COLUMNS, PAIR_SCORE_COLUMNS
+
+    pair_score = PAIR_SCORE_COLUMNS + ["example_id", "n_response_tokens"]
+    pair_learn = pair_score + PAIR_LEARN_COLUMNS
+    assert keeps_high("reward_margin") and keeps_high("davir_margin") and keeps_high("rating_margin")
+    assert not keeps_high("margin_sum") and not keeps_high("margin_mean")  # the base model's most wrong first
+    assert data_of(pair_score) == "pairs" and data_of(SCORE_COLUMNS) == "sft"
+    assert length_column(pair_score) == "len_diff" and length_column(SCORE_COLUMNS) == "n_response_tokens"
+    assert methods_for(pair_score) == ["longest", "margin_sum", "margin_mean", "loss_chosen", "loss_rejected",
+                                       "reward_margin", "davir_margin", "rating_margin", "random"]
+    assert "margin_sum" not in methods_for(SCORE_COLUMNS) and "davir" in methods_for(SCORE_COLUMNS)
+    assert default_method(pair_learn) == "davir_margin" and default_method(pair_score) == "margin_sum"
+    assert default_method(SCORE_COLUMNS) == "loss" and default_method(SCORE_COLUMNS + SYNTHETIC_LEARN_COLUMNS) == "davir"
+    assert run_kind(pair_learn) == "learn" and run_kind(pair_score) == "score"
+    assert available_methods(pair_score)["reward_margin"].endswith("over preference pairs (`python -m curation "
+                                                                   "learn PAIRS ...`)")
+    assert score_columns(pair_learn)[:4] == ["margin_sum", "margin_mean", "loss_chosen", "loss_rejected"]
