@@ -85,8 +85,11 @@ if not files:
     st.stop()
 
 names = list(files)
-chosen = st.multiselect("Sources", names, default=[n for n in names if n in st.session_state.get("source_names", names)],
-                        key="sources_chosen")
+# By default the data folder's files (a run holds SFT examples or pairs, not both), else the pairs.
+first = [n for n in names if "/" not in n] or names
+chosen = st.multiselect("Sources", names, default=[n for n in names if n in st.session_state.get("source_names", first)],
+                        key="sources_chosen", help="The data folder's files, and the workspace's preference pairs "
+                                                   "(pairs/, pairs-eval/): a run holds SFT examples or pairs, not both.")
 if not chosen:
     st.warning("Choose at least one source.")
     st.stop()

@@ -79,6 +79,12 @@ def test_prepare_default_pool_from_the_data_page(empty_ws):
     assert list(src["source"]) == ["chat.jsonl", "math.jsonl"]
     assert list(src["format"]) == ["sharegpt", "gsm8k"]
     assert list(src["accepted"]) == [300, 200]
+    # The default pairs are listed beside them, not chosen with them (a run holds SFT examples or pairs).
+    assert at.multiselect(key="sources_chosen").options == ["chat.jsonl", "math.jsonl", "pairs/math.jsonl",
+                                                            "pairs-eval/math.jsonl"]
+    at.multiselect(key="sources_chosen").set_value(["pairs/math.jsonl"]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.dataframe[0].value["format"].tolist() == ["trl-conversational"]
 
 
 @pytest.mark.parametrize("name", PAGES)
