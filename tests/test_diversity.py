@@ -194,7 +194,7 @@ def test_select_diversity_covers_every_planted_cluster(clustered_run, tmp_path, 
     out = tmp_path / "sel"
     assert main(["select", str(run), "--method", "davir", "--budget", "12", "--mix", "chat=0.5,math=0.5",
                  "--diversity", diversity, "--out", str(out)]) == 0
-    assert f"diversity {diversity}" in capsys.readouterr().out
+    assert f"Diversity {diversity}: embedding clusters covered" in capsys.readouterr().out
     sel = pd.read_parquet(out / "selected.parquet")
     summary = json.loads((out / "summary.json").read_text())
     for d, g in sel.groupby("domain"):
