@@ -71,9 +71,10 @@ class MixConfig(ProxyConfig):
                                       "left out of every mix")
     bootstrap: int = option(400, "bootstrap resamples (over seeds and eval examples) for the intervals")
     decisions: str = option(Recipe.decisions, "the curator's decisions every mix honours (excluded examples never "
-                                              "trained on, kept ones in every mix): current, none or a decisions "
-                                              "JSONL file (what they change shows in the trainings' examples, which "
-                                              "the study's key holds)", metavar="none|current|FILE", result=False)
+                                              "trained on, kept ones in every mix, inside its budget): current, none "
+                                              "or a decisions JSONL file (what they change shows in the trainings' "
+                                              "examples, which the study's key holds)", metavar="none|current|FILE",
+                            result=False)
 
     def __post_init__(self):
         ProxyConfig.__post_init__(self)
@@ -249,7 +250,8 @@ def realise(cfg: MixConfig, room: BudgetRoom, mixes: np.ndarray) -> tuple[np.nda
                                    f"it a share can be trained; use eval sets apart from this domain's pool, or a "
                                    "run without it")
                 raise MixError(f"mix {label}: domain {d} has {room.caps[d]} eligible examples{cause} for its "
-                               f"{counts[d]} of the budget {cfg.budget}; lower --budget, or use a design without that mix")
+                               f"{counts[d]} of the budget {cfg.budget}; lower --budget, or use a design without "
+                               "that mix")
         got = np.array([counts[d] for d in domains]) / room.units
         if not np.allclose(got, shares, atol=1e-9, rtol=0):
             kept = [f"{room.floors[d]} kept {d}" for d in domains if room.floors[d] and counts[d] == room.floors[d]]
@@ -532,7 +534,8 @@ class MixStudy(StudyReader):
                      seed_sd=NUMBER_OR_NULL, measured=items(obj(mean=NUMBER, sd=NUMBER_OR_NULL)),
                      loo=obj(law_prediction=items(NUMBER_OR_NULL), law_mae=NUMBER_OR_NULL, linear_mae=NUMBER_OR_NULL),
                      curve=obj(mixes=items(items(NUMBER)), fit=items(NUMBER), lo=items(NUMBER), hi=items(NUMBER)))),
-        recommended=obj(mix=each(NUMBER), mix_interval=each(items(NUMBER, minItems=2, maxItems=2)), predicted=each(BAND)),
+        recommended=obj(mix=each(NUMBER), mix_interval=each(items(NUMBER, minItems=2, maxItems=2)),
+                        predicted=each(BAND)),
         at_natural=each(BAND), pareto=items(obj(mix=each(NUMBER), predicted=each(NUMBER))),
         commands=obj(mix=TEXT, select=TEXT, validate=TEXT),
         bootstrap=obj(params=each(items(items(NUMBER, minItems=3), minItems=1))))

@@ -175,7 +175,8 @@ class Validation(StudyReader):
 
     KIND = "validate"
     SCHEMA = obj(
-        optional={"notes": items(TEXT)}, config=obj(epochs=WHOLE, seeds=WHOLE), model=obj(spec=TEXT), selections=items(obj(name=TEXT)),
+        optional={"notes": items(TEXT)}, config=obj(epochs=WHOLE, seeds=WHOLE), model=obj(spec=TEXT),
+        selections=items(obj(name=TEXT)),
         seconds=NUMBER,
         statistics=obj(token=obj(
             metric_text=TEXT,
@@ -184,7 +185,8 @@ class Validation(StudyReader):
             rows=items(obj(candidate=TEXT, domain=TEXT, mean=NUMBER, sd=NUMBER_OR_NULL)))),
         lengths=each(obj(score=TEXT_OR_NULL, by_domain=each(obj(selection_mean_response_tokens=NUMBER_OR_NULL,
                                                                 pool_mean_response_tokens=NUMBER)))),
-        candidates=items(obj(name=TEXT, seeds=items(WHOLE), per_seed=items(obj(examples=WHOLE, response_tokens=WHOLE)))))
+        candidates=items(obj(name=TEXT, seeds=items(WHOLE),
+                             per_seed=items(obj(examples=WHOLE, response_tokens=WHOLE)))))
 
     def inconsistency(self, rep: dict) -> str | None:
         for c in rep["candidates"]:
@@ -286,7 +288,8 @@ def natural_note(c: Candidate, table, recipe, eligible, kept, n: int, run_kind) 
     if not why:
         return None
     shown = lambda m: ", ".join(f"{d} {m.get(d, 0)}" for d in pool)  # noqa: E731
-    return f"{c.name} is not at the pool's natural mix ({shown(got)} examples instead of {shown(want)}): " + "; ".join(why)
+    return (f"{c.name} is not at the pool's natural mix ({shown(got)} examples instead of {shown(want)}): "
+            + "; ".join(why))
 
 
 def distinct_draws(c: Candidate, draw, own: set[str], seeds: list[int]) -> Candidate:
