@@ -188,6 +188,8 @@ def mix_summary(out) -> None:
     from curation.validation.mix import MixStudy
 
     rep = MixStudy(out).report()
+    for note in rep.get("notes", []):
+        print(f"note: {note}")
     for e in rep["evals"]:
         print(rep["fit"][e]["verdict"])
     rec = rep["recommended"]

@@ -90,6 +90,9 @@ st.caption(f"Run `{html.escape(str(rep['run'].get('dir')))}` · {len(rep['points
            + (f", its {rep['trainings']['timed']} trainings {rep['trainings']['seconds'] / 60:.0f} min of their own"
               if rep.get("trainings", {}).get("timed") else ""))
 
+for note in rep.get("notes", []):  # mixes trained at other shares than the design's, or merged
+    st.warning(note)
+
 m1, m2 = st.columns([1, 2])
 with m1:
     st.metric(f"Recommended mix ({rep['objective']['kind']})", fmt(rec["mix"]))

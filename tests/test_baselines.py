@@ -55,3 +55,19 @@ def test_the_natural_baseline_uses_the_pools_proportions_whatever_the_selections
         assert sorted(got) == sorted(natural.rows["example_id"])
         # A new sample per seed.
         assert sorted(baseline_ids("natural", table, sel.eligible_mask, wanted, seed=6)) != sorted(got)
+
+
+def test_the_natural_baseline_counts_kept_examples_inside_its_size(run_dir):
+    """Issue 30, item 1 (validate's share): kept examples beyond a domain's natural part were added
+    on top, so the natural baseline trained on more examples than the selection it is compared with."""
+    from curation.selection.baselines import natural_quota
+
+    table = table_of(run_dir)  # 40 math + 30 chat: 10 examples are 4 chat + 6 math at the natural mix
+    domain = table["domain"].astype(str).to_numpy()
+    eligible = np.ones(len(table), dtype=bool)
+    kept = np.zeros(len(table), dtype=bool)
+    kept[np.flatnonzero(domain == "chat")[:6]] = True
+    assert natural_quota(domain, eligible, 10) == {"chat": (4, 0), "math": (6, 0)}
+    assert natural_quota(domain, eligible, 10, kept) == {"chat": (6, 0), "math": (4, 0)}
+    got = baseline_ids("natural", table, eligible, {"chat": (7, 0), "math": (3, 0)}, seed=1, kept=kept)
+    assert len(got) == 10 and set(table.loc[kept, "example_id"]) <= set(got)

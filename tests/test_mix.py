@@ -187,6 +187,81 @@ def test_a_mix_report_of_the_wrong_shape_is_refused_with_one_line(pool, tmp_path
         (folder / "report.json").unlink()
 
 
+def test_every_mix_trains_on_the_budget_at_shares_it_can_express_with_kept_examples_inside(pool, tmp_path):
+    """Issue 30, item 1: kept examples were added to every design point (a "chat 0" point trained on 4
+    kept chat + 12 math, more than the budget), budget rounding trained other shares than the design's,
+    and the law was fitted at the nominal shares. Each mix now trains exactly the budget, kept examples
+    inside, at the shares of whole examples it gets, and the law is fitted there."""
+    from curation.runs.folder import Run
+    from curation.selection.decisions import Decisions, read_jsonl
+    from curation.validation.mix import selections
+    from curation.validation.mixing_law import grid, two_domain_design
+
+    run = Run(pool["run"])
+    meta, table = run.require_finished(), run.scores()
+    chat = sorted(table.loc[table["domain"] == "chat", "example_id"])[:4]
+    keep = write_jsonl(tmp_path / "keep.jsonl", [{"example_id": i, "decision": "keep"} for i in chat])
+    quiet = lambda **p: None  # noqa: E731
+
+    def design(budget, n, decisions="none"):
+        cfg = mcfg(pool, tmp_path / "s", budget=budget, design=str(n), seeds=2, decisions=decisions)
+        snapshot = read_jsonl(keep) if decisions != "none" else Decisions()
+        return selections(cfg, run, table, meta, ["chat", "math"], two_domain_design(n), quiet, snapshot)
+
+    points, trainings, room, notes = design("12", 3, str(keep))
+    assert [p["examples"] for p in points] == [{"chat": 4, "math": 8}, {"chat": 6, "math": 6}, {"chat": 12, "math": 0}]
+    assert [p["mix"]["chat"] for p in points] == [4 / 12, 0.5, 1.0] and points[0]["name"] == "chat=0.3333,math=0.6667"
+    assert all(len(t.ids) == 12 and set(chat) <= set(t.ids) for t in trainings)
+    assert notes == ["mix chat=0,math=1 is trained at chat=0.3333,math=0.6667: the 4 kept chat examples count inside "
+                     "its 12"]
+    # The recommendation is chosen among the mixes the budget can train: whole examples, kept ones inside.
+    lattice = room.lattice(grid(2))
+    assert np.allclose(lattice * 12, np.round(lattice * 12)) and lattice[:, 0].min() == pytest.approx(4 / 12)
+    assert len(lattice) == 9  # 4..12 chat examples of 12
+    # Budget rounding: a quarter of 14 examples is 3 or 4, never 3.5; the law is fitted at 3/14.
+    points, _, _, notes = design("14", 5)
+    assert [p["examples"]["chat"] for p in points] == [0, 3, 7, 11, 14]
+    assert [p["mix"]["chat"] for p in points] == [0.0, 3 / 14, 0.5, 11 / 14, 1.0]
+    assert notes[0] == "mix chat=0.25,math=0.75 is trained at chat=0.2143,math=0.7857: the nearest shares 14 examples can have"
+    # One example cannot hold three mixes: the 0.5 point is one of the ends.
+    with pytest.raises(MixError, match=r"at a budget of 1 examples \(with 0 kept\), the design 3 comes down to 2 distinct "
+                                       r"mix\(es\); the law needs 3: raise --budget"):
+        design("1", 3)
+
+
+def test_a_mix_study_with_kept_examples_fits_and_recommends_mixes_it_can_train(pool, tmp_path):
+    from curation.runs.folder import Run
+
+    table = Run(pool["run"]).scores()
+    chat = sorted(table.loc[table["domain"] == "chat", "example_id"])[:4]
+    keep = write_jsonl(tmp_path / "keep.jsonl", [{"example_id": i, "decision": "keep"} for i in chat])
+    out = run_mix(mcfg(pool, tmp_path / "kept", budget="12", seeds=1, epochs=1, decisions=str(keep)))
+    rep = MixStudy(out).report()
+    assert [p["mix"]["chat"] for p in rep["points"]] == [4 / 12, 0.5, 1.0] and rep["budget"]["kept"]["chat"] == 4
+    rec = rep["recommended"]["mix"]["chat"] * 12
+    assert rec == pytest.approx(round(rec)) and round(rec) >= 4  # whole examples, the kept ones inside
+    assert all(abs(m[0] * 12 - round(m[0] * 12)) < 1e-9 for m in (list(p["mix"].values()) for p in rep["pareto"]))
+    assert "count inside its 12" in (out / "report.md").read_text()
+
+
+def test_a_domain_left_empty_by_decontamination_is_named_not_a_budget_problem(pool, tmp_path):
+    """Issue 30, item 15: every math example removed by decontamination was reported as a budget
+    problem ("empty selection ... none fits the budget")."""
+    near = write_jsonl(tmp_path / "near-math.jsonl", [{"question": "Q: " + math_row(k)["question"],
+                                                       "answer": math_row(k)["answer"]} for k in range(30)])
+    with pytest.raises(MixError, match=r"mix chat=0,math=1: domain math has no eligible example \(of its 30 examples, "
+                                       r"decontamination \(8-word n-grams\) left 0\), so no mix that gives it a share "
+                                       r"can be trained") as e:
+        run_mix(mcfg(pool, tmp_path / "s", eval={"math": str(near), "chat": pool["eval"]["chat"]}, ngram=8))
+    assert "budget" not in str(e.value)
+    # Some left: the budget is the problem, and what left the others out is said too.
+    half = write_jsonl(tmp_path / "half-math.jsonl", [{"question": "Q: " + math_row(k)["question"],
+                                                       "answer": math_row(k)["answer"]} for k in range(20)])
+    with pytest.raises(MixError, match=r"domain math has 10 eligible examples \(of its 30 examples, decontamination "
+                                       r"\(8-word n-grams\) left 10\) for its 14 of the budget 14; lower --budget"):
+        run_mix(mcfg(pool, tmp_path / "s2", eval={"math": str(half), "chat": pool["eval"]["chat"]}, ngram=8))
+
+
 def test_mix_config_says_what_to_change():
     base = {"run": "r", "out": "o", "eval": {"chat": "c"}}
     for kw, msg in [({"method": "s2l"}, "random or a ranking score"), ({"budget": "500tok"}, "give N or P%"),

@@ -300,3 +300,16 @@ def test_a_baseline_draw_that_is_the_selection_itself_is_drawn_again_or_said_to_
                             "of its size), so all cannot be compared with it; no comparison is made"]
     md = (out / "report.md").read_text()
     assert "- none: no baseline could be compared (see the notes)" in md and "## Notes" in md
+
+
+def test_a_natural_baseline_off_the_natural_mix_says_why(setup, tmp_path):
+    """Issue 30, items 1 and 15 (validate's share): a natural baseline that a domain's decontamination
+    (or the curator's kept examples) keeps off the pool's natural mix said nothing about it."""
+    sel = select_run(setup["run"], Recipe("random", budget="20", mix="natural", ngram=4, seed=5,
+                                          decontaminate=[str(setup["dir"] / "math.jsonl")]), tmp_path / "chat-only")
+    cfg = vcfg(setup, [sel], tmp_path / "v", seeds=1, baselines="natural")
+    run, sels = read_selections(cfg.selections)
+    natural = next(c for c in build_candidates(cfg, sels, run.scores(), "score", run) if c.kind == "natural")
+    assert natural.note == ("natural is not at the pool's natural mix (chat 10, math 0 examples instead of chat 5, math "
+                            "5): domain math has 0 eligible examples (of its 52 examples, decontamination (4-word "
+                            "n-grams) left 0) for its 5"), natural.note

@@ -50,3 +50,21 @@ def allocate(total: int, shares: dict[str, Fraction], capacity: dict[str, int], 
             alloc[d] += add
             left -= add
     return alloc, shortfall, left
+
+
+def with_floors(total: int, shares: dict[str, Fraction], floors: dict[str, int]) -> dict[str, int] | None:
+    """Split ``total`` units in proportion to ``shares`` (:func:`largest_remainder`) with each part
+    at least its floor (units that must be in it, such as the curator's kept examples): a part
+    that would fall below its floor gets the floor, and the other parts split what is left by their
+    shares, again, until every part holds.  The parts sum to ``total``; None when the floors alone
+    exceed it."""
+    if sum(floors.values()) > total:
+        return None
+    fixed: dict[str, int] = {}
+    while True:
+        free = {d: v for d, v in shares.items() if d not in fixed}
+        parts = largest_remainder(total - sum(fixed.values()), free) if free else {}
+        low = [d for d, n in parts.items() if n < floors.get(d, 0)]
+        if not low:
+            return {d: fixed.get(d, parts.get(d)) for d in shares}
+        fixed.update({d: floors[d] for d in low})

@@ -254,6 +254,19 @@ def eligibility(df, recipe: Recipe, run_kind: str, score, ids: np.ndarray) -> tu
     return eligible, details
 
 
+def domain_funnel(df, recipe: Recipe, domain: str, run_kind: str | None = None) -> str:
+    """Why ``domain`` has fewer eligible rows under ``recipe`` than it holds, in words: the
+    eligibility steps (:func:`eligibility`) counted inside the domain, those that left some out
+    (e.g. "of its 30 examples, decontamination (13-word n-grams) left 0")."""
+    rows = df[df["domain"].astype(str).to_numpy() == domain].reset_index(drop=True)
+    run_kind = run_kind or run_kind_of(rows)
+    _, score = score_values(rows, recipe.method, run_kind, recipe.aggregate)
+    _, details = eligibility(rows, recipe, run_kind, score, rows["example_id"].astype(str).to_numpy())
+    steps = details["eligibility"]
+    drops = [f"{s['step']} left {s['left']}" for prev, s in zip(steps, steps[1:]) if s["left"] < prev["left"]]
+    return f"of its {len(rows)} examples, " + ", ".join(drops) if drops else f"{len(rows)} examples"
+
+
 def decision_masks(df) -> tuple[np.ndarray, np.ndarray]:
     """``(excluded, kept)`` masks of the curator's decisions (the ``decision`` column; none without it)."""
     if "decision" not in df.columns:

@@ -29,7 +29,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from curation.selection.allocation import allocate
+from curation.selection.allocation import allocate, with_floors
 from curation.selection.apply import SelectionResult, apply_recipe
 from curation.selection.pickers import DomainRows, domain_rng, random_k
 from curation.selection.recipe import Recipe, SelectionError
@@ -60,7 +60,7 @@ def baseline_ids(kind: str, table, eligible: np.ndarray, wanted: dict[str, tuple
     resp = df["n_response_tokens"].fillna(0).astype(np.int64).to_numpy()
     kept = np.zeros(len(df), dtype=bool) if kept is None else np.asarray(kept, dtype=bool) & eligible
     if kind == "natural":
-        wanted = natural_quota(domain, eligible, sum(n for n, _ in wanted.values()))
+        wanted = natural_quota(domain, eligible, sum(n for n, _ in wanted.values()), kept)
         kind = "random"
     out: list[str] = []
     for d in sorted(set(wanted) | set(domain[kept].tolist())):
@@ -76,13 +76,19 @@ def baseline_ids(kind: str, table, eligible: np.ndarray, wanted: dict[str, tuple
     return out
 
 
-def natural_quota(domain: np.ndarray, eligible: np.ndarray, n: int) -> dict[str, tuple[int, int]]:
+def natural_quota(domain: np.ndarray, eligible: np.ndarray, n: int,
+                  kept: np.ndarray | None = None) -> dict[str, tuple[int, int]]:
     """``n`` examples split over every pool domain by its share of the pool (largest remainder),
-    a domain short of eligible rows giving its rest to the others (as ``--fill`` does)."""
+    a domain short of eligible rows giving its rest to the others (as ``--fill`` does), and a
+    domain with more ``kept`` rows than its part given them, inside the ``n`` (the others give the
+    difference in proportion to their parts): as many examples as the selection, never more."""
     pool = sorted(set(domain.tolist()))
     shares = {d: Fraction(int((domain == d).sum()), len(domain)) for d in pool}
     capacity = {d: int((eligible & (domain == d)).sum()) for d in pool}
     alloc, _, _ = allocate(n, shares, capacity, fill=True)
+    if kept is not None and kept.any():
+        floors = {d: int((kept & (domain == d)).sum()) for d in pool}
+        alloc = with_floors(n, {d: Fraction(alloc[d]) for d in pool}, floors) or alloc  # more kept than n: all taken
     return {d: (alloc[d], 0) for d in pool if alloc[d] > 0}
 
 

@@ -12,6 +12,10 @@ included); more domains, ``--design simplex`` (vertices, edge midpoints, centroi
 ``dirichlet:N`` (the vertices and N seeded Dirichlet draws), always with the pool's natural mix.
 Every mix trains on the same number of examples (``--budget``), drawn from the pool's eligible
 rows after leaving out the examples that share an ``--ngram``-word sequence with the eval sets.
+A mix is trained at the shares the budget can express (whole examples per domain; the curator's
+kept examples counted inside the budget: :class:`BudgetRoom`), the law is fitted at those shares,
+and the recommended mix is chosen among the mixes the budget can train; a design point that comes
+out at other shares, or as another point, is named in the report's notes.
 
 MIX_DIR::
 
@@ -40,8 +44,8 @@ from curation.config import check_at_most, check_positive, option, result_key
 from curation.progress import Progress, Reporter
 from curation.scores import SCORES
 from curation.selection.recipe import Recipe
-from curation.validation.mixing_law import (Law, MixError, dirichlet_design, fit_law, grid, leave_one_out,
-                                            objective_values, pareto_front, parse_objective, recommend,
+from curation.validation.mixing_law import (Law, MixError, dirichlet_design, distinct_mixes, fit_law, grid,
+                                            leave_one_out, objective_values, pareto_front, parse_objective, recommend,
                                             simplex_design, two_domain_design)
 from curation.validation.proxy import MAX_SEEDS, ProxyConfig, Training
 from curation.validation.study import NUMBER, NUMBER_OR_NULL, TEXT, WHOLE, StudyReader, each, items, obj
@@ -67,9 +71,10 @@ class MixConfig(ProxyConfig):
                                       "left out of every mix")
     bootstrap: int = option(400, "bootstrap resamples (over seeds and eval examples) for the intervals")
     decisions: str = option(Recipe.decisions, "the curator's decisions every mix honours (excluded examples never "
-                                              "trained on, kept ones in every mix): current, none or a decisions "
-                                              "JSONL file (what they change shows in the trainings' examples, which "
-                                              "the study's key holds)", metavar="none|current|FILE", result=False)
+                                              "trained on, kept ones in every mix, inside its budget): current, none "
+                                              "or a decisions JSONL file (what they change shows in the trainings' "
+                                              "examples, which the study's key holds)", metavar="none|current|FILE",
+                            result=False)
 
     def __post_init__(self):
         ProxyConfig.__post_init__(self)
@@ -115,7 +120,7 @@ def run_mix(cfg: MixConfig, progress: Progress | None = None) -> Path:
     if len(mixes) > MAX_POINTS:
         raise MixError(f"design {cfg.design}: {len(mixes)} mixes; at most {MAX_POINTS}")
     decisions = load_decisions(cfg.decisions)  # one snapshot for every mix and seed
-    points, trainings = selections(cfg, run, table, meta, domains, mixes, report, decisions)
+    points, trainings, room, notes = selections(cfg, run, table, meta, domains, mixes, report, decisions)
 
     settings = {**result_key(cfg), "run": str(run.path.resolve()), "eval_files": file_fingerprints(cfg.eval)}
     key = study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings])
@@ -126,13 +131,14 @@ def run_mix(cfg: MixConfig, progress: Progress | None = None) -> Path:
     report(phase="fitting the mixing law", done=len(trainings), total=len(trainings))
     evals = sorted(cfg.eval)
     objective = parse_objective(cfg.objective, evals)
-    fit = analyse(study.results, points, domains, evals, objective, natural, cfg.bootstrap, cfg.seed)
+    fit = analyse(study.results, points, domains, evals, objective, natural, cfg.bootstrap, cfg.seed, room)
     rep = {
         "kind": "mix", "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": run.provenance(), "model": study.proxy.lm.describe(), "eval": study.proxy.evals.provenance,
         "domains": domains, "evals": evals, "natural": dict(zip(domains, natural.tolist())),
-        "objective": objective, "points": points, "decisions": decisions.describe(), **fit,
-        "commands": commands(cfg, run, fit["recommended"]["mix"]),
+        "objective": objective, "points": points, "decisions": decisions.describe(), "notes": notes,
+        "budget": {"examples": room.units, "kept": room.floors, "eligible": room.caps}, **fit,
+        "commands": commands(cfg, run, fit["recommended"]["mix"], room),
         "seconds": round(time.time() - t0, 1), "training_seconds": round(trained - t0, 1),
         "trainings": study.seconds(),
     }
@@ -173,13 +179,110 @@ def design_points(text: str, domains: list[str], natural: np.ndarray, seed: int)
     return dirichlet_design(len(domains), n, seed, natural)
 
 
-def mix_label(domains: list[str], shares) -> str:
-    return ",".join(f"{d}={round(float(s), 4):g}" for d, s in zip(domains, shares))
+def mix_label(domains: list[str], shares, digits: int = 4) -> str:
+    return ",".join(f"{d}={round(float(s), digits):g}" for d, s in zip(domains, shares))
+
+
+@dataclass
+class BudgetRoom:
+    """What a mix can be at the study's budget: ``units`` examples per training, of which each
+    domain holds at least its ``floors`` (the curator's kept examples, counted inside the budget)
+    and at most its ``caps`` (its eligible examples); ``why`` says what left a domain's other
+    examples out (curation.selection.apply.domain_funnel)."""
+
+    domains: list[str]
+    units: int
+    floors: dict[str, int]
+    caps: dict[str, int]
+    why: dict[str, str]
+
+    def counts(self, shares, kept: bool = True) -> dict[str, int]:
+        """The examples per domain a mix trains on: its shares of the budget split as a selection
+        splits them (largest remainder), each domain raised to its kept examples (not without ``kept``)."""
+        from fractions import Fraction
+
+        from curation.selection.allocation import with_floors
+
+        split = with_floors(self.units, {d: Fraction(f"{float(v):.12g}") for d, v in zip(self.domains, shares)},
+                            self.floors if kept else {})
+        if split is None:
+            raise MixError(f"the curator keeps {sum(self.floors.values())} examples of this run, more than the budget "
+                           f"of {self.units} every mix trains on; raise --budget, or keep fewer (--decisions)")
+        return split
+
+    def fits(self, counts: dict[str, int]) -> bool:
+        return all(counts[d] <= self.caps[d] for d in self.domains)
+
+    def lattice(self, mixes: np.ndarray) -> np.ndarray:
+        """The distinct mixes the budget can train nearest each of ``mixes`` (shares of whole
+        examples, kept examples inside), those a domain has the examples for."""
+        rows = [c for c in (self.counts(m) for m in mixes) if self.fits(c)]
+        shares = np.array([[c[d] for d in self.domains] for c in rows], dtype=np.float64) / self.units
+        return distinct_mixes(shares.reshape(-1, len(self.domains)))
+
+
+def budget_room(cfg: MixConfig, annotated, base: Recipe, domains: list[str], run_kind) -> BudgetRoom:
+    """The :class:`BudgetRoom` of the study's recipe on the run's (annotated) table."""
+    from curation.selection.apply import apply_recipe, domain_funnel
+
+    probe = apply_recipe(annotated, Recipe(**{**base.to_dict(), "mix": "natural", "fill": True}), run_kind)
+    dom = annotated["domain"].astype(str).to_numpy()
+    floors = {d: int((probe.kept_mask & (dom == d)).sum()) for d in domains}
+    caps = {d: int((probe.eligible_mask & (dom == d)).sum()) for d in domains}
+    why = {d: domain_funnel(annotated, base, d, run_kind) for d in domains if caps[d] < int((dom == d).sum())}
+    return BudgetRoom(domains, probe.budget_units, floors, caps, why)
+
+
+def realise(cfg: MixConfig, room: BudgetRoom, mixes: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The design's mixes as the budget trains them: ``(counts (n, domains), notes)``.  A mix is
+    trained at the shares of whole examples it gets (kept examples counted inside), and the law is
+    fitted there; a mix that comes out as another is trained once; a mix a domain lacks the examples
+    for is refused, naming what left them out."""
+    domains, rows, notes = room.domains, [], []
+    for shares in mixes:
+        counts = room.counts(shares)
+        label = mix_label(domains, shares)
+        for d in domains:
+            if counts[d] > room.caps[d]:
+                cause = f" ({room.why[d]})" if d in room.why else ""  # what left its other examples out
+                if room.caps[d] == 0:
+                    raise MixError(f"mix {label}: domain {d} has no eligible example{cause}, so no mix that gives "
+                                   f"it a share can be trained; use eval sets apart from this domain's pool, or a "
+                                   "run without it")
+                raise MixError(f"mix {label}: domain {d} has {room.caps[d]} eligible examples{cause} for its "
+                               f"{counts[d]} of the budget {cfg.budget}; lower --budget, or use a design without "
+                               "that mix")
+        got = np.array([counts[d] for d in domains]) / room.units
+        if not np.allclose(got, shares, atol=1e-9, rtol=0):
+            kept = [f"{room.floors[d]} kept {d}" for d in domains if room.floors[d] and counts[d] == room.floors[d]]
+            notes.append(f"mix {label} is trained at {mix_label(domains, got)}: "
+                         + (f"the {' and '.join(kept)} examples count inside its {room.units}" if kept else
+                            f"the nearest shares {room.units} examples can have"))
+        rows.append([counts[d] for d in domains])
+    counts = np.array(rows, dtype=np.int64)
+    _, first = np.unique(counts, axis=0, return_index=True)
+    if len(first) < len(counts):
+        notes.append(f"at a budget of {room.units} examples, {len(counts) - len(first)} mix(es) of the design come out "
+                     "as another one; each is trained once")
+    counts = counts[np.sort(first)]
+    if len(counts) < 3:
+        raise MixError(f"at a budget of {room.units} examples (with {sum(room.floors.values())} kept), the design "
+                       f"{cfg.design} comes down to {len(counts)} distinct mix(es); the law needs 3: raise --budget")
+    return counts, notes
+
+
+def point_labels(domains: list[str], shares: np.ndarray) -> list[str]:
+    """A distinct name per mix (more digits where 4 would name two mixes alike)."""
+    for digits in range(4, 13):
+        labels = [mix_label(domains, r, digits) for r in shares]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{mix_label(domains, r, 12)}#{i}" for i, r in enumerate(shares)]
 
 
 def selections(cfg: MixConfig, run, table, meta, domains: list[str], mixes: np.ndarray, report, decisions=None):
     """Per mix and seed the selection at the budget, honouring the curator's ``decisions``:
-    ``(points, trainings)``."""
+    ``(points, trainings, room, notes)`` (see :func:`realise`)."""
     from curation.selection.annotate import annotate
     from curation.selection.apply import apply_recipe
 
@@ -187,27 +290,28 @@ def selections(cfg: MixConfig, run, table, meta, domains: list[str], mixes: np.n
     base = Recipe(method=cfg.method, budget=cfg.budget, decontaminate=list(cfg.eval.values()), ngram=cfg.ngram,
                   decisions=cfg.decisions)
     annotated = annotate(run, table, base, decisions=decisions)
+    room = budget_room(cfg, annotated, base, domains, meta.get("kind"))
+    counts, notes = realise(cfg, room, mixes)
+    shares = counts / room.units
     points, trainings = [], []
-    for m, shares in enumerate(mixes):
-        label = mix_label(domains, shares)
+    for m, (label, mix) in enumerate(zip(point_labels(domains, shares), shares)):
         per_seed = []
         for s in range(cfg.seeds):
-            recipe = Recipe(**{**base.to_dict(), "mix": dict(zip(domains, shares.tolist())), "seed": cfg.seed + s})
+            recipe = Recipe(**{**base.to_dict(), "mix": dict(zip(domains, mix.tolist())), "seed": cfg.seed + s})
             sel = apply_recipe(annotated, recipe, meta.get("kind"))
-            short = {d: p for d, p in sel.domains.items() if p.shortfall}
-            if short:
-                d, p = next(iter(short.items()))
-                raise MixError(f"mix {label}: domain {d} has {p.eligible} eligible examples for its {p.quota} of the "
-                               f"budget {cfg.budget}; lower --budget, or use a design without that mix")
+            got = [sel.domains[d].selected if d in sel.domains else 0 for d in domains]
+            if got != counts[m].tolist():  # realise() split the budget as apply_recipe does: never expected
+                raise MixError(f"mix {label}: the selection took {got} examples per domain, not {counts[m].tolist()}")
             per_seed.append(sel)
             trainings.append(Training(label, cfg.seed + s, sel.rows["example_id"].tolist()))
         first = per_seed[0]
-        points.append({"name": label, "mix": dict(zip(domains, shares.tolist())),
+        points.append({"name": label, "mix": dict(zip(domains, mix.tolist())),
                        "examples": {d: p.selected for d, p in first.domains.items()},
+                       "kept": {d: p.kept for d, p in first.domains.items()},
                        "tokens": {d: p.tokens for d, p in first.domains.items()},
                        "eligible": {d: p.eligible for d, p in first.domains.items()}})
         report(done=m + 1)
-    return points, trainings
+    return points, trainings, room, notes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,13 +334,14 @@ def measured(results, points: list[dict], evals: list[str]) -> dict:
 
 
 def analyse(results, points: list[dict], domains: list[str], evals: list[str], objective: dict,
-            natural: np.ndarray, n_boot: int, seed: int) -> dict:
-    """Fits, intervals, leave-one-out checks and the recommendation, as a JSON-ready dict."""
+            natural: np.ndarray, n_boot: int, seed: int, room: BudgetRoom) -> dict:
+    """Fits (at the shares each mix trained), intervals, leave-one-out checks and the recommendation
+    (among the mixes the budget can train: ``room``), as a JSON-ready dict."""
     x = np.array([[p["mix"][d] for d in domains] for p in points])
     values = measured(results, points, evals)
     laws = {e: fit_law(x, values[e].mean(axis=1)) for e in evals}
     boot = bootstrap_laws(results, points, evals, x, laws, n_boot, seed)
-    cand = grid(len(domains))
+    cand = room.lattice(grid(len(domains)))
     best, pred = recommend([laws[e] for e in evals], objective, evals, cand)
     rec_mix = cand[best]
     boot_best = [cand[recommend(b, objective, evals, cand)[0]] for b in zip(*(boot[e] for e in evals))]
@@ -339,12 +444,17 @@ def loo_verdict(e: str, loo: dict, spread: float, seed_sd: float | None) -> str:
             f"{law:.4f} vs {lin if lin is not None else float('nan'):.4f} nats)" + tail)
 
 
-def commands(cfg: MixConfig, run, mix: dict[str, float]) -> dict:
+def commands(cfg: MixConfig, run, mix: dict[str, float], room: BudgetRoom) -> dict:
     """The commands that turn the recommendation into a selection and validate it against the
-    natural mix (shares rounded to 0.01, the last one completing 1)."""
+    natural mix (shares rounded to 0.01, or finer where that would select other counts at the
+    budget; the last one completing 1)."""
     names = list(mix)
-    rounded = [round(mix[d], 2) for d in names[:-1]]
-    rounded.append(round(1 - sum(rounded), 2))
+    want = room.counts([mix[d] for d in names])
+    for digits in range(2, 10):
+        rounded = [round(mix[d], digits) for d in names[:-1]]
+        rounded.append(round(1 - sum(rounded), digits))
+        if room.counts(rounded, kept=False) == want:
+            break
     text = ",".join(f"{d}={v:g}" for d, v in zip(names, rounded))
     evals = " ".join(cfg.eval.values())
     sel = "SEL_DIR"
@@ -364,7 +474,9 @@ def report_markdown(rep: dict) -> str:
     lines = [f"# Mix study of {Path(rep['run']['dir']).name}", "",
              f"{len(rep['points'])} mixes x {rep['config']['seeds']} seeds at a budget of {rep['config']['budget']} "
              f"({rep['config']['method']} inside each domain), {rep['config']['epochs']} epochs; eval sets: "
-             + ", ".join(evals) + f"; natural mix: {fmt(rep['natural'])}.", "", "## Measured held-out NLL", "",
+             + ", ".join(evals) + f"; natural mix: {fmt(rep['natural'])}.", ""]
+    lines += [f"- {n}" for n in rep.get("notes", [])] + ([""] if rep.get("notes") else [])
+    lines += ["## Measured held-out NLL", "",
              "| mix | " + " | ".join(evals) + " |", "|---|" + "---|" * len(evals)]
     for i, p in enumerate(rep["points"]):
         cells = []
@@ -414,6 +526,7 @@ class MixStudy(StudyReader):
     KIND = "mix"
     error = MixError
     SCHEMA = obj(
+        optional={"notes": items(TEXT)},
         config=obj(seeds=WHOLE, budget=TEXT, method=TEXT, epochs=WHOLE), run=obj(dir=TEXT), seconds=NUMBER,
         domains=items(TEXT, minItems=2), evals=items(TEXT, minItems=1), natural=each(NUMBER), objective=obj(kind=TEXT),
         points=items(obj(name=TEXT, mix=each(NUMBER), examples=each(WHOLE)), minItems=1),
@@ -421,7 +534,8 @@ class MixStudy(StudyReader):
                      seed_sd=NUMBER_OR_NULL, measured=items(obj(mean=NUMBER, sd=NUMBER_OR_NULL)),
                      loo=obj(law_prediction=items(NUMBER_OR_NULL), law_mae=NUMBER_OR_NULL, linear_mae=NUMBER_OR_NULL),
                      curve=obj(mixes=items(items(NUMBER)), fit=items(NUMBER), lo=items(NUMBER), hi=items(NUMBER)))),
-        recommended=obj(mix=each(NUMBER), mix_interval=each(items(NUMBER, minItems=2, maxItems=2)), predicted=each(BAND)),
+        recommended=obj(mix=each(NUMBER), mix_interval=each(items(NUMBER, minItems=2, maxItems=2)),
+                        predicted=each(BAND)),
         at_natural=each(BAND), pareto=items(obj(mix=each(NUMBER), predicted=each(NUMBER))),
         commands=obj(mix=TEXT, select=TEXT, validate=TEXT),
         bootstrap=obj(params=each(items(items(NUMBER, minItems=3), minItems=1))))

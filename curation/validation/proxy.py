@@ -280,8 +280,9 @@ def train_sft(model_path: str, spec: dict, device: str, progress, label: str):
     from curation.runs.training import train
     from curation.scoring.models import load_tokenizer
 
-    return train(model_path, load_tokenizer(model_path), unpack_encoded(spec["examples"]), TrainConfig(**spec["config"]),
-                 spec["folder"], 1, device=device, progress=progress, phase=f"training {label}")
+    return train(model_path, load_tokenizer(model_path), unpack_encoded(spec["examples"]),
+                 TrainConfig(**spec["config"]), spec["folder"], 1, device=device, progress=progress,
+                 phase=f"training {label}")
 
 
 def evaluate_nll(model, spec: dict, progress, label: str) -> dict:

@@ -84,27 +84,39 @@ def study_mismatch(out: Path, have: dict, now: dict) -> str:
     what, theirs = KIND_NAMES.get(now["kind"], now["kind"]), KIND_NAMES.get(have.get("kind"), "study")
     if have.get("kind") != now["kind"]:
         return f"{out} holds a {theirs}, not a {what}; use a new --out folder for this {what} (or delete that one)"
-    old, new = have.get("settings") or {}, now["settings"]
+    old, new = mapping(have.get("settings")), now["settings"]
     changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
     detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed[:6])
     if not detail:
-        a, b = have.get("identity") or {}, now["identity"]
-        diff = [t for t in set(a.get("trainings", {})) | set(b.get("trainings", {}))
-                if a.get("trainings", {}).get(t) != b.get("trainings", {}).get(t)]
-        decided = lambda d: "none" if not d else "{decisions} ({exclude} excluded, {keep} kept)".format(  # noqa: E731
-            **d["snapshot"]) if d.get("snapshot") else str(d.get("fingerprint"))
+        a, b = mapping(have.get("identity")), now["identity"]
+        ta, tb = mapping(a.get("trainings")), mapping(b.get("trainings"))
+        diff = sorted(t for t in set(ta) | set(tb) if ta.get(t) != tb.get(t))
+        da, db = mapping(a.get("decisions")), mapping(b.get("decisions"))
         if not a:
             detail = "its data, model or training sets changed"
         elif a.get("run") != b.get("run"):
             detail = "the run was scored again since: its data or model changed"
-        elif (a.get("decisions") or {}).get("fingerprint") != (b.get("decisions") or {}).get("fingerprint"):
-            detail = (f"the curator's decisions changed since: {decided(a.get('decisions'))} there, "
-                      f"{decided(b.get('decisions'))} now, which changes {len(diff)} training set(s)")
+        elif da.get("fingerprint") != db.get("fingerprint"):
+            detail = (f"the curator's decisions changed since: {decided(da)} there, {decided(db)} now, which changes "
+                      f"{len(diff)} training set(s)")
         else:
-            detail = (f"{len(diff)} training set(s) differ (e.g. {sorted(diff)[0] if diff else '?'}): the selections "
-                      "or the curator's decisions changed since")
+            detail = (f"{len(diff)} training set(s) differ (e.g. {diff[0] if diff else '?'}): the selections or the "
+                      "curator's decisions changed since")
     return (f"{out} holds a {theirs} with other settings ({detail}); its results would be mixed with these. Use a "
             "new --out folder (or delete that one)")
+
+
+def mapping(value) -> dict:
+    """``value`` when it is a dict, else {} (a hand-edited study.json must not raise)."""
+    return value if isinstance(value, dict) else {}
+
+
+def decided(decisions: dict) -> str:
+    """A decisions snapshot's description in words (``12 (3 excluded, 9 kept)``)."""
+    snap = mapping(decisions.get("snapshot"))
+    if not snap:
+        return "none"
+    return f"{snap.get('decisions')} ({snap.get('exclude')} excluded, {snap.get('keep')} kept)"
 
 
 def study_key(*parts) -> str:

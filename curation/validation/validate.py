@@ -175,7 +175,8 @@ class Validation(StudyReader):
 
     KIND = "validate"
     SCHEMA = obj(
-        optional={"notes": items(TEXT)}, config=obj(epochs=WHOLE, seeds=WHOLE), model=obj(spec=TEXT), selections=items(obj(name=TEXT)),
+        optional={"notes": items(TEXT)}, config=obj(epochs=WHOLE, seeds=WHOLE), model=obj(spec=TEXT),
+        selections=items(obj(name=TEXT)),
         seconds=NUMBER,
         statistics=obj(token=obj(
             metric_text=TEXT,
@@ -184,7 +185,8 @@ class Validation(StudyReader):
             rows=items(obj(candidate=TEXT, domain=TEXT, mean=NUMBER, sd=NUMBER_OR_NULL)))),
         lengths=each(obj(score=TEXT_OR_NULL, by_domain=each(obj(selection_mean_response_tokens=NUMBER_OR_NULL,
                                                                 pool_mean_response_tokens=NUMBER)))),
-        candidates=items(obj(name=TEXT, seeds=items(WHOLE), per_seed=items(obj(examples=WHOLE, response_tokens=WHOLE)))))
+        candidates=items(obj(name=TEXT, seeds=items(WHOLE),
+                             per_seed=items(obj(examples=WHOLE, response_tokens=WHOLE)))))
 
     def inconsistency(self, rep: dict) -> str | None:
         for c in rep["candidates"]:
@@ -250,11 +252,44 @@ def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> li
             name = b if single else f"{b}@{sel.name}"
             draw = lambda s, b=b: baseline_ids(b, df, eligible, wanted, s, kept)  # noqa: E731
             if b in RANDOM_BASELINES:
-                out.append(distinct_draws(Candidate(name, b, sel.name, []), draw, set(rows["example_id"]), seeds))
+                c = distinct_draws(Candidate(name, b, sel.name, []), draw, set(rows["example_id"]), seeds)
+                if b == "natural":
+                    c.note = "; ".join(filter(None, [c.note, natural_note(c, annotated, recipe, eligible, kept,
+                                                                          len(rows), run_kind)])) or None
+                out.append(c)
             else:
                 bseeds = seeds[:1] if b == "full" else seeds
                 out.append(Candidate(name, b, sel.name, bseeds, {s: draw(s) for s in bseeds}))
     return out
+
+
+def natural_note(c: Candidate, table, recipe, eligible, kept, n: int, run_kind) -> str | None:
+    """What keeps the ``natural`` baseline ``c`` (``n`` examples) off the pool's natural mix, or
+    None: a domain short of eligible examples (and what left them out), kept examples counted
+    inside its size."""
+    from fractions import Fraction
+
+    from curation.selection.allocation import largest_remainder
+    from curation.selection.apply import domain_funnel
+    from curation.selection.baselines import natural_quota
+
+    domain = table["domain"].astype(str).to_numpy()
+    pool = sorted(set(domain.tolist()))
+    want = largest_remainder(n, {d: Fraction(int((domain == d).sum()), len(domain)) for d in pool})
+    got = {d: k for d, (k, _) in natural_quota(domain, eligible, n, kept).items()}
+    why = []
+    for d in pool:
+        cap, held = int((eligible & (domain == d)).sum()), int((kept & (domain == d)).sum()) if kept is not None else 0
+        if got.get(d, 0) < want[d] and cap < want[d]:
+            why.append(f"domain {d} has {cap} eligible examples ({domain_funnel(table, recipe, d, run_kind)}) for its "
+                       f"{want[d]}")
+        elif got.get(d, 0) > want[d] and held > want[d]:
+            why.append(f"the {held} kept {d} examples count inside its {n}")
+    if not why:
+        return None
+    shown = lambda m: ", ".join(f"{d} {m.get(d, 0)}" for d in pool)  # noqa: E731
+    return (f"{c.name} is not at the pool's natural mix ({shown(got)} examples instead of {shown(want)}): "
+            + "; ".join(why))
 
 
 def distinct_draws(c: Candidate, draw, own: set[str], seeds: list[int]) -> Candidate:
