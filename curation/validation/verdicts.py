@@ -45,6 +45,31 @@ When an arm has one seed its seed variance cannot be estimated: ``hybrid-t`` bor
 arm's (and says so in ``seed_variance``); when neither can, only the example part is used and
 ``seed_variance`` is ``"not estimated"`` -- the interval then ignores training noise.
 
+**Pairing over seeds.**  When both arms were trained with the same seeds (every validation and mix
+study trains each arm with seeds ``seed .. seed + K - 1``), seed ``s`` of the candidate is paired with
+seed ``s`` of the baseline and the seed part is the variance of the per-seed differences
+``d_s = c_s - b_s`` over ``K`` with ``K - 1`` degrees of freedom (Bouthillier et al. 2021: pair
+every source of variation).  Valid whether or not the arms share anything at a seed; when they do
+(coupled draws: one data order, one per-domain permutation whose prefixes both arms take), the
+shared part cancels and the interval narrows.
+
+**Verdicts** (:func:`verdict`), with a margin ``M`` of practical equivalence in nats:
+
+==============  ==============================================================================
+``better``      the interval lies below 0 (the candidate's held-out NLL is lower)
+``worse``       the interval lies above 0
+``equivalent``  the interval lies inside ``[-M, +M]``: two one-sided tests at the interval's level
+                (each side at half its error rate), so a difference of ``M`` or more is called
+                equivalent at most that often
+``undecided``   none of these: the data cannot tell, at this many seeds
+==============  ==============================================================================
+
+Each comparison also reports ``detectable``: the smallest true difference it would call better or
+worse four times out of five at its seeds (``(t(1 - a/2, df) + t(0.8, df)) x se``), which says
+what "undecided" means.  A comparison's interval level is 95% for a fixed number of seeds; with
+seeds until decided (:mod:`curation.validation.sequential`) each look uses the level its share of
+the error budget gives.
+
 :func:`verdict` turns an interval into words; :func:`build_report` makes the whole report dict.
 numpy/pandas, Student's t from scipy.stats; the resampling is vectorised.
 """
@@ -65,6 +90,10 @@ METRICS = ("token", "example")
 METHODS = ("hybrid-t", "bootstrap")
 BASE = "base"
 RANDOM_BASELINES = ("random", "random-tokens", "natural")  # the baselines a selection is compared with
+VERDICTS = ("better", "worse", "equivalent", "undecided")
+DECIDED = ("better", "worse", "equivalent")
+DEFAULT_MARGIN = 0.02  # nats of held-out NLL (the README's "Decisive verdicts" justifies it)
+POWER = 0.8  # of the detectable difference
 OBJECTIVE = "objective"  # the pseudo-domain of the comparisons on the objective over the eval domains
 LEVEL = 0.95
 
@@ -74,7 +103,7 @@ class VerdictsError(ValueError):
 
 
 class Verdict(NamedTuple):
-    key: str  # "better" | "worse" | "none"
+    key: str  # one of VERDICTS
     text: str  # "better than random", ...
 
 
@@ -94,11 +123,13 @@ class PairedDiff:
     n_seeds_candidate: int
     n_seeds_baseline: int
     se_examples: float  # sd of the difference over the paired example bootstrap (seeds fixed)
-    se_seeds: float  # Welch standard error from the per-seed values (0 when not estimated)
+    se_seeds: float  # standard error from the per-seed values: paired over seeds, else Welch's (0: not estimated)
     df: float | None  # t degrees of freedom (hybrid-t); None for the percentile bootstrap
-    seed_variance: str  # "estimated" | "borrowed from <arm>" | "not estimated"
+    seed_variance: str  # "paired over seeds" | "estimated" | "borrowed from <arm>" | "not estimated"
     n_boot: int
     seed: int
+    level: float = LEVEL  # the interval's confidence level
+    detectable: float | None = None  # the smallest true difference detected with probability POWER
 
     def as_dict(self) -> dict:
         return {k: _py(v) for k, v in asdict(self).items()}
@@ -280,7 +311,8 @@ def _check_args(metric: str, method: str, n_boot: int) -> None:
         raise VerdictsError(f"n_boot={n_boot} is too few resamples for a 95% interval (use >= 100)")
 
 
-def _compare(arm_c: _Arm, arm_b: _Arm, metric: str, method: str, n_boot: int, seed: int) -> PairedDiff:
+def _compare(arm_c: _Arm, arm_b: _Arm, metric: str, method: str, n_boot: int, seed: int,
+             level: float = LEVEL) -> PairedDiff:
     nll_c, w_c = arm_c.nll, arm_c.w
     nll_b, w_b = _align(arm_c, arm_b)
     full_c = (w_c * nll_c).sum(1) / w_c.sum(1)  # per-seed values on the whole eval set
@@ -289,11 +321,17 @@ def _compare(arm_c: _Arm, arm_b: _Arm, metric: str, method: str, n_boot: int, se
     boot_c = _boot_seed_values(counts, nll_c, w_c)  # [n_boot, n_c]
     boot_b = _boot_seed_values(counts, nll_b, w_b)
     return _interval(arm_c.candidate, arm_b.candidate, arm_c.domain, full_c, full_b, boot_c, boot_b,
-                     nll_c.shape[1], metric, method, n_boot, seed)
+                     nll_c.shape[1], metric, method, n_boot, seed, level, _same_seeds(arm_c, arm_b))
+
+
+def _same_seeds(c: _Arm, b: _Arm) -> bool:
+    """Whether the arms were trained with the same seeds (at least two): seed s of one pairs with
+    seed s of the other (both seed arrays are sorted)."""
+    return len(c.seeds) >= 2 and np.array_equal(c.seeds, b.seeds)
 
 
 def _compare_objective(arms_c: list[_Arm], arms_b: list[_Arm], objective: dict, metric: str, method: str,
-                       n_boot: int, seed: int) -> PairedDiff:
+                       n_boot: int, seed: int, level: float = LEVEL) -> PairedDiff:
     """The paired difference of the objective over eval domains (``mean``/weighted: a weighted mean
     of the domain metrics; ``worst``: their largest), each domain resampled independently."""
     full_c, full_b, boot_c, boot_b = [], [], [], []
@@ -316,71 +354,86 @@ def _compare_objective(arms_c: list[_Arm], arms_b: list[_Arm], objective: dict, 
 
     n_ex = sum(a.nll.shape[1] for a in arms_c)
     return _interval(arms_c[0].candidate, arms_b[0].candidate, OBJECTIVE, combine(full_c), combine(full_b),
-                     combine(boot_c), combine(boot_b), n_ex, metric, method, n_boot, seed)
+                     combine(boot_c), combine(boot_b), n_ex, metric, method, n_boot, seed, level,
+                     _same_seeds(arms_c[0], arms_b[0]))
+
+
+def _seed_part(candidate: str, baseline: str, full_c: np.ndarray, full_b: np.ndarray,
+               paired: bool) -> tuple[float, float | None, str]:
+    """The seed part of the difference's variance, its degrees of freedom (None: infinite) and how
+    it was estimated (see the module docstring)."""
+    n_c, n_b = len(full_c), len(full_b)
+    if paired:  # d_s = c_s - b_s: whatever the arms share at a seed cancels
+        return float((full_c - full_b).var(ddof=1)) / n_c, float(n_c - 1), "paired over seeds"
+    var_c = float(full_c.var(ddof=1)) if n_c >= 2 else None
+    var_b = float(full_b.var(ddof=1)) if n_b >= 2 else None
+    if var_c is None and var_b is None:
+        return 0.0, None, "not estimated"
+    if var_c is not None and var_b is not None:
+        # The smaller arm's n - 1 (Hsu's conservative choice; Welch-Satterthwaite measured 7-9.5%
+        # false positives with 3 seeds and unequal seed spreads).
+        return var_c / n_c + var_b / n_b, float(min(n_c, n_b) - 1), "estimated"
+    if var_c is None:  # one arm has one seed: it borrows the other's variance (and its df)
+        return var_b / n_c + var_b / n_b, float(n_b - 1), f"borrowed from {baseline}"
+    return var_c / n_c + var_c / n_b, float(n_c - 1), f"borrowed from {candidate}"
 
 
 def _interval(candidate: str, baseline: str, domain: str, full_c: np.ndarray, full_b: np.ndarray,
               boot_c: np.ndarray, boot_b: np.ndarray, n_ex: int, metric: str, method: str, n_boot: int,
-              seed: int) -> PairedDiff:
-    """The difference of the per-seed values' means with its interval (see the module docstring):
-    ``full_*`` per seed on the whole eval set, ``boot_*`` per (example resample, seed)."""
+              seed: int, level: float = LEVEL, paired: bool = False) -> PairedDiff:
+    """The difference of the per-seed values' means with its ``level`` interval (see the module
+    docstring): ``full_*`` per seed on the whole eval set, ``boot_*`` per (example resample, seed);
+    ``paired``: seed s of one arm pairs with seed s of the other."""
     value_c, value_b = float(full_c.mean()), float(full_b.mean())
     diff = value_c - value_b
     n_c, n_b = len(full_c), len(full_b)
     se_ex = float((boot_c.mean(1) - boot_b.mean(1)).std(ddof=1))
-
-    var_c = float(full_c.var(ddof=1)) if n_c >= 2 else None
-    var_b = float(full_b.var(ddof=1)) if n_b >= 2 else None
-    if var_c is not None and var_b is not None:
-        seed_note = "estimated"
-    elif var_c is None and var_b is None:
-        seed_note, var_c, var_b = "not estimated", 0.0, 0.0
-    elif var_c is None:
-        seed_note, var_c = f"borrowed from {baseline}", var_b
-    else:
-        seed_note, var_b = f"borrowed from {candidate}", var_c
-    a, b = var_c / n_c, var_b / n_b
-    se_seeds = math.sqrt(a + b)
+    var_seeds, df_seed, seed_note = _seed_part(candidate, baseline, full_c, full_b, paired)
+    se_seeds = math.sqrt(var_seeds)
 
     if method == "hybrid-t":
-        se = math.sqrt(se_ex ** 2 + a + b)
-        if seed_note == "not estimated" or a + b == 0:
-            df = math.inf
-        else:
-            # The seed part's df: the smaller arm's n - 1 (Hsu's conservative choice; Welch-
-            # Satterthwaite measured 7-9.5% false positives with 3 seeds and unequal seed spreads),
-            # or the one estimate's when it is borrowed.  The example part counts as known
-            # (infinite df), so it raises the combined df (Satterthwaite).
-            df_seed = float(max(n_c, n_b) - 1) if seed_note.startswith("borrowed") else float(min(n_c, n_b) - 1)
-            df = (se_ex ** 2 + a + b) ** 2 / ((a + b) ** 2 / df_seed)
-        q = float(scipy.stats.t.ppf(0.5 + LEVEL / 2, df))
+        se = math.sqrt(se_ex ** 2 + var_seeds)
+        # The example part counts as known (infinite df), so it raises the combined df (Satterthwaite).
+        df = math.inf if df_seed is None or var_seeds == 0 else (se_ex ** 2 + var_seeds) ** 2 / (var_seeds ** 2 / df_seed)
+        q = float(scipy.stats.t.ppf(0.5 + level / 2, df))
         lo, hi = diff - q * se, diff + q * se
+        detectable = (q + float(scipy.stats.t.ppf(POWER, df))) * se
         df_out = df if math.isfinite(df) else None
     else:
-        # resample each arm's seeds independently (with replacement), on the same example resample
+        # resample the seeds with replacement (jointly when paired, else each arm's independently),
+        # on the same example resample
         rng = np.random.default_rng([seed, 1])
         pick_c = rng.integers(0, n_c, size=(n_boot, n_c))
-        pick_b = rng.integers(0, n_b, size=(n_boot, n_b))
+        pick_b = pick_c if paired else rng.integers(0, n_b, size=(n_boot, n_b))
         d = (np.take_along_axis(boot_c, pick_c, axis=1).mean(1)
              - np.take_along_axis(boot_b, pick_b, axis=1).mean(1))
-        lo, hi = (float(x) for x in np.percentile(d, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2]))
+        lo, hi = (float(x) for x in np.percentile(d, [100 * (1 - level) / 2, 100 * (1 + level) / 2]))
+        z = float(scipy.stats.norm.ppf(0.5 + level / 2))
+        detectable = (hi - lo) / 2 * (z + float(scipy.stats.norm.ppf(POWER))) / z
         df_out = None
     return PairedDiff(
         candidate=candidate, baseline=baseline, domain=domain, metric=metric,
         method=method, diff=diff, lo=float(lo), hi=float(hi), candidate_value=value_c,
         baseline_value=value_b, n_examples=n_ex, n_seeds_candidate=n_c, n_seeds_baseline=n_b,
         se_examples=se_ex, se_seeds=se_seeds, df=df_out, seed_variance=seed_note, n_boot=n_boot,
-        seed=seed,
+        seed=seed, level=level, detectable=float(detectable),
     )
 
 
-def verdict(diff: float, lo: float, hi: float, baseline: str = "the baseline") -> Verdict:
-    """Words for an interval of ``candidate - baseline`` NLL (lower is better)."""
+def verdict(diff: float, lo: float, hi: float, baseline: str = "the baseline",
+            margin: float | None = DEFAULT_MARGIN) -> Verdict:
+    """Words for an interval ``[lo, hi]`` of ``candidate - baseline`` NLL (lower is better) with a
+    margin of practical equivalence ``margin`` in nats (None: no equivalence is claimed)."""
     if hi < 0:
-        return Verdict("better", f"better than {baseline}")
+        small = margin is not None and lo > -margin
+        return Verdict("better", f"better than {baseline}" + (f" (by less than {margin:g} nats)" if small else ""))
     if lo > 0:
-        return Verdict("worse", f"worse than {baseline}")
-    return Verdict("none", "no detectable difference at this size")
+        small = margin is not None and hi < margin
+        return Verdict("worse", f"worse than {baseline}" + (f" (by less than {margin:g} nats)" if small else ""))
+    if margin is not None and -margin < lo and hi < margin:
+        return Verdict("equivalent", f"equivalent to {baseline} (within ±{margin:g} nats)")
+    return Verdict("undecided", "undecided at this size" if margin is None else
+                   f"undecided: neither a difference nor within ±{margin:g} nats")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,7 +442,9 @@ def verdict(diff: float, lo: float, hi: float, baseline: str = "the baseline") -
 
 def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[str, ...] = RANDOM_BASELINES,
                  base: str = BASE, n_boot: int = 2000, seed: int = 0, method: str = "hybrid-t",
-                 pairs: list[tuple[str, str]] | None = None, objective: dict | None = None) -> dict:
+                 pairs: list[tuple[str, str]] | None = None, objective: dict | None = None,
+                 margin: float | None = DEFAULT_MARGIN, objective_margin: float | None = None,
+                 level: float = LEVEL) -> dict:
     """The validate report as a JSON-ready dict.
 
     ``rows``: one per (candidate, domain), the base model included (``is_base``): mean, sd, min,
@@ -399,9 +454,15 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
     both means and sds, the paired difference, its interval, the verdict key and text.
     With ``objective`` (``{"kind": "mean" | "weighted" | "worst", "weights": {domain: w}}``), each
     pair also gets a comparison on it, with the domain :data:`OBJECTIVE`, when both were scored in
-    every eval domain.
+    every eval domain.  ``margin`` (nats) is the equivalence margin of the domains' comparisons,
+    ``objective_margin`` the objective's (default: ``margin``); ``level`` the intervals' confidence level.
     """
     _check_args(metric, method, n_boot)
+    _check_margin(margin, "margin")
+    objective_margin = margin if objective_margin is None else objective_margin
+    _check_margin(objective_margin, "objective margin")
+    if not 0 < level < 1:
+        raise VerdictsError(f"level {level!r}: a confidence level is between 0 and 1 (0.95 is the usual)")
     summary = summarize(results, metric)
     groups = dict(iter(results.groupby(["candidate", "domain"], sort=False)))
     arms: dict[tuple[str, str], _Arm] = {}
@@ -436,19 +497,20 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
             for dom in domains:
                 if (cand, dom) not in stats or (bl, dom) not in stats:
                     continue
-                p = _compare(arm(cand, dom), arm(bl, dom), metric, method, n_boot, seed)
-                comparisons.append(_comparison(p, stats[(cand, dom)].sd, stats[(bl, dom)].sd))
+                p = _compare(arm(cand, dom), arm(bl, dom), metric, method, n_boot, seed, level)
+                comparisons.append(_comparison(p, stats[(cand, dom)].sd, stats[(bl, dom)].sd, margin))
             if objective is not None and len(domains) > 1 and all(
                     (cand, d) in stats and (bl, d) in stats for d in domains):
                 p = _compare_objective([arm(cand, d) for d in domains], [arm(bl, d) for d in domains], objective,
-                                       metric, method, n_boot, seed)
-                comparisons.append(_comparison(p, None, None))
+                                       metric, method, n_boot, seed, level)
+                comparisons.append(_comparison(p, None, None, objective_margin))
     return {
         "metric": metric,
         "metric_text": ("token-weighted mean assistant-token NLL" if metric == "token"
                         else "mean over eval examples of their mean assistant-token NLL"),
         "lower_is_better": True,
-        "interval": {"method": method, "level": LEVEL, "n_boot": n_boot, "seed": seed},
+        "interval": {"method": method, "level": level, "n_boot": n_boot, "seed": seed},
+        "margin": {"domains": margin, "objective": objective_margin},
         "base": base if base in candidates else None,
         "baselines": present,
         "domains": domains,
@@ -458,16 +520,25 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
     }
 
 
-def _comparison(p: PairedDiff, sd_c, sd_b) -> dict:
-    """A report's comparison row: both means and seed sds, the difference, its interval, the verdict."""
-    v = verdict(p.diff, p.lo, p.hi, p.baseline)
+def _check_margin(margin, what: str) -> None:
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                               or not math.isfinite(margin) or margin <= 0):
+        raise VerdictsError(f"{what} {margin!r}: a margin of equivalence is a positive number of nats, e.g. "
+                            f"{DEFAULT_MARGIN}")
+
+
+def _comparison(p: PairedDiff, sd_c, sd_b, margin: float | None = DEFAULT_MARGIN) -> dict:
+    """A report's comparison row: both means and seed sds, the difference, its interval, the verdict,
+    the margin it was judged with and the difference it could have detected."""
+    v = verdict(p.diff, p.lo, p.hi, p.baseline, margin)
     return {"candidate": p.candidate, "baseline": p.baseline, "domain": p.domain,
             "candidate_mean": _py(p.candidate_value), "candidate_sd": _py(sd_c),
             "baseline_mean": _py(p.baseline_value), "baseline_sd": _py(sd_b),
             "diff": p.diff, "lo": p.lo, "hi": p.hi, "verdict": v.key, "verdict_text": v.text,
             "n_examples": p.n_examples, "n_seeds_candidate": p.n_seeds_candidate,
             "n_seeds_baseline": p.n_seeds_baseline, "se_examples": p.se_examples,
-            "se_seeds": p.se_seeds, "df": p.df, "seed_variance": p.seed_variance}
+            "se_seeds": p.se_seeds, "df": p.df, "seed_variance": p.seed_variance, "level": p.level,
+            "margin": margin, "detectable": p.detectable}
 
 
 def _py(v):
