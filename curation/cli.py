@@ -173,10 +173,11 @@ def validate_summary(out) -> None:
     """The verdicts of a finished validation, one line per comparison, and where the report is."""
     from curation.validation.validate import Validation
 
+    from curation.validation.verdicts import comparison_line
+
     rep = Validation(out).report()
     for c in rep["statistics"]["token"]["comparisons"]:
-        print(f"{c['candidate']} vs {c['baseline']}, {c['domain']}: {c['verdict_text']} "
-              f"({c['diff']:+.4f} nats [{c['lo']:+.4f}, {c['hi']:+.4f}])")
+        print(comparison_line(c))
     for note in rep.get("notes", []):
         print(f"note: {note}")
     print(f"wrote {out}/report.md, {out}/report.json, {out}/results.parquet, {out}/curves.parquet "
@@ -198,7 +199,8 @@ def mix_summary(out) -> None:
           + "; at the natural mix " + ", ".join(f"{e} {v['value']:.4f}" for e, v in rep["at_natural"].items()))
     if rep.get("vs_natural"):
         print("recommended - natural (paired over the bootstrap): " + ", ".join(
-            f"{e} {v['value']:+.4f} [{v['lo']:+.4f}, {v['hi']:+.4f}]" for e, v in rep["vs_natural"].items()))
+            f"{e} {v['value']:+.4f} [{v['lo']:+.4f}, {v['hi']:+.4f}]" + (f" {v['verdict']}" if v.get("verdict") else "")
+            for e, v in rep["vs_natural"].items()))
     print(f"validate it against the natural mix:\n  {rep['commands']['select']}\n  {rep['commands']['validate']}")
     print(f"wrote {out}/report.md, {out}/report.json, {out}/results.parquet, {out}/curves.parquet "
           f"({rep['seconds']:.0f} s)")

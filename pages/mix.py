@@ -99,14 +99,19 @@ with m1:
     st.caption("95% interval of each share over the bootstrap: "
                + ", ".join(f"{d} [{lo:.2f}, {hi:.2f}]" for d, (lo, hi) in rec["mix_interval"].items()))
 with m2:
-    st.dataframe(pd.DataFrame([{
-        "eval set": e, "predicted at the recommended mix": f"{rec['predicted'][e]['value']:.4f} "
-                                                            f"[{rec['predicted'][e]['lo']:.4f}, {rec['predicted'][e]['hi']:.4f}]",
-        "predicted at the natural mix": f"{rep['at_natural'][e]['value']:.4f} "
-                                        f"[{rep['at_natural'][e]['lo']:.4f}, {rep['at_natural'][e]['hi']:.4f}]",
-        "recommended - natural (paired)": (f"{rep['vs_natural'][e]['value']:+.4f} [{rep['vs_natural'][e]['lo']:+.4f}, "
-                                           f"{rep['vs_natural'][e]['hi']:+.4f}]" if e in rep.get("vs_natural", {}) else ""),
-    } for e in names]), hide_index=True, width="stretch")
+    vs = rep.get("vs_natural", {})
+    band = lambda v, sign="": f"{v['value']:{sign}.4f} [{v['lo']:{sign}.4f}, {v['hi']:{sign}.4f}]"  # noqa: E731
+    rows = [{"eval set": e, "predicted at the recommended mix": band(rec["predicted"][e]),
+             "predicted at the natural mix": band(rep["at_natural"][e]),
+             "recommended - natural (paired)": band(vs[e], "+") if e in vs else "",
+             "verdict (predicted)": vs.get(e, {}).get("verdict", "")} for e in names]
+    if "objective" in vs:
+        rows.append({"eval set": f"objective ({rep['objective']['kind']})", "predicted at the recommended mix": "",
+                     "predicted at the natural mix": "", "recommended - natural (paired)": band(vs["objective"], "+"),
+                     "verdict (predicted)": vs["objective"].get("verdict", "")})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.caption("Verdicts as a validation says them (better, worse, equivalent within the margin, undecided), here of the "
+               "law's prediction over the bootstrap: validate the recommended mix against the natural one to measure it.")
 for e in names:
     st.info(rep["fit"][e]["verdict"] + ".")
 

@@ -12,6 +12,8 @@ from curation.jobs.workspace import list_data_files, list_folders, new_folder_na
 from curation.selection.baselines import BASELINES
 from curation.validation.proxy import eval_files
 from curation.validation.validate import ValidateConfig, Validation
+from curation.config import field_info
+from curation.progress import format_duration
 from pages.common import config_input, jobs_panel, pick_folder, workspace
 
 st.title("Validate")
@@ -36,10 +38,15 @@ with st.form("validate"):
     ev = st.multiselect("Held-out eval sets", [p.name for p in evals], default=[p.name for p in evals],
                         help="Files in WORKSPACE/eval (make setup writes the default pool's); the file name is the domain.")
     c1, c2, c3, c4 = st.columns(4)
-    seeds = config_input(ValidateConfig, "seeds", "Seeds", c1, min_value=1, max_value=10)
-    epochs = config_input(ValidateConfig, "epochs", "Epochs", c2, min_value=1, max_value=20)
-    objective = config_input(ValidateConfig, "objective", "Objective over the domains", c3)
-    lora = config_input(ValidateConfig, "lora", "LoRA instead of full fine-tuning", c4)
+    seeds = c1.selectbox("Seeds", ["auto", "3", "5", "8"], index=1, help=field_info(ValidateConfig, "seeds")["help"])
+    max_seeds = config_input(ValidateConfig, "max_seeds", "Most seeds (auto)", c2, min_value=3, max_value=20)
+    margin = config_input(ValidateConfig, "margin", "Equivalence margin (nats)", c3, min_value=0.001, max_value=1.0,
+                          step=0.005, format="%.3f")
+    epochs = config_input(ValidateConfig, "epochs", "Epochs", c4, min_value=1, max_value=20)
+    c5, c6, c7 = st.columns(3)
+    objective = config_input(ValidateConfig, "objective", "Objective over the domains", c5)
+    draws = config_input(ValidateConfig, "draws", "Random selections' draws", c6)
+    lora = config_input(ValidateConfig, "lora", "LoRA instead of full fine-tuning", c7)
     st.caption("Every candidate trains once per seed from the same model with the same settings, then each trained "
                "model is scored on the eval sets; on a CPU this takes a while (the job shows its progress and ETA; "
                "the README's benchmark gives measured times). Finished (candidate, seed) trainings survive a stop.")
@@ -57,7 +64,8 @@ if go_clicked:
         out = validations_dir(ws) / new_folder_name("validate-" + "-".join(chosen)[:60])
         cfg = ValidateConfig(selections=[str(selections_dir(ws) / n) for n in chosen], out=str(out),
                              eval=eval_files(ws / "eval" / n for n in ev), baselines=",".join(baselines),
-                             seeds=int(seeds), epochs=int(epochs), lora=bool(lora), objective=str(objective))
+                             seeds=seeds, max_seeds=int(max_seeds), margin=float(margin), draws=str(draws),
+                             epochs=int(epochs), lora=bool(lora), objective=str(objective))
         job = jobs.submit("validate", cfg, workspace=ws)
         st.session_state["validation_name"] = out.name
         st.success(f"Started job `{job}`; its report appears below when it finishes.")
@@ -79,23 +87,35 @@ except ValueError as e:  # the reader says what is wrong with it; the other vali
     st.error(f"{e}. Pick another validation above.")
     st.stop()
 stats = rep["statistics"]["token"]
+seeds_used = (f"seeds until decided (at most {rep['config'].get('max_seeds')})" if rep["config"]["seeds"] == "auto"
+              else f"{rep['config']['seeds']} seeds")
 st.caption(f"{', '.join(s['name'] for s in rep['selections'])} · proxy `{rep['model']['spec']}` · "
-           f"{rep['config']['epochs']} epochs · {rep['config']['seeds']} seeds · {stats['metric_text']} (lower is better)")
+           f"{rep['config']['epochs']} epochs · {seeds_used} · {stats['metric_text']} (lower is better)")
 
 st.markdown("**Verdicts**")
 for note in rep.get("notes", []):  # a baseline drawn again, or one that could not be compared
     st.warning(note)
 verdicts = pd.DataFrame([{
-    "candidate": c["candidate"], "against": c["baseline"], "domain": c["domain"], "verdict": c["verdict_text"],
-    "difference (nats)": round(c["diff"], 4), "95% interval": f"[{c['lo']:+.4f}, {c['hi']:+.4f}]",
+    "candidate": c["candidate"], "against": c["baseline"], "domain": c["domain"], "verdict": c["verdict"],
+    "in words": c["verdict_text"], "difference (nats)": round(c["diff"], 4),
+    "interval": f"[{c['lo']:+.4f}, {c['hi']:+.4f}] ({c.get('level', 0.95):.1%})",
+    "could detect": None if c.get("detectable") is None else round(c["detectable"], 4),
+    "seeds": c.get("decided_at") or min(c["n_seeds_candidate"], c["n_seeds_baseline"]),
+    "trainings": (c.get("cost") or {}).get("trainings"),
+    "training time": format_duration((c.get("cost") or {}).get("seconds")) if c.get("cost") else "",
     "candidate NLL": round(c["candidate_mean"], 4), "baseline NLL": round(c["baseline_mean"], 4),
 } for c in stats["comparisons"]])
 st.dataframe(verdicts, hide_index=True, width="stretch")
+margin = stats.get("margin") or {}
 st.caption("A negative difference means the candidate's model predicts the held-out answers better. Each "
            "selection is compared with its random baselines; longest and full with random (same examples). The "
            "objective rows combine the domains (mean of their NLL, or as the validation was asked). The "
-           "interval accounts for the eval sample (paired over examples) and for training noise (seeds); if it "
-           "contains 0, this validation cannot tell the candidate from its baseline.")
+           "interval accounts for the eval sample (paired over examples) and for training noise (seeds, paired when "
+           "both arms share them): **better** or **worse** when it excludes 0, **equivalent** when it lies inside "
+           f"±{margin.get('domains', 0.02)} nats (the objective ±{margin.get('objective', 0.02)}), else **undecided**; "
+           "'could detect' is the smallest true difference this many seeds would show four times in five. With "
+           "seeds until decided, each comparison's verdict, seeds, trainings and time are those of the look that "
+           "decided it.")
 
 rows = pd.DataFrame(stats["rows"])
 left, right = st.columns(2)

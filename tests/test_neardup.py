@@ -270,7 +270,8 @@ def test_validate_baselines_leave_out_what_the_recipe_left_out(dup_run, tmp_path
 
     from curation.selection.folder import select_run
     from curation.selection.recipe import Recipe
-    from curation.validation.validate import ValidateConfig, build_candidates, read_selections
+    from curation.validation.candidates import build_candidates
+    from curation.validation.validate import ValidateConfig, read_selections
 
     run_dir, evals = dup_run
     out = select_run(run_dir, Recipe("davir", budget="100%", dedup="near", decontaminate=[str(evals)]), tmp_path / "sel")
@@ -282,6 +283,8 @@ def test_validate_baselines_leave_out_what_the_recipe_left_out(dup_run, tmp_path
     cfg = ValidateConfig(selections=[str(out)], eval={"math": str(evals)}, out=str(tmp_path / "v"), seeds=2,
                          baselines="random")
     cands = build_candidates(cfg, sels, run.scores(), "learn", run)
+    for c in cands:
+        c.grow(2, 0)
     rnd = next(c for c in cands if c.kind == "random")
     for ids in rnd.ids.values():
         # (a random sample keeps the smallest id of a group, the method its best-ranked member)

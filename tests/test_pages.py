@@ -214,7 +214,9 @@ def test_validate_page_shows_verdicts_charts_and_lengths(in_scored_ws):
     assert "Verdicts" in text and "Length: what the selection picked" in text
     v = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
     assert set(v["against"]) == {"random", "random-tokens"} and set(v["domain"]) == {"chat", "math", "objective"}
-    assert all(t.startswith(("better than", "worse than", "no detectable difference")) for t in v["verdict"])
+    assert set(v["verdict"]) <= {"better", "worse", "equivalent", "undecided"} and len(v) > 0
+    assert all(t.startswith(("better than", "worse than", "equivalent to", "undecided")) for t in v["in words"])
+    assert {"could detect", "seeds", "trainings", "training time"} <= set(v.columns)
     assert len(at.get("plotly_chart")) >= 3  # NLL per domain, difference with interval, training curves
     # The form offers the workspace's selections and eval sets.
     assert "davir-fixture" in at.multiselect[0].options and set(at.multiselect[2].value) == {"chat.jsonl", "math.jsonl"}

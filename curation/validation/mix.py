@@ -48,6 +48,7 @@ from curation.validation.mixing_law import (Law, MixError, dirichlet_design, dis
                                             leave_one_out, objective_values, pareto_front, parse_objective, recommend,
                                             simplex_design, two_domain_design)
 from curation.validation.proxy import MAX_SEEDS, ProxyConfig, Training
+from curation.validation.verdicts import verdict
 from curation.validation.study import NUMBER, NUMBER_OR_NULL, TEXT, WHOLE, StudyReader, each, items, obj
 
 MAX_POINTS = 64
@@ -374,6 +375,8 @@ def analyse(results, points: list[dict], domains: list[str], evals: list[str], o
         "value": float(objective_values(point(rec_mix), objective, evals)[0]
                        - objective_values(point(natural), objective, evals)[0]),
         **band(objective_values(at_rec, objective, evals) - objective_values(at_nat, objective, evals))}
+    for v in vs_natural.values():  # the verdict words of a validation, said of the law's prediction
+        v["verdict"], v["verdict_text"] = verdict(v["value"], v["lo"], v["hi"], "the natural mix (predicted)")
     return {
         "fit": fit,
         "recommended": {
@@ -500,10 +503,12 @@ def report_markdown(rep: dict) -> str:
         dv = rep.get("vs_natural", {}).get(e)
         lines.append(f"- {e}: predicted {pr['value']:.4f} [{pr['lo']:.4f}, {pr['hi']:.4f}] at the recommended mix, "
                      f"{nat['value']:.4f} [{nat['lo']:.4f}, {nat['hi']:.4f}] at the natural mix"
-                     + (f"; the difference {dv['value']:+.4f} [{dv['lo']:+.4f}, {dv['hi']:+.4f}]" if dv else ""))
+                     + (f"; the difference {dv['value']:+.4f} [{dv['lo']:+.4f}, {dv['hi']:+.4f}]"
+                        + (f": {dv['verdict_text']}" if dv.get("verdict_text") else "") if dv else ""))
     if "objective" in rep.get("vs_natural", {}):
         dv = rep["vs_natural"]["objective"]
-        lines.append(f"- the objective: {dv['value']:+.4f} [{dv['lo']:+.4f}, {dv['hi']:+.4f}] against the natural mix")
+        lines.append(f"- the objective: {dv['value']:+.4f} [{dv['lo']:+.4f}, {dv['hi']:+.4f}] against the natural mix"
+                     + (f": {dv['verdict_text']}" if dv.get("verdict_text") else ""))
     lines += ["", "Each eval set's level is uncertain (the intervals of the predictions are wide: a resample of "
               "its examples moves every mix alike); the differences are paired over the same resamples, so they "
               "show what the mix changes."]

@@ -48,7 +48,7 @@ another validation or a mix study, is not trained again.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,10 @@ from curation.progress import Progress, Reporter
 from curation.selection.baselines import BASELINES
 from curation.selection.recipe import Recipe
 from curation.validation.mixing_law import MixError, parse_objective
+from curation.validation.candidates import DRAWS, build_candidates, comparison_pairs
 from curation.validation.proxy import MAX_SEEDS, ProxyConfig, Training, ValidationError
+from curation.validation.sequential import MAX_SEEDS_AUTO, SeedPlan, sequential_report, undecided
+from curation.validation.verdicts import DEFAULT_MARGIN, comparison_line
 from curation.validation.study import NUMBER, NUMBER_OR_NULL, TEXT, TEXT_OR_NULL, WHOLE, StudyReader, each, items, obj
 
 
@@ -70,7 +73,20 @@ class ValidateConfig(ProxyConfig):
     selections: list[str] = option(help="selection folders written by `select` (all from the same run)",
                                    positional=True, metavar="SEL_DIR")
     baselines: str = option("random,random-tokens", f"comma-separated baselines: {', '.join(BASELINES)}")
-    seeds: int = option(3, "trainings per candidate (seeds 0..N-1 added to --seed); the full pool trains once")
+    seeds: int | str = option(3, "trainings per candidate (seeds 0..N-1 added to --seed), or auto: one more seed for "
+                                 "the candidates of every comparison not decided yet (better, worse or equivalent) "
+                                 "until all are or --max-seeds is reached, with error rates that hold although it "
+                                 "looks after every seed; the full pool trains once", metavar="N|auto")
+    max_seeds: int = option(8, "--seeds auto: the most seeds per candidate")
+    margin: float = option(DEFAULT_MARGIN, "nats of held-out NLL within which a difference is practically none: a "
+                                           "comparison whose interval lies inside [-M, +M] is called equivalent",
+                           result=False)
+    objective_margin: float | None = option(None, "the objective's equivalence margin (default: --margin)",
+                                            result=False)
+    draws: str = option("coupled", "a random selection (--method random) at each seed: coupled (drawn again from its "
+                                   "baselines' stream: per domain the smaller sample is part of the larger, so the "
+                                   "difference varies less), independent (drawn again from its own stream) or fixed "
+                                   "(its own examples at every seed)", choices=DRAWS)
     generate: dict[str, str] = option(help="DOMAIN=N: also greedy-decode the first N eval problems of a math domain "
                                            "and compare final answers (slow on a CPU); repeatable",
                                       default_factory=dict, metavar="DOMAIN=N")
@@ -95,8 +111,25 @@ class ValidateConfig(ProxyConfig):
         unknown = [b for b in self.baseline_list() if b not in BASELINES]
         if unknown:
             raise ValueError(f"baselines {unknown}: expected some of {', '.join(BASELINES)}")
-        check_positive(self, "seeds", "max_new_tokens", "ngram")
-        check_at_most(self, seeds=MAX_SEEDS, max_new_tokens=8192, ngram=1000)
+        if str(self.seeds).strip().lower() == "auto":
+            self.seeds = "auto"
+        else:
+            try:
+                self.seeds = int(self.seeds)
+            except (TypeError, ValueError):
+                raise ValueError(f"seeds {self.seeds!r}: give a number of seeds (e.g. 3) or auto") from None
+            check_positive(self, "seeds")
+        check_positive(self, "max_seeds", "max_new_tokens", "ngram")
+        check_at_most(self, max_new_tokens=8192, ngram=1000, max_seeds=MAX_SEEDS_AUTO,
+                      **({} if self.seeds == "auto" else {"seeds": MAX_SEEDS}))
+        self.seed_plan()  # validates --max-seeds against the first look
+        if self.draws not in DRAWS:
+            raise ValueError(f"draws {self.draws!r}: expected one of {', '.join(DRAWS)}")
+        for name in ("margin", "objective_margin"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not v > 0 or v == float("inf")):
+                raise ValueError(f"{name.replace('_', '-')} {v!r}: a margin is a positive number of nats, e.g. "
+                                 f"{DEFAULT_MARGIN}")
         if any(n < 1 or n > 100_000 for n in self.generate.values()):
             raise ValueError(f"generate {self.generate}: N must be between 1 and 100,000 problems")
         missing = [d for d in self.generate if d not in self.eval]
@@ -110,48 +143,71 @@ class ValidateConfig(ProxyConfig):
     def baseline_list(self) -> list[str]:
         return [b.strip() for b in self.baselines.split(",") if b.strip()]
 
-
-MAX_REDRAWS = 20  # seeds a random baseline tries beyond its own when its draws are the selection itself
-
-
-@dataclass
-class Candidate:
-    """A training set to validate: a selection or a baseline, with its examples per seed."""
-
-    name: str
-    kind: str  # "selection" | a baseline name
-    selection: str  # the selection it belongs to (its own name for a selection)
-    seeds: list[int]
-    ids: dict[int, list[str]] = field(default_factory=dict)  # seed -> training example ids
-    note: str | None = None  # what the report must say about it (seeds drawn again, no comparison)
+    def seed_plan(self) -> SeedPlan:
+        """How seeds are spent: a fixed number (one look at 95%), or seeds until decided."""
+        if self.seeds == "auto":
+            return SeedPlan(self.max_seeds, auto=True)
+        return SeedPlan(self.seeds)
 
 
 def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     """Run (or finish) a validation and return its folder (see the module docstring)."""
     from curation.validation.study import claim_study, file_fingerprints, run_study, study_identity, study_key
-    from curation.validation.verdicts import build_report
 
-    report, t0 = Reporter(progress), time.time()
+    report, t0, plan = Reporter(progress), time.time(), cfg.seed_plan()
     report(phase="reading selections", done=0, total=None)
     run, sels = read_selections(cfg.selections)
     meta, table = run.require_finished(), run.scores()
     candidates = build_candidates(cfg, sels, table, meta.get("kind"), run)
-    trainings = [Training(c.name, s, c.ids[s]) for c in candidates for s in c.seeds]
-    settings = {**result_key(cfg), "selections": [str(s.path.resolve()) for s in sels],
-                "eval_files": file_fingerprints(cfg.eval)}
-    key = study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings])
-    identity = study_identity(meta.get("run_key"), trainings)
+    for c in candidates:
+        c.grow(1, cfg.seed)
+    first = [t for c in candidates for t in c.trainings()]
+    # The key holds every setting but the seed count and each candidate's first training: a study
+    # that adds seeds (--seeds auto, or a larger --seeds into the same folder) stays one study.
+    settings = {**{k: v for k, v in result_key(cfg).items() if k not in ("seeds", "max_seeds")},
+                "selections": [str(s.path.resolve()) for s in sels], "eval_files": file_fingerprints(cfg.eval)}
+    key = study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in first])
+    identity = study_identity(meta.get("run_key"), first)
     claim_study(Path(cfg.out), "validate", key, settings, identity, check_only=True)  # claimed once every check passed
+    for c in candidates:
+        c.grow(plan.looks[0], cfg.seed)
     check_targets(sels, cfg.eval, cfg.ngram)
-    if not cfg.allow_contaminated and not all(already_decontaminated(sel.recipe(), cfg.eval, cfg.ngram) for sel in sels):
+    recheck = not cfg.allow_contaminated and not all(already_decontaminated(sel.recipe(), cfg.eval, cfg.ngram)
+                                                     for sel in sels)
+    if recheck:
         report(phase="checking contamination")
         check_contamination(run, candidates, cfg.eval, cfg.ngram)
-    study = run_study(cfg, "validate", key, settings, identity, run, meta, table, lambda study: [trainings], report)
-
-    report(phase="statistics", done=len(trainings), total=len(trainings))
     objective = parse_objective(cfg.objective, sorted(cfg.eval))
-    stats = {m: build_report(study.results, metric=m, pairs=comparison_pairs(candidates), seed=cfg.seed,
-                             objective=objective) for m in ("token", "example")}
+    analysis = {"seed": cfg.seed, "objective": objective, "margin": cfg.margin, "objective_margin": cfg.objective_margin}
+
+    def rounds(study):
+        """The first look's seeds; then, with --seeds auto, one more seed for the candidates of every
+        comparison the looks so far left undecided (the statistics decide, the parts are the state)."""
+        yield [t for c in candidates for t in c.trainings()]
+        n = plan.looks[0]
+        while plan.auto and n < plan.max_seeds:
+            results, _ = study.assemble()
+            rep = sequential_report(results, plan, pairs=comparison_pairs(candidates), **analysis)
+            arms = {c[k] for c in undecided(rep) for k in ("candidate", "baseline")}
+            if not arms:
+                return
+            n += 1
+            report(phase=f"{len(undecided(rep))} comparison(s) undecided at {n - 1} seeds: one more seed", done=None,
+                   total=None)
+            for c in candidates:
+                if c.name in arms:
+                    c.grow(n, cfg.seed)
+            if recheck:  # the new seeds' draws are checked as the first ones were
+                check_contamination(run, candidates, cfg.eval, cfg.ngram)
+            yield [t for c in candidates for t in c.trainings()]
+
+    study = run_study(cfg, "validate", key, settings, identity, run, meta, table, rounds, report)
+    n_trainings = len(study.parts)
+    report(phase="statistics", done=n_trainings, total=n_trainings)
+    stats = {m: sequential_report(study.results, plan, metric=m, pairs=comparison_pairs(candidates), **analysis)
+             for m in ("token", "example")}
+    for st in stats.values():
+        add_costs(st["comparisons"], candidates, study)
     lm, template = study.proxy.lm, study.proxy.template
     rep = {
         "kind": "validate", "config": asdict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -159,14 +215,32 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
         "selections": [{"name": s.name, "dir": str(s.path.resolve()), "recipe": s.recipe().to_dict()} for s in sels],
         "eval": study.proxy.evals.provenance, "candidates": describe_candidates(candidates, table),
         "statistics": stats, "lengths": length_report(sels, candidates, table),
-        "notes": [c.note for c in candidates if c.note],
+        "notes": [n for c in candidates for n in c.notes()],
         "seconds": round(time.time() - t0, 1), "trainings": study.seconds(),
     }
     if cfg.generate:
         rep["generation"] = generation_eval(cfg, study, candidates, report)
     study.write(rep, report_markdown(rep))
-    report(phase="done", done=len(trainings), total=len(trainings))
+    report(phase="done", done=n_trainings, total=n_trainings)
     return study.out
+
+
+def add_costs(comparisons: list[dict], candidates, study) -> None:
+    """Each comparison's ``cost``: the trainings its verdict took (each arm's seeds up to the look
+    that decided it, or all of them) and their own wall seconds (or that they came from the cache)."""
+    import json
+
+    by_name = {c.name: c for c in candidates}
+    for comp in comparisons:
+        trainings, seconds, reused = 0, 0.0, 0
+        for arm, n in ((comp["candidate"], comp["n_seeds_candidate"]), (comp["baseline"], comp["n_seeds_baseline"])):
+            for t in by_name[arm].trainings()[:n]:
+                f = study.part_path(t).with_suffix(".time.json")
+                info = json.loads(f.read_text()) if f.is_file() else {}
+                trainings += 1
+                reused += bool(info.get("reused"))
+                seconds += float(info.get("seconds") or 0.0) if not info.get("reused") else 0.0
+        comp["cost"] = {"trainings": trainings, "seconds": round(seconds, 1), "reused": reused}
 
 
 class Validation(StudyReader):
@@ -175,7 +249,8 @@ class Validation(StudyReader):
 
     KIND = "validate"
     SCHEMA = obj(
-        optional={"notes": items(TEXT)}, config=obj(epochs=WHOLE, seeds=WHOLE), model=obj(spec=TEXT),
+        optional={"notes": items(TEXT)}, config=obj(epochs=WHOLE, seeds={"type": ["integer", "string"]}),
+        model=obj(spec=TEXT),
         selections=items(obj(name=TEXT)),
         seconds=NUMBER,
         statistics=obj(token=obj(
@@ -212,109 +287,6 @@ def read_selections(folders: list[str]):
     if len(set(names)) != len(names):
         raise ValidationError(f"two selections have the same folder name ({names}); rename one")
     return Run(next(iter(runs))), sels
-
-
-def comparison_pairs(candidates: list[Candidate]) -> list[tuple[str, str]]:
-    """``(candidate, baseline)`` pairs the report compares, always with baselines built for the same
-    selection: every selection against the random baselines (:data:`curation.validation.verdicts.RANDOM_BASELINES`);
-    ``longest`` and ``full`` against ``random`` only (same examples per domain: is "long is more"
-    true on this pool, how far is the ceiling?), since ``random-tokens`` matches the selection's
-    tokens, not theirs."""
-    from curation.validation.verdicts import RANDOM_BASELINES
-
-    against = {"selection": RANDOM_BASELINES, "longest": ("random",), "full": ("random",)}
-    return [(c.name, b.name) for c in candidates for b in candidates
-            if b.selection == c.selection and b.kind in against.get(c.kind, ()) and b.seeds]
-
-
-def build_candidates(cfg: ValidateConfig, sels, table, run_kind, run=None) -> list[Candidate]:
-    """Each selection and its baselines (:mod:`curation.selection.baselines`), with their training
-    examples for every seed (``run``: the run folder, for recipes that leave out near-duplicates or
-    contaminated examples)."""
-    from curation.selection.annotate import annotate
-    from curation.selection.baselines import baseline_ids, random_baseline
-    from curation.validation.verdicts import RANDOM_BASELINES
-
-    seeds = [cfg.seed + k for k in range(cfg.seeds)]
-    df = table.reset_index(drop=True)
-    resp = df.set_index("example_id")["n_response_tokens"].fillna(0).astype(np.int64)
-    out: list[Candidate] = []
-    single = len(sels) == 1
-    for sel in sels:
-        rows, recipe = sel.rows_in(df), sel.recipe()
-        out.append(Candidate(sel.name, "selection", sel.name, seeds, {s: rows["example_id"].tolist() for s in seeds}))
-        # The eligible rows: thresholds, scored, and the recipe's dedup/decontamination if any.
-        annotated = annotate(run, df, recipe) if run is not None else df
-        base = random_baseline(annotated, recipe, run_kind)
-        eligible, kept = base.eligible_mask, base.kept_mask  # the curator's decisions, as the selection applied them
-        wanted = {str(d): (len(g), int(resp.loc[g["example_id"]].sum())) for d, g in rows.groupby("domain")}
-        for b in cfg.baseline_list():
-            name = b if single else f"{b}@{sel.name}"
-            draw = lambda s, b=b: baseline_ids(b, df, eligible, wanted, s, kept)  # noqa: E731
-            if b in RANDOM_BASELINES:
-                c = distinct_draws(Candidate(name, b, sel.name, []), draw, set(rows["example_id"]), seeds)
-                if b == "natural":
-                    c.note = "; ".join(filter(None, [c.note, natural_note(c, annotated, recipe, eligible, kept,
-                                                                          len(rows), run_kind)])) or None
-                out.append(c)
-            else:
-                bseeds = seeds[:1] if b == "full" else seeds
-                out.append(Candidate(name, b, sel.name, bseeds, {s: draw(s) for s in bseeds}))
-    return out
-
-
-def natural_note(c: Candidate, table, recipe, eligible, kept, n: int, run_kind) -> str | None:
-    """What keeps the ``natural`` baseline ``c`` (``n`` examples) off the pool's natural mix, or
-    None: a domain short of eligible examples (and what left them out), kept examples counted
-    inside its size."""
-    from fractions import Fraction
-
-    from curation.selection.allocation import largest_remainder
-    from curation.selection.apply import domain_funnel
-    from curation.selection.baselines import natural_quota
-
-    domain = table["domain"].astype(str).to_numpy()
-    pool = sorted(set(domain.tolist()))
-    want = largest_remainder(n, {d: Fraction(int((domain == d).sum()), len(domain)) for d in pool})
-    got = {d: k for d, (k, _) in natural_quota(domain, eligible, n, kept).items()}
-    why = []
-    for d in pool:
-        cap, held = int((eligible & (domain == d)).sum()), int((kept & (domain == d)).sum()) if kept is not None else 0
-        if got.get(d, 0) < want[d] and cap < want[d]:
-            why.append(f"domain {d} has {cap} eligible examples ({domain_funnel(table, recipe, d, run_kind)}) for its "
-                       f"{want[d]}")
-        elif got.get(d, 0) > want[d] and held > want[d]:
-            why.append(f"the {held} kept {d} examples count inside its {n}")
-    if not why:
-        return None
-    shown = lambda m: ", ".join(f"{d} {m.get(d, 0)}" for d in pool)  # noqa: E731
-    return (f"{c.name} is not at the pool's natural mix ({shown(got)} examples instead of {shown(want)}): "
-            + "; ".join(why))
-
-
-def distinct_draws(c: Candidate, draw, own: set[str], seeds: list[int]) -> Candidate:
-    """``c`` (a random baseline) with a draw per seed that is not the selection's ``own`` examples:
-    a draw that is the selection itself (a random selection is such a draw, of its recipe's seed)
-    would compare the selection with itself, so its seed is passed over for the next one.  When no
-    draw differs (the eligible rows hold no other sample of the selection's size), the baseline has
-    no seed, and its note says that the comparison is empty."""
-    tries = len(seeds) + MAX_REDRAWS
-    for s in range(seeds[0], seeds[0] + tries):
-        if len(c.seeds) == len(seeds):
-            break
-        ids = draw(s)
-        if set(ids) != own:
-            c.seeds.append(s)
-            c.ids[s] = ids
-    if not c.seeds:
-        c.note = (f"{c.name}: every draw ({tries} seeds) is {c.selection}'s own examples (its eligible rows hold no "
-                  f"other sample of its size), so {c.selection} cannot be compared with it; no comparison is made")
-    elif c.seeds != seeds[:len(c.seeds)]:
-        c.note = (f"{c.name}: the draw of seed(s) {', '.join(str(s) for s in seeds if s not in c.seeds)} is "
-                  f"{c.selection}'s own examples (comparing it with itself), so seeds "
-                  f"{', '.join(map(str, c.seeds))} were drawn instead"
-                  + (f"; only {len(c.seeds)} draws differ from it" if len(c.seeds) < len(seeds) else ""))
-    return c
 
 
 def check_targets(sels, eval_paths: dict[str, str], ngram: int) -> None:
@@ -500,16 +472,18 @@ def objective_note(objective: dict | None) -> str:
 def report_markdown(rep: dict) -> str:
     """report.md: the verdicts per domain in words, with the numbers behind them."""
     st = rep["statistics"]["token"]
+    cfg, margin = rep["config"], st.get("margin") or {}
+    seeds = (f"seeds until decided (at most {cfg['max_seeds']}, looks at "
+             + ", ".join(str(x["seeds"]) for x in st.get("looks", [])) + ")") if cfg["seeds"] == "auto" else f"{cfg['seeds']} seeds"
     lines = [f"# Validation of {', '.join(s['name'] for s in rep['selections'])}", "",
-             f"Proxy model `{rep['model']['spec']}`, {rep['config']['epochs']} epochs, {rep['config']['seeds']} seeds; "
+             f"Proxy model `{rep['model']['spec']}`, {cfg['epochs']} epochs, {seeds}; "
              "eval sets: " + ", ".join(f"{e['domain']} ({e['n_evaluated']} examples)" for e in rep["eval"]) + ".", "",
-             f"Metric: {st['metric_text']} (lower is better); differences are candidate - baseline with a "
-             f"{int(st['interval']['level'] * 100)}% interval." + objective_note(st.get("objective")), "",
-             "## Verdicts", ""]
+             f"Metric: {st['metric_text']} (lower is better); differences are candidate - baseline with their "
+             "interval; better or worse when it excludes 0, equivalent when it lies inside the margin "
+             f"(±{margin.get('domains')} nats; the objective ±{margin.get('objective')}), else undecided."
+             + objective_note(st.get("objective")), "", "## Verdicts", ""]
     for c in st["comparisons"]:
-        lines.append(f"- **{c['candidate']}** vs {c['baseline']}, {c['domain']}: {c['verdict_text']} "
-                     f"({c['diff']:+.4f} nats, interval [{c['lo']:+.4f}, {c['hi']:+.4f}]; "
-                     f"{c['candidate_mean']:.4f} vs {c['baseline_mean']:.4f})")
+        lines.append(f"- {comparison_line(c)}; {c['candidate_mean']:.4f} vs {c['baseline_mean']:.4f}")
     if not st["comparisons"]:
         lines.append("- none: no baseline could be compared (see the notes)")
     if rep.get("notes"):

@@ -520,6 +520,26 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
     }
 
 
+def comparison_line(c: dict) -> str:
+    """A comparison of a report in words, the same on the CLI, in report.md and on the pages:
+    ``candidate vs baseline, domain: verdict (difference [interval] at level; what it could detect;
+    the seeds and trainings the verdict took)``."""
+    from curation.progress import format_duration
+
+    level = c.get("level", LEVEL)
+    parts = [f"{c['diff']:+.4f} nats [{c['lo']:+.4f}, {c['hi']:+.4f}] at {level:.1%}".replace(".0%", "%")]
+    if c.get("detectable") is not None:
+        parts.append(f"could detect ±{c['detectable']:.4f}")
+    seeds = f"{c.get('n_seeds_candidate')} vs {c.get('n_seeds_baseline')} seeds"
+    if c.get("decided_at"):
+        seeds = f"decided at {c['decided_at']} seeds"
+    cost = c.get("cost")
+    if cost:
+        seeds += f", {cost['trainings']} trainings" + (f" ({format_duration(cost['seconds'])})" if cost["seconds"] else "")
+    parts.append(seeds)
+    return f"{c['candidate']} vs {c['baseline']}, {c['domain']}: {c['verdict_text']} ({'; '.join(parts)})"
+
+
 def _check_margin(margin, what: str) -> None:
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
                                or not math.isfinite(margin) or margin <= 0):
