@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 
 from curation.runs.folder import LAYOUT
+from curation.runs.formulas import derived_columns
+from curation.scores import LEARN_COLUMNS, SCORES
 
-
-LEARN_COLUMNS = ["loss_ckpt_0", "loss_ckpt_1", "loss_ckpt_2", "loss_base", "loss_ref", "davir", "rho",
-                 "ifd", "ppl_base", "s2l_cluster"]
+TRAJECTORY = ["loss_ckpt_0", "loss_ckpt_1", "loss_ckpt_2"]  # a 3-point trajectory L_0, L_1, L_2
+# The columns a synthetic learn run has beyond a score run's, in a learn run's table order.
+SYNTHETIC_LEARN_COLUMNS = [*TRAJECTORY, *LEARN_COLUMNS, SCORES["s2l"].column]
 
 
 def synthetic_scores(examples, seed: int = 0, learn: bool = True) -> pd.DataFrame:
@@ -37,13 +39,14 @@ def synthetic_scores(examples, seed: int = 0, learn: bool = True) -> pd.DataFram
     rows["loss_sum"] = l0 * rows["n_response_tokens"]
     if learn:
         lk = l0 * rng.uniform(0.2, 1.0, n)
-        rows["loss_ckpt_0"], rows["loss_ckpt_1"], rows["loss_ckpt_2"] = l0, (l0 + lk) / 2, lk
-        rows["loss_base"], rows["loss_ref"] = l0, lk
-        rows["davir"] = (l0 - lk) / l0
-        rows["rho"] = l0 - lk
-        rows["ifd"] = rng.uniform(0.3, 1.3, n)
-        rows["ppl_base"] = np.exp(l0)
-        rows["s2l_cluster"] = rng.integers(0, 6, n)
+        trajectory = np.column_stack([l0, (l0 + lk) / 2, lk])  # (n, 3)
+        for k, c in enumerate(TRAJECTORY):
+            rows[c] = trajectory[:, k]
+        derived = derived_columns(trajectory)  # the library's formulas: davir = (L_0 - L_K) / L_0, ...
+        ifd = rng.uniform(0.3, 1.3, n)  # IFD has its own pass: no trajectory formula
+        for c in LEARN_COLUMNS:
+            rows[c] = ifd if c == SCORES["ifd"].column else derived[c]
+        rows[SCORES["s2l"].column] = rng.integers(0, 6, n)
     return rows
 
 
