@@ -131,15 +131,53 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def math_rows(n: int) -> list[dict]:
+    """``n`` GSM8K-style records: ``What is k + k?`` with a worked answer and its ``#### 2k`` line."""
+    return [{"question": f"What is {k} + {k}?", "answer": f"{k} + {k} = {2 * k}\n#### {2 * k}"} for k in range(n)]
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """``python -m curation ARGS`` in this process (the same ``main`` the module runs): a
+    ``CompletedProcess`` with the exit code and what was printed.  A traceback would be an
+    exception here, so the test fails on it."""
+    import subprocess
+
+    from curation.cli import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        capsys.readouterr()  # what the test printed before is not the command's
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
+    return run
+
+
+class Planted:
+    """A pickle whose loading runs code (it touches ``marker``): proof that a file was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
 # Synthetic run folders (tests.synthetic): a pool of 40 math + 30 chat records in two formats.
 
 
 @pytest.fixture
 def pool_files(tmp_path):
-    math_rows = [{"question": f"What is {k} + {k}?", "answer": f"{k} + {k} = {2 * k}\n#### {2 * k}"} for k in range(40)]
     chat_rows = [{"instruction": f"Say something about fox {k}.", "input": "", "output": "The quick fox " * (k + 1)}
                  for k in range(30)]
-    math = write_jsonl(tmp_path / "gsm.jsonl", math_rows)
+    math = write_jsonl(tmp_path / "gsm.jsonl", math_rows(40))
     chat = tmp_path / "alpaca.json"
     chat.write_text(json.dumps(chat_rows))
     return [f"math={math}", f"chat={chat}"]

@@ -77,3 +77,18 @@ def make_run(folder: Path, sources: list[str], seed: int = 0, learn: bool = True
 
 def table_of(run: Path) -> pd.DataFrame:
     return pd.read_parquet(run / "scores.parquet")
+
+
+def make_selection(folder: Path) -> tuple[Path, Path]:
+    """A synthetic run of 20 math + 20 chat records in ``folder`` and a saved 10-example davir
+    selection of it: ``(run, selection folder)``."""
+    from curation.selection.folder import select_run
+    from curation.selection.recipe import Recipe
+    from tests.conftest import write_jsonl
+
+    math = write_jsonl(folder / "gsm.jsonl", [{"question": f"What is {k} + {k}?", "answer": f"{2 * k}"}
+                                              for k in range(20)])
+    chat = write_jsonl(folder / "chat.jsonl", [{"instruction": f"Say {k}.", "input": "", "output": f"{k}."}
+                                               for k in range(20)])
+    run = make_run(folder / "run", [f"math={math}", f"chat={chat}"])
+    return run, select_run(run, Recipe("davir", budget="10"), folder / "sel")

@@ -254,3 +254,17 @@ def test_temperature_is_seeded_reproducible_and_tends_to_top_k():
     assert set(select(t, Recipe("davir", budget="40", temperature=1e-300, seed=5))["example_id"]) == top
     low_top = set(select(t, Recipe("davir", budget="40", order="low"))["example_id"])
     assert set(select(t, Recipe("davir", budget="40", order="low", temperature=1e-9))["example_id"]) == low_top
+
+
+def test_a_selection_that_decontamination_empties_names_that_step(tmp_path):
+    """Decontamination that flags everything is named, not the score or the thresholds."""
+    from curation.runs.folder import Run
+    from curation.selection.annotate import annotate
+    from tests.conftest import write_jsonl
+    from tests.synthetic import make_selection
+
+    run, _ = make_selection(tmp_path)
+    ev = write_jsonl(tmp_path / "ev.jsonl", [{"question": "What is 1 + 1? Say 1.", "answer": "2"}])
+    recipe = Recipe("loss", budget="5", decontaminate=[str(ev)], ngram=1)
+    with pytest.raises(SelectionError, match="the step that left none is decontamination \\(1-word n-grams\\)"):
+        apply_recipe(annotate(Run(run), Run(run).scores(), recipe), recipe)

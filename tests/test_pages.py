@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, math_rows, write_jsonl
 from tests.ui_workspace import build_scored_workspace
 
 PAGES = ["home", "data", "score", "explore", "inspect", "decisions", "mix", "select", "validate", "export"]
@@ -379,3 +379,70 @@ def test_inspect_records_decisions_the_decisions_page_lists_them_and_select_hono
     off = next(t for t in at.toggle if t.label.startswith("Honour the curator's decisions"))
     off.set_value(False).run()
     assert not any(i.value.startswith("Curator decisions") for i in at.info)
+
+
+def test_inspect_says_when_a_source_changed_since_scoring(tmp_path, tiny_model_dir, monkeypatch):
+    from curation.runs.folder import Run, SourceChanged
+    from curation.runs.score import ScoreConfig, run_score
+
+    ws = tmp_path / "ws"
+    (ws / "data").mkdir(parents=True)
+    rows = math_rows(6)
+    data = write_jsonl(ws / "data" / "qa.jsonl", rows)
+    run = run_score(ScoreConfig(sources=[f"math={data}"], out=str(ws / "runs" / "r"), model=str(tiny_model_dir)))
+    row = Run(run).scores().iloc[0]
+    assert Run(run).example(row.source, row.source_index, row.example_id)[0]["content"] == rows[0]["question"]
+    lines = data.read_text().splitlines()
+    lines[0] = json.dumps({"question": "A different question", "answer": rows[0]["answer"]})
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SourceChanged, match="no longer matches example"):
+        Run(run).example(row.source, row.source_index, row.example_id)
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = _page("inspect")
+    at.text_input(key=next(t.key for t in at.text_input if t.label.startswith("Example id"))).set_value(row.example_id).run()
+    errors = " ".join(e.value for e in at.error)
+    assert "source changed since it was scored" in errors and "A different question" not in str(at.markdown)
+
+
+def test_the_export_page_does_not_offer_a_file_from_outside(tmp_path, monkeypatch):
+    from curation.export.writer import ExportConfig, export_selection
+    from tests.synthetic import make_selection
+
+    ws = tmp_path / "ws"
+    run, sel = make_selection(tmp_path)
+    out = export_selection(ExportConfig(selection=str(sel), out=str(ws / "exports" / "evil")))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["data"] = "../../../../etc/passwd"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (ws / "selections").mkdir()
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = _page("export")
+    assert not at.exception
+    assert any("not a data file of this export" in e.value for e in at.error)
+    assert not at.get("download_button")
+
+
+def test_the_data_page_warns_of_a_link_leaving_the_workspace_and_reads_nothing_of_it(tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    (ws / "data").mkdir(parents=True)
+    write_jsonl(ws / "data" / "mine.jsonl", math_rows(6))
+    (ws / "data" / "passwd.csv").symlink_to("/etc/passwd")
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = _page("data")
+    assert not at.exception
+    assert any("passwd.csv" in w.value and "outside the workspace" in w.value for w in at.warning)
+    shown = "\n".join(str(x.value) for x in [*at.markdown, *at.caption, *at.error, *at.info])
+    assert "root:" not in shown  # nothing of the linked file is read
+
+
+def test_a_damaged_report_or_manifest_is_named_on_its_page(tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    for folder, name in (("exports", "manifest.json"), ("validations", "report.json")):
+        (ws / folder / "broken").mkdir(parents=True)
+        (ws / folder / "broken" / name).write_text("{not json")
+    (ws / "selections").mkdir()
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    for page, name in (("export", "manifest.json"), ("validate", "report.json")):
+        at = _page(page)
+        assert not at.exception, (page, at.exception)
+        assert any(name in e.value and "not a readable" in e.value for e in at.error), (page, [e.value for e in at.error])

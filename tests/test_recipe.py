@@ -67,3 +67,8 @@ def test_new_recipe_fields_validate_and_round_trip(tmp_path):
         Recipe("random", stratify="length:3")
     with pytest.raises(SelectionError, match="ranking method"):
         Recipe("s2l", temperature=1.0)
+
+
+def test_a_domain_given_twice_in_a_mix_is_refused():
+    with pytest.raises(SelectionError, match="domain 'chat' is given twice"):
+        Recipe("loss", mix="chat=0.5,chat=0.5")

@@ -225,3 +225,21 @@ def test_two_selections_share_one_training_of_their_common_random_baseline(setup
     assert rep["trainings"]["timed"] == 3 and rep["trainings"]["reused"] == 1, rep["trainings"]
     res = pd.read_parquet(out / "results.parquet").set_index(["candidate", "example_id"])["nll"]
     pd.testing.assert_series_equal(res["random@planted"], res["random@other"])
+
+
+def test_one_eval_file_under_two_names_is_refused():
+    with pytest.raises(ValueError, match="--eval a=x.jsonl and --eval b=x.jsonl name the same file"):
+        ValidateConfig(selections=["s"], out="o", eval={"a": "x.jsonl", "b": "x.jsonl"})
+
+
+def test_validate_never_writes_into_a_folder_holding_the_users_files(tmp_path, run_cli):
+    from tests.synthetic import make_selection
+
+    run, sel = make_selection(tmp_path)
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "report.md").write_text("my own report")
+    ev = write_jsonl(tmp_path / "ev.jsonl", [{"question": "What is 99 + 99?", "answer": "198"}])
+    r = run_cli("validate", str(sel), "--eval", f"math={ev}", "--out", str(out))
+    assert r.returncode == 2 and "is not empty and holds no validation" in r.stderr, r.stderr
+    assert (out / "report.md").read_text() == "my own report" and sorted(os.listdir(out)) == ["report.md"]
