@@ -115,6 +115,39 @@ def default_pool(tmp_path_factory) -> dict[str, Path]:
             "eval_chat": ws / "eval" / "chat.jsonl", "eval_math": ws / "eval" / "math.jsonl"}
 
 
+@pytest.fixture(scope="session")
+def built_ui_workspace(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
+    """The dashboard's scored workspace (tests.ui_workspace: a learn run, a selection, a validation
+    and a mix study on the tiny model), built once per session: ``(workspace, pristine copy)``.
+    Use ``scored_ws``, which puts the workspace back as built after each module."""
+    import shutil
+
+    from tests.ui_workspace import build_scored_workspace
+
+    ws = tmp_path_factory.mktemp("ui-ws")
+    with pytest.MonkeyPatch.context() as mp:  # built before any test's own workspace is set: use this one
+        mp.setenv("CURATION_WORKSPACE", str(ws))
+        mp.setenv("CURATION_SCORE_CACHE", str(ws / "score-cache"))
+        build_scored_workspace(ws, tiny_model_dir)
+    pristine = tmp_path_factory.mktemp("ui-ws-pristine") / "ws"
+    shutil.copytree(ws, pristine, symlinks=True)
+    return ws, pristine
+
+
+@pytest.fixture(scope="module")
+def scored_ws(built_ui_workspace) -> Path:
+    """The session's scored workspace for one test module (AppTest pages, the browser's server).
+    A module may change it (save a selection, record decisions, upload a file); afterwards it is
+    restored in place, at the same path, because its run, selection and studies name each other
+    by absolute path (a copy elsewhere would still point here)."""
+    import shutil
+
+    ws, pristine = built_ui_workspace
+    yield ws
+    shutil.rmtree(ws)
+    shutil.copytree(pristine, ws, symlinks=True)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data (GSM8K, an Alpaca demo): there for the developers and CI, not on a user's clone."""

@@ -10,7 +10,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ROOT, math_rows, write_jsonl
-from tests.ui_workspace import build_scored_workspace
 
 PAGES = ["home", "data", "score", "explore", "inspect", "decisions", "mix", "select", "validate", "export"]
 
@@ -25,13 +24,6 @@ def _texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info] \
         + [w.value for w in at.warning] + [e.value for e in at.error] + [s.value for s in at.success]
     return "\n".join(map(str, parts))
-
-
-@pytest.fixture(scope="module")
-def scored_ws(tmp_path_factory, tiny_model_dir):
-    ws = tmp_path_factory.mktemp("ui-ws")
-    build_scored_workspace(ws, tiny_model_dir)
-    return ws
 
 
 @pytest.fixture
@@ -171,6 +163,7 @@ def test_select_then_export_writes_the_expected_file(in_scored_ws):
     assert any(d.proto.label.startswith("Download balanced-jsonl-messages-train.jsonl") for d in at.get("download_button"))
 
 
+@pytest.mark.integration  # a real job worker process
 def test_score_page_launches_a_background_job_and_shows_it(empty_ws, tiny_model_dir):
     import time
 
