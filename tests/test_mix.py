@@ -136,6 +136,7 @@ def test_mix_config_says_what_to_change():
             MixConfig(**{**base, **kw})
 
 
+@pytest.mark.integration  # a job worker killed and resumed
 def test_a_killed_mix_study_resumes_with_its_finished_trainings_kept(pool, tmp_path, monkeypatch):
     from curation.jobs import store as jobs
 

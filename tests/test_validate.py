@@ -142,6 +142,7 @@ def test_selections_and_the_longest_and_full_baselines_are_compared_with_their_o
     assert got == want  # never a random baseline as the candidate, never another selection's baseline
 
 
+@pytest.mark.integration  # job workers killed and resumed
 def test_a_killed_validation_resumes_to_the_same_report(setup, tmp_path, monkeypatch):
     from curation.jobs import store as jobs
 
