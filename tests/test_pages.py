@@ -1,5 +1,6 @@
 """Every dashboard page under Streamlit's AppTest, on an empty workspace and on a small scored one
-(a real learnability run of the tiny fixture model), and the select -> export flow."""
+(a real learnability run of the tiny fixture model), the select -> export flow, and what a page
+shows for a source edited since scoring, a damaged report, or a file outside the workspace."""
 
 from __future__ import annotations
 
