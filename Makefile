@@ -1,7 +1,7 @@
 # Two commands for a newcomer: `make run` (the app) and `make test` (the whole suite, as CI runs it).
 # `make setup` is the idempotent install step both use. `make test-fast` (a developer's extra) leaves out the
 # tests marked integration (Ray, Chromium, job workers and other processes, kill and resume, compilers, the real
-# default model): under 3 minutes on 2 CPU cores.
+# default model): about 2 minutes of CPU time.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
