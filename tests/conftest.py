@@ -115,6 +115,39 @@ def default_pool(tmp_path_factory) -> dict[str, Path]:
             "eval_chat": ws / "eval" / "chat.jsonl", "eval_math": ws / "eval" / "math.jsonl"}
 
 
+@pytest.fixture(scope="session")
+def built_ui_workspace(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
+    """The dashboard's scored workspace (tests.ui_workspace: a learn run, a selection, a validation
+    and a mix study on the tiny model), built once per session: ``(workspace, pristine copy)``.
+    Use ``scored_ws``, which puts the workspace back as built after each module."""
+    import shutil
+
+    from tests.ui_workspace import build_scored_workspace
+
+    ws = tmp_path_factory.mktemp("ui-ws")
+    with pytest.MonkeyPatch.context() as mp:  # built before any test's own workspace is set: use this one
+        mp.setenv("CURATION_WORKSPACE", str(ws))
+        mp.setenv("CURATION_SCORE_CACHE", str(ws / "score-cache"))
+        build_scored_workspace(ws, tiny_model_dir)
+    pristine = tmp_path_factory.mktemp("ui-ws-pristine") / "ws"
+    shutil.copytree(ws, pristine, symlinks=True)
+    return ws, pristine
+
+
+@pytest.fixture(scope="module")
+def scored_ws(built_ui_workspace) -> Path:
+    """The session's scored workspace for one test module (AppTest pages, the browser's server).
+    A module may change it (save a selection, record decisions, upload a file); afterwards it is
+    restored in place, at the same path, because its run, selection and studies name each other
+    by absolute path (a copy elsewhere would still point here)."""
+    import shutil
+
+    ws, pristine = built_ui_workspace
+    yield ws
+    shutil.rmtree(ws)
+    shutil.copytree(pristine, ws, symlinks=True)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data (GSM8K, an Alpaca demo): there for the developers and CI, not on a user's clone."""
@@ -131,15 +164,53 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def math_rows(n: int) -> list[dict]:
+    """``n`` GSM8K-style records: ``What is k + k?`` with a worked answer and its ``#### 2k`` line."""
+    return [{"question": f"What is {k} + {k}?", "answer": f"{k} + {k} = {2 * k}\n#### {2 * k}"} for k in range(n)]
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """``python -m curation ARGS`` in this process (the same ``main`` the module runs): a
+    ``CompletedProcess`` with the exit code and what was printed.  A traceback would be an
+    exception here, so the test fails on it."""
+    import subprocess
+
+    from curation.cli import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        capsys.readouterr()  # what the test printed before is not the command's
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
+    return run
+
+
+class Planted:
+    """A pickle whose loading runs code (it touches ``marker``): proof that a file was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
 # Synthetic run folders (tests.synthetic): a pool of 40 math + 30 chat records in two formats.
 
 
 @pytest.fixture
 def pool_files(tmp_path):
-    math_rows = [{"question": f"What is {k} + {k}?", "answer": f"{k} + {k} = {2 * k}\n#### {2 * k}"} for k in range(40)]
     chat_rows = [{"instruction": f"Say something about fox {k}.", "input": "", "output": "The quick fox " * (k + 1)}
                  for k in range(30)]
-    math = write_jsonl(tmp_path / "gsm.jsonl", math_rows)
+    math = write_jsonl(tmp_path / "gsm.jsonl", math_rows(40))
     chat = tmp_path / "alpaca.json"
     chat.write_text(json.dumps(chat_rows))
     return [f"math={math}", f"chat={chat}"]

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 
 from curation.runs.folder import LAYOUT
+from curation.runs.formulas import derived_columns
+from curation.scores import LEARN_COLUMNS, SCORES
 
-
-LEARN_COLUMNS = ["loss_ckpt_0", "loss_ckpt_1", "loss_ckpt_2", "loss_base", "loss_ref", "davir", "rho",
-                 "ifd", "ppl_base", "s2l_cluster"]
+TRAJECTORY = ["loss_ckpt_0", "loss_ckpt_1", "loss_ckpt_2"]  # a 3-point trajectory L_0, L_1, L_2
+# The columns a synthetic learn run has beyond a score run's, in a learn run's table order.
+SYNTHETIC_LEARN_COLUMNS = [*TRAJECTORY, *LEARN_COLUMNS, SCORES["s2l"].column]
 
 
 def synthetic_scores(examples, seed: int = 0, learn: bool = True) -> pd.DataFrame:
@@ -37,13 +39,14 @@ def synthetic_scores(examples, seed: int = 0, learn: bool = True) -> pd.DataFram
     rows["loss_sum"] = l0 * rows["n_response_tokens"]
     if learn:
         lk = l0 * rng.uniform(0.2, 1.0, n)
-        rows["loss_ckpt_0"], rows["loss_ckpt_1"], rows["loss_ckpt_2"] = l0, (l0 + lk) / 2, lk
-        rows["loss_base"], rows["loss_ref"] = l0, lk
-        rows["davir"] = (l0 - lk) / l0
-        rows["rho"] = l0 - lk
-        rows["ifd"] = rng.uniform(0.3, 1.3, n)
-        rows["ppl_base"] = np.exp(l0)
-        rows["s2l_cluster"] = rng.integers(0, 6, n)
+        trajectory = np.column_stack([l0, (l0 + lk) / 2, lk])  # (n, 3)
+        for k, c in enumerate(TRAJECTORY):
+            rows[c] = trajectory[:, k]
+        derived = derived_columns(trajectory)  # the library's formulas: davir = (L_0 - L_K) / L_0, ...
+        ifd = rng.uniform(0.3, 1.3, n)  # IFD has its own pass: no trajectory formula
+        for c in LEARN_COLUMNS:
+            rows[c] = ifd if c == SCORES["ifd"].column else derived[c]
+        rows[SCORES["s2l"].column] = rng.integers(0, 6, n)
     return rows
 
 
@@ -217,3 +220,18 @@ def write_pair_sources(folder: Path, n_chat: int = 30, n_math: int = 24) -> list
     for d, rows in (("chat", chat), ("math", math)):
         paths[d].write_text("".join(json.dumps(r) + "\n" for r in rows))
     return [f"{d}={p}" for d, p in paths.items()]
+
+
+def make_selection(folder: Path) -> tuple[Path, Path]:
+    """A synthetic run of 20 math + 20 chat records in ``folder`` and a saved 10-example davir
+    selection of it: ``(run, selection folder)``."""
+    from curation.selection.folder import select_run
+    from curation.selection.recipe import Recipe
+    from tests.conftest import write_jsonl
+
+    math = write_jsonl(folder / "gsm.jsonl", [{"question": f"What is {k} + {k}?", "answer": f"{2 * k}"}
+                                              for k in range(20)])
+    chat = write_jsonl(folder / "chat.jsonl", [{"instruction": f"Say {k}.", "input": "", "output": f"{k}."}
+                                               for k in range(20)])
+    run = make_run(folder / "run", [f"math={math}", f"chat={chat}"])
+    return run, select_run(run, Recipe("davir", budget="10"), folder / "sel")

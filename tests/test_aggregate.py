@@ -108,3 +108,7 @@ def test_aggregations_stay_small_and_fast_on_a_million_rows():
     assert len(traj) == 200 and len(sizes) == 100 and len(dis) == 20
     assert int(h["count"].sum()) == n
     assert elapsed < 60  # generous for a shared 2-core machine; typically a few seconds
+
+
+def test_map_previews_escape_markup_but_not_quotes():
+    assert render.hover_text('He said "hi" & <b>left</b>') == 'He said "hi" &amp; &lt;b&gt;left&lt;/b&gt;'

@@ -306,3 +306,17 @@ def test_a_method_for_the_other_kind_of_data_is_refused_in_one_line(pair_table, 
     with pytest.raises(SelectionError, match="--method reward_margin scores preference pairs; this run holds SFT "
                                              "examples: use one of davir"):
         select(table_of(run_dir), Recipe("reward_margin", budget="5", decisions="none"))
+
+
+def test_a_selection_that_decontamination_empties_names_that_step(tmp_path):
+    """Decontamination that flags everything is named, not the score or the thresholds."""
+    from curation.runs.folder import Run
+    from curation.selection.annotate import annotate
+    from tests.conftest import write_jsonl
+    from tests.synthetic import make_selection
+
+    run, _ = make_selection(tmp_path)
+    ev = write_jsonl(tmp_path / "ev.jsonl", [{"question": "What is 1 + 1? Say 1.", "answer": "2"}])
+    recipe = Recipe("loss", budget="5", decontaminate=[str(ev)], ngram=1)
+    with pytest.raises(SelectionError, match="the step that left none is decontamination \\(1-word n-grams\\)"):
+        apply_recipe(annotate(Run(run), Run(run).scores(), recipe), recipe)

@@ -20,10 +20,19 @@ def test_baselines_match_counts_tokens_and_lengths():
     assert baseline_positions("random", ids, resp, 3, 0, 0, "d").tolist() != \
         baseline_positions("random", ids, resp, 3, 0, 1, "d").tolist()
     assert sorted(baseline_positions("longest", ids, resp, 3, 0, 0, "d").tolist()) == [1, 3, 5]
+    undershoots = overshoots = 0
     for seed in range(20):
         got = baseline_positions("random-tokens", ids, resp, 0, 60, seed, "d")
-        cum = np.cumsum(resp[got])
-        assert abs(cum[-1] - 60) <= max(resp[got]) / 2 + 1e-9 or cum[-1] <= 60  # the closest prefix
+        # The seeded order is the same whatever the target: asked for every token, it is the whole order.
+        order = baseline_positions("random-tokens", ids, resp, 0, int(resp.sum()), seed, "d")
+        assert sorted(order.tolist()) == list(range(8))
+        sums = np.cumsum(resp[order])  # sums[j]: the tokens of the first j + 1 examples
+        gap = np.abs(sums - 60)
+        # The prefix whose tokens come closest to 60 (the shorter one on a tie), above or below it.
+        assert got.tolist() == order[: int(np.argmin(gap)) + 1].tolist(), (seed, sums.tolist())
+        undershoots += int(sums[len(got) - 1] < 60)
+        overshoots += int(sums[len(got) - 1] > 60)
+    assert undershoots and overshoots  # both sides are exercised by these seeds
     assert len(baseline_positions("full", ids, resp, 0, 0, 0, "d")) == 8
 
 

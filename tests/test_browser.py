@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.ui_workspace import build_scored_workspace
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -28,7 +27,8 @@ PAGES = ["data", "", "score", "explore", "inspect", "decisions", "mix", "select"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.integration,  # a Streamlit server driven by Chromium
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install chromium)")]
 
 
 def _free_port() -> int:
@@ -38,10 +38,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir):
-    ws = tmp_path_factory.mktemp("browser-ws")
-    build_scored_workspace(ws, tiny_model_dir)
-    yield from _serve(ws)
+def server(scored_ws):
+    yield from _serve(scored_ws)
 
 
 @pytest.fixture(scope="module")

@@ -89,3 +89,24 @@ def test_parse_pairs_refuses_a_repeated_key_in_every_input(capsys):
     with pytest.raises(SystemExit):
         _parse("score", "x", "--out", "o", "--columns", "a=b", "--columns", "a=c")
     assert "field 'a' is given twice ('b' and 'c')" in capsys.readouterr().err
+
+
+def test_a_single_valued_option_given_twice_is_refused(tmp_path, run_cli):
+    r = run_cli("learn", "math=x.jsonl", "--out", str(tmp_path / "o"), "--stability-runs", "3",
+                "--stability-vary", "lr=1e-5", "--stability-vary", "seed=4")
+    assert r.returncode == 2 and "--stability-vary: given twice ('lr=1e-5' and 'seed=4')" in r.stderr, r.stderr
+    r = run_cli("select", "run", "--method", "loss", "--budget", "5", "--budget", "10", "--out", "x")
+    assert r.returncode == 2 and "--budget: given twice" in r.stderr
+
+
+def test_counts_that_multiply_the_work_are_bounded():
+    from curation.validation.mix import MixConfig
+    from curation.validation.validate import ValidateConfig
+
+    for make, msg in [(lambda: ValidateConfig(selections=["s"], out="o", eval={"m": "x"}, seeds=1_000_000_000),
+                       "seeds 1000000000: at most 50"),
+                      (lambda: MixConfig(run="r", out="o", eval={"m": "x"}, seeds=51), "at most 50"),
+                      (lambda: LearnConfig(sources=["x.jsonl"], out="o", stability_runs=1000), "at most 20"),
+                      (lambda: ValidateConfig(selections=["s"], out="o", eval={"m": "x"}, epochs=10**6), "at most 1,000")]:
+        with pytest.raises(ValueError, match=msg):
+            make()

@@ -75,6 +75,7 @@ def _writer(ws: str, k: int, n: int) -> None:
         store.set(["ffffffffffffffff"], add_tags=[f"w{k}-{j}"], page="test")  # the same row from both writers
 
 
+@pytest.mark.integration  # two writer processes
 def test_two_writers_at_once_lose_nothing(tmp_path):
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(tmp_path), k, 20)) for k in range(2)]
@@ -289,6 +290,7 @@ def test_export_reports_decisions_and_warns_when_they_changed_since(tmp_path, ru
     assert "| math |" in card and "## Provenance" in card
 
 
+@pytest.mark.integration  # trains in TRL's SFTTrainer
 def test_prompt_completion_export_loads_and_trains_in_trl_on_the_completion_only(tmp_path, tiny_model_dir):
     pytest.importorskip("trl", reason="TRL is a test dependency (requirements.txt); make setup installs it")
     import datasets

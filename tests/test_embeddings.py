@@ -47,25 +47,40 @@ def encoded(tiny_lm):
     return encode_many(tiny_lm.tokenizer, t, convs, max_length=300)
 
 
+@pytest.fixture(scope="module")
+def hf_reference(tiny_lm, encoded) -> list[dict]:
+    """HF's own numbers for each example (one forward pass each), computed once for every batching
+    below: the embedding and the loss (examples with assistant tokens), the RDS+ pooling (all)."""
+    out = []
+    for enc in encoded:
+        ref = {"rds": hf_rds(tiny_lm.model, enc)}
+        if enc.target.any():
+            ref.update(embedding=hf_embedding(tiny_lm.model, enc), loss=reference_loss(tiny_lm.model, enc))
+        out.append(ref)
+    return out
+
+
 @pytest.mark.parametrize("batch_tokens", [1, 300, 100000])
-def test_embeddings_equal_a_separate_forward_pass_and_losses_are_unchanged(tiny_lm, encoded, batch_tokens):
+def test_embeddings_equal_a_separate_forward_pass_and_losses_are_unchanged(tiny_lm, encoded, hf_reference,
+                                                                          batch_tokens):
     got = score_examples(tiny_lm.model, encoded, batch_tokens=batch_tokens)
-    for enc, res in zip(encoded, got):
+    for enc, res, ref in zip(encoded, got, hf_reference, strict=True):
         if not enc.target.any():
             assert res.embedding is None
             continue
         assert res.embedding.dtype == np.float32 and res.embedding.shape == (tiny_lm.model.config.hidden_size,)
-        np.testing.assert_allclose(res.embedding, hf_embedding(tiny_lm.model, enc), atol=1e-4)
-        assert abs(res.loss - reference_loss(tiny_lm.model, enc)) < 1e-4
+        np.testing.assert_allclose(res.embedding, ref["embedding"], atol=1e-4)
+        assert abs(res.loss - ref["loss"]) < 1e-4
 
 
 @pytest.mark.parametrize("batch_tokens", [1, 300, 100000])
-def test_rds_embeddings_equal_position_weighted_pooling_of_hf_hidden_states(tiny_lm, encoded, batch_tokens):
+def test_rds_embeddings_equal_position_weighted_pooling_of_hf_hidden_states(tiny_lm, encoded, hf_reference,
+                                                                           batch_tokens):
     """Every example, padded rows and a shared prefix (the system prompt of 10 of them) included."""
     got = score_examples(tiny_lm.model, encoded, batch_tokens=batch_tokens)
-    for enc, res in zip(encoded, got):
+    for res, ref in zip(got, hf_reference, strict=True):
         assert res.rds.dtype == np.float32 and abs(np.linalg.norm(res.rds) - 1) < 1e-5
-        np.testing.assert_allclose(res.rds, hf_rds(tiny_lm.model, enc), atol=1e-4)
+        np.testing.assert_allclose(res.rds, ref["rds"], atol=1e-4)
 
 
 def test_chunk_scorer_returns_the_embeddings(tiny_model_dir, tiny_lm, encoded):

@@ -8,12 +8,12 @@ import json
 import pandas as pd
 import pytest
 
-from curation.export.writer import ExportConfig, ExportError, export_selection, load_export
+from curation.export.writer import ExportConfig, ExportError, download_payload, export_selection, load_export
 from curation.data.load import example_id
 from curation.selection.folder import select_run
 from curation.selection.recipe import Recipe
-from tests.conftest import write_jsonl
-from tests.synthetic import make_run
+from tests.conftest import math_rows, write_jsonl
+from tests.synthetic import make_run, make_selection
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +285,56 @@ def test_trls_dpo_trainer_loads_a_dpo_export_and_trains_a_tiny_model_a_step(pair
     result = trainer.train()
     assert result.global_step == 1 and np.isfinite(result.training_loss)
     assert not next(model.parameters()).detach().equal(before)  # the step changed the weights
+
+
+def test_a_killed_exports_leftovers_are_removed_and_reported(tmp_path, capsys):
+    import os
+
+    from curation.cli import main
+
+    data = write_jsonl(tmp_path / "qa.jsonl", math_rows(6))
+    run = make_run(tmp_path / "run", [f"math={data}"])
+    select_run(run, Recipe("davir", budget="3"), tmp_path / "sel")
+    dead_pid = 2 ** 22 + 12345  # above the kernel's pid range: never running
+    for name in (f".exp.{dead_pid}-abcd.tmp", f".exp.{dead_pid}-ef01.old"):
+        (tmp_path / name / "train").mkdir(parents=True)
+        (tmp_path / name / "train" / "data.arrow").write_bytes(b"x" * 2_000_000)
+    alive = tmp_path / f".exp.{os.getpid()}-9999.tmp"  # a writer still running: left alone
+    alive.mkdir()
+    assert main(["export", str(tmp_path / "sel"), "--out", str(tmp_path / "exp")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: removed .exp.") == 2 and "(2.0 MB)" in err and "killed" in err
+    assert sorted(p.name for p in tmp_path.glob(".exp.*")) == [alive.name]
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../../../../etc/passwd", "manifest.json", "train.jsonl"])
+def test_an_export_serves_only_its_own_data_file(tmp_path, name):
+    run, sel = make_selection(tmp_path)
+    out = export_selection(ExportConfig(selection=str(sel), out=str(tmp_path / "exp")))
+    manifest = json.loads((out / "manifest.json").read_text())
+    if name == "train.jsonl":  # the right name, but a link to a file outside the export
+        (out / "train.jsonl").unlink()
+        (out / "train.jsonl").symlink_to("/etc/hosts")
+    manifest["files"]["data"] = name
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for read in (download_payload, load_export):
+        with pytest.raises(ExportError, match="not a data file of this export"):
+            read(out)
+
+
+def test_non_finite_numbers_export_as_strict_json(tmp_path):
+    src = tmp_path / "qa.jsonl"
+    src.write_text("".join(f'{{"question": "What is {k}?", "answer": "{k}", "weight": {v}}}\n'
+                           for k, v in enumerate(["NaN", "Infinity", "-Infinity", "1.5"] * 3)))
+    run = make_run(tmp_path / "run", [f"math={src}"])
+    sel = select_run(run, Recipe("random", budget="12"), tmp_path / "sel")
+    notes = []
+    out = export_selection(ExportConfig(selection=str(sel), out=str(tmp_path / "exp"), style="original"), notes=notes)
+
+    def strict(c):
+        raise ValueError(f"non-standard JSON constant {c}")
+
+    rows = [json.loads(line, parse_constant=strict) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert sorted(map(str, (r["weight"] for r in rows))) == ["1.5"] * 3 + ["None"] * 9
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["non_finite_values"]["count"] == 9 and any("written as null" in n for n in notes)

@@ -1,9 +1,11 @@
 """Background jobs with real worker processes, a real SQLite store and the tiny fixture model:
-kill -9 and resume, cancel, queueing on one device, failures, hung workers, the CLI."""
+kill -9 and resume, cancel, queueing on one device, failures, hung workers, the CLI; a job store
+that cannot be read is named with what to do."""
 
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -83,6 +85,7 @@ def assert_same_run(a, b):
     assert (a / "rejected.jsonl").read_text() == (b / "rejected.jsonl").read_text()
 
 
+@pytest.mark.integration  # real worker processes
 def test_kill_9_then_resume_gives_the_uninterrupted_tables(tmp_path, ws, tiny_model_dir):
     pool = make_pool(tmp_path)
     job = jobs.submit("score", config(pool, tiny_model_dir, chunk_examples=25), workspace=ws)
@@ -116,6 +119,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_tables(tmp_path, ws, tiny_mo
         jobs.resume(job, ws)
 
 
+@pytest.mark.integration  # real worker processes
 def test_jobs_queue_on_one_device_cancel_and_readers_see_consistent_progress(tmp_path, ws, tiny_model_dir):
     pool = make_pool(tmp_path, 60, 60)
     a = jobs.submit("score", config(pool, tiny_model_dir, chunk_examples=10), workspace=ws)
@@ -171,6 +175,7 @@ def test_jobs_queue_on_one_device_cancel_and_readers_see_consistent_progress(tmp
     assert len(scores) == 120 and scores["example_id"].is_unique
 
 
+@pytest.mark.integration  # real worker processes
 def test_a_job_on_a_bad_file_fails_with_a_one_line_reason_and_its_log(tmp_path, ws, tiny_model_dir):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"nothing": 1}, {"also": "nothing"}])
     r = cli("jobs", "submit", "score", str(bad), "--model", str(tiny_model_dir), "--workspace", str(ws))
@@ -191,6 +196,7 @@ def test_a_job_on_a_bad_file_fails_with_a_one_line_reason_and_its_log(tmp_path, 
     assert r.returncode == 2 and "only queued or running jobs" in r.stderr
 
 
+@pytest.mark.integration  # real worker processes
 def test_a_hung_worker_is_reported_interrupted_and_killed(tmp_path, ws, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("CURATION_JOB_STALE_S", "3")  # the readers' threshold; heartbeats come every 2 s
     job = jobs.submit("score", config(make_pool(tmp_path, 5, 5), tiny_model_dir), workspace=ws)
@@ -201,3 +207,35 @@ def test_a_hung_worker_is_reported_interrupted_and_killed(tmp_path, ws, tiny_mod
     assert st["state"] == "interrupted" and "no heartbeat" in st["error"]
     assert time.time() - t0 > jobs.HEARTBEAT_S * 2  # suspected first, given up only later
     wait_for(lambda: process_start_time(st["pid"]) is None, timeout=5)  # killed: it cannot write any more
+
+
+def _not_a_database(ws):
+    (ws / "jobs.sqlite").write_bytes(b"this is a text file, not SQLite" * 100)
+
+
+def _truncated_store(ws):
+    jobs.JobStore(ws).list()  # creates a real store
+    with sqlite3.connect(ws / "jobs.sqlite") as c:
+        c.execute("CREATE TABLE filler (x TEXT)")
+        c.executemany("INSERT INTO filler VALUES (?)", [("x" * 1000,)] * 200)
+    data = (ws / "jobs.sqlite").read_bytes()
+    for f in ws.glob("jobs.sqlite-*"):
+        f.unlink()
+    (ws / "jobs.sqlite").write_bytes(data[: len(data) // 3])
+
+
+def _another_schema(ws):
+    with sqlite3.connect(ws / "jobs.sqlite") as c:
+        c.execute("CREATE TABLE jobs (name TEXT, size INTEGER)")
+
+
+@pytest.mark.parametrize("damage", [_not_a_database, _truncated_store, _another_schema],
+                         ids=["not a database", "truncated", "another schema"])
+def test_an_unreadable_job_store_is_named_with_what_to_do(tmp_path, run_cli, damage):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    damage(ws)
+    for args in (["jobs", "list"], ["jobs", "status", "x"], ["jobs", "resume", "x"]):
+        r = run_cli(*args, "--workspace", str(ws))
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"{ws / 'jobs.sqlite'}: the job store is unreadable" in r.stderr and "move it aside" in r.stderr

@@ -11,7 +11,7 @@ from curation.runs.learn import LearnConfig, assign_folds, run_learn
 from curation.scoring.models import ModelError
 from curation.runs.folder import SCORE_COLUMNS, RunMismatch
 from curation.runs.score import ScoreConfig, run_score
-from tests.conftest import write_jsonl
+from tests.conftest import Planted, math_rows, write_jsonl
 
 TRAJ = ["loss_ckpt_0", "loss_ckpt_1", "loss_ckpt_2", "loss_ckpt_3"]
 LEARN_COLUMNS = SCORE_COLUMNS + TRAJ + ["loss_base", "loss_ref", "davir", "rho", "ifd", "ppl_base", "s2l_cluster"]
@@ -245,3 +245,26 @@ def test_cli_learn(learned, tiny_model_dir, capsys):
     assert main(args[:-2] + ["--seed", "5"]) == 2  # another run in the same folder
     assert "holds another run" in capsys.readouterr().err
     assert main(["learn", *learned["pool"], "--out", "x", "--heldout-folds", "1"]) == 2
+
+
+def test_a_planted_pickle_in_a_run_folder_is_never_read(tmp_path, tiny_model_dir, run_cli):
+    """A pickled resume state (an earlier version's ``state.pt``, or one planted) is never
+    unpickled: the run resumes from its own safetensors state and finishes; no code runs."""
+    import pickle
+
+    data = write_jsonl(tmp_path / "qa.jsonl", math_rows(6))
+    out, marker = tmp_path / "run", tmp_path / "PWNED"
+
+    def stop(**p):  # stopped when its training starts: a run folder whose training a re-run resumes
+        if str(p.get("phase", "")).startswith("training"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_learn(LearnConfig(sources=[f"math={data}"], out=str(out), model=str(tiny_model_dir), checkpoints=1,
+                              ifd=False, cache=str(tmp_path / "cache")), progress=stop)
+    (out / "train").mkdir(parents=True, exist_ok=True)
+    (out / "train" / "state.pt").write_bytes(pickle.dumps({"model": Planted(marker), "total_steps": 1}))
+    r = run_cli("learn", f"math={data}", "--model", tiny_model_dir, "--out", out, "--checkpoints", "1", "--no-ifd",
+                "--cache", tmp_path / "cache")
+    assert r.returncode == 0, r.stderr
+    assert (out / "scores.parquet").is_file() and not marker.exists()

@@ -10,6 +10,12 @@ from curation.data.readers import is_hub_id, read_record
 from tests.conftest import write_jsonl
 
 
+from curation.data.load import (
+    SourceError, SourceSpec, check_domain, example_id, is_hub_id, load_sources, normalise, parse_source_arg, read_record,
+)
+from tests.conftest import math_rows, write_jsonl
+
+
 def msgs(*pairs):
     return [{"role": r, "content": c} for r, c in pairs]
 
@@ -266,3 +272,39 @@ def test_a_domain_taken_from_a_file_name_obeys_the_domain_rule(tmp_path):
     assert spec.domain == "img_src_x_onerror_alert_1" and check_domain(spec.domain) == spec.domain
     assert parse_source_arg(str(write_jsonl(tmp_path / "my data.jsonl", [{"question": "q", "answer": "a"}]))).domain \
         == "my_data"
+
+
+def _deep(depth: int) -> str:
+    return '{"question": "deep", "answer": ' + "[" * depth + "]" * depth + "}"
+
+
+GOOD_ROWS = math_rows(3)
+
+
+@pytest.mark.parametrize("name,lines,bad", [
+    ("deeply nested line", [json.dumps(GOOD_ROWS[0]), _deep(100_000), json.dumps(GOOD_ROWS[1])], ["nested too deeply"]),
+    ("U+2028, U+2029, CRLF and a BOM", [
+        "\ufeff" + json.dumps(GOOD_ROWS[0]),
+        json.dumps({"question": "Line\u2028separator and para\u2029graph?", "answer": "Both are fine.\u2028#### 1"},
+                   ensure_ascii=False),
+        json.dumps(GOOD_ROWS[1]) + "\r", json.dumps(GOOD_ROWS[2])], []),
+    ("one broken row among good ones", [json.dumps(GOOD_ROWS[0]), '{"question": "cut', json.dumps(GOOD_ROWS[1])],
+     ["malformed JSON"]),
+])
+def test_one_bad_row_never_aborts_the_rest_and_every_row_is_accounted(tmp_path, name, lines, bad):
+    f = tmp_path / "rows.jsonl"
+    f.write_bytes("\n".join(lines).encode("utf-8"))
+    res = load_sources([SourceSpec(str(f), "math")])
+    assert len(res.examples) + len(res.rejected) == res.sources[0].n_records == len(lines)  # rows in = out
+    assert [e.source_index for e in res.examples] == [i for i in range(len(lines))
+                                                      if not any(i == r.source_index for r in res.rejected)]
+    assert len(res.rejected) == len(bad) and all(b in r.reason for b, r in zip(bad, res.rejected))
+    if "U+2028" in name:
+        assert "\u2028" in res.examples[1].messages[0]["content"] and res.examples[0].source_index == 0
+
+
+def test_a_deeply_nested_json_array_record_is_one_rejected_row(tmp_path):
+    f = tmp_path / "arr.json"
+    f.write_text("[" + json.dumps(GOOD_ROWS[0]) + "," + _deep(100_000) + "]")
+    res = load_sources([SourceSpec(str(f), "math")])
+    assert len(res.examples) == 1 and "nested too deeply" in res.rejected[0].reason

@@ -135,6 +135,7 @@ def test_head_path_check_passes_for_llama(tiny_lm):
     check_head_path(tiny_lm.model)
 
 
+@pytest.mark.integration  # torch.compile builds C++ kernels: ~35 s on 2 cores
 def test_compiled_decoder_gives_the_same_losses(tiny_lm, encoded):
     eager = score_examples(tiny_lm.model, encoded[:6], batch_tokens=1000)
     fingerprint = tiny_lm.fingerprint

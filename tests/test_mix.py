@@ -81,8 +81,9 @@ def test_a_mix_study_fits_recommends_and_predicts(pool, capsys):
     # The study predicts any mix; at the recommended one it gives the report's numbers.
     pred = MixStudy(out).predict(rec["mix"])
     for e in rep["evals"]:
-        assert pred[e]["value"] == pytest.approx(rec["predicted"][e]["value"], abs=1e-9)
-        assert pred[e]["lo"] <= pred[e]["value"] + 1e-9 or pred[e]["hi"] >= pred[e]["value"] - 1e-9
+        for k in ("value", "lo", "hi"):  # the point and its bootstrap interval
+            assert pred[e][k] == pytest.approx(rec["predicted"][e][k], abs=1e-9), (e, k)
+        assert pred[e]["lo"] < pred[e]["value"] < pred[e]["hi"], (e, pred[e])
     assert latest_study(pool["dir"], pool["run"]).path == out
     # Against the natural mix: the paired difference, equal to the two predictions' difference, and
     # an objective row (the mean of the eval sets' differences).
@@ -271,6 +272,7 @@ def test_mix_config_says_what_to_change():
             MixConfig(**{**base, **kw})
 
 
+@pytest.mark.integration  # a job worker killed and resumed
 def test_a_killed_mix_study_resumes_with_its_finished_trainings_kept(pool, tmp_path, monkeypatch):
     from curation.jobs import store as jobs
 

@@ -289,3 +289,10 @@ def test_validate_baselines_leave_out_what_the_recipe_left_out(dup_run, tmp_path
     for ids in rnd.ids.values():
         # (a random sample keeps the smallest id of a group, the method its best-ranked member)
         assert len(ids) == len(sels[0].rows()) and flagged not in ids and len(group & set(ids)) == 1
+
+
+def test_a_threshold_of_1_groups_identical_texts_only():
+    texts = ["The quick brown fox jumps over the dog.", "the quick brown fox, jumps over the dog",
+             "The quick brown fox jumps over the cat.", "Something else entirely here."]
+    assert group_texts(texts, ["a", "b", "c", "d"], threshold=1).tolist() == [0, 0, 1, 2]
+    assert group_texts(texts, ["a", "b", "c", "d"], threshold=0.5).tolist()[:3] == [0, 0, 0]

@@ -1,5 +1,6 @@
 """Every dashboard page under Streamlit's AppTest, on an empty workspace and on a small scored one
-(a real learnability run of the tiny fixture model), and the select -> export flow."""
+(a real learnability run of the tiny fixture model), the select -> export flow, and what a page
+shows for a source edited since scoring, a damaged report, or a file outside the workspace."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ROOT
-from tests.ui_workspace import build_scored_workspace
+from tests.conftest import ROOT, math_rows, write_jsonl
 
 PAGES = ["home", "data", "score", "explore", "inspect", "decisions", "mix", "select", "validate", "export"]
 
@@ -26,13 +26,6 @@ def _texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info] \
         + [w.value for w in at.warning] + [e.value for e in at.error] + [s.value for s in at.success]
     return "\n".join(map(str, parts))
-
-
-@pytest.fixture(scope="module")
-def scored_ws(tmp_path_factory, tiny_model_dir):
-    ws = tmp_path_factory.mktemp("ui-ws")
-    build_scored_workspace(ws, tiny_model_dir)
-    return ws
 
 
 @pytest.fixture
@@ -178,6 +171,7 @@ def test_select_then_export_writes_the_expected_file(in_scored_ws):
     assert any(d.proto.label.startswith("Download balanced-jsonl-messages-train.jsonl") for d in at.get("download_button"))
 
 
+@pytest.mark.integration  # a real job worker process
 def test_score_page_launches_a_background_job_and_shows_it(empty_ws, tiny_model_dir):
     import time
 
@@ -533,3 +527,70 @@ def test_select_then_export_a_pair_selection_as_dpo_rows(in_pair_ws):
     rows = [json.loads(x) for x in (in_pair_ws / "exports" / "pairs-top-jsonl-dpo" / "train.jsonl").read_text().splitlines()]
     selected = pd.read_parquet(in_pair_ws / "selections" / "pairs-top" / "selected.parquet")
     assert len(rows) == len(selected) and all(set(r) >= {"prompt", "chosen", "rejected"} for r in rows)
+
+
+def test_inspect_says_when_a_source_changed_since_scoring(tmp_path, tiny_model_dir, monkeypatch):
+    from curation.runs.folder import Run, SourceChanged
+    from curation.runs.score import ScoreConfig, run_score
+
+    ws = tmp_path / "ws"
+    (ws / "data").mkdir(parents=True)
+    rows = math_rows(6)
+    data = write_jsonl(ws / "data" / "qa.jsonl", rows)
+    run = run_score(ScoreConfig(sources=[f"math={data}"], out=str(ws / "runs" / "r"), model=str(tiny_model_dir)))
+    row = Run(run).scores().iloc[0]
+    assert Run(run).example(row.source, row.source_index, row.example_id)[0]["content"] == rows[0]["question"]
+    lines = data.read_text().splitlines()
+    lines[0] = json.dumps({"question": "A different question", "answer": rows[0]["answer"]})
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SourceChanged, match="no longer matches example"):
+        Run(run).example(row.source, row.source_index, row.example_id)
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = _page("inspect")
+    at.text_input(key=next(t.key for t in at.text_input if t.label.startswith("Example id"))).set_value(row.example_id).run()
+    errors = " ".join(e.value for e in at.error)
+    assert "source changed since it was scored" in errors and "A different question" not in str(at.markdown)
+
+
+def test_the_export_page_does_not_offer_a_file_from_outside(tmp_path, monkeypatch):
+    from curation.export.writer import ExportConfig, export_selection
+    from tests.synthetic import make_selection
+
+    ws = tmp_path / "ws"
+    run, sel = make_selection(tmp_path)
+    out = export_selection(ExportConfig(selection=str(sel), out=str(ws / "exports" / "evil")))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["data"] = "../../../../etc/passwd"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (ws / "selections").mkdir()
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = _page("export")
+    assert not at.exception
+    assert any("not a data file of this export" in e.value for e in at.error)
+    assert not at.get("download_button")
+
+
+def test_the_data_page_warns_of_a_link_leaving_the_workspace_and_reads_nothing_of_it(tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    (ws / "data").mkdir(parents=True)
+    write_jsonl(ws / "data" / "mine.jsonl", math_rows(6))
+    (ws / "data" / "passwd.csv").symlink_to("/etc/passwd")
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = _page("data")
+    assert not at.exception
+    assert any("passwd.csv" in w.value and "outside the workspace" in w.value for w in at.warning)
+    shown = "\n".join(str(x.value) for x in [*at.markdown, *at.caption, *at.error, *at.info])
+    assert "root:" not in shown  # nothing of the linked file is read
+
+
+def test_a_damaged_report_or_manifest_is_named_on_its_page(tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    for folder, name in (("exports", "manifest.json"), ("validations", "report.json")):
+        (ws / folder / "broken").mkdir(parents=True)
+        (ws / folder / "broken" / name).write_text("{not json")
+    (ws / "selections").mkdir()
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    for page, name in (("export", "manifest.json"), ("validate", "report.json")):
+        at = _page(page)
+        assert not at.exception, (page, at.exception)
+        assert any(name in e.value and "not a readable" in e.value for e in at.error), (page, [e.value for e in at.error])

@@ -67,6 +67,7 @@ def same_tables(a, b, atol=1e-6):
     assert ta["example_id"].tolist() == tb["example_id"].tolist()
 
 
+@pytest.mark.integration  # a real Ray instance
 def test_score_on_two_ray_workers_equals_the_local_run(tmp_path, tiny_model_dir):
     src = pool(tmp_path)
     common = {"sources": src, "model": str(tiny_model_dir), "chunk_examples": 24}
@@ -89,6 +90,7 @@ def test_score_on_two_ray_workers_equals_the_local_run(tmp_path, tiny_model_dir)
     assert not ray.is_initialized() and not ray_processes()
 
 
+@pytest.mark.integration  # a real Ray instance
 def test_a_killed_ray_worker_is_restarted_and_its_chunk_rerun(tmp_path, tiny_model_dir):
     import psutil
 
@@ -114,6 +116,7 @@ def test_a_killed_ray_worker_is_restarted_and_its_chunk_rerun(tmp_path, tiny_mod
     assert len(Run(on_ray).committed_parts()) == 20  # every chunk committed once: none lost, none twice
 
 
+@pytest.mark.integration  # a real Ray instance
 def test_learn_on_two_ray_train_workers_matches_one_process(tmp_path, tiny_model_dir):
     """The global batch is the config's on any number of workers: the trajectories equal one
     process's up to the order of float sums (gradients added over 2 ranks)."""
@@ -132,6 +135,7 @@ def test_learn_on_two_ray_train_workers_matches_one_process(tmp_path, tiny_model
     assert sorted(p.name for p in (b / "train").iterdir() if p.name.startswith("ckpt")) == ["ckpt-1", "ckpt-2"]
 
 
+@pytest.mark.integration  # a real Ray instance
 def test_a_mix_study_runs_each_training_as_a_ray_task_and_equals_the_local_study(tmp_path, tiny_model_dir):
     """Independent trainings are Ray tasks side by side (not a DDP job): on 2 workers the study's
     eval losses equal a local study at one torch thread (each task's thread count)."""
@@ -168,6 +172,7 @@ def test_a_mix_study_runs_each_training_as_a_ray_task_and_equals_the_local_study
     assert not (on_ray / "train").exists() or not any((on_ray / "train").iterdir())  # models not kept
 
 
+@pytest.mark.integration  # a real Ray instance
 def test_killing_the_driver_leaves_no_ray_work_and_resume_continues(tmp_path, tiny_model_dir, monkeypatch):
     from curation.jobs import store as jobs
     from curation.runs.folder import Run
@@ -204,6 +209,7 @@ def test_killing_the_driver_leaves_no_ray_work_and_resume_continues(tmp_path, ti
     same_tables(local, ws / "runs" / job)
 
 
+@pytest.mark.integration  # a real Ray instance
 def test_cancelling_a_ray_job_stops_its_ray_work(tmp_path, tiny_model_dir, monkeypatch):
     from curation.jobs import store as jobs
 
@@ -231,6 +237,7 @@ def test_config_refuses_ray_options_without_the_ray_engine():
         ScoreConfig(sources=["x"], out="o", engine="ray", workers=0)
 
 
+@pytest.mark.integration  # a real Ray instance
 def test_the_default_model_on_ray_equals_the_local_run(tmp_path, default_pool):
     """The real default model: 2 Ray workers (one thread each) give the local table."""
     common = {"sources": [f"chat={default_pool['chat']}", f"math={default_pool['math']}"], "model": "default",
@@ -249,6 +256,7 @@ def test_the_default_model_on_ray_equals_the_local_run(tmp_path, default_pool):
     assert len(pd.read_parquet(on_ray / "scores.parquet")) == 12
 
 
+@pytest.mark.integration  # a real Ray instance
 def test_the_score_page_starts_a_ray_job_equal_to_the_local_run(tmp_path, tiny_model_dir, monkeypatch):
     """The Score page's form with Engine = ray and 2 workers: a background job on Ray whose table
     equals a local run of the same sources."""
@@ -333,6 +341,7 @@ def _busy_task(spec: dict, threads: int, progress) -> dict:
     return {"threads": threads}
 
 
+@pytest.mark.integration  # a real Ray instance
 def test_independent_ray_tasks_never_run_more_at_once_than_workers(tmp_path):
     """Ray lends a task's CPU to the next task while the first blocks in a Ray call (a progress
     report is one), so submitting every task at once ran 3 trainings on 2 one-core workers (seen
@@ -354,9 +363,21 @@ def _failing_task(spec: dict, threads: int, progress) -> dict:
     raise ValueError(f"no rows in {spec['label']}")
 
 
+@pytest.mark.integration  # a real Ray instance
 def test_a_failed_ray_task_says_why(tmp_path):
     """The error names the task's own exception (the last line of Ray's), not Ray's header line."""
     from curation.scoring.engine import EngineError
 
     with task_engine(workers=1) as engine, pytest.raises(EngineError, match="Ray task 'x' failed: .*ValueError: no rows in x"):
         engine.run_tasks(_failing_task, [{"label": "x"}], lambda spec, result: None, lambda **p: None)
+
+
+def test_a_ray_address_where_nothing_answers_fails_at_once():
+    from curation.scoring.engine import EngineError, check_address
+
+    t0 = time.time()
+    with pytest.raises(EngineError, match="127.0.0.1:1: nothing answers there"):
+        check_address("127.0.0.1:1")
+    assert time.time() - t0 < 5
+    with pytest.raises(EngineError, match="ray\\[client\\]"):
+        check_address("ray://127.0.0.1:10001")

@@ -93,3 +93,8 @@ def test_a_repeated_key_is_refused_in_thresholds_mixes_and_recipe_files():
     with pytest.raises(SelectionError, match="'ifd' is given twice"):
         Recipe.from_yaml("method: davir\nbudget: 10\nmax:\n  ifd: 1\n  ifd: 2\n", "r.yaml")
     assert Recipe.from_yaml("method: davir\nbudget: 10\nmax:\n  ifd: 1\n").max == {"ifd": 1.0}
+
+
+def test_a_domain_given_twice_in_a_mix_is_refused():
+    with pytest.raises(SelectionError, match="domain 'chat' is given twice"):
+        Recipe("loss", mix="chat=0.5,chat=0.5")

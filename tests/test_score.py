@@ -1,15 +1,13 @@
 """The score command end to end on a tiny model: tables, provenance, rejections, resume, errors."""
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
 from curation.runs.folder import SCORE_COLUMNS, Run, RunMismatch
 from curation.runs.score import ScoreConfig, run_score
-from tests.conftest import ROOT, write_jsonl
+from tests.conftest import write_jsonl
 
 
 @pytest.fixture
@@ -92,19 +90,15 @@ def test_runs_never_mix(tmp_path, pool, tiny_model_dir):
         run_score(cfg(pool, tmp_path / "run", tiny_model_dir, max_length=33))
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "curation", *args], capture_output=True, text=True, cwd=ROOT)
-
-
-def test_cli_score_and_clear_errors(tmp_path, pool, tiny_model_dir):
-    r = cli("score", *pool, "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--limit", "4")
+def test_cli_score_and_clear_errors(tmp_path, pool, tiny_model_dir, run_cli):
+    r = run_cli("score", *pool, "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), "--limit", "4")
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and "8 examples" in r.stdout
     assert "scoring" in r.stderr and "tok/s" in r.stderr  # progress bar
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"nothing": 1}])
-    r = cli("score", str(bad), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o2"))
+    r = run_cli("score", str(bad), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o2"))
     assert r.returncode == 2
     assert "\nerror: " in r.stderr and "bad.jsonl: no usable row" in r.stderr
     assert "Traceback" not in r.stderr
-    r = cli("score", *pool, "--model", str(tmp_path), "--out", str(tmp_path / "o3"))
+    r = run_cli("score", *pool, "--model", str(tmp_path), "--out", str(tmp_path / "o3"))
     assert r.returncode == 2 and "no config.json" in r.stderr

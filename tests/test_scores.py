@@ -7,7 +7,7 @@ import numpy as np
 from curation.runs.folder import SCORE_COLUMNS
 from curation.scores import (LEARN_COLUMNS, METHODS, SCORES, available_methods, keeps_high, run_kind,
                              score_columns, stability_columns)
-from tests.synthetic import LEARN_COLUMNS as SYNTHETIC_LEARN_COLUMNS
+from tests.synthetic import SYNTHETIC_LEARN_COLUMNS
 
 
 def test_available_methods_follow_the_columns():

@@ -142,3 +142,28 @@ def test_near_duplicates_and_decontamination_of_a_pair_run_compare_prompts(pair_
     assert summary["dedup"]["groups_with_duplicates"] == 1 and summary["dedup"]["dropped"] == 1  # prompts 0 and 1
     ids = set(Selection(out).rows()["example_id"])
     assert chat5.pair_id not in ids and chat4.pair_id in ids and len(ids & {chat0.pair_id, chat1.pair_id}) == 1
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda df: pd.concat([df, df.iloc[:1]]), "is listed 2 times"),
+    (lambda df: df.assign(example_id=["nope"] + df["example_id"].tolist()[1:]), "are not in the run's score table"),
+    (lambda df: df.drop(columns=["source"]), "missing column\\(s\\) \\['source'\\]"),
+    (lambda df: df.iloc[:0], "the selection is empty"),
+], ids=["duplicated row", "unknown id", "missing column", "no row"])
+def test_a_hand_edited_selection_is_refused_by_export_and_validate(tmp_path, run_cli, edit, message):
+    """A duplicated row, an unknown id, missing columns, no row: one line, never a KeyError (nor a
+    row exported twice)."""
+    import re
+
+    from tests.conftest import write_jsonl
+    from tests.synthetic import make_selection
+
+    run, sel = make_selection(tmp_path)
+    p = sel / "selected.parquet"
+    edit(pd.read_parquet(p)).to_parquet(p, index=False)
+    r = run_cli("export", str(sel), "--out", str(tmp_path / "exp"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "KeyError" not in r.stderr, r.stderr
+    assert re.search(message, r.stderr), r.stderr
+    ev = write_jsonl(tmp_path / "ev.jsonl", [{"question": "What is 99 + 99?", "answer": "198"}])
+    r = run_cli("validate", str(sel), "--eval", f"math={ev}", "--out", str(tmp_path / "val"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr

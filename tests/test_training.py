@@ -136,3 +136,14 @@ def _weights(ckpt):
 
     files = sorted(ckpt.glob("*.safetensors"))
     return [(k, v.tobytes()) for f in files for k, v in sorted(load_file(f).items())]
+
+
+def test_our_own_resume_state_holds_no_pickle(tmp_path, tiny_model_dir, tiny_lm):
+    from curation.data.templates import encode_many, resolve_template
+
+    enc = encode_many(tiny_lm.tokenizer, resolve_template(tiny_lm.tokenizer), [
+        [{"role": "user", "content": f"q{k}"}, {"role": "assistant", "content": f"answer {k}"}] for k in range(6)], 64)
+    train(str(tiny_model_dir), tiny_lm.tokenizer, enc, TrainConfig(lr=1e-3, save_every_s=0.0), tmp_path / "t", 1)
+    files = sorted(p.name for p in (tmp_path / "t" / "state").iterdir())
+    assert files == ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
+    assert not list((tmp_path / "t").rglob("*.pt")) and not list((tmp_path / "t").rglob("*.bin"))

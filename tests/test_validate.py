@@ -150,6 +150,7 @@ def test_selections_and_the_longest_and_full_baselines_are_compared_with_their_o
     assert got == want  # never a random baseline as the candidate, never another selection's baseline
 
 
+@pytest.mark.integration  # job workers killed and resumed
 def test_a_killed_validation_resumes_to_the_same_report(setup, tmp_path, monkeypatch):
     from curation.jobs import store as jobs
 
@@ -419,3 +420,21 @@ def test_seed_and_margin_settings_are_checked():
         ValidateConfig(**base, margin=-0.1)
     with pytest.raises(ValueError, match="draws"):
         ValidateConfig(**base, draws="sometimes")
+
+
+def test_one_eval_file_under_two_names_is_refused():
+    with pytest.raises(ValueError, match="--eval a=x.jsonl and --eval b=x.jsonl name the same file"):
+        ValidateConfig(selections=["s"], out="o", eval={"a": "x.jsonl", "b": "x.jsonl"})
+
+
+def test_validate_never_writes_into_a_folder_holding_the_users_files(tmp_path, run_cli):
+    from tests.synthetic import make_selection
+
+    run, sel = make_selection(tmp_path)
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "report.md").write_text("my own report")
+    ev = write_jsonl(tmp_path / "ev.jsonl", [{"question": "What is 99 + 99?", "answer": "198"}])
+    r = run_cli("validate", str(sel), "--eval", f"math={ev}", "--out", str(out))
+    assert r.returncode == 2 and "is not empty and holds no validation" in r.stderr, r.stderr
+    assert (out / "report.md").read_text() == "my own report" and sorted(os.listdir(out)) == ["report.md"]
