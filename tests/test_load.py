@@ -7,12 +7,6 @@ import pytest
 
 from curation.data.load import SourceError, SourceSpec, check_domain, example_id, load_sources, normalise, parse_source_arg
 from curation.data.readers import is_hub_id, read_record
-from tests.conftest import write_jsonl
-
-
-from curation.data.load import (
-    SourceError, SourceSpec, check_domain, example_id, is_hub_id, load_sources, normalise, parse_source_arg, read_record,
-)
 from tests.conftest import math_rows, write_jsonl
 
 

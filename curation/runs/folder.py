@@ -39,13 +39,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from curation import __version__
 from curation.atomic import atomic_path, write_json, write_parquet, write_text
 
 LAYOUT = 2

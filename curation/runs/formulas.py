@@ -26,7 +26,6 @@ Rows with a missing loss (no assistant token survived truncation) get NaN scores
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 

@@ -21,12 +21,10 @@ checkpoints are not retrained, and every scoring pass reads the score cache (:mo
 
 from __future__ import annotations
 
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -15,8 +15,8 @@ the selection       its examples; only the training order changes with the seed.
                     ``independent`` draws it from another stream; ``fixed`` keeps the file's examples
 ``random``          per domain as many examples as the selection, from the same eligible rows, a
                     new sample per seed; a draw that is the selection itself is passed over (it
-                    would compare the selection with itself); against a redrawn random selection at
-                    its own mix it is the same recipe, so that comparison is not made
+                    would compare the selection with itself); a random selection drawn again per
+                    seed, coupled, draws exactly its random baseline's examples: not compared
 ``random-tokens``   per domain a random sample with as many assistant tokens as the selection
 ``longest``         per domain the longest responses, as many as the selection
 ``full``            every eligible example, one seed: the ceiling
@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from curation.validation.proxy import Training, ValidationError
+from curation.validation.proxy import Training
 
 MAX_REDRAWS = 20  # seeds a random baseline tries beyond its own when its draws are the selection itself
 DRAWS = ("coupled", "independent", "fixed")
@@ -97,14 +97,14 @@ def comparison_pairs(candidates: list[Candidate]) -> list[tuple[str, str]]:
     selection: every selection against the random baselines (:data:`curation.validation.verdicts.RANDOM_BASELINES`);
     ``longest`` and ``full`` against ``random`` only (same examples per domain: is "long is more"
     true on this pool, how far is the ceiling?), since ``random-tokens`` matches the selection's
-    tokens, not theirs.  A selection drawn again per seed is not compared with ``random`` at its own
-    mix: that is its own recipe."""
+    tokens, not theirs.  Two arms that drew the same examples at every seed (a random selection drawn
+    again per seed, coupled, is its own ``random`` baseline) are not compared."""
     from curation.validation.verdicts import RANDOM_BASELINES
 
     against = {"selection": RANDOM_BASELINES, "longest": ("random",), "full": ("random",)}
     return [(c.name, b.name) for c in candidates for b in candidates
             if b.selection == c.selection and b.kind in against.get(c.kind, ()) and b.seeds
-            and not (c.redrawn and b.kind == "random") and not same_draws(c, b)]
+            and not same_draws(c, b)]
 
 
 def same_draws(c: Candidate, b: Candidate) -> bool:

@@ -100,7 +100,7 @@ def nominal_alphas(looks: tuple[int, ...], max_seeds: int, alpha: float, kind: s
     yet is carried from look to look on a grid (Simpson's rule), and each boundary is solved so that
     the chance of crossing there first is the budget's increment."""
     t = np.array(looks, dtype=np.float64) / max_seeds
-    out, grid, dens, prev_t, prev_spent = {}, None, None, 0.0, 0.0
+    out, grid, dens, weights, prev_t, prev_spent = {}, None, None, None, 0.0, 0.0
     for k, tk in enumerate(t):
         step = tk - prev_t  # variance of the increment S_k - S_{k-1}
         increment = spent(tk, alpha, kind) - prev_spent
