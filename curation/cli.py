@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             return canary_command(args)
         elif args.command == "prepare-data":
             from curation.data.default_data import PAIR_FOLDERS, prepare_default_data
-            from curation.jobs.workspace import workspace_root
+            from curation.system import workspace_root
 
             for path in prepare_default_data(workspace_root(args.workspace), force=args.force):
                 unit = "pairs" if path.parent.name in PAIR_FOLDERS else "records"

@@ -29,6 +29,38 @@ def workspace_root(workspace: str | Path | None = None) -> Path:
     return root
 
 
+# The workspace's folders (curation.jobs.workspace describes what each holds).
+SUBDIRS = ("data", "eval", "dev", "runs", "selections", "exports", "validations", "mixes")
+
+
+def data_dir(workspace=None) -> Path:
+    return workspace_root(workspace) / "data"
+
+
+def eval_dir(workspace=None) -> Path:
+    return workspace_root(workspace) / "eval"
+
+
+def validations_dir(workspace=None) -> Path:
+    return workspace_root(workspace) / "validations"
+
+
+def runs_dir(workspace=None) -> Path:
+    return workspace_root(workspace) / "runs"
+
+
+def mixes_dir(workspace=None) -> Path:
+    return workspace_root(workspace) / "mixes"
+
+
+def selections_dir(workspace=None) -> Path:
+    return workspace_root(workspace) / "selections"
+
+
+def exports_dir(workspace=None) -> Path:
+    return workspace_root(workspace) / "exports"
+
+
 def pid_running(pid: int) -> bool:
     """Whether a process with this pid exists (one of another user counts as running)."""
     try:

@@ -9,7 +9,8 @@ import streamlit as st
 from curation.data.default_data import N_CHAT, N_MATH, prepare_default_data
 from curation.data.load import SourceError, SourceSpec, check_domain, source_stem
 from curation.data.pairs import load_data, pair_token_lengths
-from curation.jobs.workspace import UploadExists, data_dir, list_data_files, outside_links, save_upload
+from curation.jobs.workspace import UploadExists, list_data_files, outside_links, save_upload
+from curation.system import data_dir
 from curation.views import aggregate
 from pages.common import conversation, domain_colours, workspace
 

@@ -5,7 +5,8 @@ import streamlit as st
 
 from curation.export import writer as exp_mod
 from curation.export.writer import download_payload, read_manifest
-from curation.jobs.workspace import exports_dir, list_folders, selections_dir
+from curation.jobs.workspace import list_folders
+from curation.system import exports_dir, selections_dir
 from curation.selection.folder import Selection
 from pages.common import pick_folder, workspace
 

@@ -8,7 +8,8 @@ import plotly.express as px
 import streamlit as st
 
 from curation.config import field_info
-from curation.jobs.workspace import dev_targets, list_data_files, mixes_dir, new_folder_name, safe_name, selections_dir
+from curation.jobs.workspace import dev_targets, list_data_files, new_folder_name, safe_name
+from curation.system import mixes_dir, selections_dir
 from curation.runs.folder import Run
 from curation.scores import SCORES, default_method, methods_for, run_columns
 from curation.selection.annotate import annotation_key

@@ -8,7 +8,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from curation.jobs import store as jobs
-from curation.jobs.workspace import list_data_files, list_folders, new_folder_name, selections_dir, validations_dir
+from curation.jobs.workspace import list_data_files, list_folders, new_folder_name
+from curation.system import selections_dir, validations_dir
 from curation.selection.baselines import BASELINES
 from curation.validation.proxy import eval_files
 from curation.validation.validate import ValidateConfig, Validation

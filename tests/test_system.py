@@ -9,7 +9,7 @@ from curation.system import workspace_root
 
 def test_the_workspace_is_found_one_way_by_jobs_decisions_and_the_layout(tmp_path, monkeypatch):
     from curation.jobs.store import JobStore
-    from curation.jobs.workspace import data_dir
+    from curation.system import data_dir
     from curation.selection.decisions import DecisionStore
 
     monkeypatch.chdir(tmp_path)

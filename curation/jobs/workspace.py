@@ -30,11 +30,9 @@ from pathlib import Path
 
 from curation.atomic import atomic_path
 from curation.data.readers import DATA_SUFFIXES
-from curation.system import workspace_root
+from curation.system import SUBDIRS, data_dir, runs_dir, workspace_root
 
-SUBDIRS = ("data", "eval", "dev", "runs", "selections", "exports", "validations", "mixes")
 MAX_NAME = 120  # characters of a file or folder name made from user input
-
 
 
 def ensure_layout(workspace: str | Path | None = None) -> Path:
@@ -43,34 +41,6 @@ def ensure_layout(workspace: str | Path | None = None) -> Path:
     for d in SUBDIRS:
         (root / d).mkdir(parents=True, exist_ok=True)
     return root
-
-
-def data_dir(workspace=None) -> Path:
-    return workspace_root(workspace) / "data"
-
-
-def eval_dir(workspace=None) -> Path:
-    return workspace_root(workspace) / "eval"
-
-
-def validations_dir(workspace=None) -> Path:
-    return workspace_root(workspace) / "validations"
-
-
-def runs_dir(workspace=None) -> Path:
-    return workspace_root(workspace) / "runs"
-
-
-def mixes_dir(workspace=None) -> Path:
-    return workspace_root(workspace) / "mixes"
-
-
-def selections_dir(workspace=None) -> Path:
-    return workspace_root(workspace) / "selections"
-
-
-def exports_dir(workspace=None) -> Path:
-    return workspace_root(workspace) / "exports"
 
 
 def leaves_workspace(path: Path, workspace=None) -> bool:
