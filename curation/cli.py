@@ -408,14 +408,21 @@ def default_targets() -> dict[str, list[str]]:
 
 def select_export_command(args) -> int:
     if args.command == "select":
+        from curation.runs.folder import Run
         from curation.selection.folder import Selection, select_run
         from curation.selection.summary import summary_lines
+        from curation.validation.evidence import evidence_lines, selection_evidence
 
-        out = select_run(args.run, select_recipe(args), args.out)
+        recipe = select_recipe(args)
+        run = Run(args.run)
+        run.require_finished()
+        out = select_run(args.run, recipe, args.out, evidence=selection_evidence(run, recipe))
         summary = Selection(out).summary()
         for w in summary["warnings"]:
             print(f"warning: {w}", file=sys.stderr)
         for line in summary_lines(summary, out):
+            print(line)
+        for line in evidence_lines(summary.get("evidence")):
             print(line)
     else:
         from curation.export.writer import ExportConfig, export_selection
@@ -426,6 +433,9 @@ def select_export_command(args) -> int:
         for n in notes:
             print(f"note: {n}", file=sys.stderr)
         m = json.loads((out / "manifest.json").read_text())
+        for line in (m.get("evidence") or {}).get("validated") or ["not validated: no validation of this selection in "
+                                                                    "the workspace"]:
+            print(f"evidence: {line}")
         by = ", ".join(f"{d} {c['examples']}" for d, c in m["counts"]["by_domain"].items())
         unit = "pairs" if m.get("data") == "pairs" else "examples"
         print(f"exported {m['counts']['examples']} {unit} ({by}) as {cfg.format}/{m['style']} -> "

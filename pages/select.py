@@ -2,6 +2,8 @@
 the random baseline at the same budget and mix; save it as a re-appliable recipe.  On a pair run the
 pair scores, len_diff's strata, and the selection's mean len_diff and margins beside random's."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -17,10 +19,13 @@ from curation.selection.apply import COVERAGE_CLUSTERS
 from curation.selection.folder import Selection, apply_with_baseline, prepare_table
 from curation.selection.recipe import Recipe, budget_text, diversity_text, stratify_text
 from curation.selection.summary import PAIR_MEANS, detail_lines, kept_end, length_profile, pick_stability, score_meta
+from curation.validation.evidence import (EvidenceIndex, best_validated, choice_lines, mix_lines,
+                                          selection_evidence)
 from curation.validation.mix import latest_study
 from curation.validation.mixing_law import MixError
 from curation.views import aggregate
 from curation.views import pair_margins as pair_views
+from curation.views.render import markdown_text
 from pages.common import pick_run, workspace
 
 st.title("Select")
@@ -115,6 +120,28 @@ if study is not None:
                            "eval sets. Validate it against the natural mix (Validate page, baseline natural).")
     except MixError as e:
         m2.caption(f"The latest mix study of this run cannot be read: {e}")
+
+# ---- what the workspace already measured about this choice -------------------------------------
+@st.cache_data(ttl=10, show_spinner=False, max_entries=8)
+def _evidence(ws_dir: str, run_dir: str, mtime: float):
+    return EvidenceIndex(ws_dir).for_run(Run(run_dir))
+
+
+evidence = _evidence(str(ws), str(info.path), info.mtime)
+known = choice_lines(evidence, method, budget, mix, order)
+best = best_validated(evidence)
+with st.container(border=True):
+    st.markdown("**What this workspace measured about this choice**")
+    for line in known["lines"]:
+        st.markdown(("- " if not line.startswith("  ") else "  - ") + markdown_text(line.strip()))
+    if best is not None:
+        st.caption(markdown_text(best["line"][0].upper() + best["line"][1:]) + " (not selected for you: choose it above)")
+    for line in (mix_lines(evidence, mix) if mix != "natural" else []):
+        st.caption("At this mix: " + markdown_text(line))
+    opened = [Path(f).name for f in known["exact"] + known["neighbours"]][:1]
+    if opened and st.button(f"Open {opened[0]} on the Validate page", key="sel_open_evidence"):
+        st.session_state["validation_name"] = opened[0]
+        st.switch_page("pages/validate.py")
 
 with st.expander("Thresholds (filter before ranking)", expanded=False):
     numeric = aggregate.numeric_columns(df)
@@ -319,7 +346,8 @@ name = s1.text_input("Selection name", value=new_folder_name(prefix), key=f"sel_
 if s2.button("Save selection", type="primary", key="sel_save"):
     try:
         out = selections_dir(ws) / safe_name(name)
-        Selection.write(out, table, sel, base, Run(info.path).provenance(), decisions)  # what is shown, as shown
+        Selection.write(out, table, sel, base, Run(info.path).provenance(), decisions,  # what is shown, as shown
+                        selection_evidence(Run(info.path), recipe, ws))
         st.session_state["selection_name"] = out.name
         st.success(f"Saved `{out}` (recipe.yaml, selected.parquet, summary.json"
                    + (", decisions.jsonl" if decisions.source != "none" else "") + "). Export it on the Export page.")

@@ -8,6 +8,7 @@ test-artifacts/.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -467,4 +468,20 @@ def test_a_pair_selection_saved_on_select_exports_as_dpo_rows(pair_server, brows
     assert len(rows) == len(selected) and all(r["chosen"][0]["role"] == "assistant" for r in rows)
     assert json.loads((out / "manifest.json").read_text())["data"] == "pairs"
     assert page.locator("[data-testid='stException']").count() == 0
+    page.close()
+
+
+def test_the_select_page_shows_what_validation_found_for_the_method(server, browser):
+    """Issue 34: the validation of the davir selection shows beside the choice (its name, verdict
+    words and interval), and a method never validated says so."""
+    url, _ = server
+    page = _open(browser, f"{url}/select")
+    page.get_by_text("What this workspace measured about this choice").first.wait_for(timeout=60_000)
+    body = page.inner_text("body")
+    assert "davir (highest), 10%: not validated on this pool" in body, body[:3000]
+    assert re.search(r"nearest: davir, 50%: validated on this run \(validate-fixture, 2 seeds, [0-9-]+\): "
+                     r"(chat|math) (better|worse|equivalent|undecided) against random at equal examples "
+                     r"\([+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]\)", body), body[:3000]
+    assert page.locator("[data-testid='stException']").count() == 0
+    _shot(page, "select-evidence.png")
     page.close()

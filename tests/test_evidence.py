@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -13,14 +14,10 @@ from curation.validation.evidence import EvidenceIndex, best_validated, choice_l
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory, tiny_model_dir):
+def scored(scored_ws):
     """The dashboard tests' workspace: a learn run, a davir 50% selection validated (2 seeds) and a
     mix study of the run, all on the tiny model."""
-    from tests.ui_workspace import build_scored_workspace
-
-    ws = tmp_path_factory.mktemp("evidence") / "workspace"
-    run = build_scored_workspace(ws, tiny_model_dir)
-    return ws, Run(run)
+    return scored_ws, Run(scored_ws / "runs" / "learn-fixture")
 
 
 def test_a_validated_choice_shows_its_verdicts_and_a_new_one_says_it_was_not(scored):
@@ -103,3 +100,53 @@ def test_two_hundred_studies_read_in_well_under_a_second(scored, tmp_path):
     print(f"200 studies: first index {t1 - t0:.2f} s, a page's read {t2 - t1:.3f} s")
     assert len(first) == 201 and len(ev.validations()) == 200
     assert t2 - t1 < 1.0, t2 - t1
+
+
+def test_select_keeps_and_prints_the_evidence_and_export_carries_it(scored, tmp_path, run_cli, monkeypatch):
+    """Issue 34: after a validation of a selection on a run, `select` on that run prints that
+    validation's name, verdict words and interval for the matching method; the selection keeps them
+    in summary.json; an export of the validated selection says what it was validated as, and one of
+    a selection never validated says that it was not."""
+    ws, run = scored
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    r = run_cli("select", str(run.path), "--method", "davir", "--budget", "50%", "--out", str(tmp_path / "again"))
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("evidence: davir (highest), 50%: validated on this run"))
+    assert "(validate-fixture, 2 seeds, " in line and re.search(r"(chat|math) (better|worse|equivalent|undecided) "
+                                                                 r"against random at equal examples \([+-]\d\.\d{4} \[", line)
+    kept = json.loads((tmp_path / "again" / "summary.json").read_text())["evidence"]
+    assert kept["lines"][0] == line.removeprefix("evidence: ") and kept["studies"]
+    r = run_cli("select", str(run.path), "--method", "rho", "--budget", "10%", "--out", str(tmp_path / "new"))
+    assert "evidence: rho (highest), 10%: not validated on this pool" in r.stdout, r.stdout
+    # exports: the validated selection (the fixture's davir-fixture) and the one never validated
+    r = run_cli("export", str(ws / "selections" / "davir-fixture"), "--out", str(tmp_path / "e1"))
+    assert r.returncode == 0, r.stderr
+    card = (tmp_path / "e1" / "README.md").read_text()
+    manifest = json.loads((tmp_path / "e1" / "manifest.json").read_text())
+    assert manifest["evidence"]["validated"][0].startswith("validated in validate-fixture (2 seeds, ")
+    assert "## Validated as" in card and "- validated in validate-fixture (2 seeds, " in card
+    r = run_cli("export", str(tmp_path / "new"), "--out", str(tmp_path / "e2"))
+    card = (tmp_path / "e2" / "README.md").read_text()
+    assert "Not validated: no validation of this selection" in card
+    assert "- rho (highest), 10%: not validated on this pool" in card
+    assert "evidence: not validated" in r.stdout
+
+
+def test_the_select_page_shows_the_evidence_for_the_choice(scored, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+
+    ws, run = scored
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = AppTest.from_file(str(ROOT / "pages" / "select.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "What this workspace measured about this choice" in text
+    assert "davir \\(highest\\), 10%: not validated on this pool" in text  # the default budget: no exact evidence
+    assert "nearest: davir, 50%: validated on this run \\(validate-fixture, 2 seeds" in text
+    assert "Best validated on this pool: davir-fixture \\(davir, 50%\\)" in text
+    at.number_input(key="sel_amount_% of pool").set_value(50.0).run()
+    text = " ".join(m.value for m in at.markdown)
+    assert "davir \\(highest\\), 50%: validated on this run \\(validate-fixture, 2 seeds" in text
+    assert at.button(key="sel_open_evidence").label == "Open validate-fixture on the Validate page"

@@ -133,6 +133,7 @@ def export_selection(cfg: ExportConfig, progress: Progress | None = None, notes:
 
             datasets.Dataset(table).save_to_disk(str(tmp / data_name))
         manifest = _manifest(cfg, sel_dir, selected, summary, rows, data_name, __version__, decisions)
+        manifest["evidence"] = export_evidence(sel_dir, summary)
         if non_finite:
             manifest["non_finite_values"] = {
                 "count": non_finite, "written_as": None,
@@ -285,6 +286,20 @@ def _code_fingerprint() -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
+def export_evidence(sel_dir: Path, summary: dict) -> dict:
+    """What validation says of the exported selection: the validations of this very selection in the
+    workspace now (``validated``; empty: never validated), and what the workspace knew about its
+    choice when it was selected (``at_selection``, kept in its summary)."""
+    from curation.validation.evidence import EvidenceIndex, selection_lines
+
+    kept = summary.get("evidence") or {}
+    try:
+        validated = selection_lines(EvidenceIndex(), sel_dir)
+    except (OSError, ValueError):  # no workspace here: the selection's own evidence still travels
+        validated = []
+    return {"validated": validated, "at_selection": kept.get("lines", []), "best_at_selection": kept.get("best")}
+
+
 def _manifest(cfg: ExportConfig, sel_dir: Path, selected, summary: dict, rows: list[dict],
               data_name: str, version: str, decisions: dict) -> dict:
     by_domain = {}
@@ -356,6 +371,17 @@ def dataset_card(m: dict) -> str:
               yaml.safe_dump(r, sort_keys=False, allow_unicode=True).strip(), "```", ""]
     for w in m["selection"].get("warnings") or []:
         lines.append(f"- warning: {w}")
+    ev = m.get("evidence") or {}
+    lines += ["", "## Validated as", ""]
+    if ev.get("validated"):
+        lines += [f"- {x}" for x in ev["validated"]]
+    else:
+        lines.append("Not validated: no validation of this selection against random (`curation validate`) was found in "
+                     "the workspace when it was exported.")
+    if ev.get("at_selection"):
+        lines += ["", "When it was selected, the workspace knew this about its choice:", ""]
+        lines += [f"- {x}" for x in ev["at_selection"]] + ([f"- {ev['best_at_selection']}"] if ev.get("best_at_selection")
+                                                         else [])
     dec = (m.get("decisions") or {}).get("applied")
     lines += ["", "## Curator decisions", ""]
     if dec:

@@ -118,10 +118,11 @@ class Selection:
 
     @classmethod
     def write(cls, out: str | Path, table, result: SelectionResult, baseline: SelectionResult | None,
-              provenance: dict, decisions=None) -> "Selection":
+              provenance: dict, decisions=None, evidence: dict | None = None) -> "Selection":
         """Write ``result`` (a recipe applied to ``table``, as applied: nothing is recomputed) to
-        ``out/``, atomically, with the run's ``provenance`` and the ``decisions`` snapshot it
-        honoured (kept as decisions.jsonl, which the written recipe names)."""
+        ``out/``, atomically, with the run's ``provenance``, the ``decisions`` snapshot it
+        honoured (kept as decisions.jsonl, which the written recipe names) and the ``evidence``
+        the workspace held about its choice (curation.validation.evidence.selection_evidence)."""
         from dataclasses import replace
 
         import pyarrow as pa
@@ -133,6 +134,8 @@ class Selection:
         summary = summarize(table, result, baseline)
         summary["run"] = provenance
         summary["code_version"] = __version__
+        if evidence is not None:
+            summary["evidence"] = evidence
         recipe = result.recipe
         used = decisions is not None and decisions.source != "none"
         if used:
@@ -166,8 +169,10 @@ def apply_with_baseline(table, recipe: Recipe, run_kind: str | None):
     return result, (result if recipe.method == "random" else random_baseline(table, recipe, run_kind))
 
 
-def select_run(run_dir: str | Path, recipe: Recipe, out: str | Path, progress: Progress | None = None) -> Path:
-    """Apply ``recipe`` to a finished run folder and write the selection folder ``out`` (returned)."""
+def select_run(run_dir: str | Path, recipe: Recipe, out: str | Path, progress: Progress | None = None,
+               evidence: dict | None = None) -> Path:
+    """Apply ``recipe`` to a finished run folder and write the selection folder ``out`` (returned),
+    keeping the ``evidence`` the caller gathered about the choice in its summary."""
     from curation.runs.folder import Run
 
     report = Reporter(progress)
@@ -178,6 +183,6 @@ def select_run(run_dir: str | Path, recipe: Recipe, out: str | Path, progress: P
     report(phase="selecting", done=1, total=3)
     result, base = apply_with_baseline(table, recipe, meta.get("kind"))
     report(phase="writing", done=2, total=3)
-    Selection.write(out, table, result, base, run.provenance(), decisions)
+    Selection.write(out, table, result, base, run.provenance(), decisions, evidence)
     report(phase="done", done=3, total=3)
     return Path(out)

@@ -68,7 +68,8 @@ def summarize_validation(folder: Path, rep: dict) -> dict:
                 for c in stats["comparisons"]]
     return {"kind": "validate", "folder": str(folder), "name": folder.name, "created": rep.get("created"),
             "run": run_fields(rep.get("run") or {}),
-            "selections": [{"name": s["name"], **recipe_choice(s.get("recipe") or {})} for s in rep["selections"]],
+            "selections": [{"name": s["name"], "dir": s.get("dir"), **recipe_choice(s.get("recipe") or {})}
+                           for s in rep["selections"]],
             "seeds": (rep.get("config") or {}).get("seeds"), "trainings": rep.get("trainings"),
             "findings": findings}
 
@@ -292,6 +293,35 @@ def best_validated(ev: RunEvidence, domain: str = "objective", baseline: str = "
     return {"line": line, "folder": s["folder"], "selection": sel, "finding": f}
 
 
+def selection_lines(index: EvidenceIndex, selection_dir) -> list[str]:
+    """What the validations of the workspace say about one selection folder (the dataset card's
+    "validated as"), newest first; empty when it was never validated."""
+    target = str(Path(selection_dir).resolve())
+    found = []
+    for s in index.entries():
+        if s.get("kind") != "validate" or s.get("error"):
+            continue
+        for sel in s["selections"]:
+            if sel.get("dir") == target:
+                mine = [f for f in s["findings"] if f["candidate"] == sel["name"]]
+                seeds = max((f["seeds"] for f in mine), default=s.get("seeds"))
+                found.append((str(s.get("created") or ""), f"validated in {s['name']} ({seeds} seeds, "
+                              f"{str(s.get('created') or '')[:10]}): " + ("; ".join(finding_text(f) for f in mine)
+                                                                          or "no comparison")))
+    return [line for _, line in sorted(found, reverse=True)]
+
+
+def selection_evidence(run, recipe, workspace=None) -> dict:
+    """The evidence a selection keeps (``summary.json``, the export's manifest and card): the lines
+    for its choice of method, budget and mix, the best validated choice of its pool, and what the
+    mix's validations say."""
+    ev = EvidenceIndex(workspace).for_run(run)
+    got = choice_lines(ev, recipe.method, recipe.budget, recipe.mix, recipe.order)
+    best = best_validated(ev)
+    return {"lines": got["lines"], "studies": got["exact"], "best": best["line"] if best else None,
+            "mix": mix_lines(ev, recipe.mix) if recipe.mix != "natural" else []}
+
+
 def mix_lines(ev: RunEvidence, mix) -> list[str]:
     """Validations of a selection at ``mix`` against the natural mix, and the latest mix study's
     predicted verdict at its recommendation (when ``mix`` is it)."""
@@ -308,4 +338,15 @@ def mix_lines(ev: RunEvidence, mix) -> list[str]:
         if same_mix(m["recommended"], mix, tol=0.01):
             out += [f"{m['name']} predicts: {finding_text(f)} (a prediction, not a measurement)"
                     for f in m["findings"]]
+    return out
+
+
+def evidence_lines(evidence: dict | None) -> list[str]:
+    """A selection's kept evidence as the lines ``select`` prints (and the pages show)."""
+    if not evidence:
+        return []
+    out = [f"evidence: {line}" for line in evidence.get("lines", [])]
+    if evidence.get("best"):
+        out.append(f"evidence: {evidence['best']}")
+    out += [f"evidence (mix): {line}" for line in evidence.get("mix", [])]
     return out

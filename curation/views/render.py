@@ -131,3 +131,12 @@ def hover_text(text: str, limit: int = 120) -> str:
     becomes a tag), quotes left as they are (plotly decodes ``&lt;``/``&gt;``/``&amp;`` but shows
     ``&quot;`` literally, so escaping them would show the entity)."""
     return html.escape(preview(text, limit, escape=False), quote=False)
+
+
+def markdown_text(text: str) -> str:
+    """``text`` shown as itself in Markdown: HTML escaped and Markdown's markup characters quoted (a
+    study or selection name from the user cannot become a link, emphasis or a tag)."""
+    import html
+    import re
+
+    return re.sub(r"([\\`*_{}\[\]()#+!|~>])", r"\\\1", html.escape(str(text), quote=False))
