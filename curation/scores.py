@@ -7,7 +7,11 @@ about it.  Everything else derives from this table: the columns a ``learn`` run 
 order, the methods ``select`` offers (and which runs can serve them), the statistics a selection's
 summary reports, the columns the dashboard plots and the direction it sorts them.
 
-The formulas themselves are computed in :mod:`curation.runs.formulas`.
+A score belongs to one kind of data (``data``): SFT examples or preference pairs (a run holds one
+kind; :func:`available_methods` offers a run only its own kind's scores, and random for both).
+
+The formulas themselves are computed in :mod:`curation.runs.formulas` (a pair score run's in
+:mod:`curation.runs.pair_tables`).
 """
 
 from __future__ import annotations
@@ -17,12 +21,19 @@ from dataclasses import dataclass
 
 # Which run writes a column (the run kind a method needs).
 SCORE_RUN, LEARN_RUN, HELDOUT_RUN, TARGETS = "score", "learn", "learn --heldout-folds", "targets"
+PAIR_SCORE_RUN, PAIR_LEARN_RUN, PAIR_RATINGS = "pair score", "pair learn", "pair ratings"
 RUN_HELP = {
     SCORE_RUN: "any score run (`python -m curation score ...` or `learn`)",
     LEARN_RUN: "a learnability run (`python -m curation learn ...`)",
     HELDOUT_RUN: "a learnability run with --heldout-folds N",
     TARGETS: "select --target DOMAIN=PATH (from the run's RDS+ embeddings, at selection time)",
+    PAIR_SCORE_RUN: "a score run on preference pairs (`python -m curation score PAIRS ...` or `learn`)",
+    PAIR_LEARN_RUN: "a learnability run on preference pairs (`python -m curation learn PAIRS ...`)",
+    PAIR_RATINGS: "a score run on preference pairs whose source rates them (score_chosen / score_rejected)",
 }
+# The kind of data a score applies to.
+SFT, PAIRS, BOTH = "sft", "pairs", "both"
+DATA_HELP = {SFT: "SFT examples", PAIRS: "preference pairs"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,7 @@ class Score:
     fallback: str | None = None  # a score run's column it is derived from when ``column`` is absent
     ranks: bool = True  # False for samplers (random, s2l)
     derive: str | None = None  # how the fallback column becomes this score: "exp" (ppl = exp(loss)); None: as is
+    data: str = SFT  # SFT | PAIRS | BOTH: the data it applies to
 
     def source_column(self, columns) -> str | None:
         """The column of a table with ``columns`` that this score is read from: its own column, else
@@ -66,6 +78,11 @@ class Score:
             with np.errstate(over="ignore"):
                 return np.exp(v)
         return v
+
+
+def pair_score(name: str, formula: str, written_by: str, order: str, explanation: str) -> Score:
+    """A score of preference pairs, in the column of its name."""
+    return Score(name, name, formula, written_by, order, explanation, data=PAIRS)
 
 
 SCORES: dict[str, Score] = {s.name: s for s in (
@@ -103,7 +120,65 @@ SCORES: dict[str, Score] = {s.name: s for s in (
     Score("rho_heldout", "rho_heldout", "L_base - L_ref_heldout", HELDOUT_RUN, "high",
           "rho with a held-out L_ref (k-fold). Known bias: like rho, favours long answers."),
     Score("random", None, "a seeded uniform sample", SCORE_RUN, None,
-          "a seeded uniform sample at the same budget and mix: the baseline every method must beat.", ranks=False),
+          "a seeded uniform sample at the same budget and mix: the baseline every method must beat.", ranks=False,
+          data=BOTH),
+    # Preference pairs (a pair score run: the base model's log-probs of each response given the prompt,
+    # summed over the response's tokens; a pair learn run: the same under the reference trained on the pool).
+    pair_score("loss_chosen", "L(chosen | prompt): mean NLL per token of the chosen response, base model",
+               PAIR_SCORE_RUN, "high",
+               "how hard the preferred response is for the base model; high = the most left to learn from it. Known "
+               "bias: mean per-token loss falls as responses get longer, so high loss_chosen leans to short chosen "
+               "responses."),
+    pair_score("loss_rejected", "L(rejected | prompt): mean NLL per token of the rejected response, base model",
+               PAIR_SCORE_RUN, "low",
+               "how unlikely the dispreferred response is for the base model; low = the base model would itself "
+               "write something like it (the mistakes a pair teaches it to avoid). Known bias: mean per-token loss "
+               "falls as responses get longer, so low loss_rejected leans to long rejected responses."),
+    pair_score("margin_sum", "log p(chosen) - log p(rejected), summed over each response's tokens, base model",
+               PAIR_SCORE_RUN, "low",
+               "the base model's own preference (DPO's margin before any training); low = it prefers the rejected "
+               "response (the pairs with the most to teach), high = it already agrees. Known bias: a sum over "
+               "tokens, so it tracks the length difference (a longer response has a lower log-prob): strongly "
+               "anti-correlated with len_diff; check it against len_diff."),
+    pair_score("margin_mean", "loss_rejected - loss_chosen (mean NLL per token), base model", PAIR_SCORE_RUN, "low",
+               "the base model's preference per token; low = it prefers the rejected response. Less tied to length "
+               "than margin_sum, but per-token means still fall as responses get longer."),
+    pair_score("len_diff", "n_chosen_tokens - n_rejected_tokens", PAIR_SCORE_RUN, "low",
+               "how much longer the chosen response is. DPO learns 'longer is better' from pairs whose chosen is the "
+               "longer (the length bias DavIR-DPO targets); low = chosen no longer than rejected. A length control, "
+               "not a quality score: compare every margin against it."),
+    pair_score("rating_margin", "rating_chosen - rating_rejected (the source's score_chosen - score_rejected)",
+               PAIR_RATINGS, "high",
+               "the raters' (or judge's) margin; high = a clear preference (argilla's dpo-mix-7k keeps pairs whose "
+               "chosen is rated 4 or more). Known bias: judges rate longer responses higher, so it leans to long "
+               "chosen responses."),
+    pair_score("reward_chosen", "beta * (log p_ref(chosen) - log p_base(chosen)), summed over the response's tokens",
+               PAIR_LEARN_RUN, "high",
+               "DPO's implicit reward of the chosen response, with the reference trained on the pool as the policy; "
+               "high = training raised its likelihood most. Known bias: a sum over tokens, so it grows with the "
+               "response's length."),
+    pair_score("reward_rejected", "beta * (log p_ref(rejected) - log p_base(rejected)), summed over the "
+               "response's tokens", PAIR_LEARN_RUN, "low",
+               "DPO's implicit reward of the rejected response; low = training lowered its likelihood (or raised it "
+               "least). Known bias: a sum over tokens, so it grows with the response's length."),
+    pair_score("reward_margin", "reward_chosen - reward_rejected", PAIR_LEARN_RUN, "high",
+               "DPO's implicit reward margin: high = the pairs training on the pool separates most (arXiv 2502.14560 "
+               "keeps the largest; 2508.04149 keeps the smallest, 'difficult' pairs; Selective DPO drops the "
+               "hardest: order low takes the other end). Known bias: tracks the length difference (correlation 0.38 "
+               "with it under vanilla DPO, as summarised from DavIR v2); check it against len_diff."),
+    pair_score("davir_chosen", "(L_base - L_ref) / L_base of the chosen response (summed NLL)",
+               PAIR_LEARN_RUN, "high",
+               "SFT davir of the chosen response: the share of its base loss that training on the pool removes; "
+               "relative, so less tied to length than reward_chosen, but noisy when L_base is near 0."),
+    pair_score("davir_rejected", "(L_base - L_ref) / L_base of the rejected response (summed NLL)",
+               PAIR_LEARN_RUN, "low",
+               "SFT davir of the rejected response; low = training on the pool made it no more likely. Relative, so "
+               "less tied to length than reward_rejected."),
+    pair_score("davir_margin", "davir_chosen - davir_rejected", PAIR_LEARN_RUN, "high",
+               "DavIR-DPO's learnability of a pair: how much more training on the pool made the chosen response "
+               "likely than the rejected, each relative to its base NLL. Normalising by the base NLL is what "
+               "DavIR-DPO reports cuts the correlation with the length difference (0.38 -> 0.07, as summarised from "
+               "DavIR v2); still check it against len_diff."),
 )}
 
 METHODS = tuple(SCORES)
@@ -121,6 +196,9 @@ LEARN_COLUMNS = {
 }
 HELDOUT_COLUMNS = {"loss_ref_heldout": "L under the model trained without the example's fold",
                    "davir_heldout": SCORES["davir_heldout"].formula, "rho_heldout": SCORES["rho_heldout"].formula}
+# The scores of a pair score run and of a pair learn run, in table order, with their formulas.
+PAIR_COLUMNS = {s.column: s.formula for s in SCORES.values() if s.written_by == PAIR_SCORE_RUN}
+PAIR_LEARN_COLUMNS = {s.column: s.formula for s in SCORES.values() if s.written_by == PAIR_LEARN_RUN}
 STABILITY_SCORES = ("davir", "rho")  # per reference run: {score}_r{i}, spread {score}_sd
 LENGTH_COLUMNS = ("n_response_tokens", "n_prompt_tokens", "n_tokens_full")
 
@@ -170,14 +248,23 @@ def keeps_high(column: str) -> bool:
     return s is None or s.order == "high"
 
 
+def data_kind(columns) -> str:
+    """The kind of data a score table holds: PAIRS (a pair run's table has ``pair_id``) or SFT."""
+    return PAIRS if "pair_id" in set(columns) else SFT
+
+
 def available_methods(columns) -> dict[str, str | None]:
     """For each method: None if a score table with ``columns`` supports it, else why not (the
-    dashboard greys it out with that reason)."""
+    dashboard greys it out with that reason).  A run is offered its own kind of data's scores only
+    (random for both)."""
     cols = set(columns)
+    kind = data_kind(cols)
     out = {}
     for name, s in SCORES.items():
         needed = [c for c in (s.column, s.fallback) if c]
-        if s.written_by == TARGETS or not needed or any(c in cols for c in needed):
+        if s.data not in (BOTH, kind):
+            out[name] = f"a score of {DATA_HELP[s.data]}; this run holds {DATA_HELP[kind]}"
+        elif s.written_by == TARGETS or not needed or any(c in cols for c in needed):
             out[name] = None
         else:
             out[name] = f"needs the column {s.column!r}, written by {RUN_HELP[s.written_by]}"
@@ -187,6 +274,6 @@ def available_methods(columns) -> dict[str, str | None]:
 def run_kind(columns) -> str:
     """``learn`` when a table has a learn run's columns, ``score`` when it has scores, else ``unknown``."""
     cols = set(columns)
-    if cols & set(LEARN_COLUMNS):
+    if cols & (set(LEARN_COLUMNS) | set(PAIR_LEARN_COLUMNS)):
         return "learn"
-    return "score" if "loss" in cols else "unknown"
+    return "score" if cols & {"loss", "loss_chosen"} else "unknown"

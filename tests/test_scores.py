@@ -73,3 +73,36 @@ def test_a_score_value_comes_from_its_column_or_is_derived_from_its_fallback():
     assert list(SCORES["loss"].values(score_run)) == [0.0, 1.0] and SCORES["loss"].value_column(score_run.columns) == "loss"
     assert list(SCORES["loss"].values(learn_run)) == [0.5, 0.25]
     assert SCORES["davir"].values(score_run) is None and SCORES["davir"].value_column(score_run.columns) is None
+
+
+def test_pair_runs_are_offered_pair_scores_and_sft_runs_sft_scores():
+    from curation.runs.pair_tables import PAIR_SCORE_COLUMNS, RATING_COLUMNS
+    from curation.scores import PAIR_COLUMNS, PAIR_LEARN_COLUMNS, data_kind
+
+    pair_run = PAIR_SCORE_COLUMNS + ["example_id", "n_response_tokens"]
+    assert data_kind(pair_run) == "pairs" and data_kind(SCORE_COLUMNS) == "sft"
+    offered = available_methods(pair_run)
+    assert [m for m, why in offered.items() if why is None] == ["random", *PAIR_COLUMNS]
+    assert "this run holds preference pairs" in offered["loss"] and "this run holds SFT examples" in \
+        available_methods(SCORE_COLUMNS)["loss_chosen"]
+    assert "rates them" in offered["rating_margin"] and available_methods(pair_run + RATING_COLUMNS)["rating_margin"] is None
+    assert "learnability run on preference pairs" in offered["reward_margin"]
+    learn = available_methods(pair_run + list(PAIR_LEARN_COLUMNS))
+    assert all(learn[m] is None for m in PAIR_LEARN_COLUMNS)
+    assert run_kind(pair_run) == "score" and run_kind(pair_run + list(PAIR_LEARN_COLUMNS)) == "learn"
+    assert score_columns(pair_run) == list(PAIR_COLUMNS)
+
+
+def test_every_pair_score_has_its_producer_direction_and_length_caveat():
+    from curation.scores import PAIR_COLUMNS, PAIR_LEARN_COLUMNS, PAIRS
+
+    pair_scores = [s for s in SCORES.values() if s.data == PAIRS]
+    assert [s.name for s in pair_scores] == ["loss_chosen", "loss_rejected", "margin_sum", "margin_mean", "len_diff",
+                                             "rating_margin", "reward_chosen", "reward_rejected", "reward_margin",
+                                             "davir_chosen", "davir_rejected", "davir_margin"]
+    assert all(s.column == s.name and s.order and "length" in s.explanation for s in pair_scores)
+    assert SCORES["reward_margin"].order == SCORES["davir_margin"].order == "high"
+    assert list(PAIR_COLUMNS) == ["loss_chosen", "loss_rejected", "margin_sum", "margin_mean", "len_diff"]
+    assert list(PAIR_LEARN_COLUMNS) == ["reward_chosen", "reward_rejected", "reward_margin", "davir_chosen",
+                                        "davir_rejected", "davir_margin"]
+    assert SCORES["random"].data == "both"
