@@ -14,6 +14,11 @@ Layout (``LAYOUT = 2``)::
                           assistant tokens (NaN row: none), row i <-> example_id i of the ids table
     rds_embeddings.npy    float16, the same rows: RDS+'s position-weighted mean over every token (unit norm)
     embeddings_ids.parquet  the example ids of both matrices' rows
+
+A pair run (run.json ``"data": "pairs"``, :mod:`curation.runs.pair_tables`) holds one row per
+preference pair in examples.parquet and scores.parquet, one per response in token_losses.parquet,
+and one embedding per pair, its prompt's (RDS+ pooling: ``embeddings.npy``, which both kinds of
+:meth:`Run.embeddings` read; no ``rds_embeddings.npy``), with the pair ids as ``embeddings_ids``.
     near_dups-t*.parquet  near-duplicate groups per threshold (curation.selection.neardup), on demand
     train/, folds/,       a learn run's reference trainings (curation.runs.training)
     stability/
@@ -40,6 +45,7 @@ import numpy as np
 
 from curation import __version__
 from curation.atomic import atomic_path, write_json, write_parquet, write_text
+from curation.runs.pair_tables import pair_score_table, with_generic_columns
 
 LAYOUT = 2
 EXAMPLE_COLUMNS = ["example_id", "source", "source_index", "domain", "n_prompt_tokens", "n_response_tokens",
@@ -192,16 +198,60 @@ def source_specs(prov: dict, check_fingerprints: bool = False) -> dict:
 
 def read_examples(prov: dict, rows, check_fingerprints: bool = True, progress=None) -> list[tuple[dict, list[dict]]]:
     """``[(original record, normalised messages)]`` of ``rows`` (objects or dicts with ``source,
-    source_index, example_id``), in order, each checked against its example id.
+    source_index, example_id``), in order, each checked against its example id.  In a pair run an
+    ``example_id`` is a response's SFT id (its messages: prompt + that response) or a pair id (the
+    prompt's messages).
 
     Raises :class:`SourceChanged` when a record no longer has the content the run scored (the
     source was edited after scoring), so nothing is ever shown or exported next to the wrong
     scores."""
     from curation.data.load import example_id, normalise
+    from curation.data.readers import RecordError
+
+    specs, items, records = source_records(prov, rows, check_fingerprints, progress)
+    cfg = prov.get("config", {})
+    out = []
+    for r in items:
+        rec = records[(r["source"], int(r["source_index"]))]
+        fmt = specs[r["source"]].format
+        if prov.get("data") == "pairs":
+            pair = checked_pair(r, rec, specs[r["source"]], cfg, ids=False)
+            views = {pair.pair_id: pair.prompt,
+                     **{pair.sft_id(side): pair.sft_messages(side) for side in ("chosen", "rejected")}}
+            if r["example_id"] not in views:
+                raise SourceChanged(f"{r['source']} #{r['source_index']}: its content no longer matches example "
+                                    f"{r['example_id']}; the source changed since the run, re-run the scoring")
+            out.append((rec, views[r["example_id"]]))
+            continue
+        try:
+            messages = normalise(rec, fmt, cfg.get("columns") or {}) if fmt else None
+        except RecordError as e:
+            raise SourceChanged(f"{r['source']} #{r['source_index']}: no longer a usable record ({e}); "
+                                "the source changed since the run") from None
+        if messages is None or example_id(messages) != r["example_id"]:
+            raise SourceChanged(f"{r['source']} #{r['source_index']}: its content no longer matches example "
+                                f"{r['example_id']}; the source changed since the run, re-run the scoring")
+        out.append((rec, messages))
+    return out
+
+
+def read_pairs(prov: dict, rows, check_fingerprints: bool = True, progress=None) -> list[tuple[dict, object]]:
+    """``[(original record, curation.data.pairs.Pair)]`` of a pair run's ``rows`` (with ``source,
+    source_index`` and ``pair_id`` or ``example_id``), in order, each checked against its pair id
+    (:class:`SourceChanged` when the source changed since the run)."""
+    specs, items, records = source_records(prov, rows, check_fingerprints, progress)
+    out = []
+    for r in items:
+        rec = records[(r["source"], int(r["source_index"]))]
+        out.append((rec, checked_pair(r, rec, specs[r["source"]], prov.get("config", {}))))
+    return out
+
+
+def source_records(prov: dict, rows, check_fingerprints: bool, progress):
+    """``(specs, rows as dicts, {(source, index): record})``: each source read once for ``rows``."""
     from curation.data.readers import RecordError, read_records
 
     specs = source_specs(prov, check_fingerprints)
-    cfg = prov.get("config", {})
     wanted: dict[str, list[int]] = {}
     items = [r if isinstance(r, dict) else r._asdict() if hasattr(r, "_asdict") else vars(r) for r in rows]
     for r in items:
@@ -219,20 +269,27 @@ def read_examples(prov: dict, rows, check_fingerprints: bool = True, progress=No
         done += len(indices)
         if progress is not None:
             progress(done=done)
-    out = []
-    for r in items:
-        rec = records[(r["source"], int(r["source_index"]))]
-        fmt = specs[r["source"]].format
-        try:
-            messages = normalise(rec, fmt, cfg.get("columns") or {}) if fmt else None
-        except RecordError as e:
-            raise SourceChanged(f"{r['source']} #{r['source_index']}: no longer a usable record ({e}); "
-                                "the source changed since the run") from None
-        if messages is None or example_id(messages) != r["example_id"]:
-            raise SourceChanged(f"{r['source']} #{r['source_index']}: its content no longer matches example "
-                                f"{r['example_id']}; the source changed since the run, re-run the scoring")
-        out.append((rec, messages))
-    return out
+    return specs, items, records
+
+
+def checked_pair(row: dict, record: dict, spec, cfg: dict, ids: bool = True):
+    """The pair a pair run's ``record`` holds (``spec``: its source's SourceSpec; ``row``: its
+    source, index and, with ``ids``, its ``pair_id`` or ``example_id`` to check it against);
+    :class:`SourceChanged` when it holds no pair or another one."""
+    from curation.data.pairs import pair_of_record
+    from curation.data.readers import RecordError
+
+    where = f"{row['source']} #{row['source_index']}"
+    try:
+        pair = pair_of_record(record, spec.format, cfg.get("columns") or {}, row["source"], int(row["source_index"]),
+                              spec.domain)
+    except (RecordError, RecursionError) as e:
+        raise SourceChanged(f"{where}: no longer a usable pair ({e}); the source changed since the run") from None
+    want = row.get("pair_id") or row.get("example_id")
+    if ids and pair.pair_id != want:
+        raise SourceChanged(f"{where}: its content no longer matches pair {want}; the source changed since the run, "
+                            "re-run the scoring")
+    return pair
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,6 +329,11 @@ class Run:
         """``score`` or ``learn`` (from run.json), ``unknown`` for a folder without one."""
         return self.meta().get("kind") or "unknown"
 
+    @property
+    def holds_pairs(self) -> bool:
+        """Whether the run scored preference pairs (run.json ``"data": "pairs"``), not SFT examples."""
+        return self.meta().get("data") == "pairs"
+
     def check_layout(self) -> None:
         """Refuse a folder written by an earlier version of curation (another layout)."""
         meta = self.meta()
@@ -298,7 +360,7 @@ class Run:
         """What a selection and an export must know about the run: its folder, sources (with
         absolute paths), models, template, settings."""
         run = self.meta()
-        keep = ("kind", "run_key", "code_version", "model", "reference", "training", "checkpoint_fingerprints",
+        keep = ("kind", "data", "run_key", "code_version", "model", "reference", "training", "checkpoint_fingerprints",
                 "template", "max_length", "checkpoints", "seed", "n_clusters", "heldout_folds")
         prov = {k: run[k] for k in keep if k in run}
         cfg = run.get("config", {})
@@ -351,15 +413,16 @@ class Run:
         p = self.path / self.STABILITY
         return json.loads(p.read_text()) if p.is_file() else None
 
-    def write_embeddings(self, ids: list[str], rows: dict[str, dict]) -> None:
+    def write_embeddings(self, ids: list[str], rows: dict[str, dict], files: dict[str, str] | None = None) -> None:
         """``embeddings.npy`` and ``rds_embeddings.npy`` (float16, one row per id; NaN without one)
         and their id index, from a pass's cache rows (:func:`curation.scoring.passes.embedding_of`);
-        each file atomic."""
+        each file atomic.  ``files`` maps each file to the embedding of the rows it holds (a pair
+        run: ``{EMBEDDINGS: "prompt_rds"}``, with each pair's row)."""
         import pandas as pd
 
         from curation.scoring.passes import embedding_of
 
-        for name, kind in ((self.EMBEDDINGS, "embedding"), (self.RDS, "rds")):
+        for name, kind in (files or {self.EMBEDDINGS: "embedding", self.RDS: "rds"}).items():
             vecs = [embedding_of(rows[i], kind) if i in rows else None for i in ids]
             width = next((len(v) for v in vecs if v is not None), 0)
             matrix = np.full((len(ids), width), np.nan, dtype=np.float16)
@@ -372,11 +435,11 @@ class Run:
 
     def embeddings(self, kind: str = "embedding"):
         """``(ids, float16 matrix)`` of the run's embeddings (``kind``: ``embedding``, the mean over
-        the assistant tokens, or ``rds``, the position-weighted mean over every token), or None when
-        the run has none."""
+        the assistant tokens, or ``rds``, the position-weighted mean over every token; a pair run's
+        one embedding, its prompts', serves both), or None when the run has none."""
         import pyarrow.parquet as pq
 
-        name = {"embedding": self.EMBEDDINGS, "rds": self.RDS}[kind]
+        name = {"embedding": self.EMBEDDINGS, "rds": self.EMBEDDINGS if self.holds_pairs else self.RDS}[kind]
         if not (self.path / name).is_file() or not (self.path / self.EMBEDDING_IDS).is_file():
             return None
         ids = pq.read_table(self.path / self.EMBEDDING_IDS).column("example_id").to_pylist()
@@ -395,7 +458,8 @@ class Run:
         import pyarrow.parquet as pq
 
         files = self._score_files()
-        return pq.ParquetFile(files[0]).schema_arrow.names if files else []
+        names = pq.ParquetFile(files[0]).schema_arrow.names if files else []
+        return names + ["example_id", "n_response_tokens"] if names and self.holds_pairs else names
 
     def n_rows(self) -> int | None:
         """Rows with scores so far (None: no scores yet); cheap (file metadata only)."""
@@ -406,7 +470,12 @@ class Run:
         base = self.meta().get("base_pass")
         if not base or not (self.path / self.EXAMPLES).is_file():
             return None
-        n = len(self._partial_rows(base))
+        rows = self._partial_rows(base, ("n_tokens",))
+        if self.holds_pairs:
+            ex = pq.read_table(self.path / self.EXAMPLES, columns=["chosen_id", "rejected_id"]).to_pydict()
+            n = sum(c in rows and r in rows for c, r in zip(ex["chosen_id"], ex["rejected_id"]))
+        else:
+            n = len(rows)
         return n or None
 
     def mtime(self) -> float:
@@ -427,15 +496,20 @@ class Run:
         import pandas as pd
 
         self.check_layout()
+        pairs = self.holds_pairs
         if (self.path / self.SCORES).is_file():
-            return pd.read_parquet(self.path / self.SCORES)
+            df = pd.read_parquet(self.path / self.SCORES)
+            return with_generic_columns(df) if pairs else df
         base = self.meta().get("base_pass")
         if base and (self.path / self.EXAMPLES).is_file():
             import pyarrow.parquet as pq
 
-            rows = self._partial_rows(base)
-            if rows:
-                return score_table(pq.read_table(self.path / self.EXAMPLES), rows).to_pandas()
+            # A response's loss may be a part of its row (a multi-turn prompt): pairs read the token losses.
+            rows = self._partial_rows(base, ("loss_sum", "n_tokens", *(("token_losses",) if pairs else ())))
+            examples = pq.read_table(self.path / self.EXAMPLES)
+            table = (pair_score_table if pairs else score_table)(examples, rows) if rows else None
+            if table is not None and table.num_rows:
+                return with_generic_columns(table.to_pandas()) if pairs else table.to_pandas()
         raise RunError(f"{self.path} has no scores yet")
 
     def committed_parts(self) -> list[Path]:
@@ -469,17 +543,23 @@ class Run:
         return read_examples(self.meta(), [row], check_fingerprints=False)[0][1]
 
     def search(self, text: str, max_source_bytes: int = 200_000_000) -> set[str]:
-        """Ids of the run's examples whose messages contain ``text`` (case-insensitive); one scan
-        of the sources."""
+        """Ids of the run's examples whose messages contain ``text`` (case-insensitive; in a pair
+        run, the pairs whose prompt or either response does); one scan of the sources."""
         needle = text.lower()
+        if self.holds_pairs:
+            return {p.pair_id for p in self.load_pairs(max_source_bytes, "text search")
+                    if any(needle in t.lower() for t in [*(m["content"] for m in p.prompt), p.chosen, p.rejected])}
         return {e.example_id for e in self.load_examples(max_source_bytes, "text search")
                 if any(needle in m["content"].lower() for m in e.messages)}
 
     def texts(self) -> dict[str, str]:
         """``{example_id: the whole conversation as one string}`` for every example the run's
-        sources hold (one scan; :func:`curation.data.textnorm.conversation_text`)."""
+        sources hold (a pair run: ``{pair_id: its prompt}``, which near-duplicates and
+        decontamination compare); one scan (:func:`curation.data.textnorm.conversation_text`)."""
         from curation.data.textnorm import conversation_text
 
+        if self.holds_pairs:
+            return {p.pair_id: conversation_text(p.prompt) for p in self.load_pairs()}
         return {e.example_id: conversation_text(e.messages) for e in self.load_examples()}
 
     def load_examples(self, max_source_bytes: int | None = None, what: str = "reading"):
@@ -487,12 +567,26 @@ class Run:
         read them (same limit); sources larger than ``max_source_bytes`` are refused."""
         from curation.data.load import load_sources
 
+        return load_sources(self.bounded_specs(max_source_bytes, what),
+                            limit=self.meta().get("config", {}).get("limit")).examples
+
+    def load_pairs(self, max_source_bytes: int | None = None, what: str = "reading"):
+        """A pair run's pairs (``curation.data.pairs.Pair``), loaded again from its sources as the run
+        read them (same limit); sources larger than ``max_source_bytes`` are refused."""
+        from curation.data.pairs import load_pairs
+
+        return load_pairs(self.bounded_specs(max_source_bytes, what),
+                          limit=self.meta().get("config", {}).get("limit")).pairs
+
+    def bounded_specs(self, max_source_bytes: int | None, what: str) -> list:
+        """The run's source specs; a source file larger than ``max_source_bytes`` is refused (``what``
+        names what is off for it)."""
         specs = list(source_specs(self.meta()).values())
         for s in specs:
             p = Path(s.path)
             if max_source_bytes is not None and p.is_file() and p.stat().st_size > max_source_bytes:
                 raise RunError(f"{p} is larger than {max_source_bytes // 1_000_000} MB; {what} is off for it")
-        return load_sources(specs, limit=self.meta().get("config", {}).get("limit")).examples
+        return specs
 
     def tokenizer(self):
         """The tokenizer of the run's model (for showing tokens); no weights are loaded."""
@@ -512,13 +606,17 @@ class Run:
             return [self.path / self.EXAMPLES]
         return []
 
-    def _partial_rows(self, base: dict) -> dict[str, dict]:
+    def _partial_rows(self, base: dict, columns=("loss_sum", "n_tokens")) -> dict[str, dict]:
         from curation.scoring.passes import ScoreCache
 
         import pyarrow.parquet as pq
 
-        ids = set(pq.read_table(self.path / self.EXAMPLES, columns=["example_id"]).column(0).to_pylist())
-        return ScoreCache(base["cache"]).load(base["key"], ids, columns=("loss_sum", "n_tokens"))
+        if self.holds_pairs:  # the rows of the pairs' responses
+            ex = pq.read_table(self.path / self.EXAMPLES, columns=["chosen_id", "rejected_id"]).to_pydict()
+            ids = set(ex["chosen_id"]) | set(ex["rejected_id"])
+        else:
+            ids = set(pq.read_table(self.path / self.EXAMPLES, columns=["example_id"]).column(0).to_pylist())
+        return ScoreCache(base["cache"]).load(base["key"], ids, columns=columns)
 
 
 def read_json_object(path: Path, what: str, error=RunError, fix: str = "") -> dict:
