@@ -173,25 +173,30 @@ def response_only(enc):
 
 def test_a_planned_pair_runs_its_prompt_once_and_scores_each_response_as_hf_alone(tiny_lm):
     """A pair's two responses as one batch: the decoder sees every prompt position once (earlier
-    assistant turns included), and each response's loss (its final-turn targets) is what HF gives
-    for prompt + that response alone, as is the whole row's."""
+    assistant turns included) and, on a CPU, each response's positions once (no padding); each
+    response's loss (its final-turn targets) is what HF gives for prompt + that response alone, as
+    is the whole row's."""
     enc = pair_encodings(tiny_lm.tokenizer)
     assert any(len(np.flatnonzero(np.diff(e.target.astype(int)) == 1)) > 1 for e in enc)  # multi-turn prompts
     plan = [[2 * k, 2 * k + 1] for k in range(len(enc) // 2)]
-    seen = []  # per decoder call: the positions of each row it ran
+    calls = []  # per decoder call: (rows, the positions of its first row)
     hook = tiny_lm.model.get_decoder().register_forward_pre_hook(
-        lambda _, args, kw: seen.append(kw["position_ids"][0].tolist() if kw.get("position_ids") is not None
-                                        else list(range(kw["input_ids"].shape[1]))) or None, with_kwargs=True)
+        lambda _, args, kw: calls.append((kw["input_ids"].shape[0], kw["position_ids"][0].tolist()
+                                          if kw.get("position_ids") is not None
+                                          else list(range(kw["input_ids"].shape[1])))) or None, with_kwargs=True)
     try:
         got = score_examples(tiny_lm.model, enc, plan=plan, vocab_tile=41, pos_chunk=19)
     finally:
         hook.remove()
-    calls = iter(seen)
-    for a, b in plan:
+    starts = [k for k, (_, pos) in enumerate(calls) if pos[0] == 0] + [len(calls)]  # each pair's prefix call
+    assert len(starts) == len(plan) + 1
+    for (a, b), k, end in zip(plan, starts, starts[1:]):
         prompt = enc[a].response_start
         assert prompt == enc[b].response_start and (enc[a].input_ids[:prompt] == enc[b].input_ids[:prompt]).all()
-        prefix, rows = next(calls), next(calls)  # the prompt once, then both responses as two rows
-        assert prefix == list(range(prompt)) and rows[0] == prompt
+        assert calls[k] == (1, list(range(prompt)))  # the prompt once
+        rows = calls[k + 1:end]  # then the responses: every position once, none of padding
+        assert all(pos[0] == prompt for _, pos in rows)
+        assert sum(n * len(pos) for n, pos in rows) == len(enc[a].input_ids) + len(enc[b].input_ids) - 2 * prompt
     for e, res in zip(enc, got):
         assert abs(res.loss - reference_loss(tiny_lm.model, e)) < 1e-4
         n = int(e.target[e.response_start:].sum())

@@ -12,7 +12,7 @@ import pytest
 
 from curation.data.load import SourceSpec
 from curation.data.pairs import load_pairs, trl_row
-from curation.runs.folder import Run
+from curation.runs.folder import Run, read_pairs
 from curation.runs.pair_tables import PAIR_EXAMPLE_COLUMNS, PAIR_SCORE_COLUMNS, PAIR_TOKEN_COLUMNS, RATING_COLUMNS
 from curation.runs.score import ScoreConfig, run_score
 from tests.conftest import ROOT, SHARED_DATA, write_jsonl
@@ -133,6 +133,9 @@ def test_a_pair_run_writes_the_design_layout_and_each_response_equals_hf_alone(t
     rid = first.sft_id("rejected")
     assert run.example(first.source, first.source_index, rid) == first.sft_messages("rejected")
     assert run.example(first.source, first.source_index, first.pair_id) == first.prompt
+    [(record, pair)] = read_pairs(run.provenance(), [{"source": first.source, "source_index": first.source_index,
+                                                     "pair_id": first.pair_id}])
+    assert pair == first and record == pair_rows()[first.source_index]
     assert run.token_losses(rid)["side"] == "rejected"
     assert run.search("QUESTION 1:") == {p for p, pair in pairs.items() if "question 1:" in pair.prompt[-1]["content"]}
     offered = [m for m, why in available_methods(run.columns()).items() if why is None]
@@ -225,6 +228,10 @@ def test_a_pair_run_killed_after_a_commit_resumes_equal_to_an_uninterrupted_one(
     assert r.returncode == -9, r.stderr
     parts = Run(out).committed_parts()
     assert len(parts) == 2 and not (out / "scores.parquet").exists()
+    # While unfinished, the run shows the pairs whose two responses are committed, as they will be.
+    partial, done = Run(out).scores(), pd.read_parquet(full / "scores.parquet")
+    assert len(partial) == Run(out).n_rows() == 4 and (partial["example_id"] == partial["pair_id"]).all()
+    pd.testing.assert_frame_equal(partial[done.columns], done.iloc[:4])
     mtimes = {p: p.stat().st_mtime_ns for p in parts}
     seen = []
     run_score(cfg([str(pair_file)], out, tiny_model_dir, cache=str(cache)), progress=lambda **p: seen.append(p))

@@ -165,10 +165,13 @@ def score_examples(
             if P:
                 first = body(input_ids=ids[:1, :P], use_cache=True)
                 cache, prefix = first.past_key_values, first.last_hidden_state[0]
-                cache.batch_repeat_interleave(B)
-                positions = torch.arange(P, T, device=device).expand(B, -1)
-                hidden = body(input_ids=ids[:, P:], past_key_values=cache, position_ids=positions,
-                              use_cache=True).last_hidden_state  # (B, T - P, H)
+                if plan is not None and device.type == "cpu" and len({lengths[i] for i in batch}) > 1:
+                    hidden = rows_on_prefix(body, ids, cache, [lengths[i] for i in batch], P)  # (B, T - P, H)
+                else:
+                    cache.batch_repeat_interleave(B)
+                    positions = torch.arange(P, T, device=device).expand(B, -1)
+                    hidden = body(input_ids=ids[:, P:], past_key_values=cache, position_ids=positions,
+                                  use_cache=True).last_hidden_state  # (B, T - P, H)
                 del cache, first
             else:
                 hidden = body(input_ids=ids).last_hidden_state  # (B, T, H)
@@ -203,6 +206,28 @@ def score_examples(
             if on_batch is not None:
                 on_batch(B, sum(lengths[i] for i in batch))
     return results  # type: ignore[return-value]
+
+
+def rows_on_prefix(body, ids, cache, lengths: list[int], P: int):
+    """``(B, T - P, H)``: each row's positions ``P..lengths[row]`` run as a forward pass of its own
+    on the shared prefix's cache (a copy for all but the last row), zeros after the row's end.
+
+    A planned batch on a CPU: a pair's two responses often differ in length by half or more, and
+    a padded batch would compute the difference for nothing, while a second call costs little."""
+    import copy
+
+    import torch
+
+    outs = []
+    for row, n in enumerate(lengths):
+        past = cache if row == len(lengths) - 1 else copy.deepcopy(cache)
+        positions = torch.arange(P, n, device=ids.device)[None]
+        outs.append(body(input_ids=ids[row:row + 1, P:n], past_key_values=past, position_ids=positions,
+                         use_cache=True).last_hidden_state[0])  # (n - P, H)
+    hidden = outs[0].new_zeros((len(lengths), max(lengths) - P, outs[0].shape[-1]))
+    for row, h in enumerate(outs):
+        hidden[row, : len(h)] = h
+    return hidden
 
 
 def hidden_at(hidden, prefix, rows, pos, P: int):
