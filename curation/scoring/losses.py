@@ -25,9 +25,10 @@ hidden states (after the final norm, the ``hidden_states[-1]`` HF returns with
   (:attr:`curation.data.templates.Encoded.response_start`): the prompt a response was given, which
   a preference pair is embedded by.  Causal attention makes it equal to pooling the prompt alone.
 
-A *plan* (lists of indices, one forward pass each) replaces the length-sorted batching: a
-preference pair's two responses form one batch, whose shared prompt (earlier assistant turns
-included) runs once and whose two responses run as two rows (:func:`shared_prompt`).
+A *plan* (lists of indices, one batch each) replaces the length-sorted batching: a preference
+pair's two responses form one batch, whose shared prompt (earlier assistant turns included) runs
+once (:func:`shared_prompt`) and whose two responses run as two rows on its cache (on a CPU as two
+forward passes, :func:`rows_on_prefix`, so that neither is padded to the other's length).
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def shared_prefix(encoded: Sequence[Encoded], batch: Sequence[int]) -> int:
     It stops before the first position whose hidden state a target needs (the one before the
     earliest target token of the batch), so every loss comes from the per-row pass.
     """
-    cap = min(int(np.argmax(e.target)) - 1 if e.target.any() else len(e.input_ids) for e in (encoded[i] for i in batch))
-    return common_prefix(encoded, batch, cap)
+    caps = [int(np.argmax(e.target)) - 1 if e.target.any() else len(e.input_ids) for e in (encoded[i] for i in batch)]
+    return common_prefix(encoded, batch, min(caps))
 
 
 def shared_prompt(encoded: Sequence[Encoded], batch: Sequence[int]) -> int:
@@ -131,7 +132,7 @@ def score_examples(
     """Score tokenised examples with ``model``; results are in the order of ``encoded``.
 
     ``plan`` (indices into ``encoded``, each once) gives the batches instead of the length-sorted
-    budget: each runs as one forward pass, its shared prompt once (:func:`shared_prompt`).
+    budget: each batch runs its shared prompt once (:func:`shared_prompt`), then its rows.
     ``on_batch(n_examples, n_tokens)`` is called after each batch (for progress bars).
     ``compile`` runs the decoder through ``torch.compile`` (fuses the element-wise work around the
     matmuls, after a one-off compilation). ``share_prefix`` runs a prefix common to a whole batch
