@@ -203,6 +203,21 @@ def test_dpo_config_defaults_and_result_key():
     assert DPOConfig(beta=0.2).result_key() != key and DPOConfig(save_every_s=1.0).result_key() == key
 
 
+def test_dpo_settings_on_the_command_line():
+    """The CLI and the forms are built from the config's fields: --dpo-loss (choices), --beta, --lr with DPO's help."""
+    import argparse
+
+    from curation.config import add_arguments, field_info, from_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, DPOConfig)
+    c = from_arguments(DPOConfig, parser.parse_args(["--dpo-loss", "sigmoid", "--beta", "0.5", "--lora"]))
+    assert (c.dpo_loss, c.beta, c.lora, c.peak_lr) == ("sigmoid", 0.5, True, 5e-5)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dpo-loss", "ipo"])
+    assert "5e-06 full" in field_info(DPOConfig, "lr")["help"]
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="the Ray engine's watchdog needs /proc (Linux)")
 def test_dpo_on_two_ray_train_workers_matches_one_process(tmp_path, tiny_model_dir, tiny_lm, pairs):
