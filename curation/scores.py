@@ -124,6 +124,15 @@ SCORES: dict[str, Score] = {s.name: s for s in (
           data=BOTH),
     # Preference pairs (a pair score run: the base model's log-probs of each response given the prompt,
     # summed over the response's tokens; a pair learn run: the same under the reference trained on the pool).
+    pair_score("margin_sum", "log p(chosen) - log p(rejected), summed over each response's tokens, base model",
+               PAIR_SCORE_RUN, "low",
+               "the base model's own preference (DPO's margin before any training); low = it prefers the rejected "
+               "response: the pairs it gets most wrong (the most to teach, or a wrong label), high = it already agrees. Known bias: a sum over "
+               "tokens, so it tracks the length difference (a longer response has a lower log-prob): strongly "
+               "anti-correlated with len_diff; check it against len_diff."),
+    pair_score("margin_mean", "loss_rejected - loss_chosen (mean NLL per token), base model", PAIR_SCORE_RUN, "low",
+               "the base model's preference per token; low = it prefers the rejected response. Less tied to length "
+               "than margin_sum, but per-token means still fall as responses get longer."),
     pair_score("loss_chosen", "L(chosen | prompt): mean NLL per token of the chosen response, base model",
                PAIR_SCORE_RUN, "high",
                "how hard the preferred response is for the base model; high = the most left to learn from it. Known "
@@ -134,15 +143,6 @@ SCORES: dict[str, Score] = {s.name: s for s in (
                "how unlikely the dispreferred response is for the base model; low = the base model would itself "
                "write something like it (the mistakes a pair teaches it to avoid). Known bias: mean per-token loss "
                "falls as responses get longer, so low loss_rejected leans to long rejected responses."),
-    pair_score("margin_sum", "log p(chosen) - log p(rejected), summed over each response's tokens, base model",
-               PAIR_SCORE_RUN, "low",
-               "the base model's own preference (DPO's margin before any training); low = it prefers the rejected "
-               "response (the pairs with the most to teach), high = it already agrees. Known bias: a sum over "
-               "tokens, so it tracks the length difference (a longer response has a lower log-prob): strongly "
-               "anti-correlated with len_diff; check it against len_diff."),
-    pair_score("margin_mean", "loss_rejected - loss_chosen (mean NLL per token), base model", PAIR_SCORE_RUN, "low",
-               "the base model's preference per token; low = it prefers the rejected response. Less tied to length "
-               "than margin_sum, but per-token means still fall as responses get longer."),
     pair_score("len_diff", "n_chosen_tokens - n_rejected_tokens", PAIR_SCORE_RUN, "low",
                "how much longer the chosen response is. DPO learns 'longer is better' from pairs whose chosen is the "
                "longer (the length bias DavIR-DPO targets); low = chosen no longer than rejected. A length control, "

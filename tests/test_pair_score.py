@@ -139,7 +139,7 @@ def test_a_pair_run_writes_the_design_layout_and_each_response_equals_hf_alone(t
     assert run.token_losses(rid)["side"] == "rejected"
     assert run.search("QUESTION 1:") == {p for p, pair in pairs.items() if "question 1:" in pair.prompt[-1]["content"]}
     offered = [m for m, why in available_methods(run.columns()).items() if why is None]
-    assert offered == ["random", "loss_chosen", "loss_rejected", "margin_sum", "margin_mean", "len_diff",
+    assert offered == ["longest", "random", "margin_sum", "margin_mean", "loss_chosen", "loss_rejected", "len_diff",
                        "rating_margin"]
     # Progress counts pairs; a chunk never splits a pair (the fifth pair shares its chosen with the last).
     scoring = [p for p in seen if p.get("phase") == "scoring"]

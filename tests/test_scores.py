@@ -85,7 +85,7 @@ def test_pair_scores_have_their_directions_and_serve_pair_runs_only():
     assert not keeps_high("margin_sum") and not keeps_high("margin_mean") and not keeps_high("loss_rejected")  # the base model's most wrong first
     assert data_of(pair_score) == "pairs" and data_of(SCORE_COLUMNS) == "sft"
     assert length_column(pair_score) == "len_diff" and length_column(SCORE_COLUMNS) == "n_response_tokens"
-    assert methods_for(pair_score) == ["longest", "random", "loss_chosen", "loss_rejected", "margin_sum", "margin_mean",
+    assert methods_for(pair_score) == ["longest", "random", "margin_sum", "margin_mean", "loss_chosen", "loss_rejected",
                                        "len_diff", "rating_margin", "reward_chosen", "reward_rejected", "reward_margin",
                                        "davir_chosen", "davir_rejected", "davir_margin"]
     assert "margin_sum" not in methods_for(SCORE_COLUMNS) and "davir" in methods_for(SCORE_COLUMNS)
@@ -94,7 +94,7 @@ def test_pair_scores_have_their_directions_and_serve_pair_runs_only():
     assert run_kind(pair_learn) == "learn" and run_kind(pair_score) == "score"
     assert available_methods(pair_score)["reward_margin"].endswith("on preference pairs (`python -m curation "
                                                                    "learn PAIRS ...`)")
-    assert score_columns(pair_learn)[:4] == ["loss_chosen", "loss_rejected", "margin_sum", "margin_mean"]
+    assert score_columns(pair_learn)[:4] == ["margin_sum", "margin_mean", "loss_chosen", "loss_rejected"]
 
 
 def test_pair_runs_are_offered_pair_scores_and_sft_runs_sft_scores():
@@ -119,12 +119,13 @@ def test_every_pair_score_has_its_producer_direction_and_length_caveat():
     from curation.scores import PAIR_COLUMNS, PAIR_LEARN_COLUMNS, PAIRS
 
     pair_scores = [s for s in SCORES.values() if s.data == PAIRS]
-    assert [s.name for s in pair_scores] == ["loss_chosen", "loss_rejected", "margin_sum", "margin_mean", "len_diff",
+    assert [s.name for s in pair_scores] == ["margin_sum", "margin_mean", "loss_chosen", "loss_rejected", "len_diff",
                                              "rating_margin", "reward_chosen", "reward_rejected", "reward_margin",
                                              "davir_chosen", "davir_rejected", "davir_margin"]
-    assert all(s.column == s.name and s.order and "long" in s.explanation for s in pair_scores)
+    assert all(s.column == s.name and s.order and ("long" in s.explanation or "length" in s.explanation)
+               for s in pair_scores)
     assert SCORES["reward_margin"].order == SCORES["davir_margin"].order == "high"
-    assert list(PAIR_COLUMNS) == ["loss_chosen", "loss_rejected", "margin_sum", "margin_mean", "len_diff"]
+    assert list(PAIR_COLUMNS) == ["margin_sum", "margin_mean", "loss_chosen", "loss_rejected", "len_diff"]
     assert list(PAIR_LEARN_COLUMNS) == ["reward_chosen", "reward_rejected", "reward_margin", "davir_chosen",
                                         "davir_rejected", "davir_margin"]
     assert SCORES["random"].data == "both"

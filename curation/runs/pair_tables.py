@@ -82,9 +82,9 @@ def pair_score_table(examples, rows: dict[str, dict]):
     scored = (n["chosen"] > 0) & (n["rejected"] > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         loss = {s: sums[s] / np.maximum(n[s], 1) for s in SIDES}
-    values = {"loss_chosen": loss["chosen"], "loss_rejected": loss["rejected"],
-              "margin_sum": sums["rejected"] - sums["chosen"],  # log p(chosen) - log p(rejected)
-              "margin_mean": loss["rejected"] - loss["chosen"]}
+    values = {"margin_sum": sums["rejected"] - sums["chosen"],  # log p(chosen) - log p(rejected)
+              "margin_mean": loss["rejected"] - loss["chosen"],
+              "loss_chosen": loss["chosen"], "loss_rejected": loss["rejected"]}
     cols = {c: pa.array([ex[c][k] for k in keep], examples.schema.field(c).type) for c in PAIR_SCORE_COLUMNS[:7]}
     cols.update({c: pa.array(v, pa.float64(), mask=~scored) for c, v in values.items()})
     cols["len_diff"] = pa.array(n["chosen"] - n["rejected"], pa.int32())
@@ -127,7 +127,7 @@ def with_generic_columns(df):
     random-tokens baseline count both responses).  Columns already there are left as they are."""
     df = df.copy()
     if "example_id" not in df.columns and "pair_id" in df.columns:
-        df.insert(0, "example_id", df["pair_id"])
+        df["example_id"] = df["pair_id"]
     if "n_response_tokens" not in df.columns and {"n_chosen_tokens", "n_rejected_tokens"} <= set(df.columns):
         df["n_response_tokens"] = (df["n_chosen_tokens"].astype("int64") + df["n_rejected_tokens"].astype("int64"))
     return df
