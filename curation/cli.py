@@ -148,8 +148,15 @@ def run_summary(out) -> None:
     run = Run(out)
     df, meta = run.scores(), run.meta()
     learn = meta.get("kind") == "learn"
-    from curation.scores import LEARN_COLUMNS
+    from curation.scores import LEARN_COLUMNS, PAIR_COLUMNS
 
+    if run.holds_pairs and not learn:
+        print(f"wrote {out}/scores.parquet ({len(df)} pairs, {int(df['truncated'].sum())} with a truncated response), "
+              f"{out}/token_losses.parquet, {out}/run.json; {len(run.rejected())} rejected rows in {out}/rejected.jsonl")
+        print(df.groupby("domain")[list(PAIR_COLUMNS)].median().to_string(float_format=lambda x: f"{x:.4f}"))
+        print(f"the base model prefers chosen (margin_sum > 0) in {(df['margin_sum'] > 0).mean():.1%} of pairs; "
+              f"model {meta['model']['path']} on {meta['model']['device']}, {meta['timings_s']['total']:.1f}s")
+        return
     what = (f"{int(df['scored'].sum())} scored, {meta['n_clusters']} S2L clusters" if learn else
             f"{int(df['truncated'].sum())} truncated, {int((~df['scored']).sum())} without assistant tokens")
     print(f"wrote {out}/scores.parquet ({len(df)} examples, {what}), {out}/token_losses.parquet, {out}/run.json; "
@@ -433,13 +440,13 @@ def select_export_command(args) -> int:
         for n in notes:
             print(f"note: {n}", file=sys.stderr)
         m = json.loads((out / "manifest.json").read_text())
-        for line in (m.get("evidence") or {}).get("validated") or ["not validated: no validation of this selection in "
-                                                                    "the workspace"]:
-            print(f"evidence: {line}")
         by = ", ".join(f"{d} {c['examples']}" for d, c in m["counts"]["by_domain"].items())
         unit = "pairs" if m.get("data") == "pairs" else "examples"
         print(f"exported {m['counts']['examples']} {unit} ({by}) as {cfg.format}/{m['style']} -> "
               f"{out}/{m['files']['data']}; manifest {out}/manifest.json")
+        for line in (m.get("evidence") or {}).get("validated") or ["not validated: no validation of this selection in "
+                                                                    "the workspace"]:
+            print(f"evidence: {line}")
     return 0
 
 

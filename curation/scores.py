@@ -7,7 +7,11 @@ about it.  Everything else derives from this table: the columns a ``learn`` run 
 order, the methods ``select`` offers (and which runs can serve them), the statistics a selection's
 summary reports, the columns the dashboard plots and the direction it sorts them.
 
-The formulas themselves are computed in :mod:`curation.runs.formulas`.
+A score belongs to one kind of data (``data``): SFT examples or preference pairs (a run holds one
+kind; :func:`available_methods` offers a run only its own kind's scores, and random for both).
+
+The formulas themselves are computed in :mod:`curation.runs.formulas` (a pair score run's in
+:mod:`curation.runs.pair_tables`).
 """
 
 from __future__ import annotations
@@ -17,18 +21,19 @@ from dataclasses import dataclass
 
 # Which run writes a column (the run kind a method needs).
 SCORE_RUN, LEARN_RUN, HELDOUT_RUN, TARGETS = "score", "learn", "learn --heldout-folds", "targets"
-PAIR_SCORE_RUN, PAIR_LEARN_RUN, RATINGS = "score (pairs)", "learn (pairs)", "ratings"
+PAIR_SCORE_RUN, PAIR_LEARN_RUN, PAIR_RATINGS = "pair score", "pair learn", "pair ratings"
 RUN_HELP = {
     SCORE_RUN: "any score run (`python -m curation score ...` or `learn`)",
     LEARN_RUN: "a learnability run (`python -m curation learn ...`)",
     HELDOUT_RUN: "a learnability run with --heldout-folds N",
     TARGETS: "select --target DOMAIN=PATH (from the run's RDS+ embeddings, at selection time)",
-    PAIR_SCORE_RUN: "any score run over preference pairs (`python -m curation score PAIRS ...` or `learn`)",
-    PAIR_LEARN_RUN: "a learnability run over preference pairs (`python -m curation learn PAIRS ...`)",
-    RATINGS: "a pair source with ratings (score_chosen / score_rejected, as UltraFeedback-binarized)",
+    PAIR_SCORE_RUN: "a score run on preference pairs (`python -m curation score PAIRS ...` or `learn`)",
+    PAIR_LEARN_RUN: "a learnability run on preference pairs (`python -m curation learn PAIRS ...`)",
+    PAIR_RATINGS: "a score run on preference pairs whose source rates them (score_chosen / score_rejected)",
 }
-# What a run holds (run.json ``data``): SFT examples or preference pairs; a score serves one or both.
+# The kind of data a score applies to.
 SFT, PAIRS, BOTH = "sft", "pairs", "both"
+DATA_HELP = {SFT: "SFT examples", PAIRS: "preference pairs"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class Score:
     fallback: str | None = None  # a score run's column it is derived from when ``column`` is absent
     ranks: bool = True  # False for samplers (random, s2l)
     derive: str | None = None  # how the fallback column becomes this score: "exp" (ppl = exp(loss)); None: as is
-    data: str = SFT  # the data it scores: SFT examples, preference pairs, or both (a sampler, a length)
+    data: str = SFT  # SFT | PAIRS | BOTH: the data it applies to
 
     def source_column(self, columns) -> str | None:
         """The column of a table with ``columns`` that this score is read from: its own column, else
@@ -75,6 +80,11 @@ class Score:
         return v
 
 
+def pair_score(name: str, formula: str, written_by: str, order: str, explanation: str) -> Score:
+    """A score of preference pairs, in the column of its name."""
+    return Score(name, name, formula, written_by, order, explanation, data=PAIRS)
+
+
 SCORES: dict[str, Score] = {s.name: s for s in (
     Score("davir", "davir", "(L_base - L_ref) / L_base", LEARN_RUN, "high",
           "the share of the base model's loss that training on the pool removes (LoBaSS/DavIR); higher = more "
@@ -94,8 +104,8 @@ SCORES: dict[str, Score] = {s.name: s for s in (
           "high = hardest for the model (the 'high loss' baseline: the same ranking as ppl, reversed). Known "
           "biases: mean per-token loss falls as answers get longer, so high loss leans to short answers; it also "
           "picks noisy or unlearnable examples.", fallback="loss"),
-    Score("longest", "n_response_tokens", "assistant tokens of the example (of a pair: chosen + rejected)", SCORE_RUN,
-          "high", "the longest answers first (a strong, cheap baseline for chat SFT that needs no model score); low = "
+    Score("longest", "n_response_tokens", "assistant tokens of the example (of a pair: chosen + rejected)", SCORE_RUN, "high",
+          "the longest answers first (a strong, cheap baseline for chat SFT that needs no model score); low = "
           "the shortest. Every loss-based score should be checked against it.", data=BOTH),
     Score("target", "target_sim", "max cosine of the RDS+ embedding to the domain's target examples", TARGETS, "high",
           "how close an example is to the examples you want more of (RDS+: the position-weighted mean of the model's "
@@ -109,36 +119,66 @@ SCORES: dict[str, Score] = {s.name: s for s in (
           "inflate it; higher = more learnable (generalisable)."),
     Score("rho_heldout", "rho_heldout", "L_base - L_ref_heldout", HELDOUT_RUN, "high",
           "rho with a held-out L_ref (k-fold). Known bias: like rho, favours long answers."),
-    # Preference pairs (a pair run's scores.parquet; log p summed over a response's assistant tokens).
-    Score("margin_sum", "margin_sum", "log p_base(chosen | x) - log p_base(rejected | x), summed", PAIR_SCORE_RUN, "low",
-          "how much more the base model prefers the chosen response; low (the default) = pairs it gets most wrong, "
-          "the most to learn or a wrong label ('difficult' pairs); high = what it already prefers. Known bias: a "
-          "sum over tokens, so it follows the length difference (a long response has a low log-prob): check it "
-          "against len_diff.", data=PAIRS),
-    Score("margin_mean", "margin_mean", "loss_rejected - loss_chosen (mean NLL per token, base model)", PAIR_SCORE_RUN,
-          "low", "margin_sum per token: low (the default) = the base model prefers the rejected response per token. "
-          "Less tied to the length difference than margin_sum, but a short response's mean is noisy.", data=PAIRS),
-    Score("loss_chosen", "loss_chosen", "L_base of the chosen response (mean NLL per token)", PAIR_SCORE_RUN, "high",
-          "high = the preferred response is hardest for the base model. Known bias: as loss, leans to short "
-          "responses.", data=PAIRS),
-    Score("loss_rejected", "loss_rejected", "L_base of the rejected response (mean NLL per token)", PAIR_SCORE_RUN,
-          "high", "high = the base model finds the rejected response unlikely (an easy pair to get right). Known "
-          "bias: as loss, leans to short responses.", data=PAIRS),
-    Score("reward_margin", "reward_margin", "beta * [(lp_ref - lp_base)(chosen) - (lp_ref - lp_base)(rejected)]",
-          PAIR_LEARN_RUN, "high", "DPO's implicit reward margin of the reference trained on the pool (the base as "
-          "DPO's reference policy); highest first (keep the largest margins, 2502.14560; --order low keeps the "
-          "'difficult' smallest, 2508.04149). Known bias: summed log-ratios follow the length difference (DavIR-DPO "
-          "reports 0.38 for vanilla DPO).", data=PAIRS),
-    Score("davir_margin", "davir_margin", "davir_chosen - davir_rejected, davir = (L_base - L_ref) / L_base (summed NLL)",
-          PAIR_LEARN_RUN, "high", "how much more of the chosen response's loss than of the rejected one's the "
-          "training removed (DavIR relative to the base, as DavIR-DPO normalises); highest first. Relative, so less "
-          "tied to length than reward_margin.", data=PAIRS),
-    Score("rating_margin", "rating_margin", "rating_chosen - rating_rejected (the source's ratings)", RATINGS, "high",
-          "how much the source's raters preferred the chosen response (UltraFeedback-binarized's score_chosen - "
-          "score_rejected); highest first. Not a model score: compare the implicit margins with it.", data=PAIRS),
     Score("random", None, "a seeded uniform sample", SCORE_RUN, None,
           "a seeded uniform sample at the same budget and mix: the baseline every method must beat.", ranks=False,
           data=BOTH),
+    # Preference pairs (a pair score run: the base model's log-probs of each response given the prompt,
+    # summed over the response's tokens; a pair learn run: the same under the reference trained on the pool).
+    pair_score("margin_sum", "log p(chosen) - log p(rejected), summed over each response's tokens, base model",
+               PAIR_SCORE_RUN, "low",
+               "the base model's own preference (DPO's margin before any training); low = it prefers the rejected "
+               "response: the pairs it gets most wrong (the most to teach, or a wrong label), high = it already agrees. Known bias: a sum over "
+               "tokens, so it tracks the length difference (a longer response has a lower log-prob): strongly "
+               "anti-correlated with len_diff; check it against len_diff."),
+    pair_score("margin_mean", "loss_rejected - loss_chosen (mean NLL per token), base model", PAIR_SCORE_RUN, "low",
+               "the base model's preference per token; low = it prefers the rejected response. Less tied to length "
+               "than margin_sum, but per-token means still fall as responses get longer."),
+    pair_score("loss_chosen", "L(chosen | prompt): mean NLL per token of the chosen response, base model",
+               PAIR_SCORE_RUN, "high",
+               "how hard the preferred response is for the base model; high = the most left to learn from it. Known "
+               "bias: mean per-token loss falls as responses get longer, so high loss_chosen leans to short chosen "
+               "responses."),
+    pair_score("loss_rejected", "L(rejected | prompt): mean NLL per token of the rejected response, base model",
+               PAIR_SCORE_RUN, "low",
+               "how unlikely the dispreferred response is for the base model; low = the base model would itself "
+               "write something like it (the mistakes a pair teaches it to avoid). Known bias: mean per-token loss "
+               "falls as responses get longer, so low loss_rejected leans to long rejected responses."),
+    pair_score("len_diff", "n_chosen_tokens - n_rejected_tokens", PAIR_SCORE_RUN, "low",
+               "how much longer the chosen response is. DPO learns 'longer is better' from pairs whose chosen is the "
+               "longer (the length bias DavIR-DPO targets); low = chosen no longer than rejected. A length control, "
+               "not a quality score: compare every margin against it."),
+    pair_score("rating_margin", "rating_chosen - rating_rejected (the source's score_chosen - score_rejected)",
+               PAIR_RATINGS, "high",
+               "the raters' (or judge's) margin; high = a clear preference (argilla's dpo-mix-7k keeps pairs whose "
+               "chosen is rated 4 or more). Known bias: judges rate longer responses higher, so it leans to long "
+               "chosen responses."),
+    pair_score("reward_chosen", "beta * (log p_ref(chosen) - log p_base(chosen)), summed over the response's tokens",
+               PAIR_LEARN_RUN, "high",
+               "DPO's implicit reward of the chosen response, with the reference trained on the pool as the policy; "
+               "high = training raised its likelihood most. Known bias: a sum over tokens, so it grows with the "
+               "response's length."),
+    pair_score("reward_rejected", "beta * (log p_ref(rejected) - log p_base(rejected)), summed over the "
+               "response's tokens", PAIR_LEARN_RUN, "low",
+               "DPO's implicit reward of the rejected response; low = training lowered its likelihood (or raised it "
+               "least). Known bias: a sum over tokens, so it grows with the response's length."),
+    pair_score("reward_margin", "reward_chosen - reward_rejected", PAIR_LEARN_RUN, "high",
+               "DPO's implicit reward margin: high = the pairs training on the pool separates most (arXiv 2502.14560 "
+               "keeps the largest; 2508.04149 keeps the smallest, 'difficult' pairs; Selective DPO drops the "
+               "hardest: order low takes the other end). Known bias: tracks the length difference (correlation 0.38 "
+               "with it under vanilla DPO, as summarised from DavIR v2); check it against len_diff."),
+    pair_score("davir_chosen", "(L_base - L_ref) / L_base of the chosen response (summed NLL)",
+               PAIR_LEARN_RUN, "high",
+               "SFT davir of the chosen response: the share of its base loss that training on the pool removes; "
+               "relative, so less tied to length than reward_chosen, but noisy when L_base is near 0."),
+    pair_score("davir_rejected", "(L_base - L_ref) / L_base of the rejected response (summed NLL)",
+               PAIR_LEARN_RUN, "low",
+               "SFT davir of the rejected response; low = training on the pool made it no more likely. Relative, so "
+               "less tied to length than reward_rejected."),
+    pair_score("davir_margin", "davir_chosen - davir_rejected", PAIR_LEARN_RUN, "high",
+               "DavIR-DPO's learnability of a pair: how much more training on the pool made the chosen response "
+               "likely than the rejected, each relative to its base NLL. Normalising by the base NLL is what "
+               "DavIR-DPO reports cuts the correlation with the length difference (0.38 -> 0.07, as summarised from "
+               "DavIR v2); still check it against len_diff."),
 )}
 
 METHODS = tuple(SCORES)
@@ -156,16 +196,18 @@ LEARN_COLUMNS = {
 }
 HELDOUT_COLUMNS = {"loss_ref_heldout": "L under the model trained without the example's fold",
                    "davir_heldout": SCORES["davir_heldout"].formula, "rho_heldout": SCORES["rho_heldout"].formula}
-# A pair run's per-response columns beside its margins (the pair learn run's and the source's).
-PAIR_SIDE_COLUMNS = ("reward_chosen", "reward_rejected", "davir_chosen", "davir_rejected", "rating_chosen",
-                     "rating_rejected")
+# The scores of a pair score run and of a pair learn run, in table order, with their formulas.
+PAIR_COLUMNS = {s.column: s.formula for s in SCORES.values() if s.written_by == PAIR_SCORE_RUN}
+PAIR_LEARN_COLUMNS = {s.column: s.formula for s in SCORES.values() if s.written_by == PAIR_LEARN_RUN}
+# A pair run's per-response columns beside its margins (the source's ratings).
+RATING_SIDE_COLUMNS = ("rating_chosen", "rating_rejected")
 STABILITY_SCORES = ("davir", "rho")  # per reference run: {score}_r{i}, spread {score}_sd
 LENGTH_COLUMNS = ("n_response_tokens", "n_prompt_tokens", "n_tokens_full", "len_diff", "n_chosen_tokens",
                   "n_rejected_tokens")
 
 
 def data_of(columns) -> str:
-    """``pairs`` for a pair run's score table (it has ``pair_id``), else ``sft``."""
+    """The kind of data a score table holds: PAIRS (a pair run's table has ``pair_id``) or SFT."""
     return PAIRS if "pair_id" in set(columns) else SFT
 
 
@@ -215,7 +257,7 @@ def score_columns(columns) -> list[str]:
     the trajectory."""
     cols = set(columns)
     ranked = [s.column for s in SCORES.values() if s.ranks and s.column and s.column not in LENGTH_COLUMNS]
-    extra = [c for c in (*LEARN_COLUMNS, *HELDOUT_COLUMNS, "loss", *PAIR_SIDE_COLUMNS) if c not in ranked]
+    extra = [c for c in (*LEARN_COLUMNS, *HELDOUT_COLUMNS, "loss", *RATING_SIDE_COLUMNS) if c not in ranked]
     spreads = [f"{s}_sd" for s in STABILITY_SCORES]
     seen, out = set(), []
     for c in [*ranked, *extra, *spreads, *trajectory_columns(columns)]:
@@ -236,12 +278,16 @@ def keeps_high(column: str) -> bool:
 
 def available_methods(columns) -> dict[str, str | None]:
     """For each method: None if a score table with ``columns`` supports it, else why not (the
-    dashboard greys it out with that reason)."""
+    dashboard greys it out with that reason).  A run is offered its own kind of data's scores only
+    (random for both)."""
     cols = set(columns)
+    kind = data_of(cols)
     out = {}
     for name, s in SCORES.items():
         needed = [c for c in (s.column, s.fallback) if c]
-        if s.written_by == TARGETS or not needed or any(c in cols for c in needed):
+        if s.data not in (BOTH, kind):
+            out[name] = f"a score of {DATA_HELP[s.data]}; this run holds {DATA_HELP[kind]}"
+        elif s.written_by == TARGETS or not needed or any(c in cols for c in needed):
             out[name] = None
         else:
             out[name] = f"needs the column {s.column!r}, written by {RUN_HELP[s.written_by]}"
@@ -251,6 +297,6 @@ def available_methods(columns) -> dict[str, str | None]:
 def run_kind(columns) -> str:
     """``learn`` when a table has a learn run's columns, ``score`` when it has scores, else ``unknown``."""
     cols = set(columns)
-    if cols & {*LEARN_COLUMNS, "reward_margin", "davir_margin"}:
+    if cols & (set(LEARN_COLUMNS) | set(PAIR_LEARN_COLUMNS)):
         return "learn"
-    return "score" if cols & {"loss", "margin_sum"} else "unknown"
+    return "score" if cols & {"loss", "loss_chosen", "margin_sum"} else "unknown"

@@ -109,7 +109,7 @@ elif not match.empty:
     @st.cache_data(max_entries=64)
     def _example(run_dir: str, mtime: float, example_id: str, source: str, source_index: int):
         run = Run(run_dir)
-        if run.pairs:
+        if run.holds_pairs:
             return run.pair(source, source_index, example_id), run.pair_token_losses(example_id)
         return run.example(source, source_index, example_id), run.token_losses(example_id)
 

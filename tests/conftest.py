@@ -157,6 +157,27 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def checkpoint_weights(ckpt: Path) -> list[tuple[str, bytes]]:
+    """A checkpoint folder's tensors as bytes (equal lists = bit-identical weights)."""
+    from safetensors.numpy import load_file
+
+    return [(k, v.tobytes()) for f in sorted(ckpt.glob("*.safetensors")) for k, v in sorted(load_file(f).items())]
+
+
+class StopTraining(Exception):
+    """Raised by :func:`stop_at`'s progress callback: a training killed at a given step."""
+
+
+def stop_at(step: int):
+    """A training progress callback that stops the training when it reports optimizer step ``step``
+    (that step's state is not saved: the loop saves after reporting)."""
+    def progress(**p):
+        if p.get("done") == step:
+            raise StopTraining
+
+    return progress
+
+
 def write_jsonl(path: Path, rows) -> Path:
     import json
 

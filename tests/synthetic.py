@@ -84,7 +84,7 @@ def table_of(run: Path) -> pd.DataFrame:
 # with their formulas, until the pair score run writes real ones.
 
 PAIR_SCORE_COLUMNS = ["pair_id", "source", "source_index", "domain", "n_prompt_tokens", "n_chosen_tokens",
-                      "n_rejected_tokens", "loss_chosen", "loss_rejected", "margin_sum", "margin_mean", "len_diff",
+                      "n_rejected_tokens", "margin_sum", "margin_mean", "loss_chosen", "loss_rejected", "len_diff",
                       "truncated", "scored"]
 PAIR_LEARN_COLUMNS = ["reward_chosen", "reward_rejected", "reward_margin", "davir_chosen", "davir_rejected",
                       "davir_margin"]

@@ -301,7 +301,7 @@ def test_length_strata_of_a_pair_run_follow_len_diff(pair_table):
 
 def test_a_method_for_the_other_kind_of_data_is_refused_in_one_line(pair_table, run_dir):
     with pytest.raises(SelectionError, match="--method davir scores SFT examples; this run holds preference pairs: "
-                                             "use one of longest, margin_sum"):
+                                             "use one of longest, random, margin_sum"):
         select(pair_table, Recipe("davir", budget="5", decisions="none"))
     with pytest.raises(SelectionError, match="--method reward_margin scores preference pairs; this run holds SFT "
                                              "examples: use one of davir"):

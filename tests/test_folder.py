@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from curation.runs.folder import Run, SourceChanged, pair_aliases, read_pairs
+from curation.runs.folder import Run, SourceChanged, read_pairs
+from curation.runs.pair_tables import with_generic_columns
 from tests.synthetic import make_pair_run, write_pair_sources
 
 
@@ -19,9 +20,9 @@ def test_a_pair_runs_scores_gain_example_id_and_both_responses_tokens(pair_run):
     raw = pd.read_parquet(pair_run.path / Run.SCORES)
     assert "example_id" not in raw.columns and "n_response_tokens" not in raw.columns  # the design's layout
     df = pair_run.scores()
-    assert pair_run.pairs and (df["example_id"] == df["pair_id"]).all()
+    assert pair_run.holds_pairs and (df["example_id"] == df["pair_id"]).all()
     assert (df["n_response_tokens"] == raw["n_chosen_tokens"] + raw["n_rejected_tokens"]).all()
-    assert pair_aliases(df).equals(df)  # columns already there are left as they are
+    assert with_generic_columns(df).equals(df)  # columns already there are left as they are
 
 
 def test_a_pair_runs_texts_are_its_prompts_and_search_reads_both_responses(pair_run):

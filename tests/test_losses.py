@@ -145,3 +145,92 @@ def test_compiled_decoder_gives_the_same_losses(tiny_lm, encoded):
     from curation.scoring.models import weights_fingerprint
 
     assert weights_fingerprint(tiny_lm.model) == fingerprint  # the compiled handle is not a submodule
+
+
+def pair_encodings(tokenizer, n=12, seed=5, max_length=400):
+    """Encodings of ``n`` preference pairs as a pair pass scores them: prompt + chosen, prompt +
+    rejected (every third prompt multi-turn, every fourth with a system prompt)."""
+    rng = np.random.default_rng(seed)
+    t = resolve_template(tokenizer)
+    convs = []
+    for k, conv in enumerate(conversations(n, seed=seed)):
+        prompt = conv[:-1] if k % 3 == 0 else conv[:2][:1]  # ends with a user turn
+        if k % 4 == 1:
+            prompt = [{"role": "system", "content": " ".join(WORDS)}] + prompt
+        for _ in range(2):
+            response = " ".join(rng.choice(WORDS, int(rng.integers(1, 40))))
+            convs.append(prompt + [{"role": "assistant", "content": response}])
+    return encode_many(tokenizer, t, convs, max_length=max_length)
+
+
+def response_only(enc):
+    """``enc`` with its targets cut to the final assistant turn (the response of a pair)."""
+    from curation.data.templates import Encoded
+
+    target = enc.target.copy()
+    target[: enc.response_start] = False
+    return Encoded(enc.input_ids, target, enc.n_tokens_full, enc.truncated)
+
+
+def test_a_planned_pair_runs_its_prompt_once_and_scores_each_response_as_hf_alone(tiny_lm):
+    """A pair's two responses as one batch: the decoder sees every prompt position once (earlier
+    assistant turns included) and, on a CPU, each response's positions once (no padding); each
+    response's loss (its final-turn targets) is what HF gives for prompt + that response alone, as
+    is the whole row's."""
+    enc = pair_encodings(tiny_lm.tokenizer)
+    assert any(len(np.flatnonzero(np.diff(e.target.astype(int)) == 1)) > 1 for e in enc)  # multi-turn prompts
+    plan = [[2 * k, 2 * k + 1] for k in range(len(enc) // 2)]
+    calls = []  # per decoder call: (rows, the positions of its first row)
+    hook = tiny_lm.model.get_decoder().register_forward_pre_hook(
+        lambda _, args, kw: calls.append((kw["input_ids"].shape[0], kw["position_ids"][0].tolist()
+                                          if kw.get("position_ids") is not None
+                                          else list(range(kw["input_ids"].shape[1])))) or None, with_kwargs=True)
+    try:
+        got = score_examples(tiny_lm.model, enc, plan=plan, vocab_tile=41, pos_chunk=19)
+    finally:
+        hook.remove()
+    starts = [k for k, (_, pos) in enumerate(calls) if pos[0] == 0] + [len(calls)]  # each pair's prefix call
+    assert len(starts) == len(plan) + 1
+    for (a, b), k, end in zip(plan, starts, starts[1:]):
+        prompt = enc[a].response_start
+        assert prompt == enc[b].response_start and (enc[a].input_ids[:prompt] == enc[b].input_ids[:prompt]).all()
+        assert calls[k] == (1, list(range(prompt)))  # the prompt once
+        rows = calls[k + 1:end]  # then the responses: every position once, none of padding
+        assert all(pos[0] == prompt for _, pos in rows)
+        assert sum(n * len(pos) for n, pos in rows) == len(enc[a].input_ids) + len(enc[b].input_ids) - 2 * prompt
+    for e, res in zip(enc, got):
+        assert abs(res.loss - reference_loss(tiny_lm.model, e)) < 1e-4
+        n = int(e.target[e.response_start:].sum())
+        response = float(res.token_losses[-n:].astype(np.float64).sum()) / n
+        assert abs(response - reference_loss(tiny_lm.model, response_only(e))) < 1e-4
+    plain = score_examples(tiny_lm.model, enc, batch_tokens=64)
+    for a, b in zip(got, plain):
+        np.testing.assert_allclose(a.token_losses, b.token_losses, atol=1e-5)
+        np.testing.assert_allclose(a.rds, b.rds, atol=1e-5)
+        np.testing.assert_allclose(a.prompt_rds, b.prompt_rds, atol=1e-5)
+        np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-5)
+
+
+def test_the_prompt_embedding_is_rds_pooling_of_the_prompt_alone(tiny_lm):
+    """prompt_rds: RDS+'s position-weighted mean of HF's hidden_states[-1] over the prompt alone
+    (the tokens before the final assistant turn), unit norm; from a plan's shared prefix or not."""
+    import torch
+
+    enc = pair_encodings(tiny_lm.tokenizer, n=6)
+    planned = score_examples(tiny_lm.model, enc, plan=[[2 * k, 2 * k + 1] for k in range(len(enc) // 2)])
+    plain = score_examples(tiny_lm.model, enc, batch_tokens=1)
+    for e, a, b in zip(enc, planned, plain):
+        ids = torch.tensor(e.input_ids[: e.response_start][None], dtype=torch.long)
+        with torch.no_grad():
+            h = tiny_lm.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].float()
+        w = torch.arange(1, len(ids[0]) + 1, dtype=torch.float32)
+        want = torch.nn.functional.normalize((w[:, None] * h).sum(0) / w.sum(), dim=0).numpy()
+        np.testing.assert_allclose(a.prompt_rds, want, atol=1e-4)
+        np.testing.assert_allclose(b.prompt_rds, want, atol=1e-4)
+        assert abs(np.linalg.norm(a.prompt_rds) - 1) < 1e-5
+
+
+def test_a_plan_holds_every_example_once(tiny_lm, encoded):
+    for plan in ([[0, 1]], [[0, 1], [1, 2]], [[0], [], [1, 2]]):
+        with pytest.raises(ValueError, match="exactly once"):
+            score_examples(tiny_lm.model, encoded[:3], plan=plan)

@@ -91,6 +91,30 @@ def test_score_on_two_ray_workers_equals_the_local_run(tmp_path, tiny_model_dir)
 
 
 @pytest.mark.integration  # a real Ray instance
+def test_a_pair_run_on_two_ray_workers_equals_the_local_run(tmp_path, tiny_model_dir):
+    """The actor pool follows the pair plan: chunks of whole pairs, each pair one batch, progress in
+    pairs; the tables and the prompt embeddings equal the local run's."""
+    from curation.runs.folder import Run
+    from tests.test_pair_score import MAX_LENGTH, pair_rows
+
+    src = [str(write_jsonl(tmp_path / "pairs.jsonl", pair_rows(30)))]
+    common = {"sources": src, "model": str(tiny_model_dir), "chunk_examples": 6, "max_length": MAX_LENGTH}
+    local = run_score(ScoreConfig(out=str(tmp_path / "local"), cache=str(tmp_path / "c1"), **common))
+    seen = []
+    on_ray = run_score(ScoreConfig(out=str(tmp_path / "ray"), cache=str(tmp_path / "c2"), engine="ray", workers=2,
+                                   **common), progress=lambda **p: seen.append(p))
+    for name in ("scores.parquet", "examples.parquet", "token_losses.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(local / name), pd.read_parquet(on_ray / name), atol=1e-6)
+    np.testing.assert_allclose(Run(local).embeddings()[1].astype(np.float32),
+                               Run(on_ray).embeddings()[1].astype(np.float32), atol=2e-3)  # float16, one ulp
+    scoring = [p for p in seen if p.get("phase") == "scoring"]
+    assert {p["unit"] for p in scoring} == {"pairs"} and scoring[-1]["done"] == scoring[-1]["total"]
+    assert max(p.get("committed") or 0 for p in scoring) == len(Run(on_ray).committed_parts()) > 2
+    time.sleep(2)
+    assert not ray_processes(), "Ray processes left after the run"
+
+
+@pytest.mark.integration  # a real Ray instance
 def test_a_killed_ray_worker_is_restarted_and_its_chunk_rerun(tmp_path, tiny_model_dir):
     import psutil
 
@@ -323,8 +347,11 @@ def test_packed_losses_come_back_as_they_were_scored(tiny_lm):
             np.testing.assert_array_equal(b.token_losses, r.token_losses)
             np.testing.assert_array_equal(b.positions, r.positions)
             assert (b.embedding is None) != embeddings and (b.rds is None) != embeddings
+            assert (b.prompt_rds is None) != embeddings
             if embeddings:
                 np.testing.assert_array_equal(b.embedding, r.embedding)
+                np.testing.assert_array_equal(b.rds, r.rds)
+                np.testing.assert_array_equal(b.prompt_rds, r.prompt_rds)
     assert unpack_losses(pack_losses([])) == []
 
 

@@ -82,15 +82,50 @@ def test_pair_scores_have_their_directions_and_serve_pair_runs_only():
     pair_score = PAIR_SCORE_COLUMNS + ["example_id", "n_response_tokens"]
     pair_learn = pair_score + PAIR_LEARN_COLUMNS
     assert keeps_high("reward_margin") and keeps_high("davir_margin") and keeps_high("rating_margin")
-    assert not keeps_high("margin_sum") and not keeps_high("margin_mean")  # the base model's most wrong first
+    assert not keeps_high("margin_sum") and not keeps_high("margin_mean") and not keeps_high("loss_rejected")  # the base model's most wrong first
     assert data_of(pair_score) == "pairs" and data_of(SCORE_COLUMNS) == "sft"
     assert length_column(pair_score) == "len_diff" and length_column(SCORE_COLUMNS) == "n_response_tokens"
-    assert methods_for(pair_score) == ["longest", "margin_sum", "margin_mean", "loss_chosen", "loss_rejected",
-                                       "reward_margin", "davir_margin", "rating_margin", "random"]
+    assert methods_for(pair_score) == ["longest", "random", "margin_sum", "margin_mean", "loss_chosen", "loss_rejected",
+                                       "len_diff", "rating_margin", "reward_chosen", "reward_rejected", "reward_margin",
+                                       "davir_chosen", "davir_rejected", "davir_margin"]
     assert "margin_sum" not in methods_for(SCORE_COLUMNS) and "davir" in methods_for(SCORE_COLUMNS)
     assert default_method(pair_learn) == "davir_margin" and default_method(pair_score) == "margin_sum"
     assert default_method(SCORE_COLUMNS) == "loss" and default_method(SCORE_COLUMNS + SYNTHETIC_LEARN_COLUMNS) == "davir"
     assert run_kind(pair_learn) == "learn" and run_kind(pair_score) == "score"
-    assert available_methods(pair_score)["reward_margin"].endswith("over preference pairs (`python -m curation "
+    assert available_methods(pair_score)["reward_margin"].endswith("on preference pairs (`python -m curation "
                                                                    "learn PAIRS ...`)")
     assert score_columns(pair_learn)[:4] == ["margin_sum", "margin_mean", "loss_chosen", "loss_rejected"]
+
+
+def test_pair_runs_are_offered_pair_scores_and_sft_runs_sft_scores():
+    from curation.runs.pair_tables import PAIR_SCORE_COLUMNS, RATING_COLUMNS
+    from curation.scores import PAIR_COLUMNS, PAIR_LEARN_COLUMNS, data_of
+
+    pair_run = PAIR_SCORE_COLUMNS + ["example_id", "n_response_tokens"]
+    assert data_of(pair_run) == "pairs" and data_of(SCORE_COLUMNS) == "sft"
+    offered = available_methods(pair_run)
+    assert [m for m, why in offered.items() if why is None] == ["longest", "random", *PAIR_COLUMNS]
+    assert "this run holds preference pairs" in offered["loss"] and "this run holds SFT examples" in \
+        available_methods(SCORE_COLUMNS)["loss_chosen"]
+    assert "rates them" in offered["rating_margin"] and available_methods(pair_run + RATING_COLUMNS)["rating_margin"] is None
+    assert "learnability run on preference pairs" in offered["reward_margin"]
+    learn = available_methods(pair_run + list(PAIR_LEARN_COLUMNS))
+    assert all(learn[m] is None for m in PAIR_LEARN_COLUMNS)
+    assert run_kind(pair_run) == "score" and run_kind(pair_run + list(PAIR_LEARN_COLUMNS)) == "learn"
+    assert score_columns(pair_run) == [c for c in PAIR_COLUMNS if c != "len_diff"]  # a length, plotted as one
+
+
+def test_every_pair_score_has_its_producer_direction_and_length_caveat():
+    from curation.scores import PAIR_COLUMNS, PAIR_LEARN_COLUMNS, PAIRS
+
+    pair_scores = [s for s in SCORES.values() if s.data == PAIRS]
+    assert [s.name for s in pair_scores] == ["margin_sum", "margin_mean", "loss_chosen", "loss_rejected", "len_diff",
+                                             "rating_margin", "reward_chosen", "reward_rejected", "reward_margin",
+                                             "davir_chosen", "davir_rejected", "davir_margin"]
+    assert all(s.column == s.name and s.order and ("long" in s.explanation or "length" in s.explanation)
+               for s in pair_scores)
+    assert SCORES["reward_margin"].order == SCORES["davir_margin"].order == "high"
+    assert list(PAIR_COLUMNS) == ["margin_sum", "margin_mean", "loss_chosen", "loss_rejected", "len_diff"]
+    assert list(PAIR_LEARN_COLUMNS) == ["reward_chosen", "reward_rejected", "reward_margin", "davir_chosen",
+                                        "davir_rejected", "davir_margin"]
+    assert SCORES["random"].data == "both"

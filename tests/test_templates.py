@@ -30,6 +30,18 @@ def test_chatml_mask_is_each_assistant_turn_with_its_end_marker(tiny_tokenizer):
     assert not enc.truncated
 
 
+def test_response_start_is_where_the_final_assistant_turn_begins(tiny_tokenizer):
+    """The tokens before it are the prompt the last response was given (earlier turns included)."""
+    t = resolve_template(tiny_tokenizer)
+    enc = encode(tiny_tokenizer, t, MULTI, max_length=1000)
+    prompt = tiny_tokenizer.apply_chat_template(MULTI[:-1], tokenize=False, add_generation_prompt=True)
+    assert tiny_tokenizer.decode(enc.input_ids[: enc.response_start].tolist()) == prompt
+    assert tiny_tokenizer.decode(enc.input_ids[enc.response_start:].tolist()) == "2 * 3 = 6\n<|im_end|>\n"
+    assert enc.target[enc.response_start:].all() and enc.target[enc.response_start - 1] == False  # noqa: E712
+    cut = encode(tiny_tokenizer, t, MULTI, max_length=5)  # no target left: all of it is prompt
+    assert cut.response_start == len(cut.input_ids) == 5
+
+
 def test_alpaca_template_when_no_chat_template():
     from tests.conftest import build_tiny_tokenizer
 

@@ -147,3 +147,21 @@ def test_our_own_resume_state_holds_no_pickle(tmp_path, tiny_model_dir, tiny_lm)
     files = sorted(p.name for p in (tmp_path / "t" / "state").iterdir())
     assert files == ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
     assert not list((tmp_path / "t").rglob("*.pt")) and not list((tmp_path / "t").rglob("*.bin"))
+
+
+def test_target_nll_gives_each_target_tokens_loss_with_its_row(tiny_lm, data):
+    """The one training forward: per target token, the scorer's token loss, tagged with its row in
+    the batch (SFT sums them all, DPO per row)."""
+    import numpy as np
+    import torch
+
+    from curation.runs.training import target_nll
+
+    batch = [5, 0, 3]
+    with torch.no_grad():
+        nll, rows = target_nll(tiny_lm.model, data, batch)
+    res = score_examples(tiny_lm.model, [data[i] for i in batch])
+    assert rows.tolist() == [r for r, x in enumerate(res) for _ in range(x.n_tokens)]
+    np.testing.assert_allclose(nll.numpy(), np.concatenate([x.token_losses for x in res]), atol=1e-5)
+    empty = type(data[0])(data[0].input_ids, np.zeros_like(data[0].target), len(data[0].input_ids), False)
+    assert target_nll(tiny_lm.model, [empty], [0]) == (None, None)

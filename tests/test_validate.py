@@ -311,7 +311,7 @@ def test_a_baseline_draw_that_is_the_selection_itself_is_drawn_again_or_said_to_
                             draws="fixed"))
     rep = json.loads((out / "report.json").read_text())
     assert rep["statistics"]["token"]["comparisons"] == [] and [c["name"] for c in rep["candidates"]] == ["all", "random"]
-    assert rep["notes"] == [f"random: every draw (21 seeds) is all's own examples (its eligible rows hold no other sample "
+    assert rep["notes"] == ["random: every draw (21 seeds) is all's own examples (its eligible rows hold no other sample "
                             "of its size), so all cannot be compared with it; no comparison is made"]
     md = (out / "report.md").read_text()
     assert "- none: no baseline could be compared (see the notes)" in md and "## Notes" in md

@@ -29,6 +29,10 @@ from curation.data.pair_formats import SIDES, detect_pair_format, is_pair_record
 KIND_RECORDS = 20  # a source's kind is judged on its first this many readable records
 
 
+class MixedData(SourceError):
+    """Sources (or one source) holding preference pairs and SFT examples: a run holds one kind."""
+
+
 @dataclass
 class Pair:
     """A normalised preference pair (``rating_*`` from ``score_chosen`` / ``score_rejected``)."""
@@ -125,20 +129,20 @@ def format_kind(fmt: str) -> str:
     raise SourceError(f"unknown format {fmt!r}; expected one of {', '.join(SOURCE_FORMATS)}")
 
 
-def mixed_kinds(path: str, first: tuple[int, int | None, str], other: tuple[int, int | None, str]) -> SourceError:
+def mixed_kinds(path: str, first: tuple[int, int | None, str], other: tuple[int, int | None, str]) -> MixedData:
     """The one-line refusal of a source holding pairs and SFT examples, naming one record of each."""
     def where(index, line, kind):
         what = "a preference pair (chosen/rejected)" if kind == "pairs" else "an SFT example"
         return f"record #{index}" + (f" (line {line})" if line else "") + f" is {what}"
 
-    return SourceError(f"{path}: mixes preference pairs and SFT examples ({where(*first)}, {where(*other)}); a run "
+    return MixedData(f"{path}: mixes preference pairs and SFT examples ({where(*first)}, {where(*other)}); a run "
                        "holds pairs or SFT examples, not both: put them in separate files")
 
 
 def source_kind(spec: SourceSpec, n_records: int = KIND_RECORDS) -> str:
     """``"pairs"`` or ``"sft"``: the kind a forced ``--format`` reads, else the kind of the source's
-    first ``n_records`` readable records (after ``--columns``).  Raises :class:`SourceError` for a
-    source that mixes them, or whose first records are of neither kind."""
+    first ``n_records`` readable records (after ``--columns``).  Raises :class:`MixedData` for a
+    source that mixes them, :class:`SourceError` for one whose first records are of neither kind."""
     if spec.format is not None:
         return format_kind(spec.format)
     seen: dict[str, tuple[int, int | None, str]] = {}
@@ -164,14 +168,15 @@ def source_kind(spec: SourceSpec, n_records: int = KIND_RECORDS) -> str:
 
 
 def run_kind(specs: list[SourceSpec]) -> str:
-    """The one kind of data all sources hold; refuses sources that disagree (one line naming them)."""
+    """The one kind of data all sources hold; refuses sources that disagree (:class:`MixedData`,
+    one line naming them)."""
     if not specs:
         raise SourceError("no source given")
     kinds = {spec.path: source_kind(spec) for spec in specs}
     if len(set(kinds.values())) > 1:
         pairs = [p for p, k in kinds.items() if k == "pairs"]
         sft = [p for p, k in kinds.items() if k == "sft"]
-        raise SourceError(f"{pairs[0]} holds preference pairs and {sft[0]} SFT examples; a run holds pairs or SFT "
+        raise MixedData(f"{pairs[0]} holds preference pairs and {sft[0]} SFT examples; a run holds pairs or SFT "
                           "examples, not both: load them in separate runs")
     return next(iter(kinds.values()))
 
@@ -242,15 +247,22 @@ def _read_source(spec: SourceSpec, name: str, report: SourceReport,
                     "holds pairs or SFT examples, not both: load SFT data without the pair formats")
             if report.format is None:
                 report.format = detect_pair_format(record, spec.columns)
-            parts = read_pair(record, report.format, spec.columns)
+            pair = pair_of_record(record, report.format, spec.columns, name, index, spec.domain)
         except RecursionError:
             yield index, line, RecordError("record nested too deeply to read")
             continue
         except RecordError as e:
             yield index, line, e
             continue
-        yield index, line, Pair(pair_id(parts.prompt, parts.chosen, parts.rejected), name, index, spec.domain,
-                                parts.prompt, parts.chosen, parts.rejected, parts.rating_chosen, parts.rating_rejected)
+        yield index, line, pair
+
+
+def pair_of_record(record: dict, fmt: str, columns: dict[str, str] | None, source: str, index: int,
+                   domain: str | None) -> Pair:
+    """The :class:`Pair` a record of pair format ``fmt`` holds (RecordError: why it holds none)."""
+    parts = read_pair(record, fmt, columns)
+    return Pair(pair_id(parts.prompt, parts.chosen, parts.rejected), source, index, domain, parts.prompt,
+                parts.chosen, parts.rejected, parts.rating_chosen, parts.rating_rejected)
 
 
 def load_data(specs: list[SourceSpec], limit: int | None = None):

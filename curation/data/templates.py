@@ -64,6 +64,15 @@ class Encoded:
     def n_prompt_tokens(self) -> int:
         return len(self.input_ids) - self.n_response_tokens
 
+    @property
+    def response_start(self) -> int:
+        """Where the final assistant turn's target tokens begin (the start of the last run of
+        targets): the tokens before it are the prompt that response was given, earlier assistant
+        turns included.  ``len(input_ids)`` without any target (nothing of a response is left)."""
+        t = self.target.astype(np.int8)
+        starts = np.flatnonzero(np.diff(t, prepend=0) == 1)  # (runs,) the first index of each run of targets
+        return int(starts[-1]) if len(starts) else len(t)
+
 
 def pack_encoded(encoded) -> dict:
     """Encoded examples as three flat arrays (input_ids, target, offsets): a compact message for

@@ -57,7 +57,7 @@ RESUMABLE_STATES = ("interrupted", "failed", "cancelled")
 # checks configs with it and the worker runs it.  Modules import torch only inside their run
 # functions, so the store, the CLI and the dashboard stay light.
 KINDS = {
-    "score": ("curation.runs.score", "ScoreConfig", "run_score", "assistant-token losses of a model over SFT data"),
+    "score": ("curation.runs.score", "ScoreConfig", "run_score", "assistant-token losses of a model over SFT data or preference pairs"),
     "learn": ("curation.runs.learn", "LearnConfig", "run_learn",
               "train a reference model on the pool; DavIR, RHO, IFD, S2L scores"),
     "validate": ("curation.validation.validate", "ValidateConfig", "run_validate",

@@ -14,6 +14,11 @@ Layout (``LAYOUT = 2``)::
                           assistant tokens (NaN row: none), row i <-> example_id i of the ids table
     rds_embeddings.npy    float16, the same rows: RDS+'s position-weighted mean over every token (unit norm)
     embeddings_ids.parquet  the example ids of both matrices' rows
+
+A pair run (run.json ``"data": "pairs"``, :mod:`curation.runs.pair_tables`) holds one row per
+preference pair in examples.parquet and scores.parquet, one per response in token_losses.parquet,
+and one embedding per pair, its prompt's (RDS+ pooling: ``embeddings.npy``, which both kinds of
+:meth:`Run.embeddings` read; no ``rds_embeddings.npy``), with the pair ids as ``embeddings_ids``.
     near_dups-t*.parquet  near-duplicate groups per threshold (curation.selection.neardup), on demand
     train/, folds/,       a learn run's reference trainings (curation.runs.training)
     stability/
@@ -27,7 +32,7 @@ A pair run (run.json ``"data": "pairs"``) holds preference pairs instead: one ro
 examples.parquet, scores.parquet and the embeddings (keyed by ``pair_id``; the prompt's embedding),
 one row per response in token_losses.parquet (keyed by the response's SFT id, with ``pair_id`` and
 ``side``).  :meth:`Run.scores` adds the generic ``example_id`` and ``n_response_tokens``
-(:func:`pair_aliases`), :meth:`Run.texts` gives prompts, :func:`read_pairs` re-reads pairs checked
+(:func:`curation.runs.pair_tables.with_generic_columns`), :meth:`Run.texts` gives prompts, :func:`read_pairs` re-reads pairs checked
 against their ids.
 
 A run folder belongs to one run: :meth:`Run.claim` refuses a folder whose run key (a hash of
@@ -45,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from curation.atomic import atomic_path, write_json, write_parquet, write_text
+from curation.runs.pair_tables import pair_score_table, with_generic_columns
 
 LAYOUT = 2
 EXAMPLE_COLUMNS = ["example_id", "source", "source_index", "domain", "n_prompt_tokens", "n_response_tokens",
@@ -138,19 +144,6 @@ def token_table(examples, encoded, rows: dict[str, dict], ref_rows: dict[str, di
     return pa.table(cols)
 
 
-def pair_aliases(df):
-    """A pair run's score table with the two generic columns the rest of the library keys on:
-    ``example_id`` (= ``pair_id``: selection, decisions and canaries treat a pair as the row) and
-    ``n_response_tokens`` (= ``n_chosen_tokens + n_rejected_tokens``: token budgets and the
-    random-tokens baseline count both responses).  Columns already there are left as they are."""
-    df = df.copy()
-    if "example_id" not in df.columns and "pair_id" in df.columns:
-        df.insert(0, "example_id", df["pair_id"])
-    if "n_response_tokens" not in df.columns and {"n_chosen_tokens", "n_rejected_tokens"} <= set(df.columns):
-        df["n_response_tokens"] = (df["n_chosen_tokens"].astype("int64") + df["n_rejected_tokens"].astype("int64"))
-    return df
-
-
 def run_key(kind: str, result_settings: dict, model: dict, template: dict, sources: list[dict],
             reference: dict | None = None) -> str:
     """Hash of everything that determines a run's results: its settings, the model's weights, the
@@ -209,10 +202,59 @@ def source_specs(prov: dict, check_fingerprints: bool = False) -> dict:
     return out
 
 
-def source_records(prov: dict, rows, check_fingerprints: bool = True, progress=None):
-    """``(items, specs, records)``: ``rows`` (objects or dicts with ``source, source_index``) as
-    dicts, the run's source specs, and ``{(source, source_index): original record}``, each source
-    read once.  What :func:`read_examples` and :func:`read_pairs` check against the run's ids."""
+def read_examples(prov: dict, rows, check_fingerprints: bool = True, progress=None) -> list[tuple[dict, list[dict]]]:
+    """``[(original record, normalised messages)]`` of ``rows`` (objects or dicts with ``source,
+    source_index, example_id``), in order, each checked against its example id.  In a pair run an
+    ``example_id`` is a response's SFT id (its messages: prompt + that response) or a pair id (the
+    prompt's messages).
+
+    Raises :class:`SourceChanged` when a record no longer has the content the run scored (the
+    source was edited after scoring), so nothing is ever shown or exported next to the wrong
+    scores."""
+    from curation.data.load import example_id, normalise
+    from curation.data.readers import RecordError
+
+    specs, items, records = source_records(prov, rows, check_fingerprints, progress)
+    cfg = prov.get("config", {})
+    out = []
+    for r in items:
+        rec = records[(r["source"], int(r["source_index"]))]
+        fmt = specs[r["source"]].format
+        if prov.get("data") == "pairs":
+            pair = checked_pair(r, rec, specs[r["source"]], cfg, ids=False)
+            views = {pair.pair_id: pair.prompt,
+                     **{pair.sft_id(side): pair.sft_messages(side) for side in ("chosen", "rejected")}}
+            if r["example_id"] not in views:
+                raise SourceChanged(f"{r['source']} #{r['source_index']}: its content no longer matches example "
+                                    f"{r['example_id']}; the source changed since the run, re-run the scoring")
+            out.append((rec, views[r["example_id"]]))
+            continue
+        try:
+            messages = normalise(rec, fmt, cfg.get("columns") or {}) if fmt else None
+        except RecordError as e:
+            raise SourceChanged(f"{r['source']} #{r['source_index']}: no longer a usable record ({e}); "
+                                "the source changed since the run") from None
+        if messages is None or example_id(messages) != r["example_id"]:
+            raise SourceChanged(f"{r['source']} #{r['source_index']}: its content no longer matches example "
+                                f"{r['example_id']}; the source changed since the run, re-run the scoring")
+        out.append((rec, messages))
+    return out
+
+
+def read_pairs(prov: dict, rows, check_fingerprints: bool = True, progress=None) -> list[tuple[dict, object]]:
+    """``[(original record, curation.data.pairs.Pair)]`` of a pair run's ``rows`` (with ``source,
+    source_index`` and ``pair_id`` or ``example_id``), in order, each checked against its pair id
+    (:class:`SourceChanged` when the source changed since the run)."""
+    specs, items, records = source_records(prov, rows, check_fingerprints, progress)
+    out = []
+    for r in items:
+        rec = records[(r["source"], int(r["source_index"]))]
+        out.append((rec, checked_pair(r, rec, specs[r["source"]], prov.get("config", {}))))
+    return out
+
+
+def source_records(prov: dict, rows, check_fingerprints: bool, progress):
+    """``(specs, rows as dicts, {(source, index): record})``: each source read once for ``rows``."""
     from curation.data.readers import RecordError, read_records
 
     specs = source_specs(prov, check_fingerprints)
@@ -233,61 +275,27 @@ def source_records(prov: dict, rows, check_fingerprints: bool = True, progress=N
         done += len(indices)
         if progress is not None:
             progress(done=done)
-    return items, specs, records
+    return specs, items, records
 
 
-def read_examples(prov: dict, rows, check_fingerprints: bool = True, progress=None) -> list[tuple[dict, list[dict]]]:
-    """``[(original record, normalised messages)]`` of ``rows`` (objects or dicts with ``source,
-    source_index, example_id``), in order, each checked against its example id.
-
-    Raises :class:`SourceChanged` when a record no longer has the content the run scored (the
-    source was edited after scoring), so nothing is ever shown or exported next to the wrong
-    scores."""
-    from curation.data.load import example_id, normalise
+def checked_pair(row: dict, record: dict, spec, cfg: dict, ids: bool = True):
+    """The pair a pair run's ``record`` holds (``spec``: its source's SourceSpec; ``row``: its
+    source, index and, with ``ids``, its ``pair_id`` or ``example_id`` to check it against);
+    :class:`SourceChanged` when it holds no pair or another one."""
+    from curation.data.pairs import pair_of_record
     from curation.data.readers import RecordError
 
-    items, specs, records = source_records(prov, rows, check_fingerprints, progress)
-    cfg = prov.get("config", {})
-    out = []
-    for r in items:
-        rec = records[(r["source"], int(r["source_index"]))]
-        fmt = specs[r["source"]].format
-        try:
-            messages = normalise(rec, fmt, cfg.get("columns") or {}) if fmt else None
-        except RecordError as e:
-            raise SourceChanged(f"{r['source']} #{r['source_index']}: no longer a usable record ({e}); "
-                                "the source changed since the run") from None
-        if messages is None or example_id(messages) != r["example_id"]:
-            raise SourceChanged(f"{r['source']} #{r['source_index']}: its content no longer matches example "
-                                f"{r['example_id']}; the source changed since the run, re-run the scoring")
-        out.append((rec, messages))
-    return out
-
-
-def read_pairs(prov: dict, rows, check_fingerprints: bool = True, progress=None) -> list[tuple[dict, "Pair"]]:  # noqa: F821
-    """``[(original record, Pair)]`` of ``rows`` of a pair run (objects or dicts with ``source,
-    source_index`` and ``pair_id`` or ``example_id``), in order, each checked against its pair id
-    (:class:`SourceChanged` when the source was edited since the run, as :func:`read_examples`)."""
-    from curation.data.pair_formats import read_pair
-    from curation.data.pairs import Pair, pair_id
-    from curation.data.readers import RecordError
-
-    items, specs, records = source_records(prov, rows, check_fingerprints, progress)
-    cfg = prov.get("config", {})
-    out = []
-    for r in items:
-        rec = records[(r["source"], int(r["source_index"]))]
-        spec, want = specs[r["source"]], r.get("pair_id") or r["example_id"]
-        try:
-            parts = read_pair(rec, spec.format, cfg.get("columns") or {}) if spec.format else None
-        except RecordError as e:
-            raise SourceChanged(f"{r['source']} #{r['source_index']}: no longer a usable pair ({e}); "
-                                "the source changed since the run") from None
-        if parts is None or pair_id(parts.prompt, parts.chosen, parts.rejected) != want:
-            raise SourceChanged(f"{r['source']} #{r['source_index']}: its content no longer matches pair {want}; "
-                                "the source changed since the run, re-run the scoring")
-        out.append((rec, Pair(want, r["source"], int(r["source_index"]), r.get("domain") or spec.domain, *parts)))
-    return out
+    where = f"{row['source']} #{row['source_index']}"
+    try:
+        pair = pair_of_record(record, spec.format, cfg.get("columns") or {}, row["source"], int(row["source_index"]),
+                              spec.domain)
+    except (RecordError, RecursionError) as e:
+        raise SourceChanged(f"{where}: no longer a usable pair ({e}); the source changed since the run") from None
+    want = row.get("pair_id") or row.get("example_id")
+    if ids and pair.pair_id != want:
+        raise SourceChanged(f"{where}: its content no longer matches pair {want}; the source changed since the run, "
+                            "re-run the scoring")
+    return pair
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,8 +336,8 @@ class Run:
         return self.meta().get("kind") or "unknown"
 
     @property
-    def pairs(self) -> bool:
-        """Whether the run holds preference pairs (run.json ``"data": "pairs"``) rather than SFT examples."""
+    def holds_pairs(self) -> bool:
+        """Whether the run scored preference pairs (run.json ``"data": "pairs"``), not SFT examples."""
         return self.meta().get("data") == PAIRS
 
     def check_layout(self) -> None:
@@ -411,15 +419,16 @@ class Run:
         p = self.path / self.STABILITY
         return json.loads(p.read_text()) if p.is_file() else None
 
-    def write_embeddings(self, ids: list[str], rows: dict[str, dict]) -> None:
+    def write_embeddings(self, ids: list[str], rows: dict[str, dict], files: dict[str, str] | None = None) -> None:
         """``embeddings.npy`` and ``rds_embeddings.npy`` (float16, one row per id; NaN without one)
         and their id index, from a pass's cache rows (:func:`curation.scoring.passes.embedding_of`);
-        each file atomic."""
+        each file atomic.  ``files`` maps each file to the embedding of the rows it holds (a pair
+        run: ``{EMBEDDINGS: "prompt_rds"}``, with each pair's row)."""
         import pandas as pd
 
         from curation.scoring.passes import embedding_of
 
-        for name, kind in ((self.EMBEDDINGS, "embedding"), (self.RDS, "rds")):
+        for name, kind in (files or {self.EMBEDDINGS: "embedding", self.RDS: "rds"}).items():
             vecs = [embedding_of(rows[i], kind) if i in rows else None for i in ids]
             width = next((len(v) for v in vecs if v is not None), 0)
             matrix = np.full((len(ids), width), np.nan, dtype=np.float16)
@@ -432,11 +441,11 @@ class Run:
 
     def embeddings(self, kind: str = "embedding"):
         """``(ids, float16 matrix)`` of the run's embeddings (``kind``: ``embedding``, the mean over
-        the assistant tokens, or ``rds``, the position-weighted mean over every token), or None when
-        the run has none."""
+        the assistant tokens, or ``rds``, the position-weighted mean over every token; a pair run's
+        one embedding, its prompts', serves both), or None when the run has none."""
         import pyarrow.parquet as pq
 
-        name = {"embedding": self.EMBEDDINGS, "rds": self.RDS}[kind]
+        name = {"embedding": self.EMBEDDINGS, "rds": self.EMBEDDINGS if self.holds_pairs else self.RDS}[kind]
         if not (self.path / name).is_file() or not (self.path / self.EMBEDDING_IDS).is_file():
             return None
         ids = pq.read_table(self.path / self.EMBEDDING_IDS).column("example_id").to_pylist()
@@ -455,7 +464,8 @@ class Run:
         import pyarrow.parquet as pq
 
         files = self._score_files()
-        return pq.ParquetFile(files[0]).schema_arrow.names if files else []
+        names = pq.ParquetFile(files[0]).schema_arrow.names if files else []
+        return names + ["example_id", "n_response_tokens"] if names and self.holds_pairs else names
 
     def n_rows(self) -> int | None:
         """Rows with scores so far (None: no scores yet); cheap (file metadata only)."""
@@ -466,7 +476,12 @@ class Run:
         base = self.meta().get("base_pass")
         if not base or not (self.path / self.EXAMPLES).is_file():
             return None
-        n = len(self._partial_rows(base))
+        rows = self._partial_rows(base, ("n_tokens",))
+        if self.holds_pairs:
+            ex = pq.read_table(self.path / self.EXAMPLES, columns=["chosen_id", "rejected_id"]).to_pydict()
+            n = sum(c in rows and r in rows for c, r in zip(ex["chosen_id"], ex["rejected_id"]))
+        else:
+            n = len(rows)
         return n or None
 
     def mtime(self) -> float:
@@ -487,16 +502,20 @@ class Run:
         import pandas as pd
 
         self.check_layout()
+        pairs = self.holds_pairs
         if (self.path / self.SCORES).is_file():
             df = pd.read_parquet(self.path / self.SCORES)
-            return pair_aliases(df) if self.pairs else df
+            return with_generic_columns(df) if pairs else df
         base = self.meta().get("base_pass")
         if base and (self.path / self.EXAMPLES).is_file():
             import pyarrow.parquet as pq
 
-            rows = self._partial_rows(base)
-            if rows:
-                return score_table(pq.read_table(self.path / self.EXAMPLES), rows).to_pandas()
+            # A response's loss may be a part of its row (a multi-turn prompt): pairs read the token losses.
+            rows = self._partial_rows(base, ("loss_sum", "n_tokens", *(("token_losses",) if pairs else ())))
+            examples = pq.read_table(self.path / self.EXAMPLES)
+            table = (pair_score_table if pairs else score_table)(examples, rows) if rows else None
+            if table is not None and table.num_rows:
+                return with_generic_columns(table.to_pandas()) if pairs else table.to_pandas()
         raise RunError(f"{self.path} has no scores yet")
 
     def committed_parts(self) -> list[Path]:
@@ -548,22 +567,22 @@ class Run:
         return read_examples(self.meta(), [row], check_fingerprints=False)[0][1]
 
     def search(self, text: str, max_source_bytes: int = 200_000_000) -> set[str]:
-        """Ids of the run's examples whose messages contain ``text`` (case-insensitive); one scan
-        of the sources."""
+        """Ids of the run's examples whose messages contain ``text`` (case-insensitive; in a pair
+        run, the pairs whose prompt or either response does); one scan of the sources."""
         needle = text.lower()
-        if self.pairs:  # a pair's prompt and both responses
+        if self.holds_pairs:
             return {p.pair_id for p in self.load_pairs(max_source_bytes, "text search")
-                    if any(needle in t.lower() for t in (*(m["content"] for m in p.prompt), p.chosen, p.rejected))}
+                    if any(needle in t.lower() for t in [*(m["content"] for m in p.prompt), p.chosen, p.rejected])}
         return {e.example_id for e in self.load_examples(max_source_bytes, "text search")
                 if any(needle in m["content"].lower() for m in e.messages)}
 
     def texts(self) -> dict[str, str]:
         """``{example_id: the whole conversation as one string}`` for every example the run's
-        sources hold (one scan; :func:`curation.data.textnorm.conversation_text`); for a pair
-        run ``{pair_id: its prompt}`` (near-duplicates and decontamination work on prompts)."""
+        sources hold (a pair run: ``{pair_id: its prompt}``, which near-duplicates and
+        decontamination compare); one scan (:func:`curation.data.textnorm.conversation_text`)."""
         from curation.data.textnorm import conversation_text
 
-        if self.pairs:
+        if self.holds_pairs:
             return {p.pair_id: conversation_text(p.prompt) for p in self.load_pairs()}
         return {e.example_id: conversation_text(e.messages) for e in self.load_examples()}
 
@@ -572,16 +591,20 @@ class Run:
         read them (same limit); sources larger than ``max_source_bytes`` are refused."""
         from curation.data.load import load_sources
 
-        return load_sources(self._specs(max_source_bytes, what), limit=self.meta().get("config", {}).get("limit")).examples
+        return load_sources(self.bounded_specs(max_source_bytes, what),
+                            limit=self.meta().get("config", {}).get("limit")).examples
 
     def load_pairs(self, max_source_bytes: int | None = None, what: str = "reading"):
-        """A pair run's pairs (``curation.data.pairs.Pair``), loaded again from its sources as the
-        run read them (same limit); sources larger than ``max_source_bytes`` are refused."""
+        """A pair run's pairs (``curation.data.pairs.Pair``), loaded again from its sources as the run
+        read them (same limit); sources larger than ``max_source_bytes`` are refused."""
         from curation.data.pairs import load_pairs
 
-        return load_pairs(self._specs(max_source_bytes, what), limit=self.meta().get("config", {}).get("limit")).pairs
+        return load_pairs(self.bounded_specs(max_source_bytes, what),
+                          limit=self.meta().get("config", {}).get("limit")).pairs
 
-    def _specs(self, max_source_bytes: int | None, what: str) -> list:
+    def bounded_specs(self, max_source_bytes: int | None, what: str) -> list:
+        """The run's source specs; a source file larger than ``max_source_bytes`` is refused (``what``
+        names what is off for it)."""
         specs = list(source_specs(self.meta()).values())
         for s in specs:
             p = Path(s.path)
@@ -607,13 +630,17 @@ class Run:
             return [self.path / self.EXAMPLES]
         return []
 
-    def _partial_rows(self, base: dict) -> dict[str, dict]:
+    def _partial_rows(self, base: dict, columns=("loss_sum", "n_tokens")) -> dict[str, dict]:
         from curation.scoring.passes import ScoreCache
 
         import pyarrow.parquet as pq
 
-        ids = set(pq.read_table(self.path / self.EXAMPLES, columns=["example_id"]).column(0).to_pylist())
-        return ScoreCache(base["cache"]).load(base["key"], ids, columns=("loss_sum", "n_tokens"))
+        if self.holds_pairs:  # the rows of the pairs' responses
+            ex = pq.read_table(self.path / self.EXAMPLES, columns=["chosen_id", "rejected_id"]).to_pydict()
+            ids = set(ex["chosen_id"]) | set(ex["rejected_id"])
+        else:
+            ids = set(pq.read_table(self.path / self.EXAMPLES, columns=["example_id"]).column(0).to_pylist())
+        return ScoreCache(base["cache"]).load(base["key"], ids, columns=columns)
 
 
 def read_json_object(path: Path, what: str, error=RunError, fix: str = "") -> dict:

@@ -2,6 +2,9 @@
 
     load sources -> load model -> tokenise (templates) -> one scoring pass (passes) -> tables (folder)
 
+On sources of preference pairs it is the pair score run (:mod:`curation.runs.pair_score`); sources that
+mix pairs and SFT examples are refused with one line.
+
 The run folder is described in :mod:`curation.runs.folder`; the pass commits chunks into the score
 cache, so a killed run loses at most one chunk and re-running the same command finishes it.
 """
@@ -30,13 +33,17 @@ def run_score(cfg: ScoreConfig, progress: Progress | None = None) -> Path:
 
     ``progress`` receives ``phase, done, total, tokens, tokens_per_s, eta_s`` (:mod:`curation.progress`).
     """
-    from curation.runs.steps import claim, load_inputs, tokenise, write_tables
+    from curation.runs.steps import claim, data_kind, load_inputs, tokenise, write_tables
     from curation.scoring.engine import open_engine
     from curation.scoring.passes import PassSettings, score_pass
 
+    if data_kind(cfg) == "pairs":
+        from curation.runs.pair_score import run_pair_score
+
+        return run_pair_score(cfg, progress)
     t0 = time.time()
     report = Reporter(progress)
-    data, lm, template, max_length = load_inputs(cfg, report)
+    data, lm, template, max_length = load_inputs(cfg, report, "sft")
     settings = PassSettings.of(cfg, lm, template, max_length, compile=cfg.compile)
     run, meta = claim("score", cfg, data, lm, template, settings)
     examples, encoded, rejected, table = tokenise(run, data, lm.tokenizer, template, max_length, report)

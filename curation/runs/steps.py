@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 from curation import __version__
 from curation.config import ComputeConfig, check_at_most, check_positive, option, parse_pairs, result_key
-from curation.data.load import DEFAULT_MAX_RECORD_BYTES, FORMATS
+from curation.data.load import DEFAULT_MAX_RECORD_BYTES, SOURCE_FORMATS, SourceError
 from curation.runs.folder import Run, RunError, example_table, run_key, score_table, source_entries, token_table
 
 DEFAULT_MAX_LENGTH = 2048  # tokens per example, unless the model's context is shorter
@@ -41,8 +41,8 @@ class RunConfig(ComputeConfig):
     template: str = option("auto", "auto | chat | alpaca | path to a Jinja chat template")
     columns: dict[str, str] = option(help="map canonical fields to your columns, e.g. question=problem,answer=solution",
                                      default_factory=dict)
-    format: str | None = option(None, "force the record shape instead of detecting it",
-                                choices=FORMATS)
+    format: str | None = option(None, "force the record shape instead of detecting it (SFT examples or "
+                                      "preference pairs)", choices=SOURCE_FORMATS)
     max_record_bytes: int = option(DEFAULT_MAX_RECORD_BYTES, "a record larger than this (a line, a CSV row, a JSON "
                                                              "object, as stored) is rejected by name without being read")
 
@@ -74,16 +74,38 @@ class RunConfig(ComputeConfig):
         return self.max_length
 
 
-def load_inputs(cfg: RunConfig, report):
-    """Load the sources and the model, resolve the template and the max length:
-    ``(data, model, template, max_length)``."""
+def data_kind(cfg: RunConfig) -> str:
+    """``"pairs"`` or ``"sft"``: what the run's sources hold (:class:`curation.data.pairs.MixedData`,
+    one line, for a mix).  A source of neither kind is left to the SFT loader, which says what is
+    wrong with it."""
+    from curation.data.pairs import MixedData, run_kind
+
+    try:
+        return run_kind(cfg.source_specs())
+    except MixedData:
+        raise
+    except SourceError:
+        return "sft"
+
+
+def load_inputs(cfg: RunConfig, report, kind: str | None = None):
+    """Load the sources (SFT examples, or with ``kind == "pairs"`` preference pairs) and the
+    model, resolve the template and the max length: ``(data, model, template, max_length)``.
+    Without ``kind`` the sources must hold SFT examples (pairs are refused with one line)."""
     from curation.data.load import load_sources
+    from curation.data.pairs import load_pairs
     from curation.data.templates import resolve_template
     from curation.scoring.losses import check_head_path
     from curation.scoring.models import load_model
 
     report(phase="loading data", done=0, total=None)
-    data = load_sources(cfg.source_specs(), limit=cfg.limit)
+    if kind is None and data_kind(cfg) == "pairs":
+        raise SourceError(f"{', '.join(cfg.sources)}: preference pairs; this command reads SFT examples (score them "
+                          "with `python -m curation score`)")
+    if kind == "pairs":
+        data = load_pairs(cfg.source_specs(), limit=cfg.limit)
+    else:
+        data = load_sources(cfg.source_specs(), limit=cfg.limit)
     report(phase="loading model")
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     max_length = cfg.resolved_max_length(getattr(lm.model.config, "max_position_embeddings", None))
@@ -101,7 +123,8 @@ def claim(kind: str, cfg, data, lm, template, settings, reference=None, extra: d
     meta = {
         "kind": kind, "code_version": __version__, "config": asdict(cfg), "model": lm.describe(),
         "template": {"name": template.name, "fingerprint": template.fingerprint},
-        "max_length": settings.max_length, "sources": sources, "n_examples": len(data.examples),
+        "max_length": settings.max_length, "sources": sources,
+        "n_examples": len(data.pairs) if hasattr(data, "pairs") else len(data.examples),
         "n_rejected_on_load": len(data.rejected),
         "host": {"python": platform.python_version(), "machine": platform.machine()},
         **(extra or {}),

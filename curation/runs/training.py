@@ -1,9 +1,12 @@
-"""Supervised fine-tuning of the reference (S2L: proxy) model on the pool.
+"""Fine-tuning the reference (S2L: proxy, DPO: policy) model on the pool: the one training loop.
 
-Standard causal-LM SFT on assistant tokens only, with exactly the scoring core's masking
-(:func:`curation.data.templates.encode_many`, ``Encoded.target``): a step's loss is the mean NLL over
-all target tokens of the step, so splitting a step into micro-batches (gradient accumulation)
-changes nothing but memory.
+What is trained on and how its loss is computed is an *objective*, given by the config
+(:meth:`TrainConfig.objective`): SFT (:class:`SFTObjective`, here) or DPO on preference pairs
+(:class:`curation.runs.dpo.DPOObjective`, from a :class:`curation.runs.dpo.DPOConfig`).  Both run
+the same forward (:func:`target_nll`: right padding, causal attention, the LM head only at target
+positions, exactly the scoring core's masking of :func:`curation.data.templates.encode_many`), and a
+step's loss is a mean over the whole step (SFT: over its target tokens; DPO: over its pairs), so
+splitting a step into micro-batches (gradient accumulation) or ranks changes nothing but memory.
 
 * Micro-batches are filled up to a padded-token budget after sorting by length (the scorer's
   :func:`~curation.scoring.losses.plan_batches`); their order is shuffled each epoch with the seed; an
@@ -85,6 +88,10 @@ class TrainConfig:
             return self.lr
         return DEFAULT_LR_LORA if self.lora else DEFAULT_LR_FULL
 
+    def objective(self) -> "SFTObjective":
+        """What this config trains: SFT on examples (a DPO config trains on pairs)."""
+        return SFTObjective()
+
     def result_key(self) -> dict:
         """Settings that change the trained weights (the learning rate resolved; LoRA settings
         only with LoRA)."""
@@ -135,11 +142,15 @@ def checkpoint_steps(total_steps: int, n_checkpoints: int) -> list[int]:
     return [round(k * total_steps / n_checkpoints) for k in range(n_checkpoints + 1)]
 
 
-def sft_loss_sum(model, encoded: Sequence[Encoded], batch: Sequence[int]):
-    """Summed NLL over the target tokens of ``batch`` (a differentiable scalar) and their count.
+def target_nll(model, encoded: Sequence[Encoded], batch: Sequence[int], reduction: str = "none"):
+    """Per-token NLL ``(N,)`` of every target token of ``batch`` (differentiable, float32) and each
+    token's row ``(N,)`` (its place in ``batch``), in sequence order within each row.
 
     Same computation as the scorer (right padding, causal attention, head only at positions whose
-    next token is a target), with autograd on.
+    next token is a target), with autograd on: DPO sums it per row
+    (:func:`curation.runs.dpo.response_logps`), SFT all of it (``reduction="sum"``: the
+    cross-entropy's own sum, whose float order the SFT loss curve has always had).  ``(None,
+    None)`` when no row has a target.
     """
     import torch
 
@@ -158,38 +169,85 @@ def sft_loss_sum(model, encoded: Sequence[Encoded], batch: Sequence[int]):
     cols_t = torch.from_numpy(np.concatenate(cols)).to(device)
     ids = ids.to(device)
     if len(rows_t) == 0:
-        return torch.zeros((), device=device, requires_grad=False), 0
+        return None, None
     hidden = base.get_decoder()(input_ids=ids).last_hidden_state  # (B, T, H)
     h = hidden[rows_t, cols_t - 1]  # (N, H): position t-1 predicts token t
     logits = base.get_output_embeddings()(h).float()  # (N, V)
     softcap = getattr(base.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    loss = torch.nn.functional.cross_entropy(logits, ids[rows_t, cols_t], reduction="sum")
-    return loss, len(rows_t)
+    return torch.nn.functional.cross_entropy(logits, ids[rows_t, cols_t], reduction=reduction), rows_t
+
+
+def sft_loss_sum(model, encoded: Sequence[Encoded], batch: Sequence[int]):
+    """Summed NLL over the target tokens of ``batch`` (a differentiable scalar) and their count."""
+    import torch
+
+    nll, rows = target_nll(model, encoded, batch, reduction="sum")
+    if nll is None:
+        return torch.zeros((), device=next(model.parameters()).device, requires_grad=False), 0
+    return nll, len(rows)
+
+
+class SFTObjective:
+    """SFT on :class:`~curation.data.templates.Encoded` examples: a step's loss is the mean NLL over
+    its target tokens.  The loop asks an objective for each item's planning length, tokens and
+    weight (its share of the step's mean), a micro-batch's summed loss with the sums of its curve
+    metrics, a curve point, and the items as packed arrays (for Ray Train workers)."""
+
+    name = "sft"
+    metrics: tuple[str, ...] = ()  # curve fields beside the loss (sums over a micro-batch's items)
+
+    def usable(self, items: Sequence[Encoded]) -> list[int]:
+        """Indices of the items to train on: the examples with an assistant token."""
+        usable = [i for i, e in enumerate(items) if e.target.any()]
+        if not usable:
+            raise ValueError("nothing to train on: no example has an assistant token")
+        return usable
+
+    def length(self, e: Encoded) -> int:
+        """Padded tokens the item takes in a micro-batch row (what micro-batches are cut by)."""
+        return len(e.input_ids)
+
+    def tokens(self, e: Encoded) -> int:
+        """Real tokens the item runs through the model (the curve's ``tokens``, tokens/s)."""
+        return len(e.input_ids)
+
+    def weight(self, e: Encoded) -> int:
+        """The item's count in the step's mean: its target tokens."""
+        return int(e.target.sum())
+
+    def loss(self, model, items: Sequence[Encoded], batch: Sequence[int]):
+        """``(summed loss, [metric sums])`` of a micro-batch."""
+        loss_sum, _ = sft_loss_sum(model, items, batch)
+        return loss_sum, []
+
+    def pack(self, items: Sequence[Encoded]) -> dict:
+        return pack_encoded(items)
+
+    def unpack(self, packed: dict) -> list[Encoded]:
+        return unpack_encoded(packed)
 
 
 @dataclass
 class TrainPlan:
-    """Everything a training run does, fixed before it starts: the examples with an assistant
-    token, the optimizer steps of every epoch (micro-batches of example indices), the K checkpoint
-    steps and folders.  A pure function of the data lengths and the config, so every rank of a
-    distributed run builds the same plan."""
+    """Everything a training run does, fixed before it starts: the items trained on (examples with
+    an assistant token, or pairs), the optimizer steps of every epoch (micro-batches of item
+    indices), the K checkpoint steps and folders.  A pure function of the data lengths and the
+    config, so every rank of a distributed run builds the same plan."""
 
     out: Path
-    sub: list  # the Encoded examples trained on
-    lengths: list[int]
+    sub: list  # the items trained on (Encoded examples, or DPO pairs)
+    lengths: list[int]  # planning length of each (the objective's ``length``)
     steps: list[tuple[int, list[list[int]]]]  # (epoch, micro-batches) per optimizer step, in order
     ckpt_steps: list[int]
     ckpt_dirs: list[Path]
 
     @classmethod
-    def build(cls, encoded: Sequence[Encoded], cfg: TrainConfig, n_checkpoints: int, out: Path) -> "TrainPlan":
-        usable = [i for i, e in enumerate(encoded) if e.target.any()]
-        if not usable:
-            raise ValueError("nothing to train on: no example has an assistant token")
-        sub = [encoded[i] for i in usable]
-        lengths = [len(e.input_ids) for e in sub]
+    def build(cls, items: Sequence, cfg: TrainConfig, n_checkpoints: int, out: Path) -> "TrainPlan":
+        objective = cfg.objective()
+        sub = [items[i] for i in objective.usable(items)]
+        lengths = [objective.length(x) for x in sub]
         steps = [(e, micro) for e in range(cfg.epochs) for micro in plan_steps(lengths, cfg, e)]
         return cls(Path(out), sub, lengths, steps, checkpoint_steps(len(steps), n_checkpoints),
                    [Path(out) / f"ckpt-{k}" for k in range(1, n_checkpoints + 1)])
@@ -198,14 +256,14 @@ class TrainPlan:
     def total(self) -> int:
         return len(self.steps)
 
-    def packed(self) -> dict:
-        """The plan as plain data with the examples as packed arrays (for Ray Train workers)."""
-        return {"out": str(self.out), "examples": pack_encoded(self.sub), "lengths": self.lengths,
+    def packed(self, objective) -> dict:
+        """The plan as plain data with the items as packed arrays (for Ray Train workers)."""
+        return {"out": str(self.out), "examples": objective.pack(self.sub), "lengths": self.lengths,
                 "steps": self.steps, "ckpt_steps": self.ckpt_steps, "ckpt_dirs": [str(d) for d in self.ckpt_dirs]}
 
     @classmethod
-    def unpacked(cls, p: dict) -> "TrainPlan":
-        return cls(Path(p["out"]), unpack_encoded(p["examples"]), p["lengths"], [(e, m) for e, m in p["steps"]],
+    def unpacked(cls, p: dict, objective) -> "TrainPlan":
+        return cls(Path(p["out"]), objective.unpack(p["examples"]), p["lengths"], [(e, m) for e, m in p["steps"]],
                    p["ckpt_steps"], [Path(d) for d in p["ckpt_dirs"]])
 
     def finished(self, lora: bool) -> "TrainResult | None":
@@ -218,23 +276,27 @@ class TrainPlan:
                            info["seconds"], lora)
 
 
-def train(model_path: str, tokenizer, encoded: Sequence[Encoded], cfg: TrainConfig, out_dir: str | Path,
+def train(model_path: str, tokenizer, items: Sequence, cfg: TrainConfig, out_dir: str | Path,
           n_checkpoints: int, device: str = "cpu", progress: Progress | None = None,
           phase: str = "training", engine=None) -> TrainResult:
-    """Fine-tune the model at ``model_path`` on ``encoded`` and save K trajectory checkpoints.
+    """Fine-tune the model at ``model_path`` on ``items`` and save K trajectory checkpoints.
 
-    Re-running with the same arguments resumes from ``out_dir/state/`` (or returns at once if
-    training finished).  ``progress`` gets ``phase, done, total`` (optimizer steps), ``tokens,
-    tokens_per_s, eta_s, train_loss, lr``.  With a distributed ``engine`` (``--engine ray``) the
-    same loop runs on its workers, each taking its share of every step's micro-batches.
+    The config says what ``items`` are: a :class:`TrainConfig` trains SFT on
+    :class:`~curation.data.templates.Encoded` examples, a :class:`curation.runs.dpo.DPOConfig` trains
+    DPO on :class:`curation.runs.dpo.DPOPair` pairs.  Re-running with the same arguments resumes
+    from ``out_dir/state/`` (or returns at once if training finished).  ``progress`` gets ``phase,
+    done, total`` (optimizer steps), ``tokens, tokens_per_s, eta_s, train_loss, lr`` (DPO: and
+    ``reward_accuracy``).  With a distributed ``engine`` (``--engine ray``) the same loop runs on
+    its workers, each taking its share of every step's micro-batches.
     """
-    plan = TrainPlan.build(encoded, cfg, n_checkpoints, Path(out_dir))
+    plan = TrainPlan.build(items, cfg, n_checkpoints, Path(out_dir))
     plan.out.mkdir(parents=True, exist_ok=True)
     done = plan.finished(cfg.lora)
     if done is not None:
         return done
     if engine is not None and engine.distributed:
-        engine.run_ddp(train_worker, {"model_path": model_path, "plan": plan.packed(), "cfg": cfg, "phase": phase},
+        engine.run_ddp(train_worker, {"model_path": model_path, "plan": plan.packed(cfg.objective()), "cfg": cfg,
+                                      "phase": phase},
                        plan.out / "ray", progress)
         done = plan.finished(cfg.lora)
         if done is None:
@@ -249,14 +311,14 @@ def run_training(model_path: str, tokenizer, plan: TrainPlan, cfg: TrainConfig, 
     """The training loop, as rank ``rank`` of ``world`` processes (1 of 1 locally).
 
     Every optimizer step's micro-batches are dealt round-robin over the ranks; each micro-batch's
-    summed loss is divided by the step's target count over *all* ranks, and ``reduce`` (an in-place
-    sum over ranks) adds the gradients, so the step's gradient is the single-process one (up to
-    the order of the float sums) and the global batch is what the config says whatever ``world``.
-    Rank 0 alone writes checkpoints, the resume state and train.json.
+    summed loss is divided by the step's weight over *all* ranks (SFT: target tokens; DPO: pairs),
+    and ``reduce`` (an in-place sum over ranks) adds the gradients, so the step's gradient is the
+    single-process one (up to the order of the float sums) and the global batch is what the config
+    says whatever ``world``.  Rank 0 alone writes checkpoints, the resume state and train.json.
     """
     import torch
 
-    out, total = plan.out, plan.total
+    out, total, objective = plan.out, plan.total, cfg.objective()
     model = _load_trainable(model_path, cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
@@ -274,17 +336,11 @@ def run_training(model_path: str, tokenizer, plan: TrainPlan, cfg: TrainConfig, 
     for s, (epoch, micro) in enumerate(plan.steps):
         if s < state["step"]:
             continue  # done in an earlier session
-        n_step = sum(int(plan.sub[i].target.sum()) for mb in micro for i in mb)  # over every rank
-        loss_total = 0.0
-        for mb in micro[rank::world]:
-            with autocast:
-                loss_sum, _ = sft_loss_sum(model, plan.sub, mb)
-            # Dividing by the step's target count makes the step loss a token mean over the
-            # whole step, however it is split into micro-batches (and ranks).
-            (loss_sum / n_step).backward()
-            loss_total += float(loss_sum.detach())
+        n_step = sum(objective.weight(plan.sub[i]) for mb in micro for i in mb)  # over every rank
+        totals = accumulate_step(model, objective, plan.sub, micro[rank::world], n_step, autocast)
         if world > 1:
-            loss_total = _sum_over_ranks(params, loss_total, reduce)
+            totals = _sum_over_ranks(params, totals, reduce)
+        loss_total, means = totals[0], {k: v / n_step for k, v in zip(objective.metrics, totals[1:])}
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         lr = sched.get_last_lr()[0]
@@ -292,18 +348,18 @@ def run_training(model_path: str, tokenizer, plan: TrainPlan, cfg: TrainConfig, 
         sched.step()
         opt.zero_grad(set_to_none=True)
         step = s + 1
-        step_tokens = sum(plan.lengths[i] for mb in micro for i in mb)
+        step_tokens = sum(objective.tokens(plan.sub[i]) for mb in micro for i in mb)
         tok_session += step_tokens
         steps_session += 1
         state["step"] = step
         state["tokens_trained"] += step_tokens
-        state["loss_curve"].append({"step": step, "loss": loss_total / n_step, "lr": lr,
+        state["loss_curve"].append({"step": step, "loss": loss_total / n_step, **means, "lr": lr,
                                     "tokens": state["tokens_trained"]})
         elapsed = max(time.time() - t_session, 1e-9)
         if progress is not None and rank == 0:
             progress(phase=phase, done=step, total=total, unit="steps", tokens=state["tokens_trained"],
                      tokens_per_s=tok_session / elapsed, eta_s=(total - step) * elapsed / steps_session,
-                     train_loss=loss_total / n_step, lr=lr, epoch=epoch)
+                     train_loss=loss_total / n_step, lr=lr, epoch=epoch, **means)
         if rank != 0:
             continue
         hits = [k for k, cs in enumerate(plan.ckpt_steps[1:]) if cs == step]
@@ -339,7 +395,7 @@ def train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
-    plan = TrainPlan.unpacked(config["plan"])
+    plan = TrainPlan.unpacked(config["plan"], config["cfg"].objective())
     device = str(ray.train.torch.get_device()) if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(config["model_path"]) if rank == 0 else None
     queue = config["queue"]
@@ -352,8 +408,25 @@ def train_worker(config: dict) -> None:
                  rank=rank, world=world, reduce=reduce)
 
 
-def _sum_over_ranks(params, loss_total: float, reduce) -> float:
-    """Sum the gradients (one flat tensor) and the step's loss over the ranks, in place."""
+def accumulate_step(model, objective, items: Sequence, micro: Sequence[Sequence[int]], n_step: int,
+                    autocast=None) -> list[float]:
+    """Run this rank's micro-batches of one optimizer step, accumulating the gradients of the
+    step's mean loss (each micro-batch's summed loss divided by ``n_step``, the step's weight over
+    every rank); return ``[summed loss, *summed metrics]`` of these micro-batches."""
+    totals = [0.0] * (1 + len(objective.metrics))
+    for mb in micro:
+        with autocast or nullcontext():
+            loss_sum, sums = objective.loss(model, items, mb)
+        # Dividing by the step's weight makes the step loss a mean over the whole step (SFT: its
+        # target tokens, DPO: its pairs), however it is split into micro-batches (and ranks).
+        (loss_sum / n_step).backward()
+        for k, v in enumerate([float(loss_sum.detach()), *sums]):
+            totals[k] += v
+    return totals
+
+
+def _sum_over_ranks(params, totals: list[float], reduce) -> list[float]:
+    """Sum the gradients (one flat tensor) and the step's loss and metric sums over the ranks, in place."""
     import torch
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -361,9 +434,9 @@ def _sum_over_ranks(params, loss_total: float, reduce) -> float:
     reduce(flat)
     for p, g in zip(params, torch._utils._unflatten_dense_tensors(flat, grads)):
         p.grad = g
-    lt = torch.tensor([loss_total], dtype=torch.float64, device=flat.device)
+    lt = torch.tensor(totals, dtype=torch.float64, device=flat.device)
     reduce(lt)
-    return float(lt)
+    return lt.tolist()
 
 
 def save_resume_state(out: Path, model, opt, sched, lora: bool, state: dict) -> None:

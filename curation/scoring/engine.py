@@ -231,17 +231,17 @@ class ChunkScorer:
     def pid(self) -> int:
         return os.getpid()
 
-    def score(self, packed: dict) -> dict:
+    def score(self, packed: dict, plan: list[list[int]] | None = None) -> dict:
         from curation.scoring.losses import score_examples
 
-        return pack_losses(score_examples(self.model, unpack_encoded(packed), self.batch_tokens))
+        return pack_losses(score_examples(self.model, unpack_encoded(packed), self.batch_tokens, plan=plan))
 
 
 def pack_losses(results, embeddings: bool = True) -> dict:
     """Example losses (:class:`curation.scoring.losses.ExampleLoss`) as flat arrays: the sums and
     counts, each example's token losses and positions end to end with their ``offsets``, and (with
-    ``embeddings``) the embedding rows (NaN: none) and RDS+ rows: a compact message from a Ray
-    worker, the inverse of :func:`unpack_losses`."""
+    ``embeddings``) the embedding rows (NaN: none), RDS+ rows and prompt RDS+ rows: a compact
+    message from a Ray worker, the inverse of :func:`unpack_losses`."""
     n = np.array([r.n_tokens for r in results], dtype=np.int64)
     offsets = np.zeros(len(results) + 1, dtype=np.int64)
     np.cumsum(n, out=offsets[1:])
@@ -255,17 +255,19 @@ def pack_losses(results, embeddings: bool = True) -> dict:
             if r.embedding is not None:
                 emb[j] = r.embedding
         out["embeddings"] = emb
-        out["rds"] = np.stack([r.rds for r in results]).astype(np.float32) if results else np.zeros((0, 0), np.float32)
+        for kind in ("rds", "prompt_rds"):
+            out[kind] = (np.stack([getattr(r, kind) for r in results]).astype(np.float32) if results
+                         else np.zeros((0, 0), np.float32))
     return out
 
 
 def unpack_losses(packed: dict) -> list[ExampleLoss]:
     """The example losses :func:`pack_losses` packed (without embeddings when it left them out)."""
-    o, emb, rds = packed["offsets"], packed.get("embeddings"), packed.get("rds")
+    o, emb, rds, prompt = packed["offsets"], packed.get("embeddings"), packed.get("rds"), packed.get("prompt_rds")
     return [ExampleLoss(float(packed["loss_sum"][j]), int(packed["n_tokens"][j]),
                         packed["token_losses"][o[j]:o[j + 1]], packed["positions"][o[j]:o[j + 1]],
                         None if emb is None or not emb.shape[1] or np.isnan(emb[j]).any() else emb[j],
-                        None if rds is None else rds[j])
+                        None if rds is None else rds[j], None if prompt is None else prompt[j])
             for j in range(len(o) - 1)]
 
 
@@ -282,8 +284,9 @@ class RayEngine:
         self.actors: list = []  # the current pass's actors (tests kill one)
 
     def score_chunks(self, source, chunks, batch_tokens: int, commit, tick) -> None:
-        """Score ``chunks`` (``(n, ids, encoded)``) on the actor pool; ``commit(rows)`` each one in
-        this process as it returns, and ``tick(n_examples, n_tokens, committed=, workers=)``."""
+        """Score ``chunks`` (``(n, ids, encoded, plan)``: the scorer's plan, or None) on the actor
+        pool; ``commit(rows)`` each one in this process as it returns, and ``tick(n_units,
+        n_tokens, committed=, workers=)`` (units: the plan's batches, else the examples)."""
         run_cancellable(self._score, source, chunks, batch_tokens, commit,
                         progress=lambda n_ex, n_tok, **p: tick(n_ex, n_tok, **p))
 
@@ -306,14 +309,14 @@ class RayEngine:
                 if nxt is None:
                     return
                 k = min(range(n_actors), key=lambda j: load[j])  # the least loaded actor
-                inflight[self.actors[k].score.remote(pack_encoded(nxt[2]))] = (nxt, k)
+                inflight[self.actors[k].score.remote(pack_encoded(nxt[2]), nxt[3])] = (nxt, k)
                 load[k] += 1
 
             for _ in range(n_actors * self.inflight):
                 submit()
             while inflight:
                 ready, _ = ray.wait(list(inflight), num_returns=1)
-                (n, ids, encs), k = inflight.pop(ready[0])
+                (n, ids, encs, plan), k = inflight.pop(ready[0])
                 load[k] -= 1
                 try:
                     out = ray.get(ready[0])  # raises once the chunk's retries are spent
@@ -324,8 +327,8 @@ class RayEngine:
                 rows = cache_rows(ids, unpack_losses(out))
                 commit(rows)
                 committed += 1
-                progress(n_ex=len(ids), n_tok=sum(len(e.input_ids) for e in encs), committed=committed,
-                         workers=live_workers(self.actors))
+                progress(n_ex=len(ids) if plan is None else len(plan), n_tok=sum(len(e.input_ids) for e in encs),
+                         committed=committed, workers=live_workers(self.actors))
         finally:
             for a in self.actors:
                 ray.kill(a)

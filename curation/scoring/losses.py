@@ -20,7 +20,15 @@ hidden states (after the final norm, the ``hidden_states[-1]`` HF returns with
 
 * ``embedding``: the mean over its assistant (target) tokens (the map, diversity);
 * ``rds``: RDS+ (Ivison et al., arXiv 2503.01807): the position-weighted mean over *every* token,
-  position t (1-based) weighted by t, L2-normalised (target-aware selection).
+  position t (1-based) weighted by t, L2-normalised (target-aware selection);
+* ``prompt_rds``: the same RDS+ pooling over the tokens before the final assistant turn
+  (:attr:`curation.data.templates.Encoded.response_start`): the prompt a response was given, which
+  a preference pair is embedded by.  Causal attention makes it equal to pooling the prompt alone.
+
+A *plan* (lists of indices, one batch each) replaces the length-sorted batching: a preference
+pair's two responses form one batch, whose shared prompt (earlier assistant turns included) runs
+once (:func:`shared_prompt`) and whose two responses run as two rows on its cache (on a CPU as two
+forward passes, :func:`rows_on_prefix`, so that neither is padded to the other's length).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ class ExampleLoss:
     positions: np.ndarray  # (n_tokens,) int32, index of each target token in input_ids
     embedding: np.ndarray | None = None  # (hidden,) float32: mean final hidden state over the targets
     rds: np.ndarray | None = None  # (hidden,) float32, unit norm: position-weighted mean over all tokens
+    prompt_rds: np.ndarray | None = None  # (hidden,) float32, unit norm: the same over the tokens before the final turn
 
     @property
     def loss(self) -> float | None:
@@ -71,25 +80,42 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
+def common_prefix(encoded: Sequence[Encoded], batch: Sequence[int], cap: int) -> int:
+    """Length of the token prefix that all examples of ``batch`` share, at most ``cap``."""
+    first = encoded[batch[0]].input_ids
+    n = min(cap, *(len(encoded[i].input_ids) for i in batch))
+    for i in batch[1:]:
+        diff = np.flatnonzero(encoded[i].input_ids[:max(n, 0)] != first[:max(n, 0)])
+        if len(diff):
+            n = int(diff[0])
+    return max(n, 0)
+
+
 def shared_prefix(encoded: Sequence[Encoded], batch: Sequence[int]) -> int:
     """Length of the token prefix that all examples of ``batch`` share and that can run once.
 
     It stops before the first position whose hidden state a target needs (the one before the
     earliest target token of the batch), so every loss comes from the per-row pass.
     """
-    first = encoded[batch[0]].input_ids
-    n = len(first)
-    for i in batch:
-        e = encoded[i]
-        targets = np.flatnonzero(e.target)
-        if len(targets):
-            n = min(n, int(targets[0]) - 1)
-        m = min(n, len(e.input_ids))
-        diff = np.flatnonzero(e.input_ids[:m] != first[:m])
-        n = int(diff[0]) if len(diff) else m
-        if n <= 0:
-            return 0
-    return n
+    caps = [int(np.argmax(e.target)) - 1 if e.target.any() else len(e.input_ids) for e in (encoded[i] for i in batch)]
+    return common_prefix(encoded, batch, min(caps))
+
+
+def shared_prompt(encoded: Sequence[Encoded], batch: Sequence[int]) -> int:
+    """Length of the token prefix that all examples of a planned ``batch`` (a pair's responses)
+    share, up to the shortest prompt (:attr:`Encoded.response_start`): the whole prompt runs once,
+    earlier assistant turns included (their losses and the hidden state that predicts each
+    response's first token come from the prefix's pass)."""
+    return common_prefix(encoded, batch, min(encoded[i].response_start for i in batch))
+
+
+def check_plan(plan: Sequence[Sequence[int]], n: int) -> list[list[int]]:
+    """``plan`` as lists, refused unless it holds every index below ``n`` exactly once."""
+    batches = [[int(i) for i in b] for b in plan]
+    flat = sorted(i for b in batches for i in b)
+    if flat != list(range(n)) or not all(batches):
+        raise ValueError(f"a plan must hold each of the {n} examples exactly once, in non-empty batches")
+    return batches
 
 
 def score_examples(
@@ -101,9 +127,12 @@ def score_examples(
     on_batch: Callable[[int, int], None] | None = None,
     compile: bool = False,
     share_prefix: bool = True,
+    plan: Sequence[Sequence[int]] | None = None,
 ) -> list[ExampleLoss]:
     """Score tokenised examples with ``model``; results are in the order of ``encoded``.
 
+    ``plan`` (indices into ``encoded``, each once) gives the batches instead of the length-sorted
+    budget: each batch runs its shared prompt once (:func:`shared_prompt`), then its rows.
     ``on_batch(n_examples, n_tokens)`` is called after each batch (for progress bars).
     ``compile`` runs the decoder through ``torch.compile`` (fuses the element-wise work around the
     matmuls, after a one-off compilation). ``share_prefix`` runs a prefix common to a whole batch
@@ -121,23 +150,29 @@ def score_examples(
     softcap = getattr(model.config, "final_logit_softcapping", None)
     results: list[ExampleLoss | None] = [None] * len(encoded)
     lengths = [len(e.input_ids) for e in encoded]
+    batches = plan_batches(lengths, batch_tokens) if plan is None else check_plan(plan, len(encoded))
     with torch.inference_mode():
-        for batch in plan_batches(lengths, batch_tokens):
-            B, T = len(batch), lengths[batch[0]]
+        for batch in batches:
+            B, T = len(batch), max(lengths[i] for i in batch)
             ids = torch.zeros((B, T), dtype=torch.long)
             for row, i in enumerate(batch):
                 ids[row, : lengths[i]] = torch.from_numpy(encoded[i].input_ids)
             ids = ids.to(device)
             # Not with compile: the cached second call recompiles for every new shape.
-            P = min(shared_prefix(encoded, batch), T - 1) if share_prefix and B > 1 and not compile else 0
+            P = 0
+            if share_prefix and B > 1 and not compile:
+                P = min((shared_prefix if plan is None else shared_prompt)(encoded, batch), T - 1)
             prefix = None  # (P, H): the shared prefix's hidden states, computed once
             if P:
                 first = body(input_ids=ids[:1, :P], use_cache=True)
                 cache, prefix = first.past_key_values, first.last_hidden_state[0]
-                cache.batch_repeat_interleave(B)
-                positions = torch.arange(P, T, device=device).expand(B, -1)
-                hidden = body(input_ids=ids[:, P:], past_key_values=cache, position_ids=positions,
-                              use_cache=True).last_hidden_state  # (B, T - P, H)
+                if plan is not None and device.type == "cpu" and len({lengths[i] for i in batch}) > 1:
+                    hidden = rows_on_prefix(body, ids, cache, [lengths[i] for i in batch], P)  # (B, T - P, H)
+                else:
+                    cache.batch_repeat_interleave(B)
+                    positions = torch.arange(P, T, device=device).expand(B, -1)
+                    hidden = body(input_ids=ids[:, P:], past_key_values=cache, position_ids=positions,
+                                  use_cache=True).last_hidden_state  # (B, T - P, H)
                 del cache, first
             else:
                 hidden = body(input_ids=ids).last_hidden_state  # (B, T, H)
@@ -149,10 +184,12 @@ def score_examples(
                 cols.append(pos)
             rows_t = torch.from_numpy(np.concatenate(rows)).to(device)
             cols_t = torch.from_numpy(np.concatenate(cols)).to(device)
-            h = hidden[rows_t, cols_t - 1 - P]  # (N, H); shared_prefix keeps every t-1 >= P
+            h = hidden_at(hidden, prefix, rows_t, cols_t - 1, P)  # (N, H): position t-1 predicts target t
             labels = ids[rows_t, cols_t]  # (N,)
-            embeddings = target_means(hidden[rows_t, cols_t - P], rows_t, B)  # (B, H) float32
+            embeddings = target_means(hidden_at(hidden, prefix, rows_t, cols_t, P), rows_t, B)  # (B, H) float32
             rds = position_weighted_means(hidden, prefix, [lengths[i] for i in batch], P)  # (B, H) float32
+            # Every prompt holds the shared prefix (P <= response_start), as position_weighted_means needs.
+            prompt_rds = position_weighted_means(hidden, prefix, [encoded[i].response_start for i in batch], P)
             del hidden
             losses = target_losses(head, h, labels, softcap, vocab_tile, pos_chunk)
             losses_np = losses.cpu().numpy()
@@ -165,10 +202,45 @@ def score_examples(
                     loss_sum=float(tl.astype(np.float64).sum()), n_tokens=n,
                     token_losses=tl.copy(), positions=cols[row].astype(np.int32),
                     embedding=embeddings[row].copy() if n else None, rds=rds[row].copy(),
+                    prompt_rds=prompt_rds[row].copy(),
                 )
             if on_batch is not None:
                 on_batch(B, sum(lengths[i] for i in batch))
     return results  # type: ignore[return-value]
+
+
+def rows_on_prefix(body, ids, cache, lengths: list[int], P: int):
+    """``(B, T - P, H)``: each row's positions ``P..lengths[row]`` run as a forward pass of its own
+    on the shared prefix's cache (a copy for all but the last row), zeros after the row's end.
+
+    A planned batch on a CPU: a pair's two responses often differ in length by half or more, and
+    a padded batch would compute the difference for nothing, while a second call costs little."""
+    import copy
+
+    import torch
+
+    outs = []
+    for row, n in enumerate(lengths):
+        past = cache if row == len(lengths) - 1 else copy.deepcopy(cache)
+        positions = torch.arange(P, n, device=ids.device)[None]
+        outs.append(body(input_ids=ids[row:row + 1, P:n], past_key_values=past, position_ids=positions,
+                         use_cache=True).last_hidden_state[0])  # (n - P, H)
+    hidden = outs[0].new_zeros((len(lengths), max(lengths) - P, outs[0].shape[-1]))
+    for row, h in enumerate(outs):
+        hidden[row, : len(h)] = h
+    return hidden
+
+
+def hidden_at(hidden, prefix, rows, pos, P: int):
+    """``(N, H)``: the final hidden state of row ``rows[k]`` at position ``pos[k]``, from the per-row
+    pass ``hidden`` (B, T - P, H) or, at a position inside the shared prefix (a planned batch's
+    earlier assistant turns, the prompt's last token), from ``prefix`` (P, H)."""
+    if prefix is None or not len(pos) or int(pos.min()) >= P:
+        return hidden[rows, pos - P]
+    inside = pos < P
+    h = hidden[rows, (pos - P).clamp(min=0)]
+    h[inside] = prefix[pos[inside]].to(h.dtype)
+    return h
 
 
 def target_means(h, rows, n_rows: int) -> np.ndarray:

@@ -13,6 +13,11 @@ The cache key is everything that determines an example's losses except the examp
 so a run on a pool that grew by a few rows scores only the new rows, and two runs over the same
 examples with the same model share their work.  Parts are never modified after they are written,
 so concurrent or interrupted passes cannot corrupt the cache.
+
+A pass over preference pairs is the same pass with ``groups``: each response is a row under its
+SFT example id (:meth:`curation.data.pairs.Pair.sft_id`), a pair's rows still to score form one
+batch of the scorer (its prompt runs once), a chunk never splits a pair, and progress counts pairs.
+So a resumed pair pass, Ray and an SFT run over the same conversations share rows.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from typing import Sequence
 from curation.atomic import write_json, write_parquet
 from curation.progress import Progress
 
-# A row of the cache: the example's summed loss, target count, per-token losses, and its two
+# A row of the cache: the example's summed loss, target count, per-token losses, and its three
 # embeddings as float16 bytes (curation.scoring.losses): ``embedding``, the mean final hidden state
-# over the targets (null without targets), and ``rds``, the position-weighted mean over every token;
+# over the targets (null without targets), ``rds``, the position-weighted mean over every token, and
+# ``prompt_rds``, the same over the tokens before the final assistant turn (a pair's prompt);
 # parts written before a column was kept lack it, and a pass that needs it scores those rows again.
-CACHE_COLUMNS = ("example_id", "loss_sum", "n_tokens", "positions", "token_losses", "embedding", "rds")
+CACHE_COLUMNS = ("example_id", "loss_sum", "n_tokens", "positions", "token_losses", "embedding", "rds", "prompt_rds")
+EMBEDDINGS = ("embedding", "rds")  # what ``embed=True`` asks of every row (an SFT run's map and targets)
 
 
 def default_cache_dir() -> Path:
@@ -51,7 +58,7 @@ def cache_schema():
 
     return pa.schema([("example_id", pa.string()), ("loss_sum", pa.float64()), ("n_tokens", pa.int32()),
                       ("positions", pa.list_(pa.int32())), ("token_losses", pa.list_(pa.float32())),
-                      ("embedding", pa.binary()), ("rds", pa.binary())])
+                      ("embedding", pa.binary()), ("rds", pa.binary()), ("prompt_rds", pa.binary())])
 
 
 class ScoreCache:
@@ -123,32 +130,45 @@ class PassSettings:
 
 
 def score_pass(model, fingerprint: str, ids: list[str], encoded: Sequence, settings: PassSettings,
-               report: Progress, phase: str, variant: str = "full", embed: bool = False) -> dict[str, dict]:
+               report: Progress, phase: str, variant: str = "full", embed: bool | tuple[str, ...] = False,
+               groups: list[list[int]] | None = None, unit: str = "examples") -> dict[str, dict]:
     """Score ``encoded`` (ids in the same order) with ``model``, reusing and filling the cache.
 
     ``model`` is a :class:`curation.scoring.models.ModelSource`: it is loaded only if some example is not
     in the cache yet (a finished pass needs no model at all), here or, with a Ray engine, by each
     worker.  Returns ``{example_id: row}`` with ``loss_sum, n_tokens, positions, token_losses`` for
-    every example.  ``report(**progress)`` gets ``phase, done, total, tokens, tokens_per_s, eta_s,
-    cached`` and, after each commit, ``committed`` (chunks committed in this pass) and, on Ray,
-    ``workers`` (how many are alive).  Rows also carry ``embedding`` (:func:`embedding_of`); with
-    ``embed``, a cached row written before embeddings were kept is scored again to get one.
+    every example.  ``report(**progress)`` gets ``phase, done, total, unit, tokens, tokens_per_s,
+    eta_s, cached`` and, after each commit, ``committed`` (chunks committed in this pass) and, on Ray,
+    ``workers`` (how many are alive).  Rows also carry their embeddings (:func:`embedding_of`); a
+    cached row without one that ``embed`` names (True: :data:`EMBEDDINGS`), written before it was
+    kept, is scored again to get it.
+
+    ``groups`` (indices into ``ids``, e.g. a pair's two responses) are the units of the pass: the
+    rows of a group still to score run as one batch of the scorer, a chunk never splits a group,
+    and ``done``/``total`` count groups (named ``unit``).  An id in several groups is scored once.
     """
     key = settings.key(fingerprint, variant)
+    kinds = EMBEDDINGS if embed is True else tuple(embed or ())
     have = settings.cache.load(key, set(ids))
-    todo = [j for j, i in enumerate(ids) if i not in have or (embed and needs_embedding(have[i]))]
-    total, done = len(ids), len(ids) - len(todo)
-    report(phase=phase, done=done, total=total, unit="examples", tokens=0, tokens_per_s=None, eta_s=None, cached=done)
+    units = [[j] for j in range(len(ids))] if groups is None else groups
+    todo, claimed = [], set()
+    for g in units:  # per unit, its rows still to score (each id once)
+        rest = [j for j in g if ids[j] not in claimed and (ids[j] not in have or needs_embedding(have[ids[j]], kinds))]
+        claimed.update(ids[j] for j in rest)
+        if rest:
+            todo.append(rest)
+    total, done = len(units), len(units) - len(todo)
+    report(phase=phase, done=done, total=total, unit=unit, tokens=0, tokens_per_s=None, eta_s=None, cached=done)
     if not todo:
         return have
     meta = {"model": fingerprint, "variant": variant, "template": settings.template,
             "max_length": settings.max_length, "dtype": settings.dtype, "device": settings.device}
-    chunks = [todo[c : c + settings.chunk_examples] for c in range(0, len(todo), settings.chunk_examples)]
-    t0, tokens, n_todo_tokens = time.time(), 0, sum(len(encoded[j].input_ids) for j in todo)
+    chunks = chunk_groups(todo, settings.chunk_examples)
+    t0, tokens, n_todo_tokens = time.time(), 0, sum(len(encoded[j].input_ids) for g in todo for j in g)
 
-    def tick(n_ex: int, n_tok: int, **extra) -> None:
+    def tick(n_units: int, n_tok: int, **extra) -> None:
         nonlocal done, tokens
-        done += n_ex
+        done += n_units
         tokens += n_tok
         tps = tokens / max(time.time() - t0, 1e-9)
         report(done=done, tokens=tokens, tokens_per_s=tps, eta_s=(n_todo_tokens - tokens) / max(tps, 1e-9), **extra)
@@ -157,22 +177,48 @@ def score_pass(model, fingerprint: str, ids: list[str], encoded: Sequence, setti
         settings.cache.put(key, rows, meta)
         have.update({r["example_id"]: r for r in rows})
 
+    # A chunk: its rows and, for groups, the scorer's plan (one batch per group, indices into the chunk).
+    work = [([j for g in chunk for j in g], None if groups is None else local_plan(chunk)) for chunk in chunks]
     if settings.engine is not None:
-        settings.engine.score_chunks(model, [(n, [ids[j] for j in c], [encoded[j] for j in c])
-                                             for n, c in enumerate(chunks, start=1)],
+        settings.engine.score_chunks(model, [(n, [ids[j] for j in rows], [encoded[j] for j in rows], plan)
+                                             for n, (rows, plan) in enumerate(work, start=1)],
                                      settings.batch_tokens, commit, tick)
         return have
     from curation.scoring.losses import score_examples
 
     m = model.load()
-    for n, chunk in enumerate(chunks, start=1):
-        res = score_examples(m, [encoded[j] for j in chunk], settings.batch_tokens, on_batch=tick,
-                             compile=settings.compile)
-        commit(cache_rows([ids[j] for j in chunk], res))
+    for n, (rows, plan) in enumerate(work, start=1):
+        res = score_examples(m, [encoded[j] for j in rows], settings.batch_tokens, compile=settings.compile, plan=plan,
+                             on_batch=tick if plan is None else lambda _, n_tok: tick(1, n_tok))
+        commit(cache_rows([ids[j] for j in rows], res))
         # A commit is a milestone: the job store records it at once (not throttled), so the
         # status of a job killed right after it counts the chunk that resume will keep.
         report(done=done, committed=n)
     return have
+
+
+def chunk_groups(groups: list[list[int]], size: int) -> list[list[list[int]]]:
+    """Consecutive groups packed into chunks of at most ``size`` rows; a group is never split (one
+    larger than ``size`` is a chunk of its own)."""
+    chunks, cur, n = [], [], 0
+    for g in groups:
+        if cur and n + len(g) > size:
+            chunks.append(cur)
+            cur, n = [], 0
+        cur.append(g)
+        n += len(g)
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def local_plan(chunk: list[list[int]]) -> list[list[int]]:
+    """A chunk's groups as a plan of the scorer: each group's positions in the chunk's rows."""
+    out, k = [], 0
+    for g in chunk:
+        out.append(list(range(k, k + len(g))))
+        k += len(g)
+    return out
 
 
 def cache_rows(ids: list[str], results) -> list[dict]:
@@ -182,18 +228,20 @@ def cache_rows(ids: list[str], results) -> list[dict]:
     return [{"example_id": i, "loss_sum": r.loss_sum, "n_tokens": r.n_tokens,
              "positions": r.positions.tolist(), "token_losses": r.token_losses.tolist(),
              "embedding": None if r.embedding is None else np.asarray(r.embedding, dtype=np.float16).tobytes(),
-             "rds": None if r.rds is None else np.asarray(r.rds, dtype=np.float16).tobytes()}
+             "rds": None if r.rds is None else np.asarray(r.rds, dtype=np.float16).tobytes(),
+             "prompt_rds": None if r.prompt_rds is None else np.asarray(r.prompt_rds, dtype=np.float16).tobytes()}
             for i, r in zip(ids, results)]
 
 
-def needs_embedding(row: dict) -> bool:
-    """A cached row without its embeddings (written before they were kept)."""
-    return (row.get("embedding") is None and bool(row.get("n_tokens"))) or row.get("rds") is None
+def needs_embedding(row: dict, kinds: tuple[str, ...] = EMBEDDINGS) -> bool:
+    """A cached row without one of the embeddings ``kinds`` (written before it was kept); a row
+    without target tokens has no ``embedding`` and needs none."""
+    return any(row.get(k) is None and (k != "embedding" or bool(row.get("n_tokens"))) for k in kinds)
 
 
 def embedding_of(row: dict, kind: str = "embedding"):
-    """A cache row's float16 embedding vector (``kind``: ``embedding`` or ``rds``), or None (no
-    target token, or a row written before that embedding was kept)."""
+    """A cache row's float16 embedding vector (``kind``: ``embedding``, ``rds`` or ``prompt_rds``),
+    or None (no target token, or a row written before that embedding was kept)."""
     import numpy as np
 
     b = row.get(kind)
