@@ -22,6 +22,7 @@ from dataclasses import dataclass
 # Which run writes a column (the run kind a method needs).
 SCORE_RUN, LEARN_RUN, HELDOUT_RUN, TARGETS = "score", "learn", "learn --heldout-folds", "targets"
 PAIR_SCORE_RUN, PAIR_LEARN_RUN, PAIR_RATINGS = "pair score", "pair learn", "pair ratings"
+PAIR_HELDOUT_RUN = "pair learn --heldout-folds"
 RUN_HELP = {
     SCORE_RUN: "any score run (`python -m curation score ...` or `learn`)",
     LEARN_RUN: "a learnability run (`python -m curation learn ...`)",
@@ -30,6 +31,7 @@ RUN_HELP = {
     PAIR_SCORE_RUN: "a score run on preference pairs (`python -m curation score PAIRS ...` or `learn`)",
     PAIR_LEARN_RUN: "a learnability run on preference pairs (`python -m curation learn PAIRS ...`)",
     PAIR_RATINGS: "a score run on preference pairs whose source rates them (score_chosen / score_rejected)",
+    PAIR_HELDOUT_RUN: "a learnability run on preference pairs with --heldout-folds N",
 }
 # The kind of data a score applies to.
 SFT, PAIRS, BOTH = "sft", "pairs", "both"
@@ -179,6 +181,17 @@ SCORES: dict[str, Score] = {s.name: s for s in (
                "likely than the rejected, each relative to its base NLL. Normalising by the base NLL is what "
                "DavIR-DPO reports cuts the correlation with the length difference (0.38 -> 0.07, as summarised from "
                "DavIR v2); still check it against len_diff."),
+    pair_score("reward_margin_heldout", "reward_margin with the reference trained without the pair's fold",
+               PAIR_HELDOUT_RUN, "high",
+               "DPO's implicit reward margin under a model that never trained on the pair (k-fold): memorising the "
+               "pair cannot inflate it; high = what training on the other pairs generalises to. Known bias: like "
+               "reward_margin, tracks the length difference (leans to pairs whose chosen is the longer); check it "
+               "against len_diff."),
+    pair_score("davir_margin_heldout", "davir_margin with the reference trained without the pair's fold",
+               PAIR_HELDOUT_RUN, "high",
+               "DavIR-DPO's learnability of a pair under a model that never trained on it (k-fold); relative to the "
+               "base NLL of each response, so less tied to length than reward_margin_heldout; still check it against "
+               "len_diff (long chosen responses)."),
 )}
 
 METHODS = tuple(SCORES)
@@ -199,6 +212,7 @@ HELDOUT_COLUMNS = {"loss_ref_heldout": "L under the model trained without the ex
 # The scores of a pair score run and of a pair learn run, in table order, with their formulas.
 PAIR_COLUMNS = {s.column: s.formula for s in SCORES.values() if s.written_by == PAIR_SCORE_RUN}
 PAIR_LEARN_COLUMNS = {s.column: s.formula for s in SCORES.values() if s.written_by == PAIR_LEARN_RUN}
+PAIR_HELDOUT_COLUMNS = {s.column: s.formula for s in SCORES.values() if s.written_by == PAIR_HELDOUT_RUN}
 # A pair run's per-response columns beside its margins (the source's ratings).
 RATING_SIDE_COLUMNS = ("rating_chosen", "rating_rejected")
 STABILITY_SCORES = ("davir", "rho")  # per reference run: {score}_r{i}, spread {score}_sd
