@@ -491,6 +491,25 @@ def test_explore_page_on_a_pair_run_shows_losses_length_bias_and_ratings(in_pair
     assert "S2L" not in " ".join(s.value for s in at.subheader)  # SFT-only sections are not drawn
 
 
+def test_explore_page_plots_a_pair_learn_runs_dpo_curve(in_pair_ws):
+    from curation.runs.pair_tables import TRAIN_CURVE, write_train_curve
+
+    run_dir = in_pair_ws / "runs" / "pairs-fixture"
+    at = _page("explore")
+    assert "DPO training curve" not in [s.value for s in at.subheader]  # a run without one: no section
+    write_train_curve(run_dir, [{"step": k, "loss": 0.69 - 0.01 * k, "reward_accuracy": 0.5 + 0.1 * k,
+                                 "reward_chosen": 0.01 * k, "reward_rejected": -0.01 * k, "reward_margin": 0.02 * k,
+                                 "davir_margin": 0.001 * k, "lr": 1e-5, "tokens": 100 * k} for k in (1, 2, 3)])
+    try:
+        at = _page("explore")
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert "DPO training curve" in [s.value for s in at.subheader]
+        charts = {c.proto.spec for c in at.get("plotly_chart")}
+        assert any('"reward_accuracy"' in c for c in charts) and any('"davir_margin"' in c for c in charts)
+    finally:
+        (run_dir / TRAIN_CURVE).unlink()
+
+
 def test_inspect_page_shows_a_pair_side_by_side_escaped_with_coloured_tokens(in_pair_ws):
     at = _page("inspect")
     at.text_input(key="inspect_text").input("onerror").run()
