@@ -239,3 +239,40 @@ def test_cli_learn_on_pairs_prints_the_learn_columns_and_refuses_sft_settings_in
     r = run_cli("learn", *common, "--out", pair_learned["dir"] / "other", "--checkpoints", "7")
     assert r.returncode == 2 and "not for preference pairs: --checkpoints" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.integration  # a real Ray instance
+def test_a_pair_learn_run_on_two_ray_workers_equals_the_local_run(pair_learned, tiny_model_dir, tmp_path):
+    """--engine ray: the pair passes on Ray workers, the DPO training on two Ray Train workers (DDP):
+    the same tables and curve as the local run, up to the order of float sums."""
+    pytest.importorskip("ray", reason="--engine ray needs the ray package (requirements.txt)")
+    out = run_learn(learn_cfg(pair_learned["sources"], tmp_path / "ray", tiny_model_dir, tmp_path / "cache",
+                              engine="ray", workers=2))
+    A, B = pair_learned["df"], pd.read_parquet(out / "scores.parquet")
+    assert list(A.columns) == list(B.columns) and A["pair_id"].tolist() == B["pair_id"].tolist()
+    cols = [*PAIR_COLUMNS, *PAIR_LEARN_COLUMNS]
+    np.testing.assert_allclose(A[cols].to_numpy(float), B[cols].to_numpy(float), atol=1e-5, rtol=0)
+    ca, cb = read_train_curve(pair_learned["out"]), read_train_curve(out)
+    assert ca["step"].tolist() == cb["step"].tolist() and ca["tokens"].tolist() == cb["tokens"].tolist()
+    np.testing.assert_allclose(ca[["loss", "reward_margin"]].to_numpy(), cb[["loss", "reward_margin"]].to_numpy(),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.integration  # the real default model
+def test_learn_on_20_default_pairs_writes_the_reward_and_davir_columns_and_the_curve(tmp_path):
+    """The default CHAMP pairs (make setup writes them) on the default model, 1 epoch: every learn
+    column finite and consistent with its formula, the DPO curve in the run folder."""
+    pytest.importorskip("champ_dataset", reason="the default pairs need the champ-dataset wheel (make setup)")
+    from curation.data.default_data import prepare_default_data
+
+    prepare_default_data(tmp_path / "ws")
+    out = run_learn(LearnConfig(sources=[str(tmp_path / "ws" / "pairs" / "math.jsonl")], out=str(tmp_path / "run"),
+                                limit=20, epochs=1, cache=str(tmp_path / "cache")))
+    df = pd.read_parquet(out / "scores.parquet")
+    meta = Run(out).meta()
+    assert len(df) == 20 and df["scored"].all() and meta["dpo"] == {"loss": "davir", "beta": 0.1, "lr": 5e-6}
+    assert np.isfinite(df[list(PAIR_LEARN_COLUMNS)].to_numpy()).all() and (df["reward_chosen"] != 0).all()
+    for s in SIDES:  # davir_x = (L_base - L_trained) / L_base = reward_x / beta / L_base (summed NLL)
+        np.testing.assert_allclose(df[f"davir_{s}"], df[f"reward_{s}"] / 0.1 / (df[f"loss_{s}"] * df[f"n_{s}_tokens"]),
+                                   rtol=1e-9)
+    assert len(read_train_curve(out)) == meta["train"]["total_steps"] > 0

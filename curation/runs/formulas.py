@@ -19,6 +19,9 @@ Formulas (L = mean NLL in nats over assistant tokens):
 ``s2l_cluster``  K-means cluster of the trajectory (S2L), :func:`s2l_clusters`
 ``davir_r{i}``  davir (likewise rho, loss_ref) with the i-th of N reference runs (``--stability-runs``);
                 ``davir_sd`` its spread across the runs per example
+``reward_x``    pairs (x = chosen, rejected; L summed over the response's tokens, logp = -L):
+                ``beta * (logp_trained - logp_base)``; ``davir_x`` = ``(L_base - L_trained) / L_base``;
+                ``*_margin`` = chosen's - rejected's (:func:`pair_learn_columns`)
 ==============  ================================================================================
 
 Rows with a missing loss (no assistant token survived truncation) get NaN scores and cluster -1.
