@@ -13,6 +13,7 @@ import pytest
 from curation.data.pairs import trl_row
 from curation.runs.folder import Run
 from curation.runs.learn import LearnConfig, run_learn
+from curation.runs.pair_learn import refuse_unused_settings
 from curation.runs.pair_tables import read_train_curve
 from curation.scores import PAIR_COLUMNS, PAIR_HELDOUT_COLUMNS, PAIR_LEARN_COLUMNS
 from tests.conftest import write_jsonl
@@ -146,18 +147,25 @@ def test_a_killed_pair_learn_run_resumes_to_the_same_tables(pair_learned, tiny_m
     equal the uninterrupted run's, and the committed chunk is not scored again."""
     cfg = learn_cfg(pair_learned["sources"], tmp_path / "run", tiny_model_dir, tmp_path / "cache", save_every_s=0.0)
 
+    seen = {}
     for phase, when in (("training reference model (DPO)", "done"), ("scoring pairs (trained reference)", "committed")):
+        seen[phase] = []
+
         def stop(**p):
+            seen[phase].append(p)
             if p["phase"] == phase and p.get(when) == (2 if when == "done" else 1):
                 raise Stop
 
         with pytest.raises(Stop):
             run_learn(cfg, progress=stop)
+    # The second session's training went on from the state saved at step 1 (step 2 was killed before its save).
+    trained = [p["done"] for p in seen["scoring pairs (trained reference)"] if p["phase"].startswith("training")]
+    assert trained[0] == 2 and trained[-1] > 2
     phases = []
     out = run_learn(cfg, progress=lambda **p: phases.append(p))
     resumed = [p for p in phases if p["phase"] == "scoring pairs (trained reference)" and "cached" in p]
     assert resumed[0]["cached"] >= 2  # the committed chunk (2 pairs of 4 responses) was kept
-    assert not any(p["phase"].startswith("training") and p.get("done") == 1 for p in phases)
+    assert not any(p["phase"].startswith("training") for p in phases)  # finished: not trained again
     pd.testing.assert_frame_equal(pd.read_parquet(out / "scores.parquet"), pair_learned["df"])
     pd.testing.assert_frame_equal(read_train_curve(out), read_train_curve(pair_learned["out"]))
 
@@ -170,6 +178,7 @@ def test_settings_that_do_not_apply_to_pairs_are_refused_in_one_line(pair_learne
             run_learn(learn_cfg(sources, tmp_path / "r", tiny_model_dir, tmp_path / "c", **kw))
         assert "\n" not in str(e.value)
     assert not (tmp_path / "r").exists()  # refused before anything was written
+    refuse_unused_settings(learn_cfg(sources, tmp_path / "r", tiny_model_dir, tmp_path / "c", ifd=False), "pairs")
 
 
 def test_dpo_settings_on_sft_examples_are_refused_in_one_line(tiny_model_dir, tmp_path):
