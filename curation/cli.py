@@ -195,6 +195,9 @@ def pair_learn_summary(out, run, df, meta) -> None:
           f"{last.get('reward_accuracy', float('nan')):.2f}; the trained reference raises chosen over rejected "
           f"(reward_margin > 0) in {(df['reward_margin'] > 0).mean():.1%} of pairs; {len(meta['not_trained'])} "
           f"pair(s) left out of training (run.json not_trained); timings (s): {meta['timings_s']}")
+    for d, v in (meta.get("heldout_agreement") or {}).items():
+        print(f"held-out vs in-sample ranking, {d}: " + ", ".join(
+            f"{s} Spearman {a['spearman']:.3f}" for s, a in v.items() if a.get("spearman") is not None))
 
 
 def validate_summary(out) -> None:

@@ -233,6 +233,10 @@ def test_heldout_folds_score_each_pair_under_a_model_trained_without_it(pair_lea
         np.testing.assert_allclose(rows["davir_margin_heldout"], lr["chosen"] / L["base"]["chosen"][sel]
                                    - lr["rejected"] / L["base"]["rejected"][sel], atol=1e-4)
     assert (df["reward_margin"] != df["reward_margin_heldout"]).any()  # the reference saw every pair, they did not
+    agreement = Run(out).meta()["heldout_agreement"]["chat"]  # how the in-sample margins rank like the held-out
+    for m in ("reward_margin", "davir_margin"):
+        want = df[m].corr(df[f"{m}_heldout"], method="spearman")
+        assert agreement[m]["n"] == 12 and agreement[m]["spearman"] == pytest.approx(want, abs=1e-12)
 
 
 def test_cli_learn_on_pairs_prints_the_learn_columns_and_refuses_sft_settings_in_one_line(pair_learned,

@@ -257,11 +257,11 @@ def stability_summary(columns: dict, domains, runs: int, settings: list | None =
     return out
 
 
-def heldout_agreement(columns: dict, domains) -> dict:
-    """Per domain: how well the in-sample scores (reference trained on every example) rank like the
-    held-out ones (each example scored by a fold model that never saw it): ``--heldout-folds``'
-    stability figure."""
+def heldout_agreement(columns: dict, domains, scores=STABILITY_SCORES) -> dict:
+    """Per domain: how well the in-sample ``scores`` (reference trained on every example) rank like
+    their held-out ``{score}_heldout`` (each example scored by a fold model that never saw it):
+    ``--heldout-folds``' stability figure (a pair learn run's: its reward and davir margins)."""
     domains = np.asarray(domains)
     return {str(d): {s: rank_agreement(np.asarray(columns[s])[domains == d], np.asarray(columns[f"{s}_heldout"])[domains == d])
-                     for s in STABILITY_SCORES}
+                     for s in scores}
             for d in sorted(set(domains.tolist()))}

@@ -38,7 +38,7 @@ from curation.config import result_key
 from curation.data.pair_formats import SIDES
 from curation.progress import Progress, Reporter, Timings
 from curation.runs.dpo import DPOConfig, DPOPair, pair_problem
-from curation.runs.formulas import assign_folds, pair_heldout_columns, pair_learn_columns
+from curation.runs.formulas import assign_folds, heldout_agreement, pair_heldout_columns, pair_learn_columns
 from curation.runs.pair_score import encode_pairs, score_pairs_with, write_pair_tables
 from curation.runs.pair_tables import pair_example_table, response_loss, write_train_curve
 from curation.runs.steps import claim, load_inputs
@@ -132,6 +132,8 @@ def run_pair_learn(cfg, progress: Progress | None = None) -> Path:
                 columns["fold"], held = heldout_sums(cfg.heldout_folds, cfg.seed, dpo, lm, pairs, encoded, n_tokens,
                                                      items, settings, run.path / "folds", report)
             columns.update(pair_heldout_columns(base_nll, held, dpo.beta))
+            meta["heldout_agreement"] = heldout_agreement(columns, [p.domain for p in pairs],
+                                                          [c.removesuffix("_heldout") for c in PAIR_HELDOUT_COLUMNS])
 
     report(phase="writing tables", done=len(pairs), total=len(pairs))
     scores = write_pair_tables(run, pairs, table, encoded, base, rejected, ref_rows=trained,
