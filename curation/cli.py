@@ -150,6 +150,9 @@ def run_summary(out) -> None:
     learn = meta.get("kind") == "learn"
     from curation.scores import LEARN_COLUMNS, PAIR_COLUMNS
 
+    if run.holds_pairs and learn:
+        pair_learn_summary(out, run, df, meta)
+        return
     if run.holds_pairs and not learn:
         print(f"wrote {out}/scores.parquet ({len(df)} pairs, {int(df['truncated'].sum())} with a truncated response), "
               f"{out}/token_losses.parquet, {out}/run.json; {len(run.rejected())} rejected rows in {out}/rejected.jsonl")
@@ -174,6 +177,27 @@ def run_summary(out) -> None:
     else:
         print(f"model {meta['model']['path']} on {meta['model']['device']} ({meta['model']['dtype']}), "
               f"{meta['timings_s']['total']:.1f}s")
+
+
+def pair_learn_summary(out, run, df, meta) -> None:
+    """What a finished pair learn run wrote: the learn columns' medians per domain, how often the
+    trained reference prefers chosen, the pairs left out of training and the DPO curve's last step."""
+    from curation.scores import PAIR_HELDOUT_COLUMNS, PAIR_LEARN_COLUMNS
+
+    print(f"wrote {out}/scores.parquet ({len(df)} pairs, {int(df['scored'].sum())} scored), "
+          f"{out}/token_losses.parquet, {out}/train_curve.parquet, {out}/run.json; {len(run.rejected())} rejected "
+          f"rows in {out}/rejected.jsonl")
+    cols = [c for c in (*PAIR_LEARN_COLUMNS, *PAIR_HELDOUT_COLUMNS) if c in df.columns]
+    print(df.groupby("domain")[cols].median().to_string(float_format=lambda x: f"{x:.4f}"))
+    last = meta["train"]["loss_curve"][-1] if meta["train"]["loss_curve"] else {}
+    print(f"DPO ({meta['dpo']['loss']}, beta {meta['dpo']['beta']:g}, lr {meta['dpo']['lr']:g}): "
+          f"{meta['train']['total_steps']} steps, last loss {last.get('loss', float('nan')):.4f}, reward accuracy "
+          f"{last.get('reward_accuracy', float('nan')):.2f}; the trained reference raises chosen over rejected "
+          f"(reward_margin > 0) in {(df['reward_margin'] > 0).mean():.1%} of pairs; {len(meta['not_trained'])} "
+          f"pair(s) left out of training (run.json not_trained); timings (s): {meta['timings_s']}")
+    for d, v in (meta.get("heldout_agreement") or {}).items():
+        print(f"held-out vs in-sample ranking, {d}: " + ", ".join(
+            f"{s} Spearman {a['spearman']:.3f}" for s, a in v.items() if a.get("spearman") is not None))
 
 
 def validate_summary(out) -> None:

@@ -14,6 +14,8 @@ consumer always receives the whole picture (the phase with its latest numbers), 
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from typing import Callable
 
 Progress = Callable[..., None]
@@ -49,3 +51,21 @@ class Reporter:
         self.state.update(fields)
         if self.progress is not None:
             self.progress(**self.state)
+
+
+class Timings:
+    """Wall time per stage of this session (``with timings("train"): ...``)."""
+
+    def __init__(self):
+        self.t0, self.s = time.time(), {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.time()
+        try:
+            yield
+        finally:
+            self.s[name] = self.s.get(name, 0.0) + time.time() - t
+
+    def total(self) -> dict[str, float]:
+        return {**{k: round(v, 2) for k, v in self.s.items()}, "total_session": round(time.time() - self.t0, 2)}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 # Which run writes a column (the run kind a method needs).
 SCORE_RUN, LEARN_RUN, HELDOUT_RUN, TARGETS = "score", "learn", "learn --heldout-folds", "targets"
 PAIR_SCORE_RUN, PAIR_LEARN_RUN, PAIR_RATINGS = "pair score", "pair learn", "pair ratings"
+PAIR_HELDOUT_RUN = "pair learn --heldout-folds"
 RUN_HELP = {
     SCORE_RUN: "any score run (`python -m curation score ...` or `learn`)",
     LEARN_RUN: "a learnability run (`python -m curation learn ...`)",
@@ -30,6 +31,7 @@ RUN_HELP = {
     PAIR_SCORE_RUN: "a score run on preference pairs (`python -m curation score PAIRS ...` or `learn`)",
     PAIR_LEARN_RUN: "a learnability run on preference pairs (`python -m curation learn PAIRS ...`)",
     PAIR_RATINGS: "a score run on preference pairs whose source rates them (score_chosen / score_rejected)",
+    PAIR_HELDOUT_RUN: "a learnability run on preference pairs with --heldout-folds N",
 }
 # The kind of data a score applies to.
 SFT, PAIRS, BOTH = "sft", "pairs", "both"
@@ -156,29 +158,42 @@ SCORES: dict[str, Score] = {s.name: s for s in (
                PAIR_LEARN_RUN, "high",
                "DPO's implicit reward of the chosen response, with the reference trained on the pool as the policy; "
                "high = training raised its likelihood most. Known bias: a sum over tokens, so it grows with the "
-               "response's length."),
+               "response's length (leans to long chosen responses)."),
     pair_score("reward_rejected", "beta * (log p_ref(rejected) - log p_base(rejected)), summed over the "
                "response's tokens", PAIR_LEARN_RUN, "low",
                "DPO's implicit reward of the rejected response; low = training lowered its likelihood (or raised it "
-               "least). Known bias: a sum over tokens, so it grows with the response's length."),
+               "least). Known bias: a sum over tokens, so it grows with the response's length (long rejected "
+               "responses move most)."),
     pair_score("reward_margin", "reward_chosen - reward_rejected", PAIR_LEARN_RUN, "high",
                "DPO's implicit reward margin: high = the pairs training on the pool separates most (arXiv 2502.14560 "
                "keeps the largest; 2508.04149 keeps the smallest, 'difficult' pairs; Selective DPO drops the "
                "hardest: order low takes the other end). Known bias: tracks the length difference (correlation 0.38 "
-               "with it under vanilla DPO, as summarised from DavIR v2); check it against len_diff."),
+               "with it under vanilla DPO, as summarised from DavIR v2: long chosen responses win); check it against "
+               "len_diff."),
     pair_score("davir_chosen", "(L_base - L_ref) / L_base of the chosen response (summed NLL)",
                PAIR_LEARN_RUN, "high",
                "SFT davir of the chosen response: the share of its base loss that training on the pool removes; "
-               "relative, so less tied to length than reward_chosen, but noisy when L_base is near 0."),
+               "relative, so less tied to length than reward_chosen (long responses), but noisy when L_base is near 0."),
     pair_score("davir_rejected", "(L_base - L_ref) / L_base of the rejected response (summed NLL)",
                PAIR_LEARN_RUN, "low",
                "SFT davir of the rejected response; low = training on the pool made it no more likely. Relative, so "
-               "less tied to length than reward_rejected."),
+               "less tied to length than reward_rejected (long responses)."),
     pair_score("davir_margin", "davir_chosen - davir_rejected", PAIR_LEARN_RUN, "high",
                "DavIR-DPO's learnability of a pair: how much more training on the pool made the chosen response "
                "likely than the rejected, each relative to its base NLL. Normalising by the base NLL is what "
                "DavIR-DPO reports cuts the correlation with the length difference (0.38 -> 0.07, as summarised from "
-               "DavIR v2); still check it against len_diff."),
+               "DavIR v2); still check it against len_diff (long chosen responses)."),
+    pair_score("reward_margin_heldout", "reward_margin with the reference trained without the pair's fold",
+               PAIR_HELDOUT_RUN, "high",
+               "DPO's implicit reward margin under a model that never trained on the pair (k-fold): memorising the "
+               "pair cannot inflate it; high = what training on the other pairs generalises to. Known bias: like "
+               "reward_margin, tracks the length difference (leans to pairs whose chosen is the longer); check it "
+               "against len_diff."),
+    pair_score("davir_margin_heldout", "davir_margin with the reference trained without the pair's fold",
+               PAIR_HELDOUT_RUN, "high",
+               "DavIR-DPO's learnability of a pair under a model that never trained on it (k-fold); relative to the "
+               "base NLL of each response, so less tied to length than reward_margin_heldout; still check it against "
+               "len_diff (long chosen responses)."),
 )}
 
 METHODS = tuple(SCORES)
@@ -199,6 +214,7 @@ HELDOUT_COLUMNS = {"loss_ref_heldout": "L under the model trained without the ex
 # The scores of a pair score run and of a pair learn run, in table order, with their formulas.
 PAIR_COLUMNS = {s.column: s.formula for s in SCORES.values() if s.written_by == PAIR_SCORE_RUN}
 PAIR_LEARN_COLUMNS = {s.column: s.formula for s in SCORES.values() if s.written_by == PAIR_LEARN_RUN}
+PAIR_HELDOUT_COLUMNS = {s.column: s.formula for s in SCORES.values() if s.written_by == PAIR_HELDOUT_RUN}
 # A pair run's per-response columns beside its margins (the source's ratings).
 RATING_SIDE_COLUMNS = ("rating_chosen", "rating_rejected")
 STABILITY_SCORES = ("davir", "rho")  # per reference run: {score}_r{i}, spread {score}_sd

@@ -13,6 +13,7 @@ from curation.data import canary
 from curation.data.textnorm import conversation_text
 from curation.jobs.workspace import list_data_files
 from curation.runs.folder import Run, read_examples, read_pairs
+from curation.runs.pair_tables import read_train_curve
 from curation.scores import LENGTH_COLUMNS, run_columns, score_columns
 from curation.selection import neardup
 from curation.selection.canaries import canary_report
@@ -112,6 +113,19 @@ def pair_sections() -> None:
         r2.dataframe(aggregate.correlation(rated, "rating_margin", implicit).round(3), hide_index=True, width="stretch")
         r2.caption(f"The source's raters (rating_chosen - rating_rejected) against the model's {implicit}, on the "
                    f"{len(rated):,} rated pairs: do the raters and the model agree on which pairs are clear?")
+    curve = read_train_curve(info.path)
+    if curve is not None and not curve.empty:
+        st.subheader("DPO training curve")
+        c1, c2 = st.columns(2)
+        for col, ys, key in ((c1, ["loss", "reward_accuracy"], "dpo_loss"),
+                             (c2, [c for c in ("reward_chosen", "reward_rejected", "reward_margin", "davir_margin")
+                                   if c in curve.columns], "dpo_rewards")):
+            fig = px.line(curve, x="step", y=ys)
+            fig.update_layout(height=300, margin=dict(t=10, b=10), legend_title_text="")
+            col.plotly_chart(fig, width="stretch", key=key)
+        st.caption(f"The reference's DPO training ({run.get('dpo', {}).get('loss')}, beta "
+                   f"{run.get('dpo', {}).get('beta')}), per optimizer step, means over the step's pairs: reward "
+                   "accuracy = share of pairs whose reward margin is > 0 (train_curve.parquet).")
 
 
 if pairs:

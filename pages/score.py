@@ -42,7 +42,8 @@ with st.form("launch"):
         format_func={
             "score": "Plain loss under the base model (fastest: one pass)",
             "learn": "Learnability run: fine-tune a reference on the pool, score K+1 checkpoints "
-                     "(davir, rho, S2L trajectories, loss_base/loss_ref)",
+                     "(davir, rho, S2L trajectories, loss_base/loss_ref; on preference pairs a DPO reference: "
+                     "reward and davir margins)",
             "reference": "Attach an existing fine-tuned model as the reference (two passes)",
         }.get,
         help="The learnability run gives every score the selection methods use (davir, rho, ifd, s2l); "
@@ -55,6 +56,10 @@ with st.form("launch"):
                                   min_value=1, max_value=10)
     lora = config_input(LearnConfig, "lora", "LoRA instead of full fine-tuning", c7)
     ifd = config_input(LearnConfig, "ifd", "Also IFD (one extra pass)", c8)
+    d1, d2, _ = st.columns([1, 1, 2])
+    dpo_loss = config_input(LearnConfig, "dpo_loss", "DPO objective (preference pairs)", d1, key="learn_dpo_loss")
+    beta = config_input(LearnConfig, "beta", "DPO beta (preference pairs)", d2, min_value=0.001, max_value=1000.0,
+                        key="learn_beta")
     st.caption("A learnability run trains a model and then scores the pool K+1 times, so it takes many times "
                "longer than plain loss on a CPU; the job's progress shows tokens/s and an ETA once it runs, and "
                "the README's benchmarks give measured times. Finished chunks and checkpoints survive a stop.")
@@ -76,7 +81,8 @@ if launched:
             if what == "reference" and not reference.strip():
                 raise ValueError("give the reference model's folder to attach it")
             job = jobs.submit("learn", LearnConfig(**base, checkpoints=int(checkpoints), epochs=int(epochs),
-                                                   lora=bool(lora), ifd=bool(ifd),
+                                                   lora=bool(lora), ifd=bool(ifd), dpo_loss=dpo_loss,
+                                                   beta=float(beta),
                                                    stability_runs=int(stability_runs) if what == "learn" else 1,
                                                    reference=reference.strip() if what == "reference" else None),
                               workspace=ws)

@@ -201,6 +201,35 @@ def test_score_page_launches_a_background_job_and_shows_it(empty_ws, tiny_model_
     assert at.selectbox(key="explore_score").value == "loss"
 
 
+def test_score_page_starts_a_pair_learn_job_with_the_dpo_settings(empty_ws, tiny_model_dir):
+    """The learn form on a workspace of preference pairs: a pair learn run with the objective and
+    beta chosen in the form (reward columns scaled by that beta)."""
+    import time
+
+    from curation.jobs import store as jobs
+    from curation.runs.folder import Run
+    from tests.synthetic import write_pair_sources
+
+    write_pair_sources(empty_ws / "data", n_chat=4, n_math=4)
+    at = _page("score")
+    at.text_input[0].input(str(tiny_model_dir))
+    at.radio[0].set_value("learn")
+    at.selectbox(key="learn_dpo_loss").set_value("sigmoid")
+    at.number_input(key="learn_beta").set_value(0.5)
+    at.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    [job] = jobs.list_jobs(empty_ws)
+    assert job["kind"] == "learn" and (job["config"]["dpo_loss"], job["config"]["beta"]) == ("sigmoid", 0.5)
+    deadline = time.time() + 300
+    while jobs.status(job["id"], empty_ws)["state"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(1)
+    st = jobs.status(job["id"], empty_ws)
+    assert st["state"] == "succeeded", st.get("error")
+    run = Run(job["config"]["out"])
+    assert run.holds_pairs and run.meta()["dpo"]["loss"] == "sigmoid" and run.meta()["dpo"]["beta"] == 0.5
+    assert run.scores()["reward_margin"].notna().all()
+
+
 def test_validate_page_shows_verdicts_charts_and_lengths(in_scored_ws):
     at = _page("validate")
     assert not at.exception
@@ -489,6 +518,25 @@ def test_explore_page_on_a_pair_run_shows_losses_length_bias_and_ratings(in_pair
     assert set(bias["margin"]) == {"margin_sum", "margin_mean", "reward_margin", "davir_margin"}
     assert "Rating margin vs implicit margin" in [s.value for s in at.subheader]
     assert "S2L" not in " ".join(s.value for s in at.subheader)  # SFT-only sections are not drawn
+
+
+def test_explore_page_plots_a_pair_learn_runs_dpo_curve(in_pair_ws):
+    from curation.runs.pair_tables import TRAIN_CURVE, write_train_curve
+
+    run_dir = in_pair_ws / "runs" / "pairs-fixture"
+    at = _page("explore")
+    assert "DPO training curve" not in [s.value for s in at.subheader]  # a run without one: no section
+    write_train_curve(run_dir, [{"step": k, "loss": 0.69 - 0.01 * k, "reward_accuracy": 0.5 + 0.1 * k,
+                                 "reward_chosen": 0.01 * k, "reward_rejected": -0.01 * k, "reward_margin": 0.02 * k,
+                                 "davir_margin": 0.001 * k, "lr": 1e-5, "tokens": 100 * k} for k in (1, 2, 3)])
+    try:
+        at = _page("explore")
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert "DPO training curve" in [s.value for s in at.subheader]
+        charts = {c.proto.spec for c in at.get("plotly_chart")}
+        assert any('"reward_accuracy"' in c for c in charts) and any('"davir_margin"' in c for c in charts)
+    finally:
+        (run_dir / TRAIN_CURVE).unlink()
 
 
 def test_inspect_page_shows_a_pair_side_by_side_escaped_with_coloured_tokens(in_pair_ws):

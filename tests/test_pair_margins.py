@@ -42,3 +42,9 @@ def test_means_beside_gives_each_groups_means(table):
     assert list(got.columns) == ["rows", "pairs", "len_diff", "margin_sum"]
     assert got.set_index("rows").loc["selection", "margin_sum"] == pytest.approx(-3.5)
     assert got.set_index("rows").loc["random", "len_diff"] == pytest.approx(2.5)
+
+
+def test_a_learn_run_with_folds_shows_its_heldout_margins_against_len_diff(table):
+    table["reward_margin_heldout"] = table["reward_margin"] * 0.5
+    assert margin_columns(table) == ["margin_sum", "reward_margin", "reward_margin_heldout"]
+    assert "reward_margin_heldout" in set(length_bias(table)["margin"])

@@ -258,8 +258,6 @@ def test_cli_scores_pairs_with_a_forced_format_and_refuses_a_mix_in_one_line(tmp
         r = cli("score", *args, "--model", str(tiny_model_dir), "--out", str(tmp_path / "x"))
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = cli("learn", str(pair_file), "--model", str(tiny_model_dir), "--out", str(tmp_path / "y"))
-    assert r.returncode == 2 and "preference pairs; this command reads SFT examples" in r.stderr
 
 
 @pytest.mark.integration

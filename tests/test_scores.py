@@ -87,7 +87,8 @@ def test_pair_scores_have_their_directions_and_serve_pair_runs_only():
     assert length_column(pair_score) == "len_diff" and length_column(SCORE_COLUMNS) == "n_response_tokens"
     assert methods_for(pair_score) == ["longest", "random", "margin_sum", "margin_mean", "loss_chosen", "loss_rejected",
                                        "len_diff", "rating_margin", "reward_chosen", "reward_rejected", "reward_margin",
-                                       "davir_chosen", "davir_rejected", "davir_margin"]
+                                       "davir_chosen", "davir_rejected", "davir_margin", "reward_margin_heldout",
+                                       "davir_margin_heldout"]
     assert "margin_sum" not in methods_for(SCORE_COLUMNS) and "davir" in methods_for(SCORE_COLUMNS)
     assert default_method(pair_learn) == "davir_margin" and default_method(pair_score) == "margin_sum"
     assert default_method(SCORE_COLUMNS) == "loss" and default_method(SCORE_COLUMNS + SYNTHETIC_LEARN_COLUMNS) == "davir"
@@ -121,9 +122,9 @@ def test_every_pair_score_has_its_producer_direction_and_length_caveat():
     pair_scores = [s for s in SCORES.values() if s.data == PAIRS]
     assert [s.name for s in pair_scores] == ["margin_sum", "margin_mean", "loss_chosen", "loss_rejected", "len_diff",
                                              "rating_margin", "reward_chosen", "reward_rejected", "reward_margin",
-                                             "davir_chosen", "davir_rejected", "davir_margin"]
-    assert all(s.column == s.name and s.order and ("long" in s.explanation or "length" in s.explanation)
-               for s in pair_scores)
+                                             "davir_chosen", "davir_rejected", "davir_margin", "reward_margin_heldout",
+                                             "davir_margin_heldout"]
+    assert all(s.column == s.name and s.order and "long" in s.explanation for s in pair_scores)
     assert SCORES["reward_margin"].order == SCORES["davir_margin"].order == "high"
     assert list(PAIR_COLUMNS) == ["margin_sum", "margin_mean", "loss_chosen", "loss_rejected", "len_diff"]
     assert list(PAIR_LEARN_COLUMNS) == ["reward_chosen", "reward_rejected", "reward_margin", "davir_chosen",

@@ -59,7 +59,8 @@ RESUMABLE_STATES = ("interrupted", "failed", "cancelled")
 KINDS = {
     "score": ("curation.runs.score", "ScoreConfig", "run_score", "assistant-token losses of a model over SFT data or preference pairs"),
     "learn": ("curation.runs.learn", "LearnConfig", "run_learn",
-              "train a reference model on the pool; DavIR, RHO, IFD, S2L scores"),
+              "train a reference model on the pool; DavIR, RHO, IFD, S2L scores (on preference pairs: a DPO "
+              "reference; reward and davir margins)"),
     "validate": ("curation.validation.validate", "ValidateConfig", "run_validate",
                  "fine-tune a proxy on each selection and on random baselines; compare held-out NLL"),
     "mix": ("curation.validation.mix", "MixConfig", "run_mix",

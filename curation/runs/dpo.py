@@ -48,6 +48,26 @@ DEFAULT_DPO_LR_LORA = 5e-5
 MAX_BETA = 1000.0
 
 
+def dpo_loss_option(scope: str = ""):
+    """The ``dpo_loss`` field of a config (DPOConfig's; the learn run's, ``scope`` saying where it applies)."""
+    return option("davir", f"{scope}DPO objective: davir (DavIR-DPO: each side's log-ratio divided by the base "
+                           "model's NLL of that response) or sigmoid (vanilla DPO)", choices=DPO_LOSSES)
+
+
+def beta_option(scope: str = ""):
+    """The ``beta`` field of a config (DPOConfig's; the learn run's, ``scope`` saying where it applies)."""
+    return option(0.1, f"{scope}DPO's beta: the strength of the pull towards the base model (reward = beta x "
+                       "log-ratio)")
+
+
+def check_dpo_settings(cfg) -> None:
+    """Refuse a config's ``dpo_loss`` or ``beta`` outside their range (one line)."""
+    if cfg.dpo_loss not in DPO_LOSSES:
+        raise ValueError(f"dpo-loss must be one of {', '.join(DPO_LOSSES)}, got {cfg.dpo_loss!r}")
+    if not (isinstance(cfg.beta, (int, float)) and 0 < cfg.beta <= MAX_BETA):
+        raise ValueError(f"beta must be a number in (0, {MAX_BETA:g}], got {cfg.beta!r}")
+
+
 @dataclass(kw_only=True)
 class DPOConfig(TrainConfig):
     """Settings of a DPO training (a pair learn run and a pair validation extend it): the
@@ -55,17 +75,12 @@ class DPOConfig(TrainConfig):
 
     lr: float | None = option(None, f"peak learning rate (default {DEFAULT_DPO_LR_FULL:g} full, "
                                     f"{DEFAULT_DPO_LR_LORA:g} LoRA: measured on the default model, README)")
-    dpo_loss: str = option("davir", "DPO objective: davir (DavIR-DPO: each side's log-ratio divided by the base "
-                                    "model's NLL of that response) or sigmoid (vanilla DPO)", choices=DPO_LOSSES)
-    beta: float = option(0.1, "DPO's beta: the strength of the pull towards the base model (reward = beta x "
-                              "log-ratio)")
+    dpo_loss: str = dpo_loss_option()
+    beta: float = beta_option()
 
     def __post_init__(self):
         super().__post_init__()
-        if self.dpo_loss not in DPO_LOSSES:
-            raise ValueError(f"dpo-loss must be one of {', '.join(DPO_LOSSES)}, got {self.dpo_loss!r}")
-        if not (isinstance(self.beta, (int, float)) and 0 < self.beta <= MAX_BETA):
-            raise ValueError(f"beta must be a number in (0, {MAX_BETA:g}], got {self.beta!r}")
+        check_dpo_settings(self)
 
     @property
     def peak_lr(self) -> float:

@@ -19,6 +19,9 @@ Formulas (L = mean NLL in nats over assistant tokens):
 ``s2l_cluster``  K-means cluster of the trajectory (S2L), :func:`s2l_clusters`
 ``davir_r{i}``  davir (likewise rho, loss_ref) with the i-th of N reference runs (``--stability-runs``);
                 ``davir_sd`` its spread across the runs per example
+``reward_x``    pairs (x = chosen, rejected; L summed over the response's tokens, logp = -L):
+                ``beta * (logp_trained - logp_base)``; ``davir_x`` = ``(L_base - L_trained) / L_base``;
+                ``*_margin`` = chosen's - rejected's (:func:`pair_learn_columns`)
 ==============  ================================================================================
 
 Rows with a missing loss (no assistant token survived truncation) get NaN scores and cluster -1.
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curation.scores import LEARN_COLUMNS, STABILITY_SCORES
+from curation.scores import LEARN_COLUMNS, PAIR_HELDOUT_COLUMNS, PAIR_LEARN_COLUMNS, STABILITY_SCORES
 
 # The trajectory's scores (the learn run's columns of the registry but ifd, which needs its own pass).
 DERIVED_COLUMNS = [c for c in LEARN_COLUMNS if c != "ifd"]
@@ -58,12 +61,41 @@ def derived_columns(trajectories: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def assign_folds(n: int, n_folds: int, seed: int) -> np.ndarray:
+    """Fold of each example (or pair): a seeded permutation dealt round-robin (sizes differ by at most 1)."""
+    perm = np.random.default_rng([seed, 1009]).permutation(n)
+    folds = np.empty(n, dtype=np.int64)
+    folds[perm] = np.arange(n) % n_folds
+    return folds
+
+
 def heldout_columns(loss_base: np.ndarray, loss_ref_heldout: np.ndarray) -> dict[str, np.ndarray]:
     """davir and rho with a held-out reference loss (a model that never trained on the example)."""
     base = np.asarray(loss_base, dtype=np.float64)
     ref = np.asarray(loss_ref_heldout, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return {"loss_ref_heldout": ref, "davir_heldout": (base - ref) / base, "rho_heldout": base - ref}
+
+
+def pair_learn_columns(base: dict[str, np.ndarray], trained: dict[str, np.ndarray], beta: float) -> dict:
+    """The pair learn run's columns (:data:`curation.scores.PAIR_LEARN_COLUMNS`, in order) from each
+    response's summed NLL (``L = -logp``) under the base and the trained model, ``{side: (n_pairs,)}``:
+    ``reward_x = beta * (logp_trained - logp_base) = beta * (L_base - L_trained)``,
+    ``davir_x = (L_base - L_trained) / L_base``, and each one's margin (chosen - rejected)."""
+    out = {}
+    for name, f in (("reward", lambda b, t: beta * (b - t)), ("davir", lambda b, t: (b - t) / b)):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for side in ("chosen", "rejected"):
+                out[f"{name}_{side}"] = f(np.asarray(base[side], np.float64), np.asarray(trained[side], np.float64))
+        out[f"{name}_margin"] = out[f"{name}_chosen"] - out[f"{name}_rejected"]
+    return {c: out[c] for c in PAIR_LEARN_COLUMNS}
+
+
+def pair_heldout_columns(base: dict[str, np.ndarray], heldout: dict[str, np.ndarray], beta: float) -> dict:
+    """``reward_margin_heldout, davir_margin_heldout``: the margins with each pair's summed NLLs
+    under the model trained without its fold (:func:`pair_learn_columns`)."""
+    cols = pair_learn_columns(base, heldout, beta)
+    return {c: cols[c.removesuffix("_heldout")] for c in PAIR_HELDOUT_COLUMNS}
 
 
 def ifd_score(full_ids: np.ndarray, full_losses: np.ndarray, alone_ids: np.ndarray,
@@ -225,11 +257,11 @@ def stability_summary(columns: dict, domains, runs: int, settings: list | None =
     return out
 
 
-def heldout_agreement(columns: dict, domains) -> dict:
-    """Per domain: how well the in-sample scores (reference trained on every example) rank like the
-    held-out ones (each example scored by a fold model that never saw it): ``--heldout-folds``'
-    stability figure."""
+def heldout_agreement(columns: dict, domains, scores=STABILITY_SCORES) -> dict:
+    """Per domain: how well the in-sample ``scores`` (reference trained on every example) rank like
+    their held-out ``{score}_heldout`` (each example scored by a fold model that never saw it):
+    ``--heldout-folds``' stability figure (a pair learn run's: its reward and davir margins)."""
     domains = np.asarray(domains)
     return {str(d): {s: rank_agreement(np.asarray(columns[s])[domains == d], np.asarray(columns[f"{s}_heldout"])[domains == d])
-                     for s in STABILITY_SCORES}
+                     for s in scores}
             for d in sorted(set(domains.tolist()))}

@@ -15,21 +15,26 @@ davir_heldout, rho_heldout`` with ``--heldout-folds``; + ``loss_ref_r1..rN, davi
 rho_r1..rN, davir_sd, rho_sd`` and ``stability.json`` with ``--stability-runs N``), reference token losses
 (``token_losses_ref``), ``train/`` (trajectory checkpoints and the resume state) and ``folds/``.
 
+On sources of preference pairs it is the pair learn run (:mod:`curation.runs.pair_learn`: a DPO
+reference, every pair scored under it); the settings that apply to one kind of data only are
+refused, in one line, for the other.
+
 Re-running the same command resumes: training continues from its last saved state, finished
 checkpoints are not retrained, and every scoring pass reads the score cache (:mod:`curation.scoring.passes`).
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from curation.config import check_at_most, check_positive, field_info, option, project, result_key
-from curation.progress import Progress, Reporter
+from curation.progress import Progress, Reporter, Timings
+from curation.runs.dpo import beta_option, check_dpo_settings, dpo_loss_option
+from curation.runs.formulas import assign_folds
+from curation.runs.pair_learn import PAIR_ONLY, refuse_unused_settings, run_pair_learn
 from curation.runs.steps import RunConfig
 from curation.runs.training import TrainConfig
 from curation.scores import HELDOUT_COLUMNS, LEARN_COLUMNS, stability_columns, trajectory_columns
@@ -51,6 +56,9 @@ class LearnConfig(TrainConfig, RunConfig):
                                     "and score each once, to show how stable the scores' rankings are")
     stability_vary: str | None = option(None, "a training setting the extra references vary, e.g. lr=2e-5,5e-5 "
                                               "(values used in turn)", metavar="SETTING=V1,V2")
+    # Preference pairs (runs/pair_learn.py): the reference is trained with DPO, not SFT.
+    dpo_loss: str = dpo_loss_option("preference pairs: ")
+    beta: float = beta_option("preference pairs: ")
 
     def __post_init__(self):
         RunConfig.__post_init__(self)
@@ -65,6 +73,7 @@ class LearnConfig(TrainConfig, RunConfig):
             if self.stability_runs < 2:
                 raise ValueError("stability-vary needs --stability-runs 2 or more")
             self.stability_settings()  # validates
+        check_dpo_settings(self)
 
     def stability_settings(self) -> list[TrainConfig]:
         """The training settings of the extra references 2..N: the main run's, with seed + r - 1
@@ -102,7 +111,7 @@ class LearnConfig(TrainConfig, RunConfig):
     def result_key(self) -> dict:
         """Settings that change results; an attached reference makes the training settings moot
         (except the seed, which still seeds K-means)."""
-        train_fields = {f.name for f in fields(TrainConfig)}
+        train_fields = {f.name for f in fields(TrainConfig)} | set(PAIR_ONLY)
         d = {k: v for k, v in result_key(self).items() if k not in train_fields}
         if self.reference is None or self.heldout_folds:
             d.update(self.train_config().result_key())
@@ -118,10 +127,14 @@ def run_learn(cfg: LearnConfig, progress: Progress | None = None) -> Path:
     """
     from curation.scoring.engine import open_engine
     from curation.data.load import RecordError
-    from curation.runs.steps import claim, load_inputs, tokenise, write_tables
+    from curation.runs.steps import claim, data_kind, load_inputs, tokenise, write_tables
     from curation.scoring.passes import PassSettings, score_pass
     from curation.data.templates import encode_response_only
 
+    kind = data_kind(cfg)
+    refuse_unused_settings(cfg, kind)
+    if kind == "pairs":  # a DPO reference, every pair scored under it (runs/pair_learn.py)
+        return run_pair_learn(cfg, progress)
     report, timings, K = Reporter(progress), Timings(), cfg.n_points
     with timings("load"):
         data, lm, template, max_length = load_inputs(cfg, report)
@@ -282,14 +295,6 @@ def stability_losses(cfg: LearnConfig, lm, ids, encoded, settings, folder: Path,
     return out
 
 
-def assign_folds(n: int, n_folds: int, seed: int) -> np.ndarray:
-    """Fold of each example: a seeded permutation dealt round-robin (sizes differ by at most 1)."""
-    perm = np.random.default_rng([seed, 1009]).permutation(n)
-    folds = np.empty(n, dtype=np.int64)
-    folds[perm] = np.arange(n) % n_folds
-    return folds
-
-
 def losses_of(rows: dict[str, dict], ids) -> np.ndarray:
     """Mean loss per example of a pass (NaN where the example kept no assistant token)."""
     n = np.array([rows[i]["n_tokens"] for i in ids], dtype=np.float64)
@@ -332,21 +337,3 @@ def arrow_columns(columns: dict[str, np.ndarray], clusters: np.ndarray) -> dict:
         out.update({c: f64(columns[c]) for c in HELDOUT_COLUMNS})
     out.update({c: f64(columns[c]) for c in stability_columns(columns)})
     return out
-
-
-class Timings:
-    """Wall time per stage of this session (``with timings("train"): ...``)."""
-
-    def __init__(self):
-        self.t0, self.s = time.time(), {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        t = time.time()
-        try:
-            yield
-        finally:
-            self.s[name] = self.s.get(name, 0.0) + time.time() - t
-
-    def total(self) -> dict[str, float]:
-        return {**{k: round(v, 2) for k, v in self.s.items()}, "total_session": round(time.time() - self.t0, 2)}

@@ -29,7 +29,7 @@ def run_pair_score(cfg, progress: Progress | None = None) -> Path:
     """Run (or finish) a score run on preference pairs (``cfg``: a
     :class:`curation.runs.score.ScoreConfig`) and return its folder.  ``progress`` counts pairs."""
     from curation.scoring.engine import open_engine
-    from curation.scoring.passes import PassSettings, score_pass
+    from curation.scoring.passes import PassSettings
 
     t0 = time.time()
     report = Reporter(progress)
@@ -40,22 +40,33 @@ def run_pair_score(cfg, progress: Progress | None = None) -> Path:
     pairs, encoded, n_tokens, rejected = encode_pairs(data, lm.tokenizer, template, max_length)
     table = pair_example_table(pairs, encoded, n_tokens)
     run.write_examples(table)
-    ids, groups = pass_rows(pairs)
     t_loaded = time.time()
 
     with open_engine(cfg) as settings.engine:
-        rows = score_pass(lm.source(), lm.fingerprint, ids, [encoded[i] for i in ids], settings, report, "scoring",
-                          embed=("prompt_rds",), groups=groups, unit="pairs")
+        rows = score_pairs_with(lm.source(), lm.fingerprint, pairs, encoded, settings, report, "scoring",
+                                embed=("prompt_rds",))
 
     report(phase="writing tables", done=len(pairs), total=len(pairs))
-    run.write_results(pair_score_table(table, rows), pair_token_table(table, encoded, rows), rejected)
-    run.write_embeddings([p.pair_id for p in pairs], {p.pair_id: rows[p.sft_id("chosen")] for p in pairs},
-                         files={Run.EMBEDDINGS: "prompt_rds"})
+    write_pair_tables(run, pairs, table, encoded, rows, rejected)
     meta["timings_s"] = {"load": round(t_loaded - t0, 2), "score": round(time.time() - t_loaded, 2),
                          "total": round(time.time() - t0, 2)}
     run.finish(meta)
     report(phase="done", done=len(pairs), total=len(pairs))
     return run.path
+
+
+def write_pair_tables(run: Run, pairs, table, encoded: dict, rows: dict[str, dict], rejected: list[dict],
+                      ref_rows: dict[str, dict] | None = None, extra_columns: dict | None = None):
+    """A pair run's tables from its base pass ``rows``: scores.parquet (+ ``extra_columns``, Arrow
+    arrays in pair order), token_losses.parquet (+ ``token_losses_ref`` from ``ref_rows``),
+    rejected.jsonl and the prompts' embeddings.  Returns the scores table."""
+    scores = pair_score_table(table, rows)
+    for name, array in (extra_columns or {}).items():
+        scores = scores.append_column(name, array)
+    run.write_results(scores, pair_token_table(table, encoded, rows, ref_rows), rejected)
+    run.write_embeddings([p.pair_id for p in pairs], {p.pair_id: rows[p.sft_id("chosen")] for p in pairs},
+                         files={Run.EMBEDDINGS: "prompt_rds"})
+    return scores
 
 
 def encode_pairs(data, tokenizer, template, max_length: int):
@@ -92,6 +103,20 @@ def encode_pairs(data, tokenizer, template, max_length: int):
         else:
             rejected.append(asdict(Rejected(pair.source, pair.source_index, None, why, pair.pair_id)))
     return kept, encoded, n_tokens, rejected
+
+
+def score_pairs_with(model, fingerprint: str, pairs, encoded: dict, settings, report, phase: str,
+                     embed: tuple[str, ...] = ()) -> dict[str, dict]:
+    """The pair pass of ``pairs`` under ``model`` (a :class:`curation.scoring.models.ModelSource`
+    whose weights ``fingerprint`` names: the base model, a trained reference or proxy): each pair's
+    two responses as one batch (the prompt once), through the score cache (``settings``, a
+    :class:`curation.scoring.passes.PassSettings`), so a resumed pass scores only what is missing.
+    ``encoded``: each response id's encoding (:func:`encode_pairs`).  Returns ``{response id: row}``."""
+    from curation.scoring.passes import score_pass
+
+    ids, groups = pass_rows(pairs)
+    return score_pass(model, fingerprint, ids, [encoded[i] for i in ids], settings, report, phase, embed=embed,
+                      groups=groups, unit="pairs")
 
 
 def pass_rows(pairs) -> tuple[list[str], list[list[int]]]:

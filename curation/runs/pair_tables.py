@@ -17,6 +17,8 @@ minus their summed NLL (:func:`response_loss`); for a one-turn prompt that is th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from curation.data.pair_formats import SIDES
@@ -96,13 +98,14 @@ def pair_score_table(examples, rows: dict[str, dict]):
     return pa.table(cols)
 
 
-def pair_token_table(examples, encoded: dict, rows: dict[str, dict]):
+def pair_token_table(examples, encoded: dict, rows: dict[str, dict], ref_rows: dict[str, dict] | None = None):
     """token_losses.parquet of a pair run: per pair, its chosen then its rejected response's
-    positions, token ids and float16 losses (the response's own tokens, PAIR_TOKEN_COLUMNS)."""
+    positions, token ids and float16 losses (the response's own tokens, PAIR_TOKEN_COLUMNS), and
+    with ``ref_rows`` (a pair learn run's pass under its reference) ``token_losses_ref``."""
     import pyarrow as pa
 
     ex = examples.to_pydict()
-    out = {c: [] for c in PAIR_TOKEN_COLUMNS}
+    out = {c: [] for c in PAIR_TOKEN_COLUMNS + (["token_losses_ref"] if ref_rows is not None else [])}
     for k, pid in enumerate(ex["pair_id"]):
         for s in SIDES:
             rid, n = ex[f"{s}_id"][k], ex[f"n_{s}_tokens"][k]
@@ -113,10 +116,11 @@ def pair_token_table(examples, encoded: dict, rows: dict[str, dict]):
             out["side"].append(s)
             out["positions"].append(pos.tolist())
             out["token_ids"].append(encoded[rid].input_ids[pos].tolist())
-            out["token_losses"].append(np.asarray(row["token_losses"][len(row["token_losses"]) - n:],
-                                                  np.float16).tolist())
+            for col, r in (("token_losses", row), ("token_losses_ref", (ref_rows or {}).get(rid))):
+                if col in out:
+                    out[col].append(np.asarray(r["token_losses"][len(r["token_losses"]) - n:], np.float16).tolist())
     types = {"positions": pa.list_(pa.int32()), "token_ids": pa.list_(pa.int32()),
-             "token_losses": pa.list_(pa.float16())}
+             "token_losses": pa.list_(pa.float16()), "token_losses_ref": pa.list_(pa.float16())}
     return pa.table({c: pa.array(v, types.get(c, pa.string())) for c, v in out.items()})
 
 
@@ -131,3 +135,26 @@ def with_generic_columns(df):
     if "n_response_tokens" not in df.columns and {"n_chosen_tokens", "n_rejected_tokens"} <= set(df.columns):
         df["n_response_tokens"] = (df["n_chosen_tokens"].astype("int64") + df["n_rejected_tokens"].astype("int64"))
     return df
+
+
+# A pair learn run's DPO training curve, one row per optimizer step (``step, loss, reward_accuracy,
+# reward_chosen, reward_rejected, reward_margin[, davir_margin], lr, tokens``: means over the step's
+# pairs), beside train/train.json, for the Explore page to plot.
+TRAIN_CURVE = "train_curve.parquet"
+
+
+def write_train_curve(folder, loss_curve: list[dict]) -> None:
+    """``train_curve.parquet`` of a run folder from a training's loss curve (atomically)."""
+    import pandas as pd
+
+    from curation.atomic import write_parquet
+
+    write_parquet(Path(folder) / TRAIN_CURVE, pd.DataFrame(loss_curve))
+
+
+def read_train_curve(folder):
+    """A run's DPO training curve (a DataFrame, one row per step), or None when it has none."""
+    import pandas as pd
+
+    p = Path(folder) / TRAIN_CURVE
+    return pd.read_parquet(p) if p.is_file() else None

@@ -114,10 +114,11 @@ def load_inputs(cfg: RunConfig, report, kind: str | None = None):
     return data, lm, template, max_length
 
 
-def claim(kind: str, cfg, data, lm, template, settings, reference=None, extra: dict | None = None):
+def claim(kind: str, cfg, data, lm, template, settings, reference=None, extra: dict | None = None,
+          key: dict | None = None):
     """The run's provenance and its folder, claimed (refused if it holds another run).
 
-    ``settings`` (a :class:`curation.scoring.passes.PassSettings`) names the base model's pass, from
+    ``key``: the settings that change results (default: ``cfg.result_key()``).  ``settings`` (a :class:`curation.scoring.passes.PassSettings`) names the base model's pass, from
     which :meth:`Run.scores` reads the rows committed so far while the run is in progress."""
     sources = source_entries(data.sources)
     meta = {
@@ -129,7 +130,9 @@ def claim(kind: str, cfg, data, lm, template, settings, reference=None, extra: d
         "host": {"python": platform.python_version(), "machine": platform.machine()},
         **(extra or {}),
     }
-    key_settings = {**(cfg.result_key() if hasattr(cfg, "result_key") else result_key(cfg)),
+    if key is None:
+        key = cfg.result_key() if hasattr(cfg, "result_key") else result_key(cfg)
+    key_settings = {**key,
                     "max_length": settings.max_length}  # resolved: the default, capped by the model
     meta["run_key"] = run_key(kind, key_settings, meta["model"], meta["template"], sources,
                               reference.describe() if reference is not None else None)

@@ -9,7 +9,8 @@ import pandas as pd
 
 from curation.views.aggregate import correlation
 
-MARGINS = ("margin_sum", "margin_mean", "reward_margin", "davir_margin")  # the implicit margins a run may have
+MARGINS = ("margin_sum", "margin_mean", "reward_margin", "davir_margin", "reward_margin_heldout",
+           "davir_margin_heldout")  # the implicit margins a run may have (the held-out ones with --heldout-folds)
 
 
 def margin_columns(df: pd.DataFrame) -> list[str]:
