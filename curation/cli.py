@@ -183,8 +183,13 @@ def validate_summary(out) -> None:
     from curation.validation.verdicts import comparison_line
 
     rep = Validation(out).report()
-    for c in rep["statistics"]["token"]["comparisons"]:
-        print(comparison_line(c))
+    by_measure = rep["statistics"].get("pairs")  # a pair validation: every judged measure, the primary first
+    for c in ([c for st in by_measure.values() for c in st["comparisons"]] if by_measure
+              else rep["statistics"]["token"]["comparisons"]):
+        print(f"{c['measure']}: {comparison_line(c)}" if by_measure else comparison_line(c))
+    for r in (rep.get("pairs") or {}).get("length_correlation", []):
+        print(f"{r['candidate']}: Pearson(reward margin, length difference) = {r['pearson']:+.3f} "
+              f"[{r['lo']:+.3f}, {r['hi']:+.3f}] over {r['n_pairs']} eval pairs and {r['n_seeds']} seed(s)")
     for note in rep.get("notes", []):
         print(f"note: {note}")
     print(f"wrote {out}/report.md, {out}/report.json, {out}/results.parquet, {out}/curves.parquet "

@@ -88,23 +88,31 @@ except ValueError as e:  # the reader says what is wrong with it; the other vali
     st.error(f"{e}. Pick another validation above.")
     st.stop()
 stats = rep["statistics"]["token"]
+by_measure = rep["statistics"].get("pairs")  # a pair validation: one report per measure
+if by_measure:
+    name = st.radio("Measure", list(by_measure), horizontal=True, key="val_measure",
+                    help="reward_accuracy is the primary measure (seeds until decided stop on it); rejected_nll is "
+                         "reported, not judged.")
+    stats = by_measure[name]
+unit = (stats.get("measure") or {}).get("unit", "nats")
+better = "lower" if stats.get("lower_is_better", True) else "higher"
 seeds_used = (f"seeds until decided (at most {rep['config'].get('max_seeds')})" if rep["config"]["seeds"] == "auto"
               else f"{rep['config']['seeds']} seeds")
 st.caption(f"{', '.join(s['name'] for s in rep['selections'])} · proxy `{rep['model']['spec']}` · "
-           f"{rep['config']['epochs']} epochs · {seeds_used} · {stats['metric_text']} (lower is better)")
+           f"{rep['config']['epochs']} epochs · {seeds_used} · {stats['metric_text']} ({better} is better)")
 
 st.markdown("**Verdicts**")
 for note in rep.get("notes", []):  # a baseline drawn again, or one that could not be compared
     st.warning(note)
 verdicts = pd.DataFrame([{
     "candidate": c["candidate"], "against": c["baseline"], "domain": c["domain"], "verdict": c["verdict"],
-    "in words": c["verdict_text"], "difference (nats)": round(c["diff"], 4),
+    "in words": c["verdict_text"], f"difference ({unit})": round(c["diff"], 4),
     "interval": f"[{c['lo']:+.4f}, {c['hi']:+.4f}] ({c.get('level', 0.95):.1%})",
     "could detect": None if c.get("detectable") is None else round(c["detectable"], 4),
     "seeds": c.get("decided_at") or min(c["n_seeds_candidate"], c["n_seeds_baseline"]),
     "trainings": (c.get("cost") or {}).get("trainings"),
     "training time": format_duration((c.get("cost") or {}).get("seconds")) if c.get("cost") else "",
-    "candidate NLL": round(c["candidate_mean"], 4), "baseline NLL": round(c["baseline_mean"], 4),
+    "candidate": round(c["candidate_mean"], 4), "baseline": round(c["baseline_mean"], 4),
 } for c in stats["comparisons"]])
 st.dataframe(verdicts, hide_index=True, width="stretch")
 margin = stats.get("margin") or {}
@@ -118,14 +126,22 @@ st.caption("A negative difference means the candidate's model predicts the held-
            "seeds until decided, each comparison's verdict, seeds, trainings and time are those of the look that "
            "decided it.")
 
+if by_measure:
+    corr = pd.DataFrame(rep["pairs"]["length_correlation"])
+    st.markdown("**Length bias**: Pearson(reward margin, chosen - rejected tokens) over the eval pairs, per "
+                "trained candidate (mean over seeds, 95% bootstrap interval over pairs and seeds); DavIR-DPO is "
+                "said to lower it (0.38 -> 0.07).")
+    st.dataframe(corr.round(3), hide_index=True, width="stretch")
+
 rows = pd.DataFrame(stats["rows"])
 left, right = st.columns(2)
 with left:
     fig = px.bar(rows, x="domain", y="mean", color="candidate", barmode="group", error_y="sd",
-                 labels={"mean": "held-out NLL (nats)"})
+                 labels={"mean": f"{stats['metric_text'][:40]} ({unit})"})
     lo = float((rows["mean"] - rows["sd"].fillna(0)).min())
-    fig.update_yaxes(range=[lo * 0.98, float((rows["mean"] + rows["sd"].fillna(0)).max()) * 1.01])
-    fig.update_layout(height=360, margin=dict(t=30, b=10), title="Held-out NLL (error bars: sd over seeds)")
+    if not by_measure:  # NLLs: positive, close together
+        fig.update_yaxes(range=[lo * 0.98, float((rows["mean"] + rows["sd"].fillna(0)).max()) * 1.01])
+    fig.update_layout(height=360, margin=dict(t=30, b=10), title="Per candidate (error bars: sd over seeds)")
     st.plotly_chart(fig, width="stretch")
 with right:
     comp = pd.DataFrame(stats["comparisons"])
@@ -139,7 +155,7 @@ with right:
         fig.add_hline(y=0, line_dash="dash", line_color="grey")
         fig.update_layout(height=360, margin=dict(t=30, b=10), title="Difference vs baseline with 95% interval",
                           scattermode="group",  # side by side within a domain, not drawn over each other
-                          yaxis_title="nats (negative = candidate better)")
+                          yaxis_title=f"{unit} ({'negative' if better == 'lower' else 'positive'} = candidate better)")
         st.plotly_chart(fig, width="stretch")
 
 st.markdown("**Length: what the selection picked**")
