@@ -188,8 +188,9 @@ def validate_summary(out) -> None:
               else rep["statistics"]["token"]["comparisons"]):
         print(f"{c['measure']}: {comparison_line(c)}" if by_measure else comparison_line(c))
     for r in (rep.get("pairs") or {}).get("length_correlation", []):
-        print(f"{r['candidate']}: Pearson(reward margin, length difference) = {r['pearson']:+.3f} "
-              f"[{r['lo']:+.3f}, {r['hi']:+.3f}] over {r['n_pairs']} eval pairs and {r['n_seeds']} seed(s)")
+        num = lambda v: "n/a" if v is None else f"{v:+.3f}"  # noqa: E731
+        print(f"{r['candidate']}: Pearson(reward margin, length difference) = {num(r['pearson'])} "
+              f"[{num(r['lo'])}, {num(r['hi'])}] over {r['n_pairs']} eval pairs and {r['n_seeds']} seed(s)")
     for note in rep.get("notes", []):
         print(f"note: {note}")
     print(f"wrote {out}/report.md, {out}/report.json, {out}/results.parquet, {out}/curves.parquet "

@@ -24,6 +24,8 @@ st.caption("Scores rank examples; only training shows whether the ranking helps.
 ws = workspace()
 sels = list_folders(selections_dir(ws), "summary.json")
 evals = list_data_files(ws, folder="eval")
+# held-out preference pairs, for a selection of a pair run (labelled by folder: the eval sets keep their names)
+pair_evals = {f"pairs-eval/{p.name}": p for p in list_data_files(ws, folder="pairs-eval")}
 
 with st.form("validate"):
     st.subheader("New validation")
@@ -36,8 +38,10 @@ with st.form("validate"):
                                     "(fair when a score prefers short or long answers); longest: the longest responses; "
                                     "full: the whole eligible pool, once (the ceiling); natural: as many examples at the "
                                     "pool's domain proportions (judges a mix, e.g. one a Mix study recommended).")
-    ev = st.multiselect("Held-out eval sets", [p.name for p in evals], default=[p.name for p in evals],
-                        help="Files in WORKSPACE/eval (make setup writes the default pool's); the file name is the domain.")
+    ev = st.multiselect("Held-out eval sets", [p.name for p in evals] + list(pair_evals),
+                        default=[p.name for p in evals],
+                        help="Files in WORKSPACE/eval (make setup writes the default pool's); the file name is the domain. "
+                             "A selection of preference pairs is evaluated on held-out pairs: WORKSPACE/pairs-eval.")
     c1, c2, c3, c4 = st.columns(4)
     seeds = c1.selectbox("Seeds", ["auto", "3", "5", "8"], index=1, help=field_info(ValidateConfig, "seeds")["help"])
     max_seeds = config_input(ValidateConfig, "max_seeds", "Most seeds (auto)", c2, min_value=3, max_value=20)
@@ -48,10 +52,15 @@ with st.form("validate"):
     objective = config_input(ValidateConfig, "objective", "Objective over the domains", c5)
     draws = config_input(ValidateConfig, "draws", "Random selections' draws", c6)
     lora = config_input(ValidateConfig, "lora", "LoRA instead of full fine-tuning", c7)
+    c8, c9 = st.columns(2)
+    dpo_loss = c8.multiselect("DPO objective(s), pairs", ["davir", "sigmoid"], default=["davir"],
+                              help=field_info(ValidateConfig, "dpo_loss")["help"])
+    beta = config_input(ValidateConfig, "beta", "DPO beta, pairs", c9, min_value=0.001, max_value=1000.0,
+                        format="%.3f")
     st.caption("Every candidate trains once per seed from the same model with the same settings, then each trained "
                "model is scored on the eval sets; on a CPU this takes a while (the job shows its progress and ETA; "
                "the README's benchmark gives measured times). Finished (candidate, seed) trainings survive a stop.")
-    go_clicked = st.form_submit_button("Start validation", type="primary", disabled=not (sels and evals))
+    go_clicked = st.form_submit_button("Start validation", type="primary", disabled=not (sels and (evals or pair_evals)))
 if not sels:
     st.info("No saved selection yet: make one on the **Select** page.")
 if not evals:
@@ -64,7 +73,8 @@ if go_clicked:
             raise ValueError("choose at least one selection")
         out = validations_dir(ws) / new_folder_name("validate-" + "-".join(chosen)[:60])
         cfg = ValidateConfig(selections=[str(selections_dir(ws) / n) for n in chosen], out=str(out),
-                             eval=eval_files(ws / "eval" / n for n in ev), baselines=",".join(baselines),
+                             eval=eval_files(pair_evals[n] if n in pair_evals else ws / "eval" / n for n in ev),
+                             baselines=",".join(baselines), dpo_loss=",".join(dpo_loss) or "davir", beta=float(beta),
                              seeds=seeds, max_seeds=int(max_seeds), margin=float(margin), draws=str(draws),
                              epochs=int(epochs), lora=bool(lora), objective=str(objective))
         job = jobs.submit("validate", cfg, workspace=ws)

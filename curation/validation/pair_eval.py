@@ -114,20 +114,26 @@ def pair_statistics(results: pd.DataFrame, plan, pairs: list[tuple[str, str]], b
 def length_correlation(metric_rows: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """Per trained candidate: the Pearson correlation over eval pairs between its models' reward
     margin and the pairs' length difference, the mean over its seeds, with a 95% percentile
-    interval from a bootstrap over eval pairs and seeds (both resampled with replacement)."""
+    interval from a bootstrap over eval pairs and seeds (both resampled with replacement); None
+    where it is not defined (a constant length difference, or margin)."""
+    import warnings
+
     out = []
     for cand, g in metric_rows[metric_rows["candidate"] != BASE].groupby("candidate", sort=True):
         rng = np.random.default_rng([seed, 7])  # every candidate the same resamples (the same shape)
         m = g.pivot(index="seed", columns="example_id", values="reward_margin")
         x = g.drop_duplicates("example_id").set_index("example_id").loc[m.columns, "len_diff"].to_numpy(float)
         y = m.to_numpy(float)  # [seeds, pairs]
-        r = float(np.mean(pearson(y, x[None, :])))
         k, n = y.shape
         pick_s, pick_e = rng.integers(0, k, size=(n_boot, k)), rng.integers(0, n, size=(n_boot, n))
-        boot = np.array([np.nanmean(pearson(y[s][:, e], x[e][None, :])) for s, e in zip(pick_s, pick_e)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a resample of constant lengths has no correlation: left out
+            r = float(np.mean(pearson(y, x[None, :])))
+            boot = np.array([np.nanmean(pearson(y[s][:, e], x[e][None, :])) for s, e in zip(pick_s, pick_e)])
         lo, hi = np.nanpercentile(boot, [2.5, 97.5]) if np.isfinite(boot).any() else (np.nan, np.nan)
-        out.append({"candidate": cand, "pearson": r, "lo": float(lo), "hi": float(hi), "n_pairs": int(n),
-                    "n_seeds": int(k)})
+        out.append({"candidate": cand, **{k_: (float(v) if np.isfinite(v) else None)
+                                          for k_, v in (("pearson", r), ("lo", lo), ("hi", hi))},
+                    "n_pairs": int(n), "n_seeds": int(k)})
     return out
 
 
@@ -139,7 +145,7 @@ def pearson(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     import scipy.stats
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a constant row: NaN, said by the report's n/a
+        warnings.simplefilter("ignore")  # a constant row: NaN (the report says n/a)
         return scipy.stats.pearsonr(y, np.broadcast_to(x, y.shape), axis=1).statistic
 
 
@@ -177,6 +183,7 @@ def pair_markdown(rep: dict) -> str:
         lines.append(f"| {cand} | {dom} | " + " | ".join(v.get(n, "") for n in MEASURES) + " |")
     lines += ["", "## Length bias: Pearson(reward margin, chosen - rejected tokens) over eval pairs", "",
               "| candidate | Pearson r | 95% interval (pairs and seeds) |", "|---|---|---|"]
+    num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rep["pairs"]["length_correlation"]:
-        lines.append(f"| {r['candidate']} | {r['pearson']:.3f} | [{r['lo']:.3f}, {r['hi']:.3f}] |")
+        lines.append(f"| {r['candidate']} | {num(r['pearson'])} | [{num(r['lo'])}, {num(r['hi'])}] |")
     return "\n".join(lines) + "\n"
