@@ -200,16 +200,8 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     if recheck:
         report(phase="checking contamination")
         check_contamination(run, candidates, cfg.eval, cfg.ngram)
-    objective = parse_objective(cfg.objective, sorted(cfg.eval))
-    analysis = {"seed": cfg.seed, "objective": objective, "margin": cfg.margin, "objective_margin": cfg.objective_margin}
     compared = comparison_pairs(candidates) + compared
-
-    def look(results) -> dict:
-        """The report --seeds auto stops on: held-out NLL, or a pair validation's primary measure."""
-        if pairs:
-            return pair_statistics(results, plan, compared, cfg.beta, cfg.margin, cfg.accuracy_margin,
-                                   seed=cfg.seed, objective=objective)[PRIMARY]
-        return sequential_report(results, plan, pairs=compared, **analysis)
+    look = lambda results, metrics=("token",): statistics(results, cfg, compared, pairs, metrics)  # noqa: E731
 
     def rounds(study):
         """The first look's seeds; then, with --seeds auto, one more seed for the candidates of every
@@ -218,7 +210,7 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
         n = plan.looks[0]
         while plan.auto and n < plan.max_seeds:
             results, _ = study.assemble()
-            rep = look(results)
+            rep = look(results)["token"]  # held-out NLL, or a pair validation's primary measure
             arms = {c[k] for c in undecided(rep) for k in ("candidate", "baseline")}
             if not arms:
                 return
@@ -235,13 +227,7 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     study = run_study(cfg, "validate", key, settings, identity, run, meta, table, rounds, report)
     n_trainings = len(study.parts)
     report(phase="statistics", done=n_trainings, total=n_trainings)
-    if pairs:
-        by_measure = pair_statistics(study.results, plan, compared, cfg.beta, cfg.margin, cfg.accuracy_margin,
-                                     seed=cfg.seed, objective=objective)
-        stats = {"token": by_measure[PRIMARY], "pairs": by_measure}  # "token": what the SFT readers show first
-    else:
-        stats = {m: sequential_report(study.results, plan, metric=m, pairs=compared, **analysis)
-                 for m in ("token", "example")}
+    stats = look(study.results, ("token", "example"))
     for st in (stats["pairs"].values() if pairs else stats.values()):
         add_costs(st["comparisons"], candidates, study)
     lm, template = study.proxy.lm, study.proxy.template
@@ -263,6 +249,21 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     study.write(rep, report_markdown(rep))
     report(phase="done", done=n_trainings, total=n_trainings)
     return study.out
+
+
+def statistics(results, cfg: ValidateConfig, compared: list[tuple[str, str]], pairs: bool,
+               metrics: tuple[str, ...] = ("token", "example")) -> dict:
+    """The comparisons' reports at every look (:func:`curation.validation.sequential.sequential_report`):
+    held-out NLL per ``metrics`` (token-weighted, example mean), or for a pair validation every
+    measure of :mod:`curation.validation.pair_eval` under ``pairs`` with the primary one as ``token``
+    (what the stopping rule and the SFT readers look at first)."""
+    plan, objective = cfg.seed_plan(), parse_objective(cfg.objective, sorted(cfg.eval))
+    if pairs:
+        by_measure = pair_statistics(results, plan, compared, cfg.beta, cfg.margin, cfg.accuracy_margin,
+                                     seed=cfg.seed, objective=objective)
+        return {"token": by_measure[PRIMARY], "pairs": by_measure}
+    return {m: sequential_report(results, plan, metric=m, pairs=compared, seed=cfg.seed, objective=objective,
+                                 margin=cfg.margin, objective_margin=cfg.objective_margin) for m in metrics}
 
 
 def with_objectives(candidates: list, losses: list[str]) -> tuple[list, list[tuple[str, str]]]:
