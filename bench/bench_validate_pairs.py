@@ -114,6 +114,7 @@ def speed(run: Path, args) -> dict:
 
 
 def main() -> None:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="a finished pair run of the default pairs (a pair learn run adds reward_margin and "
                                   "davir_margin); default: score the pairs now")
@@ -126,7 +127,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip", default="", help=f"steps to leave out: {', '.join(STEPS)}")
     ap.add_argument("--workspace", default=str(OUT / "ws"), help="where the default pairs are written")
+    ap.add_argument("--out", default=str(OUT), help="the results folder")
     args = ap.parse_args()
+    OUT = Path(args.out)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
     from curation.data.default_data import prepare_default_data
