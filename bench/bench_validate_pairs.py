@@ -82,7 +82,7 @@ def canaries(args) -> dict:
     pool = plant(CanaryConfig(sources=[f"math={args.ws / 'pairs' / 'math.jsonl'}"], out=str(OUT / "canary-pool"),
                               rate=0.2, limit=args.limit))
     src = json.loads((pool / "canary.json").read_text())["learn_with"].split()[4:]
-    run = run_score(ScoreConfig(sources=src, out=str(OUT / "canary-run"), **engine(args)))
+    run = run_score(ScoreConfig(sources=src, out=str(OUT / "canary-run"), max_length=args.max_length, **engine(args)))
     rep = canary_report(Run(run).scores(), truth_for(Run(run).provenance()))
     return {"pairs": rep["examples"], "swapped": rep["corrupted"],
             "auroc": {name: a["all"] for name, a in rep["auroc"].items()}}
@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="the first N pairs only (a quick check)")
+    ap.add_argument("--max-length", type=int, default=1024, help="tokens per response row when the pairs are scored "
+                                                                   "here (the issue's peak RSS bound is at 1024)")
     ap.add_argument("--eval-limit", type=int, default=None, help="the first N eval pairs only (a quick check)")
     ap.add_argument("--engine", default="local", choices=("local", "ray"))
     ap.add_argument("--workers", type=int, default=2)
@@ -151,7 +153,7 @@ def main() -> None:
     t0 = time.time()
     run = Path(args.run) if args.run else run_score(ScoreConfig(
         sources=[f"math={args.ws / 'pairs' / 'math.jsonl'}"], out=str(OUT / "pair-run"), limit=args.limit,
-        **engine(args)))
+        max_length=args.max_length, **engine(args)))
     out["run"], out["score_seconds"] = str(run), round(time.time() - t0, 1)
     columns = set(Run(run).scores().columns)
     wanted = [("reward_margin", None), ("reward_margin", "low"), ("davir_margin", None), ("margin_mean", None)]
