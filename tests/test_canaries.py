@@ -77,3 +77,36 @@ def test_a_truth_that_does_not_cover_the_run_is_said_never_used_silently(tmp_pat
     s = Selection(select_run(run, Recipe(method="random", budget="10", decisions="none"), tmp_path / "s2")).summary()
     assert "canaries" not in s and any(f"covers none of its {n} examples" in w for w in s["warnings"])
     assert canary_report(pd.DataFrame({"example_id": ["a"], "domain": ["x"]}), pd.Series({"b": "clean"}))["warning"]
+
+
+def test_each_pair_score_has_its_auroc_at_finding_swapped_pairs_in_the_selection_summary(tmp_path, tiny_model_dir):
+    """A pair score run over a canary pool of swapped pairs: the truth beside its sources maps its
+    pair ids, every ranking pair score of the registry gets its AUROC (overall, per domain), and a
+    pair selection's summary counts the swapped pairs it holds, as for SFT canaries."""
+    from curation.runs.folder import Run
+    from curation.runs.score import ScoreConfig, run_score
+    from curation.selection.folder import Selection, select_run
+    from curation.selection.recipe import Recipe
+    from tests.synthetic import write_pair_sources
+
+    src = write_pair_sources(tmp_path / "pool", n_chat=20, n_math=20)
+    out = plant(CanaryConfig(sources=src, out=str(tmp_path / "c"), rate=0.2))
+    pool_src = json.loads((out / "canary.json").read_text())["learn_with"].split()[4:]
+    run = run_score(ScoreConfig(sources=pool_src, out=str(tmp_path / "run"), model=str(tiny_model_dir),
+                                max_length=128, cache=str(tmp_path / "cache")))
+    truth = truth_for(Run(run).provenance())
+    table = Run(run).scores()
+    assert set(truth.index) == set(table["example_id"]) and (truth == "swapped").sum() == 8
+    rep = canary_report(table, truth)
+    assert rep["by_kind"] == {"swapped": 8} and rep["covered"] == 40
+    for name in ("margin_sum", "margin_mean", "loss_chosen", "loss_rejected", "len_diff"):
+        a = rep["auroc"][name]
+        assert 0.0 <= a["all"] <= 1.0 and set(a["by_domain"]) == {"chat", "math"}, name
+    # by hand for one score: P(a clean pair is kept before a swapped one), margin_mean kept low
+    bad = table["example_id"].map(truth).eq("swapped").to_numpy()
+    v = -table["margin_mean"].to_numpy()
+    want = np.mean([(c > b) + 0.5 * (c == b) for c in v[~bad] for b in v[bad]])
+    assert rep["auroc"]["margin_mean"]["all"] == pytest.approx(want)
+    summary = Selection(select_run(run, Recipe("margin_sum", budget="10"), tmp_path / "sel")).summary()
+    c = summary["canaries"]
+    assert c["selection"]["selected"] == 10 and "margin_sum" in c["auroc"]

@@ -142,3 +142,33 @@ def test_a_source_whose_rows_all_duplicate_another_gets_no_empty_copy_nor_a_plac
     learn_sources = m["learn_with"].split()[4:]  # python -m curation learn DOMAIN=PATH ...
     assert learn_sources and all(load_sources([parse_source_arg(s)]).examples for s in learn_sources)
     assert "again" not in out.split("score it:")[1]
+
+
+def test_a_pair_pool_gets_chosen_and_rejected_swapped_and_the_truth_maps_the_new_pair_ids(tmp_path):
+    """``canary`` on preference pairs: 20% of each domain's pairs with chosen and rejected exchanged
+    (ratings kept in their places), every pair written as a TRL row that loads back; a swapped
+    pair's id is another (ids are order-sensitive) and the truth is keyed by it, with the original."""
+    from curation.data.load import parse_source_arg
+    from curation.data.pairs import load_pairs
+    from tests.synthetic import write_pair_sources
+
+    src = write_pair_sources(tmp_path / "pool", n_chat=20, n_math=15)
+    before = {p.pair_id: p for p in load_pairs([parse_source_arg(s) for s in src]).pairs}
+    out = plant(CanaryConfig(sources=src, out=str(tmp_path / "c"), rate=0.2, seed=3))
+    m = json.loads((out / "canary.json").read_text())
+    assert m["kinds"] == ["swapped"] and m["data"] == "pairs"
+    assert {d: (c["examples"], c["swapped"]) for d, c in m["counts"].items()} == {"chat": (20, 4), "math": (15, 3)}
+    truth = read_truth(out)
+    after = {p.pair_id: p for p in load_pairs([parse_source_arg(s) for s in m["learn_with"].split()[4:]]).pairs}
+    assert set(after) == set(truth["example_id"]) and len(after) == len(before)
+    for t in truth.itertuples():
+        old, new = before[t.original_example_id], after[t.example_id]
+        assert new.prompt == old.prompt and new.rating_chosen == old.rating_chosen
+        if t.kind == "swapped":
+            assert (new.chosen, new.rejected) == (old.rejected, old.chosen) and t.example_id != t.original_example_id
+        else:
+            assert t.kind == "clean" and t.example_id == t.original_example_id
+    again = plant(CanaryConfig(sources=src, out=str(tmp_path / "c2"), rate=0.2, seed=3))
+    assert read_truth(again).equals(truth)  # seeded
+    with pytest.raises(ValueError, match="one kind planted in pairs is swapped"):
+        plant(CanaryConfig(sources=src, out=str(tmp_path / "c3"), kinds="truncate"))

@@ -150,3 +150,22 @@ def test_the_select_page_shows_the_evidence_for_the_choice(scored, monkeypatch):
     text = " ".join(m.value for m in at.markdown)
     assert "davir \\(highest\\), 50%: validated on this run \\(validate-fixture, 2 seeds" in text
     assert at.button(key="sel_open_evidence").label == "Open validate-fixture on the Validate page"
+
+
+def test_the_best_validated_selection_is_best_in_its_measures_direction(scored, tmp_path):
+    """A pair validation's findings are its primary measure, reward accuracy, where higher is
+    better: the best validated selection is the one with the largest gain, not the smallest difference."""
+    ws, run = scored
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy)
+    rep = json.loads((copy / "validations" / "validate-fixture" / "report.json").read_text())
+    for name, diff in (("validate-higher-a", 0.30), ("validate-higher-b", -0.20)):
+        other = json.loads(json.dumps(rep))
+        other["statistics"]["token"]["lower_is_better"] = False
+        for c in other["statistics"]["token"]["comparisons"]:
+            c.update(diff=diff, lo=diff - 0.01, hi=diff + 0.01)
+        (copy / "validations" / name).mkdir()
+        (copy / "validations" / name / "report.json").write_text(json.dumps(other))
+    shutil.rmtree(copy / "validations" / "validate-fixture")
+    best = best_validated(EvidenceIndex(copy).for_run(run))
+    assert best is not None and best["folder"].endswith("validate-higher-a") and best["finding"]["diff"] == 0.30

@@ -642,3 +642,34 @@ def test_a_damaged_report_or_manifest_is_named_on_its_page(tmp_path, monkeypatch
         at = _page(page)
         assert not at.exception, (page, at.exception)
         assert any(name in e.value and "not a readable" in e.value for e in at.error), (page, [e.value for e in at.error])
+
+
+def test_the_validate_page_shows_a_pair_validation_measure_by_measure(tmp_path, tiny_model_dir, monkeypatch):
+    """A pair validation's report on the Validate page: the primary measure (reward accuracy, higher
+    is better) first, a switch to the other measures, the length-bias table."""
+    from curation.runs.score import ScoreConfig, run_score
+    from curation.selection.folder import select_run
+    from curation.selection.recipe import Recipe
+    from curation.validation.validate import ValidateConfig, run_validate
+    from tests.synthetic import write_pair_sources
+
+    ws = tmp_path / "ws"
+    src = write_pair_sources(tmp_path / "pool", n_chat=10, n_math=12)
+    ev = write_jsonl(tmp_path / "ev.jsonl", [{"instruction": f"What is {k} + 1?", "chosen": f"{k + 1}. #### {k + 1}",
+                                              "rejected": f"{k}. #### {k}"} for k in range(50, 58)])
+    run = run_score(ScoreConfig(sources=src, out=str(tmp_path / "run"), model=str(tiny_model_dir), max_length=128,
+                                cache=str(tmp_path / "c")))
+    sel = select_run(run, Recipe("margin_mean", budget="6"), tmp_path / "sel")
+    run_validate(ValidateConfig(selections=[str(sel)], eval={"math": str(ev)}, out=str(ws / "validations" / "v"),
+                                seeds=2, baselines="random", lr=1e-3, epochs=1, cache=str(tmp_path / "c")))
+    monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
+    at = _page("validate")
+    assert not at.exception, at.exception
+    assert "reward accuracy" in _texts(at) and "(higher is better)" in _texts(at)
+    v = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    assert "difference (share)" in v.columns and set(v["against"]) == {"random"}
+    assert any("pearson" in d.value.columns for d in at.dataframe)
+    at.radio(key="val_measure").set_value("chosen_nll").run()
+    assert not at.exception and "(lower is better)" in _texts(at)
+    v = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    assert "difference (nats)" in v.columns

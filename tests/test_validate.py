@@ -152,6 +152,25 @@ def test_selections_and_the_longest_and_full_baselines_are_compared_with_their_o
     assert got == want  # never a random baseline as the candidate, never another selection's baseline
 
 
+def kill_after_parts(job: str, ws, parts, n: int, total: int) -> dict:
+    """SIGKILL the worker of ``job`` once ``n`` of its ``total`` parts are committed; wait until the
+    store calls it interrupted.  Returns the committed parts' modification times."""
+    from curation.jobs import store as jobs
+
+    t0 = time.time()
+    while len(list(parts.glob("*.parquet"))) < n:
+        assert time.time() - t0 < 120, jobs.status(job, ws)
+        time.sleep(0.05)
+    os.kill(jobs.status(job, ws)["pid"], signal.SIGKILL)
+    kept = {p: p.stat().st_mtime_ns for p in parts.glob("*.parquet")}
+    assert len(kept) < total, "the validation finished before the kill"
+    t1 = time.time()  # SIGKILL is delivered asynchronously: on a busy machine the worker dies a moment later
+    while jobs.status(job, ws)["state"] != "interrupted":
+        assert time.time() - t1 < 10, jobs.status(job, ws)
+        time.sleep(0.1)
+    return kept
+
+
 @pytest.mark.integration  # job workers killed and resumed
 def test_a_killed_validation_resumes_to_the_same_report(setup, tmp_path, monkeypatch):
     from curation.jobs import store as jobs
@@ -169,18 +188,8 @@ def test_a_killed_validation_resumes_to_the_same_report(setup, tmp_path, monkeyp
     assert jobs.status(ref, ws)["state"] == "succeeded", jobs.logs(ref, ws)[-2000:]
     job = jobs.submit("validate", vcfg(setup, [setup["dir"] / "planted"], tmp_path / "killed", seeds=2,
                                        cache=str(tmp_path / "cache-b")), workspace=ws)
-    parts = tmp_path / "killed" / "parts"
     t0 = time.time()
-    while len(list(parts.glob("*.parquet"))) < 2:
-        assert time.time() - t0 < 120, jobs.status(job, ws)
-        time.sleep(0.05)
-    os.kill(jobs.status(job, ws)["pid"], signal.SIGKILL)
-    kept = {p: p.stat().st_mtime_ns for p in parts.glob("*.parquet")}
-    assert len(kept) < 6, "the validation finished before the kill"
-    t1 = time.time()  # SIGKILL is delivered asynchronously: on a busy machine the worker dies a moment later
-    while jobs.status(job, ws)["state"] != "interrupted":
-        assert time.time() - t1 < 10, jobs.status(job, ws)
-        time.sleep(0.1)
+    kept = kill_after_parts(job, ws, tmp_path / "killed" / "parts", 2, 6)
     jobs.resume(job, ws)
     while jobs.status(job, ws)["state"] in ("queued", "running"):
         assert time.time() - t0 < 300
@@ -440,3 +449,224 @@ def test_validate_never_writes_into_a_folder_holding_the_users_files(tmp_path, r
     r = run_cli("validate", str(sel), "--eval", f"math={ev}", "--out", str(out))
     assert r.returncode == 2 and "is not empty and holds no validation" in r.stderr, r.stderr
     assert (out / "report.md").read_text() == "my own report" and sorted(os.listdir(out)) == ["report.md"]
+
+
+# ----------------------------------------------------------------------------------------------
+# A pair selection: DPO proxies, held-out pairs, reward accuracy, margins and NLLs
+
+
+def eval_pair(k: int) -> dict:
+    return {"instruction": f"What is {k} + {k + 3}? Explain.",
+            "chosen": f"{k} + {k + 3} = {2 * k + 3}. #### {2 * k + 3}",
+            "rejected": f"{k} + {k + 3} = {2 * k}. " + "Hmm. " * (k % 3) + f"#### {2 * k}"}
+
+
+@pytest.fixture(scope="module")
+def pair_setup(tmp_path_factory, tiny_model_dir):
+    from tests.synthetic import write_pair_sources
+
+    d = tmp_path_factory.mktemp("validate-pairs")
+    sources = write_pair_sources(d / "pool", n_chat=20, n_math=20)
+    ev = {"math": str(write_jsonl(d / "eval-pairs.jsonl", [eval_pair(k) for k in range(100, 112)]))}
+    run = run_score(ScoreConfig(sources=sources, out=str(d / "run"), model=str(tiny_model_dir), max_length=128,
+                                cache=str(d / "cache")))
+    sel = select_run(run, Recipe("margin_mean", budget="10"), d / "sel")
+    return {"dir": d, "run": run, "sel": sel, "eval": ev, "sources": sources, "model": str(tiny_model_dir)}
+
+
+def pcfg(s, out, **kw):
+    args = {"eval": s["eval"], "out": str(out), "seeds": 2, "lr": 1e-3, "epochs": 2, "train_batch_tokens": 512,
+            "cache": str(s["dir"] / "cache")}
+    args.update(kw)
+    return ValidateConfig(selections=[str(s["sel"])], **args)
+
+
+@pytest.fixture(scope="module")
+def pair_validation(pair_setup):
+    return run_validate(pcfg(pair_setup, pair_setup["dir"] / "val"))
+
+
+def test_a_pair_selection_is_validated_with_dpo_on_every_pair_measure(pair_setup, pair_validation):
+    """Each (candidate, seed) is a DPO training from the base model; every judged measure has its
+    per-seed values, means with sds, intervals and one of the four verdict words in its own direction;
+    the rejected responses' NLL is reported, not judged; the primary measure is reward accuracy."""
+    from curation.validation.pair_eval import JUDGED, MEASURES, PRIMARY
+    from curation.validation.verdicts import VERDICTS
+
+    rep = json.loads((pair_validation / "report.json").read_text())
+    by = rep["statistics"]["pairs"]
+    assert PRIMARY == "reward_accuracy" and rep["statistics"]["token"] == by[PRIMARY]
+    assert set(by) == set(MEASURES) and rep["pairs"]["dpo_losses"] == ["davir"]
+    for name in JUDGED:
+        comps = by[name]["comparisons"]
+        assert sorted((c["candidate"], c["baseline"]) for c in comps) == [("sel", "random"), ("sel", "random-tokens")]
+        for c in comps:
+            assert c["verdict"] in VERDICTS and c["lo"] <= c["diff"] <= c["hi"] and c["measure"] == name
+        assert by[name]["lower_is_better"] == (name == "chosen_nll")
+        base = {("base", -1)} if name == "chosen_nll" else set()  # the base model is its own reference: no reward
+        assert {(r["candidate"], r["seed"]) for r in by[name]["per_seed"]} == base | {
+            (c, s) for c in ("sel", "random", "random-tokens") for s in (0, 1)}
+    assert by["rejected_nll"]["comparisons"] == []
+    assert {r["candidate"] for r in by["rejected_nll"]["rows"]} == {"base", "sel", "random", "random-tokens"}
+    assert "base" not in {r["candidate"] for r in by["reward_accuracy"]["rows"]}  # its own reference: no reward
+    parts = sorted(p.name for p in (pair_validation / "parts").glob("*.parquet"))
+    assert parts == [f"{c}-seed{s}.parquet" for c in ("random", "random-tokens", "sel") for s in (0, 1)]
+    curve = json.loads((pair_validation / "parts" / "sel-seed0.curve.json").read_text())
+    assert "reward_accuracy" in curve[0]  # a DPO training's curve
+    md = (pair_validation / "report.md").read_text()
+    assert "## reward_accuracy (higher is better)" in md and "## chosen_nll (lower is better)" in md
+
+
+def test_each_pair_measure_is_recomputed_by_hand_from_the_eval_log_probs(pair_setup, pair_validation):
+    """For one trained model: reward accuracy, reward and davir margins and the token-weighted chosen /
+    rejected NLL from its eval log-probs and the base model's; and the base model's log-probs are
+    each response's own summed NLL scored alone (no shared prompt) by the exact scorer."""
+    import numpy as np
+
+    from curation.data.load import SourceSpec
+    from curation.data.pairs import load_pairs
+    from curation.data.templates import resolve_template
+    from curation.runs.pair_score import encode_pairs
+    from curation.scoring.losses import score_examples
+    from curation.scoring.models import load_model
+
+    rep = json.loads((pair_validation / "report.json").read_text())
+    res = pd.read_parquet(pair_validation / "results.parquet")
+    base = res[res["candidate"] == "base"].set_index("example_id")
+    one = res[(res["candidate"] == "sel") & (res["seed"] == 1)].set_index("example_id").loc[base.index]
+    lr_c, lr_r = one["logp_chosen"] - base["logp_chosen"], one["logp_rejected"] - base["logp_rejected"]
+    want = {"reward_accuracy": float((lr_c > lr_r).mean()), "reward_margin": float((0.1 * (lr_c - lr_r)).mean()),
+            "davir_margin": float((lr_c / base["logp_chosen"].abs() - lr_r / base["logp_rejected"].abs()).mean()),
+            "chosen_nll": float(-one["logp_chosen"].sum() / one["n_chosen_tokens"].sum()),
+            "rejected_nll": float(-one["logp_rejected"].sum() / one["n_rejected_tokens"].sum())}
+    for name, v in want.items():
+        got = next(r["value"] for r in rep["statistics"]["pairs"][name]["per_seed"]
+                   if r["candidate"] == "sel" and r["seed"] == 1)
+        assert got == pytest.approx(v, abs=1e-12), name
+    lm = load_model(pair_setup["model"])
+    data = load_pairs([SourceSpec(path=pair_setup["eval"]["math"], domain="math")])
+    pairs, enc, _, _ = encode_pairs(data, lm.tokenizer, resolve_template(lm.tokenizer), 128)
+    alone = score_examples(lm.model, [enc[p.sft_id(s)] for p in pairs for s in ("chosen", "rejected")], 1024,
+                           share_prefix=False)
+    logp = np.array([-r.loss_sum for r in alone]).reshape(-1, 2)
+    np.testing.assert_allclose(base.loc[[p.pair_id for p in pairs], ["logp_chosen", "logp_rejected"]].to_numpy(),
+                               logp, atol=1e-4)
+
+
+def test_eval_pairs_overlapping_the_pool_are_refused(pair_setup, tmp_path):
+    """An eval pair that is a pool pair, or another answer pair to a pool prompt, would measure
+    memorisation: refused with the file's row, before anything is trained or claimed."""
+    pool_math = next(s.split("=", 1)[1] for s in pair_setup["sources"] if s.startswith("math="))
+    first = json.loads(open(pool_math).readline())
+    for row, what in ((first, "its pair is also in the pool"),
+                      ({**first, "chosen": "Another answer. #### 1", "rejected": "No. #### 2"},
+                       "its prompt (of pool pair")):
+        ev = write_jsonl(tmp_path / "ev.jsonl", [eval_pair(200), row])
+        with pytest.raises(ValidationError, match=r"eval pair .*ev\.jsonl #1: " + what.replace("(", r"\(")):
+            run_validate(pcfg(pair_setup, tmp_path / "v", eval={"math": str(ev)}))
+        assert not (tmp_path / "v" / "study.json").exists()
+
+
+def test_two_dpo_objectives_train_the_same_data_on_the_same_seeds_and_are_compared(pair_setup, tmp_path):
+    """--dpo-loss sigmoid,davir: every candidate trained with each objective on the same training
+    sets and seeds, davir compared with sigmoid on the selection and on each baseline (every judged
+    measure), and per trained candidate the Pearson correlation of its reward margin with the eval
+    pairs' length difference, recomputed here from the eval log-probs."""
+    import numpy as np
+
+    out = run_validate(pcfg(pair_setup, tmp_path / "objectives", dpo_loss="sigmoid,davir", baselines="random"))
+    rep = json.loads((out / "report.json").read_text())
+    names = {c["name"]: c for c in rep["candidates"]}
+    assert set(names) == {"sel [sigmoid]", "sel [davir]", "random [sigmoid]", "random [davir]"}
+    for c in ("sel", "random"):
+        assert names[f"{c} [sigmoid]"]["per_seed"] == names[f"{c} [davir]"]["per_seed"]  # the same data per seed
+    comps = {(c["candidate"], c["baseline"]) for c in rep["statistics"]["pairs"]["chosen_nll"]["comparisons"]}
+    assert comps == {("sel [davir]", "random [davir]"), ("sel [sigmoid]", "random [sigmoid]"),
+                     ("sel [davir]", "sel [sigmoid]"), ("random [davir]", "random [sigmoid]")}
+    res = pd.read_parquet(out / "results.parquet")
+    base = res[res["candidate"] == "base"].set_index("example_id")
+    corr = {r["candidate"]: r for r in rep["pairs"]["length_correlation"]}
+    assert set(corr) == set(names)
+    rs = []
+    for seed, g in res[res["candidate"] == "sel [sigmoid]"].groupby("seed"):
+        g = g.set_index("example_id").loc[base.index]
+        margin = (g["logp_chosen"] - base["logp_chosen"]) - (g["logp_rejected"] - base["logp_rejected"])
+        rs.append(np.corrcoef(margin, g["n_chosen_tokens"] - g["n_rejected_tokens"])[0, 1])
+    c = corr["sel [sigmoid]"]
+    assert c["pearson"] == pytest.approx(np.mean(rs), abs=1e-9) and c["lo"] <= c["pearson"] <= c["hi"]
+    md = (out / "report.md").read_text()
+    assert "sel [davir] vs sel [sigmoid]" in md and "Pearson(reward margin" in md
+
+
+def test_seeds_auto_on_pairs_stops_on_reward_accuracy(pair_setup, tmp_path):
+    """--seeds auto on a pair selection: the looks are taken on the primary measure (reward
+    accuracy); every one of its comparisons is decided at its look or ran to --max-seeds, and the
+    seeds trained are exactly what those looks asked for."""
+    out = run_validate(pcfg(pair_setup, tmp_path / "auto", seeds="auto", max_seeds=4, baselines="random"))
+    rep = json.loads((out / "report.json").read_text())
+    st = rep["statistics"]["pairs"]["reward_accuracy"]
+    assert rep["statistics"]["token"] == st and st["seed_plan"]["auto"] is True
+    (c,) = st["comparisons"]
+    n = c["decided_at"] or 4
+    assert c["verdict"] != "undecided" or c["n_seeds_candidate"] == 4
+    assert [x["seeds"] for x in st["looks"]] == list(range(3, n + 1))
+    assert sorted(p.name for p in (out / "parts").glob("*.parquet")) == [
+        f"{x}-seed{s}.parquet" for x in ("random", "sel") for s in range(n)]
+
+
+@pytest.mark.integration  # job workers killed and resumed
+def test_a_killed_pair_validation_resumes_to_the_same_report(pair_setup, tmp_path, monkeypatch):
+    from curation.jobs import store as jobs
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ws = tmp_path / "ws"
+
+    def wait(job, limit=300):
+        t0 = time.time()
+        while jobs.status(job, ws)["state"] in ("queued", "running"):
+            assert time.time() - t0 < limit
+            time.sleep(0.2)
+        assert jobs.status(job, ws)["state"] == "succeeded", jobs.logs(job, ws)[-2000:]
+
+    ref = jobs.submit("validate", pcfg(pair_setup, tmp_path / "uninterrupted", cache=str(tmp_path / "cache-a")),
+                      workspace=ws)
+    wait(ref)
+    job = jobs.submit("validate", pcfg(pair_setup, tmp_path / "killed", cache=str(tmp_path / "cache-b")), workspace=ws)
+    kept = kill_after_parts(job, ws, tmp_path / "killed" / "parts", 2, 6)
+    jobs.resume(job, ws)
+    wait(job)
+    assert all(p.stat().st_mtime_ns == m for p, m in kept.items())  # finished (candidate, seed) kept
+    a = json.loads((tmp_path / "uninterrupted" / "report.json").read_text())
+    b = json.loads((tmp_path / "killed" / "report.json").read_text())
+    for rep in (a, b):
+        for st in rep["statistics"]["pairs"].values():  # what the trainings cost is wall time, not a result
+            for c in st["comparisons"]:
+                assert c.pop("cost")["trainings"] == 4
+    assert a["statistics"]["pairs"] == b["statistics"]["pairs"] and a["pairs"] == b["pairs"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "uninterrupted" / "results.parquet"),
+                                  pd.read_parquet(tmp_path / "killed" / "results.parquet"))
+
+
+@pytest.mark.integration  # a real Ray instance
+def test_a_pair_validation_on_ray_equals_the_local_one(pair_setup, tmp_path):
+    """Each DPO training is a Ray task (the same train_and_evaluate, trainer dpo, eval pairs): on 2
+    workers the eval log-probs equal a local validation at one torch thread (each task's share)."""
+    import numpy as np
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_validate(pcfg(pair_setup, tmp_path / "local", cache=str(tmp_path / "c1")))
+    finally:
+        torch.set_num_threads(threads)
+    on_ray = run_validate(pcfg(pair_setup, tmp_path / "ray", cache=str(tmp_path / "c2"), engine="ray", workers=2))
+    keys = ["candidate", "seed", "example_id"]
+    a = pd.read_parquet(local / "results.parquet").sort_values(keys).reset_index(drop=True)
+    b = pd.read_parquet(on_ray / "results.parquet").sort_values(keys).reset_index(drop=True)
+    assert len(a) == len(b) == 7 * 12 and a[keys].equals(b[keys])
+    np.testing.assert_allclose(a[["logp_chosen", "logp_rejected"]].to_numpy(),
+                               b[["logp_chosen", "logp_rejected"]].to_numpy(), atol=1e-4, rtol=0)
+    ra = json.loads((local / "report.json").read_text())["statistics"]["pairs"]["reward_accuracy"]["rows"]
+    rb = json.loads((on_ray / "report.json").read_text())["statistics"]["pairs"]["reward_accuracy"]["rows"]
+    assert [r["mean"] for r in ra] == [r["mean"] for r in rb]

@@ -381,3 +381,28 @@ def test_seeds_until_decided_keep_their_error_rates():
 
     assert share(0.0, ("better", "worse")) <= 0.10
     assert share(0.02, ("equivalent",)) <= 0.03
+
+
+def test_a_measure_where_higher_is_better_turns_the_verdict_and_keeps_the_numbers():
+    """A value column with a direction and a weight (a pair validation's reward accuracy): the same
+    table as NLL with its values negated gives the same interval mirrored, and the verdict follows
+    the measure's direction: the candidate whose values are higher is better."""
+    from curation.validation.verdicts import Measure
+
+    rng = np.random.default_rng(5)
+    t = simulate(rng, arms=("sel", "random"), n_ex=200, n_seeds=3, shift={"sel": -0.1})
+    lower = build_report(t, baselines=("random",), n_boot=500)
+    acc = Measure("score", "weight", higher_is_better=True, unit="share", text="a score")
+    higher = build_report(t.assign(score=-t["nll"], weight=t["n_tokens"]).drop(columns=["nll", "n_tokens"]),
+                          baselines=("random",), n_boot=500, measure=acc, margin=0.01)
+    for a, b in zip(lower["comparisons"], higher["comparisons"]):
+        assert (b["diff"], b["lo"], b["hi"]) == pytest.approx((-a["diff"], -a["hi"], -a["lo"]), abs=1e-12)
+        assert a["verdict"] == b["verdict"] == "better" and b["unit"] == "share" and "(by less" not in b["verdict_text"]
+    assert higher["lower_is_better"] is False and higher["metric_text"] == "a score"
+    assert verdict(0.1, 0.03, 0.2, "random", higher_is_better=True).key == "better"
+    assert verdict(-0.1, -0.2, -0.03, "random", higher_is_better=True, unit="share").key == "worse"
+    unweighted = build_report(t.assign(score=-t["nll"]), baselines=("random",), n_boot=500,
+                              measure=Measure("score", None, True, "share", "a score"))
+    means = t.groupby(["candidate", "seed"])["nll"].mean().groupby("candidate").mean()
+    row = next(r for r in unweighted["rows"] if r["candidate"] == "sel")
+    assert row["mean"] == pytest.approx(-means["sel"], abs=1e-12)  # no weight: the plain mean over examples

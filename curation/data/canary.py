@@ -23,6 +23,13 @@ on it; when a domain has too few such examples, the rest of that kind's part goe
 kinds and ``canary.json`` says so.  The counts per domain are exact: round-half-up of ``rate``
 times the domain's examples, split over the kinds by the largest-remainder method.
 
+**Preference pairs.**  On a pool of pairs the one kind is ``swapped``: chosen and rejected exchanged
+(the commonest label noise in preference data; the ratings stay in their places, as an annotator's
+flipped label would leave them), ``rate`` of each domain's pairs, seeded as above.  The copy holds
+every pair as a TRL conversational row (one JSONL per source); a swapped pair has another pair id
+(ids are order-sensitive), and the truth maps that new id (``original_example_id``: the pair's id
+before).
+
 A run over the copy finds the truth beside its sources (:func:`truth_for`); how well each score
 ranks corrupted examples below clean ones (AUROC) and how many a selection holds is measured in
 :mod:`curation.selection.canaries`, next to the selection summary that reports it.
@@ -42,6 +49,7 @@ from curation.config import check_at_most, check_positive, option, parse_pairs
 from curation.data.load import DEFAULT_MAX_RECORD_BYTES, FORMATS
 
 KINDS = ("swap", "truncate", "wrong-number", "refusal", "shuffle-words")
+PAIR_KINDS = ("swapped",)  # a pool of preference pairs: chosen and rejected exchanged
 TRUTH, MANIFEST = "canary_truth.jsonl", "canary.json"
 REFUSALS = (
     "I'm sorry, but I can't help with that request.",
@@ -68,7 +76,8 @@ class CanaryConfig:
                                 positional=True, metavar="[DOMAIN=]PATH")
     out: str = option(help="folder for the corrupted copy (one JSONL per source), canary_truth.jsonl and canary.json")
     rate: float = option(0.2, "share of each domain's examples to corrupt (0 < rate < 1)")
-    kinds: str = option(",".join(KINDS), f"comma-separated kinds of defect: {', '.join(KINDS)}")
+    kinds: str = option(",".join(KINDS), f"comma-separated kinds of defect: {', '.join(KINDS)} (a pool of preference "
+                                         f"pairs: {', '.join(PAIR_KINDS)}, chosen and rejected exchanged)")
     seed: int = option(0, "seed of which examples are corrupted and how")
     limit: int | None = option(None, "use the first N records of each source")
     columns: dict[str, str] = option(help="map canonical fields to your columns, e.g. question=problem,answer=solution",
@@ -93,9 +102,10 @@ class CanaryConfig:
 
     def kind_list(self) -> list[str]:
         got = [k.strip() for k in str(self.kinds).split(",") if k.strip()]
-        unknown = [k for k in got if k not in KINDS]
+        unknown = [k for k in got if k not in KINDS + PAIR_KINDS]
         if unknown or not got:
-            raise ValueError(f"kinds {self.kinds!r}: expected a comma-separated list of {', '.join(KINDS)}")
+            raise ValueError(f"kinds {self.kinds!r}: expected a comma-separated list of {', '.join(KINDS)} (pairs: "
+                             f"{', '.join(PAIR_KINDS)})")
         if len(set(got)) != len(got):
             raise ValueError(f"kinds {self.kinds!r}: a kind is given twice")
         return got
@@ -298,6 +308,13 @@ def plant(cfg: CanaryConfig, progress=None) -> Path:
         if Path(s.path).exists() and (src == out.resolve() or out.resolve() in src.parents):
             raise CanaryError(f"{s.path} is inside --out {cfg.out}: the canary pool would replace its own source "
                               "(and an earlier truth); give another --out")
+    from curation.data.pairs import run_kind
+
+    if run_kind(specs) == "pairs":
+        return plant_pairs(cfg, specs, out, report)
+    if set(kinds) & set(PAIR_KINDS):
+        raise CanaryError(f"kind {PAIR_KINDS[0]} swaps the chosen and rejected responses of preference pairs; "
+                          f"{specs[0].path} holds SFT examples: choose among {', '.join(KINDS)}")
     report(phase="loading the pool", done=0, total=None)
     data = load_sources(specs, limit=cfg.limit)
     spec_of = {r.source: s for r, s in zip(data.sources, specs)}
@@ -321,15 +338,7 @@ def plant(cfg: CanaryConfig, progress=None) -> Path:
             warnings.append(f"{r.source}: none of its {r.n_records} record(s) is in the pool (each is rejected or "
                             "duplicates a record of another source), so it has no copy and is left out of the learn "
                             "command")
-    names: dict[str, str] = {}
-    for r in data.sources:
-        if r.source not in copied:
-            continue
-        stem = re.sub(r"\.(jsonl|ndjson|json|parquet|csv)(\.gz)?$", "", r.source) or "data"
-        name = f"{stem}.jsonl"
-        while name in names.values() or name in (TRUTH, MANIFEST):
-            name = f"{stem}-{len(names)}.jsonl"
-        names[r.source] = name
+    names = copy_names(data.sources, copied)
     truth, ids = [], set()
     report(phase="writing the canary pool", done=0, total=len(data.examples))
     try:
@@ -374,6 +383,78 @@ def plant(cfg: CanaryConfig, progress=None) -> Path:
     except AtomicError as e:
         raise CanaryError(str(e)) from None
     report(phase="done", done=len(data.examples), total=len(data.examples))
+    return out
+
+
+def copy_names(sources, copied: set[str]) -> dict[str, str]:
+    """The copy's file name of each source that has examples in it (``NAME.jsonl``, never the truth's
+    or the manifest's name, never twice)."""
+    names: dict[str, str] = {}
+    for r in sources:
+        if r.source not in copied:
+            continue
+        stem = re.sub(r"\.(jsonl|ndjson|json|parquet|csv)(\.gz)?$", "", r.source) or "data"
+        name = f"{stem}.jsonl"
+        while name in names.values() or name in (TRUTH, MANIFEST):
+            name = f"{stem}-{len(names)}.jsonl"
+        names[r.source] = name
+    return names
+
+
+def plant_pairs(cfg: CanaryConfig, specs, out: Path, report) -> Path:
+    """:func:`plant` on a pool of preference pairs: ``rate`` of each domain's pairs with chosen and
+    rejected swapped, every pair written as a TRL conversational row, the truth keyed by each
+    written pair's id (see the module docstring)."""
+    import time
+
+    from curation.atomic import AtomicError, atomic_dir
+    from curation.data.pairs import load_pairs, pair_id, trl_row
+
+    kinds = list(PAIR_KINDS) if cfg.kinds == ",".join(KINDS) else cfg.kind_list()  # the default: the pair kind
+    if kinds != list(PAIR_KINDS):
+        raise CanaryError(f"{specs[0].path} holds preference pairs: the one kind planted in pairs is "
+                          f"{PAIR_KINDS[0]} (chosen and rejected exchanged); give --kinds {PAIR_KINDS[0]} or leave "
+                          "--kinds out")
+    report(phase="loading the pool", done=0, total=None)
+    data = load_pairs(specs, limit=cfg.limit)
+    plan, counts, warnings = assign_kinds({p.pair_id: p.domain for p in data.pairs},
+                                          {p.pair_id: p.chosen for p in data.pairs}, kinds, cfg.rate, cfg.seed)
+    names = copy_names(data.sources, {p.source for p in data.pairs})
+    rows: dict[str, list[str]] = {n: [] for n in names}
+    truth, index = [], {n: 0 for n in names}
+    for p in data.pairs:
+        flip = p.pair_id in plan
+        chosen, rejected = (p.rejected, p.chosen) if flip else (p.chosen, p.rejected)
+        rows[p.source].append(json.dumps(trl_row(p.prompt, chosen, rejected, p.rating_chosen, p.rating_rejected),
+                                         ensure_ascii=False) + "\n")
+        truth.append({"example_id": pair_id(p.prompt, chosen, rejected), "source": names[p.source],
+                      "source_index": index[p.source], "domain": p.domain, "kind": plan.get(p.pair_id, "clean"),
+                      "original_example_id": p.pair_id, **({"detail": "chosen and rejected swapped"} if flip else {})})
+        index[p.source] += 1
+    if len({t["example_id"] for t in truth}) != len(truth):
+        raise CanaryError("a swapped pair equals another pair of the pool (its reverse is there too); use another "
+                          "--seed, or remove the reversed duplicate")
+    report(phase="writing the canary pool", done=0, total=len(data.pairs))
+    manifest = {
+        "kind": "canary", "data": "pairs", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rate": cfg.rate, "kinds": kinds, "seed": cfg.seed,
+        "sources": [{"source": r.source, "path": r.path, "fingerprint": r.fingerprint, "domain": r.domain,
+                     "format": r.format, "file": names.get(r.source), "n_records": r.n_records,
+                     "n_copied": index.get(r.source, 0), "n_not_copied": r.n_records - index.get(r.source, 0)}
+                    for r in data.sources],
+        "counts": counts, "warnings": warnings,
+        "learn_with": "python -m curation score " + " ".join(f"{r.domain}={out / names[r.source]}"
+                                                            for r in data.sources if r.source in names),
+    }
+    try:
+        with atomic_dir(out, marker=MANIFEST, what="canary pool", known=(MANIFEST, TRUTH, "*.jsonl")) as tmp:
+            for source, name in names.items():
+                (tmp / name).write_text("".join(rows[source]), encoding="utf-8")
+            (tmp / TRUTH).write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in truth), encoding="utf-8")
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except AtomicError as e:
+        raise CanaryError(str(e)) from None
+    report(phase="done", done=len(data.pairs), total=len(data.pairs))
     return out
 
 

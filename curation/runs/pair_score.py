@@ -21,7 +21,8 @@ from pathlib import Path
 from curation.data.pair_formats import SIDES
 from curation.progress import Progress, Reporter
 from curation.runs.folder import Run
-from curation.runs.pair_tables import pair_example_table, pair_score_table, pair_token_table, response_tokens
+from curation.runs.pair_tables import (pair_example_table, pair_score_table, pair_token_table, response_loss,
+                                      response_tokens)
 from curation.runs.steps import claim, load_inputs
 
 
@@ -135,3 +136,16 @@ def pass_rows(pairs) -> tuple[list[str], list[list[int]]]:
             group.append(index[rid])
         groups.append(group)
     return ids, groups
+
+
+def pair_logps_with(model, fingerprint: str, pairs, encoded: dict, n_tokens: dict, settings, report,
+                    phase: str = "scoring pairs") -> dict[str, tuple[float, float]]:
+    """``{pair_id: (log p(chosen), log p(rejected))}`` under one model (base or trained), each summed
+    over the response's tokens: :func:`score_pairs_with`'s pair pass, then :func:`pair_logps`
+    (``encoded``/``n_tokens`` from :func:`encode_pairs`)."""
+    return pair_logps(pairs, n_tokens, score_pairs_with(model, fingerprint, pairs, encoded, settings, report, phase))
+
+
+def pair_logps(pairs, n_tokens: dict, rows: dict[str, dict]) -> dict[str, tuple[float, float]]:
+    """Each pair's ``(log p(chosen), log p(rejected))`` from its responses' cache rows."""
+    return {p.pair_id: tuple(-response_loss(rows[p.sft_id(s)], n_tokens[p.sft_id(s)]) for s in SIDES) for p in pairs}

@@ -53,6 +53,7 @@ class Candidate:
     skipped: list[int] = field(default_factory=list)  # seeds whose draw was the selection itself
     once: bool = False  # the full pool: one seed
     redrawn: str | None = None  # a random selection drawn again per seed: "coupled" | "independent"
+    dpo_loss: str | None = None  # a pair validation's DPO objective (None: SFT)
 
     def grow(self, n: int, start: int) -> list[int]:
         """Give the candidate its first ``n`` seeds (``start``, ``start + 1``, ...), drawing each
@@ -73,7 +74,7 @@ class Candidate:
         return added
 
     def trainings(self) -> list[Training]:
-        return [Training(self.name, s, self.ids[s]) for s in self.seeds]
+        return [Training(self.name, s, self.ids[s], self.dpo_loss) for s in self.seeds]
 
     def notes(self) -> list[str]:
         """What the report must say about this candidate's draws."""

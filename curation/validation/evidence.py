@@ -61,10 +61,11 @@ def recipe_choice(recipe: dict) -> dict:
 
 def summarize_validation(folder: Path, rep: dict) -> dict:
     """A validation report's evidence: its selections' choices and the token-weighted verdicts."""
-    stats = rep["statistics"]["token"]
+    stats = rep["statistics"]["token"]  # a pair validation: its primary measure, reward accuracy (higher is better)
     findings = [{"candidate": c["candidate"], "baseline": c["baseline"], "domain": c["domain"],
                  "verdict": c["verdict"], "text": c["verdict_text"], "diff": c["diff"], "lo": c["lo"], "hi": c["hi"],
-                 "seeds": min(c.get("n_seeds_candidate") or 0, c.get("n_seeds_baseline") or 0)}
+                 "seeds": min(c.get("n_seeds_candidate") or 0, c.get("n_seeds_baseline") or 0),
+                 "lower_is_better": stats.get("lower_is_better", True)}
                 for c in stats["comparisons"]]
     return {"kind": "validate", "folder": str(folder), "name": folder.name, "created": rep.get("created"),
             "run": run_fields(rep.get("run") or {}),
@@ -275,12 +276,13 @@ def best_validated(ev: RunEvidence, domain: str = "objective", baseline: str = "
     """The validated selection of this pool that did best against ``baseline`` on ``domain`` (the
     objective by default): ``{"line", "folder", "selection", "finding"}``, or None without one."""
     best = None
+    gain = lambda f: -f["diff"] if f.get("lower_is_better", True) else f["diff"]  # noqa: E731 - in its direction
     for s in ev.validations():
         if s["status"] == "earlier pool":
             continue
         for f in s["findings"]:
             if f["domain"] == domain and f["baseline"].split("@")[0] == baseline and (
-                    best is None or f["diff"] < best[1]["diff"]):
+                    best is None or gain(f) > gain(best[1])):
                 best = (s, f)
     if best is None:
         return None

@@ -200,7 +200,8 @@ class Study:
         examples, the template, the max length and the device kind."""
         s = self.proxy.settings
         return hashlib.sha256(json.dumps({"model": self.proxy.lm.fingerprint,
-                                          "train": train_config(self.cfg, t.seed).result_key(), "ids": sorted(t.ids),
+                                          "train": train_config(self.cfg, t.seed, t.dpo_loss).result_key(),
+                                          "ids": sorted(t.ids),
                                           "template": s.template, "max_length": s.max_length,
                                           "device": s.device.split(":")[0]}, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -40,6 +40,12 @@ VAL_DIR::
                       holds one validation (other settings are refused); a resumed job skips the
                       committed parts
 
+A selection of a *pair run* is validated the same way with DPO: each candidate's training is a DPO
+training from the base model (``--dpo-loss``, ``--beta``; both objectives side by side with
+``--dpo-loss sigmoid,davir``), the eval sets are held-out preference pairs, and the statistics are
+:mod:`curation.validation.pair_eval`'s measures (reward accuracy the primary one), each with the
+verdicts above in its own direction.
+
 The trainings are run by :mod:`curation.validation.study` (the runner the mix study uses too): a
 (candidate, seed) whose training set, seed, model and settings were trained before, by this or
 another validation or a mix study, is not trained again.
@@ -59,14 +65,16 @@ from curation.selection.baselines import BASELINES
 from curation.selection.recipe import Recipe
 from curation.validation.mixing_law import MixError, parse_objective
 from curation.validation.candidates import DRAWS, build_candidates, comparison_pairs
-from curation.validation.proxy import MAX_SEEDS, ProxyConfig, Training, ValidationError
+from curation.validation.pair_eval import DEFAULT_ACCURACY_MARGIN
+from curation.validation.proxy import MAX_SEEDS, PairTrainingConfig, ProxyConfig, Training, ValidationError
 from curation.validation.sequential import MAX_SEEDS_AUTO, SeedPlan, sequential_report, undecided
 from curation.validation.verdicts import DEFAULT_MARGIN, comparison_line
+from curation.validation.pair_eval import PRIMARY, length_correlation, pair_metric_rows, pair_statistics
 from curation.validation.study import NUMBER, NUMBER_OR_NULL, TEXT, TEXT_OR_NULL, WHOLE, StudyReader, each, items, obj
 
 
 @dataclass(kw_only=True)
-class ValidateConfig(ProxyConfig):
+class ValidateConfig(ProxyConfig, PairTrainingConfig):
     """Settings of a validation (the CLI, the job store and the Validate page build this); the
     proxy and its training settings are ProxyConfig's (one set for every candidate)."""
 
@@ -97,6 +105,8 @@ class ValidateConfig(ProxyConfig):
                             "training example")
     objective: str = option("mean", "also compare on one number over the eval domains: mean (of their NLL), "
                                     "worst (the largest), or DOMAIN=W,... (a weight for every eval set)")
+    accuracy_margin: float = option(DEFAULT_ACCURACY_MARGIN, "pairs: the share of eval pairs within which a "
+                                    "difference of reward accuracy is practically none (0.05: 5 points)", result=False)
 
     def __post_init__(self):
         if isinstance(self.selections, str):
@@ -104,6 +114,10 @@ class ValidateConfig(ProxyConfig):
         if not self.selections:
             raise ValueError("give at least one selection folder (SEL_DIR)")
         ProxyConfig.__post_init__(self)
+        PairTrainingConfig.__post_init__(self)
+        if isinstance(self.accuracy_margin, bool) or not 0 < self.accuracy_margin < 1:
+            raise ValueError(f"accuracy-margin {self.accuracy_margin!r}: a share of eval pairs between 0 and 1, e.g. "
+                             f"{DEFAULT_ACCURACY_MARGIN}")
         try:
             self.generate = {k: int(v) for k, v in parse_pairs(self.generate, "DOMAIN=N").items()}
         except ValueError:
@@ -157,14 +171,22 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     report, t0, plan = Reporter(progress), time.time(), cfg.seed_plan()
     report(phase="reading selections", done=0, total=None)
     run, sels = read_selections(cfg.selections)
-    meta, table = run.require_finished(), run.scores()
+    meta, table, pairs = run.require_finished(), run.scores(), run.holds_pairs
+    if pairs:
+        if cfg.generate:
+            raise ValidationError("--generate decodes math answers of SFT eval sets; a pair validation evaluates "
+                                  "held-out pairs: leave --generate out")
+        # random-tokens matches what DPO trains on: the prompt and both responses
+        table = table.assign(n_response_tokens=table["n_prompt_tokens"].astype("int64") + table["n_response_tokens"])
     candidates = build_candidates(cfg, sels, table, meta.get("kind"), run)
+    candidates, compared = with_objectives(candidates, cfg.dpo_losses() if pairs else [])
     for c in candidates:
         c.grow(1, cfg.seed)
     first = [t for c in candidates for t in c.trainings()]
     # The key holds every setting but the seed count and each candidate's first training: a study
     # that adds seeds (--seeds auto, or a larger --seeds into the same folder) stays one study.
-    settings = {**{k: v for k, v in result_key(cfg).items() if k not in ("seeds", "max_seeds")},
+    skip = ("seeds", "max_seeds") if pairs else ("seeds", "max_seeds", "dpo_loss", "beta")
+    settings = {**{k: v for k, v in result_key(cfg).items() if k not in skip},
                 "selections": [str(s.path.resolve()) for s in sels], "eval_files": file_fingerprints(cfg.eval)}
     key = study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in first])
     identity = study_identity(meta.get("run_key"), first)
@@ -172,13 +194,14 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     for c in candidates:
         c.grow(plan.looks[0], cfg.seed)
     check_targets(sels, cfg.eval, cfg.ngram)
-    recheck = not cfg.allow_contaminated and not all(already_decontaminated(sel.recipe(), cfg.eval, cfg.ngram)
-                                                     for sel in sels)
+    # pairs: an eval pair or prompt in the pool is refused when the eval sets load (proxy.load_pair_evals)
+    recheck = not pairs and not cfg.allow_contaminated and not all(
+        already_decontaminated(sel.recipe(), cfg.eval, cfg.ngram) for sel in sels)
     if recheck:
         report(phase="checking contamination")
         check_contamination(run, candidates, cfg.eval, cfg.ngram)
-    objective = parse_objective(cfg.objective, sorted(cfg.eval))
-    analysis = {"seed": cfg.seed, "objective": objective, "margin": cfg.margin, "objective_margin": cfg.objective_margin}
+    compared = comparison_pairs(candidates) + compared
+    look = lambda results, metrics=("token",): statistics(results, cfg, compared, pairs, metrics)  # noqa: E731
 
     def rounds(study):
         """The first look's seeds; then, with --seeds auto, one more seed for the candidates of every
@@ -187,7 +210,7 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
         n = plan.looks[0]
         while plan.auto and n < plan.max_seeds:
             results, _ = study.assemble()
-            rep = sequential_report(results, plan, pairs=comparison_pairs(candidates), **analysis)
+            rep = look(results)["token"]  # held-out NLL, or a pair validation's primary measure
             arms = {c[k] for c in undecided(rep) for k in ("candidate", "baseline")}
             if not arms:
                 return
@@ -204,9 +227,8 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     study = run_study(cfg, "validate", key, settings, identity, run, meta, table, rounds, report)
     n_trainings = len(study.parts)
     report(phase="statistics", done=n_trainings, total=n_trainings)
-    stats = {m: sequential_report(study.results, plan, metric=m, pairs=comparison_pairs(candidates), **analysis)
-             for m in ("token", "example")}
-    for st in stats.values():
+    stats = look(study.results, ("token", "example"))
+    for st in (stats["pairs"].values() if pairs else stats.values()):
         add_costs(st["comparisons"], candidates, study)
     lm, template = study.proxy.lm, study.proxy.template
     rep = {
@@ -220,9 +242,46 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     }
     if cfg.generate:
         rep["generation"] = generation_eval(cfg, study, candidates, report)
+    if pairs:
+        rep["pairs"] = {"primary": PRIMARY, "beta": cfg.beta, "dpo_losses": cfg.dpo_losses(),
+                        "length_correlation": length_correlation(pair_metric_rows(study.results, cfg.beta),
+                                                                 seed=cfg.seed)}
     study.write(rep, report_markdown(rep))
     report(phase="done", done=n_trainings, total=n_trainings)
     return study.out
+
+
+def statistics(results, cfg: ValidateConfig, compared: list[tuple[str, str]], pairs: bool,
+               metrics: tuple[str, ...] = ("token", "example")) -> dict:
+    """The comparisons' reports at every look (:func:`curation.validation.sequential.sequential_report`):
+    held-out NLL per ``metrics`` (token-weighted, example mean), or for a pair validation every
+    measure of :mod:`curation.validation.pair_eval` under ``pairs`` with the primary one as ``token``
+    (what the stopping rule and the SFT readers look at first)."""
+    plan, objective = cfg.seed_plan(), parse_objective(cfg.objective, sorted(cfg.eval))
+    if pairs:
+        by_measure = pair_statistics(results, plan, compared, cfg.beta, cfg.margin, cfg.accuracy_margin,
+                                     seed=cfg.seed, objective=objective)
+        return {"token": by_measure[PRIMARY], "pairs": by_measure}
+    return {m: sequential_report(results, plan, metric=m, pairs=compared, seed=cfg.seed, objective=objective,
+                                 margin=cfg.margin, objective_margin=cfg.objective_margin) for m in metrics}
+
+
+def with_objectives(candidates: list, losses: list[str]) -> tuple[list, list[tuple[str, str]]]:
+    """A pair validation's candidates, each trained with every DPO objective of ``losses``: one
+    objective keeps the names; two name each copy ``NAME [LOSS]`` (the same draws, so the same data
+    at each seed) and compare the objectives on each candidate (``NAME [davir]`` vs ``NAME [sigmoid]``).
+    Returns ``(candidates, objective comparisons)``; SFT (no losses): as given."""
+    from dataclasses import replace
+
+    if len(losses) <= 1:
+        for c in candidates:
+            c.dpo_loss = losses[0] if losses else None
+        return candidates, []
+    named = lambda n, loss: f"{n} [{loss}]"  # noqa: E731
+    out = [replace(c, name=named(c.name, loss), selection=named(c.selection, loss), dpo_loss=loss, seeds=[], ids={},
+                   skipped=[]) for loss in losses for c in candidates]
+    ref = "sigmoid" if "sigmoid" in losses else losses[0]  # davir vs sigmoid: is the normalised objective better?
+    return out, [(named(c.name, a), named(c.name, ref)) for a in losses if a != ref for c in candidates]
 
 
 def add_costs(comparisons: list[dict], candidates, study) -> None:
@@ -471,6 +530,10 @@ def objective_note(objective: dict | None) -> str:
 
 def report_markdown(rep: dict) -> str:
     """report.md: the verdicts per domain in words, with the numbers behind them."""
+    if "pairs" in rep:
+        from curation.validation.pair_eval import pair_markdown
+
+        return pair_markdown(rep)
     st = rep["statistics"]["token"]
     cfg, margin = rep["config"], st.get("margin") or {}
     seeds = (f"seeds until decided (at most {cfg['max_seeds']}, looks at "

@@ -9,6 +9,12 @@ Input: a long table with one row per (candidate, seed, domain, eval example)::
 ``candidate``'s data with ``seed``; ``n_tokens`` its assistant-token count.  The base (untrained)
 model is the candidate ``"base"`` with a single seed.
 
+**Other measures.**  ``nll`` and ``n_tokens`` are the default :class:`Measure`: a value column, the
+weight column of its weighted mean (None: every eval example weighs 1), its direction and its
+unit.  A pair validation judges reward accuracy, margins and NLLs the same way with its own
+measures (:mod:`curation.validation.pair_eval`): "better" is then the direction that measure
+prefers, and the difference is still candidate - baseline.
+
 A domain's **metric** for one trained model is the token-weighted mean NLL
 (``sum(nll * n_tokens) / sum(n_tokens)``, the default) or the example-averaged mean.  A candidate's
 value is the mean of that metric over its seeds.
@@ -86,6 +92,7 @@ import pandas as pd
 import scipy.stats
 
 COLUMNS = ("candidate", "seed", "domain", "example_id", "nll", "n_tokens")
+KEYS = COLUMNS[:4]
 METRICS = ("token", "example")
 METHODS = ("hybrid-t", "bootstrap")
 BASE = "base"
@@ -96,6 +103,25 @@ DEFAULT_MARGIN = 0.02  # nats of held-out NLL (the README's "Decisive verdicts" 
 POWER = 0.8  # of the detectable difference
 OBJECTIVE = "objective"  # the pseudo-domain of the comparisons on the objective over the eval domains
 LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What a comparison judges: the per-example ``value`` column, the ``weight`` column of its
+    weighted mean (None: the plain mean over examples), its direction and unit, and its name in words."""
+
+    value: str = "nll"
+    weight: str | None = "n_tokens"
+    higher_is_better: bool = False
+    unit: str = "nats"
+    text: str = "token-weighted mean assistant-token NLL"
+
+    def weighted(self, metric: str) -> str | None:
+        """The weight column for ``metric`` (``example``: none)."""
+        return self.weight if metric == "token" else None
+
+
+NLL = Measure()
 
 
 class VerdictsError(ValueError):
@@ -139,49 +165,52 @@ class PairedDiff:
 # Checks and per-seed values
 
 
-def _check_table(results: pd.DataFrame, metric: str) -> None:
+def _check_table(results: pd.DataFrame, metric: str, measure: Measure = NLL) -> None:
     if metric not in METRICS:
         raise VerdictsError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-    missing = [c for c in COLUMNS if c not in results.columns]
+    weight = measure.weighted(metric)
+    need = [*KEYS, measure.value, *([weight] if weight else [])]
+    missing = [c for c in need if c not in results.columns]
     if missing:
         raise VerdictsError(f"the results table lacks the column(s) {', '.join(missing)}; "
-                            f"expected {', '.join(COLUMNS)}")
+                            f"expected {', '.join(need)}")
     if len(results) == 0:
         raise VerdictsError("the results table is empty")
-    nll = results["nll"].to_numpy(dtype=float)
+    nll = results[measure.value].to_numpy(dtype=float)
     if not np.isfinite(nll).all():
         bad = results.loc[~np.isfinite(nll), ["candidate", "seed", "domain", "example_id"]].head(3)
-        raise VerdictsError(f"non-finite nll in {len(nll) - np.isfinite(nll).sum()} row(s), e.g. "
+        raise VerdictsError(f"non-finite {measure.value} in {len(nll) - np.isfinite(nll).sum()} row(s), e.g. "
                             f"{bad.to_dict('records')}")
-    if metric == "token":
-        n = results["n_tokens"].to_numpy(dtype=float)
+    if weight:
+        n = results[weight].to_numpy(dtype=float)
         if not (np.isfinite(n).all() and (n > 0).all()):
-            raise VerdictsError("n_tokens must be a positive count in every row for the token-weighted metric")
+            raise VerdictsError(f"{weight} must be a positive count in every row for the token-weighted metric")
     dup = results.duplicated(["candidate", "seed", "domain", "example_id"])
     if dup.any():
         first = results.loc[dup, ["candidate", "seed", "domain", "example_id"]].iloc[0].to_dict()
         raise VerdictsError(f"{int(dup.sum())} duplicate row(s) for the same model and eval example, e.g. {first}")
 
 
-def seed_values(results: pd.DataFrame, metric: str = "token") -> pd.DataFrame:
+def seed_values(results: pd.DataFrame, metric: str = "token", measure: Measure = NLL) -> pd.DataFrame:
     """The domain metric of every trained model: columns candidate, domain, seed, value, n_examples."""
-    _check_table(results, metric)
-    df = results[list(COLUMNS)].copy()
+    _check_table(results, metric, measure)
+    weight = measure.weighted(metric)
+    df = results[[*KEYS, measure.value, *([weight] if weight else [])]].copy()
     keys = ["candidate", "domain", "seed"]
-    if metric == "token":
-        df["_w"] = df["n_tokens"].astype(float)
-        df["_wx"] = df["_w"] * df["nll"].astype(float)
+    if weight:
+        df["_w"] = df[weight].astype(float)
+        df["_wx"] = df["_w"] * df[measure.value].astype(float)
         g = df.groupby(keys, sort=True).agg(_wx=("_wx", "sum"), _w=("_w", "sum"), n_examples=("example_id", "size"))
         g["value"] = g["_wx"] / g["_w"]
     else:
-        g = df.groupby(keys, sort=True).agg(value=("nll", "mean"), n_examples=("example_id", "size"))
+        g = df.groupby(keys, sort=True).agg(value=(measure.value, "mean"), n_examples=("example_id", "size"))
     return g[["value", "n_examples"]].reset_index()
 
 
-def summarize(results: pd.DataFrame, metric: str = "token") -> pd.DataFrame:
+def summarize(results: pd.DataFrame, metric: str = "token", measure: Measure = NLL) -> pd.DataFrame:
     """Per (candidate, domain): mean, sd (ddof=1; NaN with one seed), min and max over seeds of the
     domain metric, n_seeds, and n_examples (distinct eval examples)."""
-    per_seed = seed_values(results, metric)
+    per_seed = seed_values(results, metric, measure)
     g = per_seed.groupby(["candidate", "domain"], sort=True)["value"]
     out = pd.DataFrame({
         "mean": g.mean(),
@@ -205,7 +234,7 @@ class _Arm:
 
 
 def _arm(results: pd.DataFrame, candidate: str, domain: str, metric: str,
-         rows: pd.DataFrame | None = None) -> _Arm:
+         rows: pd.DataFrame | None = None, measure: Measure = NLL) -> _Arm:
     """One candidate's results in one domain as seed x example matrices (checked complete);
     ``rows``: those rows when the caller has already split the table."""
     if rows is None:
@@ -220,7 +249,7 @@ def _arm(results: pd.DataFrame, candidate: str, domain: str, metric: str,
     seed_codes, seeds = pd.factorize(rows["seed"], sort=True)
     ex_codes, ids = pd.factorize(rows["example_id"], sort=True)
     nll = np.full((len(seeds), len(ids)), np.nan)
-    nll[seed_codes, ex_codes] = rows["nll"].to_numpy(dtype=float)  # duplicates were refused before
+    nll[seed_codes, ex_codes] = rows[measure.value].to_numpy(dtype=float)  # duplicates were refused before
     have = (~np.isnan(nll)).sum(axis=1)
     if (have < len(ids)).any():
         worst = int(np.argmin(have))
@@ -228,9 +257,9 @@ def _arm(results: pd.DataFrame, candidate: str, domain: str, metric: str,
             f"candidate {candidate!r}, domain {domain!r}: seed {seeds[worst]} has {int(have[worst])} of the "
             f"{len(ids)} eval examples its other seeds have; every seed must be scored on the same examples"
         )
-    if metric == "token":
+    if measure.weighted(metric):
         w = np.empty(nll.shape)
-        w[seed_codes, ex_codes] = rows["n_tokens"].to_numpy(dtype=float)
+        w[seed_codes, ex_codes] = rows[measure.weighted(metric)].to_numpy(dtype=float)
     else:
         w = np.ones(nll.shape)
     return _Arm(candidate, domain, np.asarray(ids), np.asarray(seeds), nll, w)
@@ -421,19 +450,19 @@ def _interval(candidate: str, baseline: str, domain: str, full_c: np.ndarray, fu
 
 
 def verdict(diff: float, lo: float, hi: float, baseline: str = "the baseline",
-            margin: float | None = DEFAULT_MARGIN) -> Verdict:
-    """Words for an interval ``[lo, hi]`` of ``candidate - baseline`` NLL (lower is better) with a
-    margin of practical equivalence ``margin`` in nats (None: no equivalence is claimed)."""
-    if hi < 0:
-        small = margin is not None and lo > -margin
-        return Verdict("better", f"better than {baseline}" + (f" (by less than {margin:g} nats)" if small else ""))
-    if lo > 0:
-        small = margin is not None and hi < margin
-        return Verdict("worse", f"worse than {baseline}" + (f" (by less than {margin:g} nats)" if small else ""))
+            margin: float | None = DEFAULT_MARGIN, higher_is_better: bool = False, unit: str = "nats") -> Verdict:
+    """Words for an interval ``[lo, hi]`` of ``candidate - baseline`` (lower is better, as NLL, unless
+    ``higher_is_better``) with a margin of practical equivalence ``margin`` in ``unit`` (None: no
+    equivalence is claimed)."""
+    below, above = hi < 0, lo > 0
+    if below or above:
+        key = "better" if below != higher_is_better else "worse"
+        small = margin is not None and (lo > -margin if below else hi < margin)
+        return Verdict(key, f"{key} than {baseline}" + (f" (by less than {margin:g} {unit})" if small else ""))
     if margin is not None and -margin < lo and hi < margin:
-        return Verdict("equivalent", f"equivalent to {baseline} (within ±{margin:g} nats)")
+        return Verdict("equivalent", f"equivalent to {baseline} (within ±{margin:g} {unit})")
     return Verdict("undecided", "undecided at this size" if margin is None else
-                   f"undecided: neither a difference nor within ±{margin:g} nats")
+                   f"undecided: neither a difference nor within ±{margin:g} {unit}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -444,7 +473,7 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
                  base: str = BASE, n_boot: int = 2000, seed: int = 0, method: str = "hybrid-t",
                  pairs: list[tuple[str, str]] | None = None, objective: dict | None = None,
                  margin: float | None = DEFAULT_MARGIN, objective_margin: float | None = None,
-                 level: float = LEVEL) -> dict:
+                 level: float = LEVEL, measure: Measure = NLL) -> dict:
     """The validate report as a JSON-ready dict.
 
     ``rows``: one per (candidate, domain), the base model included (``is_base``): mean, sd, min,
@@ -455,7 +484,8 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
     With ``objective`` (``{"kind": "mean" | "weighted" | "worst", "weights": {domain: w}}``), each
     pair also gets a comparison on it, with the domain :data:`OBJECTIVE`, when both were scored in
     every eval domain.  ``margin`` (nats) is the equivalence margin of the domains' comparisons,
-    ``objective_margin`` the objective's (default: ``margin``); ``level`` the intervals' confidence level.
+    ``objective_margin`` the objective's (default: ``margin``); ``level`` the intervals' confidence level;
+    ``measure`` what is compared (the eval examples' NLL by default).
     """
     _check_args(metric, method, n_boot)
     _check_margin(margin, "margin")
@@ -463,13 +493,13 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
     _check_margin(objective_margin, "objective margin")
     if not 0 < level < 1:
         raise VerdictsError(f"level {level!r}: a confidence level is between 0 and 1 (0.95 is the usual)")
-    summary = summarize(results, metric)
+    summary = summarize(results, metric, measure)
     groups = dict(iter(results.groupby(["candidate", "domain"], sort=False)))
     arms: dict[tuple[str, str], _Arm] = {}
 
     def arm(cand: str, dom: str) -> _Arm:
         if (cand, dom) not in arms:
-            arms[(cand, dom)] = _arm(results, cand, dom, metric, groups[(cand, dom)])
+            arms[(cand, dom)] = _arm(results, cand, dom, metric, groups[(cand, dom)], measure)
         return arms[(cand, dom)]
 
     candidates = sorted(summary["candidate"].unique().tolist())
@@ -498,17 +528,18 @@ def build_report(results: pd.DataFrame, metric: str = "token", baselines: tuple[
                 if (cand, dom) not in stats or (bl, dom) not in stats:
                     continue
                 p = _compare(arm(cand, dom), arm(bl, dom), metric, method, n_boot, seed, level)
-                comparisons.append(_comparison(p, stats[(cand, dom)].sd, stats[(bl, dom)].sd, margin))
+                comparisons.append(_comparison(p, stats[(cand, dom)].sd, stats[(bl, dom)].sd, margin, measure))
             if objective is not None and len(domains) > 1 and all(
                     (cand, d) in stats and (bl, d) in stats for d in domains):
                 p = _compare_objective([arm(cand, d) for d in domains], [arm(bl, d) for d in domains], objective,
                                        metric, method, n_boot, seed, level)
-                comparisons.append(_comparison(p, None, None, objective_margin))
+                comparisons.append(_comparison(p, None, None, objective_margin, measure))
     return {
         "metric": metric,
-        "metric_text": ("token-weighted mean assistant-token NLL" if metric == "token"
+        "metric_text": (measure.text if measure != NLL or metric == "token"
                         else "mean over eval examples of their mean assistant-token NLL"),
-        "lower_is_better": True,
+        "lower_is_better": not measure.higher_is_better,
+        "measure": asdict(measure),
         "interval": {"method": method, "level": level, "n_boot": n_boot, "seed": seed},
         "margin": {"domains": margin, "objective": objective_margin},
         "base": base if base in candidates else None,
@@ -527,7 +558,8 @@ def comparison_line(c: dict) -> str:
     from curation.progress import format_duration
 
     level = c.get("level", LEVEL)
-    parts = [f"{c['diff']:+.4f} nats [{c['lo']:+.4f}, {c['hi']:+.4f}] at {level:.1%}".replace(".0%", "%")]
+    unit = c.get("unit", "nats")
+    parts = [f"{c['diff']:+.4f} {unit} [{c['lo']:+.4f}, {c['hi']:+.4f}] at {level:.1%}".replace(".0%", "%")]
     if c.get("detectable") is not None:
         parts.append(f"could detect ±{c['detectable']:.4f}")
     seeds = f"{c.get('n_seeds_candidate')} vs {c.get('n_seeds_baseline')} seeds"
@@ -547,10 +579,10 @@ def _check_margin(margin, what: str) -> None:
                             f"{DEFAULT_MARGIN}")
 
 
-def _comparison(p: PairedDiff, sd_c, sd_b, margin: float | None = DEFAULT_MARGIN) -> dict:
+def _comparison(p: PairedDiff, sd_c, sd_b, margin: float | None = DEFAULT_MARGIN, measure: Measure = NLL) -> dict:
     """A report's comparison row: both means and seed sds, the difference, its interval, the verdict,
     the margin it was judged with and the difference it could have detected."""
-    v = verdict(p.diff, p.lo, p.hi, p.baseline, margin)
+    v = verdict(p.diff, p.lo, p.hi, p.baseline, margin, measure.higher_is_better, measure.unit)
     return {"candidate": p.candidate, "baseline": p.baseline, "domain": p.domain,
             "candidate_mean": _py(p.candidate_value), "candidate_sd": _py(sd_c),
             "baseline_mean": _py(p.baseline_value), "baseline_sd": _py(sd_b),
@@ -558,7 +590,7 @@ def _comparison(p: PairedDiff, sd_c, sd_b, margin: float | None = DEFAULT_MARGIN
             "n_examples": p.n_examples, "n_seeds_candidate": p.n_seeds_candidate,
             "n_seeds_baseline": p.n_seeds_baseline, "se_examples": p.se_examples,
             "se_seeds": p.se_seeds, "df": p.df, "seed_variance": p.seed_variance, "level": p.level,
-            "margin": margin, "detectable": p.detectable}
+            "margin": margin, "detectable": p.detectable, "unit": measure.unit}
 
 
 def _py(v):
