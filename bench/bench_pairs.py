@@ -88,8 +88,8 @@ def bench(name: str, source: Path, limit: int, max_length: int, repeats: int, wo
     one_turn = [p for p in pairs if not any(m["role"] == "assistant" for m in p.prompt)]
     diff = max((abs(pair_scores.loc[p.pair_id, f"loss_{s}"] - sft_loss[p.sft_id(s)])
                 for p in one_turn for s in ("chosen", "rejected")), default=float("nan"))
-    return {"data": name, "pairs": len(pairs), "one_turn": len(one_turn), "work_tokens": work,
-            "conversation_tokens": conv_tokens, "max_loss_diff_one_turn": diff, **{k: v for k, v in runs.items()}}
+    return {"data": name, "n_pairs": len(pairs), "one_turn": len(one_turn), "work_tokens": work,
+            "conversation_tokens": conv_tokens, "max_loss_diff_one_turn": diff, "modes": runs}
 
 
 def main() -> None:
@@ -115,23 +115,23 @@ def main() -> None:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             results.append(bench(name.replace(" ", "-"), source, args.pairs, args.max_length, args.repeats, work_dir))
 
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "bench_pairs.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     print(f"\nmax length {args.max_length}; tokens = each pair's prompt + chosen + rejected (both modes do this "
           f"work; sft also runs each prompt twice: its own tokens in brackets); fastest of {args.repeats}\n")
     print(f"{'data':<15}{'mode':<7}{'pairs':>7}{'tokens':>10}{'seconds':>9}{'tokens/s':>10}{'pairs/s':>9}"
           f"{'peak RSS MB':>13}")
     for r in results:
         for mode in ("pairs", "sft"):
-            m = r[mode]
+            m = r["modes"][mode]
             own = f" [{r['conversation_tokens'] / m['seconds']:.0f}]" if mode == "sft" else ""
-            print(f"{r['data']:<15}{mode:<7}{r['pairs']:>7}{r['work_tokens']:>10}{m['seconds']:>9.1f}"
-                  f"{r['work_tokens'] / m['seconds']:>10.0f}{r['pairs'] / m['seconds']:>9.2f}{m['peak_rss_mb']:>13.0f}"
+            print(f"{r['data']:<15}{mode:<7}{r['n_pairs']:>7}{r['work_tokens']:>10}{m['seconds']:>9.1f}"
+                  f"{r['work_tokens'] / m['seconds']:>10.0f}{r['n_pairs'] / m['seconds']:>9.2f}{m['peak_rss_mb']:>13.0f}"
                   f"{own}")
-        print(f"{r['data']}: pair scoring {r['sft']['seconds'] / r['pairs']['seconds']:.2f}x the SFT pass's speed; "
+        print(f"{r['data']}: pair scoring {r['modes']['sft']['seconds'] / r['modes']['pairs']['seconds']:.2f}x the SFT pass's speed; "
               f"the SFT pass computes {r['conversation_tokens'] / r['work_tokens']:.2f}x the tokens; max |loss "
               f"difference| on the {r['one_turn']} one-turn pairs {r['max_loss_diff_one_turn']:.1e}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "bench_pairs.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 
 
 if __name__ == "__main__":
