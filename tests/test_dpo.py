@@ -241,3 +241,26 @@ def test_dpo_on_two_ray_train_workers_matches_one_process(tmp_path, tiny_model_d
     ma, mb = (load_checkpoint(str(tiny_model_dir), r.checkpoints[-1]) for r in (local, on_ray))
     for (na, pa), (nb, pb) in zip(ma.state_dict().items(), mb.state_dict().items()):
         assert na == nb and float((pa - pb).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_activation_checkpointing_trains_to_the_same_weights(tmp_path, tiny_model_dir, tiny_lm, pairs, lora):
+    """Recomputing activations (DPO's default: a micro-batch holds at least a whole pair) changes
+    memory, not numbers: the same curve and weights as keeping them, so it stays out of the training
+    cache's key; ``auto`` means on for DPO, off for SFT."""
+    from curation.runs.training import TrainConfig, load_trainable
+
+    assert DPOConfig().checkpoints_activations and not TrainConfig().checkpoints_activations
+    assert TrainConfig(activation_checkpointing="on").checkpoints_activations
+    assert not DPOConfig(activation_checkpointing="off").checkpoints_activations
+    assert DPOConfig(activation_checkpointing="off").result_key() == DPOConfig().result_key()
+    with pytest.raises(ValueError, match="activation-checkpointing must be one of auto, on, off"):
+        DPOConfig(activation_checkpointing="yes")
+    c = cfg(lora=lora, lr=3e-3 if lora else 1e-2, epochs=2)
+    assert load_trainable(str(tiny_model_dir), c, "cpu").is_activation_checkpointing
+    off = replace(c, activation_checkpointing="off")
+    assert not load_trainable(str(tiny_model_dir), off, "cpu").is_activation_checkpointing
+    on_run = train(str(tiny_model_dir), tiny_lm.tokenizer, pairs, c, tmp_path / "on", 2)
+    off_run = train(str(tiny_model_dir), tiny_lm.tokenizer, pairs, off, tmp_path / "off", 2)
+    assert on_run.loss_curve == off_run.loss_curve
+    assert checkpoint_weights(on_run.checkpoints[-1]) == checkpoint_weights(off_run.checkpoints[-1])

@@ -43,6 +43,7 @@ from curation.data.templates import Encoded, pack_encoded, unpack_encoded
 
 DEFAULT_LR_FULL = 5e-5
 DEFAULT_LR_LORA = 3e-4
+ACTIVATION_CHECKPOINTING = ("auto", "on", "off")
 
 
 @dataclass(kw_only=True)
@@ -65,6 +66,14 @@ class TrainConfig:
     # the backward pass (memory and time), for a regulariser that matters little in the one or two
     # epochs a reference model is trained.
     lora_dropout: float = option(0.0, "dropout on the LoRA input")
+    # Recomputing a layer's activations in the backward pass gives the same numbers (tested) for one
+    # more forward; it is DPO's one memory lever: a micro-batch cannot hold less than one whole pair
+    # (two rows of up to max length), whose kept activations dominate the peak (README: DPO proxy
+    # speed and memory).
+    activation_checkpointing: str = option(
+        "auto", "recompute each layer's activations in the backward pass instead of keeping them (less memory, "
+                "the same numbers): on, off, or auto (on for DPO, whose micro-batch holds a whole pair; off for SFT)",
+        choices=ACTIVATION_CHECKPOINTING, result=False)
     seed: int = option(0, "training order, LoRA initialisation, dropout (and K-means, folds)")
     save_every_s: float = option(300.0, "also save the training resume state this often (seconds)", result=False)
 
@@ -81,6 +90,9 @@ class TrainConfig:
             raise ValueError(f"lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ValueError("weight-decay and max-grad-norm must be >= 0")
+        if self.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
+            raise ValueError(f"activation-checkpointing must be one of {', '.join(ACTIVATION_CHECKPOINTING)}, "
+                             f"got {self.activation_checkpointing!r}")
 
     @property
     def peak_lr(self) -> float:
@@ -91,6 +103,13 @@ class TrainConfig:
     def objective(self) -> "SFTObjective":
         """What this config trains: SFT on examples (a DPO config trains on pairs)."""
         return SFTObjective()
+
+    @property
+    def checkpoints_activations(self) -> bool:
+        """Whether the training recomputes activations (``activation_checkpointing`` resolved)."""
+        if self.activation_checkpointing == "auto":
+            return self.objective().name == "dpo"
+        return self.activation_checkpointing == "on"
 
     def result_key(self) -> dict:
         """Settings that change the trained weights (the learning rate resolved; LoRA settings
@@ -319,7 +338,7 @@ def run_training(model_path: str, tokenizer, plan: TrainPlan, cfg: TrainConfig, 
     import torch
 
     out, total, objective = plan.out, plan.total, cfg.objective()
-    model = _load_trainable(model_path, cfg, device)
+    model = load_trainable(model_path, cfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     sched = _cosine_with_warmup(opt, round(cfg.warmup_ratio * total), total)
@@ -545,7 +564,9 @@ def _base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _load_trainable(model_path: str, cfg: TrainConfig, device: str):
+def load_trainable(model_path: str, cfg: TrainConfig, device: str):
+    """The model at ``model_path`` ready to train with ``cfg``: float32, LoRA adapters with
+    ``--lora``, activations recomputed in the backward pass when the config says so."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -559,6 +580,8 @@ def _load_trainable(model_path: str, cfg: TrainConfig, device: str):
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules="all-linear", task_type="CAUSAL_LM")
         model = get_peft_model(model, lcfg)
+    if cfg.checkpoints_activations:  # non-reentrant: LoRA's frozen inputs need no requires_grad hook
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model.to(device)
 
 
