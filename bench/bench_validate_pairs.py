@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_validate_pairs.py [--run PAIR_RUN] [--budget 64] [--seeds 3] [--epochs 2]
         [--limit N] [--eval-limit N] [--engine ray --workers 2] [--skip canary,objectives,selections,speed]
+        [--activation-checkpointing auto|on|off]
 
 1. **selections vs random**: ``reward_margin`` highest and lowest and ``davir_margin`` highest (these
    need a pair *learn* run: ``--run``), and ``margin_mean`` (a score run is enough: scored here when
@@ -98,23 +99,27 @@ def speed(run: Path, args) -> dict:
     from curation.validation.validate import ValidateConfig
 
     r = Run(run)
-    cfg = ValidateConfig(selections=["unused"], out=str(OUT / "speed"), epochs=1, eval={"math": str(args.eval)})
+    cfg = ValidateConfig(selections=["unused"], out=str(OUT / "speed"), epochs=1, eval={"math": str(args.eval)},
+                         activation_checkpointing=args.activation_checkpointing)
     table = r.scores()
     proxy = open_proxy(cfg, r, r.require_finished(), table, Reporter(None))
     ids = table["example_id"].tolist()[:args.budget]
     proxy.encode(set(ids), Reporter(None))
     items = [proxy.pool[i] for i in ids]
     t0 = time.time()
-    res = train(proxy.lm.path, proxy.lm.tokenizer, items, train_config(cfg, 0, "davir"), OUT / "speed" / "train", 1,
-                device=proxy.lm.device)
+    tcfg = train_config(cfg, 0, "davir")
+    res = train(proxy.lm.path, proxy.lm.tokenizer, items, tcfg, OUT / "speed" / "train", 1, device=proxy.lm.device)
     secs = time.time() - t0
-    return {"pairs": len(items), "tokens_trained": res.tokens_trained, "seconds": round(secs, 1),
+    return {"pairs": len(items), "activations_recomputed": tcfg.checkpoints_activations,
+            "tokens_trained": res.tokens_trained, "seconds": round(secs, 1),
             "tokens_per_s": round(res.tokens_trained / secs, 1), "peak_rss_mb": peak_rss_mb(),
             "max_length": proxy.context.max_length}
 
 
 def main() -> None:
     global OUT
+    from curation.runs.training import ACTIVATION_CHECKPOINTING
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="a finished pair run of the default pairs (a pair learn run adds reward_margin and "
                                   "davir_margin); default: score the pairs now")
@@ -125,6 +130,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=1024, help="tokens per response row when the pairs are scored "
                                                                    "here (the issue's peak RSS bound is at 1024)")
     ap.add_argument("--eval-limit", type=int, default=None, help="the first N eval pairs only (a quick check)")
+    ap.add_argument("--activation-checkpointing", default="auto", choices=ACTIVATION_CHECKPOINTING,
+                    help="the speed step's training (auto: on, as for every DPO training)")
     ap.add_argument("--engine", default="local", choices=("local", "ray"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip", default="", help=f"steps to leave out: {', '.join(STEPS)}")
