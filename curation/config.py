@@ -174,6 +174,16 @@ def check_positive(cfg, *names: str) -> None:
             raise ValueError(f"{name.replace('_', '-')} must be a positive whole number, got {v!r}")
 
 
+def check_choices(cfg, *names: str) -> None:
+    """Raise ValueError naming the first of ``names`` whose value is not one of its field's
+    ``choices`` (the CLI checks them too; a job store or a recipe file does not go through it)."""
+    for name in names:
+        choices = next(f.metadata["choices"] for f in dataclasses.fields(cfg) if f.name == name)
+        v = getattr(cfg, name)
+        if v not in choices:
+            raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(choices)}, got {v!r}")
+
+
 def check_at_most(cfg, **limits: int) -> None:
     """Raise ValueError naming the first setting above its bound (every count a run multiplies
     its work by is bounded, so a typo cannot start a job that never ends)."""

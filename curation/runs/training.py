@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from curation.atomic import atomic_dir, write_json
-from curation.config import check_at_most, check_positive, option
+from curation.config import check_at_most, check_choices, check_positive, option
 from curation.progress import Progress
 from curation.data.templates import Encoded, pack_encoded, unpack_encoded
 
@@ -90,9 +90,7 @@ class TrainConfig:
             raise ValueError(f"lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ValueError("weight-decay and max-grad-norm must be >= 0")
-        if self.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
-            raise ValueError(f"activation-checkpointing must be one of {', '.join(ACTIVATION_CHECKPOINTING)}, "
-                             f"got {self.activation_checkpointing!r}")
+        check_choices(self, "activation_checkpointing")
 
     @property
     def peak_lr(self) -> float:

@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.config import check_at_most, check_positive, option, parse_pairs, result_key
+from curation.config import check_at_most, check_choices, check_positive, option, parse_pairs, result_key
 from curation.progress import Progress, Reporter
 from curation.selection.baselines import BASELINES
 from curation.selection.recipe import Recipe
@@ -137,8 +137,7 @@ class ValidateConfig(ProxyConfig, PairTrainingConfig):
         check_at_most(self, max_new_tokens=8192, ngram=1000, max_seeds=MAX_SEEDS_AUTO,
                       **({} if self.seeds == "auto" else {"seeds": MAX_SEEDS}))
         self.seed_plan()  # validates --max-seeds against the first look
-        if self.draws not in DRAWS:
-            raise ValueError(f"draws {self.draws!r}: expected one of {', '.join(DRAWS)}")
+        check_choices(self, "draws")
         for name in ("margin", "objective_margin"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not v > 0 or v == float("inf")):
