@@ -102,3 +102,16 @@ def test_cli_score_and_clear_errors(tmp_path, pool, tiny_model_dir, run_cli):
     assert "Traceback" not in r.stderr
     r = run_cli("score", *pool, "--model", str(tmp_path), "--out", str(tmp_path / "o3"))
     assert r.returncode == 2 and "no config.json" in r.stderr
+
+
+def test_a_pass_is_cut_so_that_every_ray_worker_gets_a_chunk():
+    from curation.scoring.passes import chunk_groups, chunk_size
+
+    assert chunk_size(150, 256) == 150  # one process: chunks of chunk_examples
+    assert chunk_size(150, 256, workers=2) == 75  # an eval pass on 2 Ray workers: one chunk each
+    assert chunk_size(1000, 256, workers=2) == 256  # a large pass: chunk_examples still bounds a kill's loss
+    assert chunk_size(1, 256, workers=8) == 1 and chunk_size(0, 256, workers=2) == 1
+    rows = [[j] for j in range(150)]
+    assert [sum(map(len, c)) for c in chunk_groups(rows, chunk_size(150, 256, workers=2))] == [75, 75]
+    pairs = [[2 * j, 2 * j + 1] for j in range(5)]  # a pair is never split: 5 pairs on 2 workers are 3 + 2 pairs
+    assert [sum(map(len, c)) for c in chunk_groups(pairs, chunk_size(10, 256, workers=2, group=2))] == [6, 4]

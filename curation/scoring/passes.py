@@ -5,6 +5,8 @@ checkpoint and the IFD pass of a ``learn`` run).  A pass looks up which examples
 holds under its key, scores the rest in chunks of ``chunk_examples`` with
 :func:`curation.scoring.losses.score_examples`, and commits each chunk as one atomically written Parquet
 part.  A killed pass loses at most the chunk in progress; re-running it scores only what is missing.
+On Ray a chunk is also at most the pass's share of one worker, so a pass smaller than
+``chunk_examples`` x workers still runs on every worker.
 
 The cache key is everything that determines an example's losses except the example itself::
 
@@ -163,7 +165,8 @@ def score_pass(model, fingerprint: str, ids: list[str], encoded: Sequence, setti
         return have
     meta = {"model": fingerprint, "variant": variant, "template": settings.template,
             "max_length": settings.max_length, "dtype": settings.dtype, "device": settings.device}
-    chunks = chunk_groups(todo, settings.chunk_examples)
+    workers = 1 if settings.engine is None else settings.engine.workers
+    chunks = chunk_groups(todo, chunk_size(sum(map(len, todo)), settings.chunk_examples, workers, max(map(len, todo))))
     t0, tokens, n_todo_tokens = time.time(), 0, sum(len(encoded[j].input_ids) for g in todo for j in g)
 
     def tick(n_units: int, n_tok: int, **extra) -> None:
@@ -195,6 +198,13 @@ def score_pass(model, fingerprint: str, ids: list[str], encoded: Sequence, setti
         # status of a job killed right after it counts the chunk that resume will keep.
         report(done=done, committed=n)
     return have
+
+
+def chunk_size(n_rows: int, chunk_examples: int, workers: int = 1, group: int = 1) -> int:
+    """Rows per chunk: ``chunk_examples``, or less so that each of ``workers`` gets a chunk (a
+    150-example eval pass on 2 Ray workers is 2 chunks of 75, not one chunk on one worker).
+    ``group``: the largest group's rows (a chunk holds whole groups, so a share is rounded up to them)."""
+    return max(1, min(chunk_examples, -(-n_rows // max(1, workers)) + group - 1))
 
 
 def chunk_groups(groups: list[list[int]], size: int) -> list[list[list[int]]]:
