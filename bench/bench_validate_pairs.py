@@ -48,6 +48,17 @@ def peak_rss_mb() -> dict:
             "children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
 
 
+def with_bars(step, cfg):
+    """``step(cfg)`` (run_score, run_validate) with the CLI's progress bars on stderr."""
+    from curation.cli import TqdmProgress
+
+    progress = TqdmProgress()
+    try:
+        return step(cfg, progress=progress)
+    finally:
+        progress.close()
+
+
 def engine(args) -> dict:
     """The compute settings of ``--engine`` (workers only on Ray)."""
     return {"engine": "ray", "workers": args.workers} if args.engine == "ray" else {}
@@ -69,7 +80,7 @@ def validate(sels: list[Path], out: Path, args, **kw) -> dict:
     t0 = time.time()
     cfg = ValidateConfig(selections=[str(s) for s in sels], out=str(out), seeds=args.seeds, epochs=args.epochs,
                          eval={"math": str(args.eval)}, **engine(args), **kw)
-    run_validate(cfg)
+    with_bars(run_validate, cfg)
     return {**verdicts(out), "seconds": round(time.time() - t0, 1)}
 
 
@@ -83,7 +94,8 @@ def canaries(args) -> dict:
     pool = plant(CanaryConfig(sources=[f"math={args.ws / 'pairs' / 'math.jsonl'}"], out=str(OUT / "canary-pool"),
                               rate=0.2, limit=args.limit))
     src = json.loads((pool / "canary.json").read_text())["learn_with"].split()[4:]
-    run = run_score(ScoreConfig(sources=src, out=str(OUT / "canary-run"), max_length=args.max_length, **engine(args)))
+    run = with_bars(run_score, ScoreConfig(sources=src, out=str(OUT / "canary-run"), max_length=args.max_length,
+                                           **engine(args)))
     rep = canary_report(Run(run).scores(), truth_for(Run(run).provenance()))
     return {"pairs": rep["examples"], "swapped": rep["corrupted"],
             "auroc": {name: a["all"] for name, a in rep["auroc"].items()}}
@@ -158,7 +170,7 @@ def main() -> None:
     out: dict = {"budget": args.budget, "seeds": args.seeds, "epochs": args.epochs, "limit": args.limit,
                  "eval": str(args.eval), "engine": args.engine}
     t0 = time.time()
-    run = Path(args.run) if args.run else run_score(ScoreConfig(
+    run = Path(args.run) if args.run else with_bars(run_score, ScoreConfig(
         sources=[f"math={args.ws / 'pairs' / 'math.jsonl'}"], out=str(OUT / "pair-run"), limit=args.limit,
         max_length=args.max_length, **engine(args)))
     out["run"], out["score_seconds"] = str(run), round(time.time() - t0, 1)
