@@ -215,6 +215,11 @@ def validate_summary(out) -> None:
         num = lambda v: "n/a" if v is None else f"{v:+.3f}"  # noqa: E731
         print(f"{r['candidate']}: Pearson(reward margin, length difference) = {num(r['pearson'])} "
               f"[{num(r['lo'])}, {num(r['hi'])}] over {r['n_pairs']} eval pairs and {r['n_seeds']} seed(s)")
+    if (rep.get("pairs") or {}).get("length_bias_comparisons"):
+        from curation.validation.pair_eval import length_bias_line
+
+        for c in rep["pairs"]["length_bias_comparisons"]:
+            print(f"length bias: {length_bias_line(c)}")
     for note in rep.get("notes", []):
         print(f"note: {note}")
     print(f"wrote {out}/report.md, {out}/report.json, {out}/results.parquet, {out}/curves.parquet "

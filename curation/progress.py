@@ -33,6 +33,11 @@ def format_duration(seconds, missing: str = "-") -> str:
     return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def count_text(n: int, noun: str) -> str:
+    """``1 epoch``, ``3 epochs``: a count and its noun for people (reports, pages)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def silent(**fields) -> None:
     """A progress callback that discards every report."""
 

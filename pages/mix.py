@@ -15,6 +15,7 @@ from curation.config import field_info
 from curation.jobs import store as jobs
 from curation.jobs.workspace import list_data_files, new_folder_name
 from curation.system import mixes_dir
+from curation.progress import count_text
 from curation.scores import SCORES, available_methods
 from curation.validation.mix import MixConfig, MixStudy
 from curation.validation.mixing_law import MixError
@@ -86,7 +87,8 @@ domains, names, cfg = rep["domains"], rep["evals"], rep["config"]
 rec, natural = rep["recommended"], rep["natural"]
 fmt = lambda m: ", ".join(f"{d} {v:.2f}" for d, v in m.items())  # noqa: E731
 st.caption(f"Run `{html.escape(str(rep['run'].get('dir')))}` · {len(rep['points'])} mixes × {cfg['seeds']} seeds · "
-           f"budget {cfg['budget']} ({cfg['method']} inside each domain) · {cfg['epochs']} epochs · natural mix "
+           f"budget {cfg['budget']} ({cfg['method']} inside each domain) · {count_text(cfg['epochs'], 'epoch')} · "
+           "natural mix "
            f"{fmt(natural)} · this run of the study {rep['seconds'] / 60:.0f} min"
            + (f", its {rep['trainings']['timed']} trainings {rep['trainings']['seconds'] / 60:.0f} min of their own"
               if rep.get("trainings", {}).get("timed") else ""))

@@ -14,7 +14,7 @@ from curation.selection.baselines import BASELINES
 from curation.validation.proxy import eval_files
 from curation.validation.validate import ValidateConfig, Validation
 from curation.config import field_info
-from curation.progress import format_duration
+from curation.progress import count_text, format_duration
 from pages.common import config_input, jobs_panel, pick_folder, workspace
 
 st.title("Validate")
@@ -109,7 +109,8 @@ better = "lower" if stats.get("lower_is_better", True) else "higher"
 seeds_used = (f"seeds until decided (at most {rep['config'].get('max_seeds')})" if rep["config"]["seeds"] == "auto"
               else f"{rep['config']['seeds']} seeds")
 st.caption(f"{', '.join(s['name'] for s in rep['selections'])} · proxy `{rep['model']['spec']}` · "
-           f"{rep['config']['epochs']} epochs · {seeds_used} · {stats['metric_text']} ({better} is better)")
+           f"{count_text(rep['config']['epochs'], 'epoch')} · {seeds_used} · "
+           f"{stats['metric_text']} ({better} is better)")
 
 st.markdown("**Verdicts**")
 for note in rep.get("notes", []):  # a baseline drawn again, or one that could not be compared
@@ -142,6 +143,12 @@ if by_measure:
                 "trained candidate (mean over seeds, 95% bootstrap interval over pairs and seeds); DavIR-DPO is "
                 "said to lower it (0.38 -> 0.07).")
     st.dataframe(corr.round(3), hide_index=True, width="stretch")
+    bias = rep["pairs"].get("length_bias_comparisons") or []
+    if bias:
+        st.markdown("**Objectives compared on length bias**: |r| of the first - |r| of the second (paired: the "
+                    "bootstrap resamples both arms' seeds and eval pairs together); *less* means the first's reward "
+                    "margin follows the length difference less.")
+        st.dataframe(pd.DataFrame(bias).round(3), hide_index=True, width="stretch")
 
 rows = pd.DataFrame(stats["rows"])
 left, right = st.columns(2)

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation.validation.pair_eval import length_correlation, pair_metric_rows
+from curation.validation.pair_eval import (length_bias_comparisons, length_bias_line, length_correlation,
+                                          pair_metric_rows)
 
 
 def results(rng, n=30, seeds=(0, 1, 2), bias=0.0):
@@ -51,3 +52,38 @@ def test_the_length_correlation_is_the_mean_pearson_over_seeds_with_a_bootstrap_
         assert got["lo"] <= got["pearson"] <= got["hi"] and got["n_pairs"] == 30 and got["n_seeds"] == 3
         if bias == 0.0:
             assert got["lo"] < 0 < got["hi"]
+
+
+def two_objectives(bias_a: float, bias_b: float, seeds_b=(0, 1, 2)) -> pd.DataFrame:
+    """Eval rows of the base model and of two candidates on the same eval pairs: ``a`` (seeds 0-2)
+    and ``b`` (``seeds_b``), whose margins follow the length difference by ``bias_a`` and ``bias_b``."""
+    rng = np.random.default_rng(2)
+    a = results(rng, bias=bias_a)
+    b = results(np.random.default_rng(2), bias=bias_b, seeds=seeds_b)  # the same base rows and lengths
+    b = b[b["candidate"] == "sel"].assign(candidate="b")
+    return pair_metric_rows(pd.concat([a.replace({"candidate": {"sel": "a"}}), b], ignore_index=True), beta=0.1)
+
+
+def test_an_objective_less_bound_to_length_is_told_apart_by_a_paired_interval():
+    """|r a| - |r b|, each the mean over seeds of numpy's Pearson r, with an interval from resampling
+    both arms' seeds and pairs together: 'less' when a's margin ignores length and b's follows it,
+    'more' the other way round, 'undecided' (an interval of 0) for two identical arms."""
+    df = two_objectives(0.0, 0.3)
+    (got,) = length_bias_comparisons(df, [("a", "b")], n_boot=400)
+    r = {c: np.mean([np.corrcoef(g["reward_margin"], g["len_diff"])[0, 1] for _, g in df[df["candidate"] == c]
+                     .groupby("seed")]) for c in ("a", "b")}
+    assert got["abs_r_diff"] == pytest.approx(abs(r["a"]) - abs(r["b"]), abs=1e-12)
+    assert got["lo"] <= got["abs_r_diff"] <= got["hi"] < 0 and got["verdict"] == "less"
+    assert (got["n_pairs"], got["n_seeds"]) == (30, 3) and "follows the length difference less" in length_bias_line(got)
+    (back,) = length_bias_comparisons(df, [("b", "a")], n_boot=400)
+    assert back["verdict"] == "more" and back["abs_r_diff"] == pytest.approx(-got["abs_r_diff"], abs=1e-12)
+    same = two_objectives(0.3, 0.3)
+    (tie,) = length_bias_comparisons(same, [("a", "b")], n_boot=200)
+    assert tie["abs_r_diff"] == pytest.approx(0, abs=1e-12) and tie["verdict"] == "undecided"
+
+
+def test_length_bias_is_compared_on_the_seeds_both_objectives_have_and_never_unpaired():
+    """b trained on seeds 1-3, a on 0-2: compared on seeds 1 and 2; no common seed: left out."""
+    (got,) = length_bias_comparisons(two_objectives(0.0, 0.3, seeds_b=(1, 2, 3)), [("a", "b")], n_boot=100)
+    assert got["n_seeds"] == 2
+    assert length_bias_comparisons(two_objectives(0.0, 0.3, seeds_b=(5, 6)), [("a", "b")], n_boot=100) == []

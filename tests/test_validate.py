@@ -594,8 +594,10 @@ def test_two_dpo_objectives_train_the_same_data_on_the_same_seeds_and_are_compar
         rs.append(np.corrcoef(margin, g["n_chosen_tokens"] - g["n_rejected_tokens"])[0, 1])
     c = corr["sel [sigmoid]"]
     assert c["pearson"] == pytest.approx(np.mean(rs), abs=1e-9) and c["lo"] <= c["pearson"] <= c["hi"]
+    bias = {(c["candidate"], c["baseline"]) for c in rep["pairs"]["length_bias_comparisons"]}
+    assert bias == {("sel [davir]", "sel [sigmoid]"), ("random [davir]", "random [sigmoid]")}  # objectives only
     md = (out / "report.md").read_text()
-    assert "sel [davir] vs sel [sigmoid]" in md and "Pearson(reward margin" in md
+    assert "sel [davir] vs sel [sigmoid]" in md and "Pearson(reward margin" in md and "Objectives compared" in md
 
 
 def test_seeds_auto_on_pairs_stops_on_reward_accuracy(pair_setup, tmp_path):

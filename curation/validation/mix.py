@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from curation.config import check_at_most, check_positive, option, result_key
-from curation.progress import Progress, Reporter
+from curation.progress import Progress, Reporter, count_text
 from curation.scores import SCORES
 from curation.selection.recipe import Recipe
 from curation.validation.mixing_law import (Law, MixError, dirichlet_design, distinct_mixes, fit_law, grid,
@@ -476,7 +476,8 @@ def report_markdown(rep: dict) -> str:
     fmt = lambda m: ", ".join(f"{d} {v:.2f}" for d, v in m.items())  # noqa: E731
     lines = [f"# Mix study of {Path(rep['run']['dir']).name}", "",
              f"{len(rep['points'])} mixes x {rep['config']['seeds']} seeds at a budget of {rep['config']['budget']} "
-             f"({rep['config']['method']} inside each domain), {rep['config']['epochs']} epochs; eval sets: "
+             f"({rep['config']['method']} inside each domain), {count_text(rep['config']['epochs'], 'epoch')}; "
+             "eval sets: "
              + ", ".join(evals) + f"; natural mix: {fmt(rep['natural'])}.", ""]
     lines += [f"- {n}" for n in rep.get("notes", [])] + ([""] if rep.get("notes") else [])
     lines += ["## Measured held-out NLL", "",

@@ -116,25 +116,87 @@ def length_correlation(metric_rows: pd.DataFrame, n_boot: int = 2000, seed: int 
     margin and the pairs' length difference, the mean over its seeds, with a 95% percentile
     interval from a bootstrap over eval pairs and seeds (both resampled with replacement); None
     where it is not defined (a constant length difference, or margin)."""
-    import warnings
-
     out = []
-    for cand, g in metric_rows[metric_rows["candidate"] != BASE].groupby("candidate", sort=True):
-        rng = np.random.default_rng([seed, 7])  # every candidate the same resamples (the same shape)
-        m = g.pivot(index="seed", columns="example_id", values="reward_margin")
-        x = g.drop_duplicates("example_id").set_index("example_id").loc[m.columns, "len_diff"].to_numpy(float)
-        y = m.to_numpy(float)  # [seeds, pairs]
+    for cand in sorted(set(metric_rows["candidate"]) - {BASE}):
+        _, y, x = margins_and_lengths(metric_rows, cand)
         k, n = y.shape
-        pick_s, pick_e = rng.integers(0, k, size=(n_boot, k)), rng.integers(0, n, size=(n_boot, n))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a resample of constant lengths has no correlation: left out
-            r = float(np.mean(pearson(y, x[None, :])))
-            boot = np.array([np.nanmean(pearson(y[s][:, e], x[e][None, :])) for s, e in zip(pick_s, pick_e)])
-        lo, hi = np.nanpercentile(boot, [2.5, 97.5]) if np.isfinite(boot).any() else (np.nan, np.nan)
+        pick_s, pick_e = resamples(k, n, n_boot, seed)  # every candidate the same resamples (the same shape)
+        r = float(np.mean(pearson(y, x[None, :])))  # undefined (None) when one seed's is
+        boot = np.array([mean_pearson(y[s][:, e], x[e]) for s, e in zip(pick_s, pick_e)])
+        lo, hi = percentile_interval(boot)
         out.append({"candidate": cand, **{k_: (float(v) if np.isfinite(v) else None)
                                           for k_, v in (("pearson", r), ("lo", lo), ("hi", hi))},
                     "n_pairs": int(n), "n_seeds": int(k)})
     return out
+
+
+def length_bias_comparisons(metric_rows: pd.DataFrame, compared: list[tuple[str, str]], n_boot: int = 2000,
+                            seed: int = 0) -> list[dict]:
+    """Does one objective's reward margin follow the length difference less than another's? For
+    each ``(candidate, baseline)`` of ``compared`` (``NAME [davir]`` vs ``NAME [sigmoid]``, trained
+    on the same data and seeds): ``|r candidate| - |r baseline|`` of :func:`length_correlation`'s
+    mean Pearson r, on the seeds and eval pairs both have, with a 95% interval from a bootstrap that
+    resamples both arms' seeds and eval pairs together (paired). ``less`` when the interval lies
+    below 0 (the candidate's margin is less length-bound), ``more`` above, else ``undecided``."""
+    out = []
+    for cand, base in compared:
+        (seeds_a, ya, x), (seeds_b, yb, xb) = (margins_and_lengths(metric_rows, c) for c in (cand, base))
+        seeds = sorted(set(seeds_a) & set(seeds_b))
+        if not seeds or not np.array_equal(x, xb):
+            continue  # not trained on the same seeds, or not evaluated on the same pairs: not paired
+        ya, yb = ya[[seeds_a.index(s) for s in seeds]], yb[[seeds_b.index(s) for s in seeds]]  # [seeds, pairs]
+        k, n = ya.shape
+        diff = lambda s, e: abs(mean_pearson(ya[s][:, e], x[e])) - abs(mean_pearson(yb[s][:, e], x[e]))  # noqa: E731
+        point = abs(np.mean(pearson(ya, x[None, :]))) - abs(np.mean(pearson(yb, x[None, :])))
+        lo, hi = percentile_interval(np.array([diff(s, e) for s, e in zip(*resamples(k, n, n_boot, seed))]))
+        word = "undecided" if not (np.isfinite(lo) and np.isfinite(hi)) else (
+            "less" if hi < 0 else "more" if lo > 0 else "undecided")
+        out.append({"candidate": cand, "baseline": base, "abs_r_diff": float(point) if np.isfinite(point) else None,
+                    "lo": float(lo) if np.isfinite(lo) else None, "hi": float(hi) if np.isfinite(hi) else None,
+                    "verdict": word, "n_pairs": int(n), "n_seeds": int(k)})
+    return out
+
+
+def length_bias_line(c: dict) -> str:
+    """One comparison of :func:`length_bias_comparisons` in words."""
+    num = lambda v: "n/a" if v is None else f"{v:+.3f}"  # noqa: E731
+    said = {"less": "its reward margin follows the length difference less",
+            "more": "its reward margin follows the length difference more",
+            "undecided": "no difference shown at this size"}[c["verdict"]]
+    return (f"{c['candidate']} vs {c['baseline']}: |r| {num(c['abs_r_diff'])} [{num(c['lo'])}, {num(c['hi'])}] at 95% "
+            f"({said}; {c['n_pairs']} eval pairs, {c['n_seeds']} paired seeds)")
+
+
+def margins_and_lengths(metric_rows: pd.DataFrame, candidate: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """A trained candidate's seeds (ascending), its reward margins ``[seeds, pairs]`` (pairs by id)
+    and the pairs' length differences ``[pairs]``."""
+    g = metric_rows[metric_rows["candidate"] == candidate]
+    m = g.pivot(index="seed", columns="example_id", values="reward_margin").sort_index().sort_index(axis=1)
+    x = g.drop_duplicates("example_id").set_index("example_id").loc[m.columns, "len_diff"].to_numpy(float)
+    return [int(s) for s in m.index], m.to_numpy(float), x
+
+
+def resamples(k: int, n: int, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n_boot`` bootstrap draws of ``k`` seeds and ``n`` eval pairs (indices, with replacement)."""
+    rng = np.random.default_rng([seed, 7])
+    return rng.integers(0, k, size=(n_boot, k)), rng.integers(0, n, size=(n_boot, n))
+
+
+def mean_pearson(y: np.ndarray, x: np.ndarray) -> float:
+    """The mean over rows of ``y`` [rows, n] of their Pearson r with ``x`` [n] (NaN rows left out:
+    a resample of constant lengths has no correlation; NaN when none has one)."""
+    import warnings
+
+    r = pearson(y, x[None, :])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
+
+
+def percentile_interval(boot: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval of bootstrap values (NaN ones left out; NaN when none is finite)."""
+    boot = boot[np.isfinite(boot)]
+    return tuple(np.percentile(boot, [2.5, 97.5])) if boot.size else (float("nan"), float("nan"))
 
 
 def pearson(y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -152,6 +214,7 @@ def pearson(y: np.ndarray, x: np.ndarray) -> np.ndarray:
 def pair_markdown(rep: dict) -> str:
     """report.md of a pair validation: each judged measure's verdicts in words, the measures per
     candidate side by side, the length correlation."""
+    from curation.progress import count_text
     from curation.validation.verdicts import comparison_line
 
     cfg, by = rep["config"], rep["statistics"]["pairs"]
@@ -159,7 +222,7 @@ def pair_markdown(rep: dict) -> str:
     lines = [f"# Validation of {', '.join(s['name'] for s in rep['selections'])} (preference pairs)", "",
              f"DPO proxy `{rep['model']['spec']}` from the base model, objective(s) "
              f"{', '.join(rep['pairs']['dpo_losses'])}, "
-             f"beta {rep['pairs']['beta']}, {cfg['epochs']} epochs, {seeds}; eval pairs: "
+             f"beta {rep['pairs']['beta']}, {count_text(cfg['epochs'], 'epoch')}, {seeds}; eval pairs: "
              + ", ".join(f"{e['domain']} ({e['n_evaluated']} pairs)" for e in rep["eval"]) + ".", "",
              f"Primary measure (seeds until decided stop on it): {by[PRIMARY]['metric_text']}. Differences are "
              "candidate - baseline with their interval (paired over eval pairs and seeds); better or worse in the "
@@ -186,4 +249,8 @@ def pair_markdown(rep: dict) -> str:
     num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rep["pairs"]["length_correlation"]:
         lines.append(f"| {r['candidate']} | {num(r['pearson'])} | [{num(r['lo'])}, {num(r['hi'])}] |")
+    bias = rep["pairs"].get("length_bias_comparisons") or []
+    if bias:
+        lines += ["", "Objectives compared (|r| of the first - |r| of the second; the interval resamples both arms' "
+                      "seeds and eval pairs together):", ""] + [f"- {length_bias_line(c)}" for c in bias]
     return "\n".join(lines) + "\n"

@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from curation.config import check_at_most, check_choices, check_positive, option, parse_pairs, result_key
-from curation.progress import Progress, Reporter
+from curation.progress import Progress, Reporter, count_text
 from curation.selection.baselines import BASELINES
 from curation.selection.recipe import Recipe
 from curation.validation.mixing_law import MixError, parse_objective
@@ -69,7 +69,8 @@ from curation.validation.pair_eval import DEFAULT_ACCURACY_MARGIN
 from curation.validation.proxy import MAX_SEEDS, PairTrainingConfig, ProxyConfig, Training, ValidationError
 from curation.validation.sequential import MAX_SEEDS_AUTO, SeedPlan, sequential_report, undecided
 from curation.validation.verdicts import DEFAULT_MARGIN, comparison_line
-from curation.validation.pair_eval import PRIMARY, length_correlation, pair_metric_rows, pair_statistics
+from curation.validation.pair_eval import (PRIMARY, length_bias_comparisons, length_correlation, pair_metric_rows,
+                                          pair_statistics)
 from curation.validation.study import NUMBER, NUMBER_OR_NULL, TEXT, TEXT_OR_NULL, WHOLE, StudyReader, each, items, obj
 
 
@@ -178,7 +179,7 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
         # random-tokens matches what DPO trains on: the prompt and both responses
         table = table.assign(n_response_tokens=table["n_prompt_tokens"].astype("int64") + table["n_response_tokens"])
     candidates = build_candidates(cfg, sels, table, meta.get("kind"), run)
-    candidates, compared = with_objectives(candidates, cfg.dpo_losses() if pairs else [])
+    candidates, objectives = with_objectives(candidates, cfg.dpo_losses() if pairs else [])
     for c in candidates:
         c.grow(1, cfg.seed)
     first = [t for c in candidates for t in c.trainings()]
@@ -199,7 +200,7 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     if recheck:
         report(phase="checking contamination")
         check_contamination(run, candidates, cfg.eval, cfg.ngram)
-    compared = comparison_pairs(candidates) + compared
+    compared = comparison_pairs(candidates) + objectives
     look = lambda results, metrics=("token",): statistics(results, cfg, compared, pairs, metrics)  # noqa: E731
 
     def rounds(study):
@@ -242,9 +243,10 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     if cfg.generate:
         rep["generation"] = generation_eval(cfg, study, candidates, report)
     if pairs:
+        rows = pair_metric_rows(study.results, cfg.beta)
         rep["pairs"] = {"primary": PRIMARY, "beta": cfg.beta, "dpo_losses": cfg.dpo_losses(),
-                        "length_correlation": length_correlation(pair_metric_rows(study.results, cfg.beta),
-                                                                 seed=cfg.seed)}
+                        "length_correlation": length_correlation(rows, seed=cfg.seed),
+                        "length_bias_comparisons": length_bias_comparisons(rows, objectives, seed=cfg.seed)}
     study.write(rep, report_markdown(rep))
     report(phase="done", done=n_trainings, total=n_trainings)
     return study.out
@@ -538,7 +540,7 @@ def report_markdown(rep: dict) -> str:
     seeds = (f"seeds until decided (at most {cfg['max_seeds']}, looks at "
              + ", ".join(str(x["seeds"]) for x in st.get("looks", [])) + ")") if cfg["seeds"] == "auto" else f"{cfg['seeds']} seeds"
     lines = [f"# Validation of {', '.join(s['name'] for s in rep['selections'])}", "",
-             f"Proxy model `{rep['model']['spec']}`, {cfg['epochs']} epochs, {seeds}; "
+             f"Proxy model `{rep['model']['spec']}`, {count_text(cfg['epochs'], 'epoch')}, {seeds}; "
              "eval sets: " + ", ".join(f"{e['domain']} ({e['n_evaluated']} examples)" for e in rep["eval"]) + ".", "",
              f"Metric: {st['metric_text']} (lower is better); differences are candidate - baseline with their "
              "interval; better or worse when it excludes 0, equivalent when it lies inside the margin "
