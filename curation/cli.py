@@ -72,7 +72,9 @@ class TqdmProgress:
         if self.bar is None or p.get("done") is None:
             return
         self.bar.n = p["done"]
-        if p.get("train_loss") is not None:
+        if p.get("running"):  # trainings side by side on Ray workers: each one's steps done/total
+            self.bar.set_postfix_str(str(p["running"])[:80], refresh=False)
+        elif p.get("train_loss") is not None:
             self.bar.set_postfix_str(f"loss {p['train_loss']:.4f} {p.get('tokens_per_s') or 0:.0f} tok/s",
                                      refresh=False)
         elif p.get("tokens_per_s"):

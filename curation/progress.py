@@ -21,7 +21,7 @@ from typing import Callable
 Progress = Callable[..., None]
 
 # Fields that belong to one phase and are dropped when the next phase starts.
-PHASE_FIELDS = ("committed", "eta_s", "cached", "unit")
+PHASE_FIELDS = ("committed", "eta_s", "cached", "unit", "running")
 
 
 def format_duration(seconds, missing: str = "-") -> str:

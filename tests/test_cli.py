@@ -135,6 +135,10 @@ def test_every_phase_that_counts_done_of_a_total_gets_a_bar_in_its_unit(capsys):
     assert bars.bar.unit == "ex" and bars.bar.desc == "scoring checkpoint 0/2"
     report(phase="training reference model", done=2, total=8, unit="steps", train_loss=1.5, tokens_per_s=10.0)
     assert bars.bar.unit == "step" and bars.bar.n == 2 and "loss 1.5000" in bars.bar.postfix
+    report(phase="training on 2 Ray workers", done=1, total=6, unit="trainings", running="random seed 2 3/8")
+    assert bars.bar.unit == "trainings" and bars.bar.n == 1 and "random seed 2 3/8" in bars.bar.postfix
+    report(phase="evaluating base model", done=0, total=9, unit="examples", tokens_per_s=5.0)
+    assert "random seed" not in bars.bar.postfix  # what ran belongs to its phase
     report(phase="writing tables")
     assert bars.bar is None
     bars.close()

@@ -646,7 +646,8 @@ def test_a_damaged_report_or_manifest_is_named_on_its_page(tmp_path, monkeypatch
 
 def test_the_validate_page_shows_a_pair_validation_measure_by_measure(tmp_path, tiny_model_dir, monkeypatch):
     """A pair validation's report on the Validate page: the primary measure (reward accuracy, higher
-    is better) first, a switch to the other measures, the length-bias table."""
+    is better) first, a switch to the other measures, the length-bias table and, with two objectives,
+    their paired length-bias comparison."""
     from curation.runs.score import ScoreConfig, run_score
     from curation.selection.folder import select_run
     from curation.selection.recipe import Recipe
@@ -661,14 +662,19 @@ def test_the_validate_page_shows_a_pair_validation_measure_by_measure(tmp_path, 
                                 cache=str(tmp_path / "c")))
     sel = select_run(run, Recipe("margin_mean", budget="6"), tmp_path / "sel")
     run_validate(ValidateConfig(selections=[str(sel)], eval={"math": str(ev)}, out=str(ws / "validations" / "v"),
-                                seeds=2, baselines="random", lr=1e-3, epochs=1, cache=str(tmp_path / "c")))
+                                seeds=2, baselines="random", lr=1e-3, epochs=1, cache=str(tmp_path / "c"),
+                                dpo_loss="sigmoid,davir"))
     monkeypatch.setenv("CURATION_WORKSPACE", str(ws))
     at = _page("validate")
     assert not at.exception, at.exception
-    assert "reward accuracy" in _texts(at) and "(higher is better)" in _texts(at)
+    assert "reward accuracy" in _texts(at) and "(higher is better)" in _texts(at) and "1 epoch ·" in _texts(at)
     v = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
-    assert "difference (share)" in v.columns and set(v["against"]) == {"random"}
+    assert "difference (share)" in v.columns and set(v["against"]) == {"random [davir]", "random [sigmoid]",
+                                                                        "sel [sigmoid]"}
     assert any("pearson" in d.value.columns for d in at.dataframe)
+    bias = next(d.value for d in at.dataframe if "abs_r_diff" in d.value.columns)
+    assert set(zip(bias["candidate"], bias["baseline"])) == {("sel [davir]", "sel [sigmoid]"),
+                                                             ("random [davir]", "random [sigmoid]")}
     at.radio(key="val_measure").set_value("chosen_nll").run()
     assert not at.exception and "(lower is better)" in _texts(at)
     v = next(d.value for d in at.dataframe if "verdict" in d.value.columns)

@@ -195,6 +195,7 @@ def test_a_mix_study_runs_each_training_as_a_ray_task_and_equals_the_local_study
     np.testing.assert_allclose(a["nll"].to_numpy(), b["nll"].to_numpy(), atol=1e-5, rtol=0)
     ray_phases = [p for p in phases if p.get("phase") == "training on 2 Ray workers"]
     assert ray_phases and ray_phases[-1]["done"] == ray_phases[-1]["total"] == 6
+    assert all(p.get("unit") == "trainings" for p in ray_phases)  # the CLI draws a bar, not one line for an hour
     assert not (on_ray / "train").exists() or not any((on_ray / "train").iterdir())  # models not kept
 
 

@@ -365,7 +365,7 @@ class RayEngine:
         submit()
         latest: dict[str, dict] = {}
         phase = f"training on {self.workers} Ray workers"
-        progress(phase=phase, done=done, total=total)
+        progress(phase=phase, done=done, total=total, unit="trainings")
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
@@ -387,7 +387,7 @@ class RayEngine:
                     done += 1
                 submit()
                 running = [f"{k} {v.get('done')}/{v.get('total')}" for k, v in latest.items() if v.get("total")]
-                progress(phase=phase, done=done, total=total, running="; ".join(running) or None,
+                progress(phase=phase, done=done, total=total, unit="trainings", running="; ".join(running) or None,
                          tokens_per_s=sum(v.get("tokens_per_s") or 0 for v in latest.values()) or None)
         finally:
             for ref in pending:
