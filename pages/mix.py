@@ -14,8 +14,8 @@ from plotly.subplots import make_subplots
 from curation.config import field_info
 from curation.jobs import store as jobs
 from curation.jobs.workspace import list_data_files, new_folder_name
-from curation.system import mixes_dir
 from curation.progress import count_text
+from curation.system import mixes_dir
 from curation.scores import SCORES, available_methods
 from curation.validation.mix import MixConfig, MixStudy
 from curation.validation.mixing_law import MixError
