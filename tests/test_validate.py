@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -215,7 +216,7 @@ def test_training_examples_that_share_words_with_the_eval_sets_are_refused(setup
         run_validate(vcfg(setup, [setup["dir"] / "planted"], setup["dir"] / "val-refused", allow_contaminated=False))
 
 
-def test_a_validation_folder_reused_with_other_settings_is_refused_not_mixed(setup):
+def test_a_validation_folder_reused_with_other_settings_is_refused_not_mixed(setup, monkeypatch):
     """Issue 20, item 1: the second run with other epochs or another eval set used to report the first
     run's NLLs under the new settings; now the folder's key refuses it."""
     out = setup["dir"] / "val-reuse"
@@ -229,6 +230,12 @@ def test_a_validation_folder_reused_with_other_settings_is_refused_not_mixed(set
     assert (out / "report.json").read_text() == first
     # The same settings again: resumed, nothing retrained, the same report numbers.
     run_validate(vcfg(setup, [setup["dir"] / "planted"], out, seeds=1, epochs=1, baselines="random"))
+    assert json.loads((out / "report.json").read_text())["statistics"] == json.loads(first)["statistics"]
+    # The same eval files named relatively, from their folder, are the same study: resumed, not refused.
+    monkeypatch.chdir(setup["dir"])
+    relative = {d: Path(p).name for d, p in setup["eval"].items()}
+    assert all(Path(p).is_file() for p in relative.values()) and relative != setup["eval"]
+    run_validate(vcfg(setup, [setup["dir"] / "planted"], out, seeds=1, epochs=1, baselines="random", eval=relative))
     assert json.loads((out / "report.json").read_text())["statistics"] == json.loads(first)["statistics"]
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.config import check_at_most, check_positive, option, result_key
+from curation.config import check_at_most, check_positive, option
 from curation.progress import Progress, Reporter, count_text
 from curation.scores import SCORES
 from curation.selection.recipe import Recipe
@@ -106,7 +106,7 @@ def run_mix(cfg: MixConfig, progress: Progress | None = None) -> Path:
     """Run (or finish) a mix study and return its folder (see the module docstring)."""
     from curation.runs.folder import Run
     from curation.selection.decisions import load_decisions
-    from curation.validation.study import file_fingerprints, run_study, study_identity, study_key
+    from curation.validation.study import run_study, study_identity, study_key, study_settings
 
     report, t0 = Reporter(progress), time.time()
     report(phase="reading the run", done=0, total=None)
@@ -123,7 +123,7 @@ def run_mix(cfg: MixConfig, progress: Progress | None = None) -> Path:
     decisions = load_decisions(cfg.decisions)  # one snapshot for every mix and seed
     points, trainings, room, notes = selections(cfg, run, table, meta, domains, mixes, report, decisions)
 
-    settings = {**result_key(cfg), "run": str(run.path.resolve()), "eval_files": file_fingerprints(cfg.eval)}
+    settings = {**study_settings(cfg), "run": str(run.path.resolve())}
     key = study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in trainings])
     identity = study_identity(meta.get("run_key"), trainings, decisions)
     study = run_study(cfg, "mix", key, settings, identity, run, meta, table, lambda study: [trainings], report)

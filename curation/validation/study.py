@@ -45,6 +45,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from curation.config import result_key
 from curation.validation.proxy import (Proxy, ProxyConfig, Training, ValidationError, eval_rows, evaluate_base,
                                        open_proxy, train_and_evaluate, train_config, training_spec)
 
@@ -120,6 +121,15 @@ def decided(decisions: dict) -> str:
 
 def study_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def study_settings(cfg: ProxyConfig, skip: tuple[str, ...] = ()) -> dict:
+    """The settings a study's key holds: ``cfg``'s result settings but ``skip``, each eval set named by
+    its absolute path and fingerprinted by its content (``--eval math=eval/math.jsonl`` and the same
+    file named absolutely are one study; the same path holding other rows is another)."""
+    settings = {k: v for k, v in result_key(cfg).items() if k not in skip}
+    settings["eval"] = {d: str(Path(p).resolve()) for d, p in sorted(cfg.eval.items())}
+    return {**settings, "eval_files": file_fingerprints(cfg.eval)}
 
 
 def file_fingerprints(paths: dict[str, str]) -> dict[str, str]:

@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.config import check_at_most, check_choices, check_positive, option, parse_pairs, result_key
+from curation.config import check_at_most, check_choices, check_positive, option, parse_pairs
 from curation.progress import Progress, Reporter, count_text
 from curation.selection.baselines import BASELINES
 from curation.selection.recipe import Recipe
@@ -166,7 +166,7 @@ class ValidateConfig(ProxyConfig, PairTrainingConfig):
 
 def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     """Run (or finish) a validation and return its folder (see the module docstring)."""
-    from curation.validation.study import claim_study, file_fingerprints, run_study, study_identity, study_key
+    from curation.validation.study import claim_study, run_study, study_identity, study_key, study_settings
 
     report, t0, plan = Reporter(progress), time.time(), cfg.seed_plan()
     report(phase="reading selections", done=0, total=None)
@@ -186,8 +186,7 @@ def run_validate(cfg: ValidateConfig, progress: Progress | None = None) -> Path:
     # The key holds every setting but the seed count and each candidate's first training: a study
     # that adds seeds (--seeds auto, or a larger --seeds into the same folder) stays one study.
     skip = ("seeds", "max_seeds") if pairs else ("seeds", "max_seeds", "dpo_loss", "beta")
-    settings = {**{k: v for k, v in result_key(cfg).items() if k not in skip},
-                "selections": [str(s.path.resolve()) for s in sels], "eval_files": file_fingerprints(cfg.eval)}
+    settings = {**study_settings(cfg, skip), "selections": [str(s.path.resolve()) for s in sels]}
     key = study_key(settings, meta.get("run_key"), [(t.name, t.seed, t.ids) for t in first])
     identity = study_identity(meta.get("run_key"), first)
     claim_study(Path(cfg.out), "validate", key, settings, identity, check_only=True)  # claimed once every check passed
