@@ -124,9 +124,8 @@ def length_correlation(metric_rows: pd.DataFrame, n_boot: int = 2000, seed: int 
         r = float(np.mean(pearson(y, x[None, :])))  # undefined (None) when one seed's is
         boot = np.array([mean_pearson(y[s][:, e], x[e]) for s, e in zip(pick_s, pick_e)])
         lo, hi = percentile_interval(boot)
-        out.append({"candidate": cand, **{k_: (float(v) if np.isfinite(v) else None)
-                                          for k_, v in (("pearson", r), ("lo", lo), ("hi", hi))},
-                    "n_pairs": int(n), "n_seeds": int(k)})
+        out.append({"candidate": cand, "pearson": finite_or_none(r), "lo": finite_or_none(lo),
+                    "hi": finite_or_none(hi), "n_pairs": int(n), "n_seeds": int(k)})
     return out
 
 
@@ -149,11 +148,10 @@ def length_bias_comparisons(metric_rows: pd.DataFrame, compared: list[tuple[str,
         diff = lambda s, e: abs(mean_pearson(ya[s][:, e], x[e])) - abs(mean_pearson(yb[s][:, e], x[e]))  # noqa: E731
         point = abs(np.mean(pearson(ya, x[None, :]))) - abs(np.mean(pearson(yb, x[None, :])))
         lo, hi = percentile_interval(np.array([diff(s, e) for s, e in zip(*resamples(k, n, n_boot, seed))]))
-        word = "undecided" if not (np.isfinite(lo) and np.isfinite(hi)) else (
-            "less" if hi < 0 else "more" if lo > 0 else "undecided")
-        out.append({"candidate": cand, "baseline": base, "abs_r_diff": float(point) if np.isfinite(point) else None,
-                    "lo": float(lo) if np.isfinite(lo) else None, "hi": float(hi) if np.isfinite(hi) else None,
-                    "verdict": word, "n_pairs": int(n), "n_seeds": int(k)})
+        word = "less" if hi < 0 else "more" if lo > 0 else "undecided"  # NaN bounds compare False: undecided
+        out.append({"candidate": cand, "baseline": base, "abs_r_diff": finite_or_none(point),
+                    "lo": finite_or_none(lo), "hi": finite_or_none(hi), "verdict": word,
+                    "n_pairs": int(n), "n_seeds": int(k)})
     return out
 
 
@@ -191,6 +189,11 @@ def mean_pearson(y: np.ndarray, x: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
+
+
+def finite_or_none(v) -> float | None:
+    """``v`` as a float for report.json, None when it is not a finite number."""
+    return float(v) if np.isfinite(v) else None
 
 
 def percentile_interval(boot: np.ndarray) -> tuple[float, float]:
